@@ -1,0 +1,53 @@
+//! Who is calling: session cookies, admin bearer tokens, and the `next` targets a
+//! login may redirect to.
+
+pub mod cookies;
+pub mod next;
+pub mod session;
+
+use std::sync::Arc;
+
+use hyper::header::HeaderMap;
+
+pub use next::safe_next;
+pub use session::SessionCodec;
+
+use crate::app::App;
+use crate::ids::SessionId;
+use crate::store::User;
+
+/// A caller with a valid session.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: Arc<User>,
+    pub session: SessionId,
+}
+
+impl App {
+    /// The caller's identity from the session cookie. A forged, tampered, expired or
+    /// revoked cookie, or a disabled or deleted user, is the same as no cookie.
+    pub fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
+        let name = &self.config.session.cookie_name;
+        for value in cookies::values(headers, name) {
+            let Some(claims) = self.sessions.verify(value) else {
+                continue;
+            };
+            let session = match self.store.session(&claims.session) {
+                Ok(Some(s)) if s.user_id == claims.user => s,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "session lookup failed");
+                    continue;
+                }
+            };
+            let directory = self.store.snapshot();
+            if let Some(user) = directory.by_id(&session.user_id).filter(|u| !u.disabled) {
+                return Some(Identity {
+                    user: user.clone(),
+                    session: claims.session,
+                });
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,336 @@
+//! The `spawngate` command. Admin commands go to a running server over its control
+//! socket when there is one, and otherwise open the store directly; both paths run
+//! the same admin API handler, so they behave the same.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::config::Config;
+use crate::http::{self, Peer};
+use crate::server;
+
+#[derive(Parser)]
+#[command(
+    name = "spawngate",
+    version,
+    about = "One container per user behind Traefik"
+)]
+pub struct Cli {
+    /// TOML config file (optional: defaults and SPAWNGATE_* variables suffice).
+    #[arg(long, short, env = "SPAWNGATE_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (forwardAuth, Traefik provider, login, admin API).
+    Serve,
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Create an admin API token (printed once; stored hashed).
+    Token {
+        #[arg(long, default_value = "admin")]
+        name: String,
+    },
+    /// Check the configuration, the store and Docker.
+    Check,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user with a fresh random slug.
+    Add {
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// List users.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a user, their container, volume and sessions.
+    Rm { name: String },
+    /// Print a one-time login link (valid 15 minutes by default).
+    LoginLink { name: String },
+}
+
+/// Entry point used by `main`: parses arguments, runs, prints errors once.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve);
+    init_tracing(if serving { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPAWNGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SPAWNGATE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::User { command } => user(config, command).await,
+        Command::Token { name } => {
+            let v = admin_call(
+                config,
+                Method::POST,
+                "/_spawngate/api/tokens",
+                Some(json!({ "name": name })),
+            )
+            .await?;
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Check => check(config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    if !config.listen.ip().is_loopback() && config.provider_token.is_none() {
+        tracing::warn!(
+            listen = %config.listen,
+            "listening beyond loopback without server.provider_token: anyone who reaches this port can read the Traefik configuration"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let app = App::build(config).context("cannot start spawngate")?;
+    server::run(app, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
+    match command {
+        UserCommand::Add { name, email } => {
+            let v = admin_call(
+                config,
+                Method::POST,
+                "/_spawngate/api/users",
+                Some(json!({ "name": name, "email": email })),
+            )
+            .await?;
+            println!(
+                "created user {}: {}",
+                v["name"].as_str().unwrap_or_default(),
+                v["url"].as_str().unwrap_or_default()
+            );
+        }
+        UserCommand::List { json } => {
+            let v = admin_call(config, Method::GET, "/_spawngate/api/users", None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["users"])?);
+            } else {
+                println!("{:<24} {:<14} {:<6} URL", "NAME", "SLUG", "STATE");
+                for u in v["users"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<14} {:<6} {}",
+                        u["name"].as_str().unwrap_or_default(),
+                        u["slug"].as_str().unwrap_or_default(),
+                        if u["disabled"].as_bool() == Some(true) {
+                            "off"
+                        } else {
+                            "on"
+                        },
+                        u["url"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        UserCommand::Rm { name } => {
+            admin_call(
+                config,
+                Method::DELETE,
+                &format!("/_spawngate/api/users/{name}"),
+                None,
+            )
+            .await?;
+            println!("deleted user {name}");
+        }
+        UserCommand::LoginLink { name } => {
+            let v = admin_call(
+                config,
+                Method::POST,
+                &format!("/_spawngate/api/users/{name}/login-link"),
+                None,
+            )
+            .await?;
+            println!("{}", v["url"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// Runs one admin API request: over the control socket if a server runs, else
+/// in-process against the store.
+async fn admin_call(
+    config: Config,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let socket = server::control_socket_path(&config.data_dir);
+    let (status, bytes) =
+        match crate::control::request(&socket, method.clone(), path, body.as_ref()).await? {
+            Some(answer) => answer,
+            None => {
+                let app = App::build(config).context("cannot open spawngate's store")?;
+                local_call(app, method, path, body).await?
+            }
+        };
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let message = value["error"]["message"]
+            .as_str()
+            .unwrap_or("request failed");
+        bail!("{message} (HTTP {})", status.as_u16());
+    }
+    Ok(value)
+}
+
+async fn local_call(
+    app: Arc<App>,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+    let bytes = body
+        .map(|b| serde_json::to_vec(&b))
+        .transpose()?
+        .unwrap_or_default();
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Full::new(Bytes::from(bytes)))?;
+    let resp = match http::handle(app.clone(), req, Peer::Control).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    app.store.flush().await?;
+    Ok((status, body))
+}
+
+async fn check(config: Config) -> anyhow::Result<()> {
+    println!(
+        "config: ok (listen {}, public URL {}, mode {:?}, image {})",
+        config.listen, config.public_url.origin, config.docker.mode, config.docker.image
+    );
+    let socket = server::control_socket_path(&config.data_dir);
+    let mut failed = false;
+    if let Some((status, body)) =
+        crate::control::request(&socket, Method::GET, "/_spawngate/api/users", None).await?
+    {
+        println!(
+            "store: in use by a running spawngate (control socket answers: HTTP {})",
+            status.as_u16()
+        );
+        let _ = body;
+    } else {
+        match crate::store::Store::open(&config.data_dir) {
+            Ok(store) => {
+                store.check()?;
+                println!(
+                    "store: ok ({} users in {})",
+                    store.snapshot().len(),
+                    config.data_dir.display()
+                );
+            }
+            Err(e) => {
+                println!("store: FAILED: {e}");
+                failed = true;
+            }
+        }
+    }
+    let runtime =
+        crate::runtime::DockerRuntime::connect(config.docker.host.as_deref(), config.docker.mode)?;
+    use crate::runtime::Runtime;
+    match runtime.ping().await {
+        Ok(()) => match runtime.image_present(&config.docker.image).await {
+            Ok(true) => println!("docker: ok (image {} present)", config.docker.image),
+            Ok(false) => {
+                println!(
+                    "docker: FAILED: image {} not found (build it first)",
+                    config.docker.image
+                );
+                failed = true;
+            }
+            Err(e) => {
+                println!("docker: FAILED: {e}");
+                failed = true;
+            }
+        },
+        Err(e) => {
+            println!("docker: FAILED: {e}");
+            failed = true;
+        }
+    }
+    if failed {
+        bail!("check failed");
+    }
+    Ok(())
+}

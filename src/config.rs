@@ -1,0 +1,744 @@
+//! Configuration: an optional TOML file, then `SPAWNGATE_<SECTION>_<KEY>` environment
+//! overrides, then defaults. [`RawConfig`] is what serde reads; [`Config`] is the
+//! validated form the rest of the program uses. Every check happens here, at start-up,
+//! and every error names the key it is about.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ids::Secret;
+
+/// A configuration problem, always naming the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file '{path}': {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config: {key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error(
+        "invalid config: unknown environment variable {name} (known keys: see README, section Configuration)"
+    )]
+    UnknownEnv { name: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub traefik: RawTraefik,
+    pub docker: RawDocker,
+    pub spawn: RawSpawn,
+    pub session: RawSession,
+    pub login: RawLogin,
+}
+
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Where spawngate listens (forwardAuth, provider, login, API).
+    pub listen: String,
+    /// How users reach Traefik: used in login links and to decide on `Secure` cookies.
+    pub public_url: String,
+    /// How Traefik reaches spawngate (forwardAuth addresses, the spawngate service).
+    /// Empty: `http://<listen>`.
+    pub internal_url: String,
+    pub data_dir: String,
+    /// When set, `/traefik/config` requires header `X-Spawngate-Provider-Token`.
+    pub provider_token: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:9090".into(),
+            public_url: "http://localhost:8000".into(),
+            internal_url: String::new(),
+            data_dir: "spawngate-data".into(),
+            provider_token: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTraefik {
+    pub entry_points: Vec<String>,
+    /// TLS certificate resolver for user routers; empty: no TLS section.
+    pub cert_resolver: String,
+}
+
+impl Default for RawTraefik {
+    fn default() -> Self {
+        RawTraefik {
+            entry_points: vec!["web".into()],
+            cert_resolver: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDocker {
+    /// Docker daemon address; empty: `DOCKER_HOST` or the local socket.
+    pub host: String,
+    /// `host`: containers publish their port on 127.0.0.1 and Traefik runs on the host.
+    /// `network`: Traefik and spawngate share the user network (docker-compose).
+    pub mode: String,
+    pub network: String,
+    pub image: String,
+    /// Port the user's app listens on inside the container.
+    pub port: u16,
+    pub memory: String,
+    pub cpus: f64,
+    pub pids_limit: i64,
+    /// Host ports (host mode) are allocated from this range when a user is created.
+    pub host_port_min: u16,
+    pub host_port_max: u16,
+    /// Labels containers with `spawngate.instance`, so several spawngates can share a
+    /// Docker daemon without touching each other's containers.
+    pub instance: String,
+    /// Where the per-user volume is mounted.
+    pub data_mount: String,
+    pub read_only_rootfs: bool,
+}
+
+impl Default for RawDocker {
+    fn default() -> Self {
+        RawDocker {
+            host: String::new(),
+            mode: "host".into(),
+            network: "spawngate-users".into(),
+            image: "spawngate-example-app:latest".into(),
+            port: 8080,
+            memory: "512m".into(),
+            cpus: 1.0,
+            pids_limit: 256,
+            host_port_min: 20000,
+            host_port_max: 29999,
+            instance: "default".into(),
+            data_mount: "/data".into(),
+            read_only_rootfs: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSpawn {
+    /// How long forwardAuth holds a request while the container starts.
+    pub hold_secs: f64,
+    /// How long a container may take to answer its first HTTP request.
+    pub ready_timeout_secs: u64,
+    pub max_concurrent: usize,
+}
+
+impl Default for RawSpawn {
+    fn default() -> Self {
+        RawSpawn {
+            hold_secs: 10.0,
+            ready_timeout_secs: 120,
+            max_concurrent: 8,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSession {
+    pub ttl_hours: u64,
+    pub cookie_name: String,
+}
+
+impl Default for RawSession {
+    fn default() -> Self {
+        RawSession {
+            ttl_hours: 24 * 7,
+            cookie_name: "spawngate_session".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLogin {
+    pub token_ttl_minutes: u64,
+}
+
+impl Default for RawLogin {
+    fn default() -> Self {
+        RawLogin {
+            token_ttl_minutes: 15,
+        }
+    }
+}
+
+/// How user containers are reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkMode {
+    /// Ports published on 127.0.0.1; Traefik and spawngate on the host.
+    Host,
+    /// Containers reached by name on the shared user network.
+    Network,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_url: PublicUrl,
+    pub internal_url: String,
+    pub data_dir: PathBuf,
+    pub provider_token: Option<Secret>,
+    pub traefik: TraefikConfig,
+    pub docker: DockerConfig,
+    pub spawn: SpawnConfig,
+    pub session: SessionConfig,
+    pub login: LoginConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct PublicUrl {
+    /// `scheme://host[:port]`, no trailing slash.
+    pub origin: String,
+    pub https: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TraefikConfig {
+    pub entry_points: Vec<String>,
+    pub cert_resolver: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DockerConfig {
+    pub host: Option<String>,
+    pub mode: NetworkMode,
+    pub network: String,
+    pub image: String,
+    pub port: u16,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub host_ports: (u16, u16),
+    pub instance: String,
+    pub data_mount: String,
+    pub read_only_rootfs: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SpawnConfig {
+    pub hold: Duration,
+    pub ready_timeout: Duration,
+    pub max_concurrent: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub ttl: Duration,
+    /// The cookie name as sent: `__Host-` prefixed when served over HTTPS.
+    pub cookie_name: String,
+    pub secure: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct LoginConfig {
+    pub token_ttl: Duration,
+}
+
+/// Whether an environment override is a string, number, boolean or list.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    Float,
+    Bool,
+    List,
+}
+
+/// Every key that can be set, with its type. The environment variable of key
+/// `section.name` is `SPAWNGATE_SECTION_NAME`.
+const KEYS: &[(&str, Kind)] = &[
+    ("server.listen", Kind::Str),
+    ("server.public_url", Kind::Str),
+    ("server.internal_url", Kind::Str),
+    ("server.data_dir", Kind::Str),
+    ("server.provider_token", Kind::Str),
+    ("traefik.entry_points", Kind::List),
+    ("traefik.cert_resolver", Kind::Str),
+    ("docker.host", Kind::Str),
+    ("docker.mode", Kind::Str),
+    ("docker.network", Kind::Str),
+    ("docker.image", Kind::Str),
+    ("docker.port", Kind::Int),
+    ("docker.memory", Kind::Str),
+    ("docker.cpus", Kind::Float),
+    ("docker.pids_limit", Kind::Int),
+    ("docker.host_port_min", Kind::Int),
+    ("docker.host_port_max", Kind::Int),
+    ("docker.instance", Kind::Str),
+    ("docker.data_mount", Kind::Str),
+    ("docker.read_only_rootfs", Kind::Bool),
+    ("spawn.hold_secs", Kind::Float),
+    ("spawn.ready_timeout_secs", Kind::Int),
+    ("spawn.max_concurrent", Kind::Int),
+    ("session.ttl_hours", Kind::Int),
+    ("session.cookie_name", Kind::Str),
+    ("login.token_ttl_minutes", Kind::Int),
+];
+
+/// Variables that start with `SPAWNGATE_` but are not config keys.
+const NON_KEY_ENV: &[&str] = &["SPAWNGATE_CONFIG", "SPAWNGATE_LOG", "SPAWNGATE_LOG_FORMAT"];
+
+pub fn env_name(key: &str) -> String {
+    format!("SPAWNGATE_{}", key.replace('.', "_").to_uppercase())
+}
+
+impl Config {
+    /// Loads the file (if any), applies the environment, validates.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match file {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_sources(&text, std::env::vars())
+    }
+
+    /// Builds a config from TOML text and environment variables (testable without
+    /// touching the process environment).
+    pub fn from_sources(
+        toml_text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table =
+            toml::from_str(toml_text).map_err(|e| ConfigError::Invalid {
+                key: "(file)".into(),
+                message: e.to_string(),
+            })?;
+        for (name, value) in env {
+            if !name.starts_with("SPAWNGATE_") || NON_KEY_ENV.contains(&name.as_str()) {
+                continue;
+            }
+            let Some((key, kind)) = KEYS.iter().find(|(k, _)| env_name(k) == name) else {
+                return Err(ConfigError::UnknownEnv { name });
+            };
+            let parsed = parse_env_value(key, *kind, &value)?;
+            let (section, field) = key.split_once('.').unwrap_or((key, ""));
+            let section_table = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match section_table {
+                toml::Value::Table(t) => {
+                    t.insert(field.to_owned(), parsed);
+                }
+                _ => return Err(invalid(section, "must be a table")),
+            }
+        }
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                ConfigError::Invalid {
+                    key: e.path().to_string(),
+                    message: e.inner().to_string(),
+                }
+            })?;
+        raw.validate()
+    }
+}
+
+fn parse_env_value(key: &str, kind: Kind, value: &str) -> Result<toml::Value, ConfigError> {
+    let env = env_name(key);
+    let bad = |what: &str| invalid(key, format!("{env}={value:?} is not {what}"));
+    Ok(match kind {
+        Kind::Str => toml::Value::String(value.to_owned()),
+        Kind::Int => toml::Value::Integer(value.trim().parse().map_err(|_| bad("an integer"))?),
+        Kind::Float => toml::Value::Float(value.trim().parse().map_err(|_| bad("a number"))?),
+        Kind::Bool => match value.trim() {
+            "true" | "1" | "yes" => toml::Value::Boolean(true),
+            "false" | "0" | "no" => toml::Value::Boolean(false),
+            _ => return Err(bad("a boolean (true/false)")),
+        },
+        Kind::List => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+    })
+}
+
+/// Parses sizes such as `512m`, `2g`, `1048576`.
+fn parse_bytes(s: &str) -> Option<i64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1i64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.trim().parse::<i64>().ok()?.checked_mul(mult)
+}
+
+/// Longest forwardAuth hold: Traefik gives up on an auth server after a fixed 30 s
+/// and answers 500, so the hold must stay clearly below that.
+const MAX_HOLD: Duration = Duration::from_secs(25);
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let s = self.server;
+        let listen: SocketAddr = s.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address like 127.0.0.1:9090", s.listen),
+            )
+        })?;
+
+        let public_url = parse_public_url(&s.public_url)?;
+        let internal_url = if s.internal_url.is_empty() {
+            format!("http://{listen}")
+        } else {
+            let u = url::Url::parse(&s.internal_url).map_err(|e| {
+                invalid("server.internal_url", format!("{:?}: {e}", s.internal_url))
+            })?;
+            if u.scheme() != "http" && u.scheme() != "https" {
+                return Err(invalid(
+                    "server.internal_url",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+            s.internal_url.trim_end_matches('/').to_owned()
+        };
+        if s.data_dir.trim().is_empty() {
+            return Err(invalid("server.data_dir", "must not be empty"));
+        }
+        let provider_token = (!s.provider_token.is_empty()).then(|| Secret::new(s.provider_token));
+        if provider_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            return Err(invalid(
+                "server.provider_token",
+                "must be at least 16 characters",
+            ));
+        }
+
+        let t = self.traefik;
+        if t.entry_points.is_empty() || t.entry_points.iter().any(|e| !is_name(e)) {
+            return Err(invalid(
+                "traefik.entry_points",
+                "must be a non-empty list of entry point names",
+            ));
+        }
+
+        let d = self.docker;
+        let mode = match d.mode.as_str() {
+            "host" => NetworkMode::Host,
+            "network" => NetworkMode::Network,
+            other => {
+                return Err(invalid(
+                    "docker.mode",
+                    format!("{other:?}: expected \"host\" or \"network\""),
+                ));
+            }
+        };
+        if !is_name(&d.network) {
+            return Err(invalid(
+                "docker.network",
+                "must be a Docker network name ([a-zA-Z0-9_.-])",
+            ));
+        }
+        if d.image.trim().is_empty() {
+            return Err(invalid("docker.image", "must not be empty"));
+        }
+        if d.port == 0 {
+            return Err(invalid("docker.port", "must be a port number (1-65535)"));
+        }
+        let memory_bytes = parse_bytes(&d.memory)
+            .filter(|b| *b >= 6 << 20)
+            .ok_or_else(|| {
+                invalid(
+                    "docker.memory",
+                    format!(
+                        "{:?}: expected a size of at least 6m, like 512m or 2g",
+                        d.memory
+                    ),
+                )
+            })?;
+        if !(d.cpus > 0.0 && d.cpus <= 1024.0) {
+            return Err(invalid("docker.cpus", "must be a number of CPUs above 0"));
+        }
+        if d.pids_limit < 1 {
+            return Err(invalid("docker.pids_limit", "must be at least 1"));
+        }
+        if d.host_port_min < 1024 {
+            return Err(invalid("docker.host_port_min", "must be at least 1024"));
+        }
+        if d.host_port_max < d.host_port_min {
+            return Err(invalid(
+                "docker.host_port_max",
+                "must not be below docker.host_port_min",
+            ));
+        }
+        if !is_name(&d.instance) {
+            return Err(invalid(
+                "docker.instance",
+                "must be a short name ([a-zA-Z0-9_.-])",
+            ));
+        }
+        if !d.data_mount.starts_with('/') {
+            return Err(invalid(
+                "docker.data_mount",
+                "must be an absolute path in the container",
+            ));
+        }
+
+        let sp = self.spawn;
+        if !(sp.hold_secs >= 0.0 && sp.hold_secs <= MAX_HOLD.as_secs_f64()) {
+            return Err(invalid(
+                "spawn.hold_secs",
+                format!(
+                    "{} is out of range: must be between 0 and 25 (Traefik abandons forwardAuth calls after 30 s)",
+                    sp.hold_secs
+                ),
+            ));
+        }
+        if sp.ready_timeout_secs == 0 {
+            return Err(invalid("spawn.ready_timeout_secs", "must be at least 1"));
+        }
+        if sp.max_concurrent == 0 {
+            return Err(invalid("spawn.max_concurrent", "must be at least 1"));
+        }
+
+        let se = self.session;
+        if se.ttl_hours == 0 {
+            return Err(invalid("session.ttl_hours", "must be at least 1"));
+        }
+        if se.cookie_name.is_empty()
+            || !se
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "session.cookie_name",
+                "must be letters, digits, '_' or '-'",
+            ));
+        }
+        // `__Host-` makes the browser refuse the cookie unless it is Secure, host-only
+        // and Path=/: no sibling subdomain can plant or overwrite it.
+        let cookie_name = if public_url.https {
+            format!("__Host-{}", se.cookie_name)
+        } else {
+            se.cookie_name
+        };
+
+        let l = self.login;
+        if l.token_ttl_minutes == 0 || l.token_ttl_minutes > 24 * 60 {
+            return Err(invalid(
+                "login.token_ttl_minutes",
+                "must be between 1 and 1440",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            internal_url,
+            data_dir: PathBuf::from(s.data_dir),
+            provider_token,
+            traefik: TraefikConfig {
+                entry_points: t.entry_points,
+                cert_resolver: (!t.cert_resolver.is_empty()).then_some(t.cert_resolver),
+            },
+            docker: DockerConfig {
+                host: (!d.host.is_empty()).then_some(d.host),
+                mode,
+                network: d.network,
+                image: d.image,
+                port: d.port,
+                memory_bytes,
+                nano_cpus: (d.cpus * 1e9) as i64,
+                pids_limit: d.pids_limit,
+                host_ports: (d.host_port_min, d.host_port_max),
+                instance: d.instance,
+                data_mount: d.data_mount,
+                read_only_rootfs: d.read_only_rootfs,
+            },
+            spawn: SpawnConfig {
+                hold: Duration::from_secs_f64(sp.hold_secs),
+                ready_timeout: Duration::from_secs(sp.ready_timeout_secs),
+                max_concurrent: sp.max_concurrent,
+            },
+            session: SessionConfig {
+                ttl: Duration::from_secs(se.ttl_hours * 3600),
+                cookie_name,
+                secure: public_url.https,
+            },
+            login: LoginConfig {
+                token_ttl: Duration::from_secs(l.token_ttl_minutes * 60),
+            },
+            public_url,
+        })
+    }
+}
+
+fn parse_public_url(raw: &str) -> Result<PublicUrl, ConfigError> {
+    let u =
+        url::Url::parse(raw).map_err(|e| invalid("server.public_url", format!("{raw:?}: {e}")))?;
+    let https = match u.scheme() {
+        "https" => true,
+        "http" => false,
+        other => {
+            return Err(invalid(
+                "server.public_url",
+                format!("scheme {other:?}: expected http or https"),
+            ));
+        }
+    };
+    if u.host_str().is_none() || u.path() != "/" || u.query().is_some() {
+        return Err(invalid(
+            "server.public_url",
+            format!(
+                "{raw:?}: expected scheme://host[:port] with no path (spawngate serves from the site root)"
+            ),
+        ));
+    }
+    Ok(PublicUrl {
+        origin: u.origin().ascii_serialization(),
+        https,
+    })
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    fn err(toml: &str, vars: &[(&str, &str)]) -> String {
+        match Config::from_sources(toml, env(vars)) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::from_sources("", env(&[])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.internal_url, "http://127.0.0.1:9090");
+        assert_eq!(c.public_url.origin, "http://localhost:8000");
+        assert_eq!(c.docker.mode, NetworkMode::Host);
+        assert_eq!(c.docker.memory_bytes, 512 << 20);
+        assert_eq!(c.spawn.hold, Duration::from_secs(10));
+        assert_eq!(c.session.cookie_name, "spawngate_session");
+        assert!(!c.session.secure);
+        assert!(c.provider_token.is_none());
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let c = Config::from_sources(
+            "[docker]\nimage = \"a:1\"\ncpus = 0.5\n[spawn]\nhold_secs = 3",
+            env(&[
+                ("SPAWNGATE_DOCKER_IMAGE", "b:2"),
+                ("SPAWNGATE_TRAEFIK_ENTRY_POINTS", "web, websecure"),
+                ("SPAWNGATE_DOCKER_READ_ONLY_ROOTFS", "true"),
+                ("SPAWNGATE_CONFIG", "ignored.toml"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.docker.image, "b:2");
+        assert_eq!(c.docker.nano_cpus, 500_000_000);
+        assert_eq!(c.spawn.hold, Duration::from_secs(3));
+        assert_eq!(c.traefik.entry_points, vec!["web", "websecure"]);
+        assert!(c.docker.read_only_rootfs);
+    }
+
+    #[test]
+    fn https_public_url_makes_host_prefixed_secure_cookie() {
+        let c = Config::from_sources(
+            "[server]\npublic_url = \"https://apps.example.com\"",
+            env(&[]),
+        )
+        .unwrap();
+        assert!(c.session.secure);
+        assert_eq!(c.session.cookie_name, "__Host-spawngate_session");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("[spawn]\nhold_secs = 40", &[]).contains("spawn.hold_secs"));
+        assert!(err("[docker]\nport = \"x\"", &[]).contains("docker.port"));
+        assert!(err("[docker]\nmemory = \"lots\"", &[]).contains("docker.memory"));
+        assert!(err("[docker]\nmode = \"swarm\"", &[]).contains("docker.mode"));
+        assert!(err("[server]\npublic_url = \"localhost\"", &[]).contains("server.public_url"));
+        assert!(err("[server]\npublic_url = \"http://h/app\"", &[]).contains("server.public_url"));
+        assert!(err("[server]\nlisten = \"nope\"", &[]).contains("server.listen"));
+        assert!(err("[server]\nprovider_token = \"short\"", &[]).contains("server.provider_token"));
+        assert!(err("", &[("SPAWNGATE_DOCKER_PORT", "eighty")]).contains("SPAWNGATE_DOCKER_PORT"));
+        assert!(err("", &[("SPAWNGATE_DOCKER_PORTS", "1")]).contains("SPAWNGATE_DOCKER_PORTS"));
+        let unknown = err("[docker]\nimgae = \"x\"", &[]);
+        assert!(unknown.contains("imgae"), "{unknown}");
+        assert!(err("[spawn]\nhold_secs = 3\nfoo = 1", &[]).contains("foo"));
+    }
+
+    #[test]
+    fn every_key_has_a_working_env_override() {
+        for (key, kind) in KEYS {
+            let value = match kind {
+                Kind::Str => "x",
+                Kind::Int => "1",
+                Kind::Float => "1.5",
+                Kind::Bool => "true",
+                Kind::List => "a,b",
+            };
+            // A value may fail validation, but never with "unknown" or a type error
+            // about the structure: the key must exist in RawConfig.
+            if let Err(e) = Config::from_sources("", env(&[(&env_name(key), value)])) {
+                let msg = e.to_string();
+                assert!(!msg.contains("unknown"), "{key}: {msg}");
+                assert!(msg.contains(key), "{key}: {msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("512m"), Some(512 << 20));
+        assert_eq!(parse_bytes("2G"), Some(2 << 30));
+        assert_eq!(parse_bytes("64kb"), Some(64 << 10));
+        assert_eq!(parse_bytes("1000"), Some(1000));
+        assert_eq!(parse_bytes("m"), None);
+        assert_eq!(parse_bytes(""), None);
+    }
+}

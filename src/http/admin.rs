@@ -1,0 +1,120 @@
+//! The admin JSON API under `/_spawngate/api/`. Over TCP it needs an admin bearer
+//! token; over the control socket the operator is trusted by file permission.
+
+use bytes::Bytes;
+use hyper::{Method, Request, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Peer, ReqBody, Resp, api_error, bearer, json, read_body};
+use crate::app::App;
+use crate::error::ApiError;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    #[serde(default)]
+    email: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+pub async fn handle<B>(app: &App, req: Request<B>, rest: &str, peer: Peer) -> Resp
+where
+    B: ReqBody,
+{
+    if peer == Peer::Network {
+        let authorized = match bearer(req.headers()) {
+            Some(token) => match app.store.admin_token(token.expose()) {
+                Ok(found) => found.is_some(),
+                Err(e) => return api_error(&e.into()),
+            },
+            None => false,
+        };
+        if !authorized {
+            return api_error(&ApiError::Unauthorized);
+        }
+    }
+    let method = req.method().clone();
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let result = route(app, &method, &parts, req, peer).await;
+    match result {
+        Ok((status, value)) => json(status, &value),
+        Err(e) => api_error(&e),
+    }
+}
+
+async fn route<B>(
+    app: &App,
+    method: &Method,
+    parts: &[&str],
+    req: Request<B>,
+    peer: Peer,
+) -> Result<(StatusCode, serde_json::Value), ApiError>
+where
+    B: ReqBody,
+{
+    let ok = |v: serde_json::Value| Ok((StatusCode::OK, v));
+    match (method, parts) {
+        (&Method::GET, ["users"]) => ok(json!({ "users": app.list_users() })),
+        (&Method::POST, ["users"]) => {
+            let body: NewUser = parse_json(req).await?;
+            let user = app.add_user(&body.name, body.email.as_deref()).await?;
+            Ok((StatusCode::CREATED, to_json(&user)))
+        }
+        (&Method::GET, ["users", name]) => ok(to_json(&app.user_view(&*app.find_user(name)?))),
+        (&Method::DELETE, ["users", name]) => {
+            app.remove_user(name).await?;
+            ok(json!({ "deleted": name }))
+        }
+        (&Method::GET, ["users", name, "container"]) => {
+            ok(to_json(&app.container_status(name).await?))
+        }
+        (&Method::POST, ["users", name, "container", "start"]) => {
+            ok(to_json(&app.start_container(name).await?))
+        }
+        (&Method::POST, ["users", name, "container", "stop"]) => {
+            ok(to_json(&app.stop_container(name).await?))
+        }
+        (&Method::POST, ["users", name, "login-link"]) => {
+            Ok((StatusCode::CREATED, to_json(&app.login_link(name).await?)))
+        }
+        // Minting admin tokens is for the local operator only.
+        (&Method::POST, ["tokens"]) if peer == Peer::Control => {
+            let body: NewToken = parse_json(req).await?;
+            let name = body.name.unwrap_or_else(|| "admin".to_owned());
+            let token = app.store.create_admin_token(&name).await?;
+            Ok((StatusCode::CREATED, json!({ "name": name, "token": token })))
+        }
+        (_, ["users"] | ["users", _] | ["users", _, "container"]) => Err(ApiError::BadRequest(
+            format!("method {method} not allowed here"),
+        )),
+        _ => Err(ApiError::NotFound("route")),
+    }
+}
+
+async fn parse_json<B, T>(req: Request<B>) -> Result<T, ApiError>
+where
+    B: ReqBody,
+    T: serde::de::DeserializeOwned,
+{
+    let body = read_body(req.into_body()).await?;
+    let body = if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// The API's own view structs always serialize.
+fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}

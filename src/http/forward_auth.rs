@@ -1,0 +1,157 @@
+//! `GET /auth/u-<slug>`: Traefik's forwardAuth call, in the order of DESIGN.md:
+//! identify → no session (302 or 401) → not the owner or unknown slug (403, the
+//! same answer for both) → ready (200 + identity headers) → start and hold →
+//! waiting page or 503.
+
+use std::time::Instant;
+
+use hyper::StatusCode;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+
+use super::{Resp, pages, redirect, wants_html};
+use crate::app::App;
+use crate::auth::{Identity, cookies, safe_next};
+use crate::ids::Slug;
+use crate::lifecycle::Readiness;
+use crate::store::User;
+
+/// Seconds a client should wait before asking again while a container starts.
+const RETRY_SECS: u32 = 2;
+
+pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
+    let started = Instant::now();
+    let slug = Slug::parse_segment(segment);
+    let (outcome, resp, who) = decide(app, headers, slug.as_ref()).await;
+    tracing::info!(
+        target: "spawngate::auth",
+        user = who.as_deref().unwrap_or("-"),
+        slug = segment,
+        outcome,
+        status = resp.status().as_u16(),
+        us = started.elapsed().as_micros() as u64,
+        "auth"
+    );
+    resp
+}
+
+async fn decide(
+    app: &App,
+    headers: &HeaderMap,
+    slug: Option<&Slug>,
+) -> (&'static str, Resp, Option<String>) {
+    let browser = wants_html(headers);
+    let Some(identity) = app.identify(headers) else {
+        return ("no_session", unauthenticated(headers, browser), None);
+    };
+    let who = Some(identity.user.name.clone());
+    let directory = app.store.snapshot();
+    let target = slug.and_then(|s| directory.by_slug(s));
+    let Some(target) = target.filter(|t| t.id == identity.user.id) else {
+        let outcome = if target.is_some() {
+            "forbidden"
+        } else {
+            "unknown_slug"
+        };
+        return (outcome, pages::forbidden(browser), who);
+    };
+    match app
+        .lifecycle
+        .ensure_ready(target, app.config.spawn.hold)
+        .await
+    {
+        Readiness::Ready => ("allow", allow(app, headers, &identity, target), who),
+        Readiness::Pending => ("starting", waiting(browser), who),
+        Readiness::Failed(e) => {
+            let mut resp = pages::spawn_failed(browser, &e.to_string());
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(5u32));
+            ("spawn_failed", resp, who)
+        }
+    }
+}
+
+/// 200 with the identity headers and the request's cookies minus the session
+/// cookie. Traefik replaces the client's versions of these headers with ours.
+fn allow(app: &App, headers: &HeaderMap, identity: &Identity, target: &User) -> Resp {
+    let mut resp = super::text(StatusCode::OK, "");
+    let h = resp.headers_mut();
+    // Names and slugs are validated ASCII, so these conversions cannot fail.
+    if let Ok(v) = HeaderValue::from_str(&identity.user.name) {
+        h.insert(HeaderName::from_static("x-spawngate-user"), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(target.slug.as_str()) {
+        h.insert(HeaderName::from_static("x-spawngate-slug"), v);
+    }
+    if let Some(rest) = cookies::without_session(headers, &app.config.session.cookie_name)
+        && let Ok(v) = HeaderValue::from_str(&rest)
+    {
+        h.insert(hyper::header::COOKIE, v);
+    }
+    resp
+}
+
+fn unauthenticated(headers: &HeaderMap, browser: bool) -> Resp {
+    if !browser {
+        return super::api_error(&crate::error::ApiError::Unauthorized);
+    }
+    let original = headers
+        .get("x-forwarded-uri")
+        .and_then(|v| v.to_str().ok())
+        .and_then(safe_next);
+    redirect(StatusCode::FOUND, &login_location(original.as_deref()))
+}
+
+/// `/_spawngate/login`, with `next` when there is somewhere to return to.
+pub fn login_location(next: Option<&str>) -> String {
+    match next {
+        Some(next) => format!(
+            "/_spawngate/login?next={}",
+            utf8_percent_encode(next, NON_ALPHANUMERIC)
+        ),
+        None => "/_spawngate/login".to_owned(),
+    }
+}
+
+fn waiting(browser: bool) -> Resp {
+    let mut resp = pages::waiting(browser, RETRY_SECS);
+    resp.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(RETRY_SECS));
+    resp
+}
+
+/// A `/u-…` path that no user router matched: an unknown slug, or a user created a
+/// moment ago whose router Traefik has not loaded yet. Never lets anything through.
+pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
+    let browser = wants_html(headers);
+    let Some(identity) = app.identify(headers) else {
+        let next = safe_next(path);
+        return if browser {
+            redirect(StatusCode::FOUND, &login_location(next.as_deref()))
+        } else {
+            super::api_error(&crate::error::ApiError::Unauthorized)
+        };
+    };
+    let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
+    let own = Slug::parse_segment(segment).is_some_and(|s| s == identity.user.slug);
+    if own {
+        // Traefik polls the provider every few seconds; ask the browser to retry.
+        waiting(browser)
+    } else {
+        pages::forbidden(browser)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_location_encodes_next() {
+        assert_eq!(login_location(None), "/_spawngate/login");
+        assert_eq!(
+            login_location(Some("/u-abc/x?y=1&z=2")),
+            "/_spawngate/login?next=%2Fu%2Dabc%2Fx%3Fy%3D1%26z%3D2"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Magic-link login: the link opens a confirm page and only its POST uses the token
+//! up, so link scanners and previews that GET the URL do not log anyone in.
+
+use std::collections::HashMap;
+
+use hyper::header::{HeaderMap, HeaderValue, ORIGIN, SET_COOKIE};
+use hyper::{Method, Request, StatusCode};
+
+use super::pages::{escape, page};
+use super::{ReqBody, Resp, html, read_body, redirect};
+use crate::app::App;
+use crate::auth::{cookies, safe_next};
+use crate::time::unix_now;
+
+fn query(req_uri: &hyper::Uri) -> HashMap<String, String> {
+    req_uri
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
+pub async fn login<B>(app: &App, req: Request<B>) -> Resp
+where
+    B: ReqBody,
+{
+    match *req.method() {
+        Method::GET | Method::HEAD => login_page(app, &req),
+        Method::POST => confirm(app, req).await,
+        _ => super::api_error(&crate::error::ApiError::BadRequest(
+            "use GET or POST".into(),
+        )),
+    }
+}
+
+fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
+    let q = query(req.uri());
+    let next = q.get("next").and_then(|n| safe_next(n));
+    if let Some(token) = q.get("token") {
+        return match app.store.peek_login_token(token) {
+            Ok(Ok(record)) => {
+                let name = app
+                    .store
+                    .snapshot()
+                    .by_id(&record.user_id)
+                    .map(|u| u.name.clone())
+                    .unwrap_or_default();
+                confirm_page(&name, token, next.as_deref())
+            }
+            Ok(Err(_)) => invalid_link(),
+            Err(e) => store_unavailable(&e),
+        };
+    }
+    if let Some(identity) = app.identify(req.headers()) {
+        let target = next.unwrap_or_else(|| format!("{}/", identity.user.slug.base_path()));
+        return redirect(StatusCode::FOUND, &target);
+    }
+    html(
+        StatusCode::OK,
+        page(
+            "Sign in",
+            "",
+            "<p>Open the login link you were given to sign in.</p>\
+             <p class=\"muted\">No link, or it expired? Ask your administrator for a new one.</p>",
+        ),
+    )
+}
+
+fn confirm_page(name: &str, token: &str, next: Option<&str>) -> Resp {
+    let next_field = next
+        .map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
+        .unwrap_or_default();
+    html(
+        StatusCode::OK,
+        page(
+            "Sign in",
+            "",
+            &format!(
+                r#"<p>Sign in as <strong>{}</strong>?</p>
+<form method="post" action="/_spawngate/login">
+<input type="hidden" name="token" value="{}">{next_field}
+<button type="submit">Sign in</button>
+</form>"#,
+                escape(name),
+                escape(token)
+            ),
+        ),
+    )
+}
+
+/// One page for unknown, used and expired links alike.
+fn invalid_link() -> Resp {
+    html(
+        StatusCode::BAD_REQUEST,
+        page(
+            "This login link cannot be used",
+            "",
+            "<p>The link is invalid, was already used, or has expired.</p><p>Ask your administrator for a new one.</p>",
+        ),
+    )
+}
+
+fn store_unavailable(e: &dyn std::fmt::Display) -> Resp {
+    tracing::error!(error = %e, "store unavailable during login");
+    html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        page(
+            "Sign-in is unavailable",
+            "",
+            "<p>Please try again in a moment.</p>",
+        ),
+    )
+}
+
+/// Cross-site form posts are refused: a browser sends `Origin` on POST, and it must
+/// be the public origin. (Requests without `Origin` come from non-browser clients.)
+fn same_origin(app: &App, headers: &HeaderMap) -> bool {
+    match headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
+        None => true,
+        Some(origin) => origin == app.config.public_url.origin,
+    }
+}
+
+async fn confirm<B>(app: &App, req: Request<B>) -> Resp
+where
+    B: ReqBody,
+{
+    if !same_origin(app, req.headers()) {
+        return super::pages::forbidden(true);
+    }
+    let old_session = app.identify(req.headers()).map(|i| i.session);
+    let body = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(e) => return super::api_error(&e),
+    };
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    let Some(token) = form.get("token") else {
+        return invalid_link();
+    };
+    let record = match app.store.consume_login_token(token).await {
+        Ok(Ok(record)) => record,
+        Ok(Err(rejection)) => {
+            tracing::info!(target: "spawngate::login", ?rejection, "login link rejected");
+            return invalid_link();
+        }
+        Err(e) => return store_unavailable(&e),
+    };
+    let directory = app.store.snapshot();
+    let Some(user) = directory.by_id(&record.user_id).filter(|u| !u.disabled) else {
+        return invalid_link();
+    };
+    // A new session id at every login (no fixation); the old session ends.
+    if let Some(old) = old_session
+        && let Err(e) = app.store.delete_session(&old).await
+    {
+        tracing::warn!(error = %e, "cannot delete previous session");
+    }
+    let ttl = app.config.session.ttl.as_secs() as i64;
+    let (sid, session) = match app.store.create_session(&user.id, ttl).await {
+        Ok(s) => s,
+        Err(e) => return store_unavailable(&e),
+    };
+    let jwt = app
+        .sessions
+        .sign(&sid, &user.id, unix_now(), session.expires);
+    let target = form
+        .get("next")
+        .and_then(|n| safe_next(n))
+        .unwrap_or_else(|| format!("{}/", user.slug.base_path()));
+    tracing::info!(target: "spawngate::login", user = %user.name, "login");
+    let mut resp = redirect(StatusCode::SEE_OTHER, &target);
+    let cookie = cookies::session(
+        &app.config.session.cookie_name,
+        &jwt,
+        app.config.session.secure,
+        ttl,
+    );
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(SET_COOKIE, v);
+    }
+    resp
+}
+
+pub async fn logout<B>(app: &App, req: Request<B>) -> Resp {
+    if !same_origin(app, req.headers()) {
+        return super::pages::forbidden(true);
+    }
+    if let Some(identity) = app.identify(req.headers())
+        && let Err(e) = app.store.delete_session(&identity.session).await
+    {
+        return store_unavailable(&e);
+    }
+    let mut resp = redirect(StatusCode::SEE_OTHER, "/_spawngate/login");
+    let cookie = cookies::cleared(&app.config.session.cookie_name, app.config.session.secure);
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        resp.headers_mut().insert(SET_COOKIE, v);
+    }
+    resp
+}
+
+/// `/_spawngate/`: who you are and where your environment is.
+pub fn home(app: &App, headers: &HeaderMap) -> Resp {
+    let Some(identity) = app.identify(headers) else {
+        return redirect(StatusCode::FOUND, "/_spawngate/login");
+    };
+    let url = format!("{}/", identity.user.slug.base_path());
+    html(
+        StatusCode::OK,
+        page(
+            "spawngate",
+            "",
+            &format!(
+                r#"<p>Signed in as <strong>{}</strong>.</p>
+<p><a href="{}">Open your environment</a></p>
+<form method="post" action="/_spawngate/logout"><button type="submit">Sign out</button></form>"#,
+                escape(&identity.user.name),
+                escape(&url)
+            ),
+        ),
+    )
+}

@@ -1,0 +1,213 @@
+//! Request routing and the small response helpers every handler uses.
+
+mod admin;
+mod forward_auth;
+mod login;
+pub mod pages;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::ids::Secret;
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// Where a request came from: the TCP listener (anyone who can reach it) or the
+/// local control socket (the operator, by file permission).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Network,
+    Control,
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Request bodies the handlers accept: hyper's `Incoming` on the network, `Full`
+/// when the CLI calls the handler in-process.
+pub trait ReqBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static {}
+impl<T: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static> ReqBody for T {}
+
+/// Largest request body accepted (forms and JSON are tiny).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Header Traefik's HTTP provider sends when `server.provider_token` is set.
+pub const PROVIDER_TOKEN_HEADER: &str = "x-spawngate-provider-token";
+
+/// Routes one request. Never fails: every error becomes an HTTP answer.
+pub async fn handle<B>(app: Arc<App>, req: Request<B>, peer: Peer) -> Result<Resp, Infallible>
+where
+    B: ReqBody,
+{
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    if peer == Peer::Control {
+        // The control socket serves the admin API only.
+        return Ok(match path.strip_prefix("/_spawngate/api/") {
+            Some(rest) => admin::handle(&app, req, rest, peer).await,
+            None => api_error(&ApiError::NotFound("route")),
+        });
+    }
+    let resp = match (&method, path.as_str()) {
+        (_, p) if p.starts_with("/auth/") => {
+            forward_auth::handle(&app, req.headers(), &p["/auth/".len()..]).await
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => readyz(&app).await,
+        (&Method::GET, "/traefik/config") => provider_config(&app, req.headers()),
+        (_, p) if p.starts_with("/_spawngate/api/") => {
+            let rest = p["/_spawngate/api/".len()..].to_owned();
+            admin::handle(&app, req, &rest, peer).await
+        }
+        (_, "/_spawngate/login") => login::login(&app, req).await,
+        (&Method::POST, "/_spawngate/logout") => login::logout(&app, req).await,
+        (&Method::GET, "/_spawngate/" | "/_spawngate") => login::home(&app, req.headers()),
+        // Traefik's catch-all for `/u-…` paths no user router matched.
+        (_, p) if p.starts_with("/u-") => forward_auth::unknown_user_path(&app, req.headers(), p),
+        _ => pages::not_found(),
+    };
+    Ok(resp)
+}
+
+async fn readyz(app: &App) -> Resp {
+    let store = app.store.check().map_err(|e| e.to_string());
+    let docker = match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        app.lifecycle.runtime().ping(),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("Docker did not answer within 2 s".to_owned()),
+    };
+    let status = if store.is_ok() && docker.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let show = |r: &Result<(), String>| match r {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => e.clone(),
+    };
+    json(
+        status,
+        &serde_json::json!({ "store": show(&store), "docker": show(&docker) }),
+    )
+}
+
+fn provider_config(app: &App, headers: &HeaderMap) -> Resp {
+    if let Some(expected) = &app.config.provider_token {
+        let presented = headers
+            .get(PROVIDER_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !expected.matches(presented) {
+            return api_error(&ApiError::Unauthorized);
+        }
+    }
+    let mut resp = Response::new(Full::new(app.provider.current()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Reads a body up to [`MAX_BODY`].
+pub async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: ReqBody,
+{
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(MAX_BODY)),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "cannot read request body: {e}"
+        ))),
+    }
+}
+
+pub fn text(status: StatusCode, body: &str) -> Resp {
+    with_type(
+        status,
+        Bytes::from(body.to_owned()),
+        "text/plain; charset=utf-8",
+    )
+}
+
+pub fn html(status: StatusCode, body: String) -> Resp {
+    let mut resp = with_type(status, Bytes::from(body), "text/html; charset=utf-8");
+    let h = resp.headers_mut();
+    // Pages carry tokens in forms and URLs: no referrer, no framing, no caching.
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Resp {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = with_type(status, Bytes::from(body), "application/json");
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+pub fn api_error(e: &ApiError) -> Resp {
+    let mut resp = json(e.status(), &e.body());
+    if matches!(e, ApiError::Unauthorized) {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"spawngate\""),
+        );
+    }
+    resp
+}
+
+fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Resp {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// A redirect with a relative `Location` (`303 See Other` after POSTs, `302` else).
+pub fn redirect(status: StatusCode, location: &str) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Whether the client wants HTML (a browser) rather than an API answer.
+pub fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"))
+}
+
+/// Bearer token from `Authorization`, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<Secret> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| Secret::new(token.trim()))
+}

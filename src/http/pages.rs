@@ -1,0 +1,122 @@
+//! The few HTML pages spawngate serves (and their JSON twins for API clients).
+//! Every interpolated value goes through [`escape`].
+
+use hyper::StatusCode;
+
+use super::{Resp, api_error, html, json};
+use crate::error::ApiError;
+
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A complete page. `head_extra` is trusted markup (e.g. a refresh meta tag).
+pub fn page(title: &str, head_extra: &str, body: &str) -> String {
+    format!(
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · spawngate</title>{head_extra}
+<style>
+body{{font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#222}}
+h1{{font-size:1.4rem}} .muted{{color:#666}} button{{font-size:1rem;padding:.5rem 1.2rem;cursor:pointer}}
+code{{background:#f3f3f3;padding:.1rem .3rem}}
+</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+"#,
+        title = escape(title)
+    )
+}
+
+/// The answer for another user's slug and for an unknown slug alike, so a caller
+/// cannot tell whether a slug exists.
+pub fn forbidden(browser: bool) -> Resp {
+    if browser {
+        html(
+            StatusCode::FORBIDDEN,
+            page(
+                "Not yours",
+                "",
+                r#"<p>You do not have access to this address.</p><p><a href="/_spawngate/">Go to your own environment</a></p>"#,
+            ),
+        )
+    } else {
+        api_error(&ApiError::Forbidden(
+            "you do not have access to this address",
+        ))
+    }
+}
+
+pub fn not_found() -> Resp {
+    api_error(&ApiError::NotFound("route"))
+}
+
+/// Shown (with status 503) while a container is still starting after the hold.
+/// The page reloads itself; the reload asks forwardAuth again.
+pub fn waiting(browser: bool, retry_secs: u32) -> Resp {
+    if browser {
+        html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            page(
+                "Starting your environment…",
+                &format!(r#"<meta http-equiv="refresh" content="{retry_secs}">"#),
+                "<p>Your environment is starting. This page reloads by itself and takes you there as soon as it is ready.</p>\
+                 <p class=\"muted\">Usually a few seconds.</p>",
+            ),
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": { "code": "starting", "message": "the environment is starting; retry shortly" } }),
+        )
+    }
+}
+
+/// Shown when the container could not be started (Docker down, image missing…).
+pub fn spawn_failed(browser: bool, message: &str) -> Resp {
+    if browser {
+        html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            page(
+                "Your environment could not be started",
+                r#"<meta http-equiv="refresh" content="10">"#,
+                &format!(
+                    "<p>{}.</p><p class=\"muted\">The problem has been logged for the administrator. This page retries by itself.</p>",
+                    escape(message)
+                ),
+            ),
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": { "code": "spawn_failed", "message": message } }),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert!(page("<x>", "", "").contains("&lt;x&gt; · spawngate"));
+    }
+}

@@ -1,0 +1,37 @@
+//! spawngate: one container per user behind Traefik.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file, `SPAWNGATE_*` overrides and defaults, validated into
+//!   [`config::Config`] before any work starts.
+//! - [`ids`]: newtypes for user ids, slugs, session ids and secrets.
+//! - [`store`]: the embedded sled database (users, sessions, login tokens, admin
+//!   tokens, container records) and the in-memory directory the hot path reads.
+//! - [`auth`]: session cookies (HS256 JWT), one-time login tokens, admin tokens and
+//!   validation of `next` redirect targets.
+//! - [`provider`]: renders Traefik's dynamic configuration from the directory,
+//!   once per change.
+//! - [`runtime`]: the container runtime trait and its Docker (bollard) implementation.
+//! - [`lifecycle`]: single-flight lazy spawn, readiness probes, container state.
+//! - [`http`]: request routing and handlers (forwardAuth, login, admin API, pages).
+//! - [`server`]: the TCP and control-socket listeners with graceful shutdown.
+//! - [`app`]: wires everything together; [`cli`]: the `spawngate` command.
+//! - [`error`]: the domain error enum and its mapping to HTTP answers.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod http;
+pub mod ids;
+pub mod lifecycle;
+pub mod provider;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod time;
+
+pub use app::App;
+pub use config::Config;

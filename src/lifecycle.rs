@@ -1,0 +1,706 @@
+//! Lazy spawn: the state of each user's container as spawngate sees it, with a
+//! single flight per user, a global cap on concurrent spawns, and readiness probes.
+//!
+//! The forwardAuth hot path only reads a [`Phase`] from memory. Docker is called by
+//! spawn tasks, admin actions and the event watcher, never per request.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::{Config, NetworkMode};
+use crate::ids::{Slug, UserId};
+use crate::runtime::{ContainerGone, ContainerSpec, ContainerState, Runtime, RuntimeError};
+use crate::store::{ContainerRecord, Desired, Store, StoreError, User};
+use crate::time::{rfc3339, unix_now};
+
+/// After a failed spawn, requests within this window get the failure instead of
+/// hammering Docker with retries.
+const RETRY_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What spawngate believes about a user's container.
+#[derive(Clone, Debug)]
+pub enum Phase {
+    /// Not looked at since start-up (or events may have been missed).
+    Unknown,
+    Starting,
+    /// Running and answered a probe.
+    Ready,
+    Stopped,
+    Failed {
+        error: SpawnError,
+        at: Instant,
+    },
+}
+
+/// Why a container could not be made ready. Messages are safe to show users.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("the container service is unavailable right now")]
+    DockerDown(String),
+    #[error("the environment's image is missing on the server")]
+    ImageMissing(String),
+    #[error("the environment failed to start")]
+    Failed(String),
+    #[error("spawngate's state store is unavailable")]
+    Store(String),
+}
+
+impl SpawnError {
+    /// The operator-facing detail for logs and the admin API.
+    pub fn detail(&self) -> &str {
+        match self {
+            SpawnError::DockerDown(d)
+            | SpawnError::ImageMissing(d)
+            | SpawnError::Failed(d)
+            | SpawnError::Store(d) => d,
+        }
+    }
+}
+
+impl From<RuntimeError> for SpawnError {
+    fn from(e: RuntimeError) -> Self {
+        match e {
+            RuntimeError::Unavailable(_) => SpawnError::DockerDown(e.to_string()),
+            RuntimeError::ImageMissing(_) => SpawnError::ImageMissing(e.to_string()),
+            RuntimeError::Failed(_) => SpawnError::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for SpawnError {
+    fn from(e: StoreError) -> Self {
+        SpawnError::Store(e.to_string())
+    }
+}
+
+/// The answer to "may this request pass now?".
+#[derive(Debug)]
+pub enum Readiness {
+    Ready,
+    /// Still starting after the hold.
+    Pending,
+    Failed(SpawnError),
+}
+
+struct Slot {
+    phase: watch::Sender<Phase>,
+    /// Unix seconds of the last forwardAuth pass; in memory only.
+    last_activity: AtomicI64,
+}
+
+/// Container status for the admin API.
+#[derive(Debug, serde::Serialize)]
+pub struct ContainerStatus {
+    pub state: ContainerState,
+    pub name: String,
+    pub container_id: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub last_activity: Option<String>,
+    pub last_error: Option<String>,
+}
+
+pub struct Lifecycle {
+    runtime: Arc<dyn Runtime>,
+    store: Store,
+    config: Arc<Config>,
+    slots: RwLock<HashMap<UserId, Arc<Slot>>>,
+    spawn_permits: Semaphore,
+    probe: Client<HttpConnector, Empty<Bytes>>,
+}
+
+pub fn container_name(slug: &Slug) -> String {
+    format!("spawngate-{}", slug.segment())
+}
+
+pub fn volume_name(slug: &Slug) -> String {
+    format!("spawngate-{}-data", slug.segment())
+}
+
+/// Where Traefik (and the readiness probe) reach a user's app. Deterministic, so
+/// Traefik's configuration never changes when a container starts.
+pub fn service_url(config: &Config, user: &User) -> String {
+    match (config.docker.mode, user.host_port) {
+        (NetworkMode::Host, Some(port)) => format!("http://127.0.0.1:{port}"),
+        _ => format!(
+            "http://{}:{}",
+            container_name(&user.slug),
+            config.docker.port
+        ),
+    }
+}
+
+impl Lifecycle {
+    pub fn new(runtime: Arc<dyn Runtime>, store: Store, config: Arc<Config>) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+        connector.set_nodelay(true);
+        Arc::new(Lifecycle {
+            runtime,
+            store,
+            spawn_permits: Semaphore::new(config.spawn.max_concurrent),
+            config,
+            slots: RwLock::new(HashMap::new()),
+            probe: Client::builder(TokioExecutor::new())
+                .pool_max_idle_per_host(0)
+                .build(connector),
+        })
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    fn slot(&self, id: &UserId) -> Arc<Slot> {
+        if let Ok(slots) = self.slots.read()
+            && let Some(slot) = slots.get(id)
+        {
+            return slot.clone();
+        }
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    phase: watch::channel(Phase::Unknown).0,
+                    last_activity: AtomicI64::new(0),
+                })
+            })
+            .clone()
+    }
+
+    pub fn phase(&self, id: &UserId) -> Phase {
+        self.slot(id).phase.borrow().clone()
+    }
+
+    /// The forwardAuth question: make the user's container ready, waiting at most
+    /// `hold`. Concurrent callers for one user share a single spawn.
+    pub async fn ensure_ready(self: &Arc<Self>, user: &Arc<User>, hold: Duration) -> Readiness {
+        let slot = self.slot(&user.id);
+        if matches!(*slot.phase.borrow(), Phase::Ready) {
+            slot.last_activity.store(unix_now(), Ordering::Relaxed);
+            return Readiness::Ready;
+        }
+        let mut rx = slot.phase.subscribe();
+        self.kick(user, &slot);
+        let settled =
+            tokio::time::timeout(hold, rx.wait_for(|p| !matches!(p, Phase::Starting))).await;
+        match settled {
+            Ok(Ok(phase)) => match &*phase {
+                Phase::Ready => {
+                    slot.last_activity.store(unix_now(), Ordering::Relaxed);
+                    Readiness::Ready
+                }
+                Phase::Failed { error, .. } => Readiness::Failed(error.clone()),
+                // Stopped by an admin while we waited.
+                _ => Readiness::Pending,
+            },
+            _ => Readiness::Pending,
+        }
+    }
+
+    /// Starts a spawn task unless one is running (or one failed a moment ago).
+    fn kick(self: &Arc<Self>, user: &Arc<User>, slot: &Arc<Slot>) {
+        let started = slot.phase.send_if_modified(|p| match p {
+            Phase::Starting | Phase::Ready => false,
+            Phase::Failed { at, .. } if at.elapsed() < RETRY_BACKOFF => false,
+            _ => {
+                *p = Phase::Starting;
+                true
+            }
+        });
+        if started {
+            let this = self.clone();
+            let user = user.clone();
+            let slot = slot.clone();
+            tokio::spawn(async move {
+                let began = Instant::now();
+                let result = this.spawn(&user).await;
+                match result {
+                    Ok(()) => {
+                        tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, "container ready");
+                        slot.phase.send_replace(Phase::Ready);
+                    }
+                    Err(error) => {
+                        tracing::error!(user = %user.name, slug = %user.slug, error = %error.detail(), "spawn failed");
+                        this.note_error(&user.id, error.detail()).await;
+                        slot.phase.send_replace(Phase::Failed {
+                            error,
+                            at: Instant::now(),
+                        });
+                    }
+                }
+            });
+        }
+    }
+
+    fn spec(&self, user: &User) -> ContainerSpec {
+        let d = &self.config.docker;
+        let base_path = user.slug.base_path();
+        ContainerSpec {
+            name: container_name(&user.slug),
+            image: d.image.clone(),
+            env: vec![
+                ("SPAWNGATE_USER".into(), user.name.clone()),
+                ("SPAWNGATE_SLUG".into(), user.slug.to_string()),
+                ("SPAWNGATE_BASE_PATH".into(), base_path),
+            ],
+            labels: HashMap::from([
+                ("spawngate.managed".into(), "true".into()),
+                ("spawngate.user".into(), user.name.clone()),
+                ("spawngate.user_id".into(), user.id.to_string()),
+                ("spawngate.slug".into(), user.slug.to_string()),
+                ("spawngate.instance".into(), d.instance.clone()),
+            ]),
+            port: d.port,
+            host_port: match d.mode {
+                NetworkMode::Host => user.host_port,
+                NetworkMode::Network => None,
+            },
+            network: d.network.clone(),
+            volume: volume_name(&user.slug),
+            data_mount: d.data_mount.clone(),
+            memory_bytes: d.memory_bytes,
+            nano_cpus: d.nano_cpus,
+            pids_limit: d.pids_limit,
+            read_only_rootfs: d.read_only_rootfs,
+        }
+    }
+
+    async fn spawn(&self, user: &User) -> Result<(), SpawnError> {
+        let _permit = self
+            .spawn_permits
+            .acquire()
+            .await
+            .map_err(|_| SpawnError::Failed("spawngate is shutting down".into()))?;
+        let spec = self.spec(user);
+        // Intent first: a crash between here and Docker leaves a record saying what
+        // we were doing.
+        let mut record =
+            self.store
+                .container_record(&user.id)?
+                .unwrap_or_else(|| ContainerRecord {
+                    user_id: user.id.clone(),
+                    name: spec.name.clone(),
+                    desired: Desired::Running,
+                    container_id: None,
+                    created_at: None,
+                    started_at: None,
+                    stopped_at: None,
+                    last_error: None,
+                });
+        record.desired = Desired::Running;
+        self.store.put_container_record(&record).await?;
+
+        let id = self.runtime.ensure_running(&spec).await?;
+        self.wait_until_answering(user, &spec.name).await?;
+
+        if record.container_id.as_deref() != Some(&id) {
+            record.created_at = Some(unix_now());
+        }
+        record.container_id = Some(id);
+        record.started_at = Some(unix_now());
+        record.last_error = None;
+        self.store.put_container_record(&record).await?;
+        Ok(())
+    }
+
+    /// Polls the app's HTTP port: every 25 ms at first, backing off to 500 ms, until
+    /// any HTTP answer arrives, the container exits, or `ready_timeout` passes.
+    async fn wait_until_answering(&self, user: &User, name: &str) -> Result<(), SpawnError> {
+        let url: hyper::Uri = format!("{}/", service_url(&self.config, user))
+            .parse()
+            .map_err(|e| SpawnError::Failed(format!("bad service address: {e}")))?;
+        let deadline = Instant::now() + self.config.spawn.ready_timeout;
+        let mut delay = Duration::from_millis(25);
+        let mut next_inspect = Instant::now() + Duration::from_secs(1);
+        loop {
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(2), self.probe.get(url.clone())).await;
+            if let Ok(Ok(_response)) = attempt {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(SpawnError::Failed(format!(
+                    "container '{name}' did not answer HTTP on port {} within {:?}",
+                    self.config.docker.port, self.config.spawn.ready_timeout
+                )));
+            }
+            if now >= next_inspect {
+                next_inspect = now + Duration::from_secs(1);
+                match self.runtime.inspect(name).await? {
+                    Some(info) if info.running => {}
+                    Some(info) => {
+                        return Err(SpawnError::Failed(format!(
+                            "container '{name}' exited (code {}) before answering HTTP",
+                            info.exit_code.unwrap_or(-1)
+                        )));
+                    }
+                    None => {
+                        return Err(SpawnError::Failed(format!(
+                            "container '{name}' was removed while starting"
+                        )));
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 3 / 2).min(Duration::from_millis(500));
+        }
+    }
+
+    async fn note_error(&self, id: &UserId, detail: &str) {
+        if let Ok(Some(mut record)) = self.store.container_record(id) {
+            record.last_error = Some(detail.to_owned());
+            if let Err(e) = self.store.put_container_record(&record).await {
+                tracing::warn!(error = %e, "cannot record spawn error");
+            }
+        }
+    }
+
+    /// Starts the container and waits (up to the ready timeout) until it answers.
+    pub async fn start(self: &Arc<Self>, user: &Arc<User>) -> Readiness {
+        self.ensure_ready(user, self.config.spawn.ready_timeout)
+            .await
+    }
+
+    /// Stops the user's container; the next request starts it again.
+    pub async fn stop(&self, user: &User) -> Result<(), SpawnError> {
+        let slot = self.slot(&user.id);
+        slot.phase.send_replace(Phase::Stopped);
+        let mut record = self.store.container_record(&user.id)?;
+        if let Some(r) = record.as_mut() {
+            r.desired = Desired::Stopped;
+            self.store.put_container_record(r).await?;
+        }
+        self.runtime.stop(&container_name(&user.slug)).await?;
+        if let Some(r) = record.as_mut() {
+            r.stopped_at = Some(unix_now());
+            self.store.put_container_record(r).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes the user's container and volume (user deletion).
+    pub async fn remove(&self, user: &User) -> Result<(), SpawnError> {
+        self.slot(&user.id).phase.send_replace(Phase::Stopped);
+        self.runtime
+            .remove(&container_name(&user.slug), Some(&volume_name(&user.slug)))
+            .await?;
+        if let Ok(mut slots) = self.slots.write() {
+            slots.remove(&user.id);
+        }
+        Ok(())
+    }
+
+    pub async fn status(&self, user: &User) -> Result<ContainerStatus, SpawnError> {
+        let name = container_name(&user.slug);
+        let info = self.runtime.inspect(&name).await?;
+        let slot = self.slot(&user.id);
+        let phase = slot.phase.borrow().clone();
+        let record = self.store.container_record(&user.id)?;
+        let state = match (&info, &phase) {
+            (_, Phase::Starting) => ContainerState::Starting,
+            (Some(i), Phase::Ready) if i.running => ContainerState::Running,
+            // Running but not yet probed by this spawngate (e.g. after a restart).
+            (Some(i), _) if i.running => ContainerState::Running,
+            (Some(_), _) => ContainerState::Stopped,
+            (None, _) => ContainerState::NotExists,
+        };
+        let last = slot.last_activity.load(Ordering::Relaxed);
+        Ok(ContainerStatus {
+            state,
+            name,
+            container_id: info.as_ref().map(|i| i.id.clone()),
+            started_at: info.as_ref().and_then(|i| i.started_at.clone()),
+            finished_at: info.as_ref().and_then(|i| i.finished_at.clone()),
+            last_activity: (last > 0).then(|| rfc3339(last)),
+            last_error: match phase {
+                Phase::Failed { error, .. } => Some(error.detail().to_owned()),
+                _ => record.and_then(|r| r.last_error),
+            },
+        })
+    }
+
+    /// A container of ours went away: the next request must check and restart it.
+    pub fn container_gone(&self, gone: &ContainerGone) {
+        let Some(slug) = gone
+            .name
+            .trim_start_matches('/')
+            .strip_prefix("spawngate-")
+            .and_then(Slug::parse_segment)
+        else {
+            return;
+        };
+        let directory = self.store.snapshot();
+        let Some(user) = directory.by_slug(&slug) else {
+            return;
+        };
+        let slot = self.slot(&user.id);
+        let changed = slot.phase.send_if_modified(|p| {
+            if matches!(p, Phase::Ready) {
+                *p = Phase::Unknown;
+                true
+            } else {
+                false
+            }
+        });
+        if changed {
+            tracing::info!(user = %user.name, slug = %slug, "container stopped outside spawngate");
+        }
+    }
+
+    /// After the event stream broke, events may have been missed: re-check every
+    /// container on its next request.
+    fn forget_ready(&self) {
+        if let Ok(slots) = self.slots.read() {
+            for slot in slots.values() {
+                slot.phase.send_if_modified(|p| {
+                    let was_ready = matches!(p, Phase::Ready);
+                    if was_ready {
+                        *p = Phase::Unknown;
+                    }
+                    was_ready
+                });
+            }
+        }
+    }
+
+    /// Follows Docker's event stream for this instance until `shutdown` fires,
+    /// reconnecting with backoff when the stream breaks.
+    pub async fn watch_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let this = self.clone();
+            let on_gone = move |gone: ContainerGone| this.container_gone(&gone);
+            let instance = self.config.docker.instance.clone();
+            let connected_at = Instant::now();
+            tokio::select! {
+                result = self.runtime.watch_events(&instance, &on_gone) => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "Docker event stream lost; reconnecting");
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            self.forget_ready();
+            if connected_at.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(500);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::ContainerInfo;
+    use async_trait::async_trait;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A fake runtime whose "container" is a real HTTP listener on a loopback port,
+    /// so the readiness probe is exercised for real.
+    #[derive(Default)]
+    struct FakeRuntime {
+        creates: AtomicUsize,
+        fail_with: Mutex<Option<RuntimeError>>,
+        servers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+        port: Mutex<u16>,
+    }
+
+    #[async_trait]
+    impl Runtime for FakeRuntime {
+        async fn ping(&self) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn image_present(&self, _image: &str) -> Result<bool, RuntimeError> {
+            Ok(true)
+        }
+        async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+            if let Some(e) = self.fail_with.lock().unwrap().take() {
+                return Err(e);
+            }
+            self.creates.fetch_add(1, Ordering::SeqCst);
+            // Answer after a short "boot" delay.
+            let port = spec.host_port.unwrap();
+            let handle = tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                loop {
+                    let Ok((mut s, _)) = listener.accept().await else {
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = [0u8; 1024];
+                        let _ = s.read(&mut buf).await;
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .await;
+                    });
+                }
+            });
+            *self.port.lock().unwrap() = port;
+            self.servers
+                .lock()
+                .unwrap()
+                .insert(spec.name.clone(), handle);
+            Ok(format!("id-{}", spec.name))
+        }
+        async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
+            Ok(self
+                .servers
+                .lock()
+                .unwrap()
+                .get(name)
+                .map(|_| ContainerInfo {
+                    id: format!("id-{name}"),
+                    running: true,
+                    started_at: None,
+                    finished_at: None,
+                    exit_code: None,
+                    labels: HashMap::new(),
+                }))
+        }
+        async fn stop(&self, name: &str) -> Result<(), RuntimeError> {
+            if let Some(h) = self.servers.lock().unwrap().remove(name) {
+                h.abort();
+            }
+            Ok(())
+        }
+        async fn remove(&self, name: &str, _volume: Option<&str>) -> Result<(), RuntimeError> {
+            self.stop(name).await
+        }
+        async fn watch_events(
+            &self,
+            _instance: &str,
+            _on_gone: &(dyn Fn(ContainerGone) + Send + Sync),
+        ) -> Result<(), RuntimeError> {
+            std::future::pending().await
+        }
+    }
+
+    async fn setup() -> (
+        tempfile::TempDir,
+        Arc<FakeRuntime>,
+        Arc<Lifecycle>,
+        Arc<User>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(
+            Config::from_sources(
+                &format!(
+                    "[server]\ndata_dir = {:?}\n[spawn]\nready_timeout_secs = 5",
+                    dir.path()
+                ),
+                Vec::new(),
+            )
+            .unwrap(),
+        );
+        let store = Store::open(dir.path()).unwrap();
+        let user = Arc::new(
+            store
+                .create_user("alice", None, Some((40000, 49999)))
+                .await
+                .unwrap(),
+        );
+        let runtime = Arc::new(FakeRuntime::default());
+        let lifecycle = Lifecycle::new(runtime.clone(), store, config);
+        (dir, runtime, lifecycle, user)
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_share_one_spawn() {
+        let (_d, runtime, lc, user) = setup().await;
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let lc = lc.clone();
+            let user = user.clone();
+            tasks.push(tokio::spawn(async move {
+                lc.ensure_ready(&user, Duration::from_secs(5)).await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(t.await.unwrap(), Readiness::Ready));
+        }
+        assert_eq!(runtime.creates.load(Ordering::SeqCst), 1);
+        // Once ready, no further runtime calls.
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::ZERO).await,
+            Readiness::Ready
+        ));
+        assert_eq!(runtime.creates.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn short_hold_returns_pending_then_ready() {
+        let (_d, _rt, lc, user) = setup().await;
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::ZERO).await,
+            Readiness::Pending
+        ));
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Ready
+        ));
+    }
+
+    #[tokio::test]
+    async fn docker_failure_is_reported_and_retried_later() {
+        let (_d, runtime, lc, user) = setup().await;
+        *runtime.fail_with.lock().unwrap() =
+            Some(RuntimeError::Unavailable("connection refused".into()));
+        match lc.ensure_ready(&user, Duration::from_secs(5)).await {
+            Readiness::Failed(SpawnError::DockerDown(detail)) => {
+                assert!(detail.contains("connection refused"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Within the backoff window the failure is returned without a new attempt.
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(1)).await,
+            Readiness::Failed(_)
+        ));
+        assert_eq!(runtime.creates.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(RETRY_BACKOFF).await;
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Ready
+        ));
+    }
+
+    #[tokio::test]
+    async fn stop_then_request_starts_again_and_gone_events_reset_ready() {
+        let (_d, runtime, lc, user) = setup().await;
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        lc.stop(&user).await.unwrap();
+        assert!(matches!(lc.phase(&user.id), Phase::Stopped));
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Ready
+        ));
+        assert_eq!(runtime.creates.load(Ordering::SeqCst), 2);
+
+        lc.container_gone(&ContainerGone {
+            name: format!("/{}", container_name(&user.slug)),
+        });
+        assert!(matches!(lc.phase(&user.id), Phase::Unknown));
+    }
+}

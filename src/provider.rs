@@ -1,0 +1,230 @@
+//! Traefik's dynamic configuration, rendered from the user directory.
+//!
+//! Per user: a router whose rule cannot match another slug's prefix, a forwardAuth
+//! middleware with the slug bound in its address, a stripPrefix middleware and a
+//! service at a deterministic address. Nothing here depends on whether a container
+//! runs, so starting one never changes what Traefik reads. The document is rendered
+//! once per directory change; polls get the cached bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::lifecycle::service_url;
+use crate::store::{Directory, User};
+
+/// Headers forwardAuth copies from spawngate's answer into the request. Traefik
+/// deletes each of them from the client's request first, so a client can never
+/// forge them, and `Cookie` is how the session cookie is kept from user containers.
+pub const AUTH_RESPONSE_HEADERS: &[&str] = &["X-Spawngate-User", "X-Spawngate-Slug", "Cookie"];
+
+/// Name of the always-present routers, middlewares and service.
+const SELF_SERVICE: &str = "spawngate";
+
+pub fn render(config: &Config, directory: &Directory) -> Value {
+    let mut routers = Map::new();
+    let mut middlewares = Map::new();
+    let mut services = Map::new();
+    let entry_points = json!(config.traefik.entry_points);
+
+    let with_tls = |mut router: Value| {
+        if let Some(resolver) = &config.traefik.cert_resolver {
+            router["tls"] = json!({ "certResolver": resolver });
+        }
+        router
+    };
+
+    routers.insert(
+        "spawngate".into(),
+        with_tls(json!({
+            "rule": "PathPrefix(`/_spawngate/`) || Path(`/_spawngate`)",
+            "entryPoints": entry_points,
+            "service": SELF_SERVICE,
+        })),
+    );
+    // Unknown slugs land here (priority 1, below every user router) and get the same
+    // answer as somebody else's slug.
+    routers.insert(
+        "spawngate-unknown-users".into(),
+        with_tls(json!({
+            "rule": "PathPrefix(`/u-`)",
+            "priority": 1,
+            "entryPoints": entry_points,
+            "service": SELF_SERVICE,
+        })),
+    );
+    services.insert(
+        SELF_SERVICE.into(),
+        json!({ "loadBalancer": { "servers": [ { "url": config.internal_url } ], "passHostHeader": true } }),
+    );
+
+    for user in directory.users() {
+        render_user(
+            config,
+            &user,
+            &entry_points,
+            &mut routers,
+            &mut middlewares,
+            &mut services,
+            &with_tls,
+        );
+    }
+
+    json!({ "http": { "routers": routers, "middlewares": middlewares, "services": services } })
+}
+
+fn render_user(
+    config: &Config,
+    user: &User,
+    entry_points: &Value,
+    routers: &mut Map<String, Value>,
+    middlewares: &mut Map<String, Value>,
+    services: &mut Map<String, Value>,
+    with_tls: &dyn Fn(Value) -> Value,
+) {
+    let segment = user.slug.segment();
+    let prefix = user.slug.base_path();
+    let auth = format!("auth-{segment}");
+    let strip = format!("strip-{segment}");
+    routers.insert(
+        segment.clone(),
+        with_tls(json!({
+            // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
+            "rule": format!("Path(`{prefix}`) || PathPrefix(`{prefix}/`)"),
+            "entryPoints": entry_points,
+            "middlewares": [auth, strip],
+            "service": segment,
+        })),
+    );
+    middlewares.insert(
+        auth,
+        json!({ "forwardAuth": {
+            // The slug is bound here, never read from client-controlled headers.
+            "address": format!("{}/auth/{segment}", config.internal_url),
+            "trustForwardHeader": false,
+            "preserveLocationHeader": true,
+            "authResponseHeaders": AUTH_RESPONSE_HEADERS,
+        }}),
+    );
+    middlewares.insert(strip, json!({ "stripPrefix": { "prefixes": [prefix] } }));
+    services.insert(
+        segment,
+        json!({ "loadBalancer": { "servers": [ { "url": service_url(config, user) } ], "passHostHeader": true } }),
+    );
+}
+
+/// Keeps the rendered document current: re-renders when the directory changes.
+pub struct Provider {
+    rendered: watch::Receiver<Bytes>,
+}
+
+impl Provider {
+    pub fn start(config: Arc<Config>, mut directory: watch::Receiver<Arc<Directory>>) -> Provider {
+        let first = to_bytes(&render(&config, &directory.borrow_and_update()));
+        let (tx, rx) = watch::channel(first);
+        tokio::spawn(async move {
+            // Ends when the store (sender) is dropped.
+            while directory.changed().await.is_ok() {
+                let doc = render(&config, &directory.borrow_and_update());
+                tx.send_replace(to_bytes(&doc));
+            }
+        });
+        Provider { rendered: rx }
+    }
+
+    /// The current document (a cheap `Bytes` clone).
+    pub fn current(&self) -> Bytes {
+        self.rendered.borrow().clone()
+    }
+}
+
+fn to_bytes(doc: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(doc).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn renders_isolated_routes_per_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_sources("[traefik]\ncert_resolver = \"le\"", Vec::new()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alice = store
+            .create_user("alice", None, Some((31000, 31999)))
+            .await
+            .unwrap();
+        let doc = render(&config, &store.snapshot());
+        let http = &doc["http"];
+        let seg = alice.slug.segment();
+
+        let router = &http["routers"][&seg];
+        assert_eq!(
+            router["rule"],
+            format!("Path(`/u-{0}`) || PathPrefix(`/u-{0}/`)", alice.slug)
+        );
+        assert_eq!(
+            router["middlewares"],
+            json!([format!("auth-{seg}"), format!("strip-{seg}")])
+        );
+        assert_eq!(router["tls"]["certResolver"], "le");
+
+        let fa = &http["middlewares"][format!("auth-{seg}")]["forwardAuth"];
+        assert_eq!(fa["address"], format!("http://127.0.0.1:9090/auth/{seg}"));
+        assert_eq!(fa["trustForwardHeader"], false);
+        assert_eq!(fa["preserveLocationHeader"], true);
+        assert_eq!(
+            fa["authResponseHeaders"],
+            json!(["X-Spawngate-User", "X-Spawngate-Slug", "Cookie"])
+        );
+        assert_eq!(
+            http["middlewares"][format!("strip-{seg}")]["stripPrefix"]["prefixes"],
+            json!([format!("/u-{}", alice.slug)])
+        );
+        assert_eq!(
+            http["services"][&seg]["loadBalancer"]["servers"][0]["url"],
+            format!("http://127.0.0.1:{}", alice.host_port.unwrap())
+        );
+        assert_eq!(http["routers"]["spawngate-unknown-users"]["priority"], 1);
+    }
+
+    #[tokio::test]
+    async fn network_mode_uses_container_dns_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_sources("[docker]\nmode = \"network\"", Vec::new()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bob = store.create_user("bob", None, None).await.unwrap();
+        let doc = render(&config, &store.snapshot());
+        assert_eq!(
+            doc["http"]["services"][bob.slug.segment()]["loadBalancer"]["servers"][0]["url"],
+            format!("http://spawngate-u-{}:8080", bob.slug)
+        );
+    }
+
+    #[tokio::test]
+    async fn re_renders_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(Config::from_sources("", Vec::new()).unwrap());
+        let store = Store::open(dir.path()).unwrap();
+        let provider = Provider::start(config, store.directory());
+        let empty = provider.current();
+        assert_eq!(
+            provider.current().as_ptr(),
+            empty.as_ptr(),
+            "served from cache"
+        );
+        store.create_user("carol", None, None).await.unwrap();
+        for _ in 0..100 {
+            if provider.current() != empty {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(String::from_utf8_lossy(&provider.current()).contains("auth-u-"));
+    }
+}

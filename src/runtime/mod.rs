@@ -1,0 +1,90 @@
+//! The container runtime: what the lifecycle needs from Docker, as a trait so the
+//! lifecycle logic can be unit-tested with a fake and another backend can follow.
+
+pub mod docker;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+pub use docker::DockerRuntime;
+
+/// Everything needed to create a user's container.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    pub labels: HashMap<String, String>,
+    /// Port the app listens on inside the container.
+    pub port: u16,
+    /// Host mode: publish `port` on 127.0.0.1:`host_port`.
+    pub host_port: Option<u16>,
+    pub network: String,
+    pub volume: String,
+    pub data_mount: String,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    pub read_only_rootfs: bool,
+}
+
+/// Coarse container state as the admin API reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerState {
+    NotExists,
+    Starting,
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Debug)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub running: bool,
+    /// RFC 3339 from Docker, when known.
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub labels: HashMap<String, String>,
+}
+
+/// A container of ours that stopped, died or went away.
+#[derive(Clone, Debug)]
+pub struct ContainerGone {
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("Docker is unreachable: {0}")]
+    Unavailable(String),
+    #[error("image '{0}' not found on the Docker host (build or pull it first)")]
+    ImageMissing(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Checks that the daemon answers.
+    async fn ping(&self) -> Result<(), RuntimeError>;
+    /// Whether the image exists on the Docker host (nothing is ever pulled).
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
+    /// Makes sure the container exists and runs: reuses an existing container
+    /// (starting it if stopped), creates it otherwise. Returns the container id.
+    async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
+    /// Stops the container (no error if it does not exist or is already stopped).
+    async fn stop(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Removes the container and, if given, its volume. Missing ones are fine.
+    async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError>;
+    /// Calls `on_gone` whenever one of this instance's containers stops or is removed.
+    /// Runs until the stream ends or fails; the caller reconnects.
+    async fn watch_events(
+        &self,
+        instance: &str,
+        on_gone: &(dyn Fn(ContainerGone) + Send + Sync),
+    ) -> Result<(), RuntimeError>;
+}

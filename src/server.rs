@@ -1,0 +1,138 @@
+//! Listeners: the TCP server (Traefik, browsers, API clients) and the control socket
+//! (the local CLI), both drained gracefully on shutdown, plus the background tasks.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+
+use crate::app::App;
+use crate::http::{self, Peer};
+
+/// How long in-flight requests (including forwardAuth holds) may take to finish
+/// after shutdown begins.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// The control socket's file in the data directory.
+pub fn control_socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("control.sock")
+}
+
+/// Serves `app` on `listener` (and the control socket) until `shutdown` completes,
+/// then drains. Background tasks run for as long as this does.
+pub async fn run(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let control = bind_control(&control_socket_path(&app.config.data_dir))?;
+    let tasks = spawn_background(&app, stop_rx.clone());
+
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(shutdown);
+    tracing::info!(listen = %listener.local_addr()?, public_url = %app.config.public_url.origin, "spawngate serving");
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = service_fn(move |req| http::handle(app.clone(), req, Peer::Network));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with error");
+                    }
+                });
+            }
+            accepted = control.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let app = app.clone();
+                let service = service_fn(move |req| http::handle(app.clone(), req, Peer::Control));
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down: draining connections");
+    drop(listener);
+    let _ = std::fs::remove_file(control_socket_path(&app.config.data_dir));
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections were still open after the grace period");
+    }
+    for task in tasks {
+        task.abort();
+    }
+    if let Err(e) = app.store.flush().await {
+        tracing::error!(error = %e, "final store flush failed");
+    }
+    Ok(())
+}
+
+/// The control socket is created owner-only (0600): whoever can open it is the
+/// operator. A stale socket from a crashed run is replaced.
+fn bind_control(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!(
+                "another spawngate is serving on control socket {}",
+                path.display()
+            ),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn spawn_background(
+    app: &Arc<App>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let events = tokio::spawn(app.lifecycle.clone().watch_events(stop.clone()));
+    let store = app.store.clone();
+    let mut stop_purge = stop;
+    let purge = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => match store.purge_expired() {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "expired sessions and login tokens purged"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "purge of expired sessions failed"),
+                },
+                _ = stop_purge.changed() => return,
+            }
+        }
+    });
+    vec![events, purge]
+}

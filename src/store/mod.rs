@@ -1,0 +1,617 @@
+//! The embedded sled database and the in-memory [`Directory`] of users.
+//!
+//! Only admin actions, logins and spawns write here. The forwardAuth hot path reads
+//! the directory (an `Arc` snapshot behind a `watch` channel) and looks sessions up
+//! in sled, whose reads are served from its page cache and never write.
+
+pub mod records;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use tokio::sync::watch;
+
+use crate::ids::{SessionId, Slug, UserId, random_bytes, random_token};
+use crate::time::unix_now;
+pub use records::{AdminToken, ContainerRecord, Desired, LoginToken, Session, User};
+use records::{DecodeError, decode, encode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at '{path}' is in use by another spawngate process")]
+    Locked { path: String },
+    #[error("store I/O failed: {0}")]
+    Io(#[from] sled::Error),
+    #[error("store record '{key}' is unreadable: {source}")]
+    Corrupt { key: String, source: DecodeError },
+    #[error("{what} '{value}' is already taken")]
+    Conflict { what: &'static str, value: String },
+    #[error("no free host port left in the configured range")]
+    NoFreePort,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything the hot path needs to know about users, rebuilt on every change.
+#[derive(Debug, Default)]
+pub struct Directory {
+    by_slug: HashMap<Slug, Arc<User>>,
+    by_id: HashMap<UserId, Arc<User>>,
+    by_name: HashMap<String, Arc<User>>,
+}
+
+impl Directory {
+    pub fn by_slug(&self, slug: &Slug) -> Option<&Arc<User>> {
+        self.by_slug.get(slug)
+    }
+    pub fn by_id(&self, id: &UserId) -> Option<&Arc<User>> {
+        self.by_id.get(id)
+    }
+    pub fn by_name(&self, name: &str) -> Option<&Arc<User>> {
+        self.by_name.get(name)
+    }
+    /// Users in name order (stable rendering and listings).
+    pub fn users(&self) -> Vec<Arc<User>> {
+        let mut v: Vec<_> = self.by_id.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// How a one-time login token was rejected. The login page shows one message for
+/// all of them, so a guesser learns nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenRejection {
+    Unknown,
+    Expired,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    users: sled::Tree,
+    names: sled::Tree,
+    slugs: sled::Tree,
+    emails: sled::Tree,
+    ports: sled::Tree,
+    sessions: sled::Tree,
+    login_tokens: sled::Tree,
+    admin_tokens: sled::Tree,
+    containers: sled::Tree,
+    meta: sled::Tree,
+    directory: Arc<watch::Sender<Arc<Directory>>>,
+}
+
+/// SHA-256 of a bearer secret: tokens are stored and looked up only by this hash, so
+/// a copy of the database yields no usable token. Looking a hash up in a tree leaks
+/// nothing useful about the secret through timing.
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
+        restrict_permissions(dir);
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .open()
+            .map_err(|e| match e {
+                // sled wraps the lock failure in a custom error whose text names it.
+                sled::Error::Io(ref io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StoreError::Locked {
+                        path: dir.display().to_string(),
+                    }
+                }
+                other => StoreError::Io(other),
+            })?;
+        let tree = |name: &str| db.open_tree(name);
+        let store = Store {
+            users: tree("users")?,
+            names: tree("user_names")?,
+            slugs: tree("user_slugs")?,
+            emails: tree("user_emails")?,
+            ports: tree("host_ports")?,
+            sessions: tree("sessions")?,
+            login_tokens: tree("login_tokens")?,
+            admin_tokens: tree("admin_tokens")?,
+            containers: tree("containers")?,
+            meta: tree("meta")?,
+            directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
+            db,
+        };
+        store.refresh_directory()?;
+        Ok(store)
+    }
+
+    /// A receiver that always holds the latest directory.
+    pub fn directory(&self) -> watch::Receiver<Arc<Directory>> {
+        self.directory.subscribe()
+    }
+
+    /// The current directory snapshot (cheap: an `Arc` clone).
+    pub fn snapshot(&self) -> Arc<Directory> {
+        self.directory.borrow().clone()
+    }
+
+    fn refresh_directory(&self) -> Result<()> {
+        let mut dir = Directory::default();
+        for item in self.users.iter() {
+            let (key, value) = item?;
+            let user: User = decode(&value).map_err(|source| StoreError::Corrupt {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                source,
+            })?;
+            let user = Arc::new(user);
+            dir.by_slug.insert(user.slug.clone(), user.clone());
+            dir.by_name.insert(user.name.clone(), user.clone());
+            dir.by_id.insert(user.id.clone(), user);
+        }
+        self.directory.send_replace(Arc::new(dir));
+        Ok(())
+    }
+
+    /// Durably writes everything so far. Called after admin changes and logins, never
+    /// on the forwardAuth path.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Creates a user with a fresh random slug (and a host port when `port_range` is
+    /// given). Names and emails are unique.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        email: Option<&str>,
+        port_range: Option<(u16, u16)>,
+    ) -> Result<User> {
+        let host_port = match port_range {
+            Some(range) => Some(self.pick_free_port(range)?),
+            None => None,
+        };
+        let user = User {
+            id: UserId::generate(),
+            name: name.to_owned(),
+            email: email.map(str::to_owned),
+            slug: Slug::generate(),
+            created: unix_now(),
+            disabled: false,
+            host_port,
+        };
+        let value = encode(&user);
+        let id = user.id.as_str().as_bytes();
+        let res = (
+            &self.users,
+            &self.names,
+            &self.slugs,
+            &self.emails,
+            &self.ports,
+        )
+            .transaction(|(users, names, slugs, emails, ports)| {
+                let conflict = |what: &'static str, value: &str| {
+                    ConflictableTransactionError::Abort(StoreError::Conflict {
+                        what,
+                        value: value.to_owned(),
+                    })
+                };
+                if names.get(user.name.as_bytes())?.is_some() {
+                    return Err(conflict("user name", &user.name));
+                }
+                if slugs.get(user.slug.as_str().as_bytes())?.is_some() {
+                    return Err(conflict("slug", user.slug.as_str()));
+                }
+                if let Some(email) = &user.email {
+                    if emails.get(email.as_bytes())?.is_some() {
+                        return Err(conflict("email", email));
+                    }
+                    emails.insert(email.as_bytes(), id)?;
+                }
+                if let Some(port) = user.host_port {
+                    if ports.get(port.to_be_bytes())?.is_some() {
+                        return Err(conflict("host port", &port.to_string()));
+                    }
+                    ports.insert(&port.to_be_bytes(), id)?;
+                }
+                names.insert(user.name.as_bytes(), id)?;
+                slugs.insert(user.slug.as_str().as_bytes(), id)?;
+                users.insert(id, value.as_slice())?;
+                Ok(())
+            });
+        match res {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
+        self.flush().await?;
+        self.refresh_directory()?;
+        Ok(user)
+    }
+
+    fn pick_free_port(&self, (min, max): (u16, u16)) -> Result<u16> {
+        let span = u32::from(max - min) + 1;
+        // Random probing keeps allocation O(1) while the range is sparsely used and
+        // avoids handing out a port another process on this host already holds.
+        for _ in 0..256 {
+            let r = u32::from_le_bytes(random_bytes::<4>()) % span;
+            let port = min + r as u16;
+            if self.ports.get(port.to_be_bytes())?.is_none()
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                return Ok(port);
+            }
+        }
+        Err(StoreError::NoFreePort)
+    }
+
+    /// Deletes a user, their indexes, sessions, login tokens and container record.
+    pub async fn delete_user(&self, user: &User) -> Result<()> {
+        let id = user.id.as_str().as_bytes();
+        let res: std::result::Result<(), TransactionError<()>> = (
+            &self.users,
+            &self.names,
+            &self.slugs,
+            &self.emails,
+            &self.ports,
+            &self.containers,
+        )
+            .transaction(|(users, names, slugs, emails, ports, containers)| {
+                users.remove(id)?;
+                names.remove(user.name.as_bytes())?;
+                slugs.remove(user.slug.as_str().as_bytes())?;
+                if let Some(email) = &user.email {
+                    emails.remove(email.as_bytes())?;
+                }
+                if let Some(port) = user.host_port {
+                    ports.remove(&port.to_be_bytes())?;
+                }
+                containers.remove(id)?;
+                Ok(())
+            });
+        if let Err(TransactionError::Storage(e)) = res {
+            return Err(e.into());
+        }
+        self.remove_where::<Session>(&self.sessions, |s| s.user_id == user.id)?;
+        self.remove_where::<LoginToken>(&self.login_tokens, |t| t.user_id == user.id)?;
+        self.flush().await?;
+        self.refresh_directory()?;
+        Ok(())
+    }
+
+    fn remove_where<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        pred: impl Fn(&T) -> bool,
+    ) -> Result<usize> {
+        let mut removed = 0;
+        for item in tree.iter() {
+            let (key, value) = item?;
+            // Unreadable entries are dropped too: they can never be used.
+            if decode::<T>(&value).map(|v| pred(&v)).unwrap_or(true) {
+                tree.remove(key)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    // --- sessions -------------------------------------------------------------------
+
+    pub async fn create_session(
+        &self,
+        user_id: &UserId,
+        ttl_secs: i64,
+    ) -> Result<(SessionId, Session)> {
+        let now = unix_now();
+        let sid = SessionId::generate();
+        let session = Session {
+            user_id: user_id.clone(),
+            created: now,
+            expires: now + ttl_secs,
+        };
+        self.sessions
+            .insert(sid.as_str().as_bytes(), encode(&session))?;
+        self.flush().await?;
+        Ok((sid, session))
+    }
+
+    /// A live session, or `None` if unknown, expired or unreadable.
+    pub fn session(&self, sid: &SessionId) -> Result<Option<Session>> {
+        let Some(bytes) = self.sessions.get(sid.as_str().as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(decode::<Session>(&bytes)
+            .ok()
+            .filter(|s| s.expires > unix_now()))
+    }
+
+    pub async fn delete_session(&self, sid: &SessionId) -> Result<()> {
+        self.sessions.remove(sid.as_str().as_bytes())?;
+        self.flush().await
+    }
+
+    // --- one-time login tokens ------------------------------------------------------
+
+    /// Issues a single-use login token; only its hash is stored.
+    pub async fn issue_login_token(
+        &self,
+        user_id: &UserId,
+        ttl_secs: i64,
+    ) -> Result<(String, LoginToken)> {
+        let token = random_token::<32>();
+        let now = unix_now();
+        let record = LoginToken {
+            user_id: user_id.clone(),
+            created: now,
+            expires: now + ttl_secs,
+        };
+        self.login_tokens
+            .insert(token_hash(&token), encode(&record))?;
+        self.flush().await?;
+        Ok((token, record))
+    }
+
+    /// Checks a login token without using it up (for the confirm page).
+    pub fn peek_login_token(&self, token: &str) -> Result<Result<LoginToken, TokenRejection>> {
+        let Some(bytes) = self.login_tokens.get(token_hash(token))? else {
+            return Ok(Err(TokenRejection::Unknown));
+        };
+        Ok(check_token(&bytes))
+    }
+
+    /// Uses a login token up. `remove` is atomic, so of two concurrent confirmations
+    /// exactly one succeeds.
+    pub async fn consume_login_token(
+        &self,
+        token: &str,
+    ) -> Result<Result<LoginToken, TokenRejection>> {
+        let Some(bytes) = self.login_tokens.remove(token_hash(token))? else {
+            return Ok(Err(TokenRejection::Unknown));
+        };
+        self.flush().await?;
+        Ok(check_token(&bytes))
+    }
+
+    // --- admin tokens ---------------------------------------------------------------
+
+    pub async fn create_admin_token(&self, name: &str) -> Result<String> {
+        let token = format!("sgadm_{}", random_token::<32>());
+        let record = AdminToken {
+            name: name.to_owned(),
+            created: unix_now(),
+        };
+        self.admin_tokens
+            .insert(token_hash(&token), encode(&record))?;
+        self.flush().await?;
+        Ok(token)
+    }
+
+    pub fn admin_token(&self, token: &str) -> Result<Option<AdminToken>> {
+        Ok(self
+            .admin_tokens
+            .get(token_hash(token))?
+            .and_then(|b| decode::<AdminToken>(&b).ok()))
+    }
+
+    // --- container records ----------------------------------------------------------
+
+    pub fn container_record(&self, user_id: &UserId) -> Result<Option<ContainerRecord>> {
+        let Some(bytes) = self.containers.get(user_id.as_str().as_bytes())? else {
+            return Ok(None);
+        };
+        decode(&bytes)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt {
+                key: format!("containers/{user_id}"),
+                source,
+            })
+    }
+
+    pub async fn put_container_record(&self, record: &ContainerRecord) -> Result<()> {
+        self.containers
+            .insert(record.user_id.as_str().as_bytes(), encode(record))?;
+        self.flush().await
+    }
+
+    // --- meta -----------------------------------------------------------------------
+
+    /// The HS256 key for session cookies: generated on first run, then kept, so
+    /// sessions survive restarts.
+    pub fn session_key(&self) -> Result<Vec<u8>> {
+        const KEY: &str = "session_key";
+        let fresh = random_bytes::<32>();
+        // compare_and_swap makes two racing first starts agree on one key.
+        let _ = self
+            .meta
+            .compare_and_swap(KEY, None as Option<&[u8]>, Some(&fresh[..]))?;
+        self.db.flush()?;
+        Ok(self
+            .meta
+            .get(KEY)?
+            .map(|v| v.to_vec())
+            .unwrap_or_else(|| fresh.to_vec()))
+    }
+
+    /// Drops expired sessions and login tokens.
+    pub fn purge_expired(&self) -> Result<usize> {
+        let now = unix_now();
+        Ok(
+            self.remove_where::<Session>(&self.sessions, |s| s.expires <= now)?
+                + self.remove_where::<LoginToken>(&self.login_tokens, |t| t.expires <= now)?,
+        )
+    }
+
+    /// A cheap liveness check of the database (for `/readyz` and `spawngate check`).
+    pub fn check(&self) -> Result<()> {
+        self.meta.get("session_key")?;
+        Ok(())
+    }
+}
+
+fn check_token(bytes: &[u8]) -> Result<LoginToken, TokenRejection> {
+    match decode::<LoginToken>(bytes) {
+        Ok(t) if t.expires > unix_now() => Ok(t),
+        Ok(_) => Err(TokenRejection::Expired),
+        Err(_) => Err(TokenRejection::Unknown),
+    }
+}
+
+/// The data directory holds secrets (session key, token hashes): owner only.
+fn restrict_permissions(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot restrict data directory permissions");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn users_are_unique_and_indexed() {
+        let (_d, s) = store();
+        let a = s
+            .create_user("alice", Some("a@x.org"), Some((30000, 30010)))
+            .await
+            .unwrap();
+        let b = s
+            .create_user("bob", None, Some((30000, 30010)))
+            .await
+            .unwrap();
+        assert_ne!(a.slug, b.slug);
+        assert_ne!(a.host_port, b.host_port);
+        assert!(matches!(
+            s.create_user("alice", None, None).await,
+            Err(StoreError::Conflict {
+                what: "user name",
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.create_user("carol", Some("a@x.org"), None).await,
+            Err(StoreError::Conflict { what: "email", .. })
+        ));
+        let dir = s.snapshot();
+        assert_eq!(dir.len(), 2);
+        assert_eq!(dir.by_slug(&a.slug).unwrap().name, "alice");
+        assert_eq!(dir.by_name("bob").unwrap().id, b.id);
+
+        s.delete_user(&a).await.unwrap();
+        assert!(s.snapshot().by_name("alice").is_none());
+        // The name and email are free again.
+        s.create_user("alice", Some("a@x.org"), None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn login_tokens_are_single_use_and_expire() {
+        let (_d, s) = store();
+        let u = s.create_user("alice", None, None).await.unwrap();
+        let (token, _) = s.issue_login_token(&u.id, 900).await.unwrap();
+        assert!(s.peek_login_token(&token).unwrap().is_ok());
+        assert_eq!(
+            s.consume_login_token(&token)
+                .await
+                .unwrap()
+                .unwrap()
+                .user_id,
+            u.id
+        );
+        assert_eq!(
+            s.consume_login_token(&token).await.unwrap().unwrap_err(),
+            TokenRejection::Unknown
+        );
+
+        let (expired, _) = s.issue_login_token(&u.id, -1).await.unwrap();
+        assert_eq!(
+            s.consume_login_token(&expired).await.unwrap().unwrap_err(),
+            TokenRejection::Expired
+        );
+        assert_eq!(
+            s.consume_login_token("forged").await.unwrap().unwrap_err(),
+            TokenRejection::Unknown
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed() {
+        let (dir, s) = store();
+        let u = s.create_user("alice", None, None).await.unwrap();
+        let (login, _) = s.issue_login_token(&u.id, 900).await.unwrap();
+        let admin = s.create_admin_token("ops").await.unwrap();
+        assert_eq!(s.admin_token(&admin).unwrap().unwrap().name, "ops");
+        assert!(s.admin_token("sgadm_nope").unwrap().is_none());
+        drop(s);
+        // No byte sequence of either token is on disk.
+        let mut all = Vec::new();
+        for entry in walk(dir.path()) {
+            all.extend(std::fs::read(entry).unwrap_or_default());
+        }
+        for secret in [&login, &admin] {
+            assert!(!all.windows(secret.len()).any(|w| w == secret.as_bytes()));
+        }
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn sessions_expire_and_are_removed_with_the_user() {
+        let (_d, s) = store();
+        let u = s.create_user("alice", None, None).await.unwrap();
+        let (sid, _) = s.create_session(&u.id, 3600).await.unwrap();
+        assert!(s.session(&sid).unwrap().is_some());
+        let (old, _) = s.create_session(&u.id, -1).await.unwrap();
+        assert!(s.session(&old).unwrap().is_none());
+        assert_eq!(s.purge_expired().unwrap(), 1);
+        s.delete_user(&u).await.unwrap();
+        assert!(s.session(&sid).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn session_key_is_stable_across_reopen_and_store_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = {
+            let s = Store::open(dir.path()).unwrap();
+            let k = s.session_key().unwrap();
+            match Store::open(dir.path()) {
+                Err(StoreError::Locked { .. }) => {}
+                Err(other) => panic!("expected Locked, got {other:?}"),
+                Ok(_) => panic!("expected Locked, got a second handle"),
+            }
+            k
+        };
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.session_key().unwrap(), k1);
+        assert_eq!(k1.len(), 32);
+    }
+}

@@ -1,0 +1,136 @@
+//! What the store keeps. Every value is JSON with a format version `v`, so a newer
+//! spawngate can migrate and an older one refuses to misread.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::ids::{Slug, UserId};
+
+/// The record format this build writes and the newest it can read.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    pub slug: Slug,
+    /// Unix seconds.
+    pub created: i64,
+    #[serde(default)]
+    pub disabled: bool,
+    /// Host mode: the loopback port the user's container publishes, fixed for the
+    /// user's lifetime so Traefik's service address never changes.
+    #[serde(default)]
+    pub host_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
+    pub user_id: UserId,
+    pub created: i64,
+    pub expires: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LoginToken {
+    pub user_id: UserId,
+    pub created: i64,
+    pub expires: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AdminToken {
+    pub name: String,
+    pub created: i64,
+}
+
+/// What spawngate wants of a user's container; written before each Docker call so a
+/// crash mid-spawn leaves a record of the intent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    pub user_id: UserId,
+    pub name: String,
+    pub desired: Desired,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<i64>,
+    #[serde(default)]
+    pub started_at: Option<i64>,
+    #[serde(default)]
+    pub stopped_at: Option<i64>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct VersionedRef<'a, T> {
+    v: u32,
+    #[serde(flatten)]
+    data: &'a T,
+}
+
+#[derive(Deserialize)]
+struct Versioned<T> {
+    v: u32,
+    #[serde(flatten)]
+    data: T,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(
+        "record written by a newer spawngate (format {0}, this build reads up to {FORMAT_VERSION})"
+    )]
+    TooNew(u32),
+    #[error("unreadable record: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain structs of strings and integers into a Vec cannot fail.
+    serde_json::to_vec(&VersionedRef {
+        v: FORMAT_VERSION,
+        data: value,
+    })
+    .unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let versioned: Versioned<T> = serde_json::from_slice(bytes)?;
+    if versioned.v > FORMAT_VERSION {
+        return Err(DecodeError::TooNew(versioned.v));
+    }
+    Ok(versioned.data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refuse_newer_format() {
+        let s = Session {
+            user_id: UserId::from_stored("abc".into()),
+            created: 1,
+            expires: 2,
+        };
+        let bytes = encode(&s);
+        let back: Session = decode(&bytes).unwrap();
+        assert_eq!(back.expires, 2);
+        let newer = br#"{"v":99,"user_id":"abc","created":1,"expires":2}"#;
+        assert!(matches!(
+            decode::<Session>(newer),
+            Err(DecodeError::TooNew(99))
+        ));
+        assert!(decode::<Session>(b"garbage").is_err());
+    }
+}
