@@ -45,7 +45,6 @@ pub struct RawConfig {
     pub login: RawLogin,
 }
 
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {

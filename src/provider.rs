@@ -73,7 +73,18 @@ pub fn render(config: &Config, directory: &Directory) -> Value {
         );
     }
 
-    json!({ "http": { "routers": routers, "middlewares": middlewares, "services": services } })
+    // Traefik rejects an empty section ("cannot be a standalone element").
+    let mut http = Map::new();
+    for (key, section) in [
+        ("routers", routers),
+        ("middlewares", middlewares),
+        ("services", services),
+    ] {
+        if !section.is_empty() {
+            http.insert(key.into(), Value::Object(section));
+        }
+    }
+    json!({ "http": http })
 }
 
 fn render_user(
@@ -204,6 +215,16 @@ mod tests {
             doc["http"]["services"][bob.slug.segment()]["loadBalancer"]["servers"][0]["url"],
             format!("http://spawngate-u-{}:8080", bob.slug)
         );
+    }
+
+    #[tokio::test]
+    async fn empty_sections_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_sources("", Vec::new()).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let doc = render(&config, &store.snapshot());
+        assert!(doc["http"].get("middlewares").is_none());
+        assert!(doc["http"]["routers"]["spawngate"].is_object());
     }
 
     #[tokio::test]

@@ -29,32 +29,53 @@ const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
 const STOP_TIMEOUT_SECS: i32 = 10;
 
 pub struct DockerRuntime {
-    docker: Docker,
+    host: String,
+    /// Created on first use and kept; bollard refuses to build a client for a
+    /// socket that does not exist yet, and spawngate must start (and recover)
+    /// while Docker is down.
+    client: std::sync::Mutex<Option<Docker>>,
     mode: NetworkMode,
 }
 
 impl DockerRuntime {
-    /// Connects lazily: no request is made until the first call.
+    /// Validates the address; the connection itself is made on first use.
     pub fn connect(host: Option<&str>, mode: NetworkMode) -> Result<Self, RuntimeError> {
         let host = host
             .map(str::to_owned)
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
-            Docker::connect_with_unix(path, 120, &API_VERSION)
-        } else if host.starts_with("tcp://") || host.starts_with("http://") {
-            Docker::connect_with_http(&host, 120, &API_VERSION)
-        } else {
+        if !(host.starts_with("unix://")
+            || host.starts_with("tcp://")
+            || host.starts_with("http://"))
+        {
             return Err(RuntimeError::Failed(format!(
                 "unsupported Docker host '{host}': use unix:///path or tcp://host:port"
             )));
         }
-        .map_err(|e| RuntimeError::Unavailable(e.to_string()))?;
-        Ok(DockerRuntime { docker, mode })
+        Ok(DockerRuntime {
+            host,
+            client: std::sync::Mutex::new(None),
+            mode,
+        })
+    }
+
+    /// The Docker client (cheap to clone: it shares one connection pool).
+    fn docker(&self) -> Result<Docker, RuntimeError> {
+        let mut guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = guard.as_ref() {
+            return Ok(d.clone());
+        }
+        let docker = match self.host.strip_prefix("unix://") {
+            Some(path) => Docker::connect_with_unix(path, 120, &API_VERSION),
+            None => Docker::connect_with_http(&self.host, 120, &API_VERSION),
+        }
+        .map_err(|e| RuntimeError::Unavailable(format!("{} ({})", e, self.host)))?;
+        *guard = Some(docker.clone());
+        Ok(docker)
     }
 
     async fn ensure_network(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        match self.docker.inspect_network(&spec.network, None).await {
+        match self.docker()?.inspect_network(&spec.network, None).await {
             Ok(_) => return Ok(()),
             Err(e) if status(&e) == Some(404) => {}
             Err(e) => return Err(map_err(e, spec)),
@@ -83,7 +104,7 @@ impl DockerRuntime {
             labels: Some(labels),
             ..Default::default()
         };
-        match self.docker.create_network(req).await {
+        match self.docker()?.create_network(req).await {
             Ok(_) => Ok(()),
             // Created concurrently by another spawn: fine.
             Err(e) if status(&e) == Some(409) => Ok(()),
@@ -99,7 +120,7 @@ impl DockerRuntime {
             ..Default::default()
         };
         // Creating an existing named volume returns it unchanged.
-        self.docker
+        self.docker()?
             .create_volume(req)
             .await
             .map(|_| ())
@@ -159,7 +180,7 @@ impl DockerRuntime {
             name: Some(spec.name.clone()),
             ..Default::default()
         };
-        match self.docker.create_container(Some(options), body).await {
+        match self.docker()?.create_container(Some(options), body).await {
             Ok(_) => Ok(()),
             // Another spawn created it first; the caller starts whatever exists.
             Err(e) if status(&e) == Some(409) => Ok(()),
@@ -168,7 +189,7 @@ impl DockerRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        match self.docker.start_container(&spec.name, None).await {
+        match self.docker()?.start_container(&spec.name, None).await {
             // 304: already running.
             Ok(()) => Ok(()),
             Err(e) if status(&e) == Some(304) => Ok(()),
@@ -215,11 +236,11 @@ fn classify(e: BollardError) -> RuntimeError {
 #[async_trait]
 impl Runtime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
-        self.docker.ping().await.map(|_| ()).map_err(classify)
+        self.docker()?.ping().await.map(|_| ()).map_err(classify)
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
-        match self.docker.inspect_image(image).await {
+        match self.docker()?.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(e) if status(&e) == Some(404) => Ok(false),
             Err(e) => Err(classify(e)),
@@ -247,7 +268,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
-        match self.docker.inspect_container(name, None).await {
+        match self.docker()?.inspect_container(name, None).await {
             Ok(c) => {
                 let state = c.state.unwrap_or_default();
                 Ok(Some(ContainerInfo {
@@ -269,7 +290,7 @@ impl Runtime for DockerRuntime {
             t: Some(STOP_TIMEOUT_SECS),
             ..Default::default()
         };
-        match self.docker.stop_container(name, Some(options)).await {
+        match self.docker()?.stop_container(name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if matches!(status(&e), Some(304) | Some(404)) => Ok(()),
             Err(e) => Err(classify(e)),
@@ -281,14 +302,14 @@ impl Runtime for DockerRuntime {
             force: true,
             ..Default::default()
         };
-        match self.docker.remove_container(name, Some(options)).await {
+        match self.docker()?.remove_container(name, Some(options)).await {
             Ok(()) => {}
             Err(e) if status(&e) == Some(404) => {}
             Err(e) => return Err(classify(e)),
         }
         if let Some(volume) = volume {
             match self
-                .docker
+                .docker()?
                 .remove_volume(volume, None::<RemoveVolumeOptions>)
                 .await
             {
@@ -320,7 +341,7 @@ impl Runtime for DockerRuntime {
             filters: Some(filters),
             ..Default::default()
         };
-        let mut stream = self.docker.events(Some(options));
+        let mut stream = self.docker()?.events(Some(options));
         while let Some(event) = stream.next().await {
             let event = event.map_err(classify)?;
             let name = event

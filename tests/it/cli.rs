@@ -1,0 +1,142 @@
+//! The `spawngate` command as an operator uses it: offline against the store, and
+//! against a running server through its control socket.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::harness::{Harness, Options};
+
+fn spawngate(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spawngate"));
+    cmd.args(args).env("SPAWNGATE_SERVER_DATA_DIR", data_dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn offline_user_commands_and_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let add = spawngate(
+        dir.path(),
+        &["user", "add", "alice", "--email", "alice@example.org"],
+        &[],
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert!(
+        stdout(&add).starts_with("created user alice: http://localhost:8000/u-"),
+        "{}",
+        stdout(&add)
+    );
+
+    let again = spawngate(dir.path(), &["user", "add", "alice"], &[]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("user name 'alice' is already taken"),
+        "{}",
+        stderr(&again)
+    );
+
+    let bad = spawngate(dir.path(), &["user", "add", "Not Valid"], &[]);
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("invalid user name"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let link = spawngate(dir.path(), &["user", "login-link", "alice"], &[]);
+    assert!(link.status.success(), "{}", stderr(&link));
+    assert!(
+        stdout(&link)
+            .trim()
+            .starts_with("http://localhost:8000/_spawngate/login?token=")
+    );
+
+    let list = spawngate(dir.path(), &["user", "list", "--json"], &[]);
+    let users: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(users[0]["name"], "alice");
+    assert_eq!(users[0]["email"], "alice@example.org");
+
+    let rm = spawngate(dir.path(), &["user", "rm", "alice"], &[]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    let missing = spawngate(dir.path(), &["user", "login-link", "alice"], &[]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("user not found"),
+        "{}",
+        stderr(&missing)
+    );
+
+    // A bad setting is one clear error naming the key.
+    let cfg = spawngate(
+        dir.path(),
+        &["check"],
+        &[("SPAWNGATE_SPAWN_HOLD_SECS", "40")],
+    );
+    assert!(!cfg.status.success());
+    assert!(stderr(&cfg).contains("spawn.hold_secs"), "{}", stderr(&cfg));
+    let typo = spawngate(dir.path(), &["check"], &[("SPAWNGATE_SPAWN_HOLD", "4")]);
+    assert!(
+        stderr(&typo).contains("unknown environment variable SPAWNGATE_SPAWN_HOLD"),
+        "{}",
+        stderr(&typo)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_a_running_server_through_its_control_socket() {
+    let h = Harness::start(Options {
+        with_traefik: false,
+        ..Default::default()
+    })
+    .await;
+    let dir = h.data_dir.path().to_owned();
+    let run = move |args: Vec<&'static str>| {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || spawngate(&dir, &args, &[]))
+    };
+
+    let add = run(vec!["user", "add", "bob"]).await.unwrap();
+    assert!(add.status.success(), "{}", stderr(&add));
+    // The running server knows bob at once: same process state, no restart.
+    assert!(h.app.store.snapshot().by_name("bob").is_some());
+
+    let link = run(vec!["user", "login-link", "bob"]).await.unwrap();
+    let url = stdout(&link);
+    let token = url.trim().split("token=").nth(1).unwrap();
+    assert!(h.app.store.peek_login_token(token).unwrap().is_ok());
+
+    let token = run(vec!["token", "--name", "ci"]).await.unwrap();
+    let token = stdout(&token).trim().to_owned();
+    assert!(token.starts_with("sgadm_"), "{token}");
+    let users: serde_json::Value = h
+        .client
+        .get(format!("{}/_spawngate/api/users", h.direct))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(users["users"][0]["name"], "bob");
+
+    let check = run(vec!["check"]).await.unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        stdout(&check),
+        stderr(&check)
+    );
+    assert!(stdout(&check).contains("in use by a running spawngate"));
+}

@@ -1,0 +1,171 @@
+//! The production-style deployment: `docker-compose up` with the local Traefik
+//! override serves a user end to end (spawngate in network mode, FROM scratch).
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::header::COOKIE;
+
+use crate::harness::{cleanup_docker, free_port, random_hex, repo_root, session_cookie};
+
+struct Project {
+    name: String,
+    env: Vec<(String, String)>,
+}
+
+impl Project {
+    fn compose(&self, args: &[&str]) -> Output {
+        Command::new("docker-compose")
+            .current_dir(repo_root())
+            .args([
+                "-f",
+                "docker-compose.yml",
+                "-f",
+                "examples/compose.local.yml",
+                "-p",
+                &self.name,
+            ])
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["exec", "-T", "spawngate", "/spawngate"];
+        full.extend_from_slice(args);
+        let out = self.compose(&full);
+        assert!(
+            out.status.success(),
+            "{:?}: {}",
+            args,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let instance = &self.name;
+        // User containers are spawngate's, not compose's: remove them first so the
+        // network can go.
+        cleanup_docker(instance, &format!("{instance}-users"));
+        let _ = self.compose(&["down", "-v", "--remove-orphans"]);
+        cleanup_docker(instance, &format!("{instance}-users"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_compose_deployment_serves_a_user_end_to_end() {
+    let name = format!("sgc{}", random_hex(4));
+    let port = free_port();
+    let public = format!("http://127.0.0.1:{port}");
+    let project = Project {
+        env: vec![
+            ("SPAWNGATE_PROVIDER_TOKEN".into(), random_hex(16)),
+            ("SPAWNGATE_HTTP_PORT".into(), port.to_string()),
+            ("SPAWNGATE_PUBLIC_URL".into(), public.clone()),
+            ("SPAWNGATE_USER_NETWORK".into(), format!("{name}-users")),
+            ("SPAWNGATE_INSTANCE".into(), name.clone()),
+        ],
+        name,
+    };
+    let up = project.compose(&["up", "-d", "--no-build"]);
+    assert!(
+        up.status.success(),
+        "docker-compose up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap();
+    let get_ok = |url: String| {
+        let client = client.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    // Traefik up, provider read, spawngate answering through it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_ok(format!("{public}/_spawngate/login")).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "deployment did not come up: {}",
+            logs(&project)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let added = project.exec(&["user", "add", "alice"]);
+    let slug = added
+        .rsplit("/u-")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let link = project.exec(&["user", "login-link", "alice"]);
+    assert!(
+        link.starts_with(&format!("{public}/_spawngate/login?token=")),
+        "{link}"
+    );
+    let token = link.split("token=").nth(1).unwrap();
+
+    let login = client
+        .post(format!("{public}/_spawngate/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = session_cookie(login.headers(), "spawngate_session").unwrap();
+
+    // Until Traefik polls the new router, the catch-all asks to retry; then the
+    // user's container answers.
+    let url = format!("{public}/u-{slug}/whoami.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let who: serde_json::Value = loop {
+        let resp = client
+            .get(&url)
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break resp.json().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last status {}: {}",
+            resp.status(),
+            logs(&project)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(who["user"], "alice");
+    assert_eq!(who["path"], "/whoami.json");
+    assert_eq!(who["headers"]["x-spawngate-user"], "alice");
+
+    // The provider refuses readers without the token (Traefik sends it).
+    let direct = project.compose(&["exec", "-T", "spawngate", "/spawngate", "check"]);
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stdout)
+    );
+}
+
+fn logs(project: &Project) -> String {
+    let out = project.compose(&["logs", "--tail", "30"]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,317 @@
+//! One helper for every end-to-end test: spawngate in-process on a free port, a real
+//! Traefik process pointed at it, a unique Docker instance label, and clean-up of
+//! every container, volume and network carrying that label, even on panic.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, SET_COOKIE};
+use spawngate::{App, Config};
+use tokio::sync::oneshot;
+
+pub const IMAGE: &str = "spawngate-example-app:latest";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn traefik_bin() -> PathBuf {
+    std::env::var_os("TRAEFIK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/traefik"))
+}
+
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Options a test may change; everything else is the zero-config default.
+pub struct Options {
+    /// TOML merged over the test defaults.
+    pub extra_toml: String,
+    pub image: String,
+    pub with_traefik: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            extra_toml: String::new(),
+            image: IMAGE.into(),
+            with_traefik: true,
+        }
+    }
+}
+
+pub struct Harness {
+    pub app: Arc<App>,
+    pub instance: String,
+    pub network: String,
+    /// Traefik's web entry point, e.g. `http://127.0.0.1:12345`.
+    pub public: String,
+    /// Traefik's API entry point.
+    pub traefik_api: String,
+    /// spawngate's own address.
+    pub direct: String,
+    pub data_dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    traefik: Option<Child>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Harness {
+    pub async fn start(opts: Options) -> Harness {
+        let instance = format!("t{}", random_hex(5));
+        let network = format!("sgtest-{instance}");
+        let data_dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = listener.local_addr().unwrap();
+        let web_port = free_port();
+        let api_port = free_port();
+        let public = format!("http://127.0.0.1:{web_port}");
+        let toml = format!(
+            r#"
+[server]
+listen = "{listen}"
+public_url = "{public}"
+data_dir = {data:?}
+[docker]
+network = "{network}"
+instance = "{instance}"
+image = "{image}"
+
+"#,
+            data = data_dir.path().to_str().unwrap(),
+            image = opts.image,
+        );
+        let mut table: toml::Table = toml::from_str(&toml).unwrap();
+        merge(&mut table, toml::from_str(&opts.extra_toml).unwrap());
+        let config = Config::from_sources(&table.to_string(), Vec::new()).unwrap();
+        let app = App::build(config).unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let app = app.clone();
+            async move {
+                spawngate::server::run(app, listener, async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+            }
+        });
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(Duration::from_secs(40))
+            .build()
+            .unwrap();
+        let mut h = Harness {
+            app,
+            instance,
+            network,
+            public,
+            traefik_api: format!("http://127.0.0.1:{api_port}"),
+            direct: format!("http://{listen}"),
+            data_dir,
+            client,
+            traefik: None,
+            shutdown: Some(tx),
+            server: Some(server),
+        };
+        if opts.with_traefik {
+            h.start_traefik(web_port, api_port).await;
+        }
+        h
+    }
+
+    async fn start_traefik(&mut self, web_port: u16, api_port: u16) {
+        let bin = traefik_bin();
+        assert!(
+            bin.exists(),
+            "Traefik not found at {} (run scripts/setup)",
+            bin.display()
+        );
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            format!("--entrypoints.web.address=127.0.0.1:{web_port}"),
+            format!("--entrypoints.traefik.address=127.0.0.1:{api_port}"),
+            "--api.insecure=true".into(),
+            "--global.checknewversion=false".into(),
+            "--global.sendanonymoususage=false".into(),
+            format!("--providers.http.endpoint={}/traefik/config", self.direct),
+            "--providers.http.pollinterval=1s".into(),
+            "--log.level=ERROR".into(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        if let Some(token) = &self.app.config.provider_token {
+            cmd.arg(format!(
+                "--providers.http.headers.X-Spawngate-Provider-Token={}",
+                token.expose()
+            ));
+        }
+        self.traefik = Some(cmd.spawn().unwrap());
+        // Ready once Traefik has loaded our fixed router.
+        self.wait_router("spawngate").await;
+    }
+
+    /// Waits (bounded) until Traefik serves router `name@http`.
+    pub async fn wait_router(&self, name: &str) {
+        let url = format!("{}/api/http/routers/{name}@http", self.traefik_api);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(&url).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("Traefik did not load router {name} within 20 s");
+    }
+
+    /// Creates a user and waits until Traefik routes their slug.
+    pub async fn user(&self, name: &str) -> spawngate::app::UserView {
+        let user = self.app.add_user(name, None).await.unwrap();
+        if self.traefik.is_some() {
+            self.wait_router(&format!("u-{}", user.slug)).await;
+        }
+        user
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public)
+    }
+
+    pub fn cookie_name(&self) -> &str {
+        &self.app.config.session.cookie_name
+    }
+
+    /// Logs `name` in through Traefik with a magic link, as a browser would:
+    /// open the link (confirm page), POST the form. Returns the `Cookie` value.
+    pub async fn login(&self, name: &str) -> String {
+        let link = self.app.login_link(name).await.unwrap();
+        let token = link.url.split("token=").nth(1).unwrap().to_owned();
+        let page = self
+            .client
+            .get(self.url(&format!("/_spawngate/login?token={token}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200);
+        let body = page.text().await.unwrap();
+        assert!(body.contains("<form method=\"post\""), "{body}");
+        let resp = self
+            .client
+            .post(self.url("/_spawngate/login"))
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303, "login POST");
+        session_cookie(resp.headers(), self.cookie_name()).expect("login sets the session cookie")
+    }
+
+    /// Container ids of this test's containers for a user slug (running or not).
+    pub fn containers_of(&self, slug: &str) -> Vec<String> {
+        docker_lines(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=spawngate.instance={}", self.instance),
+            "--filter",
+            &format!("label=spawngate.slug={slug}"),
+        ])
+    }
+}
+
+/// Deep-merges `over` into `base`.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// `name=value` of the session cookie in `Set-Cookie` headers.
+pub fn session_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{name}=")))
+        .map(|c| c.split(';').next().unwrap_or_default().to_owned())
+}
+
+pub fn docker_lines(args: &[&str]) -> Vec<String> {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes everything labelled with `instance`, and the test network.
+pub fn cleanup_docker(instance: &str, network: &str) {
+    let label = format!("label=spawngate.instance={instance}");
+    let containers = docker_lines(&["ps", "-aq", "--filter", &label]);
+    if !containers.is_empty() {
+        let mut args = vec!["rm", "-f", "-v"];
+        args.extend(containers.iter().map(String::as_str));
+        let _ = Command::new("docker")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let volumes = docker_lines(&["volume", "ls", "-q", "--filter", &label]);
+    if !volumes.is_empty() {
+        let mut args = vec!["volume", "rm", "-f"];
+        args.extend(volumes.iter().map(String::as_str));
+        let _ = Command::new("docker")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = Command::new("docker")
+        .args(["network", "rm", network])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(mut t) = self.traefik.take() {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+        cleanup_docker(&self.instance, &self.network);
+    }
+}

