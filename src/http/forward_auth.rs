@@ -25,8 +25,8 @@ pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
     let (outcome, resp, who) = decide(app, headers, slug.as_ref()).await;
     tracing::info!(
         target: "spawngate::auth",
-        user = who.as_deref().unwrap_or("-"),
-        slug = segment,
+        user = %who.as_deref().unwrap_or("-"),
+        slug = %segment,
         outcome,
         status = resp.status().as_u16(),
         us = started.elapsed().as_micros() as u64,

@@ -156,7 +156,8 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
     assert_eq!(who["path"], "/whoami.json");
     assert_eq!(who["headers"]["x-spawngate-user"], "alice");
 
-    // The provider refuses readers without the token (Traefik sends it).
+    // `spawngate check` inside the container: store in use by the server, Docker
+    // reachable through the mounted socket, user image present.
     let direct = project.compose(&["exec", "-T", "spawngate", "/spawngate", "check"]);
     assert!(
         direct.status.success(),
