@@ -109,26 +109,47 @@ impl App {
             .ok_or(ApiError::NotFound("user"))
     }
 
-    pub async fn add_user(&self, name: &str, email: Option<&str>) -> Result<UserView, ApiError> {
+    pub async fn add_user(
+        &self,
+        actor: &str,
+        name: &str,
+        email: Option<&str>,
+    ) -> Result<UserView, ApiError> {
         validate_name(name)?;
         if let Some(email) = email {
             validate_email(email)?;
         }
         let port_range =
             (self.config.docker.mode == NetworkMode::Host).then_some(self.config.docker.host_ports);
-        let user = self.store.create_user(name, email, port_range).await?;
-        tracing::info!(user = %user.name, slug = %user.slug, "user created");
+        let user = Arc::new(self.store.create_user(name, email, port_range).await?);
+        self.store.audit(
+            actor,
+            "user.create",
+            &user.name,
+            Some(format!("slug {}", user.slug)),
+        );
+        if self.config.lifecycle.precreate {
+            self.lifecycle.precreate(&user);
+        }
         Ok(self.user_view(&user))
     }
 
-    /// Deletes the user with their container, volume, sessions and tokens.
-    pub async fn remove_user(&self, key: &str) -> Result<(), ApiError> {
+    /// Deletes the user with their container, volume (unless configured to keep
+    /// it), sessions and tokens.
+    pub async fn remove_user(&self, actor: &str, key: &str) -> Result<(), ApiError> {
         let user = self.find_user(key)?;
         // Container first: if Docker is down the user stays, and the call can be
         // retried, instead of leaving an orphaned container behind.
-        self.lifecycle.remove(&user).await?;
+        let keep = self.config.lifecycle.keep_volume_on_delete;
+        self.lifecycle.remove(&user, keep).await?;
         self.store.delete_user(&user).await?;
-        tracing::info!(user = %user.name, slug = %user.slug, "user deleted");
+        let detail = if keep {
+            "volume kept"
+        } else {
+            "container and volume removed"
+        };
+        self.store
+            .audit(actor, "user.delete", &user.name, Some(detail.into()));
         Ok(())
     }
 
@@ -157,9 +178,35 @@ impl App {
         Ok(self.lifecycle.status(&user).await?)
     }
 
-    pub async fn start_container(&self, key: &str) -> Result<ContainerStatus, ApiError> {
+    pub async fn start_container(
+        &self,
+        actor: &str,
+        key: &str,
+    ) -> Result<ContainerStatus, ApiError> {
         let user = self.find_user(key)?;
-        match self.lifecycle.start(&user).await {
+        self.store.audit(actor, "container.start", &user.name, None);
+        self.await_ready(&user, self.lifecycle.start(&user).await)
+            .await
+    }
+
+    pub async fn restart_container(
+        &self,
+        actor: &str,
+        key: &str,
+    ) -> Result<ContainerStatus, ApiError> {
+        let user = self.find_user(key)?;
+        self.store
+            .audit(actor, "container.restart", &user.name, None);
+        self.await_ready(&user, self.lifecycle.restart(&user).await)
+            .await
+    }
+
+    async fn await_ready(
+        &self,
+        user: &Arc<User>,
+        readiness: Readiness,
+    ) -> Result<ContainerStatus, ApiError> {
+        match readiness {
             Readiness::Ready => {}
             Readiness::Failed(e) => return Err(e.into()),
             Readiness::Pending => {
@@ -169,13 +216,32 @@ impl App {
                 )));
             }
         }
+        Ok(self.lifecycle.status(user).await?)
+    }
+
+    pub async fn stop_container(
+        &self,
+        actor: &str,
+        key: &str,
+    ) -> Result<ContainerStatus, ApiError> {
+        let user = self.find_user(key)?;
+        self.store.audit(actor, "container.stop", &user.name, None);
+        self.lifecycle.stop(&user).await?;
         Ok(self.lifecycle.status(&user).await?)
     }
 
-    pub async fn stop_container(&self, key: &str) -> Result<ContainerStatus, ApiError> {
+    /// Every user's container status (users without a container included).
+    pub async fn list_containers(&self) -> Result<Vec<ContainerStatus>, ApiError> {
+        let mut out = Vec::new();
+        for user in self.store.snapshot().users() {
+            out.push(self.lifecycle.status(&user).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn container_logs(&self, key: &str, tail: usize) -> Result<Vec<String>, ApiError> {
         let user = self.find_user(key)?;
-        self.lifecycle.stop(&user).await?;
-        Ok(self.lifecycle.status(&user).await?)
+        Ok(self.lifecycle.logs(&user, tail.min(10_000)).await?)
     }
 }
 

@@ -43,6 +43,8 @@ pub struct RawConfig {
     pub spawn: RawSpawn,
     pub session: RawSession,
     pub login: RawLogin,
+    pub lifecycle: RawLifecycle,
+    pub limits: RawLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +115,9 @@ pub struct RawDocker {
     /// Where the per-user volume is mounted.
     pub data_mount: String,
     pub read_only_rootfs: bool,
+    /// Extra `KEY=VALUE` environment for every user container (no secrets: it is
+    /// visible to anyone who can inspect the container).
+    pub env: Vec<String>,
 }
 
 impl Default for RawDocker {
@@ -131,6 +136,7 @@ impl Default for RawDocker {
             instance: "default".into(),
             data_mount: "/data".into(),
             read_only_rootfs: false,
+            env: Vec::new(),
         }
     }
 }
@@ -142,7 +148,6 @@ pub struct RawSpawn {
     pub hold_secs: f64,
     /// How long a container may take to answer its first HTTP request.
     pub ready_timeout_secs: u64,
-    pub max_concurrent: usize,
 }
 
 impl Default for RawSpawn {
@@ -150,7 +155,62 @@ impl Default for RawSpawn {
         RawSpawn {
             hold_secs: 10.0,
             ready_timeout_secs: 120,
-            max_concurrent: 8,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLifecycle {
+    /// Pause (freeze) a container after this many idle seconds; 0 = never.
+    pub pause_after_secs: u64,
+    /// Stop a container after this many idle seconds; 0 = never.
+    pub idle_timeout_secs: u64,
+    /// Remove a container (never its volume) after this many idle seconds; 0 = never.
+    pub remove_after_secs: u64,
+    /// Stop a container this long after it started, however busy; 0 = no limit.
+    pub max_lifetime_secs: u64,
+    /// Start (or unpause) the user's container in the background at login.
+    pub start_on_login: bool,
+    /// Create (not start) the container when the user is created.
+    pub precreate: bool,
+    /// Keep the user's volume when the user is deleted.
+    pub keep_volume_on_delete: bool,
+}
+
+impl Default for RawLifecycle {
+    fn default() -> Self {
+        RawLifecycle {
+            pause_after_secs: 0,
+            idle_timeout_secs: 1800,
+            remove_after_secs: 0,
+            max_lifetime_secs: 0,
+            start_on_login: true,
+            precreate: true,
+            keep_volume_on_delete: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Most containers running (or paused) at once; 0 = no limit.
+    pub max_running: usize,
+    pub max_concurrent_spawns: usize,
+    /// At capacity, stop the least recently used idle container to make room.
+    pub cull_lru_when_full: bool,
+    /// A container counts as idle for that after this many seconds without activity.
+    pub lru_min_idle_secs: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_running: 0,
+            max_concurrent_spawns: 8,
+            cull_lru_when_full: false,
+            lru_min_idle_secs: 60,
         }
     }
 }
@@ -206,6 +266,8 @@ pub struct Config {
     pub spawn: SpawnConfig,
     pub session: SessionConfig,
     pub login: LoginConfig,
+    pub lifecycle: LifecycleConfig,
+    pub limits: LimitsConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -235,13 +297,47 @@ pub struct DockerConfig {
     pub instance: String,
     pub data_mount: String,
     pub read_only_rootfs: bool,
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug)]
 pub struct SpawnConfig {
     pub hold: Duration,
     pub ready_timeout: Duration,
-    pub max_concurrent: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct LifecycleConfig {
+    pub pause_after: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub remove_after: Option<Duration>,
+    pub max_lifetime: Option<Duration>,
+    pub start_on_login: bool,
+    pub precreate: bool,
+    pub keep_volume_on_delete: bool,
+}
+
+impl LifecycleConfig {
+    /// The shortest idle tier: how soon anything can happen to an idle container.
+    pub fn first_tier(&self) -> Option<Duration> {
+        [
+            self.pause_after,
+            self.idle_timeout,
+            self.remove_after,
+            self.max_lifetime,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    pub max_running: Option<usize>,
+    pub max_concurrent_spawns: usize,
+    pub cull_lru_when_full: bool,
+    pub lru_min_idle: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -290,12 +386,23 @@ const KEYS: &[(&str, Kind)] = &[
     ("docker.instance", Kind::Str),
     ("docker.data_mount", Kind::Str),
     ("docker.read_only_rootfs", Kind::Bool),
+    ("docker.env", Kind::List),
     ("spawn.hold_secs", Kind::Float),
     ("spawn.ready_timeout_secs", Kind::Int),
-    ("spawn.max_concurrent", Kind::Int),
     ("session.ttl_hours", Kind::Int),
     ("session.cookie_name", Kind::Str),
     ("login.token_ttl_minutes", Kind::Int),
+    ("lifecycle.pause_after_secs", Kind::Int),
+    ("lifecycle.idle_timeout_secs", Kind::Int),
+    ("lifecycle.remove_after_secs", Kind::Int),
+    ("lifecycle.max_lifetime_secs", Kind::Int),
+    ("lifecycle.start_on_login", Kind::Bool),
+    ("lifecycle.precreate", Kind::Bool),
+    ("lifecycle.keep_volume_on_delete", Kind::Bool),
+    ("limits.max_running", Kind::Int),
+    ("limits.max_concurrent_spawns", Kind::Int),
+    ("limits.cull_lru_when_full", Kind::Bool),
+    ("limits.lru_min_idle_secs", Kind::Int),
 ];
 
 /// Variables that start with `SPAWNGATE_` but are not config keys.
@@ -508,6 +615,18 @@ impl RawConfig {
             ));
         }
 
+        let env = d
+            .env
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if is_env_name(k) && !k.starts_with("SPAWNGATE_") => Ok((k.to_owned(), v.to_owned())),
+                _ => Err(invalid(
+                    "docker.env",
+                    format!("{kv:?}: expected KEY=VALUE with KEY of [A-Za-z0-9_], not starting with SPAWNGATE_"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         let sp = self.spawn;
         if !(sp.hold_secs >= 0.0 && sp.hold_secs <= MAX_HOLD.as_secs_f64()) {
             return Err(invalid(
@@ -520,9 +639,6 @@ impl RawConfig {
         }
         if sp.ready_timeout_secs == 0 {
             return Err(invalid("spawn.ready_timeout_secs", "must be at least 1"));
-        }
-        if sp.max_concurrent == 0 {
-            return Err(invalid("spawn.max_concurrent", "must be at least 1"));
         }
 
         let se = self.session;
@@ -556,7 +672,51 @@ impl RawConfig {
             ));
         }
 
+        let lc = self.lifecycle;
+        let secs = |v: u64| (v > 0).then(|| Duration::from_secs(v));
+        let lifecycle = LifecycleConfig {
+            pause_after: secs(lc.pause_after_secs),
+            idle_timeout: secs(lc.idle_timeout_secs),
+            remove_after: secs(lc.remove_after_secs),
+            max_lifetime: secs(lc.max_lifetime_secs),
+            start_on_login: lc.start_on_login,
+            precreate: lc.precreate,
+            keep_volume_on_delete: lc.keep_volume_on_delete,
+        };
+        if let (Some(p), Some(i)) = (lifecycle.pause_after, lifecycle.idle_timeout)
+            && p >= i
+        {
+            return Err(invalid(
+                "lifecycle.pause_after_secs",
+                "must be below lifecycle.idle_timeout_secs",
+            ));
+        }
+        if let (Some(i), Some(r)) = (lifecycle.idle_timeout, lifecycle.remove_after)
+            && r <= i
+        {
+            return Err(invalid(
+                "lifecycle.remove_after_secs",
+                "must be above lifecycle.idle_timeout_secs",
+            ));
+        }
+
+        let li = self.limits;
+        if li.max_concurrent_spawns == 0 {
+            return Err(invalid(
+                "limits.max_concurrent_spawns",
+                "must be at least 1",
+            ));
+        }
+        let limits = LimitsConfig {
+            max_running: (li.max_running > 0).then_some(li.max_running),
+            max_concurrent_spawns: li.max_concurrent_spawns,
+            cull_lru_when_full: li.cull_lru_when_full,
+            lru_min_idle: Duration::from_secs(li.lru_min_idle_secs),
+        };
+
         Ok(Config {
+            lifecycle,
+            limits,
             listen,
             internal_url,
             data_dir: PathBuf::from(s.data_dir),
@@ -578,11 +738,11 @@ impl RawConfig {
                 instance: d.instance,
                 data_mount: d.data_mount,
                 read_only_rootfs: d.read_only_rootfs,
+                env,
             },
             spawn: SpawnConfig {
                 hold: Duration::from_secs_f64(sp.hold_secs),
                 ready_timeout: Duration::from_secs(sp.ready_timeout_secs),
-                max_concurrent: sp.max_concurrent,
             },
             session: SessionConfig {
                 ttl: Duration::from_secs(se.ttl_hours * 3600),
@@ -622,6 +782,12 @@ fn parse_public_url(raw: &str) -> Result<PublicUrl, ConfigError> {
         origin: u.origin().ascii_serialization(),
         https,
     })
+}
+
+fn is_env_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
 }
 
 fn is_name(s: &str) -> bool {
@@ -709,6 +875,26 @@ mod tests {
         let unknown = err("[docker]\nimgae = \"x\"", &[]);
         assert!(unknown.contains("imgae"), "{unknown}");
         assert!(err("[spawn]\nhold_secs = 3\nfoo = 1", &[]).contains("foo"));
+        assert!(
+            err(
+                "[lifecycle]\npause_after_secs = 60\nidle_timeout_secs = 30",
+                &[]
+            )
+            .contains("lifecycle.pause_after_secs")
+        );
+        assert!(
+            err(
+                "[lifecycle]\nremove_after_secs = 60\nidle_timeout_secs = 60",
+                &[]
+            )
+            .contains("lifecycle.remove_after_secs")
+        );
+        assert!(err("[docker]\nenv = [\"NOEQUALS\"]", &[]).contains("docker.env"));
+        assert!(err("[docker]\nenv = [\"SPAWNGATE_USER=x\"]", &[]).contains("docker.env"));
+        assert!(
+            err("[limits]\nmax_concurrent_spawns = 0", &[])
+                .contains("limits.max_concurrent_spawns")
+        );
     }
 
     #[test]

@@ -119,6 +119,8 @@ fn spawn_background(
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let events = tokio::spawn(app.lifecycle.clone().watch_events(stop.clone()));
+    let reconcile = tokio::spawn(app.lifecycle.clone().reconcile_until_done(stop.clone()));
+    let culler = tokio::spawn(app.lifecycle.clone().run_culler(stop.clone()));
     let store = app.store.clone();
     let mut stop_purge = stop;
     let purge = tokio::spawn(async move {
@@ -134,5 +136,5 @@ fn spawn_background(
             }
         }
     });
-    vec![events, purge]
+    vec![events, reconcile, culler, purge]
 }

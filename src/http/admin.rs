@@ -29,58 +29,114 @@ pub async fn handle<B>(app: &App, req: Request<B>, rest: &str, peer: Peer) -> Re
 where
     B: ReqBody,
 {
-    if peer == Peer::Network {
-        let authorized = match bearer(req.headers()) {
-            Some(token) => match app.store.admin_token(token.expose()) {
-                Ok(found) => found.is_some(),
-                Err(e) => return api_error(&e.into()),
-            },
-            None => false,
-        };
-        if !authorized {
-            return api_error(&ApiError::Unauthorized);
+    // Who is acting, for the audit log.
+    let actor = match peer {
+        Peer::Control => "operator".to_owned(),
+        Peer::Network => {
+            let found = match bearer(req.headers()) {
+                Some(token) => match app.store.admin_token(token.expose()) {
+                    Ok(found) => found,
+                    Err(e) => return api_error(&e.into()),
+                },
+                None => None,
+            };
+            match found {
+                Some(token) => format!("admin:{}", token.name),
+                None => return api_error(&ApiError::Unauthorized),
+            }
         }
-    }
+    };
     let method = req.method().clone();
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
-    let result = route(app, &method, &parts, req, peer).await;
+    let query = query_map(req.uri());
+    let call = Call {
+        app,
+        actor: &actor,
+        peer,
+        query: &query,
+    };
+    let result = route(&call, &method, &parts, req).await;
     match result {
         Ok((status, value)) => json(status, &value),
         Err(e) => api_error(&e),
     }
 }
 
+/// One API call's context.
+struct Call<'a> {
+    app: &'a App,
+    actor: &'a str,
+    peer: Peer,
+    query: &'a std::collections::HashMap<String, String>,
+}
+
+impl Call<'_> {
+    /// A numeric query parameter within `1..=max`, or `default`.
+    fn limit(&self, key: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.query.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!("{key} must be a number from 1 to {max}"))
+                }),
+        }
+    }
+}
+
+fn query_map(uri: &hyper::Uri) -> std::collections::HashMap<String, String> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
+}
+
 async fn route<B>(
-    app: &App,
+    call: &Call<'_>,
     method: &Method,
     parts: &[&str],
     req: Request<B>,
-    peer: Peer,
 ) -> Result<(StatusCode, serde_json::Value), ApiError>
 where
     B: ReqBody,
 {
+    let (app, actor, peer) = (call.app, call.actor, call.peer);
     let ok = |v: serde_json::Value| Ok((StatusCode::OK, v));
     match (method, parts) {
         (&Method::GET, ["users"]) => ok(json!({ "users": app.list_users() })),
         (&Method::POST, ["users"]) => {
             let body: NewUser = parse_json(req).await?;
-            let user = app.add_user(&body.name, body.email.as_deref()).await?;
+            let user = app
+                .add_user(actor, &body.name, body.email.as_deref())
+                .await?;
             Ok((StatusCode::CREATED, to_json(&user)))
         }
         (&Method::GET, ["users", name]) => ok(to_json(&app.user_view(&*app.find_user(name)?))),
         (&Method::DELETE, ["users", name]) => {
-            app.remove_user(name).await?;
+            app.remove_user(actor, name).await?;
             ok(json!({ "deleted": name }))
         }
         (&Method::GET, ["users", name, "container"]) => {
             ok(to_json(&app.container_status(name).await?))
         }
         (&Method::POST, ["users", name, "container", "start"]) => {
-            ok(to_json(&app.start_container(name).await?))
+            ok(to_json(&app.start_container(actor, name).await?))
         }
         (&Method::POST, ["users", name, "container", "stop"]) => {
-            ok(to_json(&app.stop_container(name).await?))
+            ok(to_json(&app.stop_container(actor, name).await?))
+        }
+        (&Method::POST, ["users", name, "container", "restart"]) => {
+            ok(to_json(&app.restart_container(actor, name).await?))
+        }
+        (&Method::GET, ["users", name, "container", "logs"]) => {
+            let tail = call.limit("tail", 100, 10_000)?;
+            ok(json!({ "lines": app.container_logs(name, tail).await? }))
+        }
+        (&Method::GET, ["containers"]) => ok(json!({ "containers": app.list_containers().await? })),
+        (&Method::GET, ["audit"]) => {
+            let limit = call.limit("limit", 100, 10_000)?;
+            ok(json!({ "entries": app.store.audit_entries(limit)? }))
         }
         (&Method::POST, ["users", name, "login-link"]) => {
             Ok((StatusCode::CREATED, to_json(&app.login_link(name).await?)))
@@ -90,6 +146,7 @@ where
             let body: NewToken = parse_json(req).await?;
             let name = body.name.unwrap_or_else(|| "admin".to_owned());
             let token = app.store.create_admin_token(&name).await?;
+            app.store.audit(actor, "token.create", &name, None);
             Ok((StatusCode::CREATED, json!({ "name": name, "token": token })))
         }
         (_, ["users"] | ["users", _] | ["users", _, "container"]) => Err(ApiError::BadRequest(

@@ -167,6 +167,10 @@ where
         .and_then(|n| safe_next(n))
         .unwrap_or_else(|| format!("{}/", user.slug.base_path()));
     tracing::info!(target: "spawngate::login", user = %user.name, "login");
+    if app.config.lifecycle.start_on_login {
+        // Warm the container while the browser follows the redirect.
+        app.lifecycle.prewarm(user);
+    }
     let mut resp = redirect(StatusCode::SEE_OTHER, &target);
     let cookie = cookies::session(
         &app.config.session.cookie_name,

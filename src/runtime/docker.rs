@@ -10,12 +10,12 @@ use bollard::models::{
     PortBinding, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, RemoveContainerOptions, RemoveVolumeOptions,
-    StopContainerOptions,
+    CreateContainerOptions, EventsOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, StatsOptions, StopContainerOptions,
 };
 use futures_util::StreamExt;
 
-use super::{ContainerGone, ContainerInfo, ContainerSpec, Runtime, RuntimeError};
+use super::{ContainerGone, ContainerInfo, ContainerSpec, ContainerSummary, Runtime, RuntimeError};
 use crate::config::NetworkMode;
 
 /// The oldest Engine API we support (Debian's Docker 20.10). Pinning it instead of
@@ -249,19 +249,38 @@ impl Runtime for DockerRuntime {
 
     async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         if let Some(info) = self.inspect(&spec.name).await? {
-            if !info.running {
+            if info.paused {
+                self.docker()?
+                    .unpause_container(&spec.name)
+                    .await
+                    .map_err(|e| map_err(e, spec))?;
+            } else if !info.running {
                 self.start(spec).await?;
             }
             return Ok(info.id);
         }
-        self.ensure_network(spec).await?;
-        self.ensure_volume(spec).await?;
-        self.create(spec).await?;
+        self.ensure_created(spec).await?;
         self.start(spec).await?;
         match self.inspect(&spec.name).await? {
             Some(info) => Ok(info.id),
             None => Err(RuntimeError::Failed(format!(
                 "container '{}' disappeared right after it was started",
+                spec.name
+            ))),
+        }
+    }
+
+    async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        if let Some(info) = self.inspect(&spec.name).await? {
+            return Ok(info.id);
+        }
+        self.ensure_network(spec).await?;
+        self.ensure_volume(spec).await?;
+        self.create(spec).await?;
+        match self.inspect(&spec.name).await? {
+            Some(info) => Ok(info.id),
+            None => Err(RuntimeError::Failed(format!(
+                "container '{}' disappeared right after it was created",
                 spec.name
             ))),
         }
@@ -274,6 +293,7 @@ impl Runtime for DockerRuntime {
                 Ok(Some(ContainerInfo {
                     id: c.id.unwrap_or_default(),
                     running: state.running.unwrap_or(false) && !state.paused.unwrap_or(false),
+                    paused: state.paused.unwrap_or(false),
                     started_at: state.started_at.filter(|s| !s.starts_with("0001")),
                     finished_at: state.finished_at.filter(|s| !s.starts_with("0001")),
                     exit_code: state.exit_code,
@@ -295,6 +315,77 @@ impl Runtime for DockerRuntime {
             Err(e) if matches!(status(&e), Some(304) | Some(404)) => Ok(()),
             Err(e) => Err(classify(e)),
         }
+    }
+
+    async fn pause(&self, name: &str) -> Result<(), RuntimeError> {
+        self.docker()?.pause_container(name).await.map_err(classify)
+    }
+
+    async fn list(&self, instance: &str) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("spawngate.instance={instance}")],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .docker()?
+            .list_containers(Some(options))
+            .await
+            .map_err(classify)?;
+        Ok(list
+            .into_iter()
+            .map(|c| ContainerSummary {
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default()
+                    .trim_start_matches('/')
+                    .to_owned(),
+                id: c.id.unwrap_or_default(),
+                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                labels: c.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    async fn network_bytes(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stream = self.docker()?.stats(name, Some(options));
+        match stream.next().await {
+            Some(Ok(stats)) => Ok(stats.networks.map(|nets| {
+                nets.values()
+                    .map(|n| n.rx_bytes.unwrap_or(0) + n.tx_bytes.unwrap_or(0))
+                    .sum()
+            })),
+            Some(Err(e)) if status(&e) == Some(404) => Ok(None),
+            Some(Err(e)) => Err(classify(e)),
+            None => Ok(None),
+        }
+    }
+
+    async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>, RuntimeError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker()?.logs(name, Some(options));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(output) => out.push_str(&String::from_utf8_lossy(&output.into_bytes())),
+                Err(e) if status(&e) == Some(404) => return Ok(Vec::new()),
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(out.lines().map(str::to_owned).collect())
     }
 
     async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError> {

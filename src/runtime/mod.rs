@@ -36,17 +36,30 @@ pub enum ContainerState {
     NotExists,
     Starting,
     Running,
+    Paused,
     Stopped,
 }
 
 #[derive(Clone, Debug)]
 pub struct ContainerInfo {
     pub id: String,
+    /// Running and not paused.
     pub running: bool,
+    pub paused: bool,
     /// RFC 3339 from Docker, when known.
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub exit_code: Option<i64>,
+    pub labels: HashMap<String, String>,
+}
+
+/// One of this instance's containers, as listed by labels.
+#[derive(Clone, Debug)]
+pub struct ContainerSummary {
+    pub name: String,
+    pub id: String,
+    /// Docker's state: `created`, `running`, `paused`, `exited`, `dead`…
+    pub state: String,
     pub labels: HashMap<String, String>,
 }
 
@@ -75,9 +88,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// Makes sure the container exists and runs: reuses an existing container
     /// (starting it if stopped), creates it otherwise. Returns the container id.
     async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Creates the container (network and volume too) without starting it; an
+    /// existing container is left as it is.
+    async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
     /// Stops the container (no error if it does not exist or is already stopped).
     async fn stop(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Freezes the container's processes (memory kept, CPU freed).
+    async fn pause(&self, name: &str) -> Result<(), RuntimeError>;
+    /// All containers labelled with `spawngate.instance=<instance>`, in any state.
+    async fn list(&self, instance: &str) -> Result<Vec<ContainerSummary>, RuntimeError>;
+    /// Total network bytes (received + sent) of a running container, if known.
+    async fn network_bytes(&self, name: &str) -> Result<Option<u64>, RuntimeError>;
+    /// The last `tail` lines of the container's output (stdout and stderr).
+    async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>, RuntimeError>;
     /// Removes the container and, if given, its volume. Missing ones are fine.
     async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError>;
     /// Calls `on_gone` whenever one of this instance's containers stops or is removed.

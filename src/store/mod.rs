@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::ids::{SessionId, Slug, UserId, random_bytes, random_token};
 use crate::time::unix_now;
-pub use records::{AdminToken, ContainerRecord, Desired, LoginToken, Session, User};
+pub use records::{AdminToken, AuditEntry, ContainerRecord, Desired, LoginToken, Session, User};
 use records::{DecodeError, decode, encode};
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +88,7 @@ pub struct Store {
     login_tokens: sled::Tree,
     admin_tokens: sled::Tree,
     containers: sled::Tree,
+    audit: sled::Tree,
     meta: sled::Tree,
     directory: Arc<watch::Sender<Arc<Directory>>>,
 }
@@ -129,6 +130,7 @@ impl Store {
             login_tokens: tree("login_tokens")?,
             admin_tokens: tree("admin_tokens")?,
             containers: tree("containers")?,
+            audit: tree("audit")?,
             meta: tree("meta")?,
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
             db,
@@ -426,6 +428,53 @@ impl Store {
         self.flush().await
     }
 
+    /// Records the last activity without flushing: called in batches by the culler,
+    /// sled writes it out within its flush interval.
+    pub fn note_activity(&self, user_id: &UserId, at: i64) -> Result<()> {
+        if let Some(mut record) = self.container_record(user_id)? {
+            record.last_activity = Some(at);
+            self.containers
+                .insert(user_id.as_str().as_bytes(), encode(&record))?;
+        }
+        Ok(())
+    }
+
+    // --- audit log ------------------------------------------------------------------
+
+    /// Appends to the audit log. Keys are sled's monotonic ids, so iteration order is
+    /// append order.
+    pub fn audit(&self, actor: &str, action: &str, target: &str, detail: Option<String>) {
+        let entry = AuditEntry {
+            at: unix_now(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail,
+        };
+        let result = self.db.generate_id().and_then(|id| {
+            self.audit
+                .insert(id.to_be_bytes(), encode(&entry))
+                .map(|_| ())
+        });
+        if let Err(e) = result {
+            // The action itself happened; losing its audit line must not undo it.
+            tracing::error!(error = %e, action, target, "cannot write audit log entry");
+        }
+        tracing::info!(target: "spawngate::audit", actor, action, subject = target, "audit");
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn audit_entries(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let mut out = Vec::new();
+        for item in self.audit.iter().rev().take(limit) {
+            let (_, value) = item?;
+            if let Ok(entry) = decode::<AuditEntry>(&value) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
     // --- meta -----------------------------------------------------------------------
 
     /// The HS256 key for session cookies: generated on first run, then kept, so
@@ -595,6 +644,18 @@ mod tests {
         assert_eq!(s.purge_expired().unwrap(), 1);
         s.delete_user(&u).await.unwrap();
         assert!(s.session(&sid).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn audit_log_is_append_only_newest_first() {
+        let (_d, s) = store();
+        s.audit("operator", "user.create", "alice", None);
+        s.audit("system", "container.stop", "alice", Some("idle".into()));
+        let entries = s.audit_entries(10).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].action, "container.stop");
+        assert_eq!(entries[1].action, "user.create");
+        assert_eq!(s.audit_entries(1).unwrap().len(), 1);
     }
 
     #[tokio::test]

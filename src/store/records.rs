@@ -69,6 +69,22 @@ pub struct ContainerRecord {
     pub stopped_at: Option<i64>,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Last activity (Unix seconds), written in batches by the culler so idle
+    /// clocks survive a restart.
+    #[serde(default)]
+    pub last_activity: Option<i64>,
+}
+
+/// One line of the append-only audit log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at: i64,
+    /// Who acted: `admin:<token name>`, `operator` (control socket), `system`, or a user name.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    #[serde(default)]
+    pub detail: Option<String>,
 }
 
 #[derive(Serialize)]

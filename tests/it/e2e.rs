@@ -72,7 +72,7 @@ async fn unauthenticated_browsers_are_sent_to_login_and_api_clients_get_401() {
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
 
     // Nothing was started for anonymous requests.
-    assert!(h.containers_of(&alice.slug).is_empty());
+    assert!(h.running_containers_of(&alice.slug).is_empty());
 }
 
 /// Sends a WebSocket upgrade to `/u-<slug>/ws` through Traefik; returns the raw head.
@@ -239,7 +239,7 @@ async fn another_users_cookie_is_forbidden_exactly_like_an_unknown_slug() {
         .unwrap();
     assert_eq!(prefix.status(), StatusCode::FORBIDDEN);
     assert!(
-        h.containers_of(&bob.slug).is_empty(),
+        h.running_containers_of(&bob.slug).is_empty(),
         "nothing started for bob"
     );
 }
@@ -302,7 +302,12 @@ async fn tampered_expired_and_logged_out_cookies_count_as_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_first_requests_create_exactly_one_container() {
-    let h = Harness::start(Options::default()).await;
+    // No pre-creation and no warm-up at login: the 20 requests really are first.
+    let h = Harness::start(Options {
+        extra_toml: "[lifecycle]\nprecreate = false\nstart_on_login = false".into(),
+        ..Default::default()
+    })
+    .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     assert!(h.containers_of(&alice.slug).is_empty());

@@ -67,7 +67,7 @@ pub struct Harness {
     pub direct: String,
     pub data_dir: tempfile::TempDir,
     pub client: reqwest::Client,
-    traefik: Option<Child>,
+    traefik: Option<Traefik>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -112,12 +112,7 @@ image = "{image}"
                 .unwrap();
             }
         });
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(Duration::from_secs(40))
-            .build()
-            .unwrap();
+        let client = http_client();
         let mut h = Harness {
             app,
             instance,
@@ -138,6 +133,124 @@ image = "{image}"
     }
 
     async fn start_traefik(&mut self, web_port: u16, api_port: u16) {
+        let token = self
+            .app
+            .config
+            .provider_token
+            .as_ref()
+            .map(|t| t.expose().to_owned());
+        let traefik = Traefik::start(web_port, api_port, &self.direct, token.as_deref()).await;
+        self.traefik = Some(traefik);
+    }
+
+    /// Waits (bounded) until Traefik serves router `name@http`.
+    pub async fn wait_router(&self, name: &str) {
+        if let Some(t) = &self.traefik {
+            t.wait_router(name).await;
+        }
+    }
+
+    /// Creates a user and waits until Traefik routes their slug.
+    pub async fn user(&self, name: &str) -> spawngate::app::UserView {
+        let user = self.app.add_user("test", name, None).await.unwrap();
+        self.wait_router(&format!("u-{}", user.slug)).await;
+        user
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.public)
+    }
+
+    pub fn cookie_name(&self) -> &str {
+        &self.app.config.session.cookie_name
+    }
+
+    /// Logs `name` in through Traefik with a magic link, as a browser would.
+    pub async fn login(&self, name: &str) -> String {
+        let link = self.app.login_link(name).await.unwrap();
+        login_with_link(&self.client, &self.public, &link.url, self.cookie_name()).await
+    }
+
+    /// Container ids of this test's containers for a user slug (running or not).
+    pub fn containers_of(&self, slug: &str) -> Vec<String> {
+        containers_of(&self.instance, slug)
+    }
+
+    /// Running containers of a user slug (a pre-created container does not count).
+    pub fn running_containers_of(&self, slug: &str) -> Vec<String> {
+        docker_lines(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=spawngate.instance={}", self.instance),
+            "--filter",
+            &format!("label=spawngate.slug={slug}"),
+        ])
+    }
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap()
+}
+
+/// Opens a login link (the confirm page) and POSTs the form, as a browser would.
+/// Returns the `Cookie` value (`name=jwt`).
+pub async fn login_with_link(
+    client: &reqwest::Client,
+    public: &str,
+    link: &str,
+    cookie_name: &str,
+) -> String {
+    let token = link.trim().split("token=").nth(1).unwrap().to_owned();
+    let page = client
+        .get(format!("{public}/_spawngate/login?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let body = page.text().await.unwrap();
+    assert!(body.contains("<form method=\"post\""), "{body}");
+    let resp = client
+        .post(format!("{public}/_spawngate/login"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303, "login POST");
+    session_cookie(resp.headers(), cookie_name).expect("login sets the session cookie")
+}
+
+/// Container ids labelled with `instance` and `slug` (running or not).
+pub fn containers_of(instance: &str, slug: &str) -> Vec<String> {
+    docker_lines(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=spawngate.instance={instance}"),
+        "--filter",
+        &format!("label=spawngate.slug={slug}"),
+    ])
+}
+
+/// A real Traefik process reading spawngate's provider endpoint.
+pub struct Traefik {
+    child: Child,
+    pub api: String,
+    client: reqwest::Client,
+}
+
+impl Traefik {
+    pub async fn start(
+        web_port: u16,
+        api_port: u16,
+        spawngate: &str,
+        token: Option<&str>,
+    ) -> Traefik {
         let bin = traefik_bin();
         assert!(
             bin.exists(),
@@ -151,26 +264,30 @@ image = "{image}"
             "--api.insecure=true".into(),
             "--global.checknewversion=false".into(),
             "--global.sendanonymoususage=false".into(),
-            format!("--providers.http.endpoint={}/traefik/config", self.direct),
+            format!("--providers.http.endpoint={spawngate}/traefik/config"),
             "--providers.http.pollinterval=1s".into(),
             "--log.level=ERROR".into(),
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-        if let Some(token) = &self.app.config.provider_token {
+        if let Some(token) = token {
             cmd.arg(format!(
-                "--providers.http.headers.X-Spawngate-Provider-Token={}",
-                token.expose()
+                "--providers.http.headers.X-Spawngate-Provider-Token={token}"
             ));
         }
-        self.traefik = Some(cmd.spawn().unwrap());
+        let traefik = Traefik {
+            child: cmd.spawn().unwrap(),
+            api: format!("http://127.0.0.1:{api_port}"),
+            client: http_client(),
+        };
         // Ready once Traefik has loaded our fixed router.
-        self.wait_router("spawngate").await;
+        traefik.wait_router("spawngate").await;
+        traefik
     }
 
     /// Waits (bounded) until Traefik serves router `name@http`.
     pub async fn wait_router(&self, name: &str) {
-        let url = format!("{}/api/http/routers/{name}@http", self.traefik_api);
+        let url = format!("{}/api/http/routers/{name}@http", self.api);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Ok(r) = self.client.get(&url).send().await
@@ -182,59 +299,12 @@ image = "{image}"
         }
         panic!("Traefik did not load router {name} within 20 s");
     }
+}
 
-    /// Creates a user and waits until Traefik routes their slug.
-    pub async fn user(&self, name: &str) -> spawngate::app::UserView {
-        let user = self.app.add_user(name, None).await.unwrap();
-        if self.traefik.is_some() {
-            self.wait_router(&format!("u-{}", user.slug)).await;
-        }
-        user
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.public)
-    }
-
-    pub fn cookie_name(&self) -> &str {
-        &self.app.config.session.cookie_name
-    }
-
-    /// Logs `name` in through Traefik with a magic link, as a browser would:
-    /// open the link (confirm page), POST the form. Returns the `Cookie` value.
-    pub async fn login(&self, name: &str) -> String {
-        let link = self.app.login_link(name).await.unwrap();
-        let token = link.url.split("token=").nth(1).unwrap().to_owned();
-        let page = self
-            .client
-            .get(self.url(&format!("/_spawngate/login?token={token}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(page.status(), 200);
-        let body = page.text().await.unwrap();
-        assert!(body.contains("<form method=\"post\""), "{body}");
-        let resp = self
-            .client
-            .post(self.url("/_spawngate/login"))
-            .form(&[("token", token.as_str())])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 303, "login POST");
-        session_cookie(resp.headers(), self.cookie_name()).expect("login sets the session cookie")
-    }
-
-    /// Container ids of this test's containers for a user slug (running or not).
-    pub fn containers_of(&self, slug: &str) -> Vec<String> {
-        docker_lines(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=spawngate.instance={}", self.instance),
-            "--filter",
-            &format!("label=spawngate.slug={slug}"),
-        ])
+impl Drop for Traefik {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -302,10 +372,7 @@ pub fn cleanup_docker(instance: &str, network: &str) {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if let Some(mut t) = self.traefik.take() {
-            let _ = t.kill();
-            let _ = t.wait();
-        }
+        self.traefik.take();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

@@ -8,3 +8,5 @@ mod cli;
 mod compose;
 mod e2e;
 mod harness;
+mod lifecycle;
+mod proc;

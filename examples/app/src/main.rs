@@ -342,6 +342,14 @@ fn forward_signals() -> Result<mpsc::UnboundedReceiver<&'static str>, String> {
 async fn run(config: Config) -> Result<(), String> {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
     let stop = forward_signals()?;
+    // Tests use this to stand for a slow-booting app (Jupyter, RStudio…).
+    if let Some(ms) = std::env::var("STARTUP_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        eprintln!("spawngate-example-app: delaying start-up by {ms} ms");
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -362,7 +370,37 @@ async fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// `--connect HOST:PORT`: exits 0 if a TCP connection opens within 2 s, else 1.
+/// The image has no shell or curl; isolation tests use this as "the user's code
+/// trying to reach something".
+fn connect_probe(target: &str) -> ExitCode {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = match target.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            eprintln!("connect {target}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(_) => {
+                println!("connected to {addr}");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => eprintln!("connect {addr}: {e}"),
+        }
+    }
+    ExitCode::FAILURE
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, flag, target] = args.as_slice()
+        && flag == "--connect"
+    {
+        return connect_probe(target);
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

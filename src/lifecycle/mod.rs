@@ -2,10 +2,17 @@
 //! single flight per user, a global cap on concurrent spawns, and readiness probes.
 //!
 //! The forwardAuth hot path only reads a [`Phase`] from memory. Docker is called by
-//! spawn tasks, admin actions and the event watcher, never per request.
+//! spawn tasks, admin actions, the culler and the event watcher, never per request.
+//!
+//! Every Docker operation on one user's container (start, pause, stop, remove) runs
+//! under that user's `ops` lock, so a request that arrives while the culler pauses
+//! or stops the container simply waits and then resumes it.
+
+mod culler;
+mod reconcile;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,7 +21,7 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Mutex as AsyncMutex, Semaphore, watch};
 
 use crate::config::{Config, NetworkMode};
 use crate::ids::{Slug, UserId};
@@ -34,6 +41,8 @@ pub enum Phase {
     Starting,
     /// Running and answered a probe.
     Ready,
+    /// Frozen by the culler; the next request unpauses it.
+    Paused,
     Stopped,
     Failed {
         error: SpawnError,
@@ -52,6 +61,8 @@ pub enum SpawnError {
     Failed(String),
     #[error("spawngate's state store is unavailable")]
     Store(String),
+    #[error("the server is at capacity; please try again in a few minutes")]
+    Capacity(String),
 }
 
 impl SpawnError {
@@ -61,7 +72,8 @@ impl SpawnError {
             SpawnError::DockerDown(d)
             | SpawnError::ImageMissing(d)
             | SpawnError::Failed(d)
-            | SpawnError::Store(d) => d,
+            | SpawnError::Store(d)
+            | SpawnError::Capacity(d) => d,
         }
     }
 }
@@ -93,13 +105,50 @@ pub enum Readiness {
 
 struct Slot {
     phase: watch::Sender<Phase>,
-    /// Unix seconds of the last forwardAuth pass; in memory only.
+    /// Serializes Docker operations on this user's container.
+    ops: AsyncMutex<()>,
+    /// Unix seconds of the last activity (forwardAuth pass or network traffic).
+    /// Written in memory on the hot path; the culler persists it in batches.
     last_activity: AtomicI64,
+    persisted_activity: AtomicI64,
+    /// Network byte counter at the culler's last look; `u64::MAX` = not yet read.
+    net_bytes: AtomicU64,
+    /// Unix seconds the running container started (for `max_lifetime`); 0 = unknown.
+    started: AtomicI64,
+    /// Whether a container (in any state) exists for this user.
+    present: AtomicBool,
+}
+
+impl Slot {
+    fn new(phase: Phase) -> Slot {
+        Slot {
+            phase: watch::channel(phase).0,
+            ops: AsyncMutex::new(()),
+            last_activity: AtomicI64::new(0),
+            persisted_activity: AtomicI64::new(0),
+            net_bytes: AtomicU64::new(u64::MAX),
+            started: AtomicI64::new(0),
+            present: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_activity.store(unix_now(), Ordering::Relaxed);
+    }
+
+    /// Whether this slot counts against `limits.max_running`.
+    fn occupies_capacity(&self) -> bool {
+        matches!(
+            *self.phase.borrow(),
+            Phase::Starting | Phase::Ready | Phase::Paused
+        )
+    }
 }
 
 /// Container status for the admin API.
 #[derive(Debug, serde::Serialize)]
 pub struct ContainerStatus {
+    pub user: String,
     pub state: ContainerState,
     pub name: String,
     pub container_id: Option<String>,
@@ -115,6 +164,9 @@ pub struct Lifecycle {
     config: Arc<Config>,
     slots: RwLock<HashMap<UserId, Arc<Slot>>>,
     spawn_permits: Semaphore,
+    /// Held while checking capacity and claiming a place, so two users cannot both
+    /// take the last one.
+    capacity: std::sync::Mutex<()>,
     probe: Client<HttpConnector, Empty<Bytes>>,
 }
 
@@ -147,9 +199,10 @@ impl Lifecycle {
         Arc::new(Lifecycle {
             runtime,
             store,
-            spawn_permits: Semaphore::new(config.spawn.max_concurrent),
+            spawn_permits: Semaphore::new(config.limits.max_concurrent_spawns),
             config,
             slots: RwLock::new(HashMap::new()),
+            capacity: std::sync::Mutex::new(()),
             probe: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
                 .build(connector),
@@ -169,13 +222,15 @@ impl Lifecycle {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         slots
             .entry(id.clone())
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    phase: watch::channel(Phase::Unknown).0,
-                    last_activity: AtomicI64::new(0),
-                })
-            })
+            .or_insert_with(|| Arc::new(Slot::new(Phase::Unknown)))
             .clone()
+    }
+
+    fn all_slots(&self) -> Vec<(UserId, Arc<Slot>)> {
+        self.slots
+            .read()
+            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
     }
 
     pub fn phase(&self, id: &UserId) -> Phase {
@@ -187,7 +242,7 @@ impl Lifecycle {
     pub async fn ensure_ready(self: &Arc<Self>, user: &Arc<User>, hold: Duration) -> Readiness {
         let slot = self.slot(&user.id);
         if matches!(*slot.phase.borrow(), Phase::Ready) {
-            slot.last_activity.store(unix_now(), Ordering::Relaxed);
+            slot.touch();
             return Readiness::Ready;
         }
         let mut rx = slot.phase.subscribe();
@@ -197,7 +252,7 @@ impl Lifecycle {
         match settled {
             Ok(Ok(phase)) => match &*phase {
                 Phase::Ready => {
-                    slot.last_activity.store(unix_now(), Ordering::Relaxed);
+                    slot.touch();
                     Readiness::Ready
                 }
                 Phase::Failed { error, .. } => Readiness::Failed(error.clone()),
@@ -208,26 +263,53 @@ impl Lifecycle {
         }
     }
 
-    /// Starts a spawn task unless one is running (or one failed a moment ago).
+    /// Starts (or unpauses) the user's container in the background without waiting:
+    /// used at login so the first page is usually warm.
+    pub fn prewarm(self: &Arc<Self>, user: &Arc<User>) {
+        let slot = self.slot(&user.id);
+        self.kick(user, &slot);
+    }
+
+    /// Starts a spawn task unless one is running (or one failed a moment ago), after
+    /// claiming a place within `limits.max_running`.
     fn kick(self: &Arc<Self>, user: &Arc<User>, slot: &Arc<Slot>) {
-        let started = slot.phase.send_if_modified(|p| match p {
-            Phase::Starting | Phase::Ready => false,
-            Phase::Failed { at, .. } if at.elapsed() < RETRY_BACKOFF => false,
-            _ => {
-                *p = Phase::Starting;
-                true
+        let started = {
+            let _capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
+            let needs_place = !slot.occupies_capacity();
+            if needs_place && let Some(refusal) = self.claim_place(&user.id) {
+                slot.phase.send_if_modified(|p| match p {
+                    Phase::Starting | Phase::Ready | Phase::Paused => false,
+                    _ => {
+                        *p = Phase::Failed {
+                            error: refusal.clone(),
+                            at: Instant::now(),
+                        };
+                        true
+                    }
+                });
+                tracing::warn!(user = %user.name, "spawn refused: at capacity");
+                return;
             }
-        });
+            slot.phase.send_if_modified(|p| match p {
+                Phase::Starting | Phase::Ready => false,
+                Phase::Failed { at, .. } if at.elapsed() < RETRY_BACKOFF => false,
+                _ => {
+                    *p = Phase::Starting;
+                    true
+                }
+            })
+        };
         if started {
             let this = self.clone();
             let user = user.clone();
             let slot = slot.clone();
             tokio::spawn(async move {
                 let began = Instant::now();
-                let result = this.spawn(&user).await;
+                let result = this.spawn(&user, &slot).await;
                 match result {
                     Ok(()) => {
                         tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, "container ready");
+                        slot.touch();
                         slot.phase.send_replace(Phase::Ready);
                     }
                     Err(error) => {
@@ -243,17 +325,68 @@ impl Lifecycle {
         }
     }
 
+    /// With the capacity lock held: `None` if a place is free (or was freed by
+    /// stopping the least recently used idle container), else the refusal.
+    fn claim_place(self: &Arc<Self>, for_user: &UserId) -> Option<SpawnError> {
+        let max = self.config.limits.max_running?;
+        let slots = self.all_slots();
+        let occupied = slots.iter().filter(|(_, s)| s.occupies_capacity()).count();
+        if occupied < max {
+            return None;
+        }
+        if self.config.limits.cull_lru_when_full {
+            let min_idle = self.config.limits.lru_min_idle.as_secs() as i64;
+            let now = unix_now();
+            let victim = slots
+                .iter()
+                .filter(|(id, s)| {
+                    id != for_user
+                        && matches!(*s.phase.borrow(), Phase::Ready | Phase::Paused)
+                        && now - s.last_activity.load(Ordering::Relaxed) >= min_idle
+                })
+                .min_by_key(|(_, s)| s.last_activity.load(Ordering::Relaxed));
+            if let Some((victim_id, victim)) = victim
+                && let Some(user) = self.store.snapshot().by_id(victim_id).cloned()
+            {
+                // Frees the place now; the stop itself runs in the background.
+                victim.phase.send_replace(Phase::Stopped);
+                let this = self.clone();
+                let victim = victim.clone();
+                tokio::spawn(async move {
+                    this.store.audit(
+                        "system",
+                        "container.stop",
+                        &user.name,
+                        Some("least recently used, to make room".into()),
+                    );
+                    if let Err(e) = this.docker_stop(&user, &victim).await {
+                        tracing::warn!(user = %user.name, error = %e.detail(), "LRU stop failed");
+                    }
+                });
+                return None;
+            }
+        }
+        Some(SpawnError::Capacity(format!(
+            "{occupied} of {max} containers running (limits.max_running)"
+        )))
+    }
+
     fn spec(&self, user: &User) -> ContainerSpec {
         let d = &self.config.docker;
         let base_path = user.slug.base_path();
         ContainerSpec {
             name: container_name(&user.slug),
             image: d.image.clone(),
-            env: vec![
-                ("SPAWNGATE_USER".into(), user.name.clone()),
-                ("SPAWNGATE_SLUG".into(), user.slug.to_string()),
-                ("SPAWNGATE_BASE_PATH".into(), base_path),
-            ],
+            env: d
+                .env
+                .iter()
+                .cloned()
+                .chain([
+                    ("SPAWNGATE_USER".into(), user.name.clone()),
+                    ("SPAWNGATE_SLUG".into(), user.slug.to_string()),
+                    ("SPAWNGATE_BASE_PATH".into(), base_path),
+                ])
+                .collect(),
             labels: HashMap::from([
                 ("spawngate.managed".into(), "true".into()),
                 ("spawngate.user".into(), user.name.clone()),
@@ -276,12 +409,13 @@ impl Lifecycle {
         }
     }
 
-    async fn spawn(&self, user: &User) -> Result<(), SpawnError> {
+    async fn spawn(&self, user: &User, slot: &Slot) -> Result<(), SpawnError> {
         let _permit = self
             .spawn_permits
             .acquire()
             .await
             .map_err(|_| SpawnError::Failed("spawngate is shutting down".into()))?;
+        let _ops = slot.ops.lock().await;
         let spec = self.spec(user);
         // Intent first: a crash between here and Docker leaves a record saying what
         // we were doing.
@@ -297,12 +431,24 @@ impl Lifecycle {
                     started_at: None,
                     stopped_at: None,
                     last_error: None,
+                    last_activity: None,
                 });
         record.desired = Desired::Running;
         self.store.put_container_record(&record).await?;
 
         let id = self.runtime.ensure_running(&spec).await?;
+        slot.present.store(true, Ordering::Relaxed);
         self.wait_until_answering(user, &spec.name).await?;
+        let started = match self.runtime.inspect(&spec.name).await? {
+            Some(info) => info
+                .started_at
+                .as_deref()
+                .and_then(parse_rfc3339)
+                .unwrap_or_else(unix_now),
+            None => unix_now(),
+        };
+        slot.started.store(started, Ordering::Relaxed);
+        slot.net_bytes.store(u64::MAX, Ordering::Relaxed);
 
         if record.container_id.as_deref() != Some(&id) {
             record.created_at = Some(unix_now());
@@ -358,6 +504,17 @@ impl Lifecycle {
         }
     }
 
+    /// One readiness probe: does the app answer HTTP (any status) within `timeout`?
+    async fn answers(&self, user: &User, timeout: Duration) -> bool {
+        let Ok(url) = format!("{}/", service_url(&self.config, user)).parse::<hyper::Uri>() else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(timeout, self.probe.get(url)).await,
+            Ok(Ok(_))
+        )
+    }
+
     async fn note_error(&self, id: &UserId, detail: &str) {
         if let Ok(Some(mut record)) = self.store.container_record(id) {
             record.last_error = Some(detail.to_owned());
@@ -365,6 +522,31 @@ impl Lifecycle {
                 tracing::warn!(error = %e, "cannot record spawn error");
             }
         }
+    }
+
+    /// Creates the user's container without starting it, in the background.
+    pub fn precreate(self: &Arc<Self>, user: &Arc<User>) {
+        let this = self.clone();
+        let user = user.clone();
+        tokio::spawn(async move {
+            let slot = this.slot(&user.id);
+            let _ops = slot.ops.lock().await;
+            match this.runtime.ensure_created(&this.spec(&user)).await {
+                Ok(_) => {
+                    slot.present.store(true, Ordering::Relaxed);
+                    slot.phase.send_if_modified(|p| {
+                        let unknown = matches!(p, Phase::Unknown);
+                        if unknown {
+                            *p = Phase::Stopped;
+                        }
+                        unknown
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(user = %user.name, error = %e, "pre-creating the container failed")
+                }
+            }
+        });
     }
 
     /// Starts the container and waits (up to the ready timeout) until it answers.
@@ -377,25 +559,51 @@ impl Lifecycle {
     pub async fn stop(&self, user: &User) -> Result<(), SpawnError> {
         let slot = self.slot(&user.id);
         slot.phase.send_replace(Phase::Stopped);
-        let mut record = self.store.container_record(&user.id)?;
-        if let Some(r) = record.as_mut() {
+        if let Some(mut r) = self.store.container_record(&user.id)? {
             r.desired = Desired::Stopped;
-            self.store.put_container_record(r).await?;
+            self.store.put_container_record(&r).await?;
+        }
+        self.docker_stop(user, &slot).await
+    }
+
+    /// The Docker side of a stop, under the user's ops lock.
+    async fn docker_stop(&self, user: &User, slot: &Slot) -> Result<(), SpawnError> {
+        let _ops = slot.ops.lock().await;
+        // A request may have restarted it while we waited for the lock.
+        if !matches!(*slot.phase.borrow(), Phase::Stopped) {
+            return Ok(());
         }
         self.runtime.stop(&container_name(&user.slug)).await?;
-        if let Some(r) = record.as_mut() {
+        if let Some(mut r) = self.store.container_record(&user.id)? {
             r.stopped_at = Some(unix_now());
-            self.store.put_container_record(r).await?;
+            self.store.put_container_record(&r).await?;
         }
         Ok(())
     }
 
-    /// Removes the user's container and volume (user deletion).
-    pub async fn remove(&self, user: &User) -> Result<(), SpawnError> {
-        self.slot(&user.id).phase.send_replace(Phase::Stopped);
-        self.runtime
-            .remove(&container_name(&user.slug), Some(&volume_name(&user.slug)))
-            .await?;
+    /// Stops (if needed) and starts the user's container again.
+    pub async fn restart(self: &Arc<Self>, user: &Arc<User>) -> Readiness {
+        if let Err(e) = self.stop(user).await {
+            return Readiness::Failed(e);
+        }
+        self.start(user).await
+    }
+
+    /// Removes the user's container, and its volume unless `keep_volume`.
+    pub async fn remove(&self, user: &User, keep_volume: bool) -> Result<(), SpawnError> {
+        let slot = self.slot(&user.id);
+        slot.phase.send_replace(Phase::Stopped);
+        {
+            let _ops = slot.ops.lock().await;
+            let volume = volume_name(&user.slug);
+            self.runtime
+                .remove(
+                    &container_name(&user.slug),
+                    (!keep_volume).then_some(volume.as_str()),
+                )
+                .await?;
+            slot.present.store(false, Ordering::Relaxed);
+        }
         if let Ok(mut slots) = self.slots.write() {
             slots.remove(&user.id);
         }
@@ -410,14 +618,14 @@ impl Lifecycle {
         let record = self.store.container_record(&user.id)?;
         let state = match (&info, &phase) {
             (_, Phase::Starting) => ContainerState::Starting,
-            (Some(i), Phase::Ready) if i.running => ContainerState::Running,
-            // Running but not yet probed by this spawngate (e.g. after a restart).
+            (Some(i), _) if i.paused => ContainerState::Paused,
             (Some(i), _) if i.running => ContainerState::Running,
             (Some(_), _) => ContainerState::Stopped,
             (None, _) => ContainerState::NotExists,
         };
         let last = slot.last_activity.load(Ordering::Relaxed);
         Ok(ContainerStatus {
+            user: user.name.clone(),
             state,
             name,
             container_id: info.as_ref().map(|i| i.id.clone()),
@@ -429,6 +637,11 @@ impl Lifecycle {
                 _ => record.and_then(|r| r.last_error),
             },
         })
+    }
+
+    /// The last `tail` lines of the user's container output.
+    pub async fn logs(&self, user: &User, tail: usize) -> Result<Vec<String>, SpawnError> {
+        Ok(self.runtime.logs(&container_name(&user.slug), tail).await?)
     }
 
     /// A container of ours went away: the next request must check and restart it.
@@ -447,7 +660,7 @@ impl Lifecycle {
         };
         let slot = self.slot(&user.id);
         let changed = slot.phase.send_if_modified(|p| {
-            if matches!(p, Phase::Ready) {
+            if matches!(p, Phase::Ready | Phase::Paused) {
                 *p = Phase::Unknown;
                 true
             } else {
@@ -462,16 +675,14 @@ impl Lifecycle {
     /// After the event stream broke, events may have been missed: re-check every
     /// container on its next request.
     fn forget_ready(&self) {
-        if let Ok(slots) = self.slots.read() {
-            for slot in slots.values() {
-                slot.phase.send_if_modified(|p| {
-                    let was_ready = matches!(p, Phase::Ready);
-                    if was_ready {
-                        *p = Phase::Unknown;
-                    }
-                    was_ready
-                });
-            }
+        for (_, slot) in self.all_slots() {
+            slot.phase.send_if_modified(|p| {
+                let was_ready = matches!(p, Phase::Ready);
+                if was_ready {
+                    *p = Phase::Unknown;
+                }
+                was_ready
+            });
         }
     }
 
@@ -503,6 +714,13 @@ impl Lifecycle {
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
+}
+
+/// Parses Docker's RFC 3339 timestamps (nanosecond precision) to Unix seconds.
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 #[cfg(test)]
@@ -564,6 +782,24 @@ mod tests {
                 .insert(spec.name.clone(), handle);
             Ok(format!("id-{}", spec.name))
         }
+        async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+            Ok(format!("id-{}", spec.name))
+        }
+        async fn pause(&self, _name: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        async fn list(
+            &self,
+            _instance: &str,
+        ) -> Result<Vec<crate::runtime::ContainerSummary>, RuntimeError> {
+            Ok(Vec::new())
+        }
+        async fn network_bytes(&self, _name: &str) -> Result<Option<u64>, RuntimeError> {
+            Ok(Some(0))
+        }
+        async fn logs(&self, _name: &str, _tail: usize) -> Result<Vec<String>, RuntimeError> {
+            Ok(Vec::new())
+        }
         async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
             Ok(self
                 .servers
@@ -573,6 +809,7 @@ mod tests {
                 .map(|_| ContainerInfo {
                     id: format!("id-{name}"),
                     running: true,
+                    paused: false,
                     started_at: None,
                     finished_at: None,
                     exit_code: None,

@@ -1,0 +1,711 @@
+#!/usr/bin/env python3
+"""spawngate benchmark: spawngate next to a baseline, measured side by side in one run.
+
+  a. forwardAuth `/auth/u-<slug>` of a logged-in user whose container is ready,
+     against a hyper no-op responder (examples/noop.rs), with identical wrk settings.
+  b. Cold first request through Traefik (create + start + ready + proxy) against a
+     raw `docker run` of the same image followed by polling until the first 200.
+  c. Resume of a stopped container: admin stop, then the first request through
+     Traefik, against `docker stop` then `docker start` + polling until the first 200.
+
+Run it with bench/run (which builds everything first). Stdlib only. Everything it
+creates (spawngate, Traefik, the no-op server, containers, volumes, the network, a
+temporary data directory) is removed at the end, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPAWNGATE = os.path.join(ROOT, "dist", "spawngate")
+TRAEFIK = os.path.join(ROOT, ".venv", "bin", "traefik")
+NOOP = os.path.join(ROOT, "target", "release", "examples", "noop")
+IMAGE = "spawngate-example-app:latest"
+APP_PORT = 8080
+COOKIE_NAME = "spawngate_session"
+
+
+def log(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(args: list[str], timeout: float = 60, env: dict | None = None, check: bool = True) -> str:
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and p.returncode != 0:
+        raise BenchError(f"command failed ({p.returncode}): {' '.join(args)}\n{p.stderr.strip()}")
+    return p.stdout
+
+
+def docker_lines(*args: str) -> list[str]:
+    out = run(["docker", *args], check=False)
+    return [l.strip() for l in out.splitlines() if l.strip()]
+
+
+def http_request(
+    port: int,
+    path: str,
+    method: str = "GET",
+    headers: dict | None = None,
+    body: str | None = None,
+    timeout: float = 30,
+) -> tuple[int | None, dict, bytes]:
+    """One request on a fresh connection. Connection errors give status None."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    except (OSError, http.client.HTTPException) as e:
+        return None, {}, str(e).encode()
+    finally:
+        conn.close()
+
+
+def wait_until(what: str, pred, timeout: float, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Poll:
+    ms: float
+    attempts: int
+    statuses: list = field(default_factory=list)  # non-200 outcomes seen on the way
+
+
+def poll_until_200(port: int, path: str, headers: dict, t0: float, interval: float, timeout: float = 60) -> Poll:
+    """GETs until the first 200; a new connection per attempt, `interval` between
+    failed attempts. Returns milliseconds since `t0` (a perf_counter value)."""
+    attempts = 0
+    seen: list = []
+    deadline = t0 + timeout
+    while True:
+        attempts += 1
+        status, _, body = http_request(port, path, headers=headers, timeout=timeout)
+        if status == 200:
+            return Poll((time.perf_counter() - t0) * 1000, attempts, seen)
+        seen.append(status if status is not None else "conn-err")
+        if time.perf_counter() > deadline:
+            raise BenchError(f"no 200 from 127.0.0.1:{port}{path} within {timeout} s (last: {status} {body[:200]!r})")
+        time.sleep(interval)
+
+
+def compress(statuses: list) -> str:
+    """[conn-err, conn-err, 503] -> 'conn-err x2, 503'."""
+    out: list[str] = []
+    prev, n = None, 0
+    for s in statuses + [object()]:
+        if s == prev:
+            n += 1
+            continue
+        if prev is not None:
+            out.append(f"{prev} x{n}" if n > 1 else f"{prev}")
+        prev, n = s, 1
+    return ", ".join(out) or "-"
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def fmt_ms(x: float) -> str:
+    return f"{x:,.1f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def table(headers: list[str], rows: list[list[str]], indent: str = "  ") -> str:
+    """First column left-aligned, the others right-aligned (numbers)."""
+    widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
+
+    def line(r):
+        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        return indent + "  ".join(cells).rstrip()
+
+    sep = indent + "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), sep] + [line(r) for r in rows])
+
+
+def key_values(rows: list[list[str]], indent: str = "  ") -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{indent}{k.ljust(width)}  {v}" for k, v in rows)
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+@dataclass
+class WrkResult:
+    rps: float
+    p50: float
+    p99: float
+    requests: int
+    non2xx: int
+    socket_errors: str
+
+
+def _to_ms(value: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", value.strip())
+    if not m:
+        raise BenchError(f"cannot parse wrk latency {value!r}")
+    n, unit = float(m.group(1)), m.group(2)
+    return n * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def wrk(url: str, threads: int, conns: int, duration: str, headers: list[str]) -> WrkResult:
+    args = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}", "--latency"]
+    for h in headers:
+        args += ["-H", h]
+    args.append(url)
+    out = run(args, timeout=600)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    total = re.search(r"(\d+) requests in", out)
+    if not (rps and p50 and p99 and total):
+        raise BenchError(f"cannot parse wrk output:\n{out}")
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors:\s*(.*)", out)
+    return WrkResult(
+        rps=float(rps.group(1)),
+        p50=_to_ms(p50.group(1)),
+        p99=_to_ms(p99.group(1)),
+        requests=int(total.group(1)),
+        non2xx=int(non2xx.group(1)) if non2xx else 0,
+        socket_errors=sock.group(1).strip() if sock else "",
+    )
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+class Bench:
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.run_id = secrets.token_hex(4)
+        self.instance = f"bench{self.run_id}"
+        self.network = f"sgbench-{self.run_id}"
+        self.raw_label = f"sgbench.run={self.run_id}"
+        self.data_dir = tempfile.mkdtemp(prefix=f"sgbench-{self.run_id}-")
+        self.sg_port = free_port()
+        self.web_port = free_port()
+        self.api_port = free_port()
+        self.noop_port = free_port()
+        self.public = f"http://127.0.0.1:{self.web_port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, str] = {}
+        self.admin_token = ""
+        self.cleaned = False
+        self.sg_env = {k: v for k, v in os.environ.items() if not k.startswith("SPAWNGATE_")}
+        self.sg_env.update(
+            SPAWNGATE_SERVER_LISTEN=f"127.0.0.1:{self.sg_port}",
+            SPAWNGATE_SERVER_DATA_DIR=self.data_dir,
+            SPAWNGATE_SERVER_PUBLIC_URL=self.public,
+            SPAWNGATE_DOCKER_INSTANCE=self.instance,
+            SPAWNGATE_DOCKER_NETWORK=self.network,
+            SPAWNGATE_LOG="warn",
+        )
+        self.traefik_args = [
+            f"--entrypoints.web.address=127.0.0.1:{self.web_port}",
+            f"--entrypoints.traefik.address=127.0.0.1:{self.api_port}",
+            "--api.insecure=true",
+            f"--providers.http.endpoint=http://127.0.0.1:{self.sg_port}/traefik/config",
+            "--providers.http.pollinterval=1s",
+            "--global.checknewversion=false",
+            "--global.sendanonymoususage=false",
+            "--log.level=ERROR",
+        ]
+
+    # ---- processes
+
+    def spawn(self, name: str, args: list[str], env: dict | None = None) -> None:
+        path = os.path.join(self.data_dir, f"{name}.log")
+        self.logs[name] = path
+        with open(path, "wb") as f:
+            # Own session: Ctrl-C reaches only this script, which stops them in order.
+            self.procs[name] = subprocess.Popen(
+                args, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+
+    def check_alive(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise BenchError(f"{name} exited with code {p.returncode}; log:\n{self.tail(name)}")
+
+    def tail(self, name: str, n: int = 30) -> str:
+        try:
+            with open(self.logs[name], errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def cli(self, *args: str) -> str:
+        return run([SPAWNGATE, *args], env=self.sg_env, timeout=60).strip()
+
+    def start(self) -> None:
+        self.spawn("spawngate", [SPAWNGATE, "serve"], env=self.sg_env)
+        wait_until(
+            "spawngate /healthz",
+            lambda: self.check_alive() or http_request(self.sg_port, "/healthz", timeout=2)[0] == 200,
+            timeout=30,
+        )
+        self.spawn("noop", [NOOP], env={**os.environ, "PORT": str(self.noop_port)})
+        wait_until(
+            "the no-op server",
+            lambda: self.check_alive() or http_request(self.noop_port, "/", timeout=2)[0] == 200,
+            timeout=30,
+        )
+        self.spawn("traefik", [TRAEFIK, *self.traefik_args])
+        self.wait_router("spawngate")
+        self.admin_token = self.cli("token")
+        if not self.admin_token:
+            raise BenchError("`spawngate token` printed nothing")
+
+    def wait_router(self, name: str) -> None:
+        wait_until(
+            f"Traefik to load router {name}@http",
+            lambda: self.check_alive()
+            or http_request(self.api_port, f"/api/http/routers/{name}@http", timeout=2)[0] == 200,
+            timeout=30,
+        )
+
+    # ---- users
+
+    def add_user(self, name: str) -> str:
+        out = self.cli("user", "add", name)
+        m = re.search(r"/u-([A-Za-z0-9]+)/?\s*$", out)
+        if not m:
+            raise BenchError(f"cannot find the slug in `user add` output: {out!r}")
+        return m.group(1)
+
+    def login(self, name: str) -> str:
+        link = self.cli("user", "login-link", name)
+        token = urllib.parse.parse_qs(urllib.parse.urlparse(link).query).get("token", [""])[0]
+        if not token:
+            raise BenchError(f"no token in login link {link!r}")
+        status, headers, body = http_request(
+            self.web_port,
+            "/_spawngate/login",
+            method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            body=urllib.parse.urlencode({"token": token}),
+        )
+        # http.client folds repeated Set-Cookie headers into one, comma-separated.
+        m = re.search(rf"{COOKIE_NAME}=([^;,\s]+)", headers.get("set-cookie", ""))
+        if status != 303 or not m:
+            raise BenchError(f"login of {name} failed: {status} {headers} {body[:300]!r}")
+        return f"{COOKIE_NAME}={m.group(1)}"
+
+    def prepare_users(self, names: list[str]) -> dict[str, tuple[str, str]]:
+        """Creates users, waits for their Traefik routers, logs them in."""
+        users = {n: self.add_user(n) for n in names}
+        for slug in users.values():
+            self.wait_router(f"u-{slug}")
+        return {n: (slug, self.login(n)) for n, slug in users.items()}
+
+    def admin_stop(self, name: str) -> None:
+        status, _, body = http_request(
+            self.sg_port,
+            f"/_spawngate/api/users/{name}/container/stop",
+            method="POST",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+            timeout=60,
+        )
+        if status != 200:
+            raise BenchError(f"admin stop of {name} failed: {status} {body[:300]!r}")
+
+    def through_traefik(self, slug: str, cookie: str, t0: float) -> Poll:
+        return poll_until_200(
+            self.web_port, f"/u-{slug}/whoami.json", {"Cookie": cookie}, t0, self.opts.poll_ms / 1000
+        )
+
+    # ---- raw docker
+
+    def raw_run(self, tag: str) -> tuple[str, int, float, Poll]:
+        """`docker run -d -p …` then poll; returns (id, port, cli_ms, poll)."""
+        port = free_port()
+        args = [
+            "docker", "run", "-d",
+            "--name", f"sgbench-raw-{self.run_id}-{tag}",
+            "--label", self.raw_label,
+            "-p", f"127.0.0.1:{port}:{APP_PORT}",
+            IMAGE,
+        ]
+        t0 = time.perf_counter()
+        cid = run(args, timeout=120).strip()
+        cli_ms = (time.perf_counter() - t0) * 1000
+        poll = poll_until_200(port, "/whoami.json", {}, t0, self.opts.poll_ms / 1000)
+        return cid, port, cli_ms, poll
+
+    def raw_start(self, cid: str, port: int) -> tuple[float, Poll]:
+        t0 = time.perf_counter()
+        run(["docker", "start", cid], timeout=120)
+        cli_ms = (time.perf_counter() - t0) * 1000
+        return cli_ms, poll_until_200(port, "/whoami.json", {}, t0, self.opts.poll_ms / 1000)
+
+    # ---- clean-up
+
+    def cleanup(self) -> None:
+        if self.cleaned:
+            return
+        self.cleaned = True
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for name in ("traefik", "noop", "spawngate"):
+                p = self.procs.get(name)
+                if p is None or p.poll() is not None:
+                    continue
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            for label in (f"label=spawngate.instance={self.instance}", f"label={self.raw_label}"):
+                ids = docker_lines("ps", "-aq", "--filter", label)
+                if ids:
+                    run(["docker", "rm", "-f", "-v", *ids], check=False, timeout=120)
+            vols = docker_lines("volume", "ls", "-q", "--filter", f"label=spawngate.instance={self.instance}")
+            if vols:
+                run(["docker", "volume", "rm", "-f", *vols], check=False)
+            if self.network in docker_lines("network", "ls", "--format", "{{.Name}}"):
+                run(["docker", "network", "rm", self.network], check=False)
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+
+    def leftovers(self) -> list[str]:
+        left = []
+        for label in (f"label=spawngate.instance={self.instance}", f"label={self.raw_label}"):
+            left += [f"container {c}" for c in docker_lines("ps", "-aq", "--filter", label)]
+        left += [
+            f"volume {v}"
+            for v in docker_lines("volume", "ls", "-q", "--filter", f"label=spawngate.instance={self.instance}")
+        ]
+        left += [f"network {n}" for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n == self.network]
+        return left
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def header(b: Bench, o: argparse.Namespace) -> None:
+    def first_line(args: list[str]) -> str:
+        try:
+            p = subprocess.run(args, capture_output=True, text=True, timeout=30)
+            return ((p.stdout or p.stderr).strip().splitlines() or ["?"])[0]
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    except OSError:
+        pass
+    git = first_line(["git", "-C", ROOT, "describe", "--always", "--dirty"])
+
+    # What one docker CLI call costs by itself (the raw baselines pay it once per run).
+    cli_times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        run(["docker", "image", "inspect", "-f", ".", IMAGE])
+        cli_times.append((time.perf_counter() - t0) * 1000)
+
+    print("spawngate benchmark")
+    print("=" * 78)
+    print("Machine")
+    rows = [
+        ["nproc", str(os.cpu_count())],
+        ["cpu", cpu],
+        ["kernel", platform.release()],
+        ["load average (1/5/15 min)", " ".join(f"{x:.2f}" for x in os.getloadavg())],
+        ["docker server / client", run(["docker", "version", "--format", "{{.Server.Version}} / {{.Client.Version}}"]).strip()],
+        ["docker CLI call (image inspect), median of 5", f"{median(cli_times):.1f} ms"],
+        ["traefik", first_line([TRAEFIK, "version"])],
+        ["wrk", first_line(["wrk", "--version"])],
+        ["spawngate", f"{first_line([SPAWNGATE, '--version'])} (dist/spawngate, git {git})"],
+        ["python", platform.python_version()],
+    ]
+    print(key_values(rows))
+    print()
+    print("Settings")
+    wrk_cmd = f"wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency"
+    rows = [
+        ["a. load generator", f"{wrk_cmd} <url>   ({o.rounds} rounds alternating auth/noop, best by req/s; "
+                              f"warm-up {wrk_cmd.replace(f'-d{o.duration}', f'-d{o.warmup_duration}')} each)"],
+        ["a. spawngate", f"GET http://127.0.0.1:{b.sg_port}/auth/u-<slug>  -H 'Cookie: {COOKIE_NAME}=<jwt>' (container ready)"],
+        ["a. baseline", f"GET http://127.0.0.1:{b.noop_port}/  (target/release/examples/noop)"],
+        ["b./c. runs", f"{o.runs} timed + {o.warmup} untimed warm-up per side, sides alternating"],
+        ["b./c. polling", f"new connection per GET, {o.poll_ms:g} ms between failed attempts, timer: time.perf_counter"],
+        ["b./c. settle", f"{o.settle:g} s idle before each timed run"],
+        ["b. spawngate", "GET <traefik>/u-<slug>/whoami.json until 200 (user created, routed, logged in beforehand)"],
+        ["b. baseline", f"docker run -d -p 127.0.0.1:<port>:{APP_PORT} {IMAGE}, then GET /whoami.json until 200"],
+        ["c. spawngate", "POST /_spawngate/api/users/<name>/container/stop; then GET through Traefik until 200"],
+        ["c. baseline", "docker stop <id>; then docker start <id> + GET /whoami.json until 200"],
+        ["spawngate env", " ".join(f"{k}={v}" for k, v in b.sg_env.items() if k.startswith("SPAWNGATE_"))],
+        ["traefik args", " ".join(b.traefik_args)],
+    ]
+    print(key_values(rows))
+    print(flush=True)
+
+
+def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> None:
+    slug, cookie = user
+    auth_url = f"http://127.0.0.1:{b.sg_port}/auth/u-{slug}"
+    noop_url = f"http://127.0.0.1:{b.noop_port}/"
+    # Warm-up request: starts the container (the first /auth holds up to 10 s).
+    poll_until_200(b.sg_port, f"/auth/u-{slug}", {"Cookie": cookie}, time.perf_counter(), 0.05)
+    targets = [
+        ("spawngate /auth", auth_url, [f"Cookie: {cookie}"]),
+        ("hyper no-op", noop_url, []),
+    ]
+    for name, url, hdrs in targets:
+        log(f"a. warm-up {name} ({o.warmup_duration})")
+        wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
+    results: dict[str, list[WrkResult]] = {name: [] for name, _, _ in targets}
+    for r in range(o.rounds):
+        for name, url, hdrs in targets:
+            b.check_alive()
+            log(f"a. round {r + 1}/{o.rounds}: {name} ({o.duration})")
+            results[name].append(wrk(url, o.threads, o.connections, o.duration, hdrs))
+
+    print(f"a. forwardAuth throughput: spawngate /auth (ready container) vs hyper no-op  "
+          f"[wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency]")
+    rows = []
+    for name, _, _ in targets:
+        for i, w in enumerate(results[name]):
+            rows.append([f"{name}, round {i + 1}", f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}",
+                         f"{w.requests:,}", str(w.non2xx), w.socket_errors or "0"])
+    print(table(["run", "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "socket errors"], rows))
+    best = {name: max(rs, key=lambda w: w.rps) for name, rs in results.items()}
+    a, n = best["spawngate /auth"], best["hyper no-op"]
+    print()
+    rows = [
+        ["spawngate /auth", f"{a.rps:,.0f}", f"{a.p50:.3f}", f"{a.p99:.3f}"],
+        ["hyper no-op", f"{n.rps:,.0f}", f"{n.p50:.3f}", f"{n.p99:.3f}"],
+        ["ratio auth/noop", ratio(a.rps, n.rps), ratio(a.p50, n.p50), ratio(a.p99, n.p99)],
+    ]
+    print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms"], rows))
+    if any(w.non2xx for rs in results.values() for w in rs):
+        print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
+    print(flush=True)
+
+
+def timed_summary(title: str, sg: list[float], raw: list[float], sg_name: str, raw_name: str) -> None:
+    rows = [
+        [sg_name, fmt_ms(median(sg)), fmt_ms(min(sg)), fmt_ms(max(sg))],
+        [raw_name, fmt_ms(median(raw)), fmt_ms(min(raw)), fmt_ms(max(raw))],
+        ["ratio spawngate/raw", ratio(median(sg), median(raw)), ratio(min(sg), min(raw)), ratio(max(sg), max(raw))],
+    ]
+    print(table([title, "median ms", "min ms", "max ms"], rows))
+
+
+def section_b(b: Bench, o: argparse.Namespace, users: list[tuple[str, str, str]]) -> None:
+    sg_ms: list[float] = []
+    raw_ms: list[float] = []
+    rows = []
+    total = o.warmup + o.runs
+    for i in range(total):
+        warm = i < o.warmup
+        label = "warm-up" if warm else f"run {i - o.warmup + 1}"
+        name, slug, cookie = users[i]
+        log(f"b. {label}: spawngate cold start ({name})")
+        time.sleep(o.settle)
+        b.check_alive()
+        sg = b.through_traefik(slug, cookie, time.perf_counter())
+        log(f"b. {label}: raw docker run")
+        time.sleep(o.settle)
+        cid, _, cli_ms, raw = b.raw_run(f"cold{i}")
+        # Leave both stopped, so every run starts from the same Docker state.
+        b.admin_stop(name)
+        run(["docker", "stop", cid], timeout=120)
+        if not warm:
+            sg_ms.append(sg.ms)
+            raw_ms.append(raw.ms)
+        rows.append([
+            label + (" (untimed)" if warm else ""),
+            fmt_ms(sg.ms), str(sg.attempts), compress(sg.statuses),
+            fmt_ms(raw.ms), fmt_ms(cli_ms), str(raw.attempts), compress(raw.statuses),
+        ])
+    print("b. Cold first request: spawngate through Traefik (create + start + ready) vs raw docker run + poll")
+    print(table(
+        ["", "spawngate ms", "GETs", "non-200 seen", "raw ms", "docker run returned", "GETs", "non-200 seen"],
+        rows,
+    ))
+    print()
+    timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate (Traefik, cold)", "raw docker run + poll")
+    print(flush=True)
+
+
+def section_c(b: Bench, o: argparse.Namespace, user: tuple[str, str, str]) -> None:
+    name, slug, cookie = user
+    interval = o.poll_ms / 1000
+    # One raw container, created and answering before the first stop.
+    cid, port, _, _ = b.raw_run("resume")
+    sg_ms: list[float] = []
+    raw_ms: list[float] = []
+    rows = []
+    for i in range(o.warmup + o.runs):
+        warm = i < o.warmup
+        label = "warm-up" if warm else f"run {i - o.warmup + 1}"
+        # spawngate: make sure it runs and Traefik has talked to it, stop, settle, time.
+        b.check_alive()
+        b.through_traefik(slug, cookie, time.perf_counter())
+        t0 = time.perf_counter()
+        b.admin_stop(name)
+        sg_stop_ms = (time.perf_counter() - t0) * 1000
+        log(f"c. {label}: spawngate resume ({name})")
+        time.sleep(o.settle)
+        sg = b.through_traefik(slug, cookie, time.perf_counter())
+        # raw: same steps with the docker CLI.
+        poll_until_200(port, "/whoami.json", {}, time.perf_counter(), interval)
+        t0 = time.perf_counter()
+        run(["docker", "stop", cid], timeout=120)
+        raw_stop_ms = (time.perf_counter() - t0) * 1000
+        log(f"c. {label}: raw docker start")
+        time.sleep(o.settle)
+        cli_ms, raw = b.raw_start(cid, port)
+        if not warm:
+            sg_ms.append(sg.ms)
+            raw_ms.append(raw.ms)
+        rows.append([
+            label + (" (untimed)" if warm else ""),
+            fmt_ms(sg.ms), str(sg.attempts), compress(sg.statuses), fmt_ms(sg_stop_ms),
+            fmt_ms(raw.ms), fmt_ms(cli_ms), str(raw.attempts), compress(raw.statuses), fmt_ms(raw_stop_ms),
+        ])
+    print("c. Resume of a stopped container: spawngate (admin stop, first request through Traefik) vs docker stop/start + poll")
+    print(table(
+        ["", "spawngate ms", "GETs", "non-200 seen", "(stop took)",
+         "raw ms", "docker start returned", "GETs", "non-200 seen", "(stop took)"],
+        rows,
+    ))
+    print()
+    timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate (Traefik, resume)", "raw docker start + poll")
+    print(flush=True)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=5, help="timed runs per side in b. and c. (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per side in b. and c. (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
+    p.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
+    p.add_argument("--duration", default="10s", help="wrk -d per round (default 10s)")
+    p.add_argument("--warmup-duration", default="2s", help="wrk -d of the warm-up per target (default 2s)")
+    p.add_argument("--rounds", type=int, default=2, help="wrk rounds per target in a. (default 2)")
+    p.add_argument("--poll-ms", type=float, default=10, help="pause between failed GETs in b./c. (default 10)")
+    p.add_argument("--settle", type=float, default=0.5, help="seconds idle before each timed run (default 0.5)")
+    p.add_argument("--only", default="abc", help="sections to run, e.g. 'a' or 'bc' (default abc)")
+    o = p.parse_args()
+    if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
+        p.error("--runs and --rounds must be >= 1, --warmup >= 0")
+    if set(o.only) - set("abc"):
+        p.error("--only takes letters from 'abc'")
+    return o
+
+
+def preflight() -> None:
+    missing = [p for p in (SPAWNGATE, TRAEFIK, NOOP) if not os.access(p, os.X_OK)]
+    if missing:
+        raise BenchError(f"missing {', '.join(missing)}: run bench/run (it runs scripts/setup and builds the no-op example)")
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk is not installed: run bench/run, or apt-get install -y wrk")
+    if not docker_lines("image", "ls", "-q", IMAGE):
+        raise BenchError(f"image {IMAGE} is missing: run scripts/setup")
+
+
+def on_sigterm(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    o = parse_args()
+    # Ctrl-C (even when started with SIGINT ignored, as background jobs are) and
+    # SIGTERM unwind through the clean-up below.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    preflight()
+    b = Bench(o)
+    started = time.perf_counter()
+    try:
+        header(b, o)
+        log(f"starting spawngate (instance {b.instance}), the no-op server and Traefik")
+        b.start()
+        n_cold = o.warmup + o.runs if "b" in o.only else 0
+        names = ["bench-warm"] + [f"bench-cold-{i}" for i in range(n_cold)]
+        log(f"creating and logging in {len(names)} users")
+        users = b.prepare_users(names)
+        warm = ("bench-warm", *users["bench-warm"])
+        # The warm user's container is started first in every case, so Docker's one-off
+        # costs (the network) are paid before anything is timed.
+        poll_until_200(b.sg_port, f"/auth/u-{warm[1]}", {"Cookie": warm[2]}, time.perf_counter(), 0.05)
+        if "a" in o.only:
+            section_a(b, o, users["bench-warm"])
+        if "b" in o.only:
+            section_b(b, o, [(n, *users[n]) for n in names[1:]])
+        if "c" in o.only:
+            section_c(b, o, warm)
+    except KeyboardInterrupt:
+        print("\ninterrupted; cleaning up", file=sys.stderr)
+        return 130
+    except (BenchError, subprocess.SubprocessError) as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        for name in b.procs:
+            print(f"--- last lines of {name}'s log:\n{b.tail(name)}", file=sys.stderr)
+        return 1
+    finally:
+        log("cleaning up")
+        b.cleanup()
+        left = b.leftovers()
+        if left:
+            print(f"WARNING: left behind: {', '.join(left)}", file=sys.stderr)
+    print(f"Clean-up: removed the containers, volumes and network of this run "
+          f"(instance {b.instance}, label {b.raw_label}): "
+          + ("nothing left behind." if not left else f"LEFT BEHIND: {', '.join(left)}"))
+    print(f"Total time: {time.perf_counter() - started:.0f} s")
+    return 0 if not left else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+//! Idle culling: pause, then stop, then remove containers nobody uses, and stop any
+//! container past its maximum lifetime.
+//!
+//! Activity is the forwardAuth passes (an in-memory timestamp per user) and the
+//! container's own network traffic, read from Docker's counters only for containers
+//! that look idle by HTTP alone, so a long WebSocket that carries data keeps its
+//! container alive. A paused container whose counters move (a client talking on an
+//! open connection) is woken up.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Lifecycle, Phase, Slot, container_name};
+use crate::store::User;
+use crate::time::unix_now;
+
+/// Traffic below this many bytes between two looks is noise (ARP, keep-alive
+/// probes), not a user.
+const TRAFFIC_THRESHOLD: u64 = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Action {
+    Pause,
+    Stop,
+    Remove,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Pause => "container.pause",
+            Action::Stop => "container.stop",
+            Action::Remove => "container.remove",
+        }
+    }
+}
+
+/// What to do with a container that has been idle `idle` seconds and running for
+/// `age` seconds, given its phase. Pure, so the tiers are unit-tested directly.
+pub(super) fn decide(
+    lc: &crate::config::LifecycleConfig,
+    phase: &Phase,
+    present: bool,
+    idle: i64,
+    age: Option<i64>,
+) -> Option<(Action, &'static str)> {
+    let over =
+        |limit: Option<Duration>, value: i64| limit.is_some_and(|l| value >= l.as_secs() as i64);
+    let live = matches!(phase, Phase::Ready | Phase::Paused);
+    if live && age.is_some_and(|a| over(lc.max_lifetime, a)) {
+        return Some((Action::Stop, "maximum lifetime reached"));
+    }
+    if (live || (matches!(phase, Phase::Stopped) && present)) && over(lc.remove_after, idle) {
+        return Some((Action::Remove, "idle"));
+    }
+    if live && over(lc.idle_timeout, idle) {
+        return Some((Action::Stop, "idle"));
+    }
+    if matches!(phase, Phase::Ready) && over(lc.pause_after, idle) {
+        return Some((Action::Pause, "idle"));
+    }
+    None
+}
+
+impl Lifecycle {
+    /// How often the culler looks: a quarter of the shortest tier, within 0.5–30 s.
+    fn cull_interval(&self) -> Option<Duration> {
+        let first = self.config.lifecycle.first_tier()?;
+        Some((first / 4).clamp(Duration::from_millis(500), Duration::from_secs(30)))
+    }
+
+    /// Runs the culler until `shutdown` fires. Does nothing if no tier is set.
+    pub async fn run_culler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let Some(every) = self.cull_interval() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.cull_once().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One pass over all containers.
+    pub async fn cull_once(self: &Arc<Self>) {
+        let directory = self.store.snapshot();
+        let now = unix_now();
+        let lc = &self.config.lifecycle;
+        let watch_traffic_after = lc
+            .first_tier()
+            .map(|d| d.as_secs() as i64 / 2)
+            .unwrap_or(i64::MAX);
+        for (id, slot) in self.all_slots() {
+            let Some(user) = directory.by_id(&id).cloned() else {
+                continue;
+            };
+            self.persist_activity(&user, &slot);
+            let phase = slot.phase.borrow().clone();
+            let idle = now - slot.last_activity.load(Ordering::Relaxed);
+            if matches!(phase, Phase::Ready | Phase::Paused)
+                && idle >= watch_traffic_after
+                && self.saw_traffic(&user, &slot).await
+            {
+                slot.touch();
+                if matches!(phase, Phase::Paused) {
+                    tracing::info!(user = %user.name, "traffic to a paused container: waking it");
+                    self.prewarm(&user);
+                }
+                continue;
+            }
+            let started = slot.started.load(Ordering::Relaxed);
+            let age = (started > 0).then(|| now - started);
+            let present = slot.present.load(Ordering::Relaxed);
+            if let Some((action, reason)) = decide(lc, &phase, present, idle, age) {
+                let this = self.clone();
+                tokio::spawn(async move { this.apply(&user, &slot, action, reason).await });
+            }
+        }
+    }
+
+    /// Whether the container's network counters moved since the last look.
+    async fn saw_traffic(&self, user: &User, slot: &Slot) -> bool {
+        match self
+            .runtime
+            .network_bytes(&container_name(&user.slug))
+            .await
+        {
+            Ok(Some(bytes)) => {
+                let before = slot.net_bytes.swap(bytes, Ordering::Relaxed);
+                before != u64::MAX && bytes.saturating_sub(before) >= TRAFFIC_THRESHOLD
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(user = %user.name, error = %e, "cannot read network counters");
+                false
+            }
+        }
+    }
+
+    /// Writes the in-memory activity timestamp to the store when it moved.
+    fn persist_activity(&self, user: &User, slot: &Slot) {
+        let last = slot.last_activity.load(Ordering::Relaxed);
+        if last > 0
+            && slot.persisted_activity.swap(last, Ordering::Relaxed) != last
+            && let Err(e) = self.store.note_activity(&user.id, last)
+        {
+            tracing::warn!(error = %e, "cannot persist activity");
+        }
+    }
+
+    async fn apply(&self, user: &User, slot: &Slot, action: Action, reason: &'static str) {
+        // Claim the transition first; if a request got there first, do nothing.
+        let target = match action {
+            Action::Pause => Phase::Paused,
+            Action::Stop | Action::Remove => Phase::Stopped,
+        };
+        let claimed = slot.phase.send_if_modified(|p| {
+            let ok = match action {
+                Action::Pause => matches!(p, Phase::Ready),
+                Action::Stop => matches!(p, Phase::Ready | Phase::Paused),
+                Action::Remove => matches!(p, Phase::Ready | Phase::Paused | Phase::Stopped),
+            };
+            if ok {
+                *p = target.clone();
+            }
+            ok
+        });
+        if !claimed {
+            return;
+        }
+        let _ops = slot.ops.lock().await;
+        // Re-check under the lock: a request may have resumed it meanwhile.
+        if !matches!(
+            (&*slot.phase.borrow(), &target),
+            (Phase::Paused, Phase::Paused) | (Phase::Stopped, Phase::Stopped)
+        ) {
+            return;
+        }
+        let name = container_name(&user.slug);
+        let result = match action {
+            Action::Pause => self.runtime.pause(&name).await,
+            Action::Stop => self.runtime.stop(&name).await,
+            Action::Remove => self.runtime.remove(&name, None).await,
+        };
+        match result {
+            Ok(()) => {
+                if action == Action::Remove {
+                    slot.present.store(false, Ordering::Relaxed);
+                }
+                slot.net_bytes.store(u64::MAX, Ordering::Relaxed);
+                self.store
+                    .audit("system", action.name(), &user.name, Some(reason.to_owned()));
+            }
+            Err(e) => {
+                tracing::warn!(user = %user.name, action = action.name(), error = %e, "cull action failed");
+                // Unknown: the next request or look finds out the real state.
+                slot.phase.send_replace(Phase::Unknown);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LifecycleConfig;
+
+    fn cfg(pause: u64, stop: u64, remove: u64, lifetime: u64) -> LifecycleConfig {
+        let d = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        LifecycleConfig {
+            pause_after: d(pause),
+            idle_timeout: d(stop),
+            remove_after: d(remove),
+            max_lifetime: d(lifetime),
+            start_on_login: true,
+            precreate: true,
+            keep_volume_on_delete: false,
+        }
+    }
+
+    #[test]
+    fn tiers_apply_in_order() {
+        let c = cfg(10, 60, 600, 0);
+        assert_eq!(decide(&c, &Phase::Ready, true, 5, Some(5)), None);
+        assert_eq!(
+            decide(&c, &Phase::Ready, true, 10, None).map(|a| a.0),
+            Some(Action::Pause)
+        );
+        assert_eq!(
+            decide(&c, &Phase::Paused, true, 30, None),
+            None,
+            "already paused"
+        );
+        assert_eq!(
+            decide(&c, &Phase::Paused, true, 60, None).map(|a| a.0),
+            Some(Action::Stop)
+        );
+        assert_eq!(decide(&c, &Phase::Stopped, true, 100, None), None);
+        assert_eq!(
+            decide(&c, &Phase::Stopped, true, 600, None).map(|a| a.0),
+            Some(Action::Remove)
+        );
+        assert_eq!(
+            decide(&c, &Phase::Stopped, false, 900, None),
+            None,
+            "already removed"
+        );
+        assert_eq!(
+            decide(&c, &Phase::Starting, true, 900, None),
+            None,
+            "never while starting"
+        );
+    }
+
+    #[test]
+    fn max_lifetime_stops_busy_containers() {
+        let c = cfg(0, 0, 0, 3600);
+        assert_eq!(decide(&c, &Phase::Ready, true, 0, Some(3599)), None);
+        assert_eq!(
+            decide(&c, &Phase::Ready, true, 0, Some(3600)),
+            Some((Action::Stop, "maximum lifetime reached"))
+        );
+        assert_eq!(
+            decide(&c, &Phase::Ready, true, 0, None),
+            None,
+            "age unknown"
+        );
+    }
+
+    #[test]
+    fn disabled_tiers_never_fire() {
+        let c = cfg(0, 0, 0, 0);
+        assert_eq!(
+            decide(&c, &Phase::Ready, true, i64::MAX / 2, Some(i64::MAX / 2)),
+            None
+        );
+    }
+}

@@ -1,0 +1,535 @@
+//! Container lifecycle against real Docker and Traefik: idle culling in tiers,
+//! resume with data intact, activity from open WebSockets, crash and restart
+//! recovery, capacity, and isolation between users.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, COOKIE};
+use serde_json::Value;
+
+use crate::harness::{Harness, IMAGE, Options};
+use crate::proc::{ProcHarness, inspect};
+
+/// Polls `check` every 200 ms until it holds or `secs` pass.
+async fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn state_of(container: &str) -> String {
+    inspect(container, "{{.State.Status}}")
+}
+
+async fn get(client: &reqwest::Client, url: &str, cookie: &str) -> (StatusCode, Value) {
+    let resp = client.get(url).header(COOKIE, cookie).send().await.unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn harness_with(toml: &str) -> Options {
+    Options {
+        extra_toml: toml.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_container_is_stopped_and_resumes_with_its_data() {
+    let h = Harness::start(harness_with(
+        "[lifecycle]\nidle_timeout_secs = 3\nstart_on_login = false",
+    ))
+    .await;
+    let alice = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
+    let (status, first) = get(&h.client, &url, &cookie).await;
+    assert_eq!(status, 200);
+    let name = format!("spawngate-u-{}", alice.slug);
+    let id = inspect(&name, "{{.Id}}");
+
+    wait_until(30, "the idle container to stop", || {
+        state_of(&name) == "exited"
+    })
+    .await;
+    let audit = h.app.store.audit_entries(10).unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "container.stop"
+            && e.target == "alice"
+            && e.detail.as_deref() == Some("idle")),
+        "{audit:?}"
+    );
+
+    let (status, again) = get(&h.client, &url, &cookie).await;
+    assert_eq!(status, 200, "the next request resumes it");
+    assert!(
+        again["visits"].as_u64() > first["visits"].as_u64(),
+        "volume kept the counter"
+    );
+    assert_eq!(
+        inspect(&name, "{{.Id}}"),
+        id,
+        "the same container was started again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_container_is_unpaused_by_the_next_request() {
+    let h = Harness::start(harness_with(
+        "[lifecycle]\npause_after_secs = 2\nidle_timeout_secs = 120\nstart_on_login = false",
+    ))
+    .await;
+    let alice = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
+    assert_eq!(get(&h.client, &url, &cookie).await.0, 200);
+    let name = format!("spawngate-u-{}", alice.slug);
+
+    wait_until(30, "the idle container to be paused", || {
+        state_of(&name) == "paused"
+    })
+    .await;
+    let status = h.app.container_status("alice").await.unwrap();
+    assert_eq!(serde_json::to_value(&status).unwrap()["state"], "paused");
+
+    let (code, body) = get(&h.client, &url, &cookie).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(state_of(&name), "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_websocket_keeps_its_container_alive_past_the_idle_timeout() {
+    let h = Harness::start(harness_with(
+        "[lifecycle]\nidle_timeout_secs = 4\nstart_on_login = false",
+    ))
+    .await;
+    let alice = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let name = format!("spawngate-u-{}", alice.slug);
+
+    // Open the WebSocket through Traefik (forwardAuth checks the upgrade once).
+    let ws_url = format!(
+        "{}/u-{}/ws",
+        h.public.replace("http://", "ws://"),
+        alice.slug
+    );
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(ws_url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", cookie.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    // Data flows for three idle timeouts; no HTTP request reaches forwardAuth.
+    let payload = "x".repeat(2048);
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            payload.clone(),
+        ))
+        .await
+        .unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo.into_text().unwrap().len(), payload.len());
+        assert_eq!(state_of(&name), "running", "culled while data was flowing");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = ws.close(None).await;
+    drop(ws);
+
+    // Once quiet, the same settings do cull it.
+    wait_until(40, "the quiet container to stop", || {
+        state_of(&name) == "exited"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_removed_by_hand_is_recreated_by_the_next_request() {
+    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
+    let alice = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
+    let (_, first) = get(&h.client, &url, &cookie).await;
+    let name = format!("spawngate-u-{}", alice.slug);
+    let id = inspect(&name, "{{.Id}}");
+
+    let rm = Command::new("docker")
+        .args(["rm", "-f", &name])
+        .output()
+        .unwrap();
+    assert!(rm.status.success());
+    // The Docker event reaches spawngate; give it a moment, bounded.
+    wait_until(10, "spawngate to notice the removal", || {
+        !matches!(
+            h.app.lifecycle.phase(&h.app.find_user("alice").unwrap().id),
+            spawngate::lifecycle::Phase::Ready
+        )
+    })
+    .await;
+
+    let (status, again) = get(&h.client, &url, &cookie).await;
+    assert_eq!(status, 200);
+    assert_ne!(inspect(&name, "{{.Id}}"), id, "a new container");
+    assert!(
+        again["visits"].as_u64() > first["visits"].as_u64(),
+        "on the same volume"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_spawngate_adopts_running_containers_without_restarting_them() {
+    let mut h = ProcHarness::start(&[("SPAWNGATE_LIFECYCLE_START_ON_LOGIN", "false")]).await;
+    let slug = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let url = format!("{}/u-{slug}/whoami.json", h.public);
+    assert_eq!(get(&h.client, &url, &cookie).await.0, 200);
+    let name = format!("spawngate-u-{slug}");
+    let (id, started) = (
+        inspect(&name, "{{.Id}}"),
+        inspect(&name, "{{.State.StartedAt}}"),
+    );
+
+    h.signal("TERM").await;
+    assert_eq!(
+        state_of(&name),
+        "running",
+        "graceful shutdown leaves user containers running"
+    );
+    h.spawn_server().await;
+
+    // Sessions survive (the key is in the store) and the container serves at once.
+    let (status, who) = get(&h.client, &url, &cookie).await;
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(inspect(&name, "{{.Id}}"), id);
+    assert_eq!(
+        inspect(&name, "{{.State.StartedAt}}"),
+        started,
+        "not restarted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_the_middle_of_a_spawn_leaves_exactly_one_working_container() {
+    // The app takes 4 s to listen, so the kill lands while spawngate is waiting
+    // for it (container created and started, not yet answering).
+    let mut h = ProcHarness::start(&[
+        ("SPAWNGATE_LIFECYCLE_START_ON_LOGIN", "false"),
+        ("SPAWNGATE_DOCKER_ENV", "STARTUP_DELAY_MS=4000"),
+    ])
+    .await;
+    let slug = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let url = format!("{}/u-{slug}/whoami.json", h.public);
+
+    let pending = {
+        let (client, url, cookie) = (h.client.clone(), url.clone(), cookie.clone());
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .header(COOKIE, cookie)
+                .send()
+                .await
+                .map(|r| r.status())
+        })
+    };
+    let name = format!("spawngate-u-{slug}");
+    wait_until(20, "the container to be created", || {
+        !inspect(&name, "{{.Id}}").is_empty()
+    })
+    .await;
+    h.signal("KILL").await;
+    let _ = pending.await;
+
+    h.spawn_server().await;
+    let (status, who) = get(&h.client, &url, &cookie).await;
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(who["user"], "alice");
+    assert_eq!(h.containers_of(&slug).len(), 1, "exactly one container");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_running_the_next_user_gets_a_clear_503_and_nothing_starts() {
+    let h = Harness::start(harness_with(
+        "[limits]\nmax_running = 2\n[lifecycle]\nstart_on_login = false",
+    ))
+    .await;
+    let mut cookies = Vec::new();
+    let mut slugs = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        slugs.push(h.user(name).await.slug);
+        cookies.push(h.login(name).await);
+    }
+    for i in 0..2 {
+        let url = h.url(&format!("/u-{}/whoami.json", slugs[i]));
+        assert_eq!(get(&h.client, &url, &cookies[i]).await.0, 200);
+    }
+    let carol = h.url(&format!("/u-{}/whoami.json", slugs[2]));
+    let (status, body) = get(&h.client, &carol, &cookies[2]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "spawn_failed");
+    assert_eq!(
+        body["error"]["message"],
+        "the server is at capacity; please try again in a few minutes"
+    );
+    let page = h
+        .client
+        .get(&carol)
+        .header(COOKIE, &cookies[2])
+        .header(ACCEPT, "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(page.text().await.unwrap().contains("at capacity"));
+    assert!(
+        h.running_containers_of(&slugs[2]).is_empty(),
+        "no half-started container"
+    );
+
+    // A place frees up when an admin stops one.
+    h.app.stop_container("test", "alice").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await; // past the retry back-off
+    assert_eq!(get(&h.client, &carol, &cookies[2]).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_capacity_the_least_recently_used_idle_container_makes_room() {
+    let h = Harness::start(harness_with(
+        "[limits]\nmax_running = 1\ncull_lru_when_full = true\nlru_min_idle_secs = 1\n[lifecycle]\nstart_on_login = false",
+    ))
+    .await;
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let (ca, cb) = (h.login("alice").await, h.login("bob").await);
+    assert_eq!(
+        get(&h.client, &h.url(&format!("/u-{}/", alice.slug)), &ca)
+            .await
+            .0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        get(&h.client, &h.url(&format!("/u-{}/", bob.slug)), &cb)
+            .await
+            .0,
+        200
+    );
+    let alice_container = format!("spawngate-u-{}", alice.slug);
+    wait_until(20, "alice's container to be stopped", || {
+        state_of(&alice_container) == "exited"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_warms_the_container_and_user_creation_precreates_it() {
+    let h = Harness::start(Options::default()).await;
+    let alice = h.user("alice").await;
+    let name = format!("spawngate-u-{}", alice.slug);
+    wait_until(20, "the pre-created container", || {
+        state_of(&name) == "created"
+    })
+    .await;
+    let _cookie = h.login("alice").await;
+    wait_until(20, "the container started by the login", || {
+        state_of(&name) == "running"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_lifetime_stops_a_busy_container() {
+    let h = Harness::start(harness_with(
+        "[lifecycle]\nmax_lifetime_secs = 3\nstart_on_login = false",
+    ))
+    .await;
+    let alice = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
+    let name = format!("spawngate-u-{}", alice.slug);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Keep it busy; it is stopped anyway (and the next request starts it again).
+    let mut saw_stop = false;
+    while Instant::now() < deadline && !saw_stop {
+        let _ = get(&h.client, &url, &cookie).await;
+        saw_stop = h.app.store.audit_entries(20).unwrap().iter().any(|e| {
+            e.action == "container.stop" && e.detail.as_deref() == Some("maximum lifetime reached")
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(saw_stop, "max lifetime never enforced");
+    assert_eq!(get(&h.client, &url, &cookie).await.0, 200);
+    let _ = name;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_lists_containers_restarts_shows_logs_and_audit() {
+    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
+    let token = h.app.store.create_admin_token("ops").await.unwrap();
+    let alice = h.user("alice").await;
+    let _bob = h.user("bob").await;
+    let cookie = h.login("alice").await;
+    assert_eq!(
+        get(
+            &h.client,
+            &h.url(&format!("/u-{}/whoami.json", alice.slug)),
+            &cookie
+        )
+        .await
+        .0,
+        200
+    );
+    let api = |p: &str| h.url(&format!("/_spawngate/api/{p}"));
+    let call =
+        |req: reqwest::RequestBuilder| async { req.bearer_auth(&token).send().await.unwrap() };
+
+    let list: Value = call(h.client.get(api("containers")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let states: Vec<(String, String)> = list["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["user"].as_str().unwrap().to_owned(),
+                c["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&("alice".into(), "running".into())),
+        "{states:?}"
+    );
+    assert!(
+        states.iter().any(|(u, s)| u == "bob" && s != "running"),
+        "{states:?}"
+    );
+
+    let name = format!("spawngate-u-{}", alice.slug);
+    let before = inspect(&name, "{{.State.StartedAt}}");
+    let restarted = call(h.client.post(api("users/alice/container/restart"))).await;
+    assert_eq!(restarted.status(), 200);
+    assert_eq!(restarted.json::<Value>().await.unwrap()["state"], "running");
+    assert_ne!(inspect(&name, "{{.State.StartedAt}}"), before);
+
+    let logs: Value = call(h.client.get(api("users/alice/container/logs?tail=5")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lines = logs["lines"].as_array().unwrap();
+    assert!(!lines.is_empty() && lines.len() <= 5, "{logs}");
+    let bad = call(h.client.get(api("users/alice/container/logs?tail=0"))).await;
+    assert_eq!(bad.status(), 400);
+
+    let del = call(h.client.delete(api("users/bob"))).await;
+    assert_eq!(del.status(), 200);
+    let audit: Value = call(h.client.get(api("audit?limit=50")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<(String, String, String)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&(
+            "admin:ops".into(),
+            "container.restart".into(),
+            "alice".into()
+        )),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("admin:ops".into(), "user.delete".into(), "bob".into())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("test".into(), "user.create".into(), "alice".into())),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_container_cannot_reach_another_users_container_or_spawngate() {
+    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    for (user, slug) in [("alice", &alice.slug), ("bob", &bob.slug)] {
+        let cookie = h.login(user).await;
+        assert_eq!(
+            get(&h.client, &h.url(&format!("/u-{slug}/")), &cookie)
+                .await
+                .0,
+            200
+        );
+    }
+    let bob_ip = inspect(
+        &format!("spawngate-u-{}", bob.slug),
+        &format!(
+            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
+            h.network
+        ),
+    );
+    let gateway = inspect(&h.network, "{{(index .IPAM.Config 0).Gateway}}");
+    assert!(!bob_ip.is_empty() && !gateway.is_empty());
+    let spawngate_port = h.direct.rsplit(':').next().unwrap().to_owned();
+
+    // "Alice's code": a process in alice's container network namespace.
+    let from_alice = |target: &str| {
+        Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                &format!("container:spawngate-u-{}", alice.slug),
+                "--entrypoint",
+                "/spawngate-example-app",
+                IMAGE,
+                "--connect",
+                target,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        from_alice("127.0.0.1:8080"),
+        "control: alice reaches her own app"
+    );
+    assert!(
+        !from_alice(&format!("{bob_ip}:8080")),
+        "alice reached bob's container"
+    );
+    assert!(
+        !from_alice(&format!("{gateway}:{spawngate_port}")),
+        "alice reached spawngate"
+    );
+}

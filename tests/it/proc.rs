@@ -1,0 +1,179 @@
+//! spawngate as a real process (the static-free debug binary cargo built), for
+//! tests that restart it, SIGTERM it or SIGKILL it mid-spawn.
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{
+    IMAGE, Traefik, cleanup_docker, containers_of, free_port, http_client, login_with_link,
+    random_hex,
+};
+
+pub struct ProcHarness {
+    pub instance: String,
+    pub network: String,
+    pub public: String,
+    pub direct: String,
+    /// Kept so the directory lives as long as the harness.
+    _data_dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    pub traefik: Option<Traefik>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl ProcHarness {
+    /// Starts spawngate (configured by environment only) and Traefik.
+    pub async fn start(extra_env: &[(&str, &str)]) -> ProcHarness {
+        let instance = format!("p{}", random_hex(5));
+        let network = format!("sgtest-{instance}");
+        let data_dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let web_port = free_port();
+        let public = format!("http://127.0.0.1:{web_port}");
+        let mut env: Vec<(String, String)> = vec![
+            (
+                "SPAWNGATE_SERVER_LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            ),
+            ("SPAWNGATE_SERVER_PUBLIC_URL".into(), public.clone()),
+            (
+                "SPAWNGATE_SERVER_DATA_DIR".into(),
+                data_dir.path().display().to_string(),
+            ),
+            ("SPAWNGATE_DOCKER_NETWORK".into(), network.clone()),
+            ("SPAWNGATE_DOCKER_INSTANCE".into(), instance.clone()),
+            ("SPAWNGATE_DOCKER_IMAGE".into(), IMAGE.into()),
+            ("SPAWNGATE_LOG".into(), "spawngate=info".into()),
+        ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let mut h = ProcHarness {
+            instance,
+            network,
+            public,
+            direct: format!("http://127.0.0.1:{port}"),
+            _data_dir: data_dir,
+            client: http_client(),
+            traefik: None,
+            env,
+            child: None,
+        };
+        h.spawn_server().await;
+        h.traefik = Some(Traefik::start(web_port, free_port(), &h.direct, None).await);
+        h
+    }
+
+    /// Starts the server process and waits (bounded) for `/healthz`.
+    pub async fn spawn_server(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_spawngate"))
+            .arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/healthz", self.direct))
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "spawngate did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> String {
+        self.child.as_ref().unwrap().id().to_string()
+    }
+
+    /// Sends `signal` and waits (bounded) for the process to exit.
+    pub async fn signal(&mut self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut child = self.child.take().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "spawngate did not exit after SIG{signal}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs a CLI command against this instance (over the control socket when the
+    /// server runs).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let out = Command::new(env!("CARGO_BIN_EXE_spawngate"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "spawngate {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Creates a user through the CLI; returns the slug once Traefik routes it.
+    pub async fn user(&self, name: &str) -> String {
+        let out = String::from_utf8_lossy(&self.cli(&["user", "add", name]).stdout).into_owned();
+        let slug = out
+            .trim()
+            .rsplit("/u-")
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned();
+        if let Some(t) = &self.traefik {
+            t.wait_router(&format!("u-{slug}")).await;
+        }
+        slug
+    }
+
+    pub async fn login(&self, name: &str) -> String {
+        let link =
+            String::from_utf8_lossy(&self.cli(&["user", "login-link", name]).stdout).into_owned();
+        login_with_link(&self.client, &self.public, &link, "spawngate_session").await
+    }
+
+    pub fn containers_of(&self, slug: &str) -> Vec<String> {
+        containers_of(&self.instance, slug)
+    }
+}
+
+impl Drop for ProcHarness {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.traefik.take();
+        cleanup_docker(&self.instance, &self.network);
+    }
+}
+
+/// `docker inspect -f <format> <container>`, trimmed.
+pub fn inspect(container: &str, format: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, container])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
