@@ -240,7 +240,10 @@ class Bench:
             SPAWNGATE_SERVER_PUBLIC_URL=self.public,
             SPAWNGATE_DOCKER_INSTANCE=self.instance,
             SPAWNGATE_DOCKER_NETWORK=self.network,
-            SPAWNGATE_LOG="warn",
+            # Quiet, except one JSON line per spawn ("container ready", ms): the
+            # time spawngate's own spawn task took, shown next to the totals.
+            SPAWNGATE_LOG="warn,spawngate::lifecycle=info",
+            SPAWNGATE_LOG_FORMAT="json",
         )
         self.traefik_args = [
             f"--entrypoints.web.address=127.0.0.1:{self.web_port}",
@@ -275,6 +278,31 @@ class Bench:
                 return "".join(f.readlines()[-n:])
         except OSError:
             return "(no log)"
+
+    def log_offset(self) -> int:
+        try:
+            return os.path.getsize(self.logs["spawngate"])
+        except (OSError, KeyError):
+            return 0
+
+    def ready_ms(self, user: str, since: int) -> float | None:
+        """The `ms` of spawngate's last "container ready" log line for `user` written
+        after byte `since` of its log; None when there is none (or the log format
+        changed)."""
+        found = None
+        try:
+            with open(self.logs["spawngate"], "rb") as f:
+                f.seek(since)
+                for raw in f:
+                    try:
+                        fields = json.loads(raw).get("fields", {})
+                    except (ValueError, AttributeError):
+                        continue
+                    if fields.get("message") == "container ready" and fields.get("user") == user:
+                        found = float(fields["ms"]) if "ms" in fields else found
+        except (OSError, KeyError, ValueError, TypeError):
+            return None
+        return found
 
     def cli(self, *args: str) -> str:
         return run([SPAWNGATE, *args], env=self.sg_env, timeout=60).strip()
@@ -405,8 +433,11 @@ class Bench:
             vols = docker_lines("volume", "ls", "-q", "--filter", f"label=spawngate.instance={self.instance}")
             if vols:
                 run(["docker", "volume", "rm", "-f", *vols], check=False)
-            if self.network in docker_lines("network", "ls", "--format", "{{.Name}}"):
-                run(["docker", "network", "rm", self.network], check=False)
+            # By id: Docker allows several networks with one name, and then refuses
+            # to remove any of them by that name.
+            nets = self.network_ids()
+            if nets:
+                run(["docker", "network", "rm", *nets], check=False)
             shutil.rmtree(self.data_dir, ignore_errors=True)
         finally:
             signal.signal(signal.SIGINT, old_int)
@@ -419,8 +450,12 @@ class Bench:
             f"volume {v}"
             for v in docker_lines("volume", "ls", "-q", "--filter", f"label=spawngate.instance={self.instance}")
         ]
-        left += [f"network {n}" for n in docker_lines("network", "ls", "--format", "{{.Name}}") if n == self.network]
+        left += [f"network {self.network} ({n})" for n in self.network_ids()]
         return left
+
+    def network_ids(self) -> list[str]:
+        lines = docker_lines("network", "ls", "--no-trunc", "--format", "{{.ID}} {{.Name}}")
+        return [l.split()[0] for l in lines if l.split()[1:] == [self.network]]
 
 
 # --------------------------------------------------------------------------- sections
@@ -440,7 +475,7 @@ def header(b: Bench, o: argparse.Namespace) -> None:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
     except OSError:
         pass
-    git = first_line(["git", "-C", ROOT, "describe", "--always", "--dirty"])
+    git = run(["git", "-C", ROOT, "describe", "--always", "--dirty"], check=False).strip() or "unknown"
 
     # What one docker CLI call costs by itself (the raw baselines pay it once per run).
     cli_times = []
@@ -459,7 +494,7 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["load average (1/5/15 min)", " ".join(f"{x:.2f}" for x in os.getloadavg())],
         ["docker server / client", run(["docker", "version", "--format", "{{.Server.Version}} / {{.Client.Version}}"]).strip()],
         ["docker CLI call (image inspect), median of 5", f"{median(cli_times):.1f} ms"],
-        ["traefik", first_line([TRAEFIK, "version"])],
+        ["traefik", " ".join(first_line([TRAEFIK, "version"]).split())],
         ["wrk", first_line(["wrk", "--version"])],
         ["spawngate", f"{first_line([SPAWNGATE, '--version'])} (dist/spawngate, git {git})"],
         ["python", platform.python_version()],
@@ -480,6 +515,8 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["b. baseline", f"docker run -d -p 127.0.0.1:<port>:{APP_PORT} {IMAGE}, then GET /whoami.json until 200"],
         ["c. spawngate", "POST /_spawngate/api/users/<name>/container/stop; then GET through Traefik until 200"],
         ["c. baseline", "docker stop <id>; then docker start <id> + GET /whoami.json until 200"],
+        ["b./c. not equal", "spawngate's container also gets its named volume, the user network, memory/CPU/pids "
+                            "limits and no-new-privileges; the raw one plain defaults (+ the image's anonymous /data volume)"],
         ["spawngate env", " ".join(f"{k}={v}" for k, v in b.sg_env.items() if k.startswith("SPAWNGATE_"))],
         ["traefik args", " ".join(b.traefik_args)],
     ]
@@ -529,28 +566,47 @@ def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> None:
     print(flush=True)
 
 
-def timed_summary(title: str, sg: list[float], raw: list[float], sg_name: str, raw_name: str) -> None:
-    rows = [
-        [sg_name, fmt_ms(median(sg)), fmt_ms(min(sg)), fmt_ms(max(sg))],
-        [raw_name, fmt_ms(median(raw)), fmt_ms(min(raw)), fmt_ms(max(raw))],
+def timed_summary(title: str, sg: list[float], raw: list[float], sg_name: str, raw_name: str,
+                  spawn: list[float | None]) -> None:
+    def stats(name: str, xs: list[float]) -> list[str]:
+        return [name, fmt_ms(median(xs)), fmt_ms(min(xs)), fmt_ms(max(xs))]
+
+    rows = [stats(sg_name, sg)]
+    if spawn and all(x is not None for x in spawn):
+        rows.append(stats("  of which spawngate's spawn task", spawn))
+        rows.append(stats("  rest: HTTP path through Traefik", [t - x for t, x in zip(sg, spawn)]))
+    rows += [
+        stats(raw_name, raw),
         ["ratio spawngate/raw", ratio(median(sg), median(raw)), ratio(min(sg), min(raw)), ratio(max(sg), max(raw))],
     ]
     print(table([title, "median ms", "min ms", "max ms"], rows))
 
 
+def opt_ms(x: float | None) -> str:
+    return "-" if x is None else fmt_ms(x)
+
+
+SPAWN_NOTE = (
+    "  spawn task = the `ms` of spawngate's \"container ready\" log line: from the first forwardAuth\n"
+    "  request's kick to the container answering (Docker calls, store writes, readiness probes)."
+)
+
+
 def section_b(b: Bench, o: argparse.Namespace, users: list[tuple[str, str, str]]) -> None:
     sg_ms: list[float] = []
     raw_ms: list[float] = []
+    spawn_ms: list[float | None] = []
     rows = []
-    total = o.warmup + o.runs
-    for i in range(total):
+    for i in range(o.warmup + o.runs):
         warm = i < o.warmup
         label = "warm-up" if warm else f"run {i - o.warmup + 1}"
         name, slug, cookie = users[i]
         log(f"b. {label}: spawngate cold start ({name})")
         time.sleep(o.settle)
         b.check_alive()
+        offset = b.log_offset()
         sg = b.through_traefik(slug, cookie, time.perf_counter())
+        spawn = b.ready_ms(name, offset)
         log(f"b. {label}: raw docker run")
         time.sleep(o.settle)
         cid, _, cli_ms, raw = b.raw_run(f"cold{i}")
@@ -560,18 +616,20 @@ def section_b(b: Bench, o: argparse.Namespace, users: list[tuple[str, str, str]]
         if not warm:
             sg_ms.append(sg.ms)
             raw_ms.append(raw.ms)
+            spawn_ms.append(spawn)
         rows.append([
             label + (" (untimed)" if warm else ""),
-            fmt_ms(sg.ms), str(sg.attempts), compress(sg.statuses),
+            fmt_ms(sg.ms), opt_ms(spawn), str(sg.attempts), compress(sg.statuses),
             fmt_ms(raw.ms), fmt_ms(cli_ms), str(raw.attempts), compress(raw.statuses),
         ])
     print("b. Cold first request: spawngate through Traefik (create + start + ready) vs raw docker run + poll")
     print(table(
-        ["", "spawngate ms", "GETs", "non-200 seen", "raw ms", "docker run returned", "GETs", "non-200 seen"],
+        ["", "spawngate ms", "spawn task", "GETs", "non-200", "raw ms", "docker run returned", "GETs", "non-200"],
         rows,
     ))
     print()
-    timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate (Traefik, cold)", "raw docker run + poll")
+    timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate (Traefik, cold)", "raw docker run + poll", spawn_ms)
+    print(SPAWN_NOTE)
     print(flush=True)
 
 
@@ -582,6 +640,7 @@ def section_c(b: Bench, o: argparse.Namespace, user: tuple[str, str, str]) -> No
     cid, port, _, _ = b.raw_run("resume")
     sg_ms: list[float] = []
     raw_ms: list[float] = []
+    spawn_ms: list[float | None] = []
     rows = []
     for i in range(o.warmup + o.runs):
         warm = i < o.warmup
@@ -594,8 +653,10 @@ def section_c(b: Bench, o: argparse.Namespace, user: tuple[str, str, str]) -> No
         sg_stop_ms = (time.perf_counter() - t0) * 1000
         log(f"c. {label}: spawngate resume ({name})")
         time.sleep(o.settle)
+        offset = b.log_offset()
         sg = b.through_traefik(slug, cookie, time.perf_counter())
-        # raw: same steps with the docker CLI.
+        spawn = b.ready_ms(name, offset)
+        # raw: the same steps with the docker CLI.
         poll_until_200(port, "/whoami.json", {}, time.perf_counter(), interval)
         t0 = time.perf_counter()
         run(["docker", "stop", cid], timeout=120)
@@ -606,19 +667,23 @@ def section_c(b: Bench, o: argparse.Namespace, user: tuple[str, str, str]) -> No
         if not warm:
             sg_ms.append(sg.ms)
             raw_ms.append(raw.ms)
+            spawn_ms.append(spawn)
         rows.append([
             label + (" (untimed)" if warm else ""),
-            fmt_ms(sg.ms), str(sg.attempts), compress(sg.statuses), fmt_ms(sg_stop_ms),
+            fmt_ms(sg.ms), opt_ms(spawn), str(sg.attempts), compress(sg.statuses), fmt_ms(sg_stop_ms),
             fmt_ms(raw.ms), fmt_ms(cli_ms), str(raw.attempts), compress(raw.statuses), fmt_ms(raw_stop_ms),
         ])
-    print("c. Resume of a stopped container: spawngate (admin stop, first request through Traefik) vs docker stop/start + poll")
+    print("c. Resume of a stopped container: spawngate (admin stop, then first request through Traefik)")
+    print("   vs docker stop, then docker start + poll")
     print(table(
-        ["", "spawngate ms", "GETs", "non-200 seen", "(stop took)",
-         "raw ms", "docker start returned", "GETs", "non-200 seen", "(stop took)"],
+        ["", "spawngate ms", "spawn task", "GETs", "non-200", "(stop ms)",
+         "raw ms", "docker start returned", "GETs", "non-200", "(stop ms)"],
         rows,
     ))
     print()
-    timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate (Traefik, resume)", "raw docker start + poll")
+    timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate (Traefik, resume)", "raw docker start + poll", spawn_ms)
+    print(SPAWN_NOTE)
+    print("  (stop ms) = untimed: the admin stop call / docker stop before the run.")
     print(flush=True)
 
 

@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::lifecycle::{ContainerStatus, Lifecycle, Readiness};
 use crate::provider::Provider;
 use crate::runtime::{DockerRuntime, Runtime, RuntimeError};
-use crate::store::{Store, StoreError, User};
+use crate::store::{Overrides, Store, StoreError, User};
 use crate::time::rfc3339;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,22 @@ pub struct UserView {
     pub url: String,
     pub created: String,
     pub disabled: bool,
+    pub overrides: Overrides,
+}
+
+/// `PUT /_spawngate/api/users/<name>/overrides`: replaces the user's overrides.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverridesRequest {
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A size such as `256m` or `2g`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +100,7 @@ impl App {
             ),
             created: rfc3339(user.created),
             disabled: user.disabled,
+            overrides: user.overrides.clone(),
         }
     }
 
@@ -151,6 +168,28 @@ impl App {
         self.store
             .audit(actor, "user.delete", &user.name, Some(detail.into()));
         Ok(())
+    }
+
+    /// Sets a user's container overrides within the admin's bounds. They apply at
+    /// the container's next start (a stopped container is recreated, same volume).
+    pub async fn set_overrides(
+        &self,
+        actor: &str,
+        key: &str,
+        req: OverridesRequest,
+    ) -> Result<UserView, ApiError> {
+        let user = self.find_user(key)?;
+        let overrides = validate_overrides(&self.config, req)?;
+        let mut updated = (*user).clone();
+        updated.overrides = overrides;
+        self.store.update_user(&updated).await?;
+        self.store.audit(
+            actor,
+            "user.overrides",
+            &user.name,
+            Some(serde_json::to_string(&updated.overrides).unwrap_or_default()),
+        );
+        Ok(self.user_view(&updated))
     }
 
     pub async fn login_link(&self, key: &str) -> Result<LoginLink, ApiError> {
@@ -245,6 +284,91 @@ impl App {
     }
 }
 
+/// Environment keys that look like credentials: container env is readable by
+/// anyone who can inspect the container, so secrets never go there.
+const SECRET_WORDS: &[&str] = &[
+    "PASSWORD",
+    "PASSWD",
+    "SECRET",
+    "TOKEN",
+    "PRIVATE",
+    "CREDENTIAL",
+    "API_KEY",
+];
+
+fn validate_overrides(
+    config: &crate::config::Config,
+    req: OverridesRequest,
+) -> Result<Overrides, ApiError> {
+    let limits = &config.limits;
+    if let Some(image) = &req.image
+        && *image != config.docker.image
+        && !limits.allowed_images.contains(image)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "image {image:?} is not allowed (limits.allowed_images)"
+        )));
+    }
+    let memory_bytes = match &req.memory {
+        None => None,
+        Some(m) => {
+            let bytes = crate::config::parse_bytes(m)
+                .filter(|b| *b >= 6 << 20)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "memory {m:?}: expected a size like 512m (at least 6m)"
+                    ))
+                })?;
+            if bytes > limits.max_memory_bytes {
+                return Err(ApiError::BadRequest(format!(
+                    "memory {m:?} is above limits.max_memory"
+                )));
+            }
+            Some(bytes)
+        }
+    };
+    let nano_cpus = match req.cpus {
+        None => None,
+        Some(c) if c > 0.0 && (c * 1e9) as i64 <= limits.max_nano_cpus => Some((c * 1e9) as i64),
+        Some(c) => {
+            return Err(ApiError::BadRequest(format!(
+                "cpus {c} must be above 0 and within limits.max_cpus"
+            )));
+        }
+    };
+    if req.env.len() > 64 {
+        return Err(ApiError::BadRequest("at most 64 env entries".into()));
+    }
+    for (k, v) in &req.env {
+        let upper = k.to_ascii_uppercase();
+        let valid = !k.is_empty()
+            && k.len() <= 128
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !k.as_bytes()[0].is_ascii_digit();
+        if !valid || upper.starts_with("SPAWNGATE_") {
+            return Err(ApiError::BadRequest(format!(
+                "env key {k:?}: use [A-Za-z0-9_], not starting with a digit or SPAWNGATE_"
+            )));
+        }
+        if SECRET_WORDS.iter().any(|w| upper.contains(w)) {
+            return Err(ApiError::BadRequest(format!(
+                "env key {k:?} looks like a credential: container environment is visible to anyone who can inspect the container, so secrets never go there"
+            )));
+        }
+        if v.len() > 4096 || v.contains('\0') {
+            return Err(ApiError::BadRequest(format!(
+                "env value of {k:?} is too long or contains NUL"
+            )));
+        }
+    }
+    Ok(Overrides {
+        image: req.image,
+        memory_bytes,
+        nano_cpus,
+        env: req.env,
+    })
+}
+
 /// User names: lowercase letters, digits, `.`, `_`, `-`; 1–64 characters, starting
 /// with a letter or digit. They appear in headers and labels, so stay plain ASCII.
 pub fn validate_name(name: &str) -> Result<(), ApiError> {
@@ -281,6 +405,61 @@ fn validate_email(email: &str) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_stay_within_bounds_and_env_carries_no_secrets() {
+        let config = crate::config::Config::from_sources(
+            "[limits]\nallowed_images = [\"other:1\"]\nmax_memory = \"1g\"\nmax_cpus = 2.0",
+            Vec::new(),
+        )
+        .unwrap();
+        let req = |image: Option<&str>,
+                   memory: Option<&str>,
+                   cpus: Option<f64>,
+                   env: &[(&str, &str)]| OverridesRequest {
+            image: image.map(str::to_owned),
+            memory: memory.map(str::to_owned),
+            cpus,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let ok = validate_overrides(
+            &config,
+            req(Some("other:1"), Some("256m"), Some(0.5), &[("LANG", "C")]),
+        )
+        .unwrap();
+        assert_eq!(ok.memory_bytes, Some(256 << 20));
+        assert_eq!(ok.nano_cpus, Some(500_000_000));
+        assert!(
+            validate_overrides(
+                &config,
+                req(Some("spawngate-example-app:latest"), None, None, &[])
+            )
+            .is_ok()
+        );
+        for (bad, why) in [
+            (req(Some("evil:latest"), None, None, &[]), "not allowed"),
+            (req(None, Some("2g"), None, &[]), "max_memory"),
+            (req(None, Some("lots"), None, &[]), "expected a size"),
+            (req(None, None, Some(3.0), &[]), "max_cpus"),
+            (req(None, None, Some(0.0), &[]), "max_cpus"),
+            (req(None, None, None, &[("DB_PASSWORD", "x")]), "credential"),
+            (
+                req(None, None, None, &[("github_token", "x")]),
+                "credential",
+            ),
+            (
+                req(None, None, None, &[("SPAWNGATE_USER", "x")]),
+                "SPAWNGATE_",
+            ),
+            (req(None, None, None, &[("1X", "x")]), "digit"),
+        ] {
+            let e = validate_overrides(&config, bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{e} should mention {why}");
+        }
+    }
 
     #[test]
     fn names_and_emails() {

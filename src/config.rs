@@ -202,6 +202,11 @@ pub struct RawLimits {
     pub cull_lru_when_full: bool,
     /// A container counts as idle for that after this many seconds without activity.
     pub lru_min_idle_secs: u64,
+    /// Images an admin may assign to a user besides `docker.image`.
+    pub allowed_images: Vec<String>,
+    /// Upper bounds for per-user overrides.
+    pub max_memory: String,
+    pub max_cpus: f64,
 }
 
 impl Default for RawLimits {
@@ -211,6 +216,9 @@ impl Default for RawLimits {
             max_concurrent_spawns: 8,
             cull_lru_when_full: false,
             lru_min_idle_secs: 60,
+            allowed_images: Vec::new(),
+            max_memory: "4g".into(),
+            max_cpus: 4.0,
         }
     }
 }
@@ -338,6 +346,9 @@ pub struct LimitsConfig {
     pub max_concurrent_spawns: usize,
     pub cull_lru_when_full: bool,
     pub lru_min_idle: Duration,
+    pub allowed_images: Vec<String>,
+    pub max_memory_bytes: i64,
+    pub max_nano_cpus: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -403,6 +414,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("limits.max_concurrent_spawns", Kind::Int),
     ("limits.cull_lru_when_full", Kind::Bool),
     ("limits.lru_min_idle_secs", Kind::Int),
+    ("limits.allowed_images", Kind::List),
+    ("limits.max_memory", Kind::Str),
+    ("limits.max_cpus", Kind::Float),
 ];
 
 /// Variables that start with `SPAWNGATE_` but are not config keys.
@@ -490,7 +504,7 @@ fn parse_env_value(key: &str, kind: Kind, value: &str) -> Result<toml::Value, Co
 }
 
 /// Parses sizes such as `512m`, `2g`, `1048576`.
-fn parse_bytes(s: &str) -> Option<i64> {
+pub fn parse_bytes(s: &str) -> Option<i64> {
     let s = s.trim().to_ascii_lowercase();
     let s = s.strip_suffix('b').unwrap_or(&s);
     let (digits, mult) = match s.chars().last()? {
@@ -712,6 +726,23 @@ impl RawConfig {
             max_concurrent_spawns: li.max_concurrent_spawns,
             cull_lru_when_full: li.cull_lru_when_full,
             lru_min_idle: Duration::from_secs(li.lru_min_idle_secs),
+            max_memory_bytes: parse_bytes(&li.max_memory)
+                .filter(|b| *b >= 6 << 20)
+                .ok_or_else(|| {
+                    invalid(
+                        "limits.max_memory",
+                        format!("{:?}: expected a size like 4g", li.max_memory),
+                    )
+                })?,
+            max_nano_cpus: if li.max_cpus > 0.0 && li.max_cpus <= 1024.0 {
+                (li.max_cpus * 1e9) as i64
+            } else {
+                return Err(invalid(
+                    "limits.max_cpus",
+                    "must be a number of CPUs above 0",
+                ));
+            },
+            allowed_images: li.allowed_images,
         };
 
         Ok(Config {

@@ -133,6 +133,10 @@ where
             let tail = call.limit("tail", 100, 10_000)?;
             ok(json!({ "lines": app.container_logs(name, tail).await? }))
         }
+        (&Method::PUT, ["users", name, "overrides"]) => {
+            let body: crate::app::OverridesRequest = parse_json(req).await?;
+            ok(to_json(&app.set_overrides(actor, name, body).await?))
+        }
         (&Method::GET, ["containers"]) => ok(json!({ "containers": app.list_containers().await? })),
         (&Method::GET, ["audit"]) => {
             let limit = call.limit("limit", 100, 10_000)?;

@@ -373,14 +373,16 @@ impl Lifecycle {
 
     fn spec(&self, user: &User) -> ContainerSpec {
         let d = &self.config.docker;
+        let o = &user.overrides;
         let base_path = user.slug.base_path();
-        ContainerSpec {
+        let mut spec = ContainerSpec {
             name: container_name(&user.slug),
-            image: d.image.clone(),
+            image: o.image.clone().unwrap_or_else(|| d.image.clone()),
             env: d
                 .env
                 .iter()
                 .cloned()
+                .chain(o.env.iter().map(|(k, v)| (k.clone(), v.clone())))
                 .chain([
                     ("SPAWNGATE_USER".into(), user.name.clone()),
                     ("SPAWNGATE_SLUG".into(), user.slug.to_string()),
@@ -402,11 +404,15 @@ impl Lifecycle {
             network: d.network.clone(),
             volume: volume_name(&user.slug),
             data_mount: d.data_mount.clone(),
-            memory_bytes: d.memory_bytes,
-            nano_cpus: d.nano_cpus,
+            memory_bytes: o.memory_bytes.unwrap_or(d.memory_bytes),
+            nano_cpus: o.nano_cpus.unwrap_or(d.nano_cpus),
             pids_limit: d.pids_limit,
             read_only_rootfs: d.read_only_rootfs,
-        }
+        };
+        let fingerprint = spec.fingerprint();
+        spec.labels
+            .insert(crate::runtime::SPEC_LABEL.into(), fingerprint);
+        spec
     }
 
     async fn spawn(&self, user: &User, slot: &Slot) -> Result<(), SpawnError> {

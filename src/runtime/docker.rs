@@ -188,6 +188,22 @@ impl DockerRuntime {
         }
     }
 
+    /// The existing container, unless it is stopped and was made from an older spec:
+    /// then it is removed (never its volume) so it is recreated with the new one.
+    /// A running container is left alone; the change applies at its next start.
+    async fn current(&self, spec: &ContainerSpec) -> Result<Option<ContainerInfo>, RuntimeError> {
+        let Some(info) = self.inspect(&spec.name).await? else {
+            return Ok(None);
+        };
+        let stale = info.labels.get(super::SPEC_LABEL) != spec.labels.get(super::SPEC_LABEL);
+        if stale && !info.running && !info.paused {
+            tracing::info!(container = %spec.name, "container spec changed: recreating it on the same volume");
+            self.remove(&spec.name, None).await?;
+            return Ok(None);
+        }
+        Ok(Some(info))
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         match self.docker()?.start_container(&spec.name, None).await {
             // 304: already running.
@@ -248,7 +264,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        if let Some(info) = self.inspect(&spec.name).await? {
+        if let Some(info) = self.current(spec).await? {
             if info.paused {
                 self.docker()?
                     .unpause_container(&spec.name)
@@ -271,7 +287,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        if let Some(info) = self.inspect(&spec.name).await? {
+        if let Some(info) = self.current(spec).await? {
             return Ok(info.id);
         }
         self.ensure_network(spec).await?;

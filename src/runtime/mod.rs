@@ -29,6 +29,35 @@ pub struct ContainerSpec {
     pub read_only_rootfs: bool,
 }
 
+/// Label holding [`ContainerSpec::fingerprint`]: a stopped container whose
+/// fingerprint differs from the current spec (new image, limits or env) is
+/// recreated on its next start, on the same volume.
+pub const SPEC_LABEL: &str = "spawngate.spec";
+
+impl ContainerSpec {
+    /// A short hash of everything that shapes the container.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut env = self.env.clone();
+        env.sort();
+        let text = format!(
+            "{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+            self.image,
+            env,
+            self.port,
+            self.host_port,
+            self.network,
+            self.volume,
+            self.data_mount,
+            self.memory_bytes,
+            self.nano_cpus,
+            self.pids_limit,
+            self.read_only_rootfs
+        );
+        hex::encode(&Sha256::digest(text.as_bytes())[..8])
+    }
+}
+
 /// Coarse container state as the admin API reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 
 use crate::ids::{SessionId, Slug, UserId, random_bytes, random_token};
 use crate::time::unix_now;
-pub use records::{AdminToken, AuditEntry, ContainerRecord, Desired, LoginToken, Session, User};
+pub use records::{
+    AdminToken, AuditEntry, ContainerRecord, Desired, LoginToken, Overrides, Session, User,
+};
 use records::{DecodeError, decode, encode};
 
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +195,7 @@ impl Store {
             created: unix_now(),
             disabled: false,
             host_port,
+            overrides: Overrides::default(),
         };
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();
@@ -257,6 +260,32 @@ impl Store {
             }
         }
         Err(StoreError::NoFreePort)
+    }
+
+    /// Rewrites a user's record (fields that are not indexed: overrides, disabled).
+    pub async fn update_user(&self, user: &User) -> Result<()> {
+        let id = user.id.as_str().as_bytes();
+        // Only an existing user is updated: a concurrent delete wins.
+        let current = self.users.get(id)?;
+        let res = match current {
+            Some(current) => self
+                .users
+                .compare_and_swap(id, Some(current), Some(encode(user)))?,
+            None => {
+                return Err(StoreError::Conflict {
+                    what: "deleted user",
+                    value: user.name.clone(),
+                });
+            }
+        };
+        if res.is_err() {
+            return Err(StoreError::Conflict {
+                what: "user record",
+                value: user.name.clone(),
+            });
+        }
+        self.flush().await?;
+        self.refresh_directory()
     }
 
     /// Deletes a user, their indexes, sessions, login tokens and container record.

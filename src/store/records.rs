@@ -23,6 +23,22 @@ pub struct User {
     /// user's lifetime so Traefik's service address never changes.
     #[serde(default)]
     pub host_port: Option<u16>,
+    /// Admin-set exceptions to the configured container defaults.
+    #[serde(default)]
+    pub overrides: Overrides,
+}
+
+/// Per-user container settings, validated against the admin's bounds when set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Overrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nano_cpus: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -533,3 +533,93 @@ async fn a_users_container_cannot_reach_another_users_container_or_spawngate() {
         "alice reached spawngate"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_overrides_apply_at_the_next_start_within_admin_bounds() {
+    let alt = format!(
+        "spawngate-example-app:alt-{}",
+        crate::harness::random_hex(4)
+    );
+    assert!(
+        Command::new("docker")
+            .args(["tag", IMAGE, &alt])
+            .status()
+            .unwrap()
+            .success()
+    );
+    struct Untag(String);
+    impl Drop for Untag {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rmi", &self.0]).output();
+        }
+    }
+    let _untag = Untag(alt.clone());
+
+    let h = Harness::start(harness_with(&format!(
+        "[limits]\nallowed_images = [\"{alt}\"]\nmax_memory = \"1g\"\n[lifecycle]\nstart_on_login = false"
+    )))
+    .await;
+    let token = h.app.store.create_admin_token("ops").await.unwrap();
+    let alice = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
+    let (_, first) = get(&h.client, &url, &cookie).await;
+    let name = format!("spawngate-u-{}", alice.slug);
+    assert_eq!(
+        inspect(&name, "{{.HostConfig.Memory}}"),
+        (512u64 << 20).to_string()
+    );
+
+    let put = |body: Value| {
+        h.client
+            .put(h.url("/_spawngate/api/users/alice/overrides"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    // Out of bounds or secret-looking: refused with a reason.
+    for (body, why) in [
+        (serde_json::json!({ "memory": "2g" }), "max_memory"),
+        (serde_json::json!({ "image": "nope:latest" }), "not allowed"),
+        (
+            serde_json::json!({ "env": { "DB_PASSWORD": "x" } }),
+            "credential",
+        ),
+    ] {
+        let resp = put(body).await.unwrap();
+        assert_eq!(resp.status(), 400);
+        let msg = resp.json::<Value>().await.unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(msg.contains(why), "{msg}");
+    }
+    let resp = put(serde_json::json!({ "image": alt, "memory": "256m", "cpus": 0.5, "env": { "GREETING": "hello" } }))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["overrides"]["memory_bytes"],
+        256u64 << 20
+    );
+
+    // Running containers are not disrupted; after a stop the next start applies it.
+    assert_eq!(
+        inspect(&name, "{{.HostConfig.Memory}}"),
+        (512u64 << 20).to_string()
+    );
+    h.app.stop_container("test", "alice").await.unwrap();
+    let (status, again) = get(&h.client, &url, &cookie).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        inspect(&name, "{{.HostConfig.Memory}}"),
+        (256u64 << 20).to_string()
+    );
+    assert_eq!(inspect(&name, "{{.HostConfig.NanoCpus}}"), "500000000");
+    assert_eq!(inspect(&name, "{{.Config.Image}}"), alt);
+    assert!(inspect(&name, "{{.Config.Env}}").contains("GREETING=hello"));
+    assert!(
+        again["visits"].as_u64() > first["visits"].as_u64(),
+        "same volume after the recreate"
+    );
+}
