@@ -240,6 +240,10 @@ class Bench:
             SPAWNGATE_SERVER_PUBLIC_URL=self.public,
             SPAWNGATE_DOCKER_INSTANCE=self.instance,
             SPAWNGATE_DOCKER_NETWORK=self.network,
+            # Cold means cold: no container before the first request (the defaults
+            # create it with the user and start it at login).
+            SPAWNGATE_LIFECYCLE_PRECREATE="false",
+            SPAWNGATE_LIFECYCLE_START_ON_LOGIN="false",
             # Quiet, except one JSON line per spawn ("container ready", ms): the
             # time spawngate's own spawn task took, shown next to the totals.
             SPAWNGATE_LOG="warn,spawngate::lifecycle=info",
@@ -379,6 +383,15 @@ class Bench:
         if status != 200:
             raise BenchError(f"admin stop of {name} failed: {status} {body[:300]!r}")
 
+    def container_states(self, slug: str) -> list[str]:
+        """Docker states (`running`, `exited`, ...) of the user's containers."""
+        ids = docker_lines(
+            "ps", "-aq",
+            "--filter", f"label=spawngate.instance={self.instance}",
+            "--filter", f"label=spawngate.slug={slug}",
+        )
+        return docker_lines("inspect", "-f", "{{.State.Status}}", *ids) if ids else []
+
     def through_traefik(self, slug: str, cookie: str, t0: float) -> Poll:
         return poll_until_200(
             self.web_port, f"/u-{slug}/whoami.json", {"Cookie": cookie}, t0, self.opts.poll_ms / 1000
@@ -511,7 +524,8 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["b./c. runs", f"{o.runs} timed + {o.warmup} untimed warm-up per side, sides alternating"],
         ["b./c. polling", f"new connection per GET, {o.poll_ms:g} ms between failed attempts, timer: time.perf_counter"],
         ["b./c. settle", f"{o.settle:g} s idle before each timed run"],
-        ["b. spawngate", "GET <traefik>/u-<slug>/whoami.json until 200 (user created, routed, logged in beforehand)"],
+        ["b. spawngate", "GET <traefik>/u-<slug>/whoami.json until 200 (user created, routed, logged in beforehand; "
+                         "lifecycle.precreate and lifecycle.start_on_login off, so no container exists before)"],
         ["b. baseline", f"docker run -d -p 127.0.0.1:<port>:{APP_PORT} {IMAGE}, then GET /whoami.json until 200"],
         ["c. spawngate", "POST /_spawngate/api/users/<name>/container/stop; then GET through Traefik until 200"],
         ["c. baseline", "docker stop <id>; then docker start <id> + GET /whoami.json until 200"],
@@ -602,6 +616,8 @@ def section_b(b: Bench, o: argparse.Namespace, users: list[tuple[str, str, str]]
         label = "warm-up" if warm else f"run {i - o.warmup + 1}"
         name, slug, cookie = users[i]
         log(f"b. {label}: spawngate cold start ({name})")
+        if b.container_states(slug):
+            raise BenchError(f"{name} already has a container before the cold request: {b.container_states(slug)}")
         time.sleep(o.settle)
         b.check_alive()
         offset = b.log_offset()
@@ -652,6 +668,8 @@ def section_c(b: Bench, o: argparse.Namespace, user: tuple[str, str, str]) -> No
         b.admin_stop(name)
         sg_stop_ms = (time.perf_counter() - t0) * 1000
         log(f"c. {label}: spawngate resume ({name})")
+        if b.container_states(slug) != ["exited"]:
+            raise BenchError(f"{name}'s container is not stopped after the admin stop: {b.container_states(slug)}")
         time.sleep(o.settle)
         offset = b.log_offset()
         sg = b.through_traefik(slug, cookie, time.perf_counter())

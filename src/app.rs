@@ -77,7 +77,12 @@ impl App {
         let store = Store::open(&config.data_dir)?;
         let sessions = SessionCodec::new(&store.session_key()?);
         let provider = Provider::start(config.clone(), store.directory());
-        let lifecycle = Lifecycle::new(runtime, store.clone(), config.clone());
+        let lifecycle = Lifecycle::new(
+            runtime,
+            store.clone(),
+            config.clone(),
+            store.container_key()?,
+        );
         Ok(Arc::new(App {
             config,
             store,

@@ -118,6 +118,9 @@ pub struct RawDocker {
     /// Extra `KEY=VALUE` environment for every user container (no secrets: it is
     /// visible to anyone who can inspect the container).
     pub env: Vec<String>,
+    /// Give each container a secret (env `SPAWNGATE_SECRET`) that forwardAuth adds
+    /// to every request it lets through (header `X-Spawngate-Secret`).
+    pub inject_secret: bool,
 }
 
 impl Default for RawDocker {
@@ -137,6 +140,7 @@ impl Default for RawDocker {
             data_mount: "/data".into(),
             read_only_rootfs: false,
             env: Vec::new(),
+            inject_secret: true,
         }
     }
 }
@@ -306,6 +310,7 @@ pub struct DockerConfig {
     pub data_mount: String,
     pub read_only_rootfs: bool,
     pub env: Vec<(String, String)>,
+    pub inject_secret: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -398,6 +403,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("docker.data_mount", Kind::Str),
     ("docker.read_only_rootfs", Kind::Bool),
     ("docker.env", Kind::List),
+    ("docker.inject_secret", Kind::Bool),
     ("spawn.hold_secs", Kind::Float),
     ("spawn.ready_timeout_secs", Kind::Int),
     ("session.ttl_hours", Kind::Int),
@@ -770,6 +776,7 @@ impl RawConfig {
                 data_mount: d.data_mount,
                 read_only_rootfs: d.read_only_rootfs,
                 env,
+                inject_secret: d.inject_secret,
             },
             spawn: SpawnConfig {
                 hold: Duration::from_secs_f64(sp.hold_secs),

@@ -19,7 +19,12 @@ use crate::store::{Directory, User};
 /// Headers forwardAuth copies from spawngate's answer into the request. Traefik
 /// deletes each of them from the client's request first, so a client can never
 /// forge them, and `Cookie` is how the session cookie is kept from user containers.
-pub const AUTH_RESPONSE_HEADERS: &[&str] = &["X-Spawngate-User", "X-Spawngate-Slug", "Cookie"];
+pub const AUTH_RESPONSE_HEADERS: &[&str] = &[
+    "X-Spawngate-User",
+    "X-Spawngate-Slug",
+    "X-Spawngate-Secret",
+    "Cookie",
+];
 
 /// Name of the always-present routers, middlewares and service.
 const SELF_SERVICE: &str = "spawngate";
@@ -191,7 +196,12 @@ mod tests {
         assert_eq!(fa["preserveLocationHeader"], true);
         assert_eq!(
             fa["authResponseHeaders"],
-            json!(["X-Spawngate-User", "X-Spawngate-Slug", "Cookie"])
+            json!([
+                "X-Spawngate-User",
+                "X-Spawngate-Slug",
+                "X-Spawngate-Secret",
+                "Cookie"
+            ])
         );
         assert_eq!(
             http["middlewares"][format!("strip-{seg}")]["stripPrefix"]["prefixes"],

@@ -83,6 +83,11 @@ fn allow(app: &App, headers: &HeaderMap, identity: &Identity, target: &User) -> 
     if let Ok(v) = HeaderValue::from_str(target.slug.as_str()) {
         h.insert(HeaderName::from_static("x-spawngate-slug"), v);
     }
+    if app.config.docker.inject_secret
+        && let Ok(v) = HeaderValue::from_str(&app.lifecycle.container_secret(target))
+    {
+        h.insert(HeaderName::from_static("x-spawngate-secret"), v);
+    }
     if let Some(rest) = cookies::without_session(headers, &app.config.session.cookie_name)
         && let Ok(v) = HeaderValue::from_str(&rest)
     {

@@ -168,6 +168,8 @@ pub struct Lifecycle {
     /// take the last one.
     capacity: std::sync::Mutex<()>,
     probe: Client<HttpConnector, Empty<Bytes>>,
+    /// Key for per-container secrets ([`Lifecycle::container_secret`]).
+    container_key: Vec<u8>,
 }
 
 pub fn container_name(slug: &Slug) -> String {
@@ -192,7 +194,12 @@ pub fn service_url(config: &Config, user: &User) -> String {
 }
 
 impl Lifecycle {
-    pub fn new(runtime: Arc<dyn Runtime>, store: Store, config: Arc<Config>) -> Arc<Self> {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        store: Store,
+        config: Arc<Config>,
+        container_key: Vec<u8>,
+    ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
         connector.set_nodelay(true);
@@ -203,6 +210,7 @@ impl Lifecycle {
             config,
             slots: RwLock::new(HashMap::new()),
             capacity: std::sync::Mutex::new(()),
+            container_key,
             probe: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
                 .build(connector),
@@ -371,6 +379,20 @@ impl Lifecycle {
         )))
     }
 
+    /// The secret forwardAuth hands to this user's container on every request
+    /// (header `X-Spawngate-Secret`) and the container gets as `SPAWNGATE_SECRET`:
+    /// an app that checks it refuses connections that bypass Traefik. Derived, so
+    /// nothing is stored; stable across restarts.
+    pub fn container_secret(&self, user: &User) -> String {
+        use hmac::{KeyInit, Mac};
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.container_key) else {
+            return String::new();
+        };
+        mac.update(b"spawngate container secret\0");
+        mac.update(user.id.as_str().as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
     fn spec(&self, user: &User) -> ContainerSpec {
         let d = &self.config.docker;
         let o = &user.overrides;
@@ -388,6 +410,10 @@ impl Lifecycle {
                     ("SPAWNGATE_SLUG".into(), user.slug.to_string()),
                     ("SPAWNGATE_BASE_PATH".into(), base_path),
                 ])
+                .chain(
+                    d.inject_secret
+                        .then(|| ("SPAWNGATE_SECRET".to_owned(), self.container_secret(user))),
+                )
                 .collect(),
             labels: HashMap::from([
                 ("spawngate.managed".into(), "true".into()),
@@ -865,7 +891,7 @@ mod tests {
                 .unwrap(),
         );
         let runtime = Arc::new(FakeRuntime::default());
-        let lifecycle = Lifecycle::new(runtime.clone(), store, config);
+        let lifecycle = Lifecycle::new(runtime.clone(), store, config, vec![1; 32]);
         (dir, runtime, lifecycle, user)
     }
 

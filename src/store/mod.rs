@@ -509,16 +509,25 @@ impl Store {
     /// The HS256 key for session cookies: generated on first run, then kept, so
     /// sessions survive restarts.
     pub fn session_key(&self) -> Result<Vec<u8>> {
-        const KEY: &str = "session_key";
+        self.meta_key("session_key")
+    }
+
+    /// The key per-container secrets are derived from (kept, so a restart does not
+    /// invalidate the secrets running containers hold).
+    pub fn container_key(&self) -> Result<Vec<u8>> {
+        self.meta_key("container_key")
+    }
+
+    fn meta_key(&self, name: &str) -> Result<Vec<u8>> {
         let fresh = random_bytes::<32>();
         // compare_and_swap makes two racing first starts agree on one key.
         let _ = self
             .meta
-            .compare_and_swap(KEY, None as Option<&[u8]>, Some(&fresh[..]))?;
+            .compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?;
         self.db.flush()?;
         Ok(self
             .meta
-            .get(KEY)?
+            .get(name)?
             .map(|v| v.to_vec())
             .unwrap_or_else(|| fresh.to_vec()))
     }

@@ -170,6 +170,10 @@ async fn login_link_lands_on_own_container_with_prefix_stripped_and_no_credentia
         "client cannot forge identity"
     );
     assert_eq!(headers["x-spawngate-slug"], alice.slug.as_str());
+    assert_eq!(
+        headers["x-spawngate-secret"], "(redacted)",
+        "the secret arrives (and the page hides it)"
+    );
     assert_eq!(headers["x-forwarded-prefix"], format!("/u-{}", alice.slug));
     assert_eq!(
         headers["cookie"], "theme=dark; lang=en",

@@ -44,7 +44,7 @@ impl ProcHarness {
             ("SPAWNGATE_DOCKER_NETWORK".into(), network.clone()),
             ("SPAWNGATE_DOCKER_INSTANCE".into(), instance.clone()),
             ("SPAWNGATE_DOCKER_IMAGE".into(), IMAGE.into()),
-            ("SPAWNGATE_LOG".into(), "spawngate=info".into()),
+            ("SPAWNGATE_LOG".into(), "warn".into()),
         ];
         env.extend(
             extra_env

@@ -53,6 +53,10 @@ struct Config {
     user: String,
     slug: String,
     base_path: String,
+    /// `SPAWNGATE_SECRET`: when set, requests must carry it in `X-Spawngate-Secret`
+    /// (spawngate's forwardAuth adds it), so connections that bypass Traefik are
+    /// refused.
+    secret: String,
 }
 
 struct AppState {
@@ -61,6 +65,7 @@ struct AppState {
     base_path: String,
     hostname: String,
     counter: Counter,
+    secret: String,
 }
 
 fn env_string(name: &str) -> String {
@@ -102,6 +107,7 @@ impl Config {
             user: env_string("SPAWNGATE_USER"),
             slug: env_string("SPAWNGATE_SLUG"),
             base_path: normalize_base_path(&env_string("SPAWNGATE_BASE_PATH")),
+            secret: env_string("SPAWNGATE_SECRET"),
         })
     }
 }
@@ -166,7 +172,14 @@ async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let resp = route(req, &state, shutdown).await;
+    let resp = if path != "/healthz" && !carries_secret(&req, &state.secret) {
+        text_response(
+            StatusCode::FORBIDDEN,
+            "direct connections are refused: come through spawngate\n",
+        )
+    } else {
+        route(req, &state, shutdown).await
+    };
     // Access log on stderr; successful health checks are too frequent to log.
     if !(path == "/healthz" && resp.status() == StatusCode::OK) {
         eprintln!("{method} {path} {}", resp.status().as_u16());
@@ -211,6 +224,25 @@ async fn route(
         }
         _ => method_not_allowed("GET, HEAD"),
     }
+}
+
+/// Whether the request carries the expected secret (always true when none is set).
+/// Compared in constant time.
+fn carries_secret(req: &Request<Incoming>, secret: &str) -> bool {
+    if secret.is_empty() {
+        return true;
+    }
+    let presented = req
+        .headers()
+        .get("x-spawngate-secret")
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    presented.len() == secret.len()
+        && presented
+            .iter()
+            .zip(secret.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn request_info<'a>(
@@ -359,6 +391,7 @@ async fn run(config: Config) -> Result<(), String> {
         user: config.user,
         slug: config.slug,
         base_path: config.base_path,
+        secret: config.secret,
     });
     eprintln!(
         "spawngate-example-app listening on {addr} (user {:?}, base path {:?}, counter {})",
@@ -466,6 +499,7 @@ mod tests {
             base_path: "/u-alice".to_owned(),
             hostname: "test-host".to_owned(),
             counter: Counter::new(&dir),
+            secret: String::new(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let done = tokio::spawn(serve(listener, state, rx));

@@ -27,7 +27,12 @@ pub struct RequestInfo<'a> {
 pub fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in headers {
-        let value = String::from_utf8_lossy(value.as_bytes());
+        // Shown to the user in pages; the container secret stays out of them.
+        let value = if name.as_str().eq_ignore_ascii_case("x-spawngate-secret") {
+            "(redacted)".into()
+        } else {
+            String::from_utf8_lossy(value.as_bytes())
+        };
         out.entry(name.as_str().to_ascii_lowercase())
             .and_modify(|joined| {
                 joined.push_str(", ");
