@@ -68,7 +68,7 @@ pub struct LoginLink {
 impl App {
     /// Opens the store and connects to Docker. Must run inside a tokio runtime.
     pub fn build(config: Config) -> Result<Arc<App>, BuildError> {
-        let runtime = DockerRuntime::connect(config.docker.host.as_deref(), config.docker.mode)?;
+        let runtime = DockerRuntime::connect(&config.docker)?;
         Self::with_runtime(config, Arc::new(runtime))
     }
 

@@ -134,9 +134,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "listening beyond loopback without server.provider_token: anyone who reaches this port can read the Traefik configuration"
         );
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let mut listen = config.listen;
+    if let Some(network) = &config.listen_network {
+        // Bind only on the network Traefik shares with us: spawngate also joins
+        // every user network (to probe containers), but listens on none of them.
+        let runtime = crate::runtime::DockerRuntime::connect(&config.docker)?;
+        let ip = runtime
+            .own_address(network)
+            .await
+            .with_context(|| format!("cannot resolve server.listen_network '{network}'"))?;
+        listen.set_ip(ip);
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let app = App::build(config).context("cannot start spawngate")?;
     server::run(app, listener, shutdown_signal()).await?;
     Ok(())
@@ -306,8 +317,7 @@ async fn check(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let runtime =
-        crate::runtime::DockerRuntime::connect(config.docker.host.as_deref(), config.docker.mode)?;
+    let runtime = crate::runtime::DockerRuntime::connect(&config.docker)?;
     use crate::runtime::Runtime;
     match runtime.ping().await {
         Ok(()) => match runtime.image_present(&config.docker.image).await {

@@ -60,6 +60,9 @@ pub struct RawServer {
     pub data_dir: String,
     /// When set, `/traefik/config` requires header `X-Spawngate-Provider-Token`.
     pub provider_token: String,
+    /// In a container: listen only on this Docker network's address (with the port
+    /// of `listen`), so containers on user networks cannot reach spawngate.
+    pub listen_network: String,
 }
 
 impl Default for RawServer {
@@ -70,6 +73,7 @@ impl Default for RawServer {
             internal_url: String::new(),
             data_dir: "spawngate-data".into(),
             provider_token: String::new(),
+            listen_network: String::new(),
         }
     }
 }
@@ -121,6 +125,12 @@ pub struct RawDocker {
     /// Give each container a secret (env `SPAWNGATE_SECRET`) that forwardAuth adds
     /// to every request it lets through (header `X-Spawngate-Secret`).
     pub inject_secret: bool,
+    /// Network mode: one network per user (`spawngate-u-<slug>`) instead of the
+    /// shared `docker.network`, so users' containers cannot reach each other.
+    pub network_per_user: bool,
+    /// Network mode: containers labelled `spawngate.attach=<docker.instance>` (Traefik)
+    /// are connected to every user network.
+    pub attach_peers: bool,
 }
 
 impl Default for RawDocker {
@@ -141,6 +151,8 @@ impl Default for RawDocker {
             read_only_rootfs: false,
             env: Vec::new(),
             inject_secret: true,
+            network_per_user: false,
+            attach_peers: false,
         }
     }
 }
@@ -273,6 +285,7 @@ pub struct Config {
     pub internal_url: String,
     pub data_dir: PathBuf,
     pub provider_token: Option<Secret>,
+    pub listen_network: Option<String>,
     pub traefik: TraefikConfig,
     pub docker: DockerConfig,
     pub spawn: SpawnConfig,
@@ -311,6 +324,8 @@ pub struct DockerConfig {
     pub read_only_rootfs: bool,
     pub env: Vec<(String, String)>,
     pub inject_secret: bool,
+    pub network_per_user: bool,
+    pub attach_peers: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -404,6 +419,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("docker.read_only_rootfs", Kind::Bool),
     ("docker.env", Kind::List),
     ("docker.inject_secret", Kind::Bool),
+    ("docker.network_per_user", Kind::Bool),
+    ("docker.attach_peers", Kind::Bool),
+    ("server.listen_network", Kind::Str),
     ("spawn.hold_secs", Kind::Float),
     ("spawn.ready_timeout_secs", Kind::Int),
     ("session.ttl_hours", Kind::Int),
@@ -635,6 +653,12 @@ impl RawConfig {
             ));
         }
 
+        if d.network_per_user && mode != NetworkMode::Network {
+            return Err(invalid(
+                "docker.network_per_user",
+                "requires docker.mode = \"network\"",
+            ));
+        }
         let env = d
             .env
             .iter()
@@ -758,6 +782,7 @@ impl RawConfig {
             internal_url,
             data_dir: PathBuf::from(s.data_dir),
             provider_token,
+            listen_network: (!s.listen_network.is_empty()).then_some(s.listen_network),
             traefik: TraefikConfig {
                 entry_points: t.entry_points,
                 cert_resolver: (!t.cert_resolver.is_empty()).then_some(t.cert_resolver),
@@ -777,6 +802,8 @@ impl RawConfig {
                 read_only_rootfs: d.read_only_rootfs,
                 env,
                 inject_secret: d.inject_secret,
+                network_per_user: d.network_per_user,
+                attach_peers: d.attach_peers,
             },
             spawn: SpawnConfig {
                 hold: Duration::from_secs_f64(sp.hold_secs),

@@ -427,7 +427,12 @@ impl Lifecycle {
                 NetworkMode::Host => user.host_port,
                 NetworkMode::Network => None,
             },
-            network: d.network.clone(),
+            // Per-user networks are named like the container.
+            network: if d.network_per_user {
+                container_name(&user.slug)
+            } else {
+                d.network.clone()
+            },
             volume: volume_name(&user.slug),
             data_mount: d.data_mount.clone(),
             memory_bytes: o.memory_bytes.unwrap_or(d.memory_bytes),

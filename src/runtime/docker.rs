@@ -35,13 +35,25 @@ pub struct DockerRuntime {
     /// while Docker is down.
     client: std::sync::Mutex<Option<Docker>>,
     mode: NetworkMode,
+    instance: String,
+    network_per_user: bool,
+    attach_peers: bool,
+    /// spawngate's own container id when it runs in one (found once, lazily).
+    own_id: tokio::sync::OnceCell<Option<String>>,
+    /// Serializes network creation: Docker 20.10 happily creates several networks
+    /// with one name when asked concurrently, and then refuses to use any of them.
+    network_lock: tokio::sync::Mutex<()>,
 }
+
+/// Label on each per-user network, so peers (Traefik) can be attached to all of them.
+const USER_NETWORK_LABEL: &str = "spawngate.user_network";
 
 impl DockerRuntime {
     /// Validates the address; the connection itself is made on first use.
-    pub fn connect(host: Option<&str>, mode: NetworkMode) -> Result<Self, RuntimeError> {
-        let host = host
-            .map(str::to_owned)
+    pub fn connect(config: &crate::config::DockerConfig) -> Result<Self, RuntimeError> {
+        let host = config
+            .host
+            .clone()
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_owned());
         if !(host.starts_with("unix://")
@@ -55,7 +67,12 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             host,
             client: std::sync::Mutex::new(None),
-            mode,
+            mode: config.mode,
+            instance: config.instance.clone(),
+            network_per_user: config.network_per_user,
+            attach_peers: config.attach_peers,
+            own_id: tokio::sync::OnceCell::new(),
+            network_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -74,9 +91,148 @@ impl DockerRuntime {
         Ok(docker)
     }
 
+    /// spawngate's own container id, if it runs in a container on this daemon.
+    async fn own_id(&self) -> Option<String> {
+        self.own_id
+            .get_or_init(|| async {
+                let hostname = std::fs::read_to_string("/etc/hostname").ok()?;
+                let docker = self.docker().ok()?;
+                docker
+                    .inspect_container(hostname.trim(), None)
+                    .await
+                    .ok()?
+                    .id
+            })
+            .await
+            .clone()
+    }
+
+    /// The address of spawngate's own container on `network` (for
+    /// `server.listen_network`).
+    pub async fn own_address(&self, network: &str) -> Result<std::net::IpAddr, RuntimeError> {
+        let id = self.own_id().await.ok_or_else(|| {
+            RuntimeError::Failed("server.listen_network is set, but spawngate does not run in a container of this Docker daemon".into())
+        })?;
+        let info = self
+            .docker()?
+            .inspect_container(&id, None)
+            .await
+            .map_err(classify)?;
+        let ip = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|mut n| n.remove(network))
+            .and_then(|e| e.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .ok_or_else(|| {
+                RuntimeError::Failed(format!(
+                    "spawngate's container is not on network '{network}'"
+                ))
+            })?;
+        ip.parse()
+            .map_err(|_| RuntimeError::Failed(format!("bad address {ip:?} on network '{network}'")))
+    }
+
+    /// Connects `container` to `network`; already connected is fine.
+    async fn connect_to(&self, network: &str, container: &str) -> Result<(), RuntimeError> {
+        let req = bollard::models::NetworkConnectRequest {
+            container: container.to_owned(),
+            ..Default::default()
+        };
+        match self.docker()?.connect_network(network, req).await {
+            Ok(()) => Ok(()),
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.contains("already exists") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Per-user networks: connect the peers (Traefik, by label) and spawngate itself
+    /// (for readiness probes; it listens on another network only).
+    async fn attach_peers_to(&self, network: &str) -> Result<(), RuntimeError> {
+        if self.attach_peers {
+            for peer in self.peers().await? {
+                self.connect_to(network, &peer).await?;
+            }
+        }
+        if let Some(own) = self.own_id().await {
+            self.connect_to(network, &own).await?;
+        }
+        Ok(())
+    }
+
+    async fn peers(&self) -> Result<Vec<String>, RuntimeError> {
+        let options = ListContainersOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("spawngate.attach={}", self.instance)],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .docker()?
+            .list_containers(Some(options))
+            .await
+            .map_err(classify)?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Removes a per-user network (named like its container), detaching peers first.
+    async fn remove_user_network(&self, network: &str) -> Result<(), RuntimeError> {
+        let info = match self.docker()?.inspect_network(network, None).await {
+            Ok(info) => info,
+            Err(e) if status(&e) == Some(404) => return Ok(()),
+            Err(e) => return Err(classify(e)),
+        };
+        for endpoint in info.containers.unwrap_or_default().into_keys() {
+            let req = bollard::models::NetworkDisconnectRequest {
+                container: endpoint,
+                force: Some(true),
+            };
+            let _ = self.docker()?.disconnect_network(network, req).await;
+        }
+        match self.docker()?.remove_network(network).await {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Connects a (re)started peer to every user network of this instance.
+    async fn attach_to_all_user_networks(&self, peer: &str) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![
+                    format!("spawngate.instance={}", self.instance),
+                    format!("{USER_NETWORK_LABEL}=true"),
+                ],
+            )])),
+        };
+        let networks = self
+            .docker()?
+            .list_networks(Some(options))
+            .await
+            .map_err(classify)?;
+        for net in networks.into_iter().filter_map(|n| n.name) {
+            self.connect_to(&net, peer).await?;
+        }
+        Ok(())
+    }
+
     async fn ensure_network(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let _creating = self.network_lock.lock().await;
         match self.docker()?.inspect_network(&spec.network, None).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                if self.network_per_user {
+                    // A peer recreated since (docker-compose up) may be missing.
+                    self.attach_peers_to(&spec.network).await?;
+                }
+                return Ok(());
+            }
             Err(e) if status(&e) == Some(404) => {}
             Err(e) => return Err(map_err(e, spec)),
         }
@@ -89,7 +245,7 @@ impl DockerRuntime {
                 "false".to_owned(),
             );
         }
-        let labels = spec
+        let mut labels: HashMap<String, String> = spec
             .labels
             .iter()
             .filter(|(k, _)| {
@@ -97,6 +253,9 @@ impl DockerRuntime {
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        if self.network_per_user {
+            labels.insert(USER_NETWORK_LABEL.into(), "true".into());
+        }
         let req = NetworkCreateRequest {
             name: spec.network.clone(),
             driver: Some("bridge".into()),
@@ -105,11 +264,15 @@ impl DockerRuntime {
             ..Default::default()
         };
         match self.docker()?.create_network(req).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             // Created concurrently by another spawn: fine.
-            Err(e) if status(&e) == Some(409) => Ok(()),
-            Err(e) => Err(map_err(e, spec)),
+            Err(e) if status(&e) == Some(409) => {}
+            Err(e) => return Err(map_err(e, spec)),
         }
+        if self.network_per_user {
+            self.attach_peers_to(&spec.network).await?;
+        }
+        Ok(())
     }
 
     async fn ensure_volume(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
@@ -265,6 +428,9 @@ impl Runtime for DockerRuntime {
 
     async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         if let Some(info) = self.current(spec).await? {
+            if self.network_per_user {
+                self.ensure_network(spec).await?;
+            }
             if info.paused {
                 self.docker()?
                     .unpause_container(&spec.name)
@@ -414,6 +580,9 @@ impl Runtime for DockerRuntime {
             Err(e) if status(&e) == Some(404) => {}
             Err(e) => return Err(classify(e)),
         }
+        if self.network_per_user {
+            self.remove_user_network(name).await?;
+        }
         if let Some(volume) = volume {
             match self
                 .docker()?
@@ -436,12 +605,13 @@ impl Runtime for DockerRuntime {
         let filters = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
             (
-                "label".to_owned(),
-                vec![format!("spawngate.instance={instance}")],
-            ),
-            (
                 "event".to_owned(),
-                vec!["die".to_owned(), "destroy".to_owned(), "pause".to_owned()],
+                vec![
+                    "die".to_owned(),
+                    "destroy".to_owned(),
+                    "pause".to_owned(),
+                    "start".to_owned(),
+                ],
             ),
         ]);
         let options = EventsOptions {
@@ -451,11 +621,28 @@ impl Runtime for DockerRuntime {
         let mut stream = self.docker()?.events(Some(options));
         while let Some(event) = stream.next().await {
             let event = event.map_err(classify)?;
-            let name = event
-                .actor
-                .and_then(|a| a.attributes)
-                .and_then(|mut attrs| attrs.remove("name"));
-            if let Some(name) = name {
+            let action = event.action.unwrap_or_default();
+            let Some(actor) = event.actor else { continue };
+            let mut attrs = actor.attributes.unwrap_or_default();
+            // Filtered here, not by the daemon: Docker ANDs several label filters,
+            // and we want ours OR our peers'.
+            let is_peer = attrs.get("spawngate.attach").map(String::as_str) == Some(instance);
+            let is_ours = attrs.get("spawngate.instance").map(String::as_str) == Some(instance);
+            if !is_peer && !is_ours {
+                continue;
+            }
+            if action == "start" {
+                // A recreated Traefik container must rejoin every user network.
+                if is_peer
+                    && self.network_per_user
+                    && let Some(id) = actor.id
+                    && let Err(e) = self.attach_to_all_user_networks(&id).await
+                {
+                    tracing::warn!(error = %e, "cannot attach a restarted peer to user networks");
+                }
+                continue;
+            }
+            if !is_peer && let Some(name) = attrs.remove("name") {
                 on_gone(ContainerGone { name });
             }
         }

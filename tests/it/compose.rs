@@ -51,9 +51,9 @@ impl Drop for Project {
         let instance = &self.name;
         // User containers are spawngate's, not compose's: remove them first so the
         // network can go.
-        cleanup_docker(instance, &format!("{instance}-users"));
+        cleanup_docker(instance, &format!("{instance}-edge"));
         let _ = self.compose(&["down", "-v", "--remove-orphans"]);
-        cleanup_docker(instance, &format!("{instance}-users"));
+        cleanup_docker(instance, &format!("{instance}-edge"));
     }
 }
 
@@ -67,7 +67,7 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
             ("SPAWNGATE_PROVIDER_TOKEN".into(), random_hex(16)),
             ("SPAWNGATE_HTTP_PORT".into(), port.to_string()),
             ("SPAWNGATE_PUBLIC_URL".into(), public.clone()),
-            ("SPAWNGATE_USER_NETWORK".into(), format!("{name}-users")),
+            ("SPAWNGATE_EDGE_NETWORK".into(), format!("{name}-edge")),
             ("SPAWNGATE_INSTANCE".into(), name.clone()),
         ],
         name,
@@ -155,6 +155,116 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
     assert_eq!(who["user"], "alice");
     assert_eq!(who["path"], "/whoami.json");
     assert_eq!(who["headers"]["x-spawngate-user"], "alice");
+
+    // Bob too; then "alice's code" probes from inside her container's network.
+    let added = project.exec(&["user", "add", "bob"]);
+    let bob_slug = added
+        .rsplit("/u-")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let link = project.exec(&["user", "login-link", "bob"]);
+    let bob_cookie =
+        crate::harness::login_with_link(&client, &public, &link, "spawngate_session").await;
+    let bob_url = format!("{public}/u-{bob_slug}/whoami.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .get(&bob_url)
+        .header(COOKIE, &bob_cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bob never served: {}",
+            logs(&project)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let alice_container = format!("spawngate-u-{slug}");
+    let bob_container = format!("spawngate-u-{bob_slug}");
+    let ip_on = |container: &str, network: &str| {
+        crate::proc::inspect(
+            container,
+            &format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}"),
+        )
+    };
+    let bob_ip = ip_on(&bob_container, &bob_container);
+    let spawngate_id = project.compose(&["ps", "-q", "spawngate"]);
+    let spawngate_id = String::from_utf8_lossy(&spawngate_id.stdout)
+        .trim()
+        .to_owned();
+    let spawngate_on_alice = ip_on(&spawngate_id, &alice_container);
+    let spawngate_on_edge = ip_on(&spawngate_id, &format!("{}-edge", project.name));
+    assert!(!bob_ip.is_empty() && !spawngate_on_alice.is_empty() && !spawngate_on_edge.is_empty());
+    let from_alice = |target: String| {
+        Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                &format!("container:{alice_container}"),
+            ])
+            .args([
+                "--entrypoint",
+                "/spawngate-example-app",
+                crate::harness::IMAGE,
+                "--connect",
+                &target,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(
+        from_alice("127.0.0.1:8080".into()),
+        "control: alice reaches her own app"
+    );
+    assert!(
+        !from_alice(format!("{bob_ip}:8080")),
+        "alice reached bob's container"
+    );
+    assert!(
+        !from_alice(format!("{spawngate_on_alice}:9090")),
+        "alice reached spawngate on her network"
+    );
+    assert!(
+        !from_alice(format!("{spawngate_on_edge}:9090")),
+        "alice reached spawngate on the edge network"
+    );
+
+    // A recreated Traefik container (new id, no user networks) is re-attached to
+    // every user network as it starts, so running users keep being served.
+    let recreate = project.compose(&["up", "-d", "--no-build", "--force-recreate", "traefik"]);
+    assert!(
+        recreate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recreate.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client
+            .get(&url)
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after recreating Traefik: {status}: {}",
+            logs(&project)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 
     // `spawngate check` inside the container: store in use by the server, Docker
     // reachable through the mounted socket, user image present.

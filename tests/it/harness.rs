@@ -363,8 +363,12 @@ pub fn cleanup_docker(instance: &str, network: &str) {
             .stderr(Stdio::null())
             .status();
     }
+    let mut networks = docker_lines(&["network", "ls", "-q", "--filter", &label]);
+    networks.push(network.to_owned());
+    let mut args = vec!["network", "rm"];
+    args.extend(networks.iter().map(String::as_str));
     let _ = Command::new("docker")
-        .args(["network", "rm", network])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
