@@ -471,29 +471,32 @@ impl Lifecycle {
                     last_activity: None,
                 });
         record.desired = Desired::Running;
-        self.store.put_container_record(&record).await?;
-
-        let id = self.runtime.ensure_running(&spec).await?;
+        self.store.write_container_record(&record)?;
+        // The intent is written before Docker is called; making it durable overlaps
+        // with the call instead of delaying it. (The container name is the real
+        // lock: a crash at any point still leaves at most one container.)
+        let (flushed, running) =
+            tokio::join!(self.store.flush(), self.runtime.ensure_running(&spec));
+        let running = running?;
+        flushed?;
         slot.present.store(true, Ordering::Relaxed);
         self.wait_until_answering(user, &spec.name).await?;
-        let started = match self.runtime.inspect(&spec.name).await? {
-            Some(info) => info
-                .started_at
-                .as_deref()
-                .and_then(parse_rfc3339)
-                .unwrap_or_else(unix_now),
-            None => unix_now(),
-        };
+        let started = running
+            .running_since
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .unwrap_or_else(unix_now);
         slot.started.store(started, Ordering::Relaxed);
         slot.net_bytes.store(u64::MAX, Ordering::Relaxed);
 
-        if record.container_id.as_deref() != Some(&id) {
+        if record.container_id.as_deref() != Some(&running.id) {
             record.created_at = Some(unix_now());
         }
-        record.container_id = Some(id);
-        record.started_at = Some(unix_now());
+        record.container_id = Some(running.id);
+        record.started_at = Some(started);
         record.last_error = None;
-        self.store.put_container_record(&record).await?;
+        // Not flushed: losing this bookkeeping in a crash is corrected by reconcile.
+        self.store.write_container_record(&record)?;
         Ok(())
     }
 
@@ -786,7 +789,10 @@ mod tests {
         async fn image_present(&self, _image: &str) -> Result<bool, RuntimeError> {
             Ok(true)
         }
-        async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        async fn ensure_running(
+            &self,
+            spec: &ContainerSpec,
+        ) -> Result<crate::runtime::Running, RuntimeError> {
             if let Some(e) = self.fail_with.lock().unwrap().take() {
                 return Err(e);
             }
@@ -817,7 +823,10 @@ mod tests {
                 .lock()
                 .unwrap()
                 .insert(spec.name.clone(), handle);
-            Ok(format!("id-{}", spec.name))
+            Ok(crate::runtime::Running {
+                id: format!("id-{}", spec.name),
+                running_since: None,
+            })
         }
         async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
             Ok(format!("id-{}", spec.name))

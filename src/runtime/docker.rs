@@ -15,7 +15,9 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{ContainerGone, ContainerInfo, ContainerSpec, ContainerSummary, Runtime, RuntimeError};
+use super::{
+    ContainerGone, ContainerInfo, ContainerSpec, ContainerSummary, Running, Runtime, RuntimeError,
+};
 use crate::config::NetworkMode;
 
 /// The oldest Engine API we support (Debian's Docker 20.10). Pinning it instead of
@@ -43,6 +45,9 @@ pub struct DockerRuntime {
     /// Serializes network creation: Docker 20.10 happily creates several networks
     /// with one name when asked concurrently, and then refuses to use any of them.
     network_lock: tokio::sync::Mutex<()>,
+    /// Networks known to exist, so a spawn does not inspect the network each time.
+    /// Forgotten when Docker says a network is missing.
+    known_networks: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Label on each per-user network, so peers (Traefik) can be attached to all of them.
@@ -73,6 +78,7 @@ impl DockerRuntime {
             attach_peers: config.attach_peers,
             own_id: tokio::sync::OnceCell::new(),
             network_lock: tokio::sync::Mutex::new(()),
+            known_networks: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -182,6 +188,7 @@ impl DockerRuntime {
 
     /// Removes a per-user network (named like its container), detaching peers first.
     async fn remove_user_network(&self, network: &str) -> Result<(), RuntimeError> {
+        self.set_network_known(network, false);
         let info = match self.docker()?.inspect_network(network, None).await {
             Ok(info) => info,
             Err(e) if status(&e) == Some(404) => return Ok(()),
@@ -223,14 +230,35 @@ impl DockerRuntime {
         Ok(())
     }
 
+    fn network_known(&self, name: &str) -> bool {
+        self.known_networks
+            .lock()
+            .map(|k| k.contains(name))
+            .unwrap_or(false)
+    }
+
+    fn set_network_known(&self, name: &str, known: bool) {
+        if let Ok(mut k) = self.known_networks.lock() {
+            if known {
+                k.insert(name.to_owned());
+            } else {
+                k.remove(name);
+            }
+        }
+    }
+
     async fn ensure_network(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        if self.network_known(&spec.network) {
+            return Ok(());
+        }
         let _creating = self.network_lock.lock().await;
         match self.docker()?.inspect_network(&spec.network, None).await {
             Ok(_) => {
                 if self.network_per_user {
-                    // A peer recreated since (docker-compose up) may be missing.
+                    // A peer recreated while spawngate was down may be missing.
                     self.attach_peers_to(&spec.network).await?;
                 }
+                self.set_network_known(&spec.network, true);
                 return Ok(());
             }
             Err(e) if status(&e) == Some(404) => {}
@@ -272,6 +300,7 @@ impl DockerRuntime {
         if self.network_per_user {
             self.attach_peers_to(&spec.network).await?;
         }
+        self.set_network_known(&spec.network, true);
         Ok(())
     }
 
@@ -290,7 +319,24 @@ impl DockerRuntime {
             .map_err(|e| map_err(e, spec))
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    /// Network, volume and container; returns the new container's id.
+    async fn create_fresh(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        self.ensure_network(spec).await?;
+        self.ensure_volume(spec).await?;
+        match self.create(spec).await {
+            Err(RuntimeError::Failed(msg))
+                if msg.contains("network") && msg.contains("not found") =>
+            {
+                // Removed behind our back: forget it, make it again, retry once.
+                self.set_network_known(&spec.network, false);
+                self.ensure_network(spec).await?;
+                self.create(spec).await
+            }
+            other => other,
+        }
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         let port_key = format!("{}/tcp", spec.port);
         let port_bindings = spec.host_port.map(|hp| {
             HashMap::from([(
@@ -344,9 +390,15 @@ impl DockerRuntime {
             ..Default::default()
         };
         match self.docker()?.create_container(Some(options), body).await {
-            Ok(_) => Ok(()),
-            // Another spawn created it first; the caller starts whatever exists.
-            Err(e) if status(&e) == Some(409) => Ok(()),
+            Ok(created) => Ok(created.id),
+            // Another spawn created it first; use whatever exists.
+            Err(e) if status(&e) == Some(409) => match self.inspect(&spec.name).await? {
+                Some(info) => Ok(info.id),
+                None => Err(RuntimeError::Failed(format!(
+                    "container '{}' vanished while being created",
+                    spec.name
+                ))),
+            },
             Err(e) => Err(map_err(e, spec)),
         }
     }
@@ -426,45 +478,42 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+    async fn ensure_running(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError> {
         if let Some(info) = self.current(spec).await? {
             if self.network_per_user {
                 self.ensure_network(spec).await?;
+            }
+            if info.running {
+                return Ok(Running {
+                    id: info.id,
+                    running_since: info.started_at,
+                });
             }
             if info.paused {
                 self.docker()?
                     .unpause_container(&spec.name)
                     .await
                     .map_err(|e| map_err(e, spec))?;
-            } else if !info.running {
+            } else {
                 self.start(spec).await?;
             }
-            return Ok(info.id);
+            return Ok(Running {
+                id: info.id,
+                running_since: None,
+            });
         }
-        self.ensure_created(spec).await?;
+        let id = self.create_fresh(spec).await?;
         self.start(spec).await?;
-        match self.inspect(&spec.name).await? {
-            Some(info) => Ok(info.id),
-            None => Err(RuntimeError::Failed(format!(
-                "container '{}' disappeared right after it was started",
-                spec.name
-            ))),
-        }
+        Ok(Running {
+            id,
+            running_since: None,
+        })
     }
 
     async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        if let Some(info) = self.current(spec).await? {
-            return Ok(info.id);
-        }
-        self.ensure_network(spec).await?;
-        self.ensure_volume(spec).await?;
-        self.create(spec).await?;
-        match self.inspect(&spec.name).await? {
+        match self.current(spec).await? {
             Some(info) => Ok(info.id),
-            None => Err(RuntimeError::Failed(format!(
-                "container '{}' disappeared right after it was created",
-                spec.name
-            ))),
+            None => self.create_fresh(spec).await,
         }
     }
 

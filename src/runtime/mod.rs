@@ -82,6 +82,15 @@ pub struct ContainerInfo {
     pub labels: HashMap<String, String>,
 }
 
+/// What [`Runtime::ensure_running`] found or did.
+#[derive(Clone, Debug)]
+pub struct Running {
+    pub id: String,
+    /// Docker's start time (RFC 3339) when the container was already running;
+    /// `None` when it was started (or unpaused) just now.
+    pub running_since: Option<String>,
+}
+
 /// One of this instance's containers, as listed by labels.
 #[derive(Clone, Debug)]
 pub struct ContainerSummary {
@@ -116,7 +125,7 @@ pub trait Runtime: Send + Sync + 'static {
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
     /// Makes sure the container exists and runs: reuses an existing container
     /// (starting it if stopped), creates it otherwise. Returns the container id.
-    async fn ensure_running(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    async fn ensure_running(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError>;
     /// Creates the container (network and volume too) without starting it; an
     /// existing container is left as it is.
     async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;

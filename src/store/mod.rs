@@ -452,9 +452,16 @@ impl Store {
     }
 
     pub async fn put_container_record(&self, record: &ContainerRecord) -> Result<()> {
+        self.write_container_record(record)?;
+        self.flush().await
+    }
+
+    /// Writes without waiting for the disk (sled flushes within its interval); the
+    /// caller flushes when durability matters.
+    pub fn write_container_record(&self, record: &ContainerRecord) -> Result<()> {
         self.containers
             .insert(record.user_id.as_str().as_bytes(), encode(record))?;
-        self.flush().await
+        Ok(())
     }
 
     /// Records the last activity without flushing: called in batches by the culler,
