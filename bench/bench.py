@@ -7,15 +7,24 @@
      raw `docker run` of the same image followed by polling until the first 200.
   c. Resume of a stopped container: admin stop, then the first request through
      Traefik, against `docker stop` then `docker start` + polling until the first 200.
+  d. Warm pool (docker-compose deployment, network mode): first request of a new user
+     with pool.size 0 against pool.size N; skipped when the build has no pool.
+  e. Unpause: a container paused by the idle culler (lifecycle.pause_after_secs = 2),
+     first request through Traefik, against `docker pause` then `docker unpause` +
+     polling until the first 200.
+  f. Scale: spawngate's memory with 1,000 users and 50 running containers, the size and
+     fetch time of /traefik/config, /auth latency at that scale, next to the memory of
+     the 50 containers and of Traefik.
 
 Run it with bench/run (which builds everything first). Stdlib only. Everything it
-creates (spawngate, Traefik, the no-op server, containers, volumes, the network, a
-temporary data directory) is removed at the end, also on errors and Ctrl-C.
+creates (spawngate, Traefik, the no-op server, containers, volumes, networks, compose
+projects, temporary directories) is removed at the end, also on errors and Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import http.client
 import json
 import os
@@ -59,8 +68,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run(args: list[str], timeout: float = 60, env: dict | None = None, check: bool = True) -> str:
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+def run(args: list[str], timeout: float = 60, env: dict | None = None, check: bool = True,
+        cwd: str | None = None) -> str:
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     if check and p.returncode != 0:
         raise BenchError(f"command failed ({p.returncode}): {' '.join(args)}\n{p.stderr.strip()}")
     return p.stdout
@@ -217,13 +227,21 @@ def wrk(url: str, threads: int, conns: int, duration: str, headers: list[str]) -
 
 
 class Bench:
-    def __init__(self, opts: argparse.Namespace) -> None:
+    """One spawngate (host mode) + Traefik pair, optionally with the no-op server, and
+    the raw baseline containers measured next to it. Sections e. and f. start pairs of
+    their own (`tag` keeps their instance, network, labels and ports apart)."""
+
+    def __init__(self, opts: argparse.Namespace, run_id: str | None = None, tag: str = "",
+                 extra_env: dict | None = None, noop: bool = True,
+                 host_ports: tuple[int, int] = (20000, 23999)) -> None:
         self.opts = opts
-        self.run_id = secrets.token_hex(4)
-        self.instance = f"bench{self.run_id}"
-        self.network = f"sgbench-{self.run_id}"
-        self.raw_label = f"sgbench.run={self.run_id}"
-        self.data_dir = tempfile.mkdtemp(prefix=f"sgbench-{self.run_id}-")
+        self.run_id = run_id or secrets.token_hex(4)
+        self.tag = tag
+        self.with_noop = noop
+        self.instance = f"bench{self.run_id}{tag}"
+        self.network = f"sgbench-{self.run_id}{tag}"
+        self.raw_label = f"sgbench.run={self.run_id}{tag}"
+        self.data_dir = tempfile.mkdtemp(prefix=f"sgbench-{self.run_id}{tag}-")
         self.sg_port = free_port()
         self.web_port = free_port()
         self.api_port = free_port()
@@ -232,6 +250,7 @@ class Bench:
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, str] = {}
         self.admin_token = ""
+        self.started = False
         self.cleaned = False
         self.sg_env = {k: v for k, v in os.environ.items() if not k.startswith("SPAWNGATE_")}
         self.sg_env.update(
@@ -240,6 +259,10 @@ class Bench:
             SPAWNGATE_SERVER_PUBLIC_URL=self.public,
             SPAWNGATE_DOCKER_INSTANCE=self.instance,
             SPAWNGATE_DOCKER_NETWORK=self.network,
+            # Disjoint host-port ranges: several pairs of this run (and their users'
+            # published ports) may be up at once.
+            SPAWNGATE_DOCKER_HOST_PORT_MIN=str(host_ports[0]),
+            SPAWNGATE_DOCKER_HOST_PORT_MAX=str(host_ports[1]),
             # Cold means cold: no container before the first request (the defaults
             # create it with the user and start it at login).
             SPAWNGATE_LIFECYCLE_PRECREATE="false",
@@ -249,6 +272,7 @@ class Bench:
             SPAWNGATE_LOG="warn,spawngate::lifecycle=info",
             SPAWNGATE_LOG_FORMAT="json",
         )
+        self.sg_env.update(extra_env or {})
         self.traefik_args = [
             f"--entrypoints.web.address=127.0.0.1:{self.web_port}",
             f"--entrypoints.traefik.address=127.0.0.1:{self.api_port}",
@@ -312,18 +336,20 @@ class Bench:
         return run([SPAWNGATE, *args], env=self.sg_env, timeout=60).strip()
 
     def start(self) -> None:
+        self.started = True
         self.spawn("spawngate", [SPAWNGATE, "serve"], env=self.sg_env)
         wait_until(
             "spawngate /healthz",
             lambda: self.check_alive() or http_request(self.sg_port, "/healthz", timeout=2)[0] == 200,
             timeout=30,
         )
-        self.spawn("noop", [NOOP], env={**os.environ, "PORT": str(self.noop_port)})
-        wait_until(
-            "the no-op server",
-            lambda: self.check_alive() or http_request(self.noop_port, "/", timeout=2)[0] == 200,
-            timeout=30,
-        )
+        if self.with_noop:
+            self.spawn("noop", [NOOP], env={**os.environ, "PORT": str(self.noop_port)})
+            wait_until(
+                "the no-op server",
+                lambda: self.check_alive() or http_request(self.noop_port, "/", timeout=2)[0] == 200,
+                timeout=30,
+            )
         self.spawn("traefik", [TRAEFIK, *self.traefik_args])
         self.wait_router("spawngate")
         self.admin_token = self.cli("token")
@@ -372,16 +398,25 @@ class Bench:
             self.wait_router(f"u-{slug}")
         return {n: (slug, self.login(n)) for n, slug in users.items()}
 
-    def admin_stop(self, name: str) -> None:
-        status, _, body = http_request(
-            self.sg_port,
-            f"/_spawngate/api/users/{name}/container/stop",
-            method="POST",
-            headers={"Authorization": f"Bearer {self.admin_token}"},
-            timeout=60,
+    def api(self, method: str, path: str, body: dict | None = None, expect: int = 200,
+            timeout: float = 60) -> dict:
+        """One admin API call (`/_spawngate/api/<path>`) with the admin token."""
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        status, _, data = http_request(
+            self.sg_port, f"/_spawngate/api/{path}", method=method, headers=headers,
+            body=None if body is None else json.dumps(body), timeout=timeout,
         )
-        if status != 200:
-            raise BenchError(f"admin stop of {name} failed: {status} {body[:300]!r}")
+        if status != expect:
+            raise BenchError(f"{method} /_spawngate/api/{path} failed: {status} {data[:300]!r}")
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise BenchError(f"{method} /_spawngate/api/{path}: not JSON: {data[:300]!r}")
+
+    def admin_stop(self, name: str) -> None:
+        self.api("POST", f"users/{name}/container/stop")
 
     def container_states(self, slug: str) -> list[str]:
         """Docker states (`running`, `exited`, ...) of the user's containers."""
@@ -531,14 +566,23 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["c. baseline", "docker stop <id>; then docker start <id> + GET /whoami.json until 200"],
         ["b./c. not equal", "spawngate's container also gets its named volume, the user network, memory/CPU/pids "
                             "limits and no-new-privileges; the raw one plain defaults (+ the image's anonymous /data volume)"],
+        ["d. spawngate", "docker-compose.yml + examples/compose.local.yml + an override (precreate and "
+                         "start_on_login off), two projects up at once, pool.size 0 and pool.size <runs>; "
+                         "GET <traefik>/u-<slug>/whoami.json until 200 for a new user, sides alternating"],
+        ["e. spawngate", "a second pair, + " + " ".join(f"{k}={v}" for k, v in SETTINGS_E.items())
+                         + "; wait until Docker reports the container paused, then GET through Traefik until 200"],
+        ["e. baseline", "docker pause <id>; then docker unpause <id> + GET /whoami.json until 200"],
+        ["f. spawngate", f"a fresh pair; {o.scale_users:,} users (admin API), {o.scale_running} logged in and "
+                         "started; /proc/<pid>/status, GET /traefik/config x20, wrk as in a."],
         ["spawngate env", " ".join(f"{k}={v}" for k, v in b.sg_env.items() if k.startswith("SPAWNGATE_"))],
         ["traefik args", " ".join(b.traefik_args)],
+        ["sections", o.only],
     ]
     print(key_values(rows))
     print(flush=True)
 
 
-def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> None:
+def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> WrkResult:
     slug, cookie = user
     auth_url = f"http://127.0.0.1:{b.sg_port}/auth/u-{slug}"
     noop_url = f"http://127.0.0.1:{b.noop_port}/"
@@ -578,6 +622,7 @@ def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> None:
     if any(w.non2xx for rs in results.values() for w in rs):
         print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
     print(flush=True)
+    return a
 
 
 def timed_summary(title: str, sg: list[float], raw: list[float], sg_name: str, raw_name: str,
@@ -705,31 +750,551 @@ def section_c(b: Bench, o: argparse.Namespace, user: tuple[str, str, str]) -> No
     print(flush=True)
 
 
+SETTINGS_E = {
+    "SPAWNGATE_LIFECYCLE_PAUSE_AFTER_SECS": "2",
+    "SPAWNGATE_LIFECYCLE_IDLE_TIMEOUT_SECS": "600",
+}
+
+
+def section_e(be: Bench, o: argparse.Namespace) -> None:
+    """Unpause: the idle culler pauses the container (pause_after_secs = 2); the next
+    request through Traefik unpauses it inside the forwardAuth hold."""
+    name = "bench-pause"
+    slug, cookie = be.prepare_users([name])[name]
+    interval = o.poll_ms / 1000
+    # Ready once (a cold start, untimed), so the loop below always begins from a
+    # running container; the raw one likewise.
+    be.through_traefik(slug, cookie, time.perf_counter())
+    cid, port, _, _ = be.raw_run("pause")
+    sg_ms: list[float] = []
+    raw_ms: list[float] = []
+    spawn_ms: list[float | None] = []
+    rows = []
+    for i in range(o.warmup + o.runs):
+        warm = i < o.warmup
+        label = "warm-up" if warm else f"run {i - o.warmup + 1}"
+        be.check_alive()
+        # spawngate: one request makes sure it is ready, then no requests until the
+        # culler has paused it.
+        be.through_traefik(slug, cookie, time.perf_counter())
+        t_last = time.perf_counter()
+        log(f"e. {label}: waiting for the culler to pause {name}'s container")
+        wait_until(f"{name}'s container to be paused",
+                   lambda: be.container_states(slug) == ["paused"], timeout=60, interval=0.1)
+        paused_after = time.perf_counter() - t_last
+        time.sleep(o.settle)
+        log(f"e. {label}: spawngate unpause ({name})")
+        offset = be.log_offset()
+        sg = be.through_traefik(slug, cookie, time.perf_counter())
+        spawn = be.ready_ms(name, offset)
+        # raw: running and answering, docker pause, settle, docker unpause + poll.
+        poll_until_200(port, "/whoami.json", {}, time.perf_counter(), interval)
+        t0 = time.perf_counter()
+        run(["docker", "pause", cid])
+        raw_pause_ms = (time.perf_counter() - t0) * 1000
+        time.sleep(o.settle)
+        log(f"e. {label}: raw docker unpause")
+        t0 = time.perf_counter()
+        run(["docker", "unpause", cid])
+        cli_ms = (time.perf_counter() - t0) * 1000
+        raw = poll_until_200(port, "/whoami.json", {}, t0, interval)
+        if not warm:
+            sg_ms.append(sg.ms)
+            raw_ms.append(raw.ms)
+            spawn_ms.append(spawn)
+        rows.append([
+            label + (" (untimed)" if warm else ""),
+            fmt_ms(sg.ms), opt_ms(spawn), str(sg.attempts), compress(sg.statuses), f"{paused_after:.1f}",
+            fmt_ms(raw.ms), fmt_ms(cli_ms), str(raw.attempts), compress(raw.statuses), fmt_ms(raw_pause_ms),
+        ])
+    print("e. Unpause: spawngate (paused by the idle culler, first request through Traefik)")
+    print("   vs docker pause, then docker unpause + poll")
+    print("   [second spawngate + Traefik pair: "
+          + " ".join(f"{k}={v}" for k, v in SETTINGS_E.items()) + "]")
+    print(table(
+        ["", "spawngate ms", "spawn task", "GETs", "non-200", "(paused after s)",
+         "raw ms", "docker unpause returned", "GETs", "non-200", "(pause ms)"],
+        rows,
+    ))
+    print()
+    timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate (Traefik, unpause)", "raw docker unpause + poll",
+                  spawn_ms)
+    print("  spawn task = the `ms` of spawngate's \"container ready\" log line: from the forwardAuth\n"
+          "  request's kick to the unpaused container answering its readiness probe.")
+    print("  (paused after s) = untimed: from the last request until Docker reported the container paused;")
+    print("  (pause ms) = untimed: the docker pause call before the raw run.")
+    print(flush=True)
+
+
+# ---- f. scale
+
+
+def proc_mem(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in KiB; (0, 0) if it is gone."""
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, hwm
+
+
+def proc_cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def mib(kib: float) -> str:
+    return f"{kib / 1024:,.1f}"
+
+
+def parse_size(text: str) -> float:
+    """`1.93MiB` / `512kB` / `0B` (docker stats) -> KiB."""
+    m = re.fullmatch(r"([\d.]+)\s*([KMGT]?i?B)", text.strip())
+    if not m:
+        raise BenchError(f"cannot parse size {text!r}")
+    n, unit = float(m.group(1)), m.group(2)
+    factor = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3, "TiB": 1024 ** 4,
+              "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]
+    return n * factor / 1024
+
+
+@dataclass
+class ConfigDoc:
+    size: int
+    ms: list[float]
+    routers: int
+
+
+def config_doc(b: Bench, n: int = 20) -> ConfigDoc:
+    """Size of /traefik/config and the latency of `n` GETs (new connection each)."""
+    times = []
+    size = routers = 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        status, _, body = http_request(b.sg_port, "/traefik/config", timeout=30)
+        times.append((time.perf_counter() - t0) * 1000)
+        if status != 200:
+            raise BenchError(f"GET /traefik/config: {status} {body[:200]!r}")
+        size = len(body)
+    try:
+        routers = len(json.loads(body).get("http", {}).get("routers", {}))
+    except (ValueError, AttributeError):
+        routers = -1
+    return ConfigDoc(size, times, routers)
+
+
+def parallel(fn, items: list, workers: int) -> list:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None) -> None:
+    """Memory of spawngate itself with 1,000 users and 50 running containers."""
+    n_users, n_running, workers = o.scale_users, o.scale_running, 8
+    sg_pid = bf.procs["spawngate"].pid
+    traefik_pid = bf.procs["traefik"].pid
+    points: list[tuple[str, tuple[int, int], ConfigDoc | None]] = []
+    time.sleep(1)
+    points.append(("at start (no users)", proc_mem(sg_pid), config_doc(bf)))
+
+    names = [f"u{i:04d}" for i in range(1, n_users + 1)]
+    log(f"f. creating {n_users} users (POST /_spawngate/api/users, {workers} threads)")
+    t0 = time.perf_counter()
+    created = parallel(lambda n: bf.api("POST", "users", {"name": n}, expect=201), names, workers)
+    create_s = time.perf_counter() - t0
+    slugs = {u["name"]: u["slug"] for u in created}
+    time.sleep(1)
+    points.append((f"after {n_users:,} users", proc_mem(sg_pid), config_doc(bf)))
+
+    chosen = names[:n_running]
+    log(f"f. logging in {n_running} users and starting their containers "
+        f"(POST /_spawngate/api/users/<name>/container/start, {workers} threads)")
+    cookies = {n: bf.login(n) for n in chosen}
+    t0 = time.perf_counter()
+    parallel(lambda n: bf.api("POST", f"users/{n}/container/start", timeout=180), chosen, workers)
+    start_s = time.perf_counter() - t0
+    bf.wait_router(f"u-{slugs[chosen[0]]}")
+    # One of them end to end through Traefik, so the path is proven, not assumed.
+    poll_until_200(bf.web_port, f"/u-{slugs[chosen[0]]}/whoami.json", {"Cookie": cookies[chosen[0]]},
+                   time.perf_counter(), 0.05)
+    ids = docker_lines("ps", "-q", "--filter", f"label=spawngate.instance={bf.instance}",
+                       "--filter", "status=running")
+    if len(ids) != n_running:
+        raise BenchError(f"expected {n_running} running containers, found {len(ids)}")
+    time.sleep(1)
+    points.append((f"after {n_running} running", proc_mem(sg_pid), config_doc(bf)))
+
+    # Idle cost at that scale: CPU used in a quiet window (Traefik polls every second).
+    quiet = 5.0
+    hz = os.sysconf("SC_CLK_TCK")
+    before = proc_cpu_ticks(sg_pid), proc_cpu_ticks(traefik_pid)
+    time.sleep(quiet)
+    after = proc_cpu_ticks(sg_pid), proc_cpu_ticks(traefik_pid)
+    idle_cpu = [(a - b) / hz / quiet * 100 for a, b in zip(after, before)]
+
+    # The 50 containers: cgroup memory as docker stats reports it, and the VmRSS of
+    # each one's process (the example app is a single static process).
+    stats = docker_lines("stats", "--no-stream", "--format", "{{.ID}} {{.MemUsage}}", *ids)
+    cgroup_kib = [parse_size(l.split(None, 1)[1].split("/")[0]) for l in stats]
+    pids = [int(p) for p in docker_lines("inspect", "-f", "{{.State.Pid}}", *ids)]
+    cont_rss = [proc_mem(p)[0] for p in pids]
+    traefik_rss, traefik_hwm = proc_mem(traefik_pid)
+
+    # /auth at that scale, the same wrk settings as section a.
+    user = chosen[0]
+    url = f"http://127.0.0.1:{bf.sg_port}/auth/u-{slugs[user]}"
+    hdrs = [f"Cookie: {cookies[user]}"]
+    log(f"f. warm-up spawngate /auth ({o.warmup_duration})")
+    wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
+    rounds = []
+    for r in range(o.rounds):
+        bf.check_alive()
+        log(f"f. round {r + 1}/{o.rounds}: spawngate /auth at scale ({o.duration})")
+        rounds.append(wrk(url, o.threads, o.connections, o.duration, hdrs))
+    points.append(("after wrk", proc_mem(sg_pid), None))
+    best = max(rounds, key=lambda w: w.rps)
+
+    print(f"f. Scale: spawngate with {n_users:,} users and {n_running} running containers "
+          f"(fresh pair, host mode, precreate and start_on_login off)")
+    print(f"   {n_users:,} users created in {create_s:.1f} s ({n_users / create_s:,.0f}/s); "
+          f"{n_running} containers started in {start_s:.1f} s ({workers} concurrent API calls)")
+    rows = []
+    for label, (rss, hwm), doc in points:
+        rows.append([f"spawngate {label}", mib(rss), mib(hwm),
+                     f"{doc.size:,}" if doc else "-", str(doc.routers) if doc else "-",
+                     f"{median(doc.ms):.2f}" if doc else "-",
+                     f"{min(doc.ms):.2f} / {max(doc.ms):.2f}" if doc else "-"])
+    print(table(["", "VmRSS MiB", "VmHWM MiB", "/traefik/config bytes", "routers",
+                 "GET median ms", "min / max ms"], rows))
+    print("  (config GETs: 20 per row, a new connection each, straight to spawngate)")
+    print()
+    sg_rss = points[2][1][0]
+    sum_rss, sum_cg = sum(cont_rss), sum(cgroup_kib)
+    rows = [
+        [f"spawngate (after {n_running} running)", mib(sg_rss), "1.00x", f"{idle_cpu[0]:.1f}"],
+        [f"traefik ({n_users:,} users' routers)", mib(traefik_rss), ratio(sg_rss, traefik_rss), f"{idle_cpu[1]:.1f}"],
+        [f"{n_running} user containers, sum of VmRSS", mib(sum_rss), ratio(sg_rss, sum_rss), "-"],
+        [f"{n_running} user containers, sum of docker stats", mib(sum_cg), ratio(sg_rss, sum_cg), "-"],
+        ["one user container, median VmRSS", mib(median(cont_rss)), ratio(sg_rss, median(cont_rss)), "-"],
+    ]
+    print(table(["memory", "MiB", "spawngate / this", f"idle CPU % ({quiet:g} s)"], rows))
+    print(f"  docker stats MemUsage per container: min {mib(min(cgroup_kib))}, median {mib(median(cgroup_kib))}, "
+          f"max {mib(max(cgroup_kib))} MiB (cgroup: includes page cache); traefik VmHWM {mib(traefik_hwm)} MiB")
+    print()
+    rows = [[f"at scale, round {i + 1}", f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}", f"{w.requests:,}",
+             str(w.non2xx), w.socket_errors or "0"] for i, w in enumerate(rounds)]
+    print(table([f"spawngate /auth [wrk -t{o.threads} -c{o.connections} -d{o.duration}]",
+                 "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "socket errors"], rows))
+    print()
+    rows = [[f"at scale ({n_users:,} users, {n_running} running)", f"{best.rps:,.0f}", f"{best.p50:.3f}",
+             f"{best.p99:.3f}"]]
+    if a_best:
+        rows += [
+            ["section a (1 ready user among a handful)", f"{a_best.rps:,.0f}", f"{a_best.p50:.3f}", f"{a_best.p99:.3f}"],
+            ["ratio scale/a", ratio(best.rps, a_best.rps), ratio(best.p50, a_best.p50), ratio(best.p99, a_best.p99)],
+        ]
+    print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms"], rows))
+    if not a_best:
+        print("  (section a not run in this invocation: nothing to compare with)")
+    if any(w.non2xx for w in rounds):
+        print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
+    print(flush=True)
+
+
+# ---- d. warm pool (docker-compose)
+
+
+def pool_supported() -> tuple[bool, str]:
+    """Asks this build whether it knows `pool.size` (a config error names unknown
+    variables)."""
+    tmp = tempfile.mkdtemp(prefix="sgbench-check-")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SPAWNGATE_")}
+        env.update(SPAWNGATE_POOL_SIZE="1", SPAWNGATE_SERVER_DATA_DIR=tmp)
+        p = subprocess.run([SPAWNGATE, "check"], capture_output=True, text=True, timeout=60, env=env)
+        out = p.stdout + p.stderr
+        if "unknown environment variable SPAWNGATE_POOL_SIZE" in out:
+            return False, out.strip()
+        return True, out.strip()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Compose:
+    """One docker-compose deployment (docker-compose.yml + examples/compose.local.yml +
+    a temporary override), network mode, with its own project, port, edge network and
+    instance."""
+
+    def __init__(self, opts: argparse.Namespace, run_id: str, tag: str, pool_size: int, tmp: str) -> None:
+        self.opts = opts
+        self.project = f"sgbench{run_id}{tag}"
+        self.tag = tag
+        self.pool_size = pool_size
+        self.port = free_port()
+        self.public = f"http://127.0.0.1:{self.port}"
+        self.started = False
+        self.cleaned = False
+        self.sg_id = ""
+        # Not everything the comparison needs is passed through by docker-compose.yml:
+        # an override sets it on the spawngate service (overrides win over the base
+        # file). The shared network (where pool containers wait) gets a name of this
+        # project's, so nothing is shared with other deployments on this host.
+        self.override_env = {
+            "SPAWNGATE_LIFECYCLE_PRECREATE": "false",
+            "SPAWNGATE_LIFECYCLE_START_ON_LOGIN": "false",
+            "SPAWNGATE_POOL_SIZE": str(pool_size),
+            "SPAWNGATE_DOCKER_NETWORK": f"{self.project}-shared",
+        }
+        self.override = os.path.join(tmp, f"override-{tag}.yml")
+        with open(self.override, "w") as f:
+            f.write('version: "3.7"\nservices:\n  spawngate:\n    environment:\n')
+            for k, v in self.override_env.items():
+                f.write(f'      {k}: "{v}"\n')
+        # An empty env file: a .env in the checkout must not change the deployment.
+        self.env_file = os.path.join(tmp, "empty.env")
+        open(self.env_file, "w").close()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SPAWNGATE_")}
+        self.env.update(
+            SPAWNGATE_PROVIDER_TOKEN=secrets.token_hex(16),
+            SPAWNGATE_HTTP_PORT=str(self.port),
+            SPAWNGATE_PUBLIC_URL=self.public,
+            SPAWNGATE_EDGE_NETWORK=f"{self.project}-edge",
+            SPAWNGATE_INSTANCE=self.project,
+            SPAWNGATE_POOL_SIZE=str(pool_size),
+        )
+
+    def compose(self, *args: str, timeout: float = 180, check: bool = True) -> str:
+        return run(
+            ["docker-compose", "--env-file", self.env_file,
+             "-f", os.path.join(ROOT, "docker-compose.yml"),
+             "-f", os.path.join(ROOT, "examples", "compose.local.yml"),
+             "-f", self.override, "-p", self.project, *args],
+            env=self.env, timeout=timeout, check=check, cwd=ROOT,
+        )
+
+    def up(self) -> None:
+        self.started = True
+        self.compose("up", "-d", "--no-build")
+        self.sg_id = self.compose("ps", "-q", "spawngate").strip()
+        if not self.sg_id:
+            raise BenchError(f"compose project {self.project}: no spawngate container")
+        wait_until(
+            f"{self.project}: the login page through Traefik",
+            lambda: http_request(self.port, "/_spawngate/login", timeout=2)[0] == 200,
+            timeout=60, interval=0.2,
+        )
+
+    def cli(self, *args: str) -> str:
+        # `docker exec` on the service's container: what `docker-compose exec -T` does,
+        # without the docker-compose start-up time.
+        return run(["docker", "exec", self.sg_id, "/spawngate", *args], timeout=60).strip()
+
+    def add_user(self, name: str) -> str:
+        out = self.cli("user", "add", name)
+        m = re.search(r"/u-([A-Za-z0-9]+)/?\s*$", out)
+        if not m:
+            raise BenchError(f"cannot find the slug in `user add` output: {out!r}")
+        return m.group(1)
+
+    def login(self, name: str) -> str:
+        link = self.cli("user", "login-link", name)
+        token = urllib.parse.parse_qs(urllib.parse.urlparse(link).query).get("token", [""])[0]
+        status, headers, body = http_request(
+            self.port, "/_spawngate/login", method="POST",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            body=urllib.parse.urlencode({"token": token}),
+        )
+        m = re.search(rf"{COOKIE_NAME}=([^;,\s]+)", headers.get("set-cookie", ""))
+        if status != 303 or not m:
+            raise BenchError(f"{self.project}: login of {name} failed: {status} {headers} {body[:300]!r}")
+        return f"{COOKIE_NAME}={m.group(1)}"
+
+    def idle_pool(self) -> list[str]:
+        """Running, unclaimed pool containers (a claimed one is renamed to the user's
+        container name; its labels cannot change)."""
+        names = docker_lines(
+            "ps", "--filter", f"label=spawngate.instance={self.project}", "--filter", "label=spawngate.pool=true",
+            "--filter", "status=running", "--format", "{{.Names}}",
+        )
+        return [n for n in names if n.startswith("spawngate-pool-")]
+
+    def user_container(self, slug: str) -> tuple[str, str] | None:
+        """(state, spawngate.pool label) of the user's container, None if none."""
+        out = run(["docker", "inspect", "-f", '{{.State.Status}} {{index .Config.Labels "spawngate.pool"}}',
+                   f"spawngate-u-{slug}"], check=False).split()
+        return (out[0], out[1] if len(out) > 1 else "") if out else None
+
+    def sg_alive(self) -> None:
+        state = run(["docker", "inspect", "-f", "{{.State.Status}}", self.sg_id], check=False).strip()
+        if state != "running":
+            raise BenchError(f"{self.project}: spawngate is {state or 'gone'}; logs:\n{self.tail()}")
+
+    def tail(self, n: int = 30) -> str:
+        if not self.sg_id:
+            return "(not started)"
+        p = subprocess.run(["docker", "logs", "--tail", str(n), self.sg_id], capture_output=True, text=True,
+                           timeout=30)
+        return (p.stdout + p.stderr).strip()
+
+    def cleanup(self) -> None:
+        if self.cleaned or not self.started:
+            return
+        self.cleaned = True
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            label = f"label=spawngate.instance={self.project}"
+            # Stop spawngate first: it would refill the pool while its containers go.
+            self.compose("stop", "-t", "5", check=False)
+            ids = docker_lines("ps", "-aq", "--filter", label)
+            if ids:
+                run(["docker", "rm", "-f", "-v", *ids], check=False, timeout=180)
+            self.compose("down", "-v", "--remove-orphans", "-t", "5", check=False)
+            nets = docker_lines("network", "ls", "-q", "--no-trunc", "--filter", label)
+            if nets:
+                run(["docker", "network", "rm", *nets], check=False)
+            vols = docker_lines("volume", "ls", "-q", "--filter", label)
+            if vols:
+                run(["docker", "volume", "rm", "-f", *vols], check=False)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+
+    def leftovers(self) -> list[str]:
+        if not self.started:
+            return []
+        left = []
+        for label in (f"label=spawngate.instance={self.project}", f"label=com.docker.compose.project={self.project}"):
+            left += [f"container {c}" for c in docker_lines("ps", "-aq", "--filter", label)]
+            left += [f"volume {v}" for v in docker_lines("volume", "ls", "-q", "--filter", label)]
+            left += [f"network {n}" for n in docker_lines("network", "ls", "-q", "--filter", label)]
+        left += [f"network {n}" for n in docker_lines("network", "ls", "--format", "{{.Name}}")
+                 if n.startswith(self.project)]
+        return sorted(set(left))
+
+
+def section_d(o: argparse.Namespace, run_id: str, tmp: str, stacks: list) -> None:
+    ok, detail = pool_supported()
+    if not ok:
+        print("d. Warm pool: skipped: pool not supported by this build "
+              "(`SPAWNGATE_POOL_SIZE=1 dist/spawngate check`: unknown environment variable SPAWNGATE_POOL_SIZE)")
+        print(flush=True)
+        return
+    n = min(o.runs, 64)
+    n_users = o.warmup + o.runs
+    cold = Compose(o, run_id, "d0", 0, tmp)
+    pool = Compose(o, run_id, "dp", n, tmp)
+    sides = [cold, pool]
+    stacks.extend(sides)
+    for c in sides:
+        log(f"d. docker-compose up: project {c.project}, pool size {c.pool_size}, {c.public}")
+        c.up()
+    users: dict[str, list[tuple[str, str, str]]] = {}
+    for c in sides:
+        log(f"d. {c.project}: creating and logging in {n_users} users")
+        names = [f"bench-pool-{i}" for i in range(n_users)]
+        slugs = [c.add_user(nm) for nm in names]
+        users[c.project] = [(nm, sl, c.login(nm)) for nm, sl in zip(names, slugs)]
+    # Traefik polls the provider every 2 s in docker-compose.yml; until it has the new
+    # users' routers, their paths reach the catch-all router instead.
+    time.sleep(5)
+    interval = o.poll_ms / 1000
+    results: dict[str, list[float]] = {c.project: [] for c in sides}
+    rows = []
+    for i in range(n_users):
+        warm = i < o.warmup
+        label = "warm-up" if warm else f"run {i - o.warmup + 1}"
+        row = [label + (" (untimed)" if warm else "")]
+        for c in sides:
+            c.sg_alive()
+            name, slug, cookie = users[c.project][i]
+            if c.pool_size:
+                log(f"d. {label}: waiting for {c.pool_size} idle pool containers in {c.project}")
+                t_wait = time.perf_counter()
+                wait_until(f"{c.project}: {c.pool_size} idle pool containers",
+                           lambda: len(c.idle_pool()) >= c.pool_size, timeout=180, interval=0.2)
+                waited = time.perf_counter() - t_wait
+            if c.user_container(slug) is not None:
+                raise BenchError(f"{c.project}: {name} has a container before the first request")
+            # A pool member is running before it answers; spawngate takes it only then.
+            time.sleep(o.settle + (0.5 if c.pool_size else 0))
+            log(f"d. {label}: first request, {c.project} (pool size {c.pool_size})")
+            p = poll_until_200(c.port, f"/u-{slug}/whoami.json", {"Cookie": cookie}, time.perf_counter(), interval)
+            info = c.user_container(slug)
+            from_pool = "yes" if info and info[1] == "true" else "no"
+            if not warm:
+                results[c.project].append(p.ms)
+            row += [fmt_ms(p.ms), str(p.attempts), compress(p.statuses)]
+            if c.pool_size:
+                row += [from_pool, f"{waited:.1f}"]
+        rows.append(row)
+    print(f"d. Warm pool: first request of a new user through Traefik, docker-compose deployment "
+          f"(network mode, a network per user), pool.size 0 vs pool.size {n}")
+    print(f"   [override: " + " ".join(f"{k}={v}" for k, v in cold.override_env.items()
+                                     if k != "SPAWNGATE_POOL_SIZE") + "]")
+    print(table(["", "pool 0 ms", "GETs", "non-200", f"pool {n} ms", "GETs", "non-200", "from pool",
+                 "(refill wait s)"], rows))
+    print()
+    a, b = results[cold.project], results[pool.project]
+
+    def stats(name: str, xs: list[float]) -> list[str]:
+        return [name, fmt_ms(median(xs)), fmt_ms(min(xs)), fmt_ms(max(xs))]
+
+    print(table([f"{o.runs} runs", "median ms", "min ms", "max ms"], [
+        stats("pool.size 0 (create + start + ready)", a),
+        stats(f"pool.size {n} (claim a warm container)", b),
+        ["ratio pool/no pool", ratio(median(b), median(a)), ratio(min(b), min(a)), ratio(max(b), max(a))],
+    ]))
+    print("  from pool = the user's container carries the label spawngate.pool=true (a claimed member);")
+    print(f"  (refill wait s) = untimed: waiting until {n} unclaimed pool containers ran again.")
+    print(flush=True)
+    for c in sides:
+        log(f"d. tearing down {c.project}")
+        c.cleanup()
+
+
 # --------------------------------------------------------------------------- main
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", type=int, default=5, help="timed runs per side in b. and c. (default 5)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per side in b. and c. (default 1)")
+    p.add_argument("--runs", type=int, default=5,
+                   help="timed runs per side in b., c., d. and e.; also d.'s pool size (default 5)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="untimed warm-up runs per side in b., c., d. and e. (default 1)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
     p.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
     p.add_argument("--duration", default="10s", help="wrk -d per round (default 10s)")
     p.add_argument("--warmup-duration", default="2s", help="wrk -d of the warm-up per target (default 2s)")
-    p.add_argument("--rounds", type=int, default=2, help="wrk rounds per target in a. (default 2)")
+    p.add_argument("--rounds", type=int, default=2, help="wrk rounds per target in a. and f. (default 2)")
     p.add_argument("--poll-ms", type=float, default=10, help="pause between failed GETs in b./c. (default 10)")
     p.add_argument("--settle", type=float, default=0.5, help="seconds idle before each timed run (default 0.5)")
-    p.add_argument("--only", default="abc", help="sections to run, e.g. 'a' or 'bc' (default abc)")
+    p.add_argument("--scale-users", type=int, default=1000, help="users in f. (default 1000)")
+    p.add_argument("--scale-running", type=int, default=50, help="running containers in f. (default 50)")
+    p.add_argument("--only", default="abcdef", help="sections to run, e.g. 'a' or 'ef' (default abcdef)")
     o = p.parse_args()
     if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
-    if set(o.only) - set("abc"):
-        p.error("--only takes letters from 'abc'")
+    if not 1 <= o.scale_running <= o.scale_users <= 4000:
+        p.error("need 1 <= --scale-running <= --scale-users <= 4000")
+    if set(o.only) - set("abcdef"):
+        p.error("--only takes letters from 'abcdef'")
     return o
 
 
 def preflight() -> None:
     missing = [p for p in (SPAWNGATE, TRAEFIK, NOOP) if not os.access(p, os.X_OK)]
+    if shutil.which("docker-compose") is None:
+        missing.append("docker-compose")
     if missing:
         raise BenchError(f"missing {', '.join(missing)}: run bench/run (it runs scripts/setup and builds the no-op example)")
     if shutil.which("wrk") is None:
@@ -750,41 +1315,75 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     preflight()
     b = Bench(o)
+    # Everything that may need cleaning up, in the order it was made.
+    stacks: list = [b]
+    tmp = tempfile.mkdtemp(prefix=f"sgbench-{b.run_id}-compose-")
     started = time.perf_counter()
+    left: list[str] = []
     try:
         header(b, o)
-        log(f"starting spawngate (instance {b.instance}), the no-op server and Traefik")
-        b.start()
-        n_cold = o.warmup + o.runs if "b" in o.only else 0
-        names = ["bench-warm"] + [f"bench-cold-{i}" for i in range(n_cold)]
-        log(f"creating and logging in {len(names)} users")
-        users = b.prepare_users(names)
-        warm = ("bench-warm", *users["bench-warm"])
-        # The warm user's container is started first in every case, so Docker's one-off
-        # costs (the network) are paid before anything is timed.
-        poll_until_200(b.sg_port, f"/auth/u-{warm[1]}", {"Cookie": warm[2]}, time.perf_counter(), 0.05)
-        if "a" in o.only:
-            section_a(b, o, users["bench-warm"])
-        if "b" in o.only:
-            section_b(b, o, [(n, *users[n]) for n in names[1:]])
-        if "c" in o.only:
-            section_c(b, o, warm)
+        a_best = None
+        if set(o.only) & set("abc"):
+            log(f"starting spawngate (instance {b.instance}), the no-op server and Traefik")
+            b.start()
+            n_cold = o.warmup + o.runs if "b" in o.only else 0
+            names = ["bench-warm"] + [f"bench-cold-{i}" for i in range(n_cold)]
+            log(f"creating and logging in {len(names)} users")
+            users = b.prepare_users(names)
+            warm = ("bench-warm", *users["bench-warm"])
+            # The warm user's container is started first in every case, so Docker's one-off
+            # costs (the network) are paid before anything is timed.
+            poll_until_200(b.sg_port, f"/auth/u-{warm[1]}", {"Cookie": warm[2]}, time.perf_counter(), 0.05)
+            if "a" in o.only:
+                a_best = section_a(b, o, users["bench-warm"])
+            if "b" in o.only:
+                section_b(b, o, [(n, *users[n]) for n in names[1:]])
+            if "c" in o.only:
+                section_c(b, o, warm)
+            # Done with this pair: the next sections start their own.
+            b.cleanup()
+        if "d" in o.only:
+            section_d(o, b.run_id, tmp, stacks)
+        if "e" in o.only:
+            be = Bench(o, run_id=b.run_id, tag="e", noop=False, host_ports=(24000, 24999), extra_env=SETTINGS_E)
+            stacks.append(be)
+            log(f"e. starting a second spawngate + Traefik pair (instance {be.instance})")
+            be.start()
+            section_e(be, o)
+            log("e. cleaning up its pair")
+            be.cleanup()
+        if "f" in o.only:
+            bf = Bench(o, run_id=b.run_id, tag="f", noop=False, host_ports=(25000, 29999))
+            stacks.append(bf)
+            log(f"f. starting a fresh spawngate + Traefik pair (instance {bf.instance})")
+            bf.start()
+            section_f(bf, o, a_best)
+            log(f"f. cleaning up its pair ({o.scale_running} containers and their volumes)")
+            bf.cleanup()
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130
     except (BenchError, subprocess.SubprocessError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
-        for name in b.procs:
-            print(f"--- last lines of {name}'s log:\n{b.tail(name)}", file=sys.stderr)
+        for s in stacks:
+            if isinstance(s, Bench):
+                for name in s.procs:
+                    print(f"--- last lines of {name}{s.tag and ' (' + s.tag + ')'}'s log:\n{s.tail(name)}",
+                          file=sys.stderr)
+            elif s.started:
+                print(f"--- last lines of {s.project}'s spawngate log:\n{s.tail()}", file=sys.stderr)
         return 1
     finally:
         log("cleaning up")
-        b.cleanup()
-        left = b.leftovers()
+        for s in reversed(stacks):
+            s.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+        left = [x for s in stacks for x in s.leftovers()]
         if left:
             print(f"WARNING: left behind: {', '.join(left)}", file=sys.stderr)
-    print(f"Clean-up: removed the containers, volumes and network of this run "
-          f"(instance {b.instance}, label {b.raw_label}): "
+    names = ", ".join(s.instance if isinstance(s, Bench) else s.project for s in stacks if s.started)
+    print(f"Clean-up: removed the containers, volumes and networks of this run "
+          f"(instances / compose projects: {names or 'none'}; label sgbench.run={b.run_id}*): "
           + ("nothing left behind." if not left else f"LEFT BEHIND: {', '.join(left)}"))
     print(f"Total time: {time.perf_counter() - started:.0f} s")
     return 0 if not left else 1

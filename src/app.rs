@@ -150,7 +150,8 @@ impl App {
             &user.name,
             Some(format!("slug {}", user.slug)),
         );
-        if self.config.lifecycle.precreate {
+        // With a warm pool the first request takes a running spare instead.
+        if self.config.lifecycle.precreate && self.config.pool_size == 0 {
             self.lifecycle.precreate(&user);
         }
         Ok(self.user_view(&user))

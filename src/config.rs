@@ -45,6 +45,15 @@ pub struct RawConfig {
     pub login: RawLogin,
     pub lifecycle: RawLifecycle,
     pub limits: RawLimits,
+    pub pool: RawPool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPool {
+    /// Running spare containers of `docker.image` (stateless images only) handed to
+    /// users on their first request; 0 = no pool. Network mode only.
+    pub size: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,6 +302,8 @@ pub struct Config {
     pub login: LoginConfig,
     pub lifecycle: LifecycleConfig,
     pub limits: LimitsConfig,
+    /// Warm pool size (0 = none).
+    pub pool_size: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -441,6 +452,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("limits.allowed_images", Kind::List),
     ("limits.max_memory", Kind::Str),
     ("limits.max_cpus", Kind::Float),
+    ("pool.size", Kind::Int),
 ];
 
 /// Variables that start with `SPAWNGATE_` but are not config keys.
@@ -775,7 +787,18 @@ impl RawConfig {
             allowed_images: li.allowed_images,
         };
 
+        if self.pool.size > 0 && mode != NetworkMode::Network {
+            return Err(invalid(
+                "pool.size",
+                "a warm pool needs docker.mode = \"network\" (a pooled container becomes a user's by being renamed; in host mode its published port cannot change)",
+            ));
+        }
+        if self.pool.size > 64 {
+            return Err(invalid("pool.size", "at most 64"));
+        }
+
         Ok(Config {
+            pool_size: self.pool.size,
             lifecycle,
             limits,
             listen,

@@ -119,7 +119,14 @@ fn spawn_background(
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let events = tokio::spawn(app.lifecycle.clone().watch_events(stop.clone()));
-    let reconcile = tokio::spawn(app.lifecycle.clone().reconcile_until_done(stop.clone()));
+    // The pool fills only after reconciliation, which removes leftover spares.
+    let reconcile_then_pool = tokio::spawn({
+        let (lifecycle, stop) = (app.lifecycle.clone(), stop.clone());
+        async move {
+            lifecycle.clone().reconcile_until_done(stop.clone()).await;
+            lifecycle.run_pool(stop).await;
+        }
+    });
     let culler = tokio::spawn(app.lifecycle.clone().run_culler(stop.clone()));
     let store = app.store.clone();
     let mut stop_purge = stop;
@@ -136,5 +143,5 @@ fn spawn_background(
             }
         }
     });
-    vec![events, reconcile, culler, purge]
+    vec![events, reconcile_then_pool, culler, purge]
 }

@@ -84,7 +84,7 @@ fn allow(app: &App, headers: &HeaderMap, identity: &Identity, target: &User) -> 
         h.insert(HeaderName::from_static("x-spawngate-slug"), v);
     }
     if app.config.docker.inject_secret
-        && let Ok(v) = HeaderValue::from_str(&app.lifecycle.container_secret(target))
+        && let Ok(v) = HeaderValue::from_str(&app.lifecycle.forward_secret(target))
     {
         h.insert(HeaderName::from_static("x-spawngate-secret"), v);
     }

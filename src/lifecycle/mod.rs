@@ -9,6 +9,7 @@
 //! or stops the container simply waits and then resumes it.
 
 mod culler;
+mod pool;
 mod reconcile;
 
 use std::collections::HashMap;
@@ -117,6 +118,9 @@ struct Slot {
     started: AtomicI64,
     /// Whether a container (in any state) exists for this user.
     present: AtomicBool,
+    /// A container taken from the warm pool carries the pool's secret, not the
+    /// user's: forwardAuth must send that one.
+    pooled_secret: std::sync::RwLock<Option<String>>,
 }
 
 impl Slot {
@@ -129,6 +133,13 @@ impl Slot {
             net_bytes: AtomicU64::new(u64::MAX),
             started: AtomicI64::new(0),
             present: AtomicBool::new(false),
+            pooled_secret: std::sync::RwLock::new(None),
+        }
+    }
+
+    fn set_pooled_secret(&self, secret: Option<String>) {
+        if let Ok(mut s) = self.pooled_secret.write() {
+            *s = secret;
         }
     }
 
@@ -170,6 +181,7 @@ pub struct Lifecycle {
     probe: Client<HttpConnector, Empty<Bytes>>,
     /// Key for per-container secrets ([`Lifecycle::container_secret`]).
     container_key: Vec<u8>,
+    pool: pool::Pool,
 }
 
 pub fn container_name(slug: &Slug) -> String {
@@ -211,6 +223,7 @@ impl Lifecycle {
             slots: RwLock::new(HashMap::new()),
             capacity: std::sync::Mutex::new(()),
             container_key,
+            pool: pool::Pool::default(),
             probe: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
                 .build(connector),
@@ -384,12 +397,29 @@ impl Lifecycle {
     /// an app that checks it refuses connections that bypass Traefik. Derived, so
     /// nothing is stored; stable across restarts.
     pub fn container_secret(&self, user: &User) -> String {
+        self.derive_secret(b"spawngate container secret\0", user.id.as_str())
+    }
+
+    /// The secret to send with this user's requests: the pool container's when the
+    /// user's container came from the pool, else the user's own.
+    pub fn forward_secret(&self, user: &User) -> String {
+        if let Ok(slots) = self.slots.read()
+            && let Some(slot) = slots.get(&user.id)
+            && let Ok(pooled) = slot.pooled_secret.read()
+            && let Some(secret) = pooled.as_ref()
+        {
+            return secret.clone();
+        }
+        self.container_secret(user)
+    }
+
+    fn derive_secret(&self, purpose: &[u8], subject: &str) -> String {
         use hmac::{KeyInit, Mac};
         let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.container_key) else {
             return String::new();
         };
-        mac.update(b"spawngate container secret\0");
-        mac.update(user.id.as_str().as_bytes());
+        mac.update(purpose);
+        mac.update(subject.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
@@ -433,7 +463,7 @@ impl Lifecycle {
             } else {
                 d.network.clone()
             },
-            volume: volume_name(&user.slug),
+            volume: Some(volume_name(&user.slug)),
             data_mount: d.data_mount.clone(),
             memory_bytes: o.memory_bytes.unwrap_or(d.memory_bytes),
             nano_cpus: o.nano_cpus.unwrap_or(d.nano_cpus),
@@ -469,9 +499,16 @@ impl Lifecycle {
                     stopped_at: None,
                     last_error: None,
                     last_activity: None,
+                    pooled_from: None,
                 });
         record.desired = Desired::Running;
         self.store.write_container_record(&record)?;
+        if self.config.pool_size > 0
+            && !slot.present.load(Ordering::Relaxed)
+            && let Some(done) = self.claim_from_pool(user, slot, &spec, &mut record).await
+        {
+            return done;
+        }
         // The intent is written before Docker is called; making it durable overlaps
         // with the call instead of delaying it. (The container name is the real
         // lock: a crash at any point still leaves at most one container.)
@@ -491,6 +528,9 @@ impl Lifecycle {
 
         if record.container_id.as_deref() != Some(&running.id) {
             record.created_at = Some(unix_now());
+            // A pooled container was replaced by one of the user's own.
+            record.pooled_from = None;
+            slot.set_pooled_secret(None);
         }
         record.container_id = Some(running.id);
         record.started_at = Some(started);
@@ -546,7 +586,12 @@ impl Lifecycle {
 
     /// One readiness probe: does the app answer HTTP (any status) within `timeout`?
     async fn answers(&self, user: &User, timeout: Duration) -> bool {
-        let Ok(url) = format!("{}/", service_url(&self.config, user)).parse::<hyper::Uri>() else {
+        self.answers_at(&service_url(&self.config, user), timeout)
+            .await
+    }
+
+    async fn answers_at(&self, base: &str, timeout: Duration) -> bool {
+        let Ok(url) = format!("{base}/").parse::<hyper::Uri>() else {
             return false;
         };
         matches!(

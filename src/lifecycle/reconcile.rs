@@ -31,14 +31,38 @@ impl Lifecycle {
         let directory = self.store.snapshot();
         let mut seen = HashSet::new();
         for c in containers {
-            let user = c
-                .labels
-                .get("spawngate.slug")
-                .and_then(|s| crate::ids::Slug::parse(s))
-                .and_then(|slug| directory.by_slug(&slug).cloned())
-                .filter(|u| {
-                    c.labels.get("spawngate.user_id").map(String::as_str) == Some(u.id.as_str())
-                });
+            let pooled = c.labels.get("spawngate.pool").map(String::as_str) == Some("true");
+            let user = if pooled {
+                // A claimed pool container carries its user only in its name (labels
+                // cannot change) and in the user's record.
+                c.name
+                    .strip_prefix("spawngate-")
+                    .and_then(crate::ids::Slug::parse_segment)
+                    .and_then(|slug| directory.by_slug(&slug).cloned())
+                    .filter(|u| {
+                        self.store
+                            .container_record(&u.id)
+                            .ok()
+                            .flatten()
+                            .is_some_and(|r| {
+                                r.pooled_from.is_some()
+                                    && r.container_id.as_deref() == Some(c.id.as_str())
+                            })
+                    })
+            } else {
+                c.labels
+                    .get("spawngate.slug")
+                    .and_then(|s| crate::ids::Slug::parse(s))
+                    .and_then(|slug| directory.by_slug(&slug).cloned())
+                    .filter(|u| {
+                        c.labels.get("spawngate.user_id").map(String::as_str) == Some(u.id.as_str())
+                    })
+            };
+            if pooled && user.is_none() {
+                // Unclaimed spares from a previous run: the pool makes fresh ones.
+                self.runtime.remove(&c.name, None).await?;
+                continue;
+            }
             let Some(user) = user else {
                 tracing::info!(container = %c.name, "removing container of a deleted user (volume kept)");
                 self.runtime.remove(&c.name, None).await?;
@@ -55,6 +79,9 @@ impl Lifecycle {
             let slot = self.slot(&user.id);
             slot.present.store(true, Ordering::Relaxed);
             let record = self.store.container_record(&user.id).ok().flatten();
+            if let Some(r) = &record {
+                self.restore_pooled_secret(&slot, r);
+            }
             let last = record
                 .as_ref()
                 .and_then(|r| r.last_activity)

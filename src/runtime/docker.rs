@@ -40,6 +40,8 @@ pub struct DockerRuntime {
     instance: String,
     network_per_user: bool,
     attach_peers: bool,
+    /// The shared network (`docker.network`): pool containers wait there.
+    shared_network: String,
     /// spawngate's own container id when it runs in one (found once, lazily).
     own_id: tokio::sync::OnceCell<Option<String>>,
     /// Serializes network creation: Docker 20.10 happily creates several networks
@@ -76,6 +78,7 @@ impl DockerRuntime {
             instance: config.instance.clone(),
             network_per_user: config.network_per_user,
             attach_peers: config.attach_peers,
+            shared_network: config.network.clone(),
             own_id: tokio::sync::OnceCell::new(),
             network_lock: tokio::sync::Mutex::new(()),
             known_networks: std::sync::Mutex::new(std::collections::HashSet::new()),
@@ -253,7 +256,18 @@ impl DockerRuntime {
         }
         let _creating = self.network_lock.lock().await;
         match self.docker()?.inspect_network(&spec.network, None).await {
-            Ok(_) => {
+            Ok(existing) => {
+                let icc_off = existing
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get("com.docker.network.bridge.enable_icc"))
+                    .is_some_and(|v| v == "false");
+                if icc_off && self.mode == NetworkMode::Network {
+                    return Err(RuntimeError::Failed(format!(
+                        "network '{}' has inter-container traffic disabled (made for host mode?), so nothing could reach the container: set docker.network to another name",
+                        spec.network
+                    )));
+                }
                 if self.network_per_user {
                     // A peer recreated while spawngate was down may be missing.
                     self.attach_peers_to(&spec.network).await?;
@@ -305,9 +319,12 @@ impl DockerRuntime {
     }
 
     async fn ensure_volume(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let Some(volume) = &spec.volume else {
+            return Ok(());
+        };
         let labels = spec.labels.clone();
         let req = VolumeCreateRequest {
-            name: Some(spec.volume.clone()),
+            name: Some(volume.clone()),
             labels: Some(labels),
             ..Default::default()
         };
@@ -359,12 +376,17 @@ impl DockerRuntime {
             tmpfs: spec.read_only_rootfs.then(|| {
                 HashMap::from([("/tmp".to_owned(), "rw,noexec,nosuid,size=64m".to_owned())])
             }),
-            mounts: Some(vec![Mount {
-                typ: Some(MountType::VOLUME),
-                source: Some(spec.volume.clone()),
-                target: Some(spec.data_mount.clone()),
-                ..Default::default()
-            }]),
+            mounts: Some(
+                spec.volume
+                    .iter()
+                    .map(|volume| Mount {
+                        typ: Some(MountType::VOLUME),
+                        source: Some(volume.clone()),
+                        target: Some(spec.data_mount.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             network_mode: Some(spec.network.clone()),
             port_bindings,
             // Bounded logs: a chatty app must not fill the host's disk.
@@ -476,6 +498,29 @@ impl Runtime for DockerRuntime {
             Err(e) if status(&e) == Some(404) => Ok(false),
             Err(e) => Err(classify(e)),
         }
+    }
+
+    async fn adopt_pooled(&self, pooled: &str, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let options = bollard::query_parameters::RenameContainerOptions {
+            name: spec.name.clone(),
+        };
+        self.docker()?
+            .rename_container(pooled, options)
+            .await
+            .map_err(|e| map_err(e, spec))?;
+        if self.network_per_user && spec.network != self.shared_network {
+            self.ensure_network(spec).await?;
+            self.connect_to(&spec.network, &spec.name).await?;
+            let req = bollard::models::NetworkDisconnectRequest {
+                container: spec.name.clone(),
+                force: Some(true),
+            };
+            self.docker()?
+                .disconnect_network(&self.shared_network, req)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
     }
 
     async fn ensure_running(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError> {

@@ -21,7 +21,8 @@ pub struct ContainerSpec {
     /// Host mode: publish `port` on 127.0.0.1:`host_port`.
     pub host_port: Option<u16>,
     pub network: String,
-    pub volume: String,
+    /// Named volume mounted at `data_mount`; `None` for stateless pool containers.
+    pub volume: Option<String>,
     pub data_mount: String,
     pub memory_bytes: i64,
     pub nano_cpus: i64,
@@ -41,7 +42,7 @@ impl ContainerSpec {
         let mut env = self.env.clone();
         env.sort();
         let text = format!(
-            "{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}|{}|{}",
+            "{}|{:?}|{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}",
             self.image,
             env,
             self.port,
@@ -142,6 +143,13 @@ pub trait Runtime: Send + Sync + 'static {
     async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>, RuntimeError>;
     /// Removes the container and, if given, its volume. Missing ones are fine.
     async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError>;
+    /// Makes a running pool container `pooled` the user's container described by
+    /// `spec`: renamed to `spec.name` and, with per-user networks, moved onto the
+    /// user's network.
+    async fn adopt_pooled(&self, pooled: &str, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        let _ = (pooled, spec);
+        Err(RuntimeError::Failed("this runtime has no warm pool".into()))
+    }
     /// Calls `on_gone` whenever one of this instance's containers stops or is removed.
     /// Runs until the stream ends or fails; the caller reconnects.
     async fn watch_events(

@@ -89,6 +89,10 @@ pub struct ContainerRecord {
     /// clocks survive a restart.
     #[serde(default)]
     pub last_activity: Option<i64>,
+    /// When the container came from the warm pool: its pool name, from which its
+    /// secret is derived (the container was created before its user was known).
+    #[serde(default)]
+    pub pooled_from: Option<String>,
 }
 
 /// One line of the append-only audit log.

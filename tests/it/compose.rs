@@ -57,48 +57,43 @@ impl Drop for Project {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_compose_deployment_serves_a_user_end_to_end() {
+/// Brings a uniquely named deployment up and waits (bounded) until Traefik serves
+/// spawngate's login page through the provider's routes.
+async fn start_project(extra_env: &[(&str, &str)]) -> (Project, String, reqwest::Client) {
     let name = format!("sgc{}", random_hex(4));
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
-    let project = Project {
-        env: vec![
-            ("SPAWNGATE_PROVIDER_TOKEN".into(), random_hex(16)),
-            ("SPAWNGATE_HTTP_PORT".into(), port.to_string()),
-            ("SPAWNGATE_PUBLIC_URL".into(), public.clone()),
-            ("SPAWNGATE_EDGE_NETWORK".into(), format!("{name}-edge")),
-            ("SPAWNGATE_INSTANCE".into(), name.clone()),
-        ],
-        name,
-    };
+    let mut env: Vec<(String, String)> = vec![
+        ("SPAWNGATE_PROVIDER_TOKEN".into(), random_hex(16)),
+        ("SPAWNGATE_HTTP_PORT".into(), port.to_string()),
+        ("SPAWNGATE_PUBLIC_URL".into(), public.clone()),
+        ("SPAWNGATE_EDGE_NETWORK".into(), format!("{name}-edge")),
+        ("SPAWNGATE_INSTANCE".into(), name.clone()),
+    ];
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let project = Project { env, name };
     let up = project.compose(&["up", "-d", "--no-build"]);
     assert!(
         up.status.success(),
         "docker-compose up: {}",
         String::from_utf8_lossy(&up.stderr)
     );
-
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(Duration::from_secs(40))
-        .build()
-        .unwrap();
-    let get_ok = |url: String| {
-        let client = client.clone();
-        async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
-    };
-    // Traefik up, provider read, spawngate answering through it.
+    let client = crate::harness::http_client();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while get_ok(format!("{public}/_spawngate/login")).await != 200 {
+    loop {
+        let status = client
+            .get(format!("{public}/_spawngate/login"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0);
+        if status == 200 {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "deployment did not come up: {}",
@@ -106,6 +101,35 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    (project, public, client)
+}
+
+/// Waits (bounded) until `url` answers 200 with `cookie`; returns the JSON.
+async fn wait_for_app(
+    project: &Project,
+    client: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = client.get(url).header(COOKIE, cookie).send().await.unwrap();
+        if resp.status() == 200 {
+            return resp.json().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "last status {}: {}",
+            resp.status(),
+            logs(project)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_compose_deployment_serves_a_user_end_to_end() {
+    let (project, public, client) = start_project(&[]).await;
 
     let added = project.exec(&["user", "add", "alice"]);
     let slug = added
@@ -279,4 +303,74 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
 fn logs(project: &Project) -> String {
     let out = project.compose(&["logs", "--tail", "30"]);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_hands_out_running_containers_and_refills() {
+    let (project, public, client) = start_project(&[("SPAWNGATE_POOL_SIZE", "2")]).await;
+    let pool_label = format!("label=spawngate.instance={}", project.name);
+    let pool_members = || {
+        crate::harness::docker_lines(&[
+            "ps",
+            "-q",
+            "--filter",
+            &pool_label,
+            "--filter",
+            "label=spawngate.pool=true",
+        ])
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pool_members().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "pool never filled: {}",
+            logs(&project)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let warm: Vec<String> = pool_members();
+
+    let added = project.exec(&["user", "add", "alice"]);
+    let slug = added
+        .rsplit("/u-")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let link = project.exec(&["user", "login-link", "alice"]);
+    let cookie =
+        crate::harness::login_with_link(&client, &public, &link, "spawngate_session").await;
+    let who = wait_for_app(
+        &project,
+        &client,
+        &format!("{public}/u-{slug}/whoami.json"),
+        &cookie,
+    )
+    .await;
+    // Identity comes from forwardAuth's headers; the pooled app was started before
+    // alice existed, and its secret check passed (else 403).
+    assert_eq!(who["headers"]["x-spawngate-user"], "alice");
+
+    let name = format!("spawngate-u-{slug}");
+    let id = crate::proc::inspect(&name, "{{.Id}}");
+    assert!(
+        warm.iter().any(|w| id.starts_with(w.as_str())),
+        "alice got a pool container ({id} not in {warm:?})"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now: Vec<String> = pool_members()
+            .into_iter()
+            .filter(|m| !id.starts_with(m.as_str()))
+            .collect();
+        if now.len() >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pool did not refill: {}",
+            logs(&project)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

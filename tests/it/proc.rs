@@ -45,6 +45,8 @@ impl ProcHarness {
             ("SPAWNGATE_DOCKER_INSTANCE".into(), instance.clone()),
             ("SPAWNGATE_DOCKER_IMAGE".into(), IMAGE.into()),
             ("SPAWNGATE_LOG".into(), "warn".into()),
+            // See harness.rs: background pre-creation could outlive the clean-up.
+            ("SPAWNGATE_LIFECYCLE_PRECREATE".into(), "false".into()),
         ];
         env.extend(
             extra_env

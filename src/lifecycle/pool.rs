@@ -1,0 +1,203 @@
+//! The warm pool: `pool.size` running spare containers of `docker.image`, each
+//! handed whole to a user on their first request (renamed to the user's container
+//! name, moved onto the user's network) and replaced in the background.
+//!
+//! For stateless images only: a pooled container has no user volume and learns who
+//! it serves from the request headers, not its environment. Network mode only
+//! (checked by the config): the user's service address is the container name, so a
+//! rename is all it takes for Traefik to reach it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::{Lifecycle, Slot, SpawnError};
+use crate::ids::random_bytes;
+use crate::runtime::ContainerSpec;
+use crate::store::{ContainerRecord, User};
+use crate::time::unix_now;
+
+const POOL_SECRET: &[u8] = b"spawngate pool container secret\0";
+
+/// A ready, unclaimed pool container.
+#[derive(Clone, Debug)]
+struct Member {
+    name: String,
+    id: String,
+}
+
+#[derive(Default)]
+pub(super) struct Pool {
+    ready: std::sync::Mutex<VecDeque<Member>>,
+    refill: Notify,
+}
+
+impl Pool {
+    fn take(&self) -> Option<Member> {
+        self.ready.lock().ok()?.pop_front()
+    }
+
+    fn len(&self) -> usize {
+        self.ready.lock().map(|r| r.len()).unwrap_or(0)
+    }
+}
+
+impl Lifecycle {
+    fn pool_spec(&self, name: &str) -> ContainerSpec {
+        let d = &self.config.docker;
+        let mut env: Vec<(String, String)> = d.env.clone();
+        env.push(("SPAWNGATE_POOLED".into(), "true".into()));
+        if d.inject_secret {
+            env.push((
+                "SPAWNGATE_SECRET".into(),
+                self.derive_secret(POOL_SECRET, name),
+            ));
+        }
+        ContainerSpec {
+            name: name.to_owned(),
+            image: d.image.clone(),
+            env,
+            labels: HashMap::from([
+                ("spawngate.managed".into(), "true".into()),
+                ("spawngate.instance".into(), d.instance.clone()),
+                ("spawngate.pool".into(), "true".into()),
+            ]),
+            port: d.port,
+            host_port: None,
+            network: d.network.clone(),
+            volume: None,
+            data_mount: d.data_mount.clone(),
+            memory_bytes: d.memory_bytes,
+            nano_cpus: d.nano_cpus,
+            pids_limit: d.pids_limit,
+            read_only_rootfs: d.read_only_rootfs,
+        }
+    }
+
+    /// Hands a warm container to `user`. `None`: the pool is empty (or the claim
+    /// failed), go on with a normal spawn. Called with the user's ops lock held.
+    pub(super) async fn claim_from_pool(
+        &self,
+        user: &User,
+        slot: &Slot,
+        spec: &ContainerSpec,
+        record: &mut ContainerRecord,
+    ) -> Option<Result<(), SpawnError>> {
+        // Only when the user has no container at all (a stopped one is resumed).
+        if !matches!(self.runtime.inspect(&spec.name).await, Ok(None)) {
+            tracing::debug!(user = %user.name, "not using the pool: the user has a container");
+            return None;
+        }
+        let Some(member) = self.pool.take() else {
+            tracing::info!(user = %user.name, "warm pool empty: spawning normally");
+            return None;
+        };
+        self.pool.refill.notify_one();
+        if let Err(e) = self.runtime.adopt_pooled(&member.name, spec).await {
+            tracing::warn!(pooled = %member.name, error = %e, "claiming a pool container failed; spawning normally");
+            let _ = self.runtime.remove(&member.name, None).await;
+            return None;
+        }
+        slot.set_pooled_secret(
+            self.config
+                .docker
+                .inject_secret
+                .then(|| self.derive_secret(POOL_SECRET, &member.name)),
+        );
+        slot.present.store(true, Ordering::Relaxed);
+        slot.started.store(unix_now(), Ordering::Relaxed);
+        slot.net_bytes.store(u64::MAX, Ordering::Relaxed);
+        record.container_id = Some(member.id);
+        record.pooled_from = Some(member.name.clone());
+        record.created_at = Some(unix_now());
+        record.started_at = Some(unix_now());
+        record.last_error = None;
+        if let Err(e) = self.store.put_container_record(record).await {
+            return Some(Err(e.into()));
+        }
+        tracing::info!(user = %user.name, pooled = %member.name, "container taken from the warm pool");
+        // The rename is visible to Docker's DNS at once; make sure it answers as the user's.
+        Some(self.wait_until_answering(user, &spec.name).await)
+    }
+
+    /// The pool secret of a claimed container, from its record (after a restart).
+    pub(super) fn restore_pooled_secret(&self, slot: &Slot, record: &ContainerRecord) {
+        if let Some(name) = &record.pooled_from {
+            slot.set_pooled_secret(
+                self.config
+                    .docker
+                    .inject_secret
+                    .then(|| self.derive_secret(POOL_SECRET, name)),
+            );
+        }
+    }
+
+    /// Keeps `pool.size` ready containers until `shutdown` fires.
+    pub async fn run_pool(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let size = self.config.pool_size;
+        if size == 0 {
+            return;
+        }
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            while self.pool.len() < size {
+                let name = format!(
+                    "spawngate-pool-{}-{}",
+                    self.config.docker.instance,
+                    hex::encode(random_bytes::<4>())
+                );
+                match self.start_member(&name).await {
+                    Ok(member) => {
+                        backoff = Duration::from_secs(1);
+                        if let Ok(mut ready) = self.pool.ready.lock() {
+                            ready.push_back(member);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.detail(), "cannot fill the warm pool; retrying");
+                        let _ = self.runtime.remove(&name, None).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = self.pool.refill.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn start_member(&self, name: &str) -> Result<Member, SpawnError> {
+        let _permit = self
+            .spawn_permits
+            .acquire()
+            .await
+            .map_err(|_| SpawnError::Failed("shutting down".into()))?;
+        let spec = self.pool_spec(name);
+        let running = self.runtime.ensure_running(&spec).await?;
+        let url = format!("http://{name}:{}", self.config.docker.port);
+        let deadline = tokio::time::Instant::now() + self.config.spawn.ready_timeout;
+        let mut delay = Duration::from_millis(25);
+        while !self.answers_at(&url, Duration::from_secs(2)).await {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(SpawnError::Failed(format!(
+                    "pool container '{name}' never answered"
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 3 / 2).min(Duration::from_millis(500));
+        }
+        Ok(Member {
+            name: name.to_owned(),
+            id: running.id,
+        })
+    }
+}
