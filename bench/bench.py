@@ -81,6 +81,31 @@ def docker_lines(*args: str) -> list[str]:
     return [l.strip() for l in out.splitlines() if l.strip()]
 
 
+_KNOWN_ENV: dict[str, bool] = {}
+
+
+def build_knows(var: str, value: str) -> bool:
+    """Whether dist/spawngate knows the setting `var`: `spawngate check` with it set
+    and a temporary data directory fails naming unknown variables."""
+    if var not in _KNOWN_ENV:
+        tmp = tempfile.mkdtemp(prefix="sgbench-check-")
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SPAWNGATE_")}
+            env.update({var: value, "SPAWNGATE_SERVER_DATA_DIR": tmp})
+            p = subprocess.run([SPAWNGATE, "check"], capture_output=True, text=True, timeout=60, env=env)
+            _KNOWN_ENV[var] = f"unknown environment variable {var}" not in p.stdout + p.stderr
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _KNOWN_ENV[var]
+
+
+def optional_settings() -> dict[str, str]:
+    """Settings the bench needs only from builds that have them: login rate limits
+    (30 an hour per address by default) would refuse f.'s 50 logins from 127.0.0.1."""
+    wanted = {"SPAWNGATE_LOGIN_PER_IP_PER_HOUR": "100000"}
+    return {k: v for k, v in wanted.items() if build_knows(k, v)}
+
+
 def http_request(
     port: int,
     path: str,
@@ -272,6 +297,7 @@ class Bench:
             SPAWNGATE_LOG="warn,spawngate::lifecycle=info",
             SPAWNGATE_LOG_FORMAT="json",
         )
+        self.sg_env.update(optional_settings())
         self.sg_env.update(extra_env or {})
         self.traefik_args = [
             f"--entrypoints.web.address=127.0.0.1:{self.web_port}",
@@ -821,6 +847,7 @@ def section_e(be: Bench, o: argparse.Namespace) -> None:
                   spawn_ms)
     print("  spawn task = the `ms` of spawngate's \"container ready\" log line: from the forwardAuth\n"
           "  request's kick to the unpaused container answering its readiness probe.")
+    print("  raw ms includes starting the docker CLI process (see \"docker CLI call\" under Machine).")
     print("  (paused after s) = untimed: from the last request until Docker reported the container paused;")
     print("  (pause ms) = untimed: the docker pause call before the raw run.")
     print(flush=True)
@@ -902,6 +929,7 @@ def parallel(fn, items: list, workers: int) -> list:
 def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None) -> None:
     """Memory of spawngate itself with 1,000 users and 50 running containers."""
     n_users, n_running, workers = o.scale_users, o.scale_running, 8
+    create_workers = o.scale_create_workers
     sg_pid = bf.procs["spawngate"].pid
     traefik_pid = bf.procs["traefik"].pid
     points: list[tuple[str, tuple[int, int], ConfigDoc | None]] = []
@@ -909,9 +937,9 @@ def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None) -> Non
     points.append(("at start (no users)", proc_mem(sg_pid), config_doc(bf)))
 
     names = [f"u{i:04d}" for i in range(1, n_users + 1)]
-    log(f"f. creating {n_users} users (POST /_spawngate/api/users, {workers} threads)")
+    log(f"f. creating {n_users} users (POST /_spawngate/api/users, {create_workers} at a time)")
     t0 = time.perf_counter()
-    created = parallel(lambda n: bf.api("POST", "users", {"name": n}, expect=201), names, workers)
+    created = parallel(lambda n: bf.api("POST", "users", {"name": n}, expect=201), names, create_workers)
     create_s = time.perf_counter() - t0
     slugs = {u["name"]: u["slug"] for u in created}
     time.sleep(1)
@@ -967,7 +995,8 @@ def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None) -> Non
 
     print(f"f. Scale: spawngate with {n_users:,} users and {n_running} running containers "
           f"(fresh pair, host mode, precreate and start_on_login off)")
-    print(f"   {n_users:,} users created in {create_s:.1f} s ({n_users / create_s:,.0f}/s); "
+    print(f"   {n_users:,} users created in {create_s:.1f} s ({n_users / create_s:,.0f}/s, "
+          f"{create_workers} API call{'s' if create_workers > 1 else ''} at a time); "
           f"{n_running} containers started in {start_s:.1f} s ({workers} concurrent API calls)")
     rows = []
     for label, (rss, hwm), doc in points:
@@ -1015,20 +1044,8 @@ def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None) -> Non
 # ---- d. warm pool (docker-compose)
 
 
-def pool_supported() -> tuple[bool, str]:
-    """Asks this build whether it knows `pool.size` (a config error names unknown
-    variables)."""
-    tmp = tempfile.mkdtemp(prefix="sgbench-check-")
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPAWNGATE_")}
-        env.update(SPAWNGATE_POOL_SIZE="1", SPAWNGATE_SERVER_DATA_DIR=tmp)
-        p = subprocess.run([SPAWNGATE, "check"], capture_output=True, text=True, timeout=60, env=env)
-        out = p.stdout + p.stderr
-        if "unknown environment variable SPAWNGATE_POOL_SIZE" in out:
-            return False, out.strip()
-        return True, out.strip()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def pool_supported() -> bool:
+    return build_knows("SPAWNGATE_POOL_SIZE", "1")
 
 
 class Compose:
@@ -1055,6 +1072,10 @@ class Compose:
             "SPAWNGATE_LIFECYCLE_START_ON_LOGIN": "false",
             "SPAWNGATE_POOL_SIZE": str(pool_size),
             "SPAWNGATE_DOCKER_NETWORK": f"{self.project}-shared",
+            # As in the host-mode pairs: one JSON line per spawn, with its `ms`.
+            "SPAWNGATE_LOG": "warn,spawngate::lifecycle=info",
+            "SPAWNGATE_LOG_FORMAT": "json",
+            **optional_settings(),
         }
         self.override = os.path.join(tmp, f"override-{tag}.yml")
         with open(self.override, "w") as f:
@@ -1140,6 +1161,20 @@ class Compose:
         if state != "running":
             raise BenchError(f"{self.project}: spawngate is {state or 'gone'}; logs:\n{self.tail()}")
 
+    def ready_ms(self, user: str) -> float | None:
+        """The `ms` of the last "container ready" log line for `user` (spawngate's
+        own spawn task, as in sections b., c. and e.)."""
+        p = subprocess.run(["docker", "logs", self.sg_id], capture_output=True, text=True, timeout=30)
+        found = None
+        for raw in (p.stdout + p.stderr).splitlines():
+            try:
+                fields = json.loads(raw).get("fields", {})
+            except (ValueError, AttributeError):
+                continue
+            if fields.get("message") == "container ready" and fields.get("user") == user and "ms" in fields:
+                found = float(fields["ms"])
+        return found
+
     def tail(self, n: int = 30) -> str:
         if not self.sg_id:
             return "(not started)"
@@ -1183,8 +1218,7 @@ class Compose:
 
 
 def section_d(o: argparse.Namespace, run_id: str, tmp: str, stacks: list) -> None:
-    ok, detail = pool_supported()
-    if not ok:
+    if not pool_supported():
         print("d. Warm pool: skipped: pool not supported by this build "
               "(`SPAWNGATE_POOL_SIZE=1 dist/spawngate check`: unknown environment variable SPAWNGATE_POOL_SIZE)")
         print(flush=True)
@@ -1209,6 +1243,7 @@ def section_d(o: argparse.Namespace, run_id: str, tmp: str, stacks: list) -> Non
     time.sleep(5)
     interval = o.poll_ms / 1000
     results: dict[str, list[float]] = {c.project: [] for c in sides}
+    spawns: dict[str, list[float | None]] = {c.project: [] for c in sides}
     rows = []
     for i in range(n_users):
         warm = i < o.warmup
@@ -1231,29 +1266,38 @@ def section_d(o: argparse.Namespace, run_id: str, tmp: str, stacks: list) -> Non
             p = poll_until_200(c.port, f"/u-{slug}/whoami.json", {"Cookie": cookie}, time.perf_counter(), interval)
             info = c.user_container(slug)
             from_pool = "yes" if info and info[1] == "true" else "no"
+            spawn = c.ready_ms(name)
             if not warm:
                 results[c.project].append(p.ms)
-            row += [fmt_ms(p.ms), str(p.attempts), compress(p.statuses)]
+                spawns[c.project].append(spawn)
+            row += [fmt_ms(p.ms), opt_ms(spawn), str(p.attempts), compress(p.statuses)]
             if c.pool_size:
                 row += [from_pool, f"{waited:.1f}"]
         rows.append(row)
     print(f"d. Warm pool: first request of a new user through Traefik, docker-compose deployment "
           f"(network mode, a network per user), pool.size 0 vs pool.size {n}")
-    print(f"   [override: " + " ".join(f"{k}={v}" for k, v in cold.override_env.items()
-                                     if k != "SPAWNGATE_POOL_SIZE") + "]")
-    print(table(["", "pool 0 ms", "GETs", "non-200", f"pool {n} ms", "GETs", "non-200", "from pool",
-                 "(refill wait s)"], rows))
+    print("   [override file, spawngate service: " + " ".join(
+        f"{k}={v}" for k, v in cold.override_env.items() if k not in ("SPAWNGATE_POOL_SIZE", "SPAWNGATE_DOCKER_NETWORK"))
+        + " SPAWNGATE_DOCKER_NETWORK=<project>-shared SPAWNGATE_POOL_SIZE=<n>]")
+    print(table(["", "pool 0 ms", "spawn task", "GETs", "non-200", f"pool {n} ms", "spawn task", "GETs", "non-200",
+                 "from pool", "(refill wait s)"], rows))
     print()
     a, b = results[cold.project], results[pool.project]
 
     def stats(name: str, xs: list[float]) -> list[str]:
         return [name, fmt_ms(median(xs)), fmt_ms(min(xs)), fmt_ms(max(xs))]
 
-    print(table([f"{o.runs} runs", "median ms", "min ms", "max ms"], [
-        stats("pool.size 0 (create + start + ready)", a),
-        stats(f"pool.size {n} (claim a warm container)", b),
-        ["ratio pool/no pool", ratio(median(b), median(a)), ratio(min(b), min(a)), ratio(max(b), max(a))],
-    ]))
+    rows = []
+    for c, label in ((cold, "pool.size 0 (create + start + ready)"), (pool, f"pool.size {n} (claim a warm container)")):
+        rows.append(stats(label, results[c.project]))
+        if all(x is not None for x in spawns[c.project]):
+            rows.append(stats("  of which spawngate's spawn task", spawns[c.project]))
+            rows.append(stats("  rest: HTTP path through Traefik",
+                              [t - x for t, x in zip(results[c.project], spawns[c.project])]))
+    rows.append(["ratio pool/no pool", ratio(median(b), median(a)), ratio(min(b), min(a)), ratio(max(b), max(a))])
+    print(table([f"{o.runs} runs", "median ms", "min ms", "max ms"], rows))
+    print("  spawn task = the `ms` of spawngate's \"container ready\" log line (docker logs of the project's")
+    print("  spawngate): from the first forwardAuth request's kick to the container answering as the user's.")
     print("  from pool = the user's container carries the label spawngate.pool=true (a claimed member);")
     print(f"  (refill wait s) = untimed: waiting until {n} unclaimed pool containers ran again.")
     print(flush=True)
@@ -1280,27 +1324,35 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--settle", type=float, default=0.5, help="seconds idle before each timed run (default 0.5)")
     p.add_argument("--scale-users", type=int, default=1000, help="users in f. (default 1000)")
     p.add_argument("--scale-running", type=int, default=50, help="running containers in f. (default 50)")
+    p.add_argument("--scale-create-workers", type=int, default=1,
+                   help="concurrent POST /_spawngate/api/users in f. (default 1: with 8, spawngate's store "
+                        "(sled 0.34.7) deadlocked in 3 of 8 tries here: a user-creating transaction waits for the "
+                        "write lock while a flush_async holds a read lock and waits for the log flusher, "
+                        "which queues behind the writer)")
     p.add_argument("--only", default="abcdef", help="sections to run, e.g. 'a' or 'ef' (default abcdef)")
     o = p.parse_args()
     if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
     if not 1 <= o.scale_running <= o.scale_users <= 4000:
         p.error("need 1 <= --scale-running <= --scale-users <= 4000")
+    if o.scale_create_workers < 1:
+        p.error("--scale-create-workers must be >= 1")
     if set(o.only) - set("abcdef"):
         p.error("--only takes letters from 'abcdef'")
     return o
 
 
-def preflight() -> None:
+def preflight(o: argparse.Namespace) -> None:
     missing = [p for p in (SPAWNGATE, TRAEFIK, NOOP) if not os.access(p, os.X_OK)]
-    if shutil.which("docker-compose") is None:
-        missing.append("docker-compose")
+    if "d" in o.only and shutil.which("docker-compose") is None:
+        raise BenchError("section d needs docker-compose (v1, as in the README); leave it out with --only abcef")
     if missing:
         raise BenchError(f"missing {', '.join(missing)}: run bench/run (it runs scripts/setup and builds the no-op example)")
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: run bench/run, or apt-get install -y wrk")
-    if not docker_lines("image", "ls", "-q", IMAGE):
-        raise BenchError(f"image {IMAGE} is missing: run scripts/setup")
+    for image in [IMAGE] + (["spawngate:local", "spawngate-traefik:local"] if "d" in o.only else []):
+        if not docker_lines("image", "ls", "-q", image):
+            raise BenchError(f"image {image} is missing: run scripts/setup")
 
 
 def on_sigterm(*_) -> None:
@@ -1313,7 +1365,11 @@ def main() -> int:
     # SIGTERM unwind through the clean-up below.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, on_sigterm)
-    preflight()
+    try:
+        preflight(o)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     b = Bench(o)
     # Everything that may need cleaning up, in the order it was made.
     stacks: list = [b]
@@ -1385,7 +1441,8 @@ def main() -> int:
     print(f"Clean-up: removed the containers, volumes and networks of this run "
           f"(instances / compose projects: {names or 'none'}; label sgbench.run={b.run_id}*): "
           + ("nothing left behind." if not left else f"LEFT BEHIND: {', '.join(left)}"))
-    print(f"Total time: {time.perf_counter() - started:.0f} s")
+    print(f"Total time: {time.perf_counter() - started:.0f} s; load average at the end (1/5/15 min): "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0 if not left else 1
 
 

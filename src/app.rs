@@ -20,6 +20,8 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error("email: {0}")]
+    Mail(#[from] crate::mail::MailError),
 }
 
 pub struct App {
@@ -28,6 +30,10 @@ pub struct App {
     pub lifecycle: Arc<Lifecycle>,
     pub provider: Provider,
     pub sessions: SessionCodec,
+    /// Present when `email.enabled`.
+    pub mailer: Option<crate::mail::Mailer>,
+    pub limit_per_email: crate::auth::ratelimit::RateLimiter,
+    pub limit_per_ip: crate::auth::ratelimit::RateLimiter,
 }
 
 /// A user as the API shows it.
@@ -83,7 +89,19 @@ impl App {
             config.clone(),
             store.container_key()?,
         );
+        let mailer = config
+            .email
+            .as_ref()
+            .map(crate::mail::Mailer::new)
+            .transpose()?;
         Ok(Arc::new(App {
+            limit_per_email: crate::auth::ratelimit::RateLimiter::per_hour(
+                config.login.per_email_per_hour,
+            ),
+            limit_per_ip: crate::auth::ratelimit::RateLimiter::per_hour(
+                config.login.per_ip_per_hour,
+            ),
+            mailer,
             config,
             store,
             lifecycle,
@@ -196,6 +214,40 @@ impl App {
             Some(serde_json::to_string(&updated.overrides).unwrap_or_default()),
         );
         Ok(self.user_view(&updated))
+    }
+
+    /// Disables (or enables) a user. A disabled user's sessions stop working at
+    /// once (every request checks) and no login link is issued.
+    pub async fn set_disabled(
+        &self,
+        actor: &str,
+        key: &str,
+        disabled: bool,
+    ) -> Result<UserView, ApiError> {
+        let user = self.find_user(key)?;
+        let mut updated = (*user).clone();
+        updated.disabled = disabled;
+        self.store.update_user(&updated).await?;
+        let action = if disabled {
+            "user.disable"
+        } else {
+            "user.enable"
+        };
+        self.store.audit(actor, action, &user.name, None);
+        Ok(self.user_view(&updated))
+    }
+
+    /// Ends every session of a user.
+    pub async fn revoke_sessions(&self, actor: &str, key: &str) -> Result<usize, ApiError> {
+        let user = self.find_user(key)?;
+        let n = self.store.delete_sessions_of(&user.id).await?;
+        self.store.audit(
+            actor,
+            "sessions.revoke",
+            &user.name,
+            Some(format!("{n} sessions")),
+        );
+        Ok(n)
     }
 
     pub async fn login_link(&self, key: &str) -> Result<LoginLink, ApiError> {

@@ -46,6 +46,36 @@ pub struct RawConfig {
     pub lifecycle: RawLifecycle,
     pub limits: RawLimits,
     pub pool: RawPool,
+    pub email: RawEmail,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEmail {
+    /// Let users ask for a login link by email on the login page.
+    pub enabled: bool,
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    /// `none` (plain, for a local relay), `starttls` or `tls` (implicit TLS).
+    pub smtp_tls: String,
+    pub smtp_username: String,
+    /// Prefer the environment (`SPAWNGATE_EMAIL_SMTP_PASSWORD`) over the file.
+    pub smtp_password: String,
+    pub from: String,
+}
+
+impl Default for RawEmail {
+    fn default() -> Self {
+        RawEmail {
+            enabled: false,
+            smtp_host: "localhost".into(),
+            smtp_port: 25,
+            smtp_tls: "none".into(),
+            smtp_username: String::new(),
+            smtp_password: String::new(),
+            from: "spawngate <spawngate@localhost>".into(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +102,9 @@ pub struct RawServer {
     /// In a container: listen only on this Docker network's address (with the port
     /// of `listen`), so containers on user networks cannot reach spawngate.
     pub listen_network: String,
+    /// Peers whose `X-Forwarded-For` is believed (Traefik's address); the client
+    /// address of anyone else is the TCP peer address.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -83,6 +116,7 @@ impl Default for RawServer {
             data_dir: "spawngate-data".into(),
             provider_token: String::new(),
             listen_network: String::new(),
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
         }
     }
 }
@@ -268,12 +302,18 @@ impl Default for RawSession {
 #[serde(deny_unknown_fields, default)]
 pub struct RawLogin {
     pub token_ttl_minutes: u64,
+    /// Login-link requests per email address per hour.
+    pub per_email_per_hour: u32,
+    /// Login attempts (link requests and confirmations) per client address per hour.
+    pub per_ip_per_hour: u32,
 }
 
 impl Default for RawLogin {
     fn default() -> Self {
         RawLogin {
             token_ttl_minutes: 15,
+            per_email_per_hour: 3,
+            per_ip_per_hour: 30,
         }
     }
 }
@@ -295,6 +335,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub provider_token: Option<Secret>,
     pub listen_network: Option<String>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub traefik: TraefikConfig,
     pub docker: DockerConfig,
     pub spawn: SpawnConfig,
@@ -302,6 +343,8 @@ pub struct Config {
     pub login: LoginConfig,
     pub lifecycle: LifecycleConfig,
     pub limits: LimitsConfig,
+    /// Email login links; `None` when `email.enabled` is false.
+    pub email: Option<EmailConfig>,
     /// Warm pool size (0 = none).
     pub pool_size: usize,
 }
@@ -393,6 +436,24 @@ pub struct SessionConfig {
 #[derive(Clone, Debug)]
 pub struct LoginConfig {
     pub token_ttl: Duration,
+    pub per_email_per_hour: u32,
+    pub per_ip_per_hour: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    None,
+    StartTls,
+    Implicit,
+}
+
+#[derive(Clone, Debug)]
+pub struct EmailConfig {
+    pub smtp_host: String,
+    pub smtp_port: u16,
+    pub tls: SmtpTls,
+    pub credentials: Option<(String, Secret)>,
+    pub from: String,
 }
 
 /// Whether an environment override is a string, number, boolean or list.
@@ -453,6 +514,16 @@ const KEYS: &[(&str, Kind)] = &[
     ("limits.max_memory", Kind::Str),
     ("limits.max_cpus", Kind::Float),
     ("pool.size", Kind::Int),
+    ("server.trusted_proxies", Kind::List),
+    ("login.per_email_per_hour", Kind::Int),
+    ("login.per_ip_per_hour", Kind::Int),
+    ("email.enabled", Kind::Bool),
+    ("email.smtp_host", Kind::Str),
+    ("email.smtp_port", Kind::Int),
+    ("email.smtp_tls", Kind::Str),
+    ("email.smtp_username", Kind::Str),
+    ("email.smtp_password", Kind::Str),
+    ("email.from", Kind::Str),
 ];
 
 /// Variables that start with `SPAWNGATE_` but are not config keys.
@@ -584,6 +655,20 @@ impl RawConfig {
         if s.data_dir.trim().is_empty() {
             return Err(invalid("server.data_dir", "must not be empty"));
         }
+        let trusted_proxies = s
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "server.trusted_proxies",
+                            format!("{p:?} is not an address or CIDR"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let provider_token = (!s.provider_token.is_empty()).then(|| Secret::new(s.provider_token));
         if provider_token
             .as_ref()
@@ -728,6 +813,46 @@ impl RawConfig {
             ));
         }
 
+        let e = self.email;
+        let email = if e.enabled {
+            let tls = match e.smtp_tls.as_str() {
+                "none" => SmtpTls::None,
+                "starttls" => SmtpTls::StartTls,
+                "tls" => SmtpTls::Implicit,
+                other => {
+                    return Err(invalid(
+                        "email.smtp_tls",
+                        format!("{other:?}: expected none, starttls or tls"),
+                    ));
+                }
+            };
+            if e.smtp_host.trim().is_empty() {
+                return Err(invalid("email.smtp_host", "must not be empty"));
+            }
+            if e.from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(invalid(
+                    "email.from",
+                    format!("{:?} is not a mailbox like 'Name <a@b.org>'", e.from),
+                ));
+            }
+            Some(EmailConfig {
+                smtp_host: e.smtp_host,
+                smtp_port: e.smtp_port,
+                tls,
+                credentials: (!e.smtp_username.is_empty())
+                    .then(|| (e.smtp_username, Secret::new(e.smtp_password))),
+                from: e.from,
+            })
+        } else {
+            None
+        };
+        if l.per_email_per_hour == 0 || l.per_ip_per_hour == 0 {
+            return Err(invalid(
+                "login.per_email_per_hour",
+                "rate limits must be at least 1",
+            ));
+        }
+
         let lc = self.lifecycle;
         let secs = |v: u64| (v > 0).then(|| Duration::from_secs(v));
         let lifecycle = LifecycleConfig {
@@ -806,6 +931,7 @@ impl RawConfig {
             data_dir: PathBuf::from(s.data_dir),
             provider_token,
             listen_network: (!s.listen_network.is_empty()).then_some(s.listen_network),
+            trusted_proxies,
             traefik: TraefikConfig {
                 entry_points: t.entry_points,
                 cert_resolver: (!t.cert_resolver.is_empty()).then_some(t.cert_resolver),
@@ -839,7 +965,10 @@ impl RawConfig {
             },
             login: LoginConfig {
                 token_ttl: Duration::from_secs(l.token_ttl_minutes * 60),
+                per_email_per_hour: l.per_email_per_hour,
+                per_ip_per_hour: l.per_ip_per_hour,
             },
+            email,
             public_url,
         })
     }

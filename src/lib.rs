@@ -14,6 +14,7 @@
 //! - [`runtime`]: the container runtime trait and its Docker (bollard) implementation.
 //! - [`lifecycle`]: single-flight lazy spawn, readiness probes, container state.
 //! - [`http`]: request routing and handlers (forwardAuth, login, admin API, pages).
+//! - [`mail`]: login links by email (SMTP).
 //! - [`server`]: the TCP and control-socket listeners with graceful shutdown.
 //! - [`app`]: wires everything together; [`cli`]: the `spawngate` command.
 //! - [`error`]: the domain error enum and its mapping to HTTP answers.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod lifecycle;
+pub mod mail;
 pub mod provider;
 pub mod runtime;
 pub mod server;

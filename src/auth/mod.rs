@@ -3,6 +3,7 @@
 
 pub mod cookies;
 pub mod next;
+pub mod ratelimit;
 pub mod session;
 
 use std::sync::Arc;

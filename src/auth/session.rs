@@ -25,6 +25,8 @@ pub struct CookieClaims {
 
 /// Signs and verifies session cookies with the store's key.
 pub struct SessionCodec {
+    /// Kept for deriving CSRF tokens.
+    key: Vec<u8>,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -41,6 +43,7 @@ impl SessionCodec {
         validation.validate_exp = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         SessionCodec {
+            key: key.to_vec(),
             encoding: EncodingKey::from_secret(key),
             decoding: DecodingKey::from_secret(key),
             validation,
@@ -57,6 +60,23 @@ impl SessionCodec {
         // HS256 over a small struct cannot fail with a valid key.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .unwrap_or_default()
+    }
+
+    /// The CSRF token of a session: forms that change state carry it, and a forged
+    /// cross-site form cannot know it. Derived, so nothing is stored.
+    pub fn csrf_token(&self, session: &SessionId) -> String {
+        use hmac::{KeyInit, Mac};
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key) else {
+            return String::new();
+        };
+        mac.update(b"spawngate csrf\0");
+        mac.update(session.as_str().as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+
+    /// Constant-time check of a presented CSRF token.
+    pub fn csrf_ok(&self, session: &SessionId, presented: &str) -> bool {
+        crate::ids::Secret::new(self.csrf_token(session)).matches(presented)
     }
 
     /// `None` for anything forged, tampered, expired or malformed.

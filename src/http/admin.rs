@@ -32,7 +32,7 @@ where
     // Who is acting, for the audit log.
     let actor = match peer {
         Peer::Control => "operator".to_owned(),
-        Peer::Network => {
+        Peer::Network(_) => {
             let found = match bearer(req.headers()) {
                 Some(token) => match app.store.admin_token(token.expose()) {
                     Ok(found) => found,
@@ -136,6 +136,16 @@ where
         (&Method::PUT, ["users", name, "overrides"]) => {
             let body: crate::app::OverridesRequest = parse_json(req).await?;
             ok(to_json(&app.set_overrides(actor, name, body).await?))
+        }
+        (&Method::POST, ["users", name, "disable"]) => {
+            ok(to_json(&app.set_disabled(actor, name, true).await?))
+        }
+        (&Method::POST, ["users", name, "enable"]) => {
+            ok(to_json(&app.set_disabled(actor, name, false).await?))
+        }
+        (&Method::POST, ["users", name, "sessions", "revoke"]) => {
+            let revoked = app.revoke_sessions(actor, name).await?;
+            ok(json!({ "revoked": revoked }))
         }
         (&Method::GET, ["containers"]) => ok(json!({ "containers": app.list_containers().await? })),
         (&Method::GET, ["audit"]) => {

@@ -7,7 +7,7 @@ use hyper::header::{HeaderMap, HeaderValue, ORIGIN, SET_COOKIE};
 use hyper::{Method, Request, StatusCode};
 
 use super::pages::{escape, page};
-use super::{ReqBody, Resp, html, read_body, redirect};
+use super::{Peer, ReqBody, Resp, client_ip, html, read_body, redirect};
 use crate::app::App;
 use crate::auth::{cookies, safe_next};
 use crate::time::unix_now;
@@ -19,13 +19,13 @@ fn query(req_uri: &hyper::Uri) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-pub async fn login<B>(app: &App, req: Request<B>) -> Resp
+pub async fn login<B>(app: &App, req: Request<B>, peer: Peer) -> Resp
 where
     B: ReqBody,
 {
     match *req.method() {
         Method::GET | Method::HEAD => login_page(app, &req),
-        Method::POST => confirm(app, req).await,
+        Method::POST => post(app, req, peer).await,
         _ => super::api_error(&crate::error::ApiError::BadRequest(
             "use GET or POST".into(),
         )),
@@ -54,13 +54,139 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
         let target = next.unwrap_or_else(|| format!("{}/", identity.user.slug.base_path()));
         return redirect(StatusCode::FOUND, &target);
     }
+    sign_in_page(app, next.as_deref(), StatusCode::OK, "")
+}
+
+/// The sign-in page: an email form when email login is on, else instructions.
+fn sign_in_page(app: &App, next: Option<&str>, status: StatusCode, notice: &str) -> Resp {
+    let notice = if notice.is_empty() {
+        String::new()
+    } else {
+        format!("<p><strong>{}</strong></p>", escape(notice))
+    };
+    let body = if app.mailer.is_some() {
+        let next_field = next
+            .map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
+            .unwrap_or_default();
+        format!(
+            r#"{notice}<form method="post" action="/_spawngate/login">
+<p><label>Email <input type="email" name="email" required autocomplete="email"></label></p>{next_field}
+<button type="submit">Email me a sign-in link</button>
+</form>"#
+        )
+    } else {
+        format!(
+            "{notice}<p>Open the login link you were given to sign in.</p>\
+             <p class=\"muted\">No link, or it expired? Ask your administrator for a new one.</p>"
+        )
+    };
+    html(status, page("Sign in", "", &body))
+}
+
+/// POST /_spawngate/login: either a link's confirmation (`token`) or a request for
+/// a link by email (`email`).
+async fn post<B>(app: &App, req: Request<B>, peer: Peer) -> Resp
+where
+    B: ReqBody,
+{
+    if !same_origin(app, req.headers()) {
+        return super::pages::forbidden(true);
+    }
+    let ip = client_ip(app, peer, req.headers()).map(|ip| ip.to_string());
+    let headers = req.headers().clone();
+    let body = match read_body(req.into_body()).await {
+        Ok(b) => b,
+        Err(e) => return super::api_error(&e),
+    };
+    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    // Every login attempt counts against the client address (confirmations too,
+    // so tokens cannot be guessed at speed).
+    if let Some(ip) = &ip
+        && !app.limit_per_ip.allow(ip)
+    {
+        tracing::warn!(target: "spawngate::login", client = %ip, "login rate limit (address) hit");
+        return too_many();
+    }
+    if form.contains_key("token") {
+        return confirm(app, &headers, form).await;
+    }
+    match form.get("email") {
+        Some(email) if app.mailer.is_some() => request_link(app, email, form.get("next")).await,
+        _ => invalid_link(),
+    }
+}
+
+fn too_many() -> Resp {
+    let mut resp = html(
+        StatusCode::TOO_MANY_REQUESTS,
+        page(
+            "Too many attempts",
+            "",
+            "<p>Too many sign-in attempts. Please wait a while and try again.</p>",
+        ),
+    );
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from(600u32));
+    resp
+}
+
+/// Sends a login link if the address belongs to an enabled user. The answer is the
+/// same either way and is given before any mail is sent, so neither its content
+/// nor its timing tells whether the address has an account.
+async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
+    let email = email.trim().to_ascii_lowercase();
+    if email.len() > 254 || !email.contains('@') {
+        return sign_in_page(
+            app,
+            None,
+            StatusCode::BAD_REQUEST,
+            "That does not look like an email address.",
+        );
+    }
+    if !app.limit_per_email.allow(&email) {
+        tracing::warn!(target: "spawngate::login", "login rate limit (email) hit");
+        return too_many();
+    }
+    let user = app
+        .store
+        .snapshot()
+        .by_email(&email)
+        .filter(|u| !u.disabled)
+        .cloned();
+    if let Some(user) = user {
+        let ttl = app.config.login.token_ttl;
+        match app
+            .store
+            .issue_login_token(&user.id, ttl.as_secs() as i64)
+            .await
+        {
+            Ok((token, _)) => {
+                let mut link = format!(
+                    "{}/_spawngate/login?token={token}",
+                    app.config.public_url.origin
+                );
+                if let Some(next) = next.and_then(|n| safe_next(n)) {
+                    link.push_str("&next=");
+                    link.extend(form_urlencoded::byte_serialize(next.as_bytes()));
+                }
+                if let Some(mailer) = app.mailer.clone() {
+                    let minutes = ttl.as_secs() / 60;
+                    tokio::spawn(async move {
+                        if let Err(e) = mailer.send_login_link(&email, &link, minutes).await {
+                            tracing::error!(target: "spawngate::login", user = %user.name, error = %e, "cannot send the login link");
+                        }
+                    });
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot issue a login token"),
+        }
+    }
     html(
         StatusCode::OK,
         page(
-            "Sign in",
+            "Check your email",
             "",
-            "<p>Open the login link you were given to sign in.</p>\
-             <p class=\"muted\">No link, or it expired? Ask your administrator for a new one.</p>",
+            "<p>If an account exists for that address, a sign-in link is on its way. It works once, for a few minutes.</p>",
         ),
     )
 }
@@ -120,19 +246,8 @@ fn same_origin(app: &App, headers: &HeaderMap) -> bool {
     }
 }
 
-async fn confirm<B>(app: &App, req: Request<B>) -> Resp
-where
-    B: ReqBody,
-{
-    if !same_origin(app, req.headers()) {
-        return super::pages::forbidden(true);
-    }
-    let old_session = app.identify(req.headers()).map(|i| i.session);
-    let body = match read_body(req.into_body()).await {
-        Ok(b) => b,
-        Err(e) => return super::api_error(&e),
-    };
-    let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) -> Resp {
+    let old_session = app.identify(headers).map(|i| i.session);
     let Some(token) = form.get("token") else {
         return invalid_link();
     };
@@ -184,14 +299,39 @@ where
     resp
 }
 
-pub async fn logout<B>(app: &App, req: Request<B>) -> Resp {
+/// POST /_spawngate/logout: needs the session's CSRF token (the sign-out form has
+/// it), so a cross-site form cannot sign anyone out; revokes the session
+/// server-side, so a copied cookie stops working too.
+pub async fn logout<B>(app: &App, req: Request<B>) -> Resp
+where
+    B: ReqBody,
+{
     if !same_origin(app, req.headers()) {
         return super::pages::forbidden(true);
     }
-    if let Some(identity) = app.identify(req.headers())
-        && let Err(e) = app.store.delete_session(&identity.session).await
-    {
-        return store_unavailable(&e);
+    let identity = app.identify(req.headers());
+    if let Some(identity) = identity {
+        let body = match read_body(req.into_body()).await {
+            Ok(b) => b,
+            Err(e) => return super::api_error(&e),
+        };
+        let csrf = form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        if !app.sessions.csrf_ok(&identity.session, &csrf) {
+            return html(
+                StatusCode::FORBIDDEN,
+                page(
+                    "Not signed out",
+                    "",
+                    "<p>The sign-out form was stale or forged. <a href=\"/_spawngate/\">Try again</a>.</p>",
+                ),
+            );
+        }
+        if let Err(e) = app.store.delete_session(&identity.session).await {
+            return store_unavailable(&e);
+        }
     }
     let mut resp = redirect(StatusCode::SEE_OTHER, "/_spawngate/login");
     let cookie = cookies::cleared(&app.config.session.cookie_name, app.config.session.secure);
@@ -215,9 +355,10 @@ pub fn home(app: &App, headers: &HeaderMap) -> Resp {
             &format!(
                 r#"<p>Signed in as <strong>{}</strong>.</p>
 <p><a href="{}">Open your environment</a></p>
-<form method="post" action="/_spawngate/logout"><button type="submit">Sign out</button></form>"#,
+<form method="post" action="/_spawngate/logout"><input type="hidden" name="csrf" value="{}"><button type="submit">Sign out</button></form>"#,
                 escape(&identity.user.name),
-                escape(&url)
+                escape(&url),
+                escape(&app.sessions.csrf_token(&identity.session))
             ),
         ),
     )

@@ -24,8 +24,37 @@ pub type Resp = Response<Full<Bytes>>;
 /// local control socket (the operator, by file permission).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
-    Network,
+    Network(std::net::SocketAddr),
     Control,
+}
+
+/// The client's address: the TCP peer, or, when the peer is a trusted proxy
+/// (Traefik), the address that proxy appended to `X-Forwarded-For`. A header sent
+/// by anyone else is ignored, so it cannot be used to dodge rate limits.
+pub fn client_ip(app: &App, peer: Peer, headers: &HeaderMap) -> Option<std::net::IpAddr> {
+    let Peer::Network(addr) = peer else {
+        return None;
+    };
+    let ip = addr.ip();
+    if !app
+        .config
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&ip))
+    {
+        return Some(ip);
+    }
+    // The last entry is the one our proxy added (the client it saw).
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .last()
+        .and_then(|s| s.parse().ok());
+    Some(forwarded.unwrap_or(ip))
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -66,7 +95,7 @@ where
             let rest = p["/_spawngate/api/".len()..].to_owned();
             admin::handle(&app, req, &rest, peer).await
         }
-        (_, "/_spawngate/login") => login::login(&app, req).await,
+        (_, "/_spawngate/login") => login::login(&app, req, peer).await,
         (&Method::POST, "/_spawngate/logout") => login::logout(&app, req).await,
         (&Method::GET, "/_spawngate/" | "/_spawngate") => login::home(&app, req.headers()),
         // Traefik's catch-all for `/u-…` paths no user router matched.

@@ -44,6 +44,7 @@ pub struct Directory {
     by_slug: HashMap<Slug, Arc<User>>,
     by_id: HashMap<UserId, Arc<User>>,
     by_name: HashMap<String, Arc<User>>,
+    by_email: HashMap<String, Arc<User>>,
 }
 
 impl Directory {
@@ -55,6 +56,10 @@ impl Directory {
     }
     pub fn by_name(&self, name: &str) -> Option<&Arc<User>> {
         self.by_name.get(name)
+    }
+    /// Emails are matched case-insensitively.
+    pub fn by_email(&self, email: &str) -> Option<&Arc<User>> {
+        self.by_email.get(&email.to_ascii_lowercase())
     }
     /// Users in name order (stable rendering and listings).
     pub fn users(&self) -> Vec<Arc<User>> {
@@ -162,6 +167,10 @@ impl Store {
             let user = Arc::new(user);
             dir.by_slug.insert(user.slug.clone(), user.clone());
             dir.by_name.insert(user.name.clone(), user.clone());
+            if let Some(email) = &user.email {
+                dir.by_email
+                    .insert(email.to_ascii_lowercase(), user.clone());
+            }
             dir.by_id.insert(user.id.clone(), user);
         }
         self.directory.send_replace(Arc::new(dir));
@@ -367,6 +376,13 @@ impl Store {
         Ok(decode::<Session>(&bytes)
             .ok()
             .filter(|s| s.expires > unix_now()))
+    }
+
+    /// Revokes every session of a user at once; returns how many there were.
+    pub async fn delete_sessions_of(&self, user_id: &UserId) -> Result<usize> {
+        let n = self.remove_where::<Session>(&self.sessions, |s| &s.user_id == user_id)?;
+        self.flush().await?;
+        Ok(n)
     }
 
     pub async fn delete_session(&self, sid: &SessionId) -> Result<()> {

@@ -74,6 +74,13 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(opts: Options) -> Harness {
+        // SPAWNGATE_TEST_LOG=debug shows the in-process server's logs.
+        if let Ok(filter) = std::env::var("SPAWNGATE_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let instance = format!("t{}", random_hex(5));
         let network = format!("sgtest-{instance}");
         let data_dir = tempfile::tempdir().unwrap();

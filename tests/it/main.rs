@@ -4,6 +4,7 @@
 //! and the real Docker Engine with the example image `spawngate-example-app:latest`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod auth;
 mod cli;
 mod compose;
 mod e2e;

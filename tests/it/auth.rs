@@ -1,0 +1,445 @@
+//! Login that a public site can trust, against real peers through Traefik: email
+//! links through a real SMTP server (aiosmtpd), rate limits that forged
+//! `X-Forwarded-For` headers cannot dodge, CSRF-protected logout, and admin
+//! revocation.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::header::{COOKIE, LOCATION};
+
+use crate::harness::{Harness, Options, free_port, repo_root, session_cookie};
+
+/// A real SMTP server (aiosmtpd from PyPI) writing every message to a Maildir.
+struct Smtp {
+    child: Child,
+    port: u16,
+    maildir: tempfile::TempDir,
+}
+
+impl Smtp {
+    async fn start() -> Smtp {
+        let bin = std::env::var_os("AIOSMTPD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join(".venv/bin/aiosmtpd"));
+        assert!(
+            bin.exists(),
+            "aiosmtpd not found at {} (run scripts/setup)",
+            bin.display()
+        );
+        let port = free_port();
+        let maildir = tempfile::tempdir().unwrap();
+        let child = Command::new(bin)
+            .args([
+                "-n",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+                "-c",
+                "aiosmtpd.handlers.Mailbox",
+            ])
+            // aiosmtpd makes the Maildir (tmp/, new/, cur/) itself.
+            .arg(maildir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "aiosmtpd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Smtp {
+            child,
+            port,
+            maildir,
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        let dir = self.maildir.path().join("mail").join("new");
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) for a message to `to` and returns it.
+    async fn wait_for(&self, to: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(m) = self
+                .messages()
+                .into_iter()
+                .find(|m| m.contains(&format!("X-RcptTo: {to}")))
+            {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no mail for {to}; mailbox: {:?}",
+                self.messages()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn link_in(mail: &str) -> String {
+    // Undo quoted-printable: soft line breaks and the escaped '='.
+    let mail = mail
+        .replace("=\r\n", "")
+        .replace("=\n", "")
+        .replace("=3D", "=");
+    mail.split_whitespace()
+        .find(|w| w.contains("/_spawngate/login?token="))
+        .expect("a login link in the mail")
+        .to_owned()
+}
+
+async fn with_email(smtp: &Smtp, extra: &str) -> Harness {
+    Harness::start(Options {
+        extra_toml: format!(
+            "[email]\nenabled = true\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nfrom = \"spawngate <login@example.org>\"\n[lifecycle]\nstart_on_login = false\n{extra}",
+            smtp.port
+        ),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn request_link(h: &Harness, email: &str) -> (StatusCode, String) {
+    let resp = h
+        .client
+        .post(h.url("/_spawngate/login"))
+        .form(&[("email", email)])
+        .send()
+        .await
+        .unwrap();
+    (resp.status(), resp.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emailed_link_signs_in_once_and_lands_on_the_users_container() {
+    let smtp = Smtp::start().await;
+    let h = with_email(&smtp, "").await;
+    let alice = h
+        .app
+        .add_user("test", "alice", Some("alice@example.org"))
+        .await
+        .unwrap();
+    h.wait_router(&format!("u-{}", alice.slug)).await;
+
+    let page = h
+        .client
+        .get(h.url("/_spawngate/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("name=\"email\""),
+        "the login page offers email sign-in"
+    );
+
+    let (status, known) = request_link(&h, "Alice@Example.org").await;
+    assert_eq!(status, 200);
+    let mail = smtp.wait_for("alice@example.org").await;
+    assert!(
+        mail.contains("From: spawngate <login@example.org>"),
+        "{mail}"
+    );
+    let link = link_in(&mail);
+    assert!(
+        link.starts_with(&format!("{}/_spawngate/login?token=", h.public)),
+        "{link}"
+    );
+
+    // Same answer for an address without an account, and no mail for it.
+    let (status, unknown) = request_link(&h, "nobody@example.org").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        unknown, known,
+        "identical response whether or not the email exists"
+    );
+
+    let cookie =
+        crate::harness::login_with_link(&h.client, &h.public, &link, h.cookie_name()).await;
+    let who = h
+        .client
+        .get(h.url(&format!("/u-{}/whoami.json", alice.slug)))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(who.status(), 200);
+    assert_eq!(
+        who.json::<serde_json::Value>().await.unwrap()["user"],
+        "alice"
+    );
+
+    // The link is used up.
+    let token = link.split("token=").nth(1).unwrap();
+    let again = h
+        .client
+        .post(h.url("/_spawngate/login"))
+        .form(&[("token", token)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !smtp
+            .messages()
+            .iter()
+            .any(|m| m.contains("nobody@example.org"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_requests_are_rate_limited_per_email_and_per_real_client_address() {
+    let smtp = Smtp::start().await;
+    let h = with_email(
+        &smtp,
+        "[login]\nper_email_per_hour = 3\nper_ip_per_hour = 8\n",
+    )
+    .await;
+    h.app
+        .add_user("test", "bob", Some("bob@example.org"))
+        .await
+        .unwrap();
+
+    for _ in 0..3 {
+        assert_eq!(request_link(&h, "bob@example.org").await.0, 200);
+    }
+    let (status, known_limited) = request_link(&h, "bob@example.org").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // Unknown addresses are limited the same way (nothing to tell them apart).
+    for _ in 0..3 {
+        assert_eq!(request_link(&h, "ghost@example.org").await.0, 200);
+    }
+    let (status, unknown_limited) = request_link(&h, "ghost@example.org").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(known_limited, unknown_limited);
+
+    // 8 attempts from this address are used now; forging X-Forwarded-For (Traefik
+    // replaces it; spawngate trusts it only from Traefik) does not help.
+    let resp = h
+        .client
+        .post(h.url("/_spawngate/login"))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .form(&[("email", "someone-else@example.org")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    // Token guessing counts against the same budget.
+    let guess = h
+        .client
+        .post(h.url("/_spawngate/login"))
+        .form(&[("token", "guess")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(guess.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_needs_the_csrf_token_and_revokes_the_session() {
+    let h = Harness::start(Options {
+        extra_toml: "[lifecycle]\nstart_on_login = false".into(),
+        ..Default::default()
+    })
+    .await;
+    let alice = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let app_url = h.url(&format!("/u-{}/", alice.slug));
+
+    // A cross-site form (no token) does not sign anyone out.
+    let forged = h
+        .client
+        .post(h.url("/_spawngate/logout"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let foreign_origin = h
+        .client
+        .post(h.url("/_spawngate/logout"))
+        .header(COOKIE, &cookie)
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign_origin.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        h.client
+            .get(&app_url)
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // The sign-out form on the home page carries it.
+    let home = h
+        .client
+        .get(h.url("/_spawngate/"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let home = home.text().await.unwrap();
+    let csrf = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = h
+        .client
+        .post(h.url("/_spawngate/logout"))
+        .header(COOKIE, &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        out.headers()[LOCATION],
+        "/_spawngate/login",
+        "always a same-site path"
+    );
+    assert!(
+        session_cookie(out.headers(), h.cookie_name()).is_some_and(|c| c.ends_with('=')),
+        "cookie cleared"
+    );
+    assert_eq!(
+        h.client
+            .get(&app_url)
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "the old cookie no longer passes forwardAuth"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
+    let h = Harness::start(Options {
+        extra_toml: "[lifecycle]\nstart_on_login = false".into(),
+        ..Default::default()
+    })
+    .await;
+    let token = h.app.store.create_admin_token("ops").await.unwrap();
+    let alice = h.user("alice").await;
+    let cookie = h.login("alice").await;
+    let app_url = h.url(&format!("/u-{}/", alice.slug));
+    let status = |c: &str| {
+        let req = h.client.get(&app_url).header(COOKIE, c.to_owned());
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(status(&cookie).await, 200);
+    let admin = |path: &str| {
+        h.client
+            .post(h.url(&format!("/_spawngate/api/users/alice/{path}")))
+            .bearer_auth(&token)
+    };
+
+    assert_eq!(admin("disable").send().await.unwrap().status(), 200);
+    assert_eq!(
+        status(&cookie).await,
+        401,
+        "disabled: every session is dead"
+    );
+    assert!(
+        h.app.login_link("alice").await.is_err(),
+        "no login links for disabled users"
+    );
+    assert_eq!(admin("enable").send().await.unwrap().status(), 200);
+    assert_eq!(
+        status(&cookie).await,
+        200,
+        "enabled again: the session was not revoked"
+    );
+
+    let second = h.login("alice").await;
+    let revoked = admin("sessions/revoke").send().await.unwrap();
+    assert_eq!(
+        revoked.json::<serde_json::Value>().await.unwrap()["revoked"],
+        2
+    );
+    assert_eq!(status(&cookie).await, 401);
+    assert_eq!(status(&second).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_redirects_only_ever_go_to_same_site_paths() {
+    let h = Harness::start(Options {
+        extra_toml: "[lifecycle]\nstart_on_login = false".into(),
+        ..Default::default()
+    })
+    .await;
+    let alice = h.user("alice").await;
+    for evil in [
+        "https://evil.example/",
+        "//evil.example/",
+        "/\\evil.example",
+        "/%2Fevil.example",
+        "javascript:alert(1)",
+    ] {
+        let link = h.app.login_link("alice").await.unwrap();
+        let token = link.url.split("token=").nth(1).unwrap().to_owned();
+        let resp = h
+            .client
+            .post(h.url("/_spawngate/login"))
+            .form(&[("token", token.as_str()), ("next", evil)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            resp.headers()[LOCATION],
+            format!("/u-{}/", alice.slug),
+            "next={evil:?}"
+        );
+    }
+    // A same-site target is honoured.
+    let link = h.app.login_link("alice").await.unwrap();
+    let token = link.url.split("token=").nth(1).unwrap().to_owned();
+    let target = format!("/u-{}/notebooks?x=1", alice.slug);
+    let resp = h
+        .client
+        .post(h.url("/_spawngate/login"))
+        .form(&[("token", token.as_str()), ("next", target.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()[LOCATION], target.as_str());
+}
