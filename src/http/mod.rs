@@ -52,7 +52,7 @@ pub fn client_ip(app: &App, peer: Peer, headers: &HeaderMap) -> Option<std::net:
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .last()
+        .next_back()
         .and_then(|s| s.parse().ok());
     Some(forwarded.unwrap_or(ip))
 }
