@@ -51,8 +51,7 @@ pub fn client_ip(app: &App, peer: Peer, headers: &HeaderMap) -> Option<std::net:
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .next_back()
+        .rfind(|s| !s.is_empty())
         .and_then(|s| s.parse().ok());
     Some(forwarded.unwrap_or(ip))
 }
