@@ -856,19 +856,19 @@ def section_e(be: Bench, o: argparse.Namespace) -> None:
 # ---- f. scale
 
 
-def proc_mem(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process in KiB; (0, 0) if it is gone."""
-    rss = hwm = 0
+def proc_mem(pid: int) -> tuple[int, int, int]:
+    """(VmRSS, VmHWM, RssAnon) of a process in KiB; zeros if it is gone. RssAnon is the
+    private part: VmRSS also counts file-backed pages (the binary) shared with others."""
+    found = {"VmRSS:": 0, "VmHWM:": 0, "RssAnon:": 0}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1])
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1])
+                key = line.split(None, 1)[0] if line.strip() else ""
+                if key in found:
+                    found[key] = int(line.split()[1])
     except OSError:
         pass
-    return rss, hwm
+    return found["VmRSS:"], found["VmHWM:"], found["RssAnon:"]
 
 
 def proc_cpu_ticks(pid: int) -> int:
@@ -926,13 +926,16 @@ def parallel(fn, items: list, workers: int) -> list:
         return list(pool.map(fn, items))
 
 
-def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None) -> None:
-    """Memory of spawngate itself with 1,000 users and 50 running containers."""
+def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None,
+              small: tuple[Bench, str, str] | None) -> None:
+    """Memory of spawngate itself with 1,000 users and 50 running containers. `small`:
+    the pair of sections a.-c. (a handful of users) and its warm user (slug, cookie),
+    when still up, for /auth rounds alternating with the ones at scale."""
     n_users, n_running, workers = o.scale_users, o.scale_running, 8
     create_workers = o.scale_create_workers
     sg_pid = bf.procs["spawngate"].pid
     traefik_pid = bf.procs["traefik"].pid
-    points: list[tuple[str, tuple[int, int], ConfigDoc | None]] = []
+    points: list[tuple[str, tuple[int, int, int], ConfigDoc | None]] = []
     time.sleep(1)
     points.append(("at start (no users)", proc_mem(sg_pid), config_doc(bf)))
 
@@ -976,22 +979,31 @@ def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None) -> Non
     stats = docker_lines("stats", "--no-stream", "--format", "{{.ID}} {{.MemUsage}}", *ids)
     cgroup_kib = [parse_size(l.split(None, 1)[1].split("/")[0]) for l in stats]
     pids = [int(p) for p in docker_lines("inspect", "-f", "{{.State.Pid}}", *ids)]
-    cont_rss = [proc_mem(p)[0] for p in pids]
-    traefik_rss, traefik_hwm = proc_mem(traefik_pid)
+    cont_mem = [proc_mem(p) for p in pids]
+    cont_rss = [m[0] for m in cont_mem]
+    cont_anon = [m[2] for m in cont_mem]
+    traefik_rss, traefik_hwm, traefik_anon = proc_mem(traefik_pid)
 
-    # /auth at that scale, the same wrk settings as section a.
+    # /auth at that scale, the same wrk settings as section a.; rounds alternating with
+    # the small pair of a.-c. when it is up, so both see the same machine load.
     user = chosen[0]
-    url = f"http://127.0.0.1:{bf.sg_port}/auth/u-{slugs[user]}"
-    hdrs = [f"Cookie: {cookies[user]}"]
-    log(f"f. warm-up spawngate /auth ({o.warmup_duration})")
-    wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
-    rounds = []
+    targets = [("at scale", f"http://127.0.0.1:{bf.sg_port}/auth/u-{slugs[user]}", [f"Cookie: {cookies[user]}"], bf)]
+    if small:
+        sb, s_slug, s_cookie = small
+        targets.append(("small (pair of a.-c.)", f"http://127.0.0.1:{sb.sg_port}/auth/u-{s_slug}",
+                        [f"Cookie: {s_cookie}"], sb))
+        poll_until_200(sb.sg_port, f"/auth/u-{s_slug}", {"Cookie": s_cookie}, time.perf_counter(), 0.05)
+    for name, url, hdrs, _ in targets:
+        log(f"f. warm-up spawngate /auth, {name} ({o.warmup_duration})")
+        wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
+    rounds: dict[str, list[WrkResult]] = {name: [] for name, _, _, _ in targets}
     for r in range(o.rounds):
-        bf.check_alive()
-        log(f"f. round {r + 1}/{o.rounds}: spawngate /auth at scale ({o.duration})")
-        rounds.append(wrk(url, o.threads, o.connections, o.duration, hdrs))
+        for name, url, hdrs, owner in targets:
+            owner.check_alive()
+            log(f"f. round {r + 1}/{o.rounds}: spawngate /auth, {name} ({o.duration})")
+            rounds[name].append(wrk(url, o.threads, o.connections, o.duration, hdrs))
     points.append(("after wrk", proc_mem(sg_pid), None))
-    best = max(rounds, key=lambda w: w.rps)
+    best = {name: max(rs, key=lambda w: w.rps) for name, rs in rounds.items()}
 
     print(f"f. Scale: spawngate with {n_users:,} users and {n_running} running containers "
           f"(fresh pair, host mode, precreate and start_on_login off)")
@@ -999,44 +1011,58 @@ def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None) -> Non
           f"{create_workers} API call{'s' if create_workers > 1 else ''} at a time); "
           f"{n_running} containers started in {start_s:.1f} s ({workers} concurrent API calls)")
     rows = []
-    for label, (rss, hwm), doc in points:
-        rows.append([f"spawngate {label}", mib(rss), mib(hwm),
+    for label, (rss, hwm, anon), doc in points:
+        rows.append([f"spawngate {label}", mib(rss), mib(hwm), mib(anon),
                      f"{doc.size:,}" if doc else "-", str(doc.routers) if doc else "-",
                      f"{median(doc.ms):.2f}" if doc else "-",
                      f"{min(doc.ms):.2f} / {max(doc.ms):.2f}" if doc else "-"])
-    print(table(["", "VmRSS MiB", "VmHWM MiB", "/traefik/config bytes", "routers",
+    print(table(["", "VmRSS MiB", "VmHWM MiB", "RssAnon MiB", "/traefik/config bytes", "routers",
                  "GET median ms", "min / max ms"], rows))
     print("  (config GETs: 20 per row, a new connection each, straight to spawngate)")
     print()
-    sg_rss = points[2][1][0]
-    sum_rss, sum_cg = sum(cont_rss), sum(cgroup_kib)
+    sg_rss, _, sg_anon = points[2][1]
+    sum_rss, sum_anon, sum_cg = sum(cont_rss), sum(cont_anon), sum(cgroup_kib)
     rows = [
-        [f"spawngate (after {n_running} running)", mib(sg_rss), "1.00x", f"{idle_cpu[0]:.1f}"],
-        [f"traefik ({n_users:,} users' routers)", mib(traefik_rss), ratio(sg_rss, traefik_rss), f"{idle_cpu[1]:.1f}"],
-        [f"{n_running} user containers, sum of VmRSS", mib(sum_rss), ratio(sg_rss, sum_rss), "-"],
-        [f"{n_running} user containers, sum of docker stats", mib(sum_cg), ratio(sg_rss, sum_cg), "-"],
-        ["one user container, median VmRSS", mib(median(cont_rss)), ratio(sg_rss, median(cont_rss)), "-"],
+        [f"spawngate (after {n_running} running)", mib(sg_rss), "1.00x", mib(sg_anon), "1.00x", f"{idle_cpu[0]:.1f}"],
+        [f"traefik ({n_users:,} users' routers)", mib(traefik_rss), ratio(sg_rss, traefik_rss),
+         mib(traefik_anon), ratio(sg_anon, traefik_anon), f"{idle_cpu[1]:.1f}"],
+        [f"{n_running} user containers, sum", mib(sum_rss), ratio(sg_rss, sum_rss),
+         mib(sum_anon), ratio(sg_anon, sum_anon), "-"],
+        ["one user container, median", mib(median(cont_rss)), ratio(sg_rss, median(cont_rss)),
+         mib(median(cont_anon)), ratio(sg_anon, median(cont_anon)), "-"],
+        [f"{n_running} user containers, sum of docker stats", mib(sum_cg), ratio(sg_rss, sum_cg), "", "", "-"],
     ]
-    print(table(["memory", "MiB", "spawngate / this", f"idle CPU % ({quiet:g} s)"], rows))
+    print(table(["memory", "VmRSS MiB", "spawngate / this", "RssAnon MiB", "spawngate / this",
+                 f"idle CPU % ({quiet:g} s)"], rows))
+    print(f"  VmRSS counts the binary's shared file-backed pages in every process; RssAnon is private memory.")
     print(f"  docker stats MemUsage per container: min {mib(min(cgroup_kib))}, median {mib(median(cgroup_kib))}, "
-          f"max {mib(max(cgroup_kib))} MiB (cgroup: includes page cache); traefik VmHWM {mib(traefik_hwm)} MiB")
+          f"max {mib(max(cgroup_kib))} MiB (cgroup, page cache counted once); traefik VmHWM {mib(traefik_hwm)} MiB;")
+    print(f"  idle CPU = utime+stime over {quiet:g} s without requests (Traefik polls /traefik/config every second).")
     print()
-    rows = [[f"at scale, round {i + 1}", f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}", f"{w.requests:,}",
-             str(w.non2xx), w.socket_errors or "0"] for i, w in enumerate(rounds)]
+    rows = [[f"{name}, round {i + 1}", f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}", f"{w.requests:,}",
+             str(w.non2xx), w.socket_errors or "0"] for name, rs in rounds.items() for i, w in enumerate(rs)]
     print(table([f"spawngate /auth [wrk -t{o.threads} -c{o.connections} -d{o.duration}]",
                  "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "socket errors"], rows))
     print()
-    rows = [[f"at scale ({n_users:,} users, {n_running} running)", f"{best.rps:,.0f}", f"{best.p50:.3f}",
-             f"{best.p99:.3f}"]]
+    sc = best["at scale"]
+    rows = [[f"at scale ({n_users:,} users, {n_running} running)", f"{sc.rps:,.0f}", f"{sc.p50:.3f}", f"{sc.p99:.3f}"]]
+    if small:
+        sm = best["small (pair of a.-c.)"]
+        small_users = len(small[0].api("GET", "users").get("users", []))
+        rows += [
+            [f"small pair, same time ({small_users} users)", f"{sm.rps:,.0f}",
+             f"{sm.p50:.3f}", f"{sm.p99:.3f}"],
+            ["ratio scale/small", ratio(sc.rps, sm.rps), ratio(sc.p50, sm.p50), ratio(sc.p99, sm.p99)],
+        ]
     if a_best:
         rows += [
-            ["section a (1 ready user among a handful)", f"{a_best.rps:,.0f}", f"{a_best.p50:.3f}", f"{a_best.p99:.3f}"],
-            ["ratio scale/a", ratio(best.rps, a_best.rps), ratio(best.p50, a_best.p50), ratio(best.p99, a_best.p99)],
+            ["section a (earlier in this run)", f"{a_best.rps:,.0f}", f"{a_best.p50:.3f}", f"{a_best.p99:.3f}"],
+            ["ratio scale/a", ratio(sc.rps, a_best.rps), ratio(sc.p50, a_best.p50), ratio(sc.p99, a_best.p99)],
         ]
     print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms"], rows))
-    if not a_best:
-        print("  (section a not run in this invocation: nothing to compare with)")
-    if any(w.non2xx for w in rounds):
+    if not (a_best or small):
+        print("  (sections a.-c. not run in this invocation: nothing to compare with)")
+    if any(w.non2xx for rs in rounds.values() for w in rs):
         print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
     print(flush=True)
 
@@ -1379,6 +1405,7 @@ def main() -> int:
     try:
         header(b, o)
         a_best = None
+        small = None
         if set(o.only) & set("abc"):
             log(f"starting spawngate (instance {b.instance}), the no-op server and Traefik")
             b.start()
@@ -1396,8 +1423,11 @@ def main() -> int:
                 section_b(b, o, [(n, *users[n]) for n in names[1:]])
             if "c" in o.only:
                 section_c(b, o, warm)
-            # Done with this pair: the next sections start their own.
-            b.cleanup()
+            # The next sections start pairs of their own; f. compares /auth with this
+            # one side by side, so it stays up (idle) until then.
+            small = (b, warm[1], warm[2])
+            if "f" not in o.only:
+                b.cleanup()
         if "d" in o.only:
             section_d(o, b.run_id, tmp, stacks)
         if "e" in o.only:
@@ -1413,7 +1443,7 @@ def main() -> int:
             stacks.append(bf)
             log(f"f. starting a fresh spawngate + Traefik pair (instance {bf.instance})")
             bf.start()
-            section_f(bf, o, a_best)
+            section_f(bf, o, a_best, small)
             log(f"f. cleaning up its pair ({o.scale_running} containers and their volumes)")
             bf.cleanup()
     except KeyboardInterrupt:

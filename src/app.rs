@@ -156,6 +156,9 @@ impl App {
         email: Option<&str>,
     ) -> Result<UserView, ApiError> {
         validate_name(name)?;
+        // Stored lower-case: uniqueness and email login ignore case.
+        let email = email.map(|e| e.trim().to_ascii_lowercase());
+        let email = email.as_deref();
         if let Some(email) = email {
             validate_email(email)?;
         }
@@ -179,7 +182,10 @@ impl App {
     /// it), sessions and tokens.
     pub async fn remove_user(&self, actor: &str, key: &str) -> Result<(), ApiError> {
         let user = self.find_user(key)?;
-        // Container first: if Docker is down the user stays, and the call can be
+        // Access first: with no session left, no request can start the container
+        // again while it is being removed.
+        self.store.delete_sessions_of(&user.id).await?;
+        // Then the container: if Docker is down the user stays, and the call can be
         // retried, instead of leaving an orphaned container behind.
         let keep = self.config.lifecycle.keep_volume_on_delete;
         self.lifecycle.remove(&user, keep).await?;

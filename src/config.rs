@@ -543,7 +543,10 @@ impl Config {
             })?,
             None => String::new(),
         };
-        Self::from_sources(&text, std::env::vars())
+        // Non-UTF-8 variables cannot be ours; skip them instead of panicking.
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        Self::from_sources(&text, env)
     }
 
     /// Builds a config from TOML text and environment variables (testable without

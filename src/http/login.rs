@@ -153,33 +153,36 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
         .by_email(&email)
         .filter(|u| !u.disabled)
         .cloned();
-    if let Some(user) = user {
+    // Everything that depends on the account (issuing the token: a disk write;
+    // sending the mail) happens after the answer, so its timing is the same.
+    if let (Some(user), Some(mailer)) = (user, app.mailer.clone()) {
+        let store = app.store.clone();
         let ttl = app.config.login.token_ttl;
-        match app
-            .store
-            .issue_login_token(&user.id, ttl.as_secs() as i64)
-            .await
-        {
-            Ok((token, _)) => {
-                let mut link = format!(
-                    "{}/_spawngate/login?token={token}",
-                    app.config.public_url.origin
-                );
-                if let Some(next) = next.and_then(|n| safe_next(n)) {
-                    link.push_str("&next=");
-                    link.extend(form_urlencoded::byte_serialize(next.as_bytes()));
+        let origin = app.config.public_url.origin.clone();
+        let next = next.and_then(|n| safe_next(n));
+        tokio::spawn(async move {
+            let token = match store
+                .issue_login_token(&user.id, ttl.as_secs() as i64)
+                .await
+            {
+                Ok((token, _)) => token,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot issue a login token");
+                    return;
                 }
-                if let Some(mailer) = app.mailer.clone() {
-                    let minutes = ttl.as_secs() / 60;
-                    tokio::spawn(async move {
-                        if let Err(e) = mailer.send_login_link(&email, &link, minutes).await {
-                            tracing::error!(target: "spawngate::login", user = %user.name, error = %e, "cannot send the login link");
-                        }
-                    });
-                }
+            };
+            let mut link = format!("{origin}/_spawngate/login?token={token}");
+            if let Some(next) = next {
+                link.push_str("&next=");
+                link.extend(form_urlencoded::byte_serialize(next.as_bytes()));
             }
-            Err(e) => tracing::error!(error = %e, "cannot issue a login token"),
-        }
+            if let Err(e) = mailer
+                .send_login_link(&email, &link, ttl.as_secs() / 60)
+                .await
+            {
+                tracing::error!(target: "spawngate::login", user = %user.name, error = %e, "cannot send the login link");
+            }
+        });
     }
     html(
         StatusCode::OK,

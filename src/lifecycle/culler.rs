@@ -102,7 +102,12 @@ impl Lifecycle {
             };
             self.persist_activity(&user, &slot);
             let phase = slot.phase.borrow().clone();
-            let idle = now - slot.last_activity.load(Ordering::Relaxed);
+            let last = slot.last_activity.load(Ordering::Relaxed);
+            if last == 0 {
+                // Never seen active (nor started by us): no idle clock to judge by.
+                continue;
+            }
+            let idle = now - last;
             if matches!(phase, Phase::Ready | Phase::Paused)
                 && idle >= watch_traffic_after
                 && self.saw_traffic(&user, &slot).await
@@ -119,7 +124,7 @@ impl Lifecycle {
             let present = slot.present.load(Ordering::Relaxed);
             if let Some((action, reason)) = decide(lc, &phase, present, idle, age) {
                 let this = self.clone();
-                tokio::spawn(async move { this.apply(&user, &slot, action, reason).await });
+                tokio::spawn(async move { this.apply(&user, &slot, action, reason, last).await });
             }
         }
     }
@@ -154,13 +159,24 @@ impl Lifecycle {
         }
     }
 
-    async fn apply(&self, user: &User, slot: &Slot, action: Action, reason: &'static str) {
-        // Claim the transition first; if a request got there first, do nothing.
+    async fn apply(
+        &self,
+        user: &User,
+        slot: &Slot,
+        action: Action,
+        reason: &'static str,
+        judged_activity: i64,
+    ) {
+        // Claim the transition first; if a request got there first (the phase
+        // moved, or there was activity since the decision), do nothing.
         let target = match action {
             Action::Pause => Phase::Paused,
             Action::Stop | Action::Remove => Phase::Stopped,
         };
         let claimed = slot.phase.send_if_modified(|p| {
+            if slot.last_activity.load(Ordering::Relaxed) != judged_activity && reason == "idle" {
+                return false;
+            }
             let ok = match action {
                 Action::Pause => matches!(p, Phase::Ready),
                 Action::Stop => matches!(p, Phase::Ready | Phase::Paused),

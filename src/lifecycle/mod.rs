@@ -149,10 +149,13 @@ impl Slot {
 
     /// Whether this slot counts against `limits.max_running`.
     fn occupies_capacity(&self) -> bool {
-        matches!(
-            *self.phase.borrow(),
-            Phase::Starting | Phase::Ready | Phase::Paused
-        )
+        match *self.phase.borrow() {
+            Phase::Starting | Phase::Ready | Phase::Paused => true,
+            // A container that exists but whose state is unsure (not answering at
+            // start-up, events missed) may be running: count it.
+            Phase::Unknown => self.present.load(Ordering::Relaxed),
+            _ => false,
+        }
     }
 }
 
@@ -296,6 +299,16 @@ impl Lifecycle {
     fn kick(self: &Arc<Self>, user: &Arc<User>, slot: &Arc<Slot>) {
         let started = {
             let _capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
+            // Nothing to do (already starting or ready, or failed a moment ago):
+            // decide that before possibly stopping someone else to make room.
+            let would_start = match &*slot.phase.borrow() {
+                Phase::Starting | Phase::Ready => false,
+                Phase::Failed { at, .. } => at.elapsed() >= RETRY_BACKOFF,
+                _ => true,
+            };
+            if !would_start {
+                return;
+            }
             let needs_place = !slot.occupies_capacity();
             if needs_place && let Some(refusal) = self.claim_place(&user.id) {
                 slot.phase.send_if_modified(|p| match p {
@@ -329,9 +342,19 @@ impl Lifecycle {
                 let result = this.spawn(&user, &slot).await;
                 match result {
                     Ok(()) => {
-                        tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, "container ready");
                         slot.touch();
-                        slot.phase.send_replace(Phase::Ready);
+                        // Ready only if nobody (an admin stop, a delete) changed the
+                        // plan while we were starting.
+                        let ready = slot.phase.send_if_modified(|p| {
+                            let starting = matches!(p, Phase::Starting);
+                            if starting {
+                                *p = Phase::Ready;
+                            }
+                            starting
+                        });
+                        if ready {
+                            tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, "container ready");
+                        }
                     }
                     Err(error) => {
                         tracing::error!(user = %user.name, slug = %user.slug, error = %error.detail(), "spawn failed");
@@ -483,6 +506,10 @@ impl Lifecycle {
             .await
             .map_err(|_| SpawnError::Failed("spawngate is shutting down".into()))?;
         let _ops = slot.ops.lock().await;
+        // Stopped or removed by an admin while we waited for the lock: do not start.
+        if !matches!(*slot.phase.borrow(), Phase::Starting) {
+            return Ok(());
+        }
         let spec = self.spec(user);
         // Intent first: a crash between here and Docker leaves a record saying what
         // we were doing.
@@ -515,9 +542,19 @@ impl Lifecycle {
         let (flushed, running) =
             tokio::join!(self.store.flush(), self.runtime.ensure_running(&spec));
         let running = running?;
-        flushed?;
         slot.present.store(true, Ordering::Relaxed);
-        self.wait_until_answering(user, &spec.name).await?;
+        let answering = match flushed {
+            Ok(()) => self.wait_until_answering(user, &spec.name).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = answering {
+            // Never leave a started container running that nobody can reach or
+            // count: stop it (best effort); the next request tries again.
+            if let Err(stop) = self.runtime.stop(&spec.name).await {
+                tracing::warn!(container = %spec.name, error = %stop, "cannot stop a container that failed to become ready");
+            }
+            return Err(e);
+        }
         let started = running
             .running_since
             .as_deref()
@@ -526,6 +563,8 @@ impl Lifecycle {
         slot.started.store(started, Ordering::Relaxed);
         slot.net_bytes.store(u64::MAX, Ordering::Relaxed);
 
+        // Re-read: an admin may have changed the intent meanwhile.
+        let mut record = self.store.container_record(&user.id)?.unwrap_or(record);
         if record.container_id.as_deref() != Some(&running.id) {
             record.created_at = Some(unix_now());
             // A pooled container was replaced by one of the user's own.
@@ -619,6 +658,8 @@ impl Lifecycle {
             match this.runtime.ensure_created(&this.spec(&user)).await {
                 Ok(_) => {
                     slot.present.store(true, Ordering::Relaxed);
+                    // Its idle clock starts now, not in 1970.
+                    slot.touch();
                     slot.phase.send_if_modified(|p| {
                         let unknown = matches!(p, Phase::Unknown);
                         if unknown {
@@ -744,13 +785,18 @@ impl Lifecycle {
             return;
         };
         let slot = self.slot(&user.id);
-        let changed = slot.phase.send_if_modified(|p| {
-            if matches!(p, Phase::Ready | Phase::Paused) {
+        let changed = slot.phase.send_if_modified(|p| match (gone.paused, &*p) {
+            // Paused (by us, or by hand): the next request unpauses it.
+            (true, Phase::Ready) => {
+                *p = Phase::Paused;
+                true
+            }
+            (true, _) => false,
+            (false, Phase::Ready | Phase::Paused) => {
                 *p = Phase::Unknown;
                 true
-            } else {
-                false
             }
+            (false, _) => false,
         });
         if changed {
             tracing::info!(user = %user.name, slug = %slug, "container stopped outside spawngate");
@@ -1028,7 +1074,41 @@ mod tests {
 
         lc.container_gone(&ContainerGone {
             name: format!("/{}", container_name(&user.slug)),
+            paused: false,
         });
         assert!(matches!(lc.phase(&user.id), Phase::Unknown));
+    }
+
+    #[tokio::test]
+    async fn a_pause_event_keeps_the_container_counted_as_paused() {
+        let (_d, _rt, lc, user) = setup().await;
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        lc.container_gone(&ContainerGone {
+            name: container_name(&user.slug),
+            paused: true,
+        });
+        assert!(matches!(lc.phase(&user.id), Phase::Paused));
+        assert!(lc.slot(&user.id).occupies_capacity());
+    }
+
+    #[tokio::test]
+    async fn an_admin_stop_during_a_spawn_wins() {
+        let (_d, runtime, lc, user) = setup().await;
+        // The spawn is under way (the fake app needs ~100 ms to listen).
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::ZERO).await,
+            Readiness::Pending
+        ));
+        lc.stop(&user).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            matches!(lc.phase(&user.id), Phase::Stopped),
+            "{:?}",
+            lc.phase(&user.id)
+        );
+        assert!(
+            runtime.servers.lock().unwrap().is_empty(),
+            "the container was stopped, not left running"
+        );
     }
 }

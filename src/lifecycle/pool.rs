@@ -98,7 +98,10 @@ impl Lifecycle {
         self.pool.refill.notify_one();
         if let Err(e) = self.runtime.adopt_pooled(&member.name, spec).await {
             tracing::warn!(pooled = %member.name, error = %e, "claiming a pool container failed; spawning normally");
+            // Under either name: the rename may have happened before the failure.
+            // (The user had no container, so `spec.name` can only be the spare.)
             let _ = self.runtime.remove(&member.name, None).await;
+            let _ = self.runtime.remove(&spec.name, None).await;
             return None;
         }
         slot.set_pooled_secret(

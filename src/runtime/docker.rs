@@ -262,6 +262,12 @@ impl DockerRuntime {
                     .as_ref()
                     .and_then(|o| o.get("com.docker.network.bridge.enable_icc"))
                     .is_some_and(|v| v == "false");
+                if !icc_off && self.mode == NetworkMode::Host {
+                    return Err(RuntimeError::Failed(format!(
+                        "network '{}' allows traffic between containers, so users could reach each other: host mode needs its own network (set docker.network to another name)",
+                        spec.network
+                    )));
+                }
                 if icc_off && self.mode == NetworkMode::Network {
                     return Err(RuntimeError::Failed(format!(
                         "network '{}' has inter-container traffic disabled (made for host mode?), so nothing could reach the container: set docker.network to another name",
@@ -737,7 +743,10 @@ impl Runtime for DockerRuntime {
                 continue;
             }
             if !is_peer && let Some(name) = attrs.remove("name") {
-                on_gone(ContainerGone { name });
+                on_gone(ContainerGone {
+                    name,
+                    paused: action == "pause",
+                });
             }
         }
         Ok(())

@@ -106,6 +106,8 @@ pub struct ContainerSummary {
 #[derive(Clone, Debug)]
 pub struct ContainerGone {
     pub name: String,
+    /// Paused rather than stopped or removed.
+    pub paused: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

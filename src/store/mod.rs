@@ -250,8 +250,9 @@ impl Store {
             Err(TransactionError::Abort(e)) => return Err(e),
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         }
-        self.flush().await?;
+        // Committed: the directory shows it even if the flush below fails.
         self.refresh_directory()?;
+        self.flush().await?;
         Ok(user)
     }
 
@@ -293,8 +294,8 @@ impl Store {
                 value: user.name.clone(),
             });
         }
-        self.flush().await?;
-        self.refresh_directory()
+        self.refresh_directory()?;
+        self.flush().await
     }
 
     /// Deletes a user, their indexes, sessions, login tokens and container record.
@@ -326,8 +327,8 @@ impl Store {
         }
         self.remove_where::<Session>(&self.sessions, |s| s.user_id == user.id)?;
         self.remove_where::<LoginToken>(&self.login_tokens, |t| t.user_id == user.id)?;
-        self.flush().await?;
         self.refresh_directory()?;
+        self.flush().await?;
         Ok(())
     }
 
