@@ -1050,7 +1050,7 @@ def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None,
         sm = best["small (pair of a.-c.)"]
         small_users = len(small[0].api("GET", "users").get("users", []))
         rows += [
-            [f"small pair, same time ({small_users} users)", f"{sm.rps:,.0f}",
+            [f"small pair, same time ({small_users} user{'s' if small_users != 1 else ''})", f"{sm.rps:,.0f}",
              f"{sm.p50:.3f}", f"{sm.p99:.3f}"],
             ["ratio scale/small", ratio(sc.rps, sm.rps), ratio(sc.p50, sm.p50), ratio(sc.p99, sm.p99)],
         ]

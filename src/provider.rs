@@ -24,6 +24,7 @@ pub const AUTH_RESPONSE_HEADERS: &[&str] = &[
     "X-Spawngate-Slug",
     "X-Spawngate-Secret",
     "Cookie",
+    "Authorization",
 ];
 
 /// Name of the always-present routers, middlewares and service.
@@ -200,7 +201,8 @@ mod tests {
                 "X-Spawngate-User",
                 "X-Spawngate-Slug",
                 "X-Spawngate-Secret",
-                "Cookie"
+                "Cookie",
+                "Authorization"
             ])
         );
         assert_eq!(

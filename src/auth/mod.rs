@@ -25,6 +25,29 @@ pub struct Identity {
 }
 
 impl App {
+    /// The user behind a personal API token (`Authorization: Bearer spawngate_…`).
+    /// Never read from a query string.
+    pub fn identify_token(&self, headers: &HeaderMap) -> Option<Arc<User>> {
+        let token = crate::http::bearer(headers)?;
+        let token = token.expose();
+        // Cheap rejections before any hashing or lookup.
+        if !token.starts_with("spawngate_") || token.len() > 128 {
+            return None;
+        }
+        let record = match self.store.api_token(token) {
+            Ok(r) => r?,
+            Err(e) => {
+                tracing::warn!(error = %e, "API token lookup failed");
+                return None;
+            }
+        };
+        self.store
+            .snapshot()
+            .by_id(&record.user_id)
+            .filter(|u| !u.disabled)
+            .cloned()
+    }
+
     /// The caller's identity from the session cookie. A forged, tampered, expired or
     /// revoked cookie, or a disabled or deleted user, is the same as no cookie.
     pub fn identify(&self, headers: &HeaderMap) -> Option<Identity> {

@@ -11,7 +11,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{Resp, pages, redirect, wants_html};
 use crate::app::App;
-use crate::auth::{Identity, cookies, safe_next};
+use crate::auth::{cookies, safe_next};
 use crate::ids::Slug;
 use crate::lifecycle::Readiness;
 use crate::store::User;
@@ -41,13 +41,17 @@ async fn decide(
     slug: Option<&Slug>,
 ) -> (&'static str, Resp, Option<String>) {
     let browser = wants_html(headers);
-    let Some(identity) = app.identify(headers) else {
+    let caller = app
+        .identify(headers)
+        .map(|i| i.user)
+        .or_else(|| app.identify_token(headers));
+    let Some(caller) = caller else {
         return ("no_session", unauthenticated(headers, browser), None);
     };
-    let who = Some(identity.user.name.clone());
+    let who = Some(caller.name.clone());
     let directory = app.store.snapshot();
     let target = slug.and_then(|s| directory.by_slug(s));
-    let Some(target) = target.filter(|t| t.id == identity.user.id) else {
+    let Some(target) = target.filter(|t| t.id == caller.id) else {
         let outcome = if target.is_some() {
             "forbidden"
         } else {
@@ -60,7 +64,7 @@ async fn decide(
         .ensure_ready(target, app.config.spawn.hold)
         .await
     {
-        Readiness::Ready => ("allow", allow(app, headers, &identity, target), who),
+        Readiness::Ready => ("allow", allow(app, headers, &caller, target), who),
         Readiness::Pending => ("starting", waiting(browser), who),
         Readiness::Failed(e) => {
             let mut resp = pages::spawn_failed(browser, &e.to_string());
@@ -73,11 +77,11 @@ async fn decide(
 
 /// 200 with the identity headers and the request's cookies minus the session
 /// cookie. Traefik replaces the client's versions of these headers with ours.
-fn allow(app: &App, headers: &HeaderMap, identity: &Identity, target: &User) -> Resp {
+fn allow(app: &App, headers: &HeaderMap, caller: &User, target: &User) -> Resp {
     let mut resp = super::text(StatusCode::OK, "");
     let h = resp.headers_mut();
     // Names and slugs are validated ASCII, so these conversions cannot fail.
-    if let Ok(v) = HeaderValue::from_str(&identity.user.name) {
+    if let Ok(v) = HeaderValue::from_str(&caller.name) {
         h.insert(HeaderName::from_static("x-spawngate-user"), v);
     }
     if let Ok(v) = HeaderValue::from_str(target.slug.as_str()) {
@@ -88,12 +92,29 @@ fn allow(app: &App, headers: &HeaderMap, identity: &Identity, target: &User) -> 
     {
         h.insert(HeaderName::from_static("x-spawngate-secret"), v);
     }
+    // `Authorization` is in authResponseHeaders too: a spawngate token stops here,
+    // anything else (the app's own auth) is handed back to reach the container.
+    if let Some(auth) = headers.get(hyper::header::AUTHORIZATION)
+        && !is_spawngate_token(auth)
+    {
+        h.insert(hyper::header::AUTHORIZATION, auth.clone());
+    }
     if let Some(rest) = cookies::without_session(headers, &app.config.session.cookie_name)
         && let Ok(v) = HeaderValue::from_str(&rest)
     {
         h.insert(hyper::header::COOKIE, v);
     }
     resp
+}
+
+fn is_spawngate_token(value: &HeaderValue) -> bool {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer") && token.trim().starts_with("spawngate_")
+        })
 }
 
 fn unauthenticated(headers: &HeaderMap, browser: bool) -> Resp {

@@ -3,6 +3,7 @@
 mod admin;
 mod forward_auth;
 mod login;
+mod me;
 pub mod pages;
 
 use std::convert::Infallible;
@@ -90,6 +91,11 @@ where
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => readyz(&app).await,
         (&Method::GET, "/traefik/config") => provider_config(&app, req.headers()),
+        (_, "/_spawngate/api/me") => me::handle(&app, req, "").await,
+        (_, p) if p.starts_with("/_spawngate/api/me/") => {
+            let rest = p["/_spawngate/api/me/".len()..].to_owned();
+            me::handle(&app, req, &rest).await
+        }
         (_, p) if p.starts_with("/_spawngate/api/") => {
             let rest = p["/_spawngate/api/".len()..].to_owned();
             admin::handle(&app, req, &rest, peer).await

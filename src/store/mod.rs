@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use crate::ids::{SessionId, Slug, UserId, random_bytes, random_token};
 use crate::time::unix_now;
 pub use records::{
-    AdminToken, AuditEntry, ContainerRecord, Desired, LoginToken, Overrides, Session, User,
+    AdminToken, ApiToken, AuditEntry, ContainerRecord, Desired, LoginToken, Overrides, Session,
+    User,
 };
 use records::{DecodeError, decode, encode};
 
@@ -94,6 +95,7 @@ pub struct Store {
     sessions: sled::Tree,
     login_tokens: sled::Tree,
     admin_tokens: sled::Tree,
+    api_tokens: sled::Tree,
     containers: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
@@ -136,6 +138,7 @@ impl Store {
             sessions: tree("sessions")?,
             login_tokens: tree("login_tokens")?,
             admin_tokens: tree("admin_tokens")?,
+            api_tokens: tree("api_tokens")?,
             containers: tree("containers")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
@@ -327,6 +330,7 @@ impl Store {
         }
         self.remove_where::<Session>(&self.sessions, |s| s.user_id == user.id)?;
         self.remove_where::<LoginToken>(&self.login_tokens, |t| t.user_id == user.id)?;
+        self.remove_where::<ApiToken>(&self.api_tokens, |t| t.user_id == user.id)?;
         self.refresh_directory()?;
         self.flush().await?;
         Ok(())
@@ -431,6 +435,65 @@ impl Store {
         };
         self.flush().await?;
         Ok(check_token(&bytes))
+    }
+
+    // --- personal API tokens -----------------------------------------------------------
+
+    /// At most this many personal tokens per user.
+    pub const MAX_API_TOKENS: usize = 20;
+
+    /// Creates a personal token (`spawngate_…`): returned once, stored as a hash.
+    pub async fn create_api_token(
+        &self,
+        user_id: &UserId,
+        name: &str,
+    ) -> Result<(String, ApiToken)> {
+        if self.api_tokens_of(user_id)?.len() >= Self::MAX_API_TOKENS {
+            return Err(StoreError::Conflict {
+                what: "token limit for user",
+                value: user_id.to_string(),
+            });
+        }
+        let token = format!("spawngate_{}", random_token::<32>());
+        let record = ApiToken {
+            id: hex::encode(random_bytes::<6>()),
+            user_id: user_id.clone(),
+            name: name.to_owned(),
+            created: unix_now(),
+        };
+        self.api_tokens
+            .insert(token_hash(&token), encode(&record))?;
+        self.flush().await?;
+        Ok((token, record))
+    }
+
+    pub fn api_token(&self, token: &str) -> Result<Option<ApiToken>> {
+        Ok(self
+            .api_tokens
+            .get(token_hash(token))?
+            .and_then(|b| decode::<ApiToken>(&b).ok()))
+    }
+
+    pub fn api_tokens_of(&self, user_id: &UserId) -> Result<Vec<ApiToken>> {
+        let mut out = Vec::new();
+        for item in self.api_tokens.iter() {
+            let (_, value) = item?;
+            if let Ok(t) = decode::<ApiToken>(&value)
+                && &t.user_id == user_id
+            {
+                out.push(t);
+            }
+        }
+        out.sort_by_key(|t| t.created);
+        Ok(out)
+    }
+
+    /// Revokes one of the user's tokens by its id; `false` if there was none.
+    pub async fn delete_api_token(&self, user_id: &UserId, id: &str) -> Result<bool> {
+        let n = self
+            .remove_where::<ApiToken>(&self.api_tokens, |t| &t.user_id == user_id && t.id == id)?;
+        self.flush().await?;
+        Ok(n > 0)
     }
 
     // --- admin tokens ---------------------------------------------------------------
@@ -669,6 +732,8 @@ mod tests {
         let u = s.create_user("alice", None, None).await.unwrap();
         let (login, _) = s.issue_login_token(&u.id, 900).await.unwrap();
         let admin = s.create_admin_token("ops").await.unwrap();
+        let (personal, _) = s.create_api_token(&u.id, "ci").await.unwrap();
+        assert_eq!(s.api_token(&personal).unwrap().unwrap().user_id, u.id);
         assert_eq!(s.admin_token(&admin).unwrap().unwrap().name, "ops");
         assert!(s.admin_token("sgadm_nope").unwrap().is_none());
         drop(s);
@@ -677,7 +742,7 @@ mod tests {
         for entry in walk(dir.path()) {
             all.extend(std::fs::read(entry).unwrap_or_default());
         }
-        for secret in [&login, &admin] {
+        for secret in [&login, &admin, &personal] {
             assert!(!all.windows(secret.len()).any(|w| w == secret.as_bytes()));
         }
     }

@@ -55,6 +55,16 @@ pub struct LoginToken {
     pub expires: i64,
 }
 
+/// A user's personal API token (for scripts hitting their own slug). Stored under
+/// the token's hash; `id` is its public handle for listing and revoking.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: String,
+    pub user_id: UserId,
+    pub name: String,
+    pub created: i64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdminToken {
     pub name: String,

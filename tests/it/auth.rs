@@ -443,3 +443,134 @@ async fn login_redirects_only_ever_go_to_same_site_paths() {
         .unwrap();
     assert_eq!(resp.headers()[LOCATION], target.as_str());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_container() {
+    let h = Harness::start(Options {
+        extra_toml: "[lifecycle]\nstart_on_login = false".into(),
+        ..Default::default()
+    })
+    .await;
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let cookie = h.login("alice").await;
+    let me: serde_json::Value = h
+        .client
+        .get(h.url("/_spawngate/api/me"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], "alice");
+    let csrf = me["csrf"].as_str().unwrap().to_owned();
+
+    // Creating a token with the cookie needs the CSRF header.
+    let forged = h
+        .client
+        .post(h.url("/_spawngate/api/me/tokens"))
+        .header(COOKIE, &cookie)
+        .json(&serde_json::json!({ "name": "ci" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let created: serde_json::Value = h
+        .client
+        .post(h.url("/_spawngate/api/me/tokens"))
+        .header(COOKIE, &cookie)
+        .header("X-Spawngate-CSRF", &csrf)
+        .json(&serde_json::json!({ "name": "ci" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("spawngate_"));
+    let listed = h
+        .client
+        .get(h.url("/_spawngate/api/me/tokens"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listed.contains("\"ci\"") && !listed.contains(&token),
+        "listed, never shown again: {listed}"
+    );
+
+    // A script with the token reaches alice's container; the token does not.
+    let who: serde_json::Value = h
+        .client
+        .get(h.url(&format!("/u-{}/whoami.json", alice.slug)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(who["user"], "alice");
+    assert!(who["headers"].get("authorization").is_none(), "{who}");
+    // The app's own Authorization (not a spawngate token) passes through.
+    let own: serde_json::Value = h
+        .client
+        .get(h.url(&format!("/u-{}/whoami.json", alice.slug)))
+        .header(COOKIE, &cookie)
+        .header("Authorization", "Basic YXBwOnNlY3JldA==")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["headers"]["authorization"], "Basic YXBwOnNlY3JldA==");
+
+    let on_bob = h
+        .client
+        .get(h.url(&format!("/u-{}/", bob.slug)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_bob.status(), StatusCode::FORBIDDEN);
+    let in_query = h
+        .client
+        .get(h.url(&format!(
+            "/u-{}/?access_token={token}&token={token}",
+            alice.slug
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        in_query.status(),
+        StatusCode::UNAUTHORIZED,
+        "tokens are never taken from the query string"
+    );
+
+    let id = created["id"].as_str().unwrap();
+    let revoked = h
+        .client
+        .delete(h.url(&format!("/_spawngate/api/me/tokens/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let after = h
+        .client
+        .get(h.url(&format!("/u-{}/", alice.slug)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+}

@@ -1,0 +1,114 @@
+//! `/_spawngate/api/me…`: what a signed-in user may do for themselves. Callers are
+//! identified by session cookie (state changes then need the session's CSRF token in
+//! `X-Spawngate-CSRF`) or by one of their personal tokens (not ambient, so no CSRF).
+
+use std::sync::Arc;
+
+use hyper::{Method, Request, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ReqBody, Resp, api_error, json, read_body};
+use crate::app::App;
+use crate::error::ApiError;
+use crate::store::User;
+use crate::time::rfc3339;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+}
+
+pub async fn handle<B: ReqBody>(app: &App, req: Request<B>, rest: &str) -> Resp {
+    match route(app, req, rest).await {
+        Ok((status, value)) => json(status, &value),
+        Err(e) => api_error(&e),
+    }
+}
+
+async fn route<B: ReqBody>(
+    app: &App,
+    req: Request<B>,
+    rest: &str,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
+    let method = req.method().clone();
+    let (user, csrf): (Arc<User>, Option<String>) = match app.identify(req.headers()) {
+        Some(identity) => {
+            let csrf = app.sessions.csrf_token(&identity.session);
+            if method != Method::GET {
+                let presented = req
+                    .headers()
+                    .get("x-spawngate-csrf")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !app.sessions.csrf_ok(&identity.session, presented) {
+                    return Err(ApiError::Forbidden(
+                        "missing or wrong X-Spawngate-CSRF header",
+                    ));
+                }
+            }
+            (identity.user, Some(csrf))
+        }
+        None => (
+            app.identify_token(req.headers())
+                .ok_or(ApiError::Unauthorized)?,
+            None,
+        ),
+    };
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, [""]) => {
+            let view = app.user_view(&user);
+            Ok((
+                StatusCode::OK,
+                json!({ "name": view.name, "slug": view.slug, "url": view.url, "csrf": csrf }),
+            ))
+        }
+        (&Method::GET, ["tokens"]) => {
+            let tokens: Vec<_> = app
+                .store
+                .api_tokens_of(&user.id)?
+                .into_iter()
+                .map(|t| json!({ "id": t.id, "name": t.name, "created": rfc3339(t.created) }))
+                .collect();
+            Ok((StatusCode::OK, json!({ "tokens": tokens })))
+        }
+        (&Method::POST, ["tokens"]) => {
+            let body = read_body(req.into_body()).await?;
+            let new: NewToken = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+            let name = new.name.trim();
+            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+                return Err(ApiError::BadRequest(
+                    "token name: 1-64 printable characters".into(),
+                ));
+            }
+            let (token, record) = app.store.create_api_token(&user.id, name).await?;
+            app.store.audit(
+                &user.name,
+                "token.personal.create",
+                &user.name,
+                Some(record.id.clone()),
+            );
+            Ok((
+                StatusCode::CREATED,
+                // The only time the token is shown.
+                json!({ "id": record.id, "name": record.name, "token": token }),
+            ))
+        }
+        (&Method::DELETE, ["tokens", id]) => {
+            if !app.store.delete_api_token(&user.id, id).await? {
+                return Err(ApiError::NotFound("token"));
+            }
+            app.store.audit(
+                &user.name,
+                "token.personal.revoke",
+                &user.name,
+                Some((*id).to_owned()),
+            );
+            Ok((StatusCode::OK, json!({ "revoked": id })))
+        }
+        _ => Err(ApiError::NotFound("route")),
+    }
+}
