@@ -243,6 +243,44 @@ impl App {
         Ok(self.user_view(&updated))
     }
 
+    /// Sets (or with `None` removes) a user's password; argon2id at rest.
+    pub async fn set_password(
+        &self,
+        actor: &str,
+        key: &str,
+        password: Option<&str>,
+    ) -> Result<(), ApiError> {
+        let user = self.find_user(key)?;
+        let hash = match password {
+            None => None,
+            Some(p) if p.chars().count() < crate::auth::password::MIN_LEN => {
+                return Err(ApiError::BadRequest(format!(
+                    "passwords need at least {} characters",
+                    crate::auth::password::MIN_LEN
+                )));
+            }
+            Some(p) => {
+                let p = p.to_owned();
+                let hashed = tokio::task::spawn_blocking(move || crate::auth::password::hash(&p))
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| ApiError::Internal("password hashing failed".into()))?;
+                Some(hashed)
+            }
+        };
+        let mut updated = (*user).clone();
+        updated.password_hash = hash;
+        self.store.update_user(&updated).await?;
+        let action = if password.is_some() {
+            "user.password.set"
+        } else {
+            "user.password.clear"
+        };
+        self.store.audit(actor, action, &user.name, None);
+        Ok(())
+    }
+
     /// Ends every session of a user.
     pub async fn revoke_sessions(&self, actor: &str, key: &str) -> Result<usize, ApiError> {
         let user = self.find_user(key)?;

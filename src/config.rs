@@ -306,6 +306,8 @@ pub struct RawLogin {
     pub per_email_per_hour: u32,
     /// Login attempts (link requests and confirmations) per client address per hour.
     pub per_ip_per_hour: u32,
+    /// Offer name + password sign-in (for users who have a password).
+    pub passwords: bool,
 }
 
 impl Default for RawLogin {
@@ -314,6 +316,7 @@ impl Default for RawLogin {
             token_ttl_minutes: 15,
             per_email_per_hour: 3,
             per_ip_per_hour: 30,
+            passwords: false,
         }
     }
 }
@@ -438,6 +441,7 @@ pub struct LoginConfig {
     pub token_ttl: Duration,
     pub per_email_per_hour: u32,
     pub per_ip_per_hour: u32,
+    pub passwords: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -517,6 +521,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("server.trusted_proxies", Kind::List),
     ("login.per_email_per_hour", Kind::Int),
     ("login.per_ip_per_hour", Kind::Int),
+    ("login.passwords", Kind::Bool),
     ("email.enabled", Kind::Bool),
     ("email.smtp_host", Kind::Str),
     ("email.smtp_port", Kind::Int),
@@ -970,6 +975,7 @@ impl RawConfig {
                 token_ttl: Duration::from_secs(l.token_ttl_minutes * 60),
                 per_email_per_hour: l.per_email_per_hour,
                 per_ip_per_hour: l.per_ip_per_hour,
+                passwords: l.passwords,
             },
             email,
             public_url,

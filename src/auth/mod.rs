@@ -3,6 +3,7 @@
 
 pub mod cookies;
 pub mod next;
+pub mod password;
 pub mod ratelimit;
 pub mod session;
 

@@ -137,6 +137,17 @@ where
             let body: crate::app::OverridesRequest = parse_json(req).await?;
             ok(to_json(&app.set_overrides(actor, name, body).await?))
         }
+        (&Method::PUT, ["users", name, "password"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct SetPassword {
+                password: Option<String>,
+            }
+            let body: SetPassword = parse_json(req).await?;
+            app.set_password(actor, name, body.password.as_deref())
+                .await?;
+            ok(json!({ "user": name, "password": body.password.is_some() }))
+        }
         (&Method::POST, ["users", name, "disable"]) => {
             ok(to_json(&app.set_disabled(actor, name, true).await?))
         }

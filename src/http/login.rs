@@ -64,16 +64,29 @@ fn sign_in_page(app: &App, next: Option<&str>, status: StatusCode, notice: &str)
     } else {
         format!("<p><strong>{}</strong></p>", escape(notice))
     };
+    let next_field = next
+        .map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
+        .unwrap_or_default();
+    let password_form = if app.config.login.passwords {
+        format!(
+            r#"<form method="post" action="/_spawngate/login">
+<p><label>Name or email <input name="username" required autocomplete="username"></label></p>
+<p><label>Password <input type="password" name="password" required autocomplete="current-password"></label></p>{next_field}
+<button type="submit">Sign in</button>
+</form>"#
+        )
+    } else {
+        String::new()
+    };
     let body = if app.mailer.is_some() {
-        let next_field = next
-            .map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
-            .unwrap_or_default();
         format!(
             r#"{notice}<form method="post" action="/_spawngate/login">
 <p><label>Email <input type="email" name="email" required autocomplete="email"></label></p>{next_field}
 <button type="submit">Email me a sign-in link</button>
-</form>"#
+</form>{password_form}"#
         )
+    } else if !password_form.is_empty() {
+        format!("{notice}{password_form}")
     } else {
         format!(
             "{notice}<p>Open the login link you were given to sign in.</p>\
@@ -109,6 +122,9 @@ where
     }
     if form.contains_key("token") {
         return confirm(app, &headers, form).await;
+    }
+    if form.contains_key("password") && app.config.login.passwords {
+        return password_login(app, &headers, &form).await;
     }
     match form.get("email") {
         Some(email) if app.mailer.is_some() => request_link(app, email, form.get("next")).await,
@@ -250,7 +266,6 @@ fn same_origin(app: &App, headers: &HeaderMap) -> bool {
 }
 
 async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) -> Resp {
-    let old_session = app.identify(headers).map(|i| i.session);
     let Some(token) = form.get("token") else {
         return invalid_link();
     };
@@ -266,6 +281,55 @@ async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) 
     let Some(user) = directory.by_id(&record.user_id).filter(|u| !u.disabled) else {
         return invalid_link();
     };
+    start_session(app, headers, user, form.get("next")).await
+}
+
+/// Password sign-in. Unknown names, users without a password and wrong passwords
+/// get one answer, after the same argon2 work.
+async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, String>) -> Resp {
+    let name = form
+        .get("username")
+        .map(|n| n.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let password = form.get("password").cloned().unwrap_or_default();
+    if !app.limit_per_email.allow(&format!("password:{name}")) {
+        return too_many();
+    }
+    let directory = app.store.snapshot();
+    let user = directory
+        .by_name(&name)
+        .or_else(|| directory.by_email(&name))
+        .filter(|u| !u.disabled)
+        .cloned();
+    let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+    let ok = tokio::task::spawn_blocking(move || {
+        crate::auth::password::verify(&password, stored.as_deref())
+    })
+    .await
+    .unwrap_or(false);
+    match user {
+        Some(user) if ok => start_session(app, headers, &user, form.get("next")).await,
+        _ => {
+            tracing::info!(target: "spawngate::login", "password sign-in refused");
+            sign_in_page(
+                app,
+                None,
+                StatusCode::UNAUTHORIZED,
+                "Wrong name or password.",
+            )
+        }
+    }
+}
+
+/// Creates a session for `user` and redirects to `next` (if same-site) or the
+/// user's own prefix.
+async fn start_session(
+    app: &App,
+    headers: &HeaderMap,
+    user: &std::sync::Arc<crate::store::User>,
+    next: Option<&String>,
+) -> Resp {
+    let old_session = app.identify(headers).map(|i| i.session);
     // A new session id at every login (no fixation); the old session ends.
     if let Some(old) = old_session
         && let Err(e) = app.store.delete_session(&old).await
@@ -280,8 +344,7 @@ async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) 
     let jwt = app
         .sessions
         .sign(&sid, &user.id, unix_now(), session.expires);
-    let target = form
-        .get("next")
+    let target = next
         .and_then(|n| safe_next(n))
         .unwrap_or_else(|| format!("{}/", user.slug.base_path()));
     tracing::info!(target: "spawngate::login", user = %user.name, "login");

@@ -97,6 +97,33 @@ async fn route<B: ReqBody>(
                 json!({ "id": record.id, "name": record.name, "token": token }),
             ))
         }
+        (&Method::PUT, ["password"]) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct ChangePassword {
+                #[serde(default)]
+                current: Option<String>,
+                new: String,
+            }
+            let body = read_body(req.into_body()).await?;
+            let change: ChangePassword = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+            // Whoever holds the session must also know the current password.
+            if let Some(stored) = user.password_hash.clone() {
+                let current = change.current.unwrap_or_default();
+                let ok = tokio::task::spawn_blocking(move || {
+                    crate::auth::password::verify(&current, Some(&stored))
+                })
+                .await
+                .unwrap_or(false);
+                if !ok {
+                    return Err(ApiError::Forbidden("the current password is wrong"));
+                }
+            }
+            app.set_password(&user.name, &user.name, Some(&change.new))
+                .await?;
+            Ok((StatusCode::OK, json!({ "password": true })))
+        }
         (&Method::DELETE, ["tokens", id]) => {
             if !app.store.delete_api_token(&user.id, id).await? {
                 return Err(ApiError::NotFound("token"));

@@ -208,6 +208,7 @@ impl Store {
             disabled: false,
             host_port,
             overrides: Overrides::default(),
+            password_hash: None,
         };
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();

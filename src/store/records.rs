@@ -26,6 +26,9 @@ pub struct User {
     /// Admin-set exceptions to the configured container defaults.
     #[serde(default)]
     pub overrides: Overrides,
+    /// argon2id PHC string, when the user has a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
 }
 
 /// Per-user container settings, validated against the admin's bounds when set.

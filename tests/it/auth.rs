@@ -574,3 +574,109 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
         .unwrap();
     assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
+    let h = Harness::start(Options {
+        extra_toml: "[login]\npasswords = true\n[lifecycle]\nstart_on_login = false".into(),
+        ..Default::default()
+    })
+    .await;
+    let token = h.app.store.create_admin_token("ops").await.unwrap();
+    let alice = h.user("alice").await;
+    let _bob = h.user("bob").await; // has no password
+    let set = |body: serde_json::Value| {
+        h.client
+            .put(h.url("/_spawngate/api/users/alice/password"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        set(serde_json::json!({ "password": "short" }))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        set(serde_json::json!({ "password": "correct horse battery" }))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let stored = h
+        .app
+        .find_user("alice")
+        .unwrap()
+        .password_hash
+        .clone()
+        .unwrap();
+    assert!(stored.starts_with("$argon2id$") && !stored.contains("correct horse"));
+
+    let sign_in = |user: &'static str, password: &'static str| {
+        h.client
+            .post(h.url("/_spawngate/login"))
+            .form(&[("username", user), ("password", password)])
+            .send()
+    };
+    let wrong = sign_in("alice", "wrong horse battery").await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let wrong = wrong.text().await.unwrap();
+    for (user, password) in [
+        ("nobody", "correct horse battery"),
+        ("bob", "correct horse battery"),
+    ] {
+        let resp = sign_in(user, password).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.text().await.unwrap(), wrong, "same answer for {user}");
+    }
+    let ok = sign_in("alice", "correct horse battery").await.unwrap();
+    assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    assert_eq!(ok.headers()[LOCATION], format!("/u-{}/", alice.slug));
+    let cookie = session_cookie(ok.headers(), h.cookie_name()).unwrap();
+    let app_url = h.url(&format!("/u-{}/", alice.slug));
+    assert_eq!(
+        h.client
+            .get(&app_url)
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Changing one's own password needs the current one (and the CSRF header).
+    let me: serde_json::Value = h
+        .client
+        .get(h.url("/_spawngate/api/me"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let change = |current: &'static str| {
+        h.client
+            .put(h.url("/_spawngate/api/me/password"))
+            .header(COOKIE, &cookie)
+            .header("X-Spawngate-CSRF", me["csrf"].as_str().unwrap())
+            .json(&serde_json::json!({ "current": current, "new": "a brand new passphrase" }))
+            .send()
+    };
+    assert_eq!(
+        change("not it at all").await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(change("correct horse battery").await.unwrap().status(), 200);
+    assert_eq!(
+        sign_in("alice", "correct horse battery")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
