@@ -174,19 +174,29 @@ impl DockerRuntime {
     }
 
     async fn peers(&self) -> Result<Vec<String>, RuntimeError> {
+        let label = format!("spawngate.attach={}", self.instance);
+        let list = self.labelled(&label, false).await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// Containers carrying `label` (`key=value`); stopped ones too with `all`.
+    async fn labelled(
+        &self,
+        label: &str,
+        all: bool,
+    ) -> Result<Vec<bollard::models::ContainerSummary>, RuntimeError> {
         let options = ListContainersOptions {
+            all,
             filters: Some(HashMap::from([(
                 "label".to_owned(),
-                vec![format!("spawngate.attach={}", self.instance)],
+                vec![label.to_owned()],
             )])),
             ..Default::default()
         };
-        let list = self
-            .docker()?
+        self.docker()?
             .list_containers(Some(options))
             .await
-            .map_err(classify)?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+            .map_err(classify)
     }
 
     /// Removes a per-user network (named like its container), detaching peers first.
@@ -604,19 +614,9 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list(&self, instance: &str) -> Result<Vec<ContainerSummary>, RuntimeError> {
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![format!("spawngate.instance={instance}")],
-            )])),
-            ..Default::default()
-        };
         let list = self
-            .docker()?
-            .list_containers(Some(options))
-            .await
-            .map_err(classify)?;
+            .labelled(&format!("spawngate.instance={instance}"), true)
+            .await?;
         Ok(list
             .into_iter()
             .map(|c| ContainerSummary {

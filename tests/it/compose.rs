@@ -157,25 +157,7 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
     // Until Traefik polls the new router, the catch-all asks to retry; then the
     // user's container answers.
     let url = format!("{public}/u-{slug}/whoami.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let who: serde_json::Value = loop {
-        let resp = client
-            .get(&url)
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap();
-        if resp.status() == 200 {
-            break resp.json().await.unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "last status {}: {}",
-            resp.status(),
-            logs(&project)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let who = wait_for_app(&project, &client, &url, &cookie).await;
     assert_eq!(who["user"], "alice");
     assert_eq!(who["path"], "/whoami.json");
     assert_eq!(who["headers"]["x-spawngate-user"], "alice");
@@ -192,23 +174,7 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
     let bob_cookie =
         crate::harness::login_with_link(&client, &public, &link, "spawngate_session").await;
     let bob_url = format!("{public}/u-{bob_slug}/whoami.json");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client
-        .get(&bob_url)
-        .header(COOKIE, &bob_cookie)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
-        assert!(
-            Instant::now() < deadline,
-            "bob never served: {}",
-            logs(&project)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_app(&project, &client, &bob_url, &bob_cookie).await;
     let alice_container = format!("spawngate-u-{slug}");
     let bob_container = format!("spawngate-u-{bob_slug}");
     let ip_on = |container: &str, network: &str| {
@@ -270,25 +236,7 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
         "{}",
         String::from_utf8_lossy(&recreate.stderr)
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = client
-            .get(&url)
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after recreating Traefik: {status}: {}",
-            logs(&project)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_app(&project, &client, &url, &cookie).await;
 
     // `spawngate check` inside the container: store in use by the server, Docker
     // reachable through the mounted socket, user image present.
