@@ -256,11 +256,20 @@ fn store_unavailable(e: &dyn std::fmt::Display) -> Resp {
     )
 }
 
-/// Cross-site form posts are refused: a browser sends `Origin` on POST, and it must
-/// be the public origin. (Requests without `Origin` come from non-browser clients.)
+/// Cross-site form posts are refused. Browsers that send Fetch Metadata say where
+/// the request comes from (`Sec-Fetch-Site`); others send `Origin`, which must be
+/// the public origin. `Origin: null` is what a browser sends from a page with
+/// `Referrer-Policy: no-referrer` (the confirm page): only accepted without a
+/// cross-site `Sec-Fetch-Site`. Requests with neither header are not from browsers.
+/// (Logout and the self-service API also need a CSRF token; a login confirmation
+/// needs its one-time token.)
 fn same_origin(app: &App, headers: &HeaderMap) -> bool {
-    match headers.get(ORIGIN).and_then(|v| v.to_str().ok()) {
-        None => true,
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    match header(ORIGIN.as_str()) {
+        None | Some("null") => true,
         Some(origin) => origin == app.config.public_url.origin,
     }
 }

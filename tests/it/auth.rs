@@ -291,6 +291,16 @@ async fn logout_needs_the_csrf_token_and_revokes_the_session() {
         .await
         .unwrap();
     assert_eq!(foreign_origin.status(), StatusCode::FORBIDDEN);
+    let cross_site = h
+        .client
+        .post(h.url("/_spawngate/logout"))
+        .header(COOKIE, &cookie)
+        .header("Sec-Fetch-Site", "cross-site")
+        .header("Origin", "null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
     assert_eq!(
         h.client
             .get(&app_url)
