@@ -99,6 +99,13 @@ pub struct Store {
     containers: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
+    /// sled 0.34 can deadlock when a transaction runs while a flush is in flight
+    /// (sled issue #1412: the transaction waits for a write lock that the flusher's
+    /// readers never release). Transactions and flushes take turns through this.
+    flush_gate: Arc<tokio::sync::Mutex<()>>,
+    /// Rebuilds of the directory run one at a time: otherwise a rebuild that read
+    /// the users earlier could publish after a newer one and hide a new user.
+    refresh_lock: Arc<std::sync::Mutex<()>>,
     directory: Arc<watch::Sender<Arc<Directory>>>,
 }
 
@@ -142,6 +149,8 @@ impl Store {
             containers: tree("containers")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
+            flush_gate: Arc::new(tokio::sync::Mutex::new(())),
+            refresh_lock: Arc::new(std::sync::Mutex::new(())),
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
             db,
         };
@@ -160,6 +169,7 @@ impl Store {
     }
 
     fn refresh_directory(&self) -> Result<()> {
+        let _one_at_a_time = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut dir = Directory::default();
         for item in self.users.iter() {
             let (key, value) = item?;
@@ -183,6 +193,7 @@ impl Store {
     /// Durably writes everything so far. Called after admin changes and logins, never
     /// on the forwardAuth path.
     pub async fn flush(&self) -> Result<()> {
+        let _turn = self.flush_gate.lock().await;
         self.db.flush_async().await?;
         Ok(())
     }
@@ -212,6 +223,7 @@ impl Store {
         };
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();
+        let turn = self.flush_gate.lock().await;
         let res = (
             &self.users,
             &self.names,
@@ -249,6 +261,7 @@ impl Store {
                 users.insert(id, value.as_slice())?;
                 Ok(())
             });
+        drop(turn);
         match res {
             Ok(()) => {}
             Err(TransactionError::Abort(e)) => return Err(e),
@@ -305,6 +318,7 @@ impl Store {
     /// Deletes a user, their indexes, sessions, login tokens and container record.
     pub async fn delete_user(&self, user: &User) -> Result<()> {
         let id = user.id.as_str().as_bytes();
+        let turn = self.flush_gate.lock().await;
         let res: std::result::Result<(), TransactionError<()>> = (
             &self.users,
             &self.names,
@@ -326,6 +340,7 @@ impl Store {
                 containers.remove(id)?;
                 Ok(())
             });
+        drop(turn);
         if let Err(TransactionError::Storage(e)) = res {
             return Err(e.into());
         }
@@ -772,6 +787,31 @@ mod tests {
         assert_eq!(s.purge_expired().unwrap(), 1);
         s.delete_user(&u).await.unwrap();
         assert!(s.session(&sid).unwrap().is_none());
+    }
+
+    /// Regression: concurrent user creation while other writes flush used to hang
+    /// sled for good. Bounded: a deadlock fails the test instead of hanging it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_and_flushes_do_not_deadlock() {
+        let (_d, s) = store();
+        let work = async {
+            let mut tasks = Vec::new();
+            for i in 0..40 {
+                let s = s.clone();
+                tasks.push(tokio::spawn(async move {
+                    let u = s.create_user(&format!("u{i}"), None, None).await.unwrap();
+                    s.create_session(&u.id, 60).await.unwrap();
+                    s.issue_login_token(&u.id, 60).await.unwrap();
+                }));
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), work)
+            .await
+            .expect("store deadlocked");
+        assert_eq!(s.snapshot().len(), 40);
     }
 
     #[tokio::test]
