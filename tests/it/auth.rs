@@ -182,12 +182,8 @@ async fn an_emailed_link_signs_in_once_and_lands_on_the_users_container() {
     let cookie =
         crate::harness::login_with_link(&h.client, &h.public, &link, h.cookie_name()).await;
     let who = h
-        .client
-        .get(h.url(&format!("/u-{}/whoami.json", alice.slug)))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie(h.url(&format!("/u-{}/whoami.json", alice.slug)), &cookie)
+        .await;
     assert_eq!(who.status(), 200);
     assert_eq!(
         who.json::<serde_json::Value>().await.unwrap()["user"],
@@ -301,25 +297,10 @@ async fn logout_needs_the_csrf_token_and_revokes_the_session() {
         .await
         .unwrap();
     assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
-    assert_eq!(
-        h.client
-            .get(&app_url)
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.get_with_cookie(&app_url, &cookie).await.status(), 200);
 
     // The sign-out form on the home page carries it.
-    let home = h
-        .client
-        .get(h.url("/_spawngate/"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let home = h.get_with_cookie(h.url("/_spawngate/"), &cookie).await;
     let home = home.text().await.unwrap();
     let csrf = home
         .split("name=\"csrf\" value=\"")
@@ -348,13 +329,7 @@ async fn logout_needs_the_csrf_token_and_revokes_the_session() {
         "cookie cleared"
     );
     assert_eq!(
-        h.client
-            .get(&app_url)
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        h.get_with_cookie(&app_url, &cookie).await.status(),
         401,
         "the old cookie no longer passes forwardAuth"
     );
@@ -465,12 +440,8 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
     let bob = h.user("bob").await;
     let cookie = h.login("alice").await;
     let me: serde_json::Value = h
-        .client
-        .get(h.url("/_spawngate/api/me"))
-        .header(COOKIE, &cookie)
-        .send()
+        .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -647,25 +618,12 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
     assert_eq!(ok.headers()[LOCATION], format!("/u-{}/", alice.slug));
     let cookie = session_cookie(ok.headers(), h.cookie_name()).unwrap();
     let app_url = h.url(&format!("/u-{}/", alice.slug));
-    assert_eq!(
-        h.client
-            .get(&app_url)
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.get_with_cookie(&app_url, &cookie).await.status(), 200);
 
     // Changing one's own password needs the current one (and the CSRF header).
     let me: serde_json::Value = h
-        .client
-        .get(h.url("/_spawngate/api/me"))
-        .header(COOKIE, &cookie)
-        .send()
+        .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -14,12 +14,8 @@ const HTML: &str = "text/html,application/xhtml+xml";
 
 async fn whoami(h: &Harness, slug: &str, cookie: &str) -> Value {
     let resp = h
-        .client
-        .get(h.url(&format!("/u-{slug}/whoami.json?probe=1")))
-        .header(COOKIE, cookie)
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie(h.url(&format!("/u-{slug}/whoami.json?probe=1")), cookie)
+        .await;
     assert_eq!(resp.status(), 200, "whoami through Traefik");
     resp.json().await.unwrap()
 }
@@ -210,22 +206,20 @@ async fn another_users_cookie_is_forbidden_exactly_like_an_unknown_slug() {
     let alice_cookie = h.login("alice").await;
 
     let on_bob = h
-        .client
-        .get(h.url(&format!("/u-{}/whoami.json", bob.slug)))
-        .header(COOKIE, &alice_cookie)
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie(
+            h.url(&format!("/u-{}/whoami.json", bob.slug)),
+            &alice_cookie,
+        )
+        .await;
     assert_eq!(on_bob.status(), StatusCode::FORBIDDEN);
     let on_bob_body = on_bob.text().await.unwrap();
 
     let unknown = h
-        .client
-        .get(h.url(&format!("/u-{}/whoami.json", random_hex(6))))
-        .header(COOKIE, &alice_cookie)
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie(
+            h.url(&format!("/u-{}/whoami.json", random_hex(6))),
+            &alice_cookie,
+        )
+        .await;
     assert_eq!(unknown.status(), StatusCode::FORBIDDEN);
     assert_eq!(
         unknown.text().await.unwrap(),
@@ -235,12 +229,8 @@ async fn another_users_cookie_is_forbidden_exactly_like_an_unknown_slug() {
 
     // A path that only shares a prefix with bob's slug is not bob's.
     let prefix = h
-        .client
-        .get(h.url(&format!("/u-{}0/", bob.slug)))
-        .header(COOKIE, &alice_cookie)
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie(h.url(&format!("/u-{}0/", bob.slug)), &alice_cookie)
+        .await;
     assert_eq!(prefix.status(), StatusCode::FORBIDDEN);
     assert!(
         h.running_containers_of(&bob.slug).is_empty(),
@@ -267,13 +257,7 @@ async fn tampered_expired_and_logged_out_cookies_count_as_none() {
     let expired = h.app.sessions.sign(&sid, &user.id, now - 7200, now - 3600);
 
     for bad in [tampered.as_str(), expired.as_str(), "not-a-jwt", ""] {
-        let resp = h
-            .client
-            .get(&url)
-            .header(COOKIE, format!("{name}={bad}"))
-            .send()
-            .await
-            .unwrap();
+        let resp = h.get_with_cookie(&url, &format!("{name}={bad}")).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "cookie {bad:?}");
     }
 
@@ -428,12 +412,8 @@ async fn admin_api_manages_users_and_a_stopped_container_starts_again() {
     assert_eq!(del.status(), 200);
     assert!(h.containers_of(&slug).is_empty());
     let gone = h
-        .client
-        .get(h.url(&format!("/u-{slug}/")))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie(h.url(&format!("/u-{slug}/")), &cookie)
+        .await;
     assert_eq!(gone.status(), 401);
 }
 
@@ -525,13 +505,7 @@ async fn browsers_see_a_waiting_page_when_the_start_outlasts_the_hold() {
     let body = first.text().await.unwrap();
     assert!(body.contains("http-equiv=\"refresh\""), "{body}");
 
-    let api = h
-        .client
-        .get(&url)
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let api = h.get_with_cookie(&url, &cookie).await;
     if api.status() == StatusCode::SERVICE_UNAVAILABLE {
         let body: Value = api.json().await.unwrap();
         assert_eq!(body["error"]["code"], "starting");
@@ -540,14 +514,7 @@ async fn browsers_see_a_waiting_page_when_the_start_outlasts_the_hold() {
     // Refreshing (bounded) eventually lands on the app.
     let mut status = StatusCode::SERVICE_UNAVAILABLE;
     for _ in 0..100 {
-        status = h
-            .client
-            .get(&url)
-            .header(COOKIE, &cookie)
-            .send()
-            .await
-            .unwrap()
-            .status();
+        status = h.get_with_cookie(&url, &cookie).await.status();
         if status == 200 {
             break;
         }
@@ -566,12 +533,8 @@ async fn missing_image_gives_a_clear_503_and_no_container() {
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let resp = h
-        .client
-        .get(h.url(&format!("/u-{}/", alice.slug)))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie(h.url(&format!("/u-{}/", alice.slug)), &cookie)
+        .await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "spawn_failed");
@@ -602,12 +565,8 @@ async fn docker_down_gives_a_clear_503_and_readyz_fails_but_healthz_stays_up() {
     let cookie = h.login("alice").await;
 
     let resp = h
-        .client
-        .get(h.url(&format!("/u-{}/", alice.slug)))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+        .get_with_cookie(h.url(&format!("/u-{}/", alice.slug)), &cookie)
+        .await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.headers().contains_key(RETRY_AFTER));
     let body: Value = resp.json().await.unwrap();

@@ -183,6 +183,20 @@ image = "{image}"
         containers_of(&self.instance, slug)
     }
 
+    /// GET `url` with a `Cookie` header, as a signed-in browser would.
+    pub async fn get_with_cookie(
+        &self,
+        url: impl reqwest::IntoUrl,
+        cookie: &str,
+    ) -> reqwest::Response {
+        self.client
+            .get(url)
+            .header(reqwest::header::COOKIE, cookie)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Running containers of a user slug (a pre-created container does not count).
     pub fn running_containers_of(&self, slug: &str) -> Vec<String> {
         docker_lines(&[
