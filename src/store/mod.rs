@@ -206,6 +206,25 @@ impl Store {
         email: Option<&str>,
         port_range: Option<(u16, u16)>,
     ) -> Result<User> {
+        // The random port and slug are picked before the transaction; a concurrent
+        // create may take the same one first. Then pick again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_create_user(name, email, port_range).await {
+                Err(StoreError::Conflict { what, .. })
+                    if (what == "host port" || what == "slug") && attempt < 8 => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_create_user(
+        &self,
+        name: &str,
+        email: Option<&str>,
+        port_range: Option<(u16, u16)>,
+    ) -> Result<User> {
         let host_port = match port_range {
             Some(range) => Some(self.pick_free_port(range)?),
             None => None,
@@ -812,6 +831,27 @@ mod tests {
             .await
             .expect("store deadlocked");
         assert_eq!(s.snapshot().len(), 40);
+    }
+
+    /// Concurrent creates that draw the same random host port both succeed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_with_a_tiny_port_range_get_distinct_ports() {
+        let (_d, s) = store();
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.create_user(&format!("p{i}"), None, Some((45100, 45107)))
+                    .await
+            }));
+        }
+        let mut ports = Vec::new();
+        for t in tasks {
+            ports.push(t.await.unwrap().unwrap().host_port.unwrap());
+        }
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 6);
     }
 
     #[tokio::test]
