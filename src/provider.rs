@@ -252,7 +252,7 @@ mod tests {
             "served from cache"
         );
         store.create_user("carol", None, None).await.unwrap();
-        for _ in 0..100 {
+        for _ in 0..1000 {
             if provider.current() != empty {
                 break;
             }

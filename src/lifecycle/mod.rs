@@ -1100,7 +1100,7 @@ mod tests {
             Readiness::Pending
         ));
         lc.stop(&user).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        // `stop` returns once Docker stopped it (after the spawn let go of the lock).
         assert!(
             matches!(lc.phase(&user.id), Phase::Stopped),
             "{:?}",
@@ -1110,5 +1110,8 @@ mod tests {
             runtime.servers.lock().unwrap().is_empty(),
             "the container was stopped, not left running"
         );
+        // And nothing flips it back to Ready later.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(lc.phase(&user.id), Phase::Stopped));
     }
 }
