@@ -673,6 +673,9 @@ impl Runtime for DockerRuntime {
     async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError> {
         let options = RemoveContainerOptions {
             force: true,
+            // Anonymous volumes only (an image's `VOLUME` that nothing named was
+            // mounted over, as in pool containers); named user volumes stay.
+            v: true,
             ..Default::default()
         };
         match self.docker()?.remove_container(name, Some(options)).await {
