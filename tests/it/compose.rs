@@ -113,14 +113,16 @@ async fn wait_for_app(
 ) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let resp = client.get(url).header(COOKIE, cookie).send().await.unwrap();
-        if resp.status() == 200 {
-            return resp.json().await.unwrap();
-        }
+        // A connection error counts as "not yet": e.g. a kept-alive connection to a
+        // Traefik container that was just recreated.
+        let status = match client.get(url).header(COOKIE, cookie).send().await {
+            Ok(resp) if resp.status() == 200 => return resp.json().await.unwrap(),
+            Ok(resp) => resp.status().to_string(),
+            Err(e) => e.to_string(),
+        };
         assert!(
             Instant::now() < deadline,
-            "last status {}: {}",
-            resp.status(),
+            "last answer {status}: {}",
             logs(project)
         );
         tokio::time::sleep(Duration::from_millis(250)).await;

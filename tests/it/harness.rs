@@ -99,7 +99,11 @@ data_dir = {data:?}
 network = "{network}"
 instance = "{instance}"
 image = "{image}"
-
+# Pre-creation and the warm-up at login run in the background; a test that ends
+# right after could race its clean-up. Tests that want them turn them on.
+[lifecycle]
+precreate = false
+start_on_login = false
 "#,
             data = data_dir.path().to_str().unwrap(),
             image = opts.image,
@@ -404,6 +408,10 @@ impl Drop for Harness {
         if let Some(server) = self.server.take() {
             server.abort();
         }
+        cleanup_docker(&self.instance, &self.network);
+        // A Docker call already on its way when the test ended (a spawn task) can
+        // still land; a second pass a moment later catches it.
+        std::thread::sleep(Duration::from_millis(750));
         cleanup_docker(&self.instance, &self.network);
     }
 }

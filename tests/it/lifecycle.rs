@@ -337,7 +337,10 @@ async fn at_capacity_the_least_recently_used_idle_container_makes_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_warms_the_container_and_user_creation_precreates_it() {
-    let h = Harness::start(harness_with("[lifecycle]\nprecreate = true")).await;
+    let h = Harness::start(harness_with(
+        "[lifecycle]\nprecreate = true\nstart_on_login = true",
+    ))
+    .await;
     let alice = h.user("alice").await;
     let name = format!("spawngate-u-{}", alice.slug);
     wait_until(20, "the pre-created container", || {

@@ -168,6 +168,9 @@ impl Drop for ProcHarness {
         }
         self.traefik.take();
         cleanup_docker(&self.instance, &self.network);
+        // See Harness: a Docker call in flight when the process died can still land.
+        std::thread::sleep(std::time::Duration::from_millis(750));
+        cleanup_docker(&self.instance, &self.network);
     }
 }
 
