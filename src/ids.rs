@@ -25,6 +25,19 @@ pub fn random_token<const N: usize>() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<N>())
 }
 
+/// A secret derived from `key` for one purpose and subject: HMAC-SHA256, the first
+/// 128 bits in hex. Nothing to store, stable as long as the key is, and useless for
+/// any other purpose or subject.
+pub fn derive_token(key: &[u8], purpose: &[u8], subject: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(purpose);
+    mac.update(subject.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
+
 /// Stable internal identifier of a user (random, never reused).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]

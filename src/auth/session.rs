@@ -65,13 +65,7 @@ impl SessionCodec {
     /// The CSRF token of a session: forms that change state carry it, and a forged
     /// cross-site form cannot know it. Derived, so nothing is stored.
     pub fn csrf_token(&self, session: &SessionId) -> String {
-        use hmac::{KeyInit, Mac};
-        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key) else {
-            return String::new();
-        };
-        mac.update(b"spawngate csrf\0");
-        mac.update(session.as_str().as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        crate::ids::derive_token(&self.key, b"spawngate csrf\0", session.as_str())
     }
 
     /// Constant-time check of a presented CSRF token.

@@ -437,13 +437,7 @@ impl Lifecycle {
     }
 
     fn derive_secret(&self, purpose: &[u8], subject: &str) -> String {
-        use hmac::{KeyInit, Mac};
-        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.container_key) else {
-            return String::new();
-        };
-        mac.update(purpose);
-        mac.update(subject.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        crate::ids::derive_token(&self.container_key, purpose, subject)
     }
 
     fn spec(&self, user: &User) -> ContainerSpec {
@@ -582,16 +576,17 @@ impl Lifecycle {
     /// Polls the app's HTTP port: every 25 ms at first, backing off to 500 ms, until
     /// any HTTP answer arrives, the container exits, or `ready_timeout` passes.
     async fn wait_until_answering(&self, user: &User, name: &str) -> Result<(), SpawnError> {
-        let url: hyper::Uri = format!("{}/", service_url(&self.config, user))
-            .parse()
-            .map_err(|e| SpawnError::Failed(format!("bad service address: {e}")))?;
+        self.wait_until_answering_at(&service_url(&self.config, user), name)
+            .await
+    }
+
+    /// [`Self::wait_until_answering`] for the app at `base` in container `name`.
+    async fn wait_until_answering_at(&self, base: &str, name: &str) -> Result<(), SpawnError> {
         let deadline = Instant::now() + self.config.spawn.ready_timeout;
         let mut delay = Duration::from_millis(25);
         let mut next_inspect = Instant::now() + Duration::from_secs(1);
         loop {
-            let attempt =
-                tokio::time::timeout(Duration::from_secs(2), self.probe.get(url.clone())).await;
-            if let Ok(Ok(_response)) = attempt {
+            if self.answers_at(base, Duration::from_secs(2)).await {
                 return Ok(());
             }
             let now = Instant::now();

@@ -187,17 +187,7 @@ impl Lifecycle {
         let spec = self.pool_spec(name);
         let running = self.runtime.ensure_running(&spec).await?;
         let url = format!("http://{name}:{}", self.config.docker.port);
-        let deadline = tokio::time::Instant::now() + self.config.spawn.ready_timeout;
-        let mut delay = Duration::from_millis(25);
-        while !self.answers_at(&url, Duration::from_secs(2)).await {
-            if tokio::time::Instant::now() >= deadline {
-                return Err(SpawnError::Failed(format!(
-                    "pool container '{name}' never answered"
-                )));
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(Duration::from_millis(500));
-        }
+        self.wait_until_answering_at(&url, name).await?;
         Ok(Member {
             name: name.to_owned(),
             id: running.id,
