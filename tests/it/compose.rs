@@ -104,6 +104,26 @@ async fn start_project(extra_env: &[(&str, &str)]) -> (Project, String, reqwest:
     (project, public, client)
 }
 
+/// Adds a user with the CLI inside the spawngate container and logs them in through
+/// Traefik with a fresh link; returns the slug and the `Cookie` value.
+async fn add_and_login(
+    project: &Project,
+    client: &reqwest::Client,
+    public: &str,
+    name: &str,
+) -> (String, String) {
+    let added = project.exec(&["user", "add", name]);
+    let slug = added
+        .rsplit("/u-")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let link = project.exec(&["user", "login-link", name]);
+    let cookie = crate::harness::login_with_link(client, public, &link, "spawngate_session").await;
+    (slug, cookie)
+}
+
 /// Waits (bounded) until `url` answers 200 with `cookie`; returns the JSON.
 async fn wait_for_app(
     project: &Project,
@@ -165,16 +185,7 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
     assert_eq!(who["headers"]["x-spawngate-user"], "alice");
 
     // Bob too; then "alice's code" probes from inside her container's network.
-    let added = project.exec(&["user", "add", "bob"]);
-    let bob_slug = added
-        .rsplit("/u-")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
-    let link = project.exec(&["user", "login-link", "bob"]);
-    let bob_cookie =
-        crate::harness::login_with_link(&client, &public, &link, "spawngate_session").await;
+    let (bob_slug, bob_cookie) = add_and_login(&project, &client, &public, "bob").await;
     let bob_url = format!("{public}/u-{bob_slug}/whoami.json");
     wait_for_app(&project, &client, &bob_url, &bob_cookie).await;
     let alice_container = format!("spawngate-u-{slug}");
@@ -280,16 +291,7 @@ async fn warm_pool_hands_out_running_containers_and_refills() {
     }
     let warm: Vec<String> = pool_members();
 
-    let added = project.exec(&["user", "add", "alice"]);
-    let slug = added
-        .rsplit("/u-")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
-    let link = project.exec(&["user", "login-link", "alice"]);
-    let cookie =
-        crate::harness::login_with_link(&client, &public, &link, "spawngate_session").await;
+    let (slug, cookie) = add_and_login(&project, &client, &public, "alice").await;
     let who = wait_for_app(
         &project,
         &client,
