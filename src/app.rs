@@ -22,6 +22,8 @@ pub enum BuildError {
     Runtime(#[from] RuntimeError),
     #[error("email: {0}")]
     Mail(#[from] crate::mail::MailError),
+    #[error("identity provider: {0}")]
+    Identity(#[from] crate::outbound::OutboundError),
 }
 
 pub struct App {
@@ -34,6 +36,10 @@ pub struct App {
     pub mailer: Option<crate::mail::Mailer>,
     pub limit_per_email: crate::auth::ratelimit::RateLimiter,
     pub limit_per_ip: crate::auth::ratelimit::RateLimiter,
+    /// Present when `[jwt]` is enabled.
+    pub external_jwt: Option<crate::auth::external::ExternalJwt>,
+    /// Present when `[oidc]` is enabled.
+    pub oidc: Option<crate::auth::oidc::OidcClient>,
 }
 
 /// A user as the API shows it.
@@ -94,7 +100,19 @@ impl App {
             .as_ref()
             .map(crate::mail::Mailer::new)
             .transpose()?;
+        let external_jwt = config
+            .jwt
+            .as_ref()
+            .map(crate::auth::external::ExternalJwt::new)
+            .transpose()?;
+        let oidc = config
+            .oidc
+            .clone()
+            .map(|o| crate::auth::oidc::OidcClient::new(o, &config.public_url.origin))
+            .transpose()?;
         Ok(Arc::new(App {
+            external_jwt,
+            oidc,
             limit_per_email: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.per_email_per_hour,
             ),

@@ -29,6 +29,7 @@ pub mod http;
 pub mod ids;
 pub mod lifecycle;
 pub mod mail;
+pub mod outbound;
 pub mod provider;
 pub mod runtime;
 pub mod server;

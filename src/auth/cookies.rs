@@ -17,18 +17,22 @@ fn pairs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 
 /// Values of cookies called `name`. Several may arrive (a sibling site can plant a
 /// same-named cookie on plain HTTP); the caller tries each.
-pub fn values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> {
+pub fn values<'a, 'n>(
+    headers: &'a HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
     pairs(headers).filter_map(move |p| match p.split_once('=') {
         Some((n, v)) if n.trim() == name => Some(v.trim().trim_matches('"')),
         _ => None,
     })
 }
 
-/// The request's cookies without spawngate's session cookie, as one `Cookie` header
-/// value, exactly as the client sent them. `None` when nothing is left.
-pub fn without_session(headers: &HeaderMap, session_cookie: &str) -> Option<String> {
+/// The request's cookies without spawngate's own (`names`: the session cookie and
+/// any login cookie), as one `Cookie` header value, exactly as the client sent
+/// them. `None` when nothing is left.
+pub fn without(headers: &HeaderMap, names: &[&str]) -> Option<String> {
     let rest: Vec<&str> = pairs(headers)
-        .filter(|p| p.split_once('=').map(|(n, _)| n.trim()).unwrap_or(p) != session_cookie)
+        .filter(|p| !names.contains(&p.split_once('=').map(|(n, _)| n.trim()).unwrap_or(p)))
         .collect();
     (!rest.is_empty()).then(|| rest.join("; "))
 }
@@ -71,15 +75,15 @@ mod tests {
             vec!["jwt"]
         );
         assert_eq!(
-            without_session(&h, "spawngate_session").as_deref(),
+            without(&h, &["spawngate_session"]).as_deref(),
             Some("a=1; b=\"x y\"; c=3")
         );
         let only = headers(&["spawngate_session=jwt"]);
-        assert_eq!(without_session(&only, "spawngate_session"), None);
+        assert_eq!(without(&only, &["spawngate_session"]), None);
         // A cookie whose name merely contains the session name is kept.
         let similar = headers(&["my_spawngate_session=1; spawngate_session=2"]);
         assert_eq!(
-            without_session(&similar, "spawngate_session").as_deref(),
+            without(&similar, &["spawngate_session"]).as_deref(),
             Some("my_spawngate_session=1")
         );
     }

@@ -2,7 +2,10 @@
 //! login may redirect to.
 
 pub mod cookies;
+pub mod external;
+pub mod jwt;
 pub mod next;
+pub mod oidc;
 pub mod password;
 pub mod ratelimit;
 pub mod session;

@@ -41,11 +41,17 @@ async fn decide(
     slug: Option<&Slug>,
 ) -> (&'static str, Resp, Option<String>) {
     let browser = wants_html(headers);
-    let caller = app
-        .identify(headers)
-        .map(|i| i.user)
-        .or_else(|| app.identify_token(headers));
-    let Some(caller) = caller else {
+    let caller = match app.identify(headers).map(|i| i.user) {
+        Some(user) => Some((user, Via::Session)),
+        None => match app.identify_token(headers) {
+            Some(user) => Some((user, Via::ApiToken)),
+            None => app
+                .identify_jwt(headers)
+                .await
+                .map(|user| (user, Via::ExternalJwt)),
+        },
+    };
+    let Some((caller, via)) = caller else {
         return ("no_session", unauthenticated(headers, browser), None);
     };
     let who = Some(caller.name.clone());
@@ -64,7 +70,7 @@ async fn decide(
         .ensure_ready(target, app.config.spawn.hold)
         .await
     {
-        Readiness::Ready => ("allow", allow(app, headers, &caller, target), who),
+        Readiness::Ready => ("allow", allow(app, headers, &caller, target, via), who),
         Readiness::Pending => ("starting", waiting(browser), who),
         Readiness::Failed(e) => {
             let mut resp = pages::spawn_failed(browser, &e.to_string());
@@ -75,9 +81,17 @@ async fn decide(
     }
 }
 
-/// 200 with the identity headers and the request's cookies minus the session
-/// cookie. Traefik replaces the client's versions of these headers with ours.
-fn allow(app: &App, headers: &HeaderMap, caller: &User, target: &User) -> Resp {
+/// How the caller proved who they are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Session,
+    ApiToken,
+    ExternalJwt,
+}
+
+/// 200 with the identity headers and the request's cookies minus spawngate's own.
+/// Traefik replaces the client's versions of these headers with ours.
+fn allow(app: &App, headers: &HeaderMap, caller: &User, target: &User, via: Via) -> Resp {
     let mut resp = super::text(StatusCode::OK, "");
     let h = resp.headers_mut();
     // Names and slugs are validated ASCII, so these conversions cannot fail.
@@ -92,14 +106,20 @@ fn allow(app: &App, headers: &HeaderMap, caller: &User, target: &User) -> Resp {
     {
         h.insert(HeaderName::from_static("x-spawngate-secret"), v);
     }
-    // `Authorization` is in authResponseHeaders too: a spawngate token stops here,
-    // anything else (the app's own auth) is handed back to reach the container.
+    // `Authorization` is in authResponseHeaders too: the credential spawngate
+    // accepted (its token, an external JWT) stops here; anything else (the app's
+    // own auth) is handed back to reach the container.
     if let Some(auth) = headers.get(hyper::header::AUTHORIZATION)
         && !is_spawngate_token(auth)
+        && via != Via::ExternalJwt
     {
         h.insert(hyper::header::AUTHORIZATION, auth.clone());
     }
-    if let Some(rest) = cookies::without_session(headers, &app.config.session.cookie_name)
+    let mut own_cookies = vec![app.config.session.cookie_name.as_str()];
+    if let Some(name) = app.external_jwt.as_ref().and_then(|j| j.cookie.as_deref()) {
+        own_cookies.push(name);
+    }
+    if let Some(rest) = cookies::without(headers, &own_cookies)
         && let Ok(v) = HeaderValue::from_str(&rest)
     {
         h.insert(hyper::header::COOKIE, v);

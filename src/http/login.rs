@@ -78,6 +78,24 @@ fn sign_in_page(app: &App, next: Option<&str>, status: StatusCode, notice: &str)
     } else {
         String::new()
     };
+    let sso = match &app.oidc {
+        Some(oidc) => {
+            let href = match next {
+                Some(n) => format!(
+                    "/_spawngate/oidc/start?next={}",
+                    form_urlencoded::byte_serialize(n.as_bytes()).collect::<String>()
+                ),
+                None => "/_spawngate/oidc/start".to_owned(),
+            };
+            format!(
+                r#"<p><a href="{}"><strong>{}</strong></a></p>"#,
+                escape(&href),
+                escape(oidc.label())
+            )
+        }
+        None => String::new(),
+    };
+    let password_form = format!("{sso}{password_form}");
     let body = if app.mailer.is_some() {
         format!(
             r#"{notice}<form method="post" action="/_spawngate/login">
@@ -332,7 +350,7 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
 
 /// Creates a session for `user` and redirects to `next` (if same-site) or the
 /// user's own prefix.
-async fn start_session(
+pub(super) async fn start_session(
     app: &App,
     headers: &HeaderMap,
     user: &std::sync::Arc<crate::store::User>,

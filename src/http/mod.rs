@@ -4,6 +4,7 @@ mod admin;
 mod forward_auth;
 mod login;
 mod me;
+mod oidc;
 pub mod pages;
 
 use std::convert::Infallible;
@@ -102,6 +103,10 @@ where
         }
         (_, "/_spawngate/login") => login::login(&app, req, peer).await,
         (&Method::POST, "/_spawngate/logout") => login::logout(&app, req).await,
+        (_, p) if p.starts_with("/_spawngate/oidc/") => {
+            let rest = p["/_spawngate/oidc/".len()..].to_owned();
+            oidc::handle(&app, req, &rest).await
+        }
         (&Method::GET, "/_spawngate/" | "/_spawngate") => login::home(&app, req.headers()),
         // Traefik's catch-all for `/u-…` paths no user router matched.
         (_, p) if p.starts_with("/u-") => forward_auth::unknown_user_path(&app, req.headers(), p),

@@ -11,6 +11,9 @@ use serde::Deserialize;
 
 use crate::ids::Secret;
 
+mod identity;
+pub use identity::{ClaimMapping, JwtConfig, JwtKeys, MatchBy, OidcConfig};
+
 /// A configuration problem, always naming the offending key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,6 +50,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub pool: RawPool,
     pub email: RawEmail,
+    pub jwt: identity::RawJwt,
+    pub oidc: identity::RawOidc,
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,6 +313,8 @@ pub struct RawLogin {
     pub per_ip_per_hour: u32,
     /// Offer name + password sign-in (for users who have a password).
     pub passwords: bool,
+    /// Self sign-up by email link for addresses in these domains.
+    pub signup_domains: Vec<String>,
 }
 
 impl Default for RawLogin {
@@ -317,6 +324,7 @@ impl Default for RawLogin {
             per_email_per_hour: 3,
             per_ip_per_hour: 30,
             passwords: false,
+            signup_domains: Vec::new(),
         }
     }
 }
@@ -350,6 +358,10 @@ pub struct Config {
     pub email: Option<EmailConfig>,
     /// Warm pool size (0 = none).
     pub pool_size: usize,
+    /// External JWTs (`[jwt]`); `None` when disabled.
+    pub jwt: Option<JwtConfig>,
+    /// OIDC login (`[oidc]`); `None` when disabled.
+    pub oidc: Option<OidcConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -442,6 +454,9 @@ pub struct LoginConfig {
     pub per_email_per_hour: u32,
     pub per_ip_per_hour: u32,
     pub passwords: bool,
+    /// Self sign-up: unknown addresses in these domains get a link that creates
+    /// their account when confirmed. Empty: no sign-up.
+    pub signup_domains: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -529,6 +544,34 @@ const KEYS: &[(&str, Kind)] = &[
     ("email.smtp_username", Kind::Str),
     ("email.smtp_password", Kind::Str),
     ("email.from", Kind::Str),
+    ("login.signup_domains", Kind::List),
+    ("jwt.enabled", Kind::Bool),
+    ("jwt.algorithms", Kind::List),
+    ("jwt.secret", Kind::Str),
+    ("jwt.public_key_file", Kind::Str),
+    ("jwt.jwks_url", Kind::Str),
+    ("jwt.issuer", Kind::Str),
+    ("jwt.audience", Kind::Str),
+    ("jwt.cookie", Kind::Str),
+    ("jwt.user_claim", Kind::Str),
+    ("jwt.match_by", Kind::Str),
+    ("jwt.auto_create", Kind::Bool),
+    ("jwt.leeway_secs", Kind::Int),
+    ("jwt.jwks_cooldown_secs", Kind::Int),
+    ("jwt.ca_file", Kind::Str),
+    ("oidc.enabled", Kind::Bool),
+    ("oidc.issuer", Kind::Str),
+    ("oidc.client_id", Kind::Str),
+    ("oidc.client_secret", Kind::Str),
+    ("oidc.scopes", Kind::List),
+    ("oidc.algorithms", Kind::List),
+    ("oidc.label", Kind::Str),
+    ("oidc.user_claim", Kind::Str),
+    ("oidc.match_by", Kind::Str),
+    ("oidc.auto_create", Kind::Bool),
+    ("oidc.leeway_secs", Kind::Int),
+    ("oidc.jwks_cooldown_secs", Kind::Int),
+    ("oidc.ca_file", Kind::Str),
 ];
 
 /// Variables that start with `SPAWNGATE_` but are not config keys.
@@ -794,12 +837,7 @@ impl RawConfig {
         if se.ttl_hours == 0 {
             return Err(invalid("session.ttl_hours", "must be at least 1"));
         }
-        if se.cookie_name.is_empty()
-            || !se
-                .cookie_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !is_cookie_name(&se.cookie_name) {
             return Err(invalid(
                 "session.cookie_name",
                 "must be letters, digits, '_' or '-'",
@@ -930,7 +968,31 @@ impl RawConfig {
             return Err(invalid("pool.size", "at most 64"));
         }
 
+        let jwt = identity::validate_jwt(self.jwt)?;
+        let oidc = identity::validate_oidc(self.oidc)?;
+        let signup_domains = l
+            .signup_domains
+            .iter()
+            .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+            .collect::<Vec<_>>();
+        if signup_domains.iter().any(|d| {
+            d.is_empty() || !d.contains('.') || d.contains('@') || d.contains(char::is_whitespace)
+        }) {
+            return Err(invalid(
+                "login.signup_domains",
+                "expected domain names like \"example.org\"",
+            ));
+        }
+        if !signup_domains.is_empty() && email.is_none() {
+            return Err(invalid(
+                "login.signup_domains",
+                "self sign-up works through email links: set email.enabled = true",
+            ));
+        }
+
         Ok(Config {
+            jwt,
+            oidc,
             pool_size: self.pool.size,
             lifecycle,
             limits,
@@ -976,6 +1038,7 @@ impl RawConfig {
                 per_email_per_hour: l.per_email_per_hour,
                 per_ip_per_hour: l.per_ip_per_hour,
                 passwords: l.passwords,
+                signup_domains,
             },
             email,
             public_url,
@@ -1014,6 +1077,13 @@ fn is_env_name(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
+}
+
+fn is_cookie_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn is_name(s: &str) -> bool {
