@@ -38,11 +38,11 @@ impl ExternalJwt {
                     }
                 })?
             }
-            JwtKeys::JwksUrl(url) => KeySource::Jwks(JwksCache::new(
+            JwtKeys::JwksUrl(url) => KeySource::Jwks(Box::new(JwksCache::new(
                 url.clone(),
                 HttpsClient::new(config.ca_file.as_deref())?,
                 config.jwks_cooldown,
-            )),
+            ))),
         };
         Ok(ExternalJwt {
             verifier: JwtVerifier {

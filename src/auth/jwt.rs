@@ -48,7 +48,7 @@ type KeyList = Arc<Vec<Key>>;
 pub enum KeySource {
     /// Keys from configuration: a shared secret or a PEM public key.
     Static(KeyList),
-    Jwks(JwksCache),
+    Jwks(Box<JwksCache>),
 }
 
 impl KeySource {
@@ -114,13 +114,17 @@ impl JwksCache {
         }
     }
 
-    /// The keys to try, refreshed first when `kid` is unknown or the set is stale.
-    async fn keys_for(&self, kid: Option<&str>) -> KeyList {
-        let current = self.current();
-        let known = |keys: &KeyList| {
-            kid.is_none_or(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
+    /// The keys to try for a token with `kid`, refreshed first when `kid` is
+    /// unknown or the set is stale. `tried`: keys that already failed to verify the
+    /// token (a token without `kid` after a rotation), so a newer set is wanted.
+    async fn keys_for(&self, kid: Option<&str>, tried: Option<&KeyList>) -> KeyList {
+        let usable = |keys: &KeyList| {
+            !keys.is_empty()
+                && kid.is_none_or(|kid| keys.iter().any(|k| k.kid.as_deref() == Some(kid)))
+                && tried.is_none_or(|t| !Arc::ptr_eq(t, keys))
         };
-        if known(&current) && !current.is_empty() {
+        let current = self.current();
+        if usable(&current) {
             let fresh = self
                 .last_fetch
                 .try_lock()
@@ -135,7 +139,7 @@ impl JwksCache {
         // Another request may have refreshed while this one waited.
         let current = self.current();
         let stale = last.is_none_or(|t| t.elapsed() >= JWKS_MAX_AGE);
-        if known(&current) && !current.is_empty() && !stale {
+        if usable(&current) && !stale {
             return current;
         }
         if last.is_some_and(|t| t.elapsed() < self.cooldown) {
@@ -226,8 +230,29 @@ impl JwtVerifier {
         }
         let keys = match &self.keys {
             KeySource::Static(keys) => keys.clone(),
-            KeySource::Jwks(cache) => cache.keys_for(header.kid.as_deref()).await,
+            KeySource::Jwks(cache) => cache.keys_for(header.kid.as_deref(), None).await,
         };
+        let result = self.verify_with(token, &header, &keys);
+        // A token without `kid` that no cached key verifies may be signed with a
+        // key published since: one refetch (within the cooldown) and one retry.
+        if result.is_err()
+            && header.kid.is_none()
+            && let KeySource::Jwks(cache) = &self.keys
+        {
+            let newer = cache.keys_for(None, Some(&keys)).await;
+            if !Arc::ptr_eq(&newer, &keys) {
+                return self.verify_with(token, &header, &newer);
+            }
+        }
+        result
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        header: &jsonwebtoken::Header,
+        keys: &KeyList,
+    ) -> Result<Map<String, Value>, Rejection> {
         let validation = self.validation(header.alg);
         let mut last = Rejection::UnknownKey;
         let candidates = keys.iter().filter(|k| {

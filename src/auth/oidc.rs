@@ -144,11 +144,11 @@ impl OidcClient {
                     audience: Some(self.config.client_id.clone()),
                     leeway: self.config.leeway,
                 },
-                keys: KeySource::Jwks(JwksCache::new(
+                keys: KeySource::Jwks(Box::new(JwksCache::new(
                     doc.jwks_uri,
                     self.client.clone(),
                     self.config.jwks_cooldown,
-                )),
+                ))),
             },
         });
         tracing::info!(issuer = %self.config.issuer, "OIDC discovery done");

@@ -55,7 +55,7 @@ impl Default for RawJwt {
             match_by: "email".into(),
             auto_create: false,
             leeway_secs: 30,
-            jwks_cooldown_secs: 60,
+            jwks_cooldown_secs: 10,
             ca_file: String::new(),
         }
     }
@@ -102,7 +102,7 @@ impl Default for RawOidc {
             match_by: "email".into(),
             auto_create: false,
             leeway_secs: 30,
-            jwks_cooldown_secs: 60,
+            jwks_cooldown_secs: 10,
             ca_file: String::new(),
         }
     }
@@ -291,8 +291,8 @@ pub fn validate_jwt(j: RawJwt) -> Result<Option<JwtConfig>, ConfigError> {
     ];
     if sources.iter().filter(|s| **s).count() != 1 {
         return Err(invalid(
-            "jwt.secret",
-            "set exactly one of jwt.secret, jwt.public_key_file or jwt.jwks_url",
+            "jwt.enabled",
+            "needs exactly one of jwt.secret, jwt.public_key_file or jwt.jwks_url",
         ));
     }
     let keys = if !j.secret.is_empty() {
@@ -354,10 +354,13 @@ pub fn validate_oidc(o: RawOidc) -> Result<Option<OidcConfig>, ConfigError> {
     if !o.enabled {
         return Ok(None);
     }
-    https_url("oidc.issuer", &o.issuer)?;
-    if o.client_id.is_empty() {
-        return Err(invalid("oidc.client_id", "must be set"));
+    if o.issuer.is_empty() || o.client_id.is_empty() {
+        return Err(invalid(
+            "oidc.enabled",
+            "needs oidc.issuer and oidc.client_id (registered at your identity provider)",
+        ));
     }
+    https_url("oidc.issuer", &o.issuer)?;
     if !o.scopes.iter().any(|s| s == "openid") {
         return Err(invalid("oidc.scopes", "must include \"openid\""));
     }
@@ -408,6 +411,9 @@ mod tests {
         );
         assert!(err(&GOOD_JWT.replace("audience = \"sg\"", "")).contains("jwt.audience"));
         assert!(err(&GOOD_JWT.replace("HS256", "RS256")).contains("jwt.secret"));
+        assert!(
+            err("[jwt]\nenabled = true\nissuer = \"i\"\naudience = \"a\"").contains("jwt.enabled")
+        );
         assert!(
             err("[jwt]\nenabled = true\njwks_url = \"http://idp/jwks\"\nissuer = \"i\"\naudience = \"a\"")
                 .contains("jwt.jwks_url")

@@ -38,13 +38,24 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
     if let Some(token) = q.get("token") {
         return match app.store.peek_login_token(token) {
             Ok(Ok(record)) => {
-                let name = app
-                    .store
-                    .snapshot()
-                    .by_id(&record.user_id)
-                    .map(|u| u.name.clone())
-                    .unwrap_or_default();
-                confirm_page(&name, token, next.as_deref())
+                let question = match (&record.user_id, &record.signup_email) {
+                    (Some(id), _) => format!(
+                        "Sign in as <strong>{}</strong>?",
+                        escape(
+                            app.store
+                                .snapshot()
+                                .by_id(id)
+                                .map(|u| u.name.as_str())
+                                .unwrap_or_default()
+                        )
+                    ),
+                    (None, Some(email)) => format!(
+                        "Create an account for <strong>{}</strong> and sign in?",
+                        escape(email)
+                    ),
+                    (None, None) => return invalid_link(),
+                };
+                confirm_page(&question, token, next.as_deref())
             }
             Ok(Err(_)) => invalid_link(),
             Err(e) => store_unavailable(&e),
@@ -150,6 +161,16 @@ where
     }
 }
 
+/// Whether an address without an account may sign up (`login.signup_domains`).
+fn signup_allowed(app: &App, email: &str) -> bool {
+    let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    app.config
+        .login
+        .signup_domains
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(domain))
+}
+
 fn too_many() -> Resp {
     let mut resp = html(
         StatusCode::TOO_MANY_REQUESTS,
@@ -181,24 +202,29 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
         tracing::warn!(target: "spawngate::login", "login rate limit (email) hit");
         return too_many();
     }
-    let user = app
-        .store
-        .snapshot()
-        .by_email(&email)
-        .filter(|u| !u.disabled)
-        .cloned();
+    let known = app.store.snapshot().by_email(&email).cloned();
+    let recipient = match known {
+        Some(user) if !user.disabled => Some(Some(user)),
+        Some(_) => None,
+        // No account: a sign-up link, if the domain may sign up.
+        None if signup_allowed(app, &email) => Some(None),
+        None => None,
+    };
     // Everything that depends on the account (issuing the token: a disk write;
     // sending the mail) happens after the answer, so its timing is the same.
-    if let (Some(user), Some(mailer)) = (user, app.mailer.clone()) {
+    if let (Some(user), Some(mailer)) = (recipient, app.mailer.clone()) {
         let store = app.store.clone();
         let ttl = app.config.login.token_ttl;
         let origin = app.config.public_url.origin.clone();
         let next = next.and_then(|n| safe_next(n));
+        let email = email.clone();
         tokio::spawn(async move {
-            let token = match store
-                .issue_login_token(&user.id, ttl.as_secs() as i64)
-                .await
-            {
+            let ttl_secs = ttl.as_secs() as i64;
+            let issued = match &user {
+                Some(user) => store.issue_login_token(&user.id, ttl_secs).await,
+                None => store.issue_signup_token(&email, ttl_secs).await,
+            };
+            let token = match issued {
                 Ok((token, _)) => token,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot issue a login token");
@@ -214,7 +240,8 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
                 .send_login_link(&email, &link, ttl.as_secs() / 60)
                 .await
             {
-                tracing::error!(target: "spawngate::login", user = %user.name, error = %e, "cannot send the login link");
+                let who = user.as_ref().map_or("(sign-up)", |u| u.name.as_str());
+                tracing::error!(target: "spawngate::login", user = %who, error = %e, "cannot send the login link");
             }
         });
     }
@@ -223,12 +250,13 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
         page(
             "Check your email",
             "",
-            "<p>If an account exists for that address, a sign-in link is on its way. It works once, for a few minutes.</p>",
+            "<p>If that address can sign in here, a sign-in link is on its way. It works once, for a few minutes.</p>",
         ),
     )
 }
 
-fn confirm_page(name: &str, token: &str, next: Option<&str>) -> Resp {
+/// `question` is trusted markup (its values are escaped by the caller).
+fn confirm_page(question: &str, token: &str, next: Option<&str>) -> Resp {
     let next_field = next
         .map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
         .unwrap_or_default();
@@ -238,12 +266,11 @@ fn confirm_page(name: &str, token: &str, next: Option<&str>) -> Resp {
             "Sign in",
             "",
             &format!(
-                r#"<p>Sign in as <strong>{}</strong>?</p>
+                r#"<p>{question}</p>
 <form method="post" action="/_spawngate/login">
 <input type="hidden" name="token" value="{}">{next_field}
 <button type="submit">Sign in</button>
 </form>"#,
-                escape(name),
                 escape(token)
             ),
         ),
@@ -304,11 +331,28 @@ async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) 
         }
         Err(e) => return store_unavailable(&e),
     };
-    let directory = app.store.snapshot();
-    let Some(user) = directory.by_id(&record.user_id).filter(|u| !u.disabled) else {
+    let user = match (&record.user_id, &record.signup_email) {
+        (Some(id), _) => app.store.snapshot().by_id(id).cloned(),
+        // Sign-up: the domain is checked again (the list may have changed since
+        // the mail went out); an account created meanwhile is simply used.
+        (None, Some(email)) if signup_allowed(app, email) => {
+            match app.create_user_for_email("signup", email).await {
+                Ok(user) => {
+                    tracing::info!(target: "spawngate::login", user = %user.name, "self sign-up");
+                    Some(user)
+                }
+                Err(e) => {
+                    tracing::warn!(target: "spawngate::login", error = %e, "self sign-up failed");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let Some(user) = user.filter(|u| !u.disabled) else {
         return invalid_link();
     };
-    start_session(app, headers, user, form.get("next")).await
+    start_session(app, headers, &user, form.get("next")).await
 }
 
 /// Password sign-in. Unknown names, users without a password and wrong passwords

@@ -364,7 +364,9 @@ impl Store {
             return Err(e.into());
         }
         self.remove_where::<Session>(&self.sessions, |s| s.user_id == user.id)?;
-        self.remove_where::<LoginToken>(&self.login_tokens, |t| t.user_id == user.id)?;
+        self.remove_where::<LoginToken>(&self.login_tokens, |t| {
+            t.user_id.as_ref() == Some(&user.id)
+        })?;
         self.remove_where::<ApiToken>(&self.api_tokens, |t| t.user_id == user.id)?;
         self.refresh_directory()?;
         self.flush().await?;
@@ -438,10 +440,31 @@ impl Store {
         user_id: &UserId,
         ttl_secs: i64,
     ) -> Result<(String, LoginToken)> {
+        self.issue_token(Some(user_id.clone()), None, ttl_secs)
+            .await
+    }
+
+    /// A sign-up link for an address without an account.
+    pub async fn issue_signup_token(
+        &self,
+        email: &str,
+        ttl_secs: i64,
+    ) -> Result<(String, LoginToken)> {
+        self.issue_token(None, Some(email.to_owned()), ttl_secs)
+            .await
+    }
+
+    async fn issue_token(
+        &self,
+        user_id: Option<UserId>,
+        signup_email: Option<String>,
+        ttl_secs: i64,
+    ) -> Result<(String, LoginToken)> {
         let token = random_token::<32>();
         let now = unix_now();
         let record = LoginToken {
-            user_id: user_id.clone(),
+            user_id,
+            signup_email,
             created: now,
             expires: now + ttl_secs,
         };
@@ -743,7 +766,7 @@ mod tests {
                 .unwrap()
                 .unwrap()
                 .user_id,
-            u.id
+            Some(u.id.clone())
         );
         assert_eq!(
             s.consume_login_token(&token).await.unwrap().unwrap_err(),

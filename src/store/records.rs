@@ -53,7 +53,12 @@ pub struct Session {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoginToken {
-    pub user_id: UserId,
+    /// The user the link signs in; `None` for a sign-up link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    /// Self sign-up: the confirmed address gets an account when the link is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signup_email: Option<String>,
     pub created: i64,
     pub expires: i64,
 }

@@ -648,3 +648,103 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_sign_up_creates_the_account_on_the_first_confirmed_link_only_for_allowed_domains() {
+    let smtp = Smtp::start().await;
+    let h = with_email(&smtp, "[login]\nsignup_domains = [\"example.org\"]\n").await;
+
+    // Outside the allowed domains: the same answer, no mail, no account.
+    let (status, outside) = request_link(&h, "mallory@elsewhere.net").await;
+    assert_eq!(status, 200);
+    let (status, inside) = request_link(&h, "New.Person@example.org").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        outside, inside,
+        "the answer does not reveal who may sign up"
+    );
+
+    let mail = smtp.wait_for("new.person@example.org").await;
+    let link = link_in(&mail);
+    // Asking for the link created nothing yet.
+    assert!(
+        h.app
+            .store
+            .snapshot()
+            .by_email("new.person@example.org")
+            .is_none()
+    );
+    let token = link.split("token=").nth(1).unwrap();
+    let confirm = h
+        .client
+        .get(h.url(&format!("/_spawngate/login?token={token}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        confirm.contains("Create an account for <strong>new.person@example.org</strong>"),
+        "{confirm}"
+    );
+
+    let cookie =
+        crate::harness::login_with_link(&h.client, &h.public, &link, h.cookie_name()).await;
+    let user = h
+        .app
+        .find_user("new.person")
+        .map(|u| h.app.user_view(&u))
+        .expect("the account exists");
+    assert_eq!(user.email.as_deref(), Some("new.person@example.org"));
+    h.wait_router(&format!("u-{}", user.slug)).await;
+    let who = h
+        .get_with_cookie(h.url(&format!("/u-{}/whoami.json", user.slug)), &cookie)
+        .await;
+    assert_eq!(who.status(), 200);
+    assert_eq!(
+        who.json::<serde_json::Value>().await.unwrap()["user"],
+        "new.person"
+    );
+
+    // A second link for the same address signs in to the same account.
+    request_link(&h, "new.person@example.org").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        let links: Vec<String> = smtp
+            .messages()
+            .iter()
+            .filter(|m| m.contains("X-RcptTo: new.person@example.org"))
+            .map(|m| link_in(m))
+            .filter(|l| *l != link)
+            .collect();
+        if let Some(l) = links.into_iter().next() {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no second mail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    crate::harness::login_with_link(&h.client, &h.public, &second, h.cookie_name()).await;
+    assert_eq!(
+        h.app
+            .list_users()
+            .iter()
+            .filter(|u| u.email.as_deref() == Some("new.person@example.org"))
+            .count(),
+        1
+    );
+    assert!(
+        !smtp
+            .messages()
+            .iter()
+            .any(|m| m.contains("mallory@elsewhere.net")),
+        "no mail outside the allowed domains"
+    );
+    assert!(
+        h.app
+            .store
+            .snapshot()
+            .by_email("mallory@elsewhere.net")
+            .is_none()
+    );
+}

@@ -215,6 +215,8 @@ start_on_login = false
 }
 
 pub fn http_client() -> reqwest::Client {
+    // reqwest's TLS (for the test IdP) is built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()

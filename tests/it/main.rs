@@ -10,5 +10,6 @@ mod cli;
 mod compose;
 mod e2e;
 mod harness;
+mod idp;
 mod lifecycle;
 mod proc;
