@@ -53,6 +53,7 @@ pub struct UserView {
     pub created: String,
     pub disabled: bool,
     pub overrides: Overrides,
+    pub shared_with: Vec<crate::sharing::ShareView>,
 }
 
 /// `PUT /_spawngate/api/users/<name>/overrides`: replaces the user's overrides.
@@ -142,6 +143,7 @@ impl App {
             created: rfc3339(user.created),
             disabled: user.disabled,
             overrides: user.overrides.clone(),
+            shared_with: self.shares_of(user),
         }
     }
 
@@ -203,6 +205,7 @@ impl App {
         // Access first: with no session left, no request can start the container
         // again while it is being removed.
         self.store.delete_sessions_of(&user.id).await?;
+        self.forget_shares_to(&user).await?;
         // Then the container: if Docker is down the user stays, and the call can be
         // retried, instead of leaving an orphaned container behind.
         let keep = self.config.lifecycle.keep_volume_on_delete;

@@ -68,6 +68,16 @@ enum UserCommand {
     Rm { name: String },
     /// Print a one-time login link (valid 15 minutes by default).
     LoginLink { name: String },
+    /// Let GRANTEE open OWNER's environment (revoke with `unshare`).
+    Share {
+        owner: String,
+        grantee: String,
+        /// The container gets `X-Spawngate-Access: read-only` for GRANTEE's requests.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Take GRANTEE's access to OWNER's environment away.
+    Unshare { owner: String, grantee: String },
 }
 
 /// Entry point used by `main`: parses arguments, runs, prints errors once.
@@ -225,6 +235,31 @@ async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
             )
             .await?;
             println!("{}", v["url"].as_str().unwrap_or_default());
+        }
+        UserCommand::Share {
+            owner,
+            grantee,
+            read_only,
+        } => {
+            admin_call(
+                config,
+                Method::PUT,
+                &format!("/_spawngate/api/users/{owner}/shares/{grantee}"),
+                Some(json!({ "read_only": read_only })),
+            )
+            .await?;
+            let mode = if read_only { " (read-only)" } else { "" };
+            println!("{grantee} can now open {owner}'s environment{mode}");
+        }
+        UserCommand::Unshare { owner, grantee } => {
+            admin_call(
+                config,
+                Method::DELETE,
+                &format!("/_spawngate/api/users/{owner}/shares/{grantee}"),
+                None,
+            )
+            .await?;
+            println!("{grantee} can no longer open {owner}'s environment");
         }
     }
     Ok(())

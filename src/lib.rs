@@ -14,7 +14,8 @@
 //! - [`runtime`]: the container runtime trait and its Docker (bollard) implementation.
 //! - [`lifecycle`]: single-flight lazy spawn, readiness probes, container state.
 //! - [`http`]: request routing and handlers (forwardAuth, login, admin API, pages).
-//! - [`mail`]: login links by email (SMTP).
+//! - [`mail`]: login links by email (SMTP); [`outbound`]: HTTPS calls to identity
+//!   providers; [`sharing`]: access to another user's environment.
 //! - [`server`]: the TCP and control-socket listeners with graceful shutdown.
 //! - [`app`]: wires everything together; [`cli`]: the `spawngate` command.
 //! - [`error`]: the domain error enum and its mapping to HTTP answers.
@@ -33,6 +34,7 @@ pub mod outbound;
 pub mod provider;
 pub mod runtime;
 pub mod server;
+pub mod sharing;
 pub mod store;
 pub mod time;
 

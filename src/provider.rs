@@ -23,6 +23,7 @@ pub const AUTH_RESPONSE_HEADERS: &[&str] = &[
     "X-Spawngate-User",
     "X-Spawngate-Slug",
     "X-Spawngate-Secret",
+    "X-Spawngate-Access",
     "Cookie",
     "Authorization",
 ];

@@ -18,6 +18,14 @@ struct NewUser {
     email: Option<String>,
 }
 
+/// `PUT …/shares/<user>`: grant access (`{"read_only": true}` for read-only).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ShareRequest {
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
@@ -153,6 +161,14 @@ where
         }
         (&Method::POST, ["users", name, "enable"]) => {
             ok(to_json(&app.set_disabled(actor, name, false).await?))
+        }
+        (&Method::PUT, ["users", owner, "shares", grantee]) => {
+            let body: ShareRequest = parse_json(req).await?;
+            let shares = app.share(actor, owner, grantee, body.read_only).await?;
+            ok(json!({ "shared_with": shares }))
+        }
+        (&Method::DELETE, ["users", owner, "shares", grantee]) => {
+            ok(json!({ "shared_with": app.unshare(actor, owner, grantee).await? }))
         }
         (&Method::POST, ["users", name, "sessions", "revoke"]) => {
             let revoked = app.revoke_sessions(actor, name).await?;

@@ -14,6 +14,7 @@ use crate::app::App;
 use crate::auth::{cookies, safe_next};
 use crate::ids::Slug;
 use crate::lifecycle::Readiness;
+use crate::sharing::Access;
 use crate::store::User;
 
 /// Seconds a client should wait before asking again while a container starts.
@@ -57,7 +58,11 @@ async fn decide(
     let who = Some(caller.name.clone());
     let directory = app.store.snapshot();
     let target = slug.and_then(|s| directory.by_slug(s));
-    let Some(target) = target.filter(|t| t.id == caller.id) else {
+    // Personal API tokens are for the owner's own scripts: never for shared slugs.
+    let access = target
+        .and_then(|t| Access::of(&caller, t))
+        .filter(|a| *a == Access::Owner || via != Via::ApiToken);
+    let (Some(target), Some(access)) = (target, access) else {
         let outcome = if target.is_some() {
             "forbidden"
         } else {
@@ -70,7 +75,11 @@ async fn decide(
         .ensure_ready(target, app.config.spawn.hold)
         .await
     {
-        Readiness::Ready => ("allow", allow(app, headers, &caller, target, via), who),
+        Readiness::Ready => (
+            "allow",
+            allow(app, headers, &caller, target, via, access),
+            who,
+        ),
         Readiness::Pending => ("starting", waiting(browser), who),
         Readiness::Failed(e) => {
             let mut resp = pages::spawn_failed(browser, &e.to_string());
@@ -91,7 +100,14 @@ enum Via {
 
 /// 200 with the identity headers and the request's cookies minus spawngate's own.
 /// Traefik replaces the client's versions of these headers with ours.
-fn allow(app: &App, headers: &HeaderMap, caller: &User, target: &User, via: Via) -> Resp {
+fn allow(
+    app: &App,
+    headers: &HeaderMap,
+    caller: &User,
+    target: &User,
+    via: Via,
+    access: Access,
+) -> Resp {
     let mut resp = super::text(StatusCode::OK, "");
     let h = resp.headers_mut();
     // Names and slugs are validated ASCII, so these conversions cannot fail.
@@ -101,6 +117,11 @@ fn allow(app: &App, headers: &HeaderMap, caller: &User, target: &User, via: Via)
     if let Ok(v) = HeaderValue::from_str(target.slug.as_str()) {
         h.insert(HeaderName::from_static("x-spawngate-slug"), v);
     }
+    // Always sent, so a client cannot supply its own (Traefik copies ours over).
+    h.insert(
+        HeaderName::from_static("x-spawngate-access"),
+        HeaderValue::from_static(access.header_value()),
+    );
     if app.config.docker.inject_secret
         && let Ok(v) = HeaderValue::from_str(&app.lifecycle.forward_secret(target))
     {

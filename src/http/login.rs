@@ -484,6 +484,23 @@ pub fn home(app: &App, headers: &HeaderMap) -> Resp {
         return redirect(StatusCode::FOUND, "/_spawngate/login");
     };
     let url = format!("{}/", identity.user.slug.base_path());
+    let shared: String = app
+        .shared_with(&identity.user)
+        .iter()
+        .map(|s| {
+            format!(
+                r#"<li><a href="{}">{}</a>{}</li>"#,
+                escape(&s.url),
+                escape(&s.owner),
+                if s.read_only { " (read-only)" } else { "" }
+            )
+        })
+        .collect();
+    let shared = if shared.is_empty() {
+        String::new()
+    } else {
+        format!("<p>Shared with you:</p><ul>{shared}</ul>")
+    };
     html(
         StatusCode::OK,
         page(
@@ -491,7 +508,7 @@ pub fn home(app: &App, headers: &HeaderMap) -> Resp {
             "",
             &format!(
                 r#"<p>Signed in as <strong>{}</strong>.</p>
-<p><a href="{}">Open your environment</a></p>
+<p><a href="{}">Open your environment</a></p>{shared}
 <form method="post" action="/_spawngate/logout"><input type="hidden" name="csrf" value="{}"><button type="submit">Sign out</button></form>"#,
                 escape(&identity.user.name),
                 escape(&url),

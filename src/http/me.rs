@@ -124,6 +124,31 @@ async fn route<B: ReqBody>(
                 .await?;
             Ok((StatusCode::OK, json!({ "password": true })))
         }
+        (&Method::GET, ["shares"]) => Ok((
+            StatusCode::OK,
+            json!({
+                "shared_with": app.shares_of(&user),
+                "shared_with_me": app.shared_with(&user),
+            }),
+        )),
+        (&Method::PUT, ["shares", grantee]) => {
+            let body = read_body(req.into_body()).await?;
+            let body = if body.is_empty() {
+                bytes::Bytes::from_static(b"{}")
+            } else {
+                body
+            };
+            let share: super::admin::ShareRequest = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+            let shares = app
+                .share(&user.name, &user.name, grantee, share.read_only)
+                .await?;
+            Ok((StatusCode::OK, json!({ "shared_with": shares })))
+        }
+        (&Method::DELETE, ["shares", grantee]) => {
+            let shares = app.unshare(&user.name, &user.name, grantee).await?;
+            Ok((StatusCode::OK, json!({ "shared_with": shares })))
+        }
         (&Method::DELETE, ["tokens", id]) => {
             if !app.store.delete_api_token(&user.id, id).await? {
                 return Err(ApiError::NotFound("token"));

@@ -19,7 +19,7 @@ use crate::ids::{SessionId, Slug, UserId, random_bytes, random_token};
 use crate::time::unix_now;
 pub use records::{
     AdminToken, ApiToken, AuditEntry, ContainerRecord, Desired, LoginToken, Overrides, Session,
-    User,
+    Share, User,
 };
 use records::{DecodeError, decode, encode};
 
@@ -239,6 +239,7 @@ impl Store {
             host_port,
             overrides: Overrides::default(),
             password_hash: None,
+            shared_with: Vec::new(),
         };
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();

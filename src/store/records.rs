@@ -29,6 +29,20 @@ pub struct User {
     /// argon2id PHC string, when the user has a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
+    /// Other users who may open this user's environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<Share>,
+}
+
+/// Access to a user's environment granted to another user.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    pub user_id: UserId,
+    /// Passed to the container as `X-Spawngate-Access: read-only`; the app enforces it.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Unix seconds.
+    pub granted: i64,
 }
 
 /// Per-user container settings, validated against the admin's bounds when set.

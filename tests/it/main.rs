@@ -13,3 +13,4 @@ mod harness;
 mod idp;
 mod lifecycle;
 mod proc;
+mod sharing;

@@ -1,0 +1,153 @@
+//! Sharing an environment with other users, through Traefik: grants by the owner
+//! (self-service, CSRF-protected) and by an admin, the access header the container
+//! sees, and revocation taking effect on the next request.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Harness, Options};
+
+async fn me_csrf(h: &Harness, cookie: &str) -> String {
+    let me: Value = h
+        .get_with_cookie(h.url("/_spawngate/api/me"), cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    me["csrf"].as_str().unwrap().to_owned()
+}
+
+async fn whoami(h: &Harness, url: &str, cookie: &str) -> (u16, Value) {
+    let resp = h
+        .client
+        .get(url)
+        .header("Cookie", cookie)
+        .header("Accept", "application/json")
+        // A client cannot claim more access than it has.
+        .header("X-Spawngate-Access", "owner")
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_and_admins_share_environments_read_only_or_full_and_revoke_at_once() {
+    let h = Harness::start(Options::default()).await;
+    let alice = h.user("alice").await;
+    h.user("bob").await;
+    h.user("carol").await;
+    let (alice_cookie, bob_cookie, carol_cookie) = (
+        h.login("alice").await,
+        h.login("bob").await,
+        h.login("carol").await,
+    );
+    let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
+
+    let (status, _) = whoami(&h, &url, &bob_cookie).await;
+    assert_eq!(status, 403, "not shared yet");
+
+    // Alice shares read-only with Bob; the self-service API needs her CSRF token.
+    let share_url = h.url("/_spawngate/api/me/shares/bob");
+    let no_csrf = h
+        .client
+        .put(&share_url)
+        .header("Cookie", &alice_cookie)
+        .json(&json!({ "read_only": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status(), 403);
+    let csrf = me_csrf(&h, &alice_cookie).await;
+    let resp = h
+        .client
+        .put(&share_url)
+        .header("Cookie", &alice_cookie)
+        .header("X-Spawngate-CSRF", &csrf)
+        .json(&json!({ "read_only": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["shared_with"][0]["user"], "bob");
+    assert_eq!(body["shared_with"][0]["read_only"], true);
+
+    let (status, who) = whoami(&h, &url, &bob_cookie).await;
+    assert_eq!(status, 200);
+    assert_eq!(who["user"], "alice", "Bob sees Alice's container");
+    assert_eq!(who["headers"]["x-spawngate-user"], "bob");
+    assert_eq!(who["headers"]["x-spawngate-access"], "read-only");
+    let (_, who) = whoami(&h, &url, &alice_cookie).await;
+    assert_eq!(who["headers"]["x-spawngate-access"], "owner");
+
+    // Bob's home page links to it.
+    let home = h
+        .get_with_cookie(h.url("/_spawngate/"), &bob_cookie)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        home.contains(&format!("/u-{}/", alice.slug)) && home.contains("(read-only)"),
+        "{home}"
+    );
+
+    // Bob's personal API token stays limited to his own slug.
+    let bob_csrf = me_csrf(&h, &bob_cookie).await;
+    let token: Value = h
+        .client
+        .post(h.url("/_spawngate/api/me/tokens"))
+        .header("Cookie", &bob_cookie)
+        .header("X-Spawngate-CSRF", &bob_csrf)
+        .json(&json!({ "name": "script" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_token = h
+        .client
+        .get(&url)
+        .bearer_auth(token["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_token.status(), 403);
+
+    // An admin shares with Carol, with full access.
+    h.app.share("test", "alice", "carol", false).await.unwrap();
+    let (status, who) = whoami(&h, &url, &carol_cookie).await;
+    assert_eq!(status, 200);
+    assert_eq!(who["headers"]["x-spawngate-access"], "shared");
+
+    // Sharing is one-way: Alice gets nothing of Bob's.
+    let bob = h.app.find_user("bob").unwrap();
+    let (status, _) = whoami(
+        &h,
+        &h.url(&format!("/u-{}/whoami.json", bob.slug)),
+        &alice_cookie,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Revoked: Bob's very next request is refused.
+    let resp = h
+        .client
+        .delete(&share_url)
+        .header("Cookie", &alice_cookie)
+        .header("X-Spawngate-CSRF", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, _) = whoami(&h, &url, &bob_cookie).await;
+    assert_eq!(status, 403);
+    let (status, _) = whoami(&h, &url, &carol_cookie).await;
+    assert_eq!(status, 200, "Carol's grant is untouched");
+
+    // Deleting Carol removes her grant too.
+    h.app.remove_user("test", "carol").await.unwrap();
+    assert!(h.app.find_user("alice").unwrap().shared_with.is_empty());
+}
