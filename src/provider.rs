@@ -202,6 +202,7 @@ mod tests {
                 "X-Spawngate-User",
                 "X-Spawngate-Slug",
                 "X-Spawngate-Secret",
+                "X-Spawngate-Access",
                 "Cookie",
                 "Authorization"
             ])
