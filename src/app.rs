@@ -40,6 +40,8 @@ pub struct App {
     pub external_jwt: Option<crate::auth::external::ExternalJwt>,
     /// Present when `[oidc]` is enabled.
     pub oidc: Option<crate::auth::oidc::OidcClient>,
+    /// Subdomain mode's one-time codes (login host → app host).
+    pub handoffs: crate::auth::handoff::HandoffCodes,
 }
 
 /// A user as the API shows it.
@@ -114,6 +116,7 @@ impl App {
         Ok(Arc::new(App {
             external_jwt,
             oidc,
+            handoffs: Default::default(),
             limit_per_email: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.per_email_per_hour,
             ),
@@ -129,17 +132,34 @@ impl App {
         }))
     }
 
+    /// The public URL of `user`'s environment.
+    pub fn environment_url(&self, user: &User) -> String {
+        match &self.config.apps {
+            Some(apps) => format!("{}/", apps.origin(&user.slug)),
+            None => format!(
+                "{}{}/",
+                self.config.public_url.origin,
+                user.slug.base_path()
+            ),
+        }
+    }
+
+    /// A same-site link from the login host's pages to `user`'s environment (in
+    /// subdomain mode through the hand-off, which gives the app host a session).
+    pub fn environment_link(&self, user: &User) -> String {
+        match &self.config.apps {
+            Some(_) => format!("/_spawngate/handoff?slug={}&next=%2F", user.slug),
+            None => format!("{}/", user.slug.base_path()),
+        }
+    }
+
     pub fn user_view(&self, user: &User) -> UserView {
         UserView {
             id: user.id.to_string(),
             name: user.name.clone(),
             email: user.email.clone(),
             slug: user.slug.to_string(),
-            url: format!(
-                "{}{}/",
-                self.config.public_url.origin,
-                user.slug.base_path()
-            ),
+            url: self.environment_url(user),
             created: rfc3339(user.created),
             disabled: user.disabled,
             overrides: user.overrides.clone(),

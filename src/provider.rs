@@ -44,25 +44,67 @@ pub fn render(config: &Config, directory: &Directory) -> Value {
         router
     };
 
-    routers.insert(
-        "spawngate".into(),
-        with_tls(json!({
-            "rule": "PathPrefix(`/_spawngate/`) || Path(`/_spawngate`)",
-            "entryPoints": entry_points,
-            "service": SELF_SERVICE,
-        })),
-    );
-    // Unknown slugs land here (priority 1, below every user router) and get the same
-    // answer as somebody else's slug.
-    routers.insert(
-        "spawngate-unknown-users".into(),
-        with_tls(json!({
-            "rule": "PathPrefix(`/u-`)",
-            "priority": 1,
-            "entryPoints": entry_points,
-            "service": SELF_SERVICE,
-        })),
-    );
+    let own_pages = "PathPrefix(`/_spawngate/`) || Path(`/_spawngate`)";
+    match &config.apps {
+        None => {
+            routers.insert(
+                "spawngate".into(),
+                with_tls(json!({
+                    "rule": own_pages,
+                    "entryPoints": entry_points,
+                    "service": SELF_SERVICE,
+                })),
+            );
+            // Unknown slugs land here (priority 1, below every user router) and get
+            // the same answer as somebody else's slug.
+            routers.insert(
+                "spawngate-unknown-users".into(),
+                with_tls(json!({
+                    "rule": "PathPrefix(`/u-`)",
+                    "priority": 1,
+                    "entryPoints": entry_points,
+                    "service": SELF_SERVICE,
+                })),
+            );
+        }
+        Some(apps) => {
+            // Sign-in pages and APIs only on the login host: never on an app host,
+            // where they would share an origin with user code.
+            routers.insert(
+                "spawngate".into(),
+                with_tls(json!({
+                    "rule": format!("Host(`{}`) && ({own_pages})", config.public_url.host),
+                    "entryPoints": entry_points,
+                    "service": SELF_SERVICE,
+                })),
+            );
+            let app_hosts = format!(
+                "HostRegexp(`^[0-9a-f]{{{}}}\\.{}$`)",
+                crate::ids::Slug::LEN,
+                apps.domain.replace('.', "\\.")
+            );
+            // On app hosts spawngate serves only the hand-off, above the user's app.
+            routers.insert(
+                "spawngate-handoff".into(),
+                with_tls(json!({
+                    "rule": format!("{app_hosts} && Path(`/_spawngate/handoff`)"),
+                    "priority": 100_000,
+                    "entryPoints": entry_points,
+                    "service": SELF_SERVICE,
+                })),
+            );
+            // App hosts without a user router: the same answer as another's slug.
+            routers.insert(
+                "spawngate-unknown-users".into(),
+                with_tls(json!({
+                    "rule": app_hosts,
+                    "priority": 1,
+                    "entryPoints": entry_points,
+                    "service": SELF_SERVICE,
+                })),
+            );
+        }
+    }
     services.insert(
         SELF_SERVICE.into(),
         json!({ "loadBalancer": { "servers": [ { "url": config.internal_url } ], "passHostHeader": true } }),
@@ -107,16 +149,23 @@ fn render_user(
     let prefix = user.slug.base_path();
     let auth = format!("auth-{segment}");
     let strip = format!("strip-{segment}");
-    routers.insert(
-        segment.clone(),
-        with_tls(json!({
+    let router = match &config.apps {
+        // Its own origin: no prefix to strip.
+        Some(apps) => json!({
+            "rule": format!("Host(`{}`)", apps.host(&user.slug)),
+            "entryPoints": entry_points,
+            "middlewares": [auth],
+            "service": segment,
+        }),
+        None => json!({
             // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
             "rule": format!("Path(`{prefix}`) || PathPrefix(`{prefix}/`)"),
             "entryPoints": entry_points,
-            "middlewares": [auth, strip],
+            "middlewares": [auth, strip.clone()],
             "service": segment,
-        })),
-    );
+        }),
+    };
+    routers.insert(segment.clone(), with_tls(router));
     middlewares.insert(
         auth,
         json!({ "forwardAuth": {
@@ -127,7 +176,9 @@ fn render_user(
             "authResponseHeaders": AUTH_RESPONSE_HEADERS,
         }}),
     );
-    middlewares.insert(strip, json!({ "stripPrefix": { "prefixes": [prefix] } }));
+    if config.apps.is_none() {
+        middlewares.insert(strip, json!({ "stripPrefix": { "prefixes": [prefix] } }));
+    }
     services.insert(
         segment,
         json!({ "loadBalancer": { "servers": [ { "url": service_url(config, user) } ], "passHostHeader": true } }),
@@ -261,5 +312,35 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(String::from_utf8_lossy(&provider.current()).contains("auth-u-"));
+    }
+
+    #[tokio::test]
+    async fn subdomain_mode_routes_by_host_without_stripping() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_sources(
+            "[server]\npublic_url = \"https://login.example.com\"\napps_domain = \"apps.example.com\"",
+            Vec::new(),
+        )
+        .unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alice = store.create_user("alice", None, None).await.unwrap();
+        let doc = render(&config, &store.snapshot());
+        let http = &doc["http"];
+        let seg = alice.slug.segment();
+        let router = &http["routers"][&seg];
+        assert_eq!(
+            router["rule"],
+            format!("Host(`{}.apps.example.com`)", alice.slug)
+        );
+        assert_eq!(router["middlewares"], json!([format!("auth-{seg}")]));
+        assert!(http["middlewares"].get(format!("strip-{seg}")).is_none());
+        assert_eq!(
+            http["routers"]["spawngate"]["rule"],
+            "Host(`login.example.com`) && (PathPrefix(`/_spawngate/`) || Path(`/_spawngate`))"
+        );
+        assert_eq!(
+            http["routers"]["spawngate-handoff"]["rule"],
+            "HostRegexp(`^[0-9a-f]{12}\\.apps\\.example\\.com$`) && Path(`/_spawngate/handoff`)"
+        );
     }
 }

@@ -88,7 +88,7 @@ impl App {
                 let share = owner.shared_with.iter().find(|s| s.user_id == user.id)?;
                 Some(SharedWithMe {
                     owner: owner.name.clone(),
-                    url: format!("{}/", owner.slug.base_path()),
+                    url: self.environment_link(owner),
                     read_only: share.read_only,
                 })
             })

@@ -3,6 +3,7 @@
 
 pub mod cookies;
 pub mod external;
+pub mod handoff;
 pub mod jwt;
 pub mod next;
 pub mod oidc;
@@ -52,16 +53,41 @@ impl App {
             .cloned()
     }
 
-    /// The caller's identity from the session cookie. A forged, tampered, expired or
-    /// revoked cookie, or a disabled or deleted user, is the same as no cookie.
+    /// The caller's identity from the sign-in session cookie. A forged, tampered,
+    /// expired or revoked cookie, or a disabled or deleted user, is the same as no
+    /// cookie. App-host sessions (subdomain mode) never count here.
     pub fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
-        let name = &self.config.session.cookie_name;
-        for value in cookies::values(headers, name) {
+        self.identify_by(headers, &self.config.session.cookie_name, |s| {
+            s.scope.is_none()
+        })
+    }
+
+    /// Subdomain mode: the caller's identity on `slug`'s app host, from the
+    /// host-only app cookie. The session must be scoped to exactly this slug and
+    /// the sign-in session it was handed off from must still be live, so signing
+    /// out (or an admin revoking sessions) ends app sessions too.
+    pub fn identify_app(&self, headers: &HeaderMap, slug: &crate::ids::Slug) -> Option<Identity> {
+        self.identify_by(headers, &self.config.session.app_cookie_name, |s| {
+            s.scope.as_ref().is_some_and(|scope| {
+                &scope.slug == slug
+                    && matches!(self.store.session(&scope.parent),
+                        Ok(Some(parent)) if parent.user_id == s.user_id && parent.scope.is_none())
+            })
+        })
+    }
+
+    fn identify_by(
+        &self,
+        headers: &HeaderMap,
+        cookie_name: &str,
+        accept: impl Fn(&crate::store::Session) -> bool,
+    ) -> Option<Identity> {
+        for value in cookies::values(headers, cookie_name) {
             let Some(claims) = self.sessions.verify(value) else {
                 continue;
             };
             let session = match self.store.session(&claims.session) {
-                Ok(Some(s)) if s.user_id == claims.user => s,
+                Ok(Some(s)) if s.user_id == claims.user && accept(&s) => s,
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "session lookup failed");

@@ -110,6 +110,9 @@ pub struct RawServer {
     /// Peers whose `X-Forwarded-For` is believed (Traefik's address); the client
     /// address of anyone else is the TCP peer address.
     pub trusted_proxies: Vec<String>,
+    /// Subdomain mode: each user's environment at `<slug>.<apps_domain>` (its own
+    /// origin) instead of `/u-<slug>/` on the public host. Empty: path mode.
+    pub apps_domain: String,
 }
 
 impl Default for RawServer {
@@ -122,6 +125,7 @@ impl Default for RawServer {
             provider_token: String::new(),
             listen_network: String::new(),
             trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+            apps_domain: String::new(),
         }
     }
 }
@@ -347,6 +351,8 @@ pub struct Config {
     pub provider_token: Option<Secret>,
     pub listen_network: Option<String>,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Subdomain mode when set.
+    pub apps: Option<AppsDomain>,
     pub traefik: TraefikConfig,
     pub docker: DockerConfig,
     pub spawn: SpawnConfig,
@@ -369,6 +375,48 @@ pub struct PublicUrl {
     /// `scheme://host[:port]`, no trailing slash.
     pub origin: String,
     pub https: bool,
+    /// The host alone (no port).
+    pub host: String,
+    /// `:port` when the URL names one, else empty.
+    pub port_suffix: String,
+}
+
+/// Subdomain mode: users' environments at `<slug>.<domain>`, same scheme and port
+/// as the public URL.
+#[derive(Clone, Debug)]
+pub struct AppsDomain {
+    pub domain: String,
+    https: bool,
+    port_suffix: String,
+}
+
+impl AppsDomain {
+    /// `<slug>.<domain>` (what Traefik's Host rule matches).
+    pub fn host(&self, slug: &crate::ids::Slug) -> String {
+        format!("{slug}.{}", self.domain)
+    }
+
+    /// `scheme://<slug>.<domain>[:port]`.
+    pub fn origin(&self, slug: &crate::ids::Slug) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.host(slug), self.port_suffix)
+    }
+
+    /// The slug of an app host (`Host` header value, with or without port).
+    pub fn slug_of(&self, host: &str) -> Option<crate::ids::Slug> {
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        let label = host
+            .to_ascii_lowercase()
+            .strip_suffix(&format!(".{}", self.domain))?
+            .to_owned();
+        crate::ids::Slug::parse(&label)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -445,6 +493,8 @@ pub struct SessionConfig {
     pub ttl: Duration,
     /// The cookie name as sent: `__Host-` prefixed when served over HTTPS.
     pub cookie_name: String,
+    /// Subdomain mode: the host-only cookie on an app host, scoped to that slug.
+    pub app_cookie_name: String,
     pub secure: bool,
 }
 
@@ -534,6 +584,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("limits.max_cpus", Kind::Float),
     ("pool.size", Kind::Int),
     ("server.trusted_proxies", Kind::List),
+    ("server.apps_domain", Kind::Str),
     ("login.per_email_per_hour", Kind::Int),
     ("login.per_ip_per_hour", Kind::Int),
     ("login.passwords", Kind::Bool),
@@ -845,11 +896,16 @@ impl RawConfig {
         }
         // `__Host-` makes the browser refuse the cookie unless it is Secure, host-only
         // and Path=/: no sibling subdomain can plant or overwrite it.
-        let cookie_name = if public_url.https {
-            format!("__Host-{}", se.cookie_name)
-        } else {
-            se.cookie_name
+        let host_prefixed = |name: &str| {
+            if public_url.https {
+                format!("__Host-{name}")
+            } else {
+                name.to_owned()
+            }
         };
+        let cookie_name = host_prefixed(&se.cookie_name);
+        let app_cookie_name = host_prefixed("spawngate_app");
+        let apps = parse_apps_domain(&s.apps_domain, &public_url)?;
 
         let l = self.login;
         if l.token_ttl_minutes == 0 || l.token_ttl_minutes > 24 * 60 {
@@ -1002,6 +1058,7 @@ impl RawConfig {
             provider_token,
             listen_network: (!s.listen_network.is_empty()).then_some(s.listen_network),
             trusted_proxies,
+            apps,
             traefik: TraefikConfig {
                 entry_points: t.entry_points,
                 cert_resolver: (!t.cert_resolver.is_empty()).then_some(t.cert_resolver),
@@ -1031,6 +1088,7 @@ impl RawConfig {
             session: SessionConfig {
                 ttl: Duration::from_secs(se.ttl_hours * 3600),
                 cookie_name,
+                app_cookie_name,
                 secure: public_url.https,
             },
             login: LoginConfig {
@@ -1070,7 +1128,42 @@ fn parse_public_url(raw: &str) -> Result<PublicUrl, ConfigError> {
     Ok(PublicUrl {
         origin: u.origin().ascii_serialization(),
         https,
+        host: u.host_str().unwrap_or_default().to_ascii_lowercase(),
+        port_suffix: u.port().map(|p| format!(":{p}")).unwrap_or_default(),
     })
+}
+
+fn parse_apps_domain(raw: &str, public: &PublicUrl) -> Result<Option<AppsDomain>, ConfigError> {
+    let domain = raw.trim().trim_start_matches('.').to_ascii_lowercase();
+    if domain.is_empty() {
+        return Ok(None);
+    }
+    let valid = domain.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if !valid || !domain.contains('.') {
+        return Err(invalid(
+            "server.apps_domain",
+            format!("{raw:?} is not a domain name like apps.example.com"),
+        ));
+    }
+    // The sign-in host must not itself be one of the app hosts (or the apps
+    // domain): its cookies and pages must never share an origin with user code.
+    if public.host == domain || public.host.ends_with(&format!(".{domain}")) {
+        return Err(invalid(
+            "server.apps_domain",
+            "server.public_url's host must be outside the apps domain (e.g. login.example.com and apps.example.com)",
+        ));
+    }
+    Ok(Some(AppsDomain {
+        domain,
+        https: public.https,
+        port_suffix: public.port_suffix.clone(),
+    }))
 }
 
 fn is_env_name(s: &str) -> bool {

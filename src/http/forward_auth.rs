@@ -42,7 +42,13 @@ async fn decide(
     slug: Option<&Slug>,
 ) -> (&'static str, Resp, Option<String>) {
     let browser = wants_html(headers);
-    let caller = match app.identify(headers).map(|i| i.user) {
+    // Subdomain mode: only a session handed off to this very app host counts.
+    let session = match (&app.config.apps, slug) {
+        (Some(_), Some(slug)) => app.identify_app(headers, slug),
+        (Some(_), None) => None,
+        (None, _) => app.identify(headers),
+    };
+    let caller = match session.map(|i| i.user) {
         Some(user) => Some((user, Via::Session)),
         None => match app.identify_token(headers) {
             Some(user) => Some((user, Via::ApiToken)),
@@ -53,7 +59,11 @@ async fn decide(
         },
     };
     let Some((caller, via)) = caller else {
-        return ("no_session", unauthenticated(headers, browser), None);
+        return (
+            "no_session",
+            unauthenticated(app, headers, browser, slug),
+            None,
+        );
     };
     let who = Some(caller.name.clone());
     let directory = app.store.snapshot();
@@ -136,7 +146,10 @@ fn allow(
     {
         h.insert(hyper::header::AUTHORIZATION, auth.clone());
     }
-    let mut own_cookies = vec![app.config.session.cookie_name.as_str()];
+    let mut own_cookies = vec![
+        app.config.session.cookie_name.as_str(),
+        app.config.session.app_cookie_name.as_str(),
+    ];
     if let Some(name) = app.external_jwt.as_ref().and_then(|j| j.cookie.as_deref()) {
         own_cookies.push(name);
     }
@@ -158,7 +171,7 @@ fn is_spawngate_token(value: &HeaderValue) -> bool {
         })
 }
 
-fn unauthenticated(headers: &HeaderMap, browser: bool) -> Resp {
+fn unauthenticated(app: &App, headers: &HeaderMap, browser: bool, slug: Option<&Slug>) -> Resp {
     if !browser {
         return super::api_error(&crate::error::ApiError::Unauthorized);
     }
@@ -166,7 +179,14 @@ fn unauthenticated(headers: &HeaderMap, browser: bool) -> Resp {
         .get("x-forwarded-uri")
         .and_then(|v| v.to_str().ok())
         .and_then(safe_next);
-    redirect(StatusCode::FOUND, &login_location(original.as_deref()))
+    match (&app.config.apps, slug) {
+        // Subdomain mode: via the login host, which hands a session to this host.
+        (Some(_), Some(slug)) => redirect(
+            StatusCode::FOUND,
+            &super::handoff::start_url(app, slug, original.as_deref().unwrap_or("/")),
+        ),
+        _ => redirect(StatusCode::FOUND, &login_location(original.as_deref())),
+    }
 }
 
 /// `/_spawngate/login`, with `next` when there is somewhere to return to.

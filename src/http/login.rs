@@ -62,7 +62,7 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
         };
     }
     if let Some(identity) = app.identify(req.headers()) {
-        let target = next.unwrap_or_else(|| format!("{}/", identity.user.slug.base_path()));
+        let target = next.unwrap_or_else(|| app.environment_link(&identity.user));
         return redirect(StatusCode::FOUND, &target);
     }
     sign_in_page(app, next.as_deref(), StatusCode::OK, "")
@@ -417,7 +417,7 @@ pub(super) async fn start_session(
         .sign(&sid, &user.id, unix_now(), session.expires);
     let target = next
         .and_then(|n| safe_next(n))
-        .unwrap_or_else(|| format!("{}/", user.slug.base_path()));
+        .unwrap_or_else(|| app.environment_link(user));
     tracing::info!(target: "spawngate::login", user = %user.name, "login");
     if app.config.lifecycle.start_on_login {
         // Warm the container while the browser follows the redirect.
@@ -483,7 +483,7 @@ pub fn home(app: &App, headers: &HeaderMap) -> Resp {
     let Some(identity) = app.identify(headers) else {
         return redirect(StatusCode::FOUND, "/_spawngate/login");
     };
-    let url = format!("{}/", identity.user.slug.base_path());
+    let url = app.environment_link(&identity.user);
     let shared: String = app
         .shared_with(&identity.user)
         .iter()

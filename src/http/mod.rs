@@ -2,6 +2,7 @@
 
 mod admin;
 mod forward_auth;
+mod handoff;
 mod login;
 mod me;
 mod oidc;
@@ -85,7 +86,18 @@ where
             None => api_error(&ApiError::NotFound("route")),
         });
     }
+    // Subdomain mode: an app host's requests that reach spawngate (the hand-off,
+    // or a host no user router serves). forwardAuth calls come with spawngate's
+    // own host, never an app host.
+    if let Some(apps) = &app.config.apps
+        && !path.starts_with("/auth/")
+        && let Some(slug) = host_of(&req).and_then(|h| apps.slug_of(h))
+    {
+        let query = query_map(req.uri());
+        return Ok(handoff::on_app_host(&app, req.headers(), &slug, &path, &query).await);
+    }
     let resp = match (&method, path.as_str()) {
+        (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())),
         (_, p) if p.starts_with("/auth/") => {
             forward_auth::handle(&app, req.headers(), &p["/auth/".len()..]).await
         }
@@ -157,6 +169,20 @@ fn provider_config(app: &App, headers: &HeaderMap) -> Resp {
         HeaderValue::from_static("application/json"),
     );
     resp
+}
+
+/// The request's host (HTTP/1 `Host` header or HTTP/2 authority).
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().host())
+}
+
+pub fn query_map(uri: &hyper::Uri) -> std::collections::HashMap<String, String> {
+    uri.query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 /// Reads a body up to [`MAX_BODY`].

@@ -443,7 +443,11 @@ impl Lifecycle {
     fn spec(&self, user: &User) -> ContainerSpec {
         let d = &self.config.docker;
         let o = &user.overrides;
-        let base_path = user.slug.base_path();
+        // Subdomain mode serves the app at its host's root.
+        let base_path = match self.config.apps {
+            Some(_) => String::new(),
+            None => user.slug.base_path(),
+        };
         let mut spec = ContainerSpec {
             name: container_name(&user.slug),
             image: o.image.clone().unwrap_or_else(|| d.image.clone()),

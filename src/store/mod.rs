@@ -19,7 +19,7 @@ use crate::ids::{SessionId, Slug, UserId, random_bytes, random_token};
 use crate::time::unix_now;
 pub use records::{
     AdminToken, ApiToken, AuditEntry, ContainerRecord, Desired, LoginToken, Overrides, Session,
-    Share, User,
+    SessionScope, Share, User,
 };
 use records::{DecodeError, decode, encode};
 
@@ -398,12 +398,23 @@ impl Store {
         user_id: &UserId,
         ttl_secs: i64,
     ) -> Result<(SessionId, Session)> {
+        self.create_scoped_session(user_id, ttl_secs, None).await
+    }
+
+    /// A session for one app host (subdomain mode), or with `None` a sign-in session.
+    pub async fn create_scoped_session(
+        &self,
+        user_id: &UserId,
+        ttl_secs: i64,
+        scope: Option<SessionScope>,
+    ) -> Result<(SessionId, Session)> {
         let now = unix_now();
         let sid = SessionId::generate();
         let session = Session {
             user_id: user_id.clone(),
             created: now,
             expires: now + ttl_secs,
+            scope,
         };
         self.sessions
             .insert(sid.as_str().as_bytes(), encode(&session))?;

@@ -63,6 +63,16 @@ pub struct Session {
     pub user_id: UserId,
     pub created: i64,
     pub expires: i64,
+    /// Subdomain mode: a session valid only on this slug's app host, handed off
+    /// from the sign-in session `parent` (and ending with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<SessionScope>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionScope {
+    pub slug: Slug,
+    pub parent: crate::ids::SessionId,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -190,6 +200,7 @@ mod tests {
             user_id: UserId::from_stored("abc".into()),
             created: 1,
             expires: 2,
+            scope: None,
         };
         let bytes = encode(&s);
         let back: Session = decode(&bytes).unwrap();

@@ -43,6 +43,9 @@ pub struct Options {
     pub extra_toml: String,
     pub image: String,
     pub with_traefik: bool,
+    /// A name for the public host instead of 127.0.0.1 (the test client resolves
+    /// it to Traefik), for subdomain mode.
+    pub public_host: Option<String>,
 }
 
 impl Default for Options {
@@ -51,6 +54,7 @@ impl Default for Options {
             extra_toml: String::new(),
             image: IMAGE.into(),
             with_traefik: true,
+            public_host: None,
         }
     }
 }
@@ -61,6 +65,7 @@ pub struct Harness {
     pub network: String,
     /// Traefik's web entry point, e.g. `http://127.0.0.1:12345`.
     pub public: String,
+    pub web_port: u16,
     /// Traefik's API entry point.
     pub traefik_api: String,
     /// spawngate's own address.
@@ -88,7 +93,11 @@ impl Harness {
         let listen = listener.local_addr().unwrap();
         let web_port = free_port();
         let api_port = free_port();
-        let public = format!("http://127.0.0.1:{web_port}");
+        let public_host = opts
+            .public_host
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let public = format!("http://{public_host}:{web_port}");
         let toml = format!(
             r#"
 [server]
@@ -123,8 +132,12 @@ start_on_login = false
                 .unwrap();
             }
         });
-        let client = http_client();
+        let client = match &opts.public_host {
+            Some(host) => client_resolving(&[host.clone()], web_port),
+            None => http_client(),
+        };
         let mut h = Harness {
+            web_port,
             app,
             instance,
             network,
@@ -218,6 +231,20 @@ pub fn http_client() -> reqwest::Client {
     // reqwest's TLS (for the test IdP) is built without a default crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(40))
+        .build()
+        .unwrap()
+}
+
+/// A client like [`http_client`] that resolves `hosts` to Traefik on loopback.
+pub fn client_resolving(hosts: &[String], port: u16) -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    hosts
+        .iter()
+        .fold(reqwest::Client::builder(), |b, host| b.resolve(host, addr))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .timeout(Duration::from_secs(40))

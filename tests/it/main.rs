@@ -14,3 +14,4 @@ mod idp;
 mod lifecycle;
 mod proc;
 mod sharing;
+mod subdomain;
