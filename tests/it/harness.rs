@@ -133,7 +133,7 @@ start_on_login = false
             }
         });
         let client = match &opts.public_host {
-            Some(host) => client_resolving(&[host.clone()], web_port),
+            Some(host) => client_resolving(std::slice::from_ref(host), web_port),
             None => http_client(),
         };
         let mut h = Harness {
