@@ -2,6 +2,7 @@
 
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use crate::config::{EmailConfig, SmtpTls};
@@ -14,6 +15,8 @@ pub enum MailError {
     Build(String),
     #[error("SMTP delivery failed: {0}")]
     Smtp(String),
+    #[error("SMTP TLS setup: {0}")]
+    Tls(String),
 }
 
 #[derive(Clone)]
@@ -25,14 +28,26 @@ pub struct Mailer {
 impl Mailer {
     pub fn new(config: &EmailConfig) -> Result<Mailer, MailError> {
         let host = config.smtp_host.as_str();
-        let builder = match config.tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
-            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .map_err(|e| MailError::Smtp(e.to_string()))?,
-            SmtpTls::Implicit => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .map_err(|e| MailError::Smtp(e.to_string()))?,
+        let tls = |wrap: fn(TlsParameters) -> Tls| -> Result<Tls, MailError> {
+            let mut params = TlsParameters::builder(host.to_owned());
+            if let Some(pem) = &config.ca_pem {
+                let cert = Certificate::from_pem(pem).map_err(|e| MailError::Tls(e.to_string()))?;
+                params = params.add_root_certificate(cert);
+            }
+            Ok(wrap(
+                params.build().map_err(|e| MailError::Tls(e.to_string()))?,
+            ))
         };
-        let mut builder = builder.port(config.smtp_port);
+        // STARTTLS is required, never opportunistic: a server (or a man in the
+        // middle) that does not offer it gets no mail rather than a clear-text one.
+        let tls = match config.tls {
+            SmtpTls::None => Tls::None,
+            SmtpTls::StartTls => tls(Tls::Required)?,
+            SmtpTls::Implicit => tls(Tls::Wrapper)?,
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(config.smtp_port)
+            .tls(tls);
         if let Some((user, password)) = &config.credentials {
             builder =
                 builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));

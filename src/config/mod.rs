@@ -67,6 +67,8 @@ pub struct RawEmail {
     /// Prefer the environment (`SPAWNGATE_EMAIL_SMTP_PASSWORD`) over the file.
     pub smtp_password: String,
     pub from: String,
+    /// Extra CA certificates (PEM) trusted for the SMTP server's TLS certificate.
+    pub ca_file: String,
 }
 
 impl Default for RawEmail {
@@ -79,6 +81,7 @@ impl Default for RawEmail {
             smtp_username: String::new(),
             smtp_password: String::new(),
             from: "spawngate <spawngate@localhost>".into(),
+            ca_file: String::new(),
         }
     }
 }
@@ -523,6 +526,8 @@ pub struct EmailConfig {
     pub tls: SmtpTls,
     pub credentials: Option<(String, Secret)>,
     pub from: String,
+    /// PEM certificates to trust besides the Mozilla roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 /// Whether an environment override is a string, number, boolean or list.
@@ -595,6 +600,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("email.smtp_username", Kind::Str),
     ("email.smtp_password", Kind::Str),
     ("email.from", Kind::Str),
+    ("email.ca_file", Kind::Str),
     ("login.signup_domains", Kind::List),
     ("jwt.enabled", Kind::Bool),
     ("jwt.algorithms", Kind::List),
@@ -937,7 +943,36 @@ impl RawConfig {
                     format!("{:?} is not a mailbox like 'Name <a@b.org>'", e.from),
                 ));
             }
+            let ca_pem = if e.ca_file.is_empty() {
+                None
+            } else {
+                if tls == SmtpTls::None {
+                    return Err(invalid(
+                        "email.ca_file",
+                        "only used with email.smtp_tls = \"starttls\" or \"tls\"",
+                    ));
+                }
+                crate::outbound::read_ca_file(Path::new(&e.ca_file))
+                    .map_err(|err| invalid("email.ca_file", err.to_string()))?;
+                Some(
+                    std::fs::read(&e.ca_file)
+                        .map_err(|err| invalid("email.ca_file", format!("{}: {err}", e.ca_file)))?,
+                )
+            };
+            if e.smtp_password.is_empty() != e.smtp_username.is_empty() {
+                return Err(invalid(
+                    "email.smtp_username",
+                    "set both email.smtp_username and email.smtp_password, or neither",
+                ));
+            }
+            if !e.smtp_username.is_empty() && tls == SmtpTls::None {
+                return Err(invalid(
+                    "email.smtp_tls",
+                    "SMTP credentials need \"starttls\" or \"tls\" (they would cross the network in clear text)",
+                ));
+            }
             Some(EmailConfig {
+                ca_pem,
                 smtp_host: e.smtp_host,
                 smtp_port: e.smtp_port,
                 tls,

@@ -60,6 +60,44 @@ impl Smtp {
         }
     }
 
+    /// aiosmtpd behind `tests/support/smtp_server.py`: TLS (`starttls` or
+    /// implicit `tls`) with a throwaway CA, and AUTH required.
+    async fn start_secure(mode: &str, user: &str, password: &str) -> Smtp {
+        let python = repo_root().join(".venv/bin/python");
+        let port = free_port();
+        let maildir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(python)
+            .arg(repo_root().join("tests/support/smtp_server.py"))
+            .arg(maildir.path())
+            .args([&port.to_string(), mode, user, password])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|l| l.trim() == "ready")
+        });
+        let ready = tokio::time::timeout(Duration::from_secs(30), ready).await;
+        if !matches!(ready, Ok(Ok(true))) {
+            let _ = child.kill();
+            panic!("the TLS SMTP server did not start");
+        }
+        Smtp {
+            child,
+            port,
+            maildir,
+        }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.maildir.path().join("ca.pem")
+    }
+
     fn messages(&self) -> Vec<String> {
         let dir = self.maildir.path().join("mail").join("new");
         std::fs::read_dir(dir)
@@ -747,4 +785,84 @@ async fn self_sign_up_creates_the_account_on_the_first_confirmed_link_only_for_a
             .by_email("mallory@elsewhere.net")
             .is_none()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_links_go_out_over_starttls_or_implicit_tls_with_smtp_auth() {
+    for mode in ["starttls", "tls"] {
+        let smtp = Smtp::start_secure(mode, "mailer", "mail-secret").await;
+        let email = |extra: &str| {
+            format!(
+                "[email]\nenabled = true\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_tls = \"{mode}\"\nsmtp_username = \"mailer\"\nfrom = \"spawngate <login@example.org>\"\n{extra}",
+                smtp.port
+            )
+        };
+        let h = Harness::start(Options {
+            extra_toml: email(&format!(
+                "smtp_password = \"mail-secret\"\nca_file = {:?}\n",
+                smtp.ca_file()
+            )),
+            ..Default::default()
+        })
+        .await;
+        let alice = h
+            .app
+            .add_user("test", "alice", Some("alice@example.org"))
+            .await
+            .unwrap();
+        h.wait_router(&format!("u-{}", alice.slug)).await;
+        assert_eq!(request_link(&h, "alice@example.org").await.0, 200);
+        let mail = smtp.wait_for("alice@example.org").await;
+        let cookie =
+            crate::harness::login_with_link(&h.client, &h.public, &link_in(&mail), h.cookie_name())
+                .await;
+        let who = h
+            .get_with_cookie(h.url(&format!("/u-{}/whoami.json", alice.slug)), &cookie)
+            .await;
+        assert_eq!(who.status(), 200, "{mode}: the mailed link signs in");
+        drop(h);
+
+        // A server certificate spawngate does not trust, or a wrong password: no
+        // mail goes out (and the sign-in page answers the same).
+        for (what, extra) in [
+            (
+                "untrusted certificate",
+                "smtp_password = \"mail-secret\"\n".to_owned(),
+            ),
+            (
+                "wrong password",
+                format!(
+                    "smtp_password = \"wrong\"\nca_file = {:?}\n",
+                    smtp.ca_file()
+                ),
+            ),
+        ] {
+            let h = Harness::start(Options {
+                extra_toml: email(&extra),
+                with_traefik: false,
+                ..Default::default()
+            })
+            .await;
+            h.app
+                .add_user("test", "bob", Some("bob@example.org"))
+                .await
+                .unwrap();
+            let resp = h
+                .client
+                .post(format!("{}/_spawngate/login", h.direct))
+                .form(&[("email", "bob@example.org")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            assert!(
+                !smtp
+                    .messages()
+                    .iter()
+                    .any(|m| m.contains("bob@example.org")),
+                "{mode}, {what}: nothing delivered"
+            );
+        }
+    }
 }
