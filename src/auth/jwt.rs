@@ -411,4 +411,45 @@ mod tests {
         let t = sign(Algorithm::HS256, json!({"exp": now() - 2}), SECRET);
         assert!(v.verify(&t).await.is_ok());
     }
+
+    /// Test-only key pairs (generated with openssl for these tests).
+    const ES256_PRIVATE: &str = include_str!("testdata/es256-private.pem");
+    const ES256_PUBLIC: &str = include_str!("testdata/es256-public.pem");
+    const ED25519_PRIVATE: &str = include_str!("testdata/ed25519-private.pem");
+    const ED25519_PUBLIC: &str = include_str!("testdata/ed25519-public.pem");
+
+    #[tokio::test]
+    async fn public_key_algorithms_verify_and_refuse_confusion() {
+        let claims = json!({"sub": "a", "exp": now() + 60});
+        for (alg, private, public) in [
+            (
+                Algorithm::ES256,
+                EncodingKey::from_ec_pem(ES256_PRIVATE.as_bytes()).unwrap(),
+                ES256_PUBLIC,
+            ),
+            (
+                Algorithm::EdDSA,
+                EncodingKey::from_ed_pem(ED25519_PRIVATE.as_bytes()).unwrap(),
+                ED25519_PUBLIC,
+            ),
+        ] {
+            let v = JwtVerifier {
+                expect: Expectations {
+                    algorithms: vec![alg],
+                    issuer: None,
+                    audience: None,
+                    leeway: Duration::from_secs(5),
+                },
+                keys: KeySource::public_pem(public.as_bytes(), alg).unwrap(),
+            };
+            let token = encode(&Header::new(alg), &claims, &private).unwrap();
+            assert!(v.verify(&token).await.is_ok(), "{alg:?}");
+            // The public key used as an HMAC secret: refused (algorithm not pinned).
+            let confused = sign(Algorithm::HS256, claims.clone(), public.as_bytes());
+            assert!(matches!(
+                v.verify(&confused).await,
+                Err(Rejection::Algorithm(_))
+            ));
+        }
+    }
 }

@@ -129,6 +129,9 @@ pub async fn on_app_host(
         .sessions
         .sign(&sid, &user.id, unix_now(), session.expires);
     let mut resp = redirect(StatusCode::SEE_OTHER, &handoff.next);
+    // The URL carried the code.
+    resp.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     // Host-only (no Domain): sent to this app host alone.
     let cookie = cookies::session(
         &app.config.session.app_cookie_name,

@@ -83,6 +83,9 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
     };
     // The state is single use: clear the cookie whatever happened.
     set_state_cookie(app, &mut resp, "", 0);
+    // The URL carried the code and state.
+    resp.headers_mut()
+        .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     resp
 }
 

@@ -465,6 +465,28 @@ async fn login_redirects_only_ever_go_to_same_site_paths() {
         .await
         .unwrap();
     assert_eq!(resp.headers()[LOCATION], target.as_str());
+
+    // Logout always lands on the sign-in page, whatever it is asked.
+    let cookie = h.login("alice").await;
+    let me: serde_json::Value = h
+        .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let resp = h
+        .client
+        .post(h.url("/_spawngate/logout?next=https://evil.example/"))
+        .header(COOKIE, &cookie)
+        .form(&[
+            ("csrf", me["csrf"].as_str().unwrap()),
+            ("next", "//evil.example/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+    assert_eq!(resp.headers()[LOCATION], "/_spawngate/login");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -386,7 +386,7 @@ async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
     let cooldown = 2;
     let h = Harness::start(Options {
         extra_toml: format!(
-            "[jwt]\nenabled = true\nalgorithms = [\"RS256\"]\njwks_url = \"{}/jwks\"\nissuer = \"{}\"\naudience = \"spawngate\"\nca_file = {:?}\njwks_cooldown_secs = {cooldown}\nleeway_secs = 5\n",
+            "[jwt]\nenabled = true\nalgorithms = [\"RS256\"]\njwks_url = \"{}/jwks\"\nissuer = \"{}\"\naudience = \"spawngate\"\nca_file = {:?}\njwks_cooldown_secs = {cooldown}\nleeway_secs = 5\ncookie = \"idp_token\"\n",
             idp.issuer,
             idp.issuer,
             idp.ca_file()
@@ -417,6 +417,18 @@ async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
         "the token spawngate accepted does not reach the container: {who}"
     );
     assert_eq!(jwks_fetches(&h), 1);
+
+    // Browsers can carry it in the configured cookie; it stays out of the container.
+    let resp = h
+        .client
+        .get(&url)
+        .header("Cookie", format!("idp_token={token}; theme=dark"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let who: Value = resp.json().await.unwrap();
+    assert_eq!(who["headers"]["cookie"], "theme=dark");
 
     let with = |k: &str, v: Value| {
         let mut c = good.clone();

@@ -121,6 +121,32 @@ async fn each_environment_gets_its_own_origin_and_a_session_handed_off_per_host(
         "a code works once"
     );
 
+    // A hand-off asked to land somewhere off-site lands on the app's root.
+    let resp = client
+        .get(format!(
+            "http://login.test:{port}/_spawngate/handoff?slug={}&next=%2F%2Fevil.example%2F",
+            alice.slug
+        ))
+        .header("Cookie", &main_cookie)
+        .send()
+        .await
+        .unwrap();
+    let resp = client.get(location(&resp)).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(location(&resp), "/");
+    // Another user's (or an unknown) slug: the same 403 at the login host.
+    for slug in [bob.slug.clone(), "0123456789ab".into()] {
+        let resp = client
+            .get(format!(
+                "http://login.test:{port}/_spawngate/handoff?slug={slug}&next=%2F"
+            ))
+            .header("Cookie", &main_cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 403);
+    }
+
     let who = client
         .get(app_url(&alice_host, "/whoami.json"))
         .header("Cookie", format!("{app_cookie}; theme=dark"))
