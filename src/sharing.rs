@@ -104,12 +104,7 @@ impl App {
         read_only: bool,
     ) -> Result<Vec<ShareView>, ApiError> {
         let owner = self.find_user(owner)?;
-        let grantee = self
-            .store
-            .snapshot()
-            .by_name(grantee)
-            .cloned()
-            .ok_or(ApiError::NotFound("user"))?;
+        let grantee = self.user_named(grantee).ok_or(ApiError::NotFound("user"))?;
         if grantee.id == owner.id {
             return Err(ApiError::BadRequest(
                 "an environment is always open to its owner".into(),
@@ -155,10 +150,7 @@ impl App {
     ) -> Result<Vec<ShareView>, ApiError> {
         let owner = self.find_user(owner)?;
         let grantee = self
-            .store
-            .snapshot()
-            .by_name(grantee)
-            .cloned()
+            .user_named(grantee)
             .ok_or(ApiError::NotFound("share"))?;
         let mut updated = (*owner).clone();
         let before = updated.shared_with.len();
@@ -174,6 +166,11 @@ impl App {
             Some(grantee.name.clone()),
         );
         Ok(self.shares_of(&updated))
+    }
+
+    /// A user by exact name (grantees are named, never given by slug).
+    fn user_named(&self, name: &str) -> Option<std::sync::Arc<User>> {
+        self.store.snapshot().by_name(name).cloned()
     }
 
     /// Drops every grant to a user who is being deleted.

@@ -6,13 +6,13 @@
 use std::collections::HashMap;
 
 use hyper::StatusCode;
-use hyper::header::{HeaderMap, HeaderValue, SET_COOKIE};
+use hyper::header::{HeaderMap, HeaderValue};
 
 use super::forward_auth::login_location;
 use super::pages::page;
 use super::{Resp, html, redirect, wants_html};
 use crate::app::App;
-use crate::auth::{cookies, safe_next};
+use crate::auth::safe_next;
 use crate::ids::Slug;
 use crate::sharing::Access;
 use crate::store::SessionScope;
@@ -133,15 +133,13 @@ pub async fn on_app_host(
     resp.headers_mut()
         .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     // Host-only (no Domain): sent to this app host alone.
-    let cookie = cookies::session(
+    super::login::set_session_cookie(
+        app,
+        &mut resp,
         &app.config.session.app_cookie_name,
         &jwt,
-        app.config.session.secure,
         ttl,
     );
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        resp.headers_mut().insert(SET_COOKIE, v);
-    }
     resp
 }
 

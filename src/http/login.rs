@@ -424,16 +424,16 @@ pub(super) async fn start_session(
         app.lifecycle.prewarm(user);
     }
     let mut resp = redirect(StatusCode::SEE_OTHER, &target);
-    let cookie = cookies::session(
-        &app.config.session.cookie_name,
-        &jwt,
-        app.config.session.secure,
-        ttl,
-    );
+    set_session_cookie(app, &mut resp, &app.config.session.cookie_name, &jwt, ttl);
+    resp
+}
+
+/// Adds the `Set-Cookie` of a session cookie (host-only, `HttpOnly`, `Lax`).
+pub(super) fn set_session_cookie(app: &App, resp: &mut Resp, name: &str, jwt: &str, ttl: i64) {
+    let cookie = cookies::session(name, jwt, app.config.session.secure, ttl);
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().insert(SET_COOKIE, v);
     }
-    resp
 }
 
 /// POST /_spawngate/logout: needs the session's CSRF token (the sign-out form has
