@@ -67,6 +67,47 @@ fn offline_user_commands_and_clear_errors() {
     assert_eq!(users[0]["name"], "alice");
     assert_eq!(users[0]["email"], "alice@example.org");
 
+    // Sharing from the command line.
+    assert!(
+        spawngate(dir.path(), &["user", "add", "bob"], &[])
+            .status
+            .success()
+    );
+    let share = spawngate(
+        dir.path(),
+        &["user", "share", "alice", "bob", "--read-only"],
+        &[],
+    );
+    assert!(share.status.success(), "{}", stderr(&share));
+    assert_eq!(
+        stdout(&share).trim(),
+        "bob can now open alice's environment (read-only)"
+    );
+    let list = spawngate(dir.path(), &["user", "list", "--json"], &[]);
+    let users: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let alice = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "alice")
+        .unwrap();
+    assert_eq!(alice["shared_with"][0]["user"], "bob");
+    assert_eq!(alice["shared_with"][0]["read_only"], true);
+    let unshare = spawngate(dir.path(), &["user", "unshare", "alice", "bob"], &[]);
+    assert!(unshare.status.success(), "{}", stderr(&unshare));
+    let again = spawngate(dir.path(), &["user", "unshare", "alice", "bob"], &[]);
+    assert!(
+        stderr(&again).contains("share not found"),
+        "{}",
+        stderr(&again)
+    );
+    let nobody = spawngate(dir.path(), &["user", "share", "alice", "nobody"], &[]);
+    assert!(
+        stderr(&nobody).contains("user not found"),
+        "{}",
+        stderr(&nobody)
+    );
+
     let rm = spawngate(dir.path(), &["user", "rm", "alice"], &[]);
     assert!(rm.status.success(), "{}", stderr(&rm));
     let missing = spawngate(dir.path(), &["user", "login-link", "alice"], &[]);
