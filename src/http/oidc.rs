@@ -1,7 +1,7 @@
 //! `/_spawngate/oidc/start` and `/_spawngate/oidc/callback`: the two legs of an
-//! OIDC login. The state is bound to the browser by a short-lived cookie scoped to
-//! the callback path, so a login started in one browser cannot be finished in
-//! another (login CSRF).
+//! OIDC login. The state is bound to the browser by a short-lived `HttpOnly`
+//! cookie, so a login started in one browser cannot be finished in another (login
+//! CSRF).
 
 use std::collections::HashMap;
 
@@ -15,8 +15,15 @@ use crate::app::App;
 use crate::auth::oidc::{OidcError, STATE_TTL};
 use crate::auth::{cookies, safe_next};
 
-const STATE_COOKIE: &str = "spawngate_oidc_state";
-const CALLBACK_PATH: &str = "/_spawngate/oidc/callback";
+/// Over HTTPS the state cookie is `__Host-` prefixed (so `Path=/`): a same-site
+/// host (an app in subdomain mode) cannot plant its own state in the browser.
+fn state_cookie(app: &App) -> &'static str {
+    if app.config.session.secure {
+        "__Host-spawngate_oidc_state"
+    } else {
+        "spawngate_oidc_state"
+    }
+}
 
 pub async fn handle<B>(app: &App, req: Request<B>, rest: &str) -> Resp {
     let Some(client) = app.oidc.as_ref() else {
@@ -52,7 +59,7 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
         return super::pages::not_found();
     };
     let state = query.get("state").map(String::as_str).unwrap_or_default();
-    let browser_state = cookies::values(headers, STATE_COOKIE).next();
+    let browser_state = cookies::values(headers, state_cookie(app)).next();
     let mut resp = if let Some(error) = query.get("error") {
         // The user said no at the IdP, or the IdP refused the request.
         failed(StatusCode::UNAUTHORIZED, &OidcError::Refused(error.clone()))
@@ -91,8 +98,8 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
 
 fn set_state_cookie(app: &App, resp: &mut Resp, state: &str, max_age: i64) {
     // Lax: the IdP's redirect back is a cross-site top-level GET, which Lax allows.
-    let cookie = Cookie::build((STATE_COOKIE, state.to_owned()))
-        .path(CALLBACK_PATH)
+    let cookie = Cookie::build((state_cookie(app), state.to_owned()))
+        .path("/")
         .http_only(true)
         .secure(app.config.session.secure)
         .same_site(SameSite::Lax)
