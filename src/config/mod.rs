@@ -313,7 +313,8 @@ impl Default for RawSession {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLogin {
-    pub token_ttl_minutes: u64,
+    /// Lifetime of a login link, in seconds.
+    pub token_ttl_secs: u64,
     /// Login-link requests per email address per hour.
     pub per_email_per_hour: u32,
     /// Login attempts (link requests and confirmations) per client address per hour.
@@ -327,7 +328,7 @@ pub struct RawLogin {
 impl Default for RawLogin {
     fn default() -> Self {
         RawLogin {
-            token_ttl_minutes: 15,
+            token_ttl_secs: 15 * 60,
             per_email_per_hour: 3,
             per_ip_per_hour: 30,
             passwords: false,
@@ -572,7 +573,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("spawn.ready_timeout_secs", Kind::Int),
     ("session.ttl_hours", Kind::Int),
     ("session.cookie_name", Kind::Str),
-    ("login.token_ttl_minutes", Kind::Int),
+    ("login.token_ttl_secs", Kind::Int),
     ("lifecycle.pause_after_secs", Kind::Int),
     ("lifecycle.idle_timeout_secs", Kind::Int),
     ("lifecycle.remove_after_secs", Kind::Int),
@@ -914,10 +915,10 @@ impl RawConfig {
         let apps = parse_apps_domain(&s.apps_domain, &public_url)?;
 
         let l = self.login;
-        if l.token_ttl_minutes == 0 || l.token_ttl_minutes > 24 * 60 {
+        if l.token_ttl_secs == 0 || l.token_ttl_secs > 24 * 3600 {
             return Err(invalid(
-                "login.token_ttl_minutes",
-                "must be between 1 and 1440",
+                "login.token_ttl_secs",
+                "must be between 1 and 86400",
             ));
         }
 
@@ -1127,7 +1128,7 @@ impl RawConfig {
                 secure: public_url.https,
             },
             login: LoginConfig {
-                token_ttl: Duration::from_secs(l.token_ttl_minutes * 60),
+                token_ttl: Duration::from_secs(l.token_ttl_secs),
                 per_email_per_hour: l.per_email_per_hour,
                 per_ip_per_hour: l.per_ip_per_hour,
                 passwords: l.passwords,

@@ -248,6 +248,42 @@ async fn an_emailed_link_signs_in_once_and_lands_on_the_users_container() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emailed_link_that_has_expired_is_refused() {
+    let smtp = Smtp::start().await;
+    let h = with_email(&smtp, "[login]\ntoken_ttl_secs = 1\n").await;
+    h.app
+        .add_user("test", "bob", Some("bob@example.org"))
+        .await
+        .unwrap();
+
+    let (status, _) = request_link(&h, "bob@example.org").await;
+    assert_eq!(status, 200);
+    let link = link_in(&smtp.wait_for("bob@example.org").await);
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    // Stored expiry is in whole seconds: after 2.5 s the link is past it for sure.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let page = h.client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 400);
+    assert!(
+        page.text().await.unwrap().contains("cannot be used"),
+        "the confirm page says the link is no good"
+    );
+    let confirm = h
+        .client
+        .post(h.url("/_spawngate/login"))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirm.status(), 400);
+    assert!(
+        session_cookie(confirm.headers(), h.cookie_name()).is_none(),
+        "no session for an expired link"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_requests_are_rate_limited_per_email_and_per_real_client_address() {
     let smtp = Smtp::start().await;
     let h = with_email(
