@@ -241,6 +241,7 @@ async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
             grantee,
             read_only,
         } => {
+            let one_origin = config.apps.is_none();
             admin_call(
                 config,
                 Method::PUT,
@@ -250,6 +251,13 @@ async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
             .await?;
             let mode = if read_only { " (read-only)" } else { "" };
             println!("{grantee} can now open {owner}'s environment{mode}");
+            if one_origin {
+                eprintln!(
+                    "note: without server.apps_domain every environment shares one origin, so code \
+                     in {owner}'s environment can act as {grantee} in {grantee}'s own environment \
+                     and on spawngate; share only trusted apps, or use subdomain mode (README)"
+                );
+            }
         }
         UserCommand::Unshare { owner, grantee } => {
             admin_call(

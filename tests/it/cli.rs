@@ -83,6 +83,11 @@ fn offline_user_commands_and_clear_errors() {
         stdout(&share).trim(),
         "bob can now open alice's environment (read-only)"
     );
+    assert!(
+        stderr(&share).contains("share only trusted apps, or use subdomain mode"),
+        "path mode warns that shared apps run on one origin: {}",
+        stderr(&share)
+    );
     let list = spawngate(dir.path(), &["user", "list", "--json"], &[]);
     let users: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let alice = users
