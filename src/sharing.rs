@@ -24,6 +24,10 @@ pub enum Access {
 impl Access {
     /// `caller`'s access to `target`'s environment, if any.
     pub fn of(caller: &User, target: &User) -> Option<Access> {
+        // A disabled user's environment is closed to everyone, grantees included.
+        if target.disabled {
+            return None;
+        }
         if caller.id == target.id {
             return Some(Access::Owner);
         }

@@ -81,7 +81,7 @@ impl ExternalJwt {
 pub enum MappingError {
     #[error("the token has no string claim {0:?}")]
     MissingClaim(String),
-    #[error("the identity provider says the email address is not verified")]
+    #[error("the identity provider does not vouch for the email address (email_verified)")]
     EmailUnverified,
     #[error("no such user (and auto-creation is off)")]
     NoSuchUser,
@@ -126,7 +126,7 @@ impl App {
             .filter(|v| !v.is_empty())
             .ok_or_else(|| MappingError::MissingClaim(mapping.claim.clone()))?;
         if mapping.match_by == MatchBy::Email
-            && claims.get("email_verified").and_then(Value::as_bool) == Some(false)
+            && !email_vouched_for(claims, mapping.require_verified_email)
         {
             return Err(MappingError::EmailUnverified);
         }
@@ -226,9 +226,52 @@ pub fn name_from_email(email: &str) -> String {
     name
 }
 
+/// Whether `email_verified` lets the address identify someone: it must be `true`
+/// when required, else only an explicit `false` refuses. Some IdPs send a string.
+fn email_vouched_for(claims: &Map<String, Value>, required: bool) -> bool {
+    let verified = match claims.get("email_verified") {
+        Some(Value::Bool(b)) => Some(*b),
+        Some(Value::String(s)) => s.parse::<bool>().ok(),
+        _ => None,
+    };
+    if required {
+        verified == Some(true)
+    } else {
+        verified != Some(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn email_verified_must_be_true_when_required_and_not_false_otherwise() {
+        let claims = |v: Value| match v {
+            Value::Null => Map::new(),
+            v => serde_json::json!({ "email_verified": v })
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        for (value, required, ok) in [
+            (Value::Bool(true), true, true),
+            (Value::String("true".into()), true, true),
+            (Value::Null, true, false),
+            (Value::Bool(false), true, false),
+            (Value::String("yes".into()), true, false),
+            (Value::Null, false, true),
+            (Value::Bool(true), false, true),
+            (Value::Bool(false), false, false),
+            (Value::String("false".into()), false, false),
+        ] {
+            assert_eq!(
+                email_vouched_for(&claims(value.clone()), required),
+                ok,
+                "{value} required={required}"
+            );
+        }
+    }
 
     #[test]
     fn names_from_emails_are_valid_user_names() {

@@ -33,6 +33,9 @@ pub struct RawJwt {
     pub match_by: String,
     /// Create a user on the first valid token for an unknown identity.
     pub auto_create: bool,
+    /// With `match_by = "email"`: the token must say `email_verified: true`
+    /// (otherwise only an explicit `false` is refused).
+    pub require_verified_email: bool,
     pub leeway_secs: u64,
     /// Least time between two JWKS fetches caused by unknown key ids.
     pub jwks_cooldown_secs: u64,
@@ -54,6 +57,9 @@ impl Default for RawJwt {
             user_claim: "email".into(),
             match_by: "email".into(),
             auto_create: false,
+            // Tokens come from an issuer the operator runs (a gateway or their own
+            // IdP) and often carry no such claim.
+            require_verified_email: false,
             leeway_secs: 30,
             jwks_cooldown_secs: 10,
             ca_file: String::new(),
@@ -81,6 +87,9 @@ pub struct RawOidc {
     pub match_by: String,
     /// Create a user on the first valid token for an unknown identity.
     pub auto_create: bool,
+    /// With `match_by = "email"`: the token must say `email_verified: true`
+    /// (otherwise only an explicit `false` is refused).
+    pub require_verified_email: bool,
     pub leeway_secs: u64,
     /// Least time between two JWKS fetches caused by unknown key ids.
     pub jwks_cooldown_secs: u64,
@@ -101,6 +110,8 @@ impl Default for RawOidc {
             user_claim: "email".into(),
             match_by: "email".into(),
             auto_create: false,
+            // An IdP where users may set any address must vouch for it.
+            require_verified_email: true,
             leeway_secs: 30,
             jwks_cooldown_secs: 10,
             ca_file: String::new(),
@@ -114,6 +125,7 @@ struct RawCommon {
     user_claim: String,
     match_by: String,
     auto_create: bool,
+    require_verified_email: bool,
     leeway_secs: u64,
     jwks_cooldown_secs: u64,
     ca_file: String,
@@ -125,6 +137,7 @@ macro_rules! raw_common {
             user_claim: $raw.user_claim,
             match_by: $raw.match_by,
             auto_create: $raw.auto_create,
+            require_verified_email: $raw.require_verified_email,
             leeway_secs: $raw.leeway_secs,
             jwks_cooldown_secs: $raw.jwks_cooldown_secs,
             ca_file: $raw.ca_file,
@@ -144,6 +157,7 @@ pub struct ClaimMapping {
     pub claim: String,
     pub match_by: MatchBy,
     pub auto_create: bool,
+    pub require_verified_email: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -266,6 +280,7 @@ fn common(
             claim: c.user_claim,
             match_by,
             auto_create: c.auto_create,
+            require_verified_email: c.require_verified_email,
         },
         Duration::from_secs(c.leeway_secs),
         Duration::from_secs(c.jwks_cooldown_secs),

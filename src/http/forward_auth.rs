@@ -137,12 +137,14 @@ fn allow(
     {
         h.insert(HeaderName::from_static("x-spawngate-secret"), v);
     }
-    // `Authorization` is in authResponseHeaders too: the credential spawngate
-    // accepted (its token, an external JWT) stops here; anything else (the app's
-    // own auth) is handed back to reach the container.
+    // `Authorization` is in authResponseHeaders too: spawngate's credentials (its
+    // tokens, and with `[jwt]` on any bearer JWT, whichever credential won) stop
+    // here, so an owner never receives a grantee's token to replay; anything else
+    // (the app's own auth) is handed back to reach the container.
     if let Some(auth) = headers.get(hyper::header::AUTHORIZATION)
         && !is_spawngate_token(auth)
         && via != Via::ExternalJwt
+        && !(app.external_jwt.is_some() && is_bearer_jwt(auth))
     {
         h.insert(hyper::header::AUTHORIZATION, auth.clone());
     }
@@ -161,14 +163,20 @@ fn allow(
     resp
 }
 
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = value.to_str().ok()?.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 fn is_spawngate_token(value: &HeaderValue) -> bool {
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .is_some_and(|(scheme, token)| {
-            scheme.eq_ignore_ascii_case("bearer") && token.trim().starts_with("spawngate_")
-        })
+    bearer(value).is_some_and(|t| t.starts_with("spawngate_"))
+}
+
+/// Shaped like a JWT (three dot-separated parts); validity does not matter here.
+fn is_bearer_jwt(value: &HeaderValue) -> bool {
+    bearer(value).is_some_and(|t| t.split('.').count() == 3)
 }
 
 fn unauthenticated(app: &App, headers: &HeaderMap, browser: bool, slug: Option<&Slug>) -> Resp {
@@ -232,6 +240,17 @@ pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recognises_spawngate_tokens_and_bearer_jwts() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert!(is_spawngate_token(&v("Bearer spawngate_abc")));
+        assert!(is_spawngate_token(&v("bearer  spawngate_abc")));
+        assert!(!is_spawngate_token(&v("Basic spawngate_abc")));
+        assert!(is_bearer_jwt(&v("Bearer aaa.bbb.ccc")));
+        assert!(!is_bearer_jwt(&v("Bearer opaque-token")));
+        assert!(!is_bearer_jwt(&v("Basic aaa.bbb.ccc")));
+    }
 
     #[test]
     fn login_location_encodes_next() {

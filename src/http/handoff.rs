@@ -53,7 +53,7 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
     let target = slug
         .as_ref()
         .and_then(|s| directory.by_slug(s))
-        .filter(|t| !t.disabled && Access::of(&identity.user, t).is_some());
+        .filter(|t| Access::of(&identity.user, t).is_some());
     // Unknown slugs and other users' slugs get the same answer.
     let Some(target) = target else {
         return super::pages::forbidden(true);

@@ -1,6 +1,8 @@
 //! `/_spawngate/api/me…`: what a signed-in user may do for themselves. Callers are
 //! identified by session cookie (state changes then need the session's CSRF token in
 //! `X-Spawngate-CSRF`) or by one of their personal tokens (not ambient, so no CSRF).
+//! A personal token reads and can revoke tokens, nothing more: a leaked one must not
+//! mint successors, set a password or hand the environment to someone else.
 
 use std::sync::Arc;
 
@@ -57,6 +59,12 @@ async fn route<B: ReqBody>(
         ),
     };
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let by_token = csrf.is_none();
+    if by_token && method != Method::GET && !matches!(parts.as_slice(), ["tokens", _]) {
+        return Err(ApiError::Forbidden(
+            "a personal API token cannot change the account: sign in",
+        ));
+    }
     match (&method, parts.as_slice()) {
         (&Method::GET, [""]) => {
             let view = app.user_view(&user);

@@ -87,10 +87,10 @@ where
         });
     }
     // Subdomain mode: an app host's requests that reach spawngate (the hand-off,
-    // or a host no user router serves). forwardAuth calls come with spawngate's
-    // own host, never an app host.
+    // or a host no user router serves). Traefik's forwardAuth calls carry
+    // spawngate's own host, never an app host: an app host's `/auth/…` is a
+    // client probing for identity headers and gets the app-host answer.
     if let Some(apps) = &app.config.apps
-        && !path.starts_with("/auth/")
         && let Some(slug) = host_of(&req).and_then(|h| apps.slug_of(h))
     {
         let query = query_map(req.uri());

@@ -583,6 +583,36 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
         "listed, never shown again: {listed}"
     );
 
+    // The token reads the account but cannot change it: no new tokens, password
+    // or shares from a token that might have leaked.
+    let mint = h
+        .client
+        .post(h.url("/_spawngate/api/me/tokens"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "name": "successor" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mint.status(), StatusCode::FORBIDDEN);
+    let password = h
+        .client
+        .put(h.url("/_spawngate/api/me/password"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "new": "correct horse battery" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(password.status(), StatusCode::FORBIDDEN);
+    let share = h
+        .client
+        .put(h.url("/_spawngate/api/me/shares/bob"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "read_only": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(share.status(), StatusCode::FORBIDDEN);
+
     // A script with the token reaches alice's container; the token does not.
     let who: serde_json::Value = h
         .client

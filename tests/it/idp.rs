@@ -323,8 +323,26 @@ async fn oidc_can_create_accounts_on_first_login() {
         ..Default::default()
     })
     .await;
-    idp.set_user("carol-sub", json!({"email": "Carol@Example.org"}))
+    // No `email_verified` from an OIDC provider: the address is not vouched for.
+    idp.set_user("dave-sub", json!({"email": "dave@example.org"}))
         .await;
+    let (authorize_url, state_cookie) = start_login(&h, "").await;
+    let callback = idp.authorize(&authorize_url, "dave-sub").await;
+    let refused = finish_login(&h, &callback, Some(&state_cookie)).await;
+    assert_eq!(refused.status(), 403);
+    assert!(
+        h.app
+            .store
+            .snapshot()
+            .by_email("dave@example.org")
+            .is_none()
+    );
+
+    idp.set_user(
+        "carol-sub",
+        json!({"email": "Carol@Example.org", "email_verified": true}),
+    )
+    .await;
     let (authorize_url, state_cookie) = start_login(&h, "").await;
     let callback = idp.authorize(&authorize_url, "carol-sub").await;
     let done = finish_login(&h, &callback, Some(&state_cookie)).await;
@@ -429,6 +447,21 @@ async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
     assert_eq!(resp.status(), 200);
     let who: Value = resp.json().await.unwrap();
     assert_eq!(who["headers"]["cookie"], "theme=dark");
+
+    // Signed in by cookie while also carrying a JWT: the JWT still stays out, so
+    // the owner of a shared environment never gets a grantee's token to replay.
+    let cookie = h.login("alice").await;
+    let resp = h
+        .client
+        .get(&url)
+        .header("Cookie", &cookie)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let who: Value = resp.json().await.unwrap();
+    assert!(who["headers"].get("authorization").is_none(), "{who}");
 
     let with = |k: &str, v: Value| {
         let mut c = good.clone();

@@ -147,6 +147,14 @@ async fn owners_and_admins_share_environments_read_only_or_full_and_revoke_at_on
     let (status, _) = whoami(&h, &url, &carol_cookie).await;
     assert_eq!(status, 200, "Carol's grant is untouched");
 
+    // Disabling Alice closes her environment to her grantees too.
+    h.app.set_disabled("test", "alice", true).await.unwrap();
+    let (status, _) = whoami(&h, &url, &carol_cookie).await;
+    assert_eq!(status, 403, "a disabled user's environment is closed");
+    h.app.set_disabled("test", "alice", false).await.unwrap();
+    let (status, _) = whoami(&h, &url, &carol_cookie).await;
+    assert_eq!(status, 200);
+
     // Deleting Carol removes her grant too.
     h.app.remove_user("test", "carol").await.unwrap();
     assert!(h.app.find_user("alice").unwrap().shared_with.is_empty());

@@ -29,7 +29,12 @@ async fn each_environment_gets_its_own_origin_and_a_session_handed_off_per_host(
     let bob_host = format!("{}.apps.test", bob.slug);
     let port = h.web_port;
     let client = client_resolving(
-        &["login.test".into(), alice_host.clone(), bob_host.clone()],
+        &[
+            "login.test".into(),
+            alice_host.clone(),
+            bob_host.clone(),
+            "0123456789ab.apps.test".into(),
+        ],
         port,
     );
     assert_eq!(alice.url, format!("http://{alice_host}:{port}/"));
@@ -194,6 +199,20 @@ async fn each_environment_gets_its_own_origin_and_a_session_handed_off_per_host(
         .unwrap();
     let body = api.text().await.unwrap();
     assert!(!body.contains("csrf"), "{body}");
+    // Nor is the forwardAuth endpoint: through an app host no router serves, a
+    // client cannot ask it for the identity headers (and the container secret).
+    let probe = client
+        .get(app_url(
+            "0123456789ab.apps.test",
+            &format!("/auth/u-{}", alice.slug),
+        ))
+        .header("Cookie", &app_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 401);
+    assert!(probe.headers().get("x-spawngate-user").is_none());
+    assert!(probe.headers().get("x-spawngate-secret").is_none());
 
     // Signing out on the login host ends the app session too.
     let csrf: Value = client
