@@ -36,6 +36,8 @@ pub struct App {
     pub mailer: Option<crate::mail::Mailer>,
     pub limit_per_email: crate::auth::ratelimit::RateLimiter,
     pub limit_per_ip: crate::auth::ratelimit::RateLimiter,
+    /// Wrong passwords per account.
+    pub limit_password_failures: crate::auth::ratelimit::RateLimiter,
     /// Present when `[jwt]` is enabled.
     pub external_jwt: Option<crate::auth::external::ExternalJwt>,
     /// Present when `[oidc]` is enabled.
@@ -122,6 +124,9 @@ impl App {
             ),
             limit_per_ip: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.per_ip_per_hour,
+            ),
+            limit_password_failures: crate::auth::ratelimit::RateLimiter::per_hour(
+                config.login.password_failures_per_hour,
             ),
             mailer,
             config,

@@ -23,11 +23,13 @@ pub fn safe_next(raw: &str) -> Option<String> {
             return None;
         }
         if decoded == current {
-            break;
+            return Some(raw.to_owned());
         }
         current = decoded;
     }
-    Some(raw.to_owned())
+    // Still changing after three rounds: nobody links like that; refuse rather
+    // than guess what a fourth decoding would reveal.
+    None
 }
 
 fn is_safe_path(s: &str) -> bool {
@@ -70,6 +72,7 @@ mod tests {
             "%2F%2Fevil.example",
             "/%5Cevil.example",
             "/%252Fevil.example",
+            "/%2525252Fevil.example",
             "/\t/evil.example",
             "/%09/evil.example",
             "/%0d%0aLocation:%20x",

@@ -199,6 +199,17 @@ impl OidcClient {
         Ok((url.to_string(), state))
     }
 
+    /// Drops a login the IdP ended with an error, so its state cannot be used later.
+    /// Only the browser that started it (the one holding the state cookie) can.
+    pub fn abandon(&self, state: &str, browser_state: Option<&str>) {
+        if browser_state.is_some_and(|b| crate::ids::Secret::new(b.to_owned()).matches(state)) {
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(state);
+        }
+    }
+
     /// Finishes a login: `state` must be one this server issued, unused, unexpired
     /// and equal to the browser's cookie (`browser_state`); the code is exchanged
     /// with the PKCE verifier; the ID token must verify and carry our nonce.

@@ -1,14 +1,48 @@
 //! Fixed-window rate limits for login requests, kept in memory (a restart resets
 //! them, which only ever lets a little more through).
+//!
+//! Memory is bounded: windows are kept in the order they opened, finished ones are
+//! dropped from the front, and when a flood of distinct keys fills the table the
+//! oldest window makes room. Every operation is O(1), so a flood costs no scans
+//! under the lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// Most keys held at once (about 10 MB at the worst).
+const MAX_KEYS: usize = 100_000;
 
 pub struct RateLimiter {
     limit: u32,
     window: Duration,
-    hits: Mutex<HashMap<String, (Instant, u32)>>,
+    max_keys: usize,
+    state: Mutex<Windows>,
+}
+
+#[derive(Default)]
+struct Windows {
+    counts: HashMap<String, u32>,
+    /// When each key's window opened, oldest first: one entry per key in `counts`.
+    opened: VecDeque<(Instant, String)>,
+}
+
+impl Windows {
+    fn expire(&mut self, now: Instant, window: Duration) {
+        while let Some((start, _)) = self.opened.front() {
+            if now.duration_since(*start) < window {
+                break;
+            }
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some((_, key)) = self.opened.pop_front() {
+            self.counts.remove(&key);
+        }
+    }
 }
 
 impl RateLimiter {
@@ -17,27 +51,63 @@ impl RateLimiter {
     }
 
     pub fn new(limit: u32, window: Duration) -> RateLimiter {
+        RateLimiter::bounded(limit, window, MAX_KEYS)
+    }
+
+    fn bounded(limit: u32, window: Duration, max_keys: usize) -> RateLimiter {
         RateLimiter {
             limit,
             window,
-            hits: Mutex::new(HashMap::new()),
+            max_keys: max_keys.max(1),
+            state: Mutex::new(Windows::default()),
         }
     }
 
     /// Counts one attempt for `key`; `false` once the limit for the window is used.
     pub fn allow(&self, key: &str) -> bool {
+        self.record(key) <= self.limit
+    }
+
+    /// Whether `key` has used up its window, without counting an attempt (for
+    /// limits that count only failures).
+    pub fn exhausted(&self, key: &str) -> bool {
+        let mut state = self.lock();
+        state.expire(Instant::now(), self.window);
+        state.counts.get(key).is_some_and(|n| *n >= self.limit)
+    }
+
+    /// Counts one attempt for `key` and returns the count in its window.
+    pub fn record(&self, key: &str) -> u32 {
         let now = Instant::now();
-        let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        // Bounded memory under a flood of distinct keys: drop finished windows.
-        if hits.len() > 100_000 {
-            hits.retain(|_, (start, _)| now.duration_since(*start) < self.window);
+        let mut state = self.lock();
+        state.expire(now, self.window);
+        if let Some(n) = state.counts.get_mut(key) {
+            *n = n.saturating_add(1);
+            return *n;
         }
-        let entry = hits.entry(key.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
-            *entry = (now, 0);
+        if state.counts.len() >= self.max_keys {
+            state.evict_oldest();
         }
-        entry.1 += 1;
-        entry.1 <= self.limit
+        state.counts.insert(key.to_owned(), 1);
+        state.opened.push_back((now, key.to_owned()));
+        1
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Windows> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The rate-limit key for a client address: IPv6 clients by their /64 (one
+/// subscriber usually holds a whole /64, so per-address keys would be free to
+/// multiply), IPv4 (also IPv4-mapped IPv6) by the address.
+pub fn client_key(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
@@ -53,5 +123,40 @@ mod tests {
         assert!(l.allow("b"), "other keys are independent");
         std::thread::sleep(Duration::from_millis(60));
         assert!(l.allow("a"));
+    }
+
+    #[test]
+    fn a_flood_of_keys_stays_within_the_bound_and_evicts_the_oldest() {
+        let l = RateLimiter::bounded(1, Duration::from_secs(3600), 100);
+        assert!(l.allow("victim"));
+        assert!(!l.allow("victim"));
+        for i in 0..10_000 {
+            l.allow(&format!("k{i}"));
+        }
+        let state = l.lock();
+        assert_eq!(state.counts.len(), 100);
+        assert_eq!(state.opened.len(), 100);
+        assert!(state.counts.contains_key("k9999"));
+        assert!(!state.counts.contains_key("victim"));
+    }
+
+    #[test]
+    fn exhausted_peeks_without_counting() {
+        let l = RateLimiter::new(2, Duration::from_secs(3600));
+        assert!(!l.exhausted("a"));
+        assert!(!l.exhausted("a"), "peeking does not count");
+        l.record("a");
+        assert!(!l.exhausted("a"));
+        l.record("a");
+        assert!(l.exhausted("a"));
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
+        let key = |s: &str| client_key(s.parse().unwrap());
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
     }
 }

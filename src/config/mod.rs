@@ -319,6 +319,8 @@ pub struct RawLogin {
     pub per_email_per_hour: u32,
     /// Login attempts (link requests and confirmations) per client address per hour.
     pub per_ip_per_hour: u32,
+    /// Wrong passwords per account per hour before password sign-in pauses.
+    pub password_failures_per_hour: u32,
     /// Offer name + password sign-in (for users who have a password).
     pub passwords: bool,
     /// Self sign-up by email link for addresses in these domains.
@@ -331,6 +333,7 @@ impl Default for RawLogin {
             token_ttl_secs: 15 * 60,
             per_email_per_hour: 3,
             per_ip_per_hour: 30,
+            password_failures_per_hour: 10,
             passwords: false,
             signup_domains: Vec::new(),
         }
@@ -507,6 +510,7 @@ pub struct LoginConfig {
     pub token_ttl: Duration,
     pub per_email_per_hour: u32,
     pub per_ip_per_hour: u32,
+    pub password_failures_per_hour: u32,
     pub passwords: bool,
     /// Self sign-up: unknown addresses in these domains get a link that creates
     /// their account when confirmed. Empty: no sign-up.
@@ -593,6 +597,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("server.apps_domain", Kind::Str),
     ("login.per_email_per_hour", Kind::Int),
     ("login.per_ip_per_hour", Kind::Int),
+    ("login.password_failures_per_hour", Kind::Int),
     ("login.passwords", Kind::Bool),
     ("email.enabled", Kind::Bool),
     ("email.smtp_host", Kind::Str),
@@ -986,11 +991,17 @@ impl RawConfig {
         } else {
             None
         };
-        if l.per_email_per_hour == 0 || l.per_ip_per_hour == 0 {
-            return Err(invalid(
-                "login.per_email_per_hour",
-                "rate limits must be at least 1",
-            ));
+        for (key, value) in [
+            ("login.per_email_per_hour", l.per_email_per_hour),
+            ("login.per_ip_per_hour", l.per_ip_per_hour),
+            (
+                "login.password_failures_per_hour",
+                l.password_failures_per_hour,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "rate limits must be at least 1"));
+            }
         }
 
         let lc = self.lifecycle;
@@ -1133,6 +1144,7 @@ impl RawConfig {
                 token_ttl: Duration::from_secs(l.token_ttl_secs),
                 per_email_per_hour: l.per_email_per_hour,
                 per_ip_per_hour: l.per_ip_per_hour,
+                password_failures_per_hour: l.password_failures_per_hour,
                 passwords: l.passwords,
                 signup_domains,
             },

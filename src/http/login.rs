@@ -134,7 +134,7 @@ where
     if !same_origin(app, req.headers()) {
         return super::pages::forbidden(true);
     }
-    let ip = client_ip(app, peer, req.headers()).map(|ip| ip.to_string());
+    let ip = client_ip(app, peer, req.headers()).map(crate::auth::ratelimit::client_key);
     let headers = req.headers().clone();
     let body = match read_body(req.into_body()).await {
         Ok(b) => b,
@@ -171,7 +171,7 @@ fn signup_allowed(app: &App, email: &str) -> bool {
         .any(|d| d.eq_ignore_ascii_case(domain))
 }
 
-fn too_many() -> Resp {
+pub(super) fn too_many() -> Resp {
     let mut resp = html(
         StatusCode::TOO_MANY_REQUESTS,
         page(
@@ -304,8 +304,10 @@ fn store_unavailable(e: &dyn std::fmt::Display) -> Resp {
 /// Cross-site form posts are refused. Browsers that send Fetch Metadata say where
 /// the request comes from (`Sec-Fetch-Site`); others send `Origin`, which must be
 /// the public origin. `Origin: null` is what a browser sends from a page with
-/// `Referrer-Policy: no-referrer` (the confirm page): only accepted without a
-/// cross-site `Sec-Fetch-Site`. Requests with neither header are not from browsers.
+/// `Referrer-Policy: no-referrer` (the confirm page), but also from sandboxed
+/// frames and `data:` pages anywhere: it passes only with `Sec-Fetch-Site:
+/// same-origin` (every current browser sends Fetch Metadata), never on its own.
+/// Requests with neither header are not from browsers.
 /// (Logout and the self-service API also need a CSRF token; a login confirmation
 /// needs its one-time token.)
 fn same_origin(app: &App, headers: &HeaderMap) -> bool {
@@ -314,7 +316,7 @@ fn same_origin(app: &App, headers: &HeaderMap) -> bool {
         return site == "same-origin" || site == "none";
     }
     match header(ORIGIN.as_str()) {
-        None | Some("null") => true,
+        None => true,
         Some(origin) => origin == app.config.public_url.origin,
     }
 }
@@ -363,15 +365,21 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
         .map(|n| n.trim().to_ascii_lowercase())
         .unwrap_or_default();
     let password = form.get("password").cloned().unwrap_or_default();
-    if !app.limit_per_email.allow(&format!("password:{name}")) {
-        return too_many();
-    }
     let directory = app.store.snapshot();
     let user = directory
         .by_name(&name)
         .or_else(|| directory.by_email(&name))
         .filter(|u| !u.disabled)
         .cloned();
+    // Failures count per account (by name or email alike), successes not at all:
+    // guessing is capped without letting three requests lock someone out.
+    let account = match &user {
+        Some(u) => format!("user:{}", u.id),
+        None => format!("unknown:{name}"),
+    };
+    if app.limit_password_failures.exhausted(&account) {
+        return too_many();
+    }
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let ok = tokio::task::spawn_blocking(move || {
         crate::auth::password::verify(&password, stored.as_deref())
@@ -381,6 +389,7 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
     match user {
         Some(user) if ok => start_session(app, headers, &user, form.get("next")).await,
         _ => {
+            app.limit_password_failures.record(&account);
             tracing::info!(target: "spawngate::login", "password sign-in refused");
             sign_in_page(
                 app,

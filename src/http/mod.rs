@@ -38,7 +38,8 @@ pub fn client_ip(app: &App, peer: Peer, headers: &HeaderMap) -> Option<std::net:
     let Peer::Network(addr) = peer else {
         return None;
     };
-    let ip = addr.ip();
+    // `::ffff:127.0.0.1` (a dual-stack listener) is the IPv4 peer it names.
+    let ip = addr.ip().to_canonical();
     if !app
         .config
         .trusted_proxies
@@ -117,7 +118,7 @@ where
         (&Method::POST, "/_spawngate/logout") => login::logout(&app, req).await,
         (_, p) if p.starts_with("/_spawngate/oidc/") => {
             let rest = p["/_spawngate/oidc/".len()..].to_owned();
-            oidc::handle(&app, req, &rest).await
+            oidc::handle(&app, req, &rest, peer).await
         }
         (&Method::GET, "/_spawngate/" | "/_spawngate") => login::home(&app, req.headers()),
         // Traefik's catch-all for `/u-…` paths no user router matched.

@@ -10,9 +10,10 @@ use hyper::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use hyper::{Method, Request, StatusCode};
 
 use super::pages::page;
-use super::{Resp, html, redirect};
+use super::{Peer, Resp, client_ip, html, redirect};
 use crate::app::App;
 use crate::auth::oidc::{OidcError, STATE_TTL};
+use crate::auth::ratelimit::client_key;
 use crate::auth::{cookies, safe_next};
 
 /// Over HTTPS the state cookie is `__Host-` prefixed (so `Path=/`): a same-site
@@ -25,7 +26,7 @@ fn state_cookie(app: &App) -> &'static str {
     }
 }
 
-pub async fn handle<B>(app: &App, req: Request<B>, rest: &str) -> Resp {
+pub async fn handle<B>(app: &App, req: Request<B>, rest: &str, peer: Peer) -> Resp {
     let Some(client) = app.oidc.as_ref() else {
         return super::pages::not_found();
     };
@@ -39,6 +40,14 @@ pub async fn handle<B>(app: &App, req: Request<B>, rest: &str) -> Resp {
         .unwrap_or_default();
     match rest {
         "start" => {
+            // A login attempt like any other: it holds a pending state for ten
+            // minutes, so a flood must not push out everyone else's.
+            if let Some(ip) = client_ip(app, peer, req.headers())
+                && !app.limit_per_ip.allow(&client_key(ip))
+            {
+                tracing::warn!(target: "spawngate::login", client = %ip, "login rate limit (address) hit");
+                return super::login::too_many();
+            }
             let next = query.get("next").and_then(|n| safe_next(n));
             match client.begin(next).await {
                 Ok((url, state)) => {
@@ -62,6 +71,7 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
     let browser_state = cookies::values(headers, state_cookie(app)).next();
     let mut resp = if let Some(error) = query.get("error") {
         // The user said no at the IdP, or the IdP refused the request.
+        client.abandon(state, browser_state);
         failed(StatusCode::UNAUTHORIZED, &OidcError::Refused(error.clone()))
     } else {
         let code = query.get("code").map(String::as_str).unwrap_or_default();

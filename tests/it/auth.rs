@@ -685,7 +685,7 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
     let h = Harness::start(Options {
-        extra_toml: "[login]\npasswords = true\n[lifecycle]\nstart_on_login = false".into(),
+        extra_toml: "[login]\npasswords = true\npassword_failures_per_hour = 3\n[lifecycle]\nstart_on_login = false".into(),
         ..Default::default()
     })
     .await;
@@ -746,6 +746,28 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
     let app_url = h.url(&format!("/u-{}/", alice.slug));
     assert_eq!(h.get_with_cookie(&app_url, &cookie).await.status(), 200);
 
+    // Login CSRF: `Origin: null` (a sandboxed frame, a data: page) signs nobody
+    // in unless Fetch Metadata says the form is our own page's.
+    let post_from_null = |fetch_site: Option<&'static str>| {
+        let mut req = h
+            .client
+            .post(h.url("/_spawngate/login"))
+            .header("Origin", "null")
+            .form(&[("username", "alice"), ("password", "correct horse battery")]);
+        if let Some(site) = fetch_site {
+            req = req.header("Sec-Fetch-Site", site);
+        }
+        req.send()
+    };
+    assert_eq!(
+        post_from_null(None).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        post_from_null(Some("same-origin")).await.unwrap().status(),
+        StatusCode::SEE_OTHER
+    );
+
     // Changing one's own password needs the current one (and the CSRF header).
     let me: serde_json::Value = h
         .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
@@ -771,6 +793,28 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
             .await
             .unwrap()
             .status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The third wrong password this hour pauses password sign-in for alice (the
+    // right one included); the successful sign-in above did not count. Others
+    // are not affected.
+    assert_eq!(
+        sign_in("alice", "guess number three")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        sign_in("alice", "a brand new passphrase")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        sign_in("bob", "anything at all").await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
 }

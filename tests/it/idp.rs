@@ -316,7 +316,7 @@ async fn oidc_can_create_accounts_on_first_login() {
     let idp = Idp::start().await;
     let h = Harness::start(Options {
         extra_toml: format!(
-            "[oidc]\nenabled = true\nissuer = \"{}\"\nclient_id = \"spawngate\"\nclient_secret = \"client-secret\"\nca_file = {:?}\nauto_create = true\n",
+            "[oidc]\nenabled = true\nissuer = \"{}\"\nclient_id = \"spawngate\"\nclient_secret = \"client-secret\"\nca_file = {:?}\nauto_create = true\n[login]\nper_ip_per_hour = 5\n",
             idp.issuer,
             idp.ca_file()
         ),
@@ -363,6 +363,40 @@ async fn oidc_can_create_accounts_on_first_login() {
         .get_with_cookie(h.url(&format!("/u-{}/whoami.json", carol.slug)), &cookie)
         .await;
     assert_eq!(who.json::<Value>().await.unwrap()["user"], "carol");
+
+    // A login the provider ends with an error is over: its state cannot be
+    // finished later with a code.
+    let (authorize_url, state_cookie) = start_login(&h, "").await;
+    let callback = idp.authorize(&authorize_url, "carol-sub").await;
+    let state = callback
+        .split(['?', '&'])
+        .find_map(|p| p.strip_prefix("state="))
+        .unwrap()
+        .to_owned();
+    let denied = finish_login(
+        &h,
+        &h.url(&format!(
+            "/_spawngate/oidc/callback?error=access_denied&state={state}"
+        )),
+        Some(&state_cookie),
+    )
+    .await;
+    assert_eq!(denied.status(), 401);
+    let late = finish_login(&h, &callback, Some(&state_cookie)).await;
+    assert_eq!(late.status(), 401, "the abandoned state is gone");
+    assert!(session_cookie(late.headers(), h.cookie_name()).is_none());
+
+    // Starting a login counts against the client address like every login
+    // attempt (3 of 5 used above): a flood cannot push out others' pending logins.
+    start_login(&h, "").await;
+    start_login(&h, "").await;
+    let flood = h
+        .client
+        .get(h.url("/_spawngate/oidc/start"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(flood.status(), 429);
 }
 
 fn sign(keys: &Keys, kid: &str, claims: &Value) -> String {
