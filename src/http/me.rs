@@ -13,6 +13,7 @@ use serde_json::json;
 use super::{ReqBody, Resp, api_error, json, read_body};
 use crate::app::App;
 use crate::error::ApiError;
+use crate::ids::SessionId;
 use crate::store::User;
 use crate::time::rfc3339;
 
@@ -35,9 +36,8 @@ async fn route<B: ReqBody>(
     rest: &str,
 ) -> Result<(StatusCode, serde_json::Value), ApiError> {
     let method = req.method().clone();
-    let (user, csrf): (Arc<User>, Option<String>) = match app.identify(req.headers()) {
+    let (user, session): (Arc<User>, Option<SessionId>) = match app.identify(req.headers()) {
         Some(identity) => {
-            let csrf = app.sessions.csrf_token(&identity.session);
             if method != Method::GET {
                 let presented = req
                     .headers()
@@ -50,7 +50,7 @@ async fn route<B: ReqBody>(
                     ));
                 }
             }
-            (identity.user, Some(csrf))
+            (identity.user, Some(identity.session))
         }
         None => (
             app.identify_token(req.headers())
@@ -59,8 +59,8 @@ async fn route<B: ReqBody>(
         ),
     };
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
-    let by_token = csrf.is_none();
-    if by_token && method != Method::GET && !matches!(parts.as_slice(), ["tokens", _]) {
+    let csrf = session.as_ref().map(|sid| app.sessions.csrf_token(sid));
+    if session.is_none() && method != Method::GET && !matches!(parts.as_slice(), ["tokens", _]) {
         return Err(ApiError::Forbidden(
             "a personal API token cannot change the account: sign in",
         ));
@@ -130,7 +130,16 @@ async fn route<B: ReqBody>(
             }
             app.set_password(&user.name, &user.name, Some(&change.new))
                 .await?;
-            Ok((StatusCode::OK, json!({ "password": true })))
+            // Whoever else is signed in as this user is signed out; this session
+            // (and its app sessions) stays.
+            let mut signed_out = 0;
+            if let Some(sid) = &session {
+                signed_out = app.store.delete_other_sessions(&user.id, sid).await?;
+            }
+            Ok((
+                StatusCode::OK,
+                json!({ "password": true, "other_sessions_ended": signed_out }),
+            ))
         }
         (&Method::GET, ["shares"]) => Ok((
             StatusCode::OK,

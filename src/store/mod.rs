@@ -439,6 +439,28 @@ impl Store {
         Ok(n)
     }
 
+    /// Revokes a user's sessions except `keep` and the app sessions handed off from
+    /// it (after a password change: whoever else was signed in is signed out).
+    pub async fn delete_other_sessions(&self, user_id: &UserId, keep: &SessionId) -> Result<usize> {
+        let mut removed = 0;
+        for item in self.sessions.iter() {
+            let (key, value) = item?;
+            if key.as_ref() == keep.as_str().as_bytes() {
+                continue;
+            }
+            let Ok(session) = decode::<Session>(&value) else {
+                continue;
+            };
+            let child_of_kept = session.scope.as_ref().is_some_and(|s| &s.parent == keep);
+            if &session.user_id == user_id && !child_of_kept {
+                self.sessions.remove(key)?;
+                removed += 1;
+            }
+        }
+        self.flush().await?;
+        Ok(removed)
+    }
+
     pub async fn delete_session(&self, sid: &SessionId) -> Result<()> {
         self.sessions.remove(sid.as_str().as_bytes())?;
         self.flush().await

@@ -787,7 +787,22 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
         change("not it at all").await.unwrap().status(),
         StatusCode::FORBIDDEN
     );
-    assert_eq!(change("correct horse battery").await.unwrap().status(), 200);
+    let elsewhere = h.login("alice").await;
+    assert_eq!(h.get_with_cookie(&app_url, &elsewhere).await.status(), 200);
+    let changed: serde_json::Value = change("correct horse battery")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // `elsewhere` and the sign-in of the Fetch Metadata check above.
+    assert_eq!(changed["other_sessions_ended"], 2, "{changed}");
+    assert_eq!(
+        h.get_with_cookie(&app_url, &elsewhere).await.status(),
+        401,
+        "the other session ended with the password change"
+    );
+    assert_eq!(h.get_with_cookie(&app_url, &cookie).await.status(), 200);
     assert_eq!(
         sign_in("alice", "correct horse battery")
             .await
