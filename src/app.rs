@@ -289,12 +289,15 @@ impl App {
         Ok(self.user_view(&updated))
     }
 
-    /// Sets (or with `None` removes) a user's password; argon2id at rest.
+    /// Sets (or with `None` removes) a user's password; argon2id at rest. With
+    /// `end_sessions` every session of the user ends: an admin (re)setting a
+    /// password is often answering a compromise.
     pub async fn set_password(
         &self,
         actor: &str,
         key: &str,
         password: Option<&str>,
+        end_sessions: bool,
     ) -> Result<(), ApiError> {
         let user = self.find_user(key)?;
         let hash = match password {
@@ -318,6 +321,9 @@ impl App {
         let mut updated = (*user).clone();
         updated.password_hash = hash;
         self.store.update_user(&updated).await?;
+        if end_sessions {
+            self.store.delete_sessions_of(&user.id).await?;
+        }
         let action = if password.is_some() {
             "user.password.set"
         } else {

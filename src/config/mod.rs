@@ -639,8 +639,24 @@ const KEYS: &[(&str, Kind)] = &[
     ("oidc.ca_file", Kind::Str),
 ];
 
+/// Keys that were renamed, with their new names (a clear error beats "unknown key").
+const RENAMED: &[(&str, &str)] = &[("login.token_ttl_minutes", "login.token_ttl_secs")];
+
 /// Variables that start with `SPAWNGATE_` but are not config keys.
 const NON_KEY_ENV: &[&str] = &["SPAWNGATE_CONFIG", "SPAWNGATE_LOG", "SPAWNGATE_LOG_FORMAT"];
+
+/// `::ffff:a.b.c.d/n` is the IPv4 net it names (peers are compared canonically).
+fn canonical_net(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(ipnet::IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
 
 pub fn env_name(key: &str) -> String {
     format!("SPAWNGATE_{}", key.replace('.', "_").to_uppercase())
@@ -673,9 +689,22 @@ impl Config {
                 key: "(file)".into(),
                 message: e.to_string(),
             })?;
+        for (old, new) in RENAMED {
+            let (section, field) = old.split_once('.').unwrap_or((old, ""));
+            if table
+                .get(section)
+                .and_then(toml::Value::as_table)
+                .is_some_and(|t| t.contains_key(field))
+            {
+                return Err(invalid(old, format!("renamed: use {new}")));
+            }
+        }
         for (name, value) in env {
             if !name.starts_with("SPAWNGATE_") || NON_KEY_ENV.contains(&name.as_str()) {
                 continue;
+            }
+            if let Some((old, new)) = RENAMED.iter().find(|(old, _)| env_name(old) == name) {
+                return Err(invalid(old, format!("renamed: use {}", env_name(new))));
             }
             let Some((key, kind)) = KEYS.iter().find(|(k, _)| env_name(k) == name) else {
                 return Err(ConfigError::UnknownEnv { name });
@@ -777,6 +806,7 @@ impl RawConfig {
             .map(|p| {
                 p.parse::<ipnet::IpNet>()
                     .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(canonical_net)
                     .map_err(|_| {
                         invalid(
                             "server.trusted_proxies",
@@ -1252,6 +1282,33 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn renamed_keys_name_their_successor() {
+        let err = Config::from_sources("[login]\ntoken_ttl_minutes = 15\n", [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("login.token_ttl_secs"), "{err}");
+        let err = Config::from_sources(
+            "",
+            [(
+                "SPAWNGATE_LOGIN_TOKEN_TTL_MINUTES".to_owned(),
+                "15".to_owned(),
+            )],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("SPAWNGATE_LOGIN_TOKEN_TTL_SECS"), "{err}");
+    }
+
+    #[test]
+    fn ipv4_mapped_proxy_nets_are_ipv4_nets() {
+        let net = |s: &str| canonical_net(s.parse().unwrap()).to_string();
+        assert_eq!(net("::ffff:10.0.0.0/104"), "10.0.0.0/8");
+        assert_eq!(net("::ffff:127.0.0.1/128"), "127.0.0.1/32");
+        assert_eq!(net("::1/128"), "::1/128");
+        assert_eq!(net("10.0.0.0/8"), "10.0.0.0/8");
     }
 
     #[test]

@@ -152,7 +152,7 @@ where
                 password: Option<String>,
             }
             let body: SetPassword = parse_json(req).await?;
-            app.set_password(actor, name, body.password.as_deref())
+            app.set_password(actor, name, body.password.as_deref(), true)
                 .await?;
             ok(json!({ "user": name, "password": body.password.is_some() }))
         }

@@ -237,7 +237,7 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
                 link.extend(form_urlencoded::byte_serialize(next.as_bytes()));
             }
             if let Err(e) = mailer
-                .send_login_link(&email, &link, ttl.as_secs() / 60)
+                .send_login_link(&email, &link, ttl.as_secs().div_ceil(60))
                 .await
             {
                 let who = user.as_ref().map_or("(sign-up)", |u| u.name.as_str());
@@ -365,21 +365,28 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
         .map(|n| n.trim().to_ascii_lowercase())
         .unwrap_or_default();
     let password = form.get("password").cloned().unwrap_or_default();
+    if name.len() > 254 {
+        // No name or address is that long; keeps limiter keys small.
+        return sign_in_page(
+            app,
+            None,
+            StatusCode::UNAUTHORIZED,
+            "Wrong name or password.",
+        );
+    }
+    // Counted per identifier as typed (so the limit says nothing about which
+    // name and address belong together) before the check, so parallel guesses
+    // cannot overtake it; a success takes its attempt back.
+    let attempt = format!("password:{name}");
+    if app.limit_password_failures.record(&attempt) > app.config.login.password_failures_per_hour {
+        return too_many();
+    }
     let directory = app.store.snapshot();
     let user = directory
         .by_name(&name)
         .or_else(|| directory.by_email(&name))
         .filter(|u| !u.disabled)
         .cloned();
-    // Failures count per account (by name or email alike), successes not at all:
-    // guessing is capped without letting three requests lock someone out.
-    let account = match &user {
-        Some(u) => format!("user:{}", u.id),
-        None => format!("unknown:{name}"),
-    };
-    if app.limit_password_failures.exhausted(&account) {
-        return too_many();
-    }
     let stored = user.as_ref().and_then(|u| u.password_hash.clone());
     let ok = tokio::task::spawn_blocking(move || {
         crate::auth::password::verify(&password, stored.as_deref())
@@ -387,9 +394,11 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
     .await
     .unwrap_or(false);
     match user {
-        Some(user) if ok => start_session(app, headers, &user, form.get("next")).await,
+        Some(user) if ok => {
+            app.limit_password_failures.forgive(&attempt);
+            start_session(app, headers, &user, form.get("next")).await
+        }
         _ => {
-            app.limit_password_failures.record(&account);
             tracing::info!(target: "spawngate::login", "password sign-in refused");
             sign_in_page(
                 app,

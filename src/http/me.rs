@@ -128,7 +128,7 @@ async fn route<B: ReqBody>(
                     return Err(ApiError::Forbidden("the current password is wrong"));
                 }
             }
-            app.set_password(&user.name, &user.name, Some(&change.new))
+            app.set_password(&user.name, &user.name, Some(&change.new), false)
                 .await?;
             // Whoever else is signed in as this user is signed out; this session
             // (and its app sessions) stays.

@@ -443,6 +443,7 @@ impl Store {
     /// it (after a password change: whoever else was signed in is signed out).
     pub async fn delete_other_sessions(&self, user_id: &UserId, keep: &SessionId) -> Result<usize> {
         let mut removed = 0;
+        let now = unix_now();
         for item in self.sessions.iter() {
             let (key, value) = item?;
             if key.as_ref() == keep.as_str().as_bytes() {
@@ -454,7 +455,8 @@ impl Store {
             let child_of_kept = session.scope.as_ref().is_some_and(|s| &s.parent == keep);
             if &session.user_id == user_id && !child_of_kept {
                 self.sessions.remove(key)?;
-                removed += 1;
+                // Expired ones were signed out already.
+                removed += usize::from(session.expires > now);
             }
         }
         self.flush().await?;

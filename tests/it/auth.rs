@@ -832,6 +832,17 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
         sign_in("bob", "anything at all").await.unwrap().status(),
         StatusCode::UNAUTHORIZED
     );
+
+    // An admin resetting the password signs alice out everywhere.
+    assert_eq!(h.get_with_cookie(&app_url, &cookie).await.status(), 200);
+    assert_eq!(
+        set(serde_json::json!({ "password": "reset by the admin" }))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(h.get_with_cookie(&app_url, &cookie).await.status(), 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
