@@ -38,6 +38,8 @@ pub struct App {
     pub limit_per_ip: crate::auth::ratelimit::RateLimiter,
     /// Wrong passwords per account.
     pub limit_password_failures: crate::auth::ratelimit::RateLimiter,
+    /// OIDC sign-ins started per client address.
+    pub limit_oidc_starts: crate::auth::ratelimit::RateLimiter,
     /// Present when `[jwt]` is enabled.
     pub external_jwt: Option<crate::auth::external::ExternalJwt>,
     /// Present when `[oidc]` is enabled.
@@ -127,6 +129,9 @@ impl App {
             ),
             limit_password_failures: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.password_failures_per_hour,
+            ),
+            limit_oidc_starts: crate::auth::ratelimit::RateLimiter::per_hour(
+                config.login.oidc_starts_per_ip_per_hour,
             ),
             mailer,
             config,

@@ -321,6 +321,9 @@ pub struct RawLogin {
     pub per_ip_per_hour: u32,
     /// Wrong passwords per account per hour before password sign-in pauses.
     pub password_failures_per_hour: u32,
+    /// OIDC sign-ins started per client address per hour (each holds a pending
+    /// state for ten minutes; higher than `per_ip_per_hour` for offices behind NAT).
+    pub oidc_starts_per_ip_per_hour: u32,
     /// Offer name + password sign-in (for users who have a password).
     pub passwords: bool,
     /// Self sign-up by email link for addresses in these domains.
@@ -334,6 +337,7 @@ impl Default for RawLogin {
             per_email_per_hour: 3,
             per_ip_per_hour: 30,
             password_failures_per_hour: 10,
+            oidc_starts_per_ip_per_hour: 300,
             passwords: false,
             signup_domains: Vec::new(),
         }
@@ -511,6 +515,7 @@ pub struct LoginConfig {
     pub per_email_per_hour: u32,
     pub per_ip_per_hour: u32,
     pub password_failures_per_hour: u32,
+    pub oidc_starts_per_ip_per_hour: u32,
     pub passwords: bool,
     /// Self sign-up: unknown addresses in these domains get a link that creates
     /// their account when confirmed. Empty: no sign-up.
@@ -598,6 +603,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("login.per_email_per_hour", Kind::Int),
     ("login.per_ip_per_hour", Kind::Int),
     ("login.password_failures_per_hour", Kind::Int),
+    ("login.oidc_starts_per_ip_per_hour", Kind::Int),
     ("login.passwords", Kind::Bool),
     ("email.enabled", Kind::Bool),
     ("email.smtp_host", Kind::Str),
@@ -1028,6 +1034,10 @@ impl RawConfig {
                 "login.password_failures_per_hour",
                 l.password_failures_per_hour,
             ),
+            (
+                "login.oidc_starts_per_ip_per_hour",
+                l.oidc_starts_per_ip_per_hour,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "rate limits must be at least 1"));
@@ -1175,6 +1185,7 @@ impl RawConfig {
                 per_email_per_hour: l.per_email_per_hour,
                 per_ip_per_hour: l.per_ip_per_hour,
                 password_failures_per_hour: l.password_failures_per_hour,
+                oidc_starts_per_ip_per_hour: l.oidc_starts_per_ip_per_hour,
                 passwords: l.passwords,
                 signup_domains,
             },

@@ -12,6 +12,7 @@ use hyper::{Method, Request, StatusCode};
 use super::pages::page;
 use super::{Peer, Resp, client_ip, html, redirect};
 use crate::app::App;
+use crate::auth::external::MappingError;
 use crate::auth::oidc::{OidcError, STATE_TTL};
 use crate::auth::ratelimit::client_key;
 use crate::auth::{cookies, safe_next};
@@ -40,10 +41,10 @@ pub async fn handle<B>(app: &App, req: Request<B>, rest: &str, peer: Peer) -> Re
         .unwrap_or_default();
     match rest {
         "start" => {
-            // A login attempt like any other: it holds a pending state for ten
-            // minutes, so a flood must not push out everyone else's.
+            // Each start holds a pending state for ten minutes: a flood from one
+            // address must not push out everyone else's.
             if let Some(ip) = client_ip(app, peer, req.headers())
-                && !app.limit_per_ip.allow(&client_key(ip))
+                && !app.limit_oidc_starts.allow(&client_key(ip))
             {
                 tracing::warn!(target: "spawngate::login", client = %ip, "login rate limit (address) hit");
                 return super::login::too_many();
@@ -85,14 +86,15 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
                 }
                 Err(e) => {
                     tracing::info!(target: "spawngate::login", error = %e, "OIDC identity maps to no user");
-                    html(
-                        StatusCode::FORBIDDEN,
-                        page(
-                            "No account",
-                            "",
-                            "<p>You signed in, but there is no account for you here. Ask your administrator.</p>",
-                        ),
-                    )
+                    let why = match e {
+                        MappingError::EmailUnverified => {
+                            "<p>Your identity provider did not confirm that your email address is verified, so it cannot identify your account here. Verify it there, or ask your administrator.</p>"
+                        }
+                        _ => {
+                            "<p>You signed in, but there is no account for you here. Ask your administrator.</p>"
+                        }
+                    };
+                    html(StatusCode::FORBIDDEN, page("No account", "", why))
                 }
             },
             Err(e) => failed(StatusCode::UNAUTHORIZED, &e),

@@ -316,7 +316,7 @@ async fn oidc_can_create_accounts_on_first_login() {
     let idp = Idp::start().await;
     let h = Harness::start(Options {
         extra_toml: format!(
-            "[oidc]\nenabled = true\nissuer = \"{}\"\nclient_id = \"spawngate\"\nclient_secret = \"client-secret\"\nca_file = {:?}\nauto_create = true\n[login]\nper_ip_per_hour = 5\n",
+            "[oidc]\nenabled = true\nissuer = \"{}\"\nclient_id = \"spawngate\"\nclient_secret = \"client-secret\"\nca_file = {:?}\nauto_create = true\n[login]\noidc_starts_per_ip_per_hour = 5\n",
             idp.issuer,
             idp.ca_file()
         ),
@@ -330,6 +330,10 @@ async fn oidc_can_create_accounts_on_first_login() {
     let callback = idp.authorize(&authorize_url, "dave-sub").await;
     let refused = finish_login(&h, &callback, Some(&state_cookie)).await;
     assert_eq!(refused.status(), 403);
+    assert!(
+        refused.text().await.unwrap().contains("did not confirm"),
+        "the page says why"
+    );
     assert!(
         h.app
             .store
@@ -386,8 +390,8 @@ async fn oidc_can_create_accounts_on_first_login() {
     assert_eq!(late.status(), 401, "the abandoned state is gone");
     assert!(session_cookie(late.headers(), h.cookie_name()).is_none());
 
-    // Starting a login counts against the client address like every login
-    // attempt (3 of 5 used above): a flood cannot push out others' pending logins.
+    // Starts are limited per client address (3 of 5 used above): a flood cannot
+    // push out others' pending logins.
     start_login(&h, "").await;
     start_login(&h, "").await;
     let flood = h
