@@ -49,6 +49,18 @@ pub fn session(name: &str, value: &str, secure: bool, max_age_secs: i64) -> Stri
         .to_string()
 }
 
+/// `Set-Cookie` for the login forms' guard: `Strict`, so no other site's request
+/// ever carries it, and gone when the browser closes.
+pub fn form_guard(name: &str, value: &str, secure: bool) -> String {
+    Cookie::build((name.to_owned(), value.to_owned()))
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(SameSite::Strict)
+        .build()
+        .to_string()
+}
+
 /// `Set-Cookie` that deletes the session cookie.
 pub fn cleared(name: &str, secure: bool) -> String {
     session(name, "", secure, 0)

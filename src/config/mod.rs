@@ -506,6 +506,8 @@ pub struct SessionConfig {
     pub cookie_name: String,
     /// Subdomain mode: the host-only cookie on an app host, scoped to that slug.
     pub app_cookie_name: String,
+    /// The login forms' guard cookie (see `http::login`).
+    pub form_cookie_name: String,
     pub secure: bool,
 }
 
@@ -955,6 +957,7 @@ impl RawConfig {
         };
         let cookie_name = host_prefixed(&se.cookie_name);
         let app_cookie_name = host_prefixed("spawngate_app");
+        let form_cookie_name = host_prefixed("spawngate_form");
         let apps = parse_apps_domain(&s.apps_domain, &public_url)?;
 
         let l = self.login;
@@ -1178,6 +1181,7 @@ impl RawConfig {
                 ttl: Duration::from_secs(se.ttl_hours * 3600),
                 cookie_name,
                 app_cookie_name,
+                form_cookie_name,
                 secure: public_url.https,
             },
             login: LoginConfig {

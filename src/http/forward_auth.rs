@@ -151,6 +151,7 @@ fn allow(
     let mut own_cookies = vec![
         app.config.session.cookie_name.as_str(),
         app.config.session.app_cookie_name.as_str(),
+        app.config.session.form_cookie_name.as_str(),
     ];
     if let Some(name) = app.external_jwt.as_ref().and_then(|j| j.cookie.as_deref()) {
         own_cookies.push(name);

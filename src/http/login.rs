@@ -55,7 +55,7 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
                     ),
                     (None, None) => return invalid_link(),
                 };
-                confirm_page(&question, token, next.as_deref())
+                confirm_page(app, &question, token, next.as_deref())
             }
             Ok(Err(_)) => invalid_link(),
             Err(e) => store_unavailable(&e),
@@ -75,9 +75,13 @@ fn sign_in_page(app: &App, next: Option<&str>, status: StatusCode, notice: &str)
     } else {
         format!("<p><strong>{}</strong></p>", escape(notice))
     };
-    let next_field = next
-        .map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
-        .unwrap_or_default();
+    let guard = FormGuard::new();
+    let next_field = format!(
+        "{}{}",
+        next.map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
+            .unwrap_or_default(),
+        guard.field()
+    );
     let password_form = if app.config.login.passwords {
         format!(
             r#"<form method="post" action="/_spawngate/login">
@@ -122,7 +126,7 @@ fn sign_in_page(app: &App, next: Option<&str>, status: StatusCode, notice: &str)
              <p class=\"muted\">No link, or it expired? Ask your administrator for a new one.</p>"
         )
     };
-    html(status, page("Sign in", "", &body))
+    guard.set_on(app, html(status, page("Sign in", "", &body)))
 }
 
 /// POST /_spawngate/login: either a link's confirmation (`token`) or a request for
@@ -131,7 +135,8 @@ async fn post<B>(app: &App, req: Request<B>, peer: Peer) -> Resp
 where
     B: ReqBody,
 {
-    if !same_origin(app, req.headers()) {
+    let origin = form_origin(app, req.headers());
+    if origin == FormOrigin::Foreign {
         return super::pages::forbidden(true);
     }
     let ip = client_ip(app, peer, req.headers()).map(crate::auth::ratelimit::client_key);
@@ -141,6 +146,9 @@ where
         Err(e) => return super::api_error(&e),
     };
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    if origin == FormOrigin::Unknown && !FormGuard::matches(app, &headers, &form) {
+        return super::pages::forbidden(true);
+    }
     // Every login attempt counts against the client address (confirmations too,
     // so tokens cannot be guessed at speed).
     if let Some(ip) = &ip
@@ -256,11 +264,15 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
 }
 
 /// `question` is trusted markup (its values are escaped by the caller).
-fn confirm_page(question: &str, token: &str, next: Option<&str>) -> Resp {
-    let next_field = next
-        .map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
-        .unwrap_or_default();
-    html(
+fn confirm_page(app: &App, question: &str, token: &str, next: Option<&str>) -> Resp {
+    let guard = FormGuard::new();
+    let next_field = format!(
+        "{}{}",
+        next.map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
+            .unwrap_or_default(),
+        guard.field()
+    );
+    let resp = html(
         StatusCode::OK,
         page(
             "Sign in",
@@ -274,7 +286,8 @@ fn confirm_page(question: &str, token: &str, next: Option<&str>) -> Resp {
                 escape(token)
             ),
         ),
-    )
+    );
+    guard.set_on(app, resp)
 }
 
 /// One page for unknown, used and expired links alike.
@@ -301,23 +314,77 @@ fn store_unavailable(e: &dyn std::fmt::Display) -> Resp {
     )
 }
 
-/// Cross-site form posts are refused. Browsers that send Fetch Metadata say where
-/// the request comes from (`Sec-Fetch-Site`); others send `Origin`, which must be
-/// the public origin. `Origin: null` is what a browser sends from a page with
-/// `Referrer-Policy: no-referrer` (the confirm page), but also from sandboxed
-/// frames and `data:` pages anywhere: it passes only with `Sec-Fetch-Site:
-/// same-origin` (every current browser sends Fetch Metadata), never on its own.
-/// Requests with neither header are not from browsers.
+/// Where a form post comes from, as far as the browser says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FormOrigin {
+    /// Our own page, or not a browser (no `Origin`, no Fetch Metadata).
+    Same,
+    /// Another site: refused.
+    Foreign,
+    /// `Origin: null` without Fetch Metadata: what an older browser sends from our
+    /// `Referrer-Policy: no-referrer` pages, but also from sandboxed frames and
+    /// `data:` pages anywhere. Only the form guard can tell them apart.
+    Unknown,
+}
+
+/// Browsers that send Fetch Metadata say where the request comes from
+/// (`Sec-Fetch-Site`); others send `Origin`, which must be the public origin.
 /// (Logout and the self-service API also need a CSRF token; a login confirmation
 /// needs its one-time token.)
-fn same_origin(app: &App, headers: &HeaderMap) -> bool {
+fn form_origin(app: &App, headers: &HeaderMap) -> FormOrigin {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = header("sec-fetch-site") {
-        return site == "same-origin" || site == "none";
+        return if site == "same-origin" || site == "none" {
+            FormOrigin::Same
+        } else {
+            FormOrigin::Foreign
+        };
     }
     match header(ORIGIN.as_str()) {
-        None => true,
-        Some(origin) => origin == app.config.public_url.origin,
+        None => FormOrigin::Same,
+        Some("null") => FormOrigin::Unknown,
+        Some(origin) if origin == app.config.public_url.origin => FormOrigin::Same,
+        Some(_) => FormOrigin::Foreign,
+    }
+}
+
+/// A random value in each login form and in a `SameSite=Strict` cookie set with
+/// the page: a post whose origin the browser does not reveal must echo the
+/// cookie, which no other site can read or make the browser send.
+struct FormGuard(String);
+
+const FORM_GUARD_FIELD: &str = "form_guard";
+
+impl FormGuard {
+    fn new() -> FormGuard {
+        FormGuard(crate::ids::random_token::<16>())
+    }
+
+    fn field(&self) -> String {
+        format!(
+            r#"<input type="hidden" name="{FORM_GUARD_FIELD}" value="{}">"#,
+            self.0
+        )
+    }
+
+    fn set_on(&self, app: &App, mut resp: Resp) -> Resp {
+        let cookie = cookies::form_guard(
+            &app.config.session.form_cookie_name,
+            &self.0,
+            app.config.session.secure,
+        );
+        if let Ok(v) = HeaderValue::from_str(&cookie) {
+            resp.headers_mut().append(SET_COOKIE, v);
+        }
+        resp
+    }
+
+    fn matches(app: &App, headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
+        let Some(sent) = form.get(FORM_GUARD_FIELD).filter(|v| !v.is_empty()) else {
+            return false;
+        };
+        let sent = crate::ids::Secret::new(sent.clone());
+        cookies::values(headers, &app.config.session.form_cookie_name).any(|c| sent.matches(c))
     }
 }
 
@@ -461,7 +528,8 @@ pub async fn logout<B>(app: &App, req: Request<B>) -> Resp
 where
     B: ReqBody,
 {
-    if !same_origin(app, req.headers()) {
+    // An unverifiable origin is fine here: the session's CSRF token decides.
+    if form_origin(app, req.headers()) == FormOrigin::Foreign {
         return super::pages::forbidden(true);
     }
     let identity = app.identify(req.headers());

@@ -149,6 +149,18 @@ fn link_in(mail: &str) -> String {
         .to_owned()
 }
 
+/// A page with its login forms' random guard value blanked (the rest must match).
+fn without_form_guard(page: &str) -> String {
+    let marker = "name=\"form_guard\" value=\"";
+    let mut parts = page.split(marker);
+    let mut out = parts.next().unwrap_or_default().to_owned();
+    for part in parts {
+        out.push_str(marker);
+        out.push_str(part.split_once('"').map_or("", |(_, rest)| rest));
+    }
+    out
+}
+
 async fn with_email(smtp: &Smtp, extra: &str) -> Harness {
     Harness::start(Options {
         extra_toml: format!(
@@ -730,14 +742,18 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
     };
     let wrong = sign_in("alice", "wrong horse battery").await.unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let wrong = wrong.text().await.unwrap();
+    let wrong = without_form_guard(&wrong.text().await.unwrap());
     for (user, password) in [
         ("nobody", "correct horse battery"),
         ("bob", "correct horse battery"),
     ] {
         let resp = sign_in(user, password).await.unwrap();
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(resp.text().await.unwrap(), wrong, "same answer for {user}");
+        assert_eq!(
+            without_form_guard(&resp.text().await.unwrap()),
+            wrong,
+            "same answer for {user}"
+        );
     }
     let ok = sign_in("alice", "correct horse battery").await.unwrap();
     assert_eq!(ok.status(), StatusCode::SEE_OTHER);
@@ -747,24 +763,67 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
     assert_eq!(h.get_with_cookie(&app_url, &cookie).await.status(), 200);
 
     // Login CSRF: `Origin: null` (a sandboxed frame, a data: page) signs nobody
-    // in unless Fetch Metadata says the form is our own page's.
-    let post_from_null = |fetch_site: Option<&'static str>| {
+    // in unless Fetch Metadata says the form is our own page's, or (browsers
+    // without Fetch Metadata) the form echoes the guard cookie its page set.
+    let page = h
+        .client
+        .get(h.url("/_spawngate/login"))
+        .send()
+        .await
+        .unwrap();
+    let guard_cookie = session_cookie(page.headers(), "spawngate_form").expect("guard cookie");
+    let guard = page
+        .text()
+        .await
+        .unwrap()
+        .split("name=\"form_guard\" value=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .expect("guard field")
+        .to_owned();
+    let post_from_null = |fetch_site: Option<&'static str>, cookie: Option<&str>| {
         let mut req = h
             .client
             .post(h.url("/_spawngate/login"))
             .header("Origin", "null")
-            .form(&[("username", "alice"), ("password", "correct horse battery")]);
+            .form(&[
+                ("username", "alice"),
+                ("password", "correct horse battery"),
+                ("form_guard", guard.as_str()),
+            ]);
         if let Some(site) = fetch_site {
             req = req.header("Sec-Fetch-Site", site);
+        }
+        if let Some(cookie) = cookie {
+            req = req.header(COOKIE, cookie.to_owned());
         }
         req.send()
     };
     assert_eq!(
-        post_from_null(None).await.unwrap().status(),
+        post_from_null(None, None).await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "a page elsewhere cannot make the browser send the Strict guard cookie"
+    );
+    assert_eq!(
+        post_from_null(Some("cross-site"), Some(&guard_cookie))
+            .await
+            .unwrap()
+            .status(),
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        post_from_null(Some("same-origin")).await.unwrap().status(),
+        post_from_null(None, Some(&guard_cookie))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::SEE_OTHER,
+        "an older browser posting our own form"
+    );
+    assert_eq!(
+        post_from_null(Some("same-origin"), None)
+            .await
+            .unwrap()
+            .status(),
         StatusCode::SEE_OTHER
     );
 
@@ -795,8 +854,8 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
         .json()
         .await
         .unwrap();
-    // `elsewhere` and the sign-in of the Fetch Metadata check above.
-    assert_eq!(changed["other_sessions_ended"], 2, "{changed}");
+    // `elsewhere` and the two sign-ins of the origin checks above.
+    assert_eq!(changed["other_sessions_ended"], 3, "{changed}");
     assert_eq!(
         h.get_with_cookie(&app_url, &elsewhere).await.status(),
         401,
