@@ -285,6 +285,17 @@ impl App {
         let mut updated = (*user).clone();
         updated.disabled = disabled;
         self.store.update_user(&updated).await?;
+        if disabled {
+            // Nothing can reach it any more: free its resources now rather than at
+            // the idle timeout. In the background, as an app may take its time to exit.
+            let lifecycle = self.lifecycle.clone();
+            let stopped = updated.clone();
+            tokio::spawn(async move {
+                if let Err(e) = lifecycle.stop(&stopped).await {
+                    tracing::warn!(user = %stopped.name, error = %e, "cannot stop a disabled user's container");
+                }
+            });
+        }
         let action = if disabled {
             "user.disable"
         } else {

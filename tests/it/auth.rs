@@ -453,6 +453,20 @@ async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
         h.app.login_link("alice").await.is_err(),
         "no login links for disabled users"
     );
+    // Nothing can reach the container any more: it is stopped, not left to idle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !h.running_containers_of(&alice.slug).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "a disabled user's container keeps running"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        h.containers_of(&alice.slug).len(),
+        1,
+        "stopped, not removed"
+    );
     assert_eq!(admin("enable").send().await.unwrap().status(), 200);
     assert_eq!(
         status(&cookie).await,
