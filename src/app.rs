@@ -38,8 +38,6 @@ pub struct App {
     pub limit_per_ip: crate::auth::ratelimit::RateLimiter,
     /// Wrong passwords per account.
     pub limit_password_failures: crate::auth::ratelimit::RateLimiter,
-    /// OIDC sign-ins started per client address.
-    pub limit_oidc_starts: crate::auth::ratelimit::RateLimiter,
     /// Present when `[jwt]` is enabled.
     pub external_jwt: Option<crate::auth::external::ExternalJwt>,
     /// Present when `[oidc]` is enabled.
@@ -115,7 +113,14 @@ impl App {
         let oidc = config
             .oidc
             .clone()
-            .map(|o| crate::auth::oidc::OidcClient::new(o, &config.public_url.origin))
+            .map(|o| {
+                crate::auth::oidc::OidcClient::new(
+                    o,
+                    &config.public_url.origin,
+                    store.session_key()?,
+                )
+                .map_err(BuildError::from)
+            })
             .transpose()?;
         Ok(Arc::new(App {
             external_jwt,
@@ -129,9 +134,6 @@ impl App {
             ),
             limit_password_failures: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.password_failures_per_hour,
-            ),
-            limit_oidc_starts: crate::auth::ratelimit::RateLimiter::per_hour(
-                config.login.oidc_starts_per_ip_per_hour,
             ),
             mailer,
             config,

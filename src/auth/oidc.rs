@@ -1,11 +1,15 @@
 //! OIDC login (authorization code flow with PKCE, state and nonce) against an
-//! issuer found by discovery. The state is single use, bound to the browser by a
-//! cookie, and expires; the ID token is verified like any external JWT (pinned
-//! algorithms, the issuer's JWKS with a refetch cooldown) plus its nonce.
+//! issuer found by discovery. A login in flight lives in the browser, not here:
+//! its state, nonce, PKCE verifier and destination travel in a signed, expiring
+//! `HttpOnly` cookie, so nothing is held in memory (a flood of started logins
+//! costs nothing, and a restart does not break logins in flight). The `state`
+//! returned by the IdP must equal the cookie's, which binds the login to the
+//! browser that started it; the code itself is single use at the IdP. The ID
+//! token is verified like any external JWT (pinned algorithms, the issuer's JWKS
+//! with a refetch cooldown) plus its nonce.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -14,20 +18,18 @@ use sha2::Digest;
 
 use super::jwt::{Expectations, JwksCache, JwtVerifier, KeySource};
 use crate::config::OidcConfig;
-use crate::ids::random_token;
+use crate::ids::{Secret, derive_token, random_token};
 use crate::outbound::{HttpsClient, OutboundError, require_https};
+use crate::time::unix_now;
 
 /// How long a user may take at the IdP.
 pub const STATE_TTL: Duration = Duration::from_secs(600);
-/// Most logins in flight at once; beyond it the oldest are dropped (a flood of
-/// started-but-never-finished logins cannot grow memory without bound).
-const MAX_PENDING: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
     #[error("the identity provider is unreachable or misconfigured: {0}")]
     Provider(String),
-    #[error("unknown, used or expired login state")]
+    #[error("missing, forged, foreign or expired login state")]
     State,
     #[error("the identity provider refused: {0}")]
     Refused(String),
@@ -60,11 +62,51 @@ struct Provider {
     id_tokens: JwtVerifier,
 }
 
+/// A login in flight, as carried by the browser's state cookie.
+#[derive(serde::Serialize, Deserialize)]
 struct Pending {
-    code_verifier: String,
+    #[serde(rename = "s")]
+    state: String,
+    #[serde(rename = "n")]
     nonce: String,
+    #[serde(rename = "v")]
+    code_verifier: String,
+    #[serde(rename = "x")]
     next: Option<String>,
-    created: Instant,
+    #[serde(rename = "t")]
+    created: i64,
+}
+
+const STATE_MAC_PURPOSE: &[u8] = b"spawngate oidc state\0";
+
+impl Pending {
+    /// `<base64url(JSON)>.<MAC>`.
+    fn seal(&self, key: &[u8]) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+        let mac = derive_token(key, STATE_MAC_PURPOSE, &payload);
+        format!("{payload}.{mac}")
+    }
+
+    /// The login a cookie carries, if its MAC is ours and it has not expired.
+    fn open(key: &[u8], cookie: &str) -> Option<Pending> {
+        // A state cookie is a few hundred bytes (up to ~3 KB with a long `next`).
+        if cookie.len() > 4096 {
+            return None;
+        }
+        let (payload, mac) = cookie.rsplit_once('.')?;
+        if !Secret::new(derive_token(key, STATE_MAC_PURPOSE, payload)).matches(mac) {
+            return None;
+        }
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        let pending: Pending = serde_json::from_slice(&json).ok()?;
+        let age = unix_now() - pending.created;
+        (0..STATE_TTL.as_secs() as i64)
+            .contains(&age)
+            .then_some(pending)
+    }
 }
 
 /// A finished login: the ID token's claims and where the user was going.
@@ -78,17 +120,22 @@ pub struct OidcClient {
     client: HttpsClient,
     redirect_uri: String,
     provider: tokio::sync::Mutex<Option<Arc<Provider>>>,
-    pending: Mutex<HashMap<String, Pending>>,
+    /// Signs the state cookies (derived from the store's session key).
+    state_key: Vec<u8>,
 }
 
 impl OidcClient {
-    pub fn new(config: OidcConfig, public_origin: &str) -> Result<OidcClient, OutboundError> {
+    pub fn new(
+        config: OidcConfig,
+        public_origin: &str,
+        state_key: Vec<u8>,
+    ) -> Result<OidcClient, OutboundError> {
         Ok(OidcClient {
             client: HttpsClient::new(config.ca_file.as_deref())?,
             redirect_uri: format!("{public_origin}/_spawngate/oidc/callback"),
             config,
             provider: tokio::sync::Mutex::new(None),
-            pending: Mutex::new(HashMap::new()),
+            state_key,
         })
     }
 
@@ -156,8 +203,8 @@ impl OidcClient {
         Ok(provider)
     }
 
-    /// Starts a login: the IdP URL to send the browser to, and the state value to
-    /// bind to the browser (in a cookie).
+    /// Starts a login: the IdP URL to send the browser to, and the sealed login to
+    /// keep in the browser's state cookie.
     pub async fn begin(&self, next: Option<String>) -> Result<(String, String), OidcError> {
         let provider = self.provider().await?;
         let state = random_token::<32>();
@@ -177,59 +224,29 @@ impl OidcClient {
             .append_pair("nonce", &nonce)
             .append_pair("code_challenge", &challenge)
             .append_pair("code_challenge_method", "S256");
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.retain(|_, p| p.created.elapsed() < STATE_TTL);
-        if pending.len() >= MAX_PENDING
-            && let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, p)| p.created)
-                .map(|(k, _)| k.clone())
-        {
-            pending.remove(&oldest);
-        }
-        pending.insert(
-            state.clone(),
-            Pending {
-                code_verifier,
-                nonce,
-                next,
-                created: Instant::now(),
-            },
-        );
-        Ok((url.to_string(), state))
+        let pending = Pending {
+            state,
+            nonce,
+            code_verifier,
+            next,
+            created: unix_now(),
+        };
+        Ok((url.to_string(), pending.seal(&self.state_key)))
     }
 
-    /// Drops a login the IdP ended with an error, so its state cannot be used later.
-    /// Only the browser that started it (the one holding the state cookie) can.
-    pub fn abandon(&self, state: &str, browser_state: Option<&str>) {
-        if browser_state.is_some_and(|b| crate::ids::Secret::new(b.to_owned()).matches(state)) {
-            self.pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(state);
-        }
-    }
-
-    /// Finishes a login: `state` must be one this server issued, unused, unexpired
-    /// and equal to the browser's cookie (`browser_state`); the code is exchanged
-    /// with the PKCE verifier; the ID token must verify and carry our nonce.
+    /// Finishes a login: the browser's state cookie must be one this server sealed,
+    /// unexpired, for exactly the `state` the IdP sent back; the code is exchanged
+    /// with its PKCE verifier; the ID token must verify and carry its nonce.
     pub async fn finish(
         &self,
         state: &str,
-        browser_state: Option<&str>,
+        state_cookie: Option<&str>,
         code: &str,
     ) -> Result<Completed, OidcError> {
-        let bound =
-            browser_state.is_some_and(|b| crate::ids::Secret::new(b.to_owned()).matches(state));
-        // Taken out whatever happens next: a state works once.
-        let pending = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(state);
-        let Some(pending) = pending.filter(|p| bound && p.created.elapsed() < STATE_TTL) else {
-            return Err(OidcError::State);
-        };
+        let pending = state_cookie
+            .and_then(|c| Pending::open(&self.state_key, c))
+            .filter(|p| Secret::new(p.state.clone()).matches(state))
+            .ok_or(OidcError::State)?;
         let provider = self.provider().await?;
         let secret = self.config.client_secret.expose();
         let mut form = vec![
@@ -272,7 +289,7 @@ impl OidcClient {
         let nonce_ok = claims
             .get("nonce")
             .and_then(Value::as_str)
-            .is_some_and(|n| crate::ids::Secret::new(pending.nonce.clone()).matches(n));
+            .is_some_and(|n| Secret::new(pending.nonce.clone()).matches(n));
         if !nonce_ok {
             return Err(OidcError::Token("nonce missing or wrong".into()));
         }
@@ -295,5 +312,38 @@ impl OidcClient {
             KeySource::Jwks(cache) => Some(cache.fetch_count()),
             KeySource::Static(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(created: i64) -> Pending {
+        Pending {
+            state: "s".repeat(43),
+            nonce: "n".repeat(43),
+            code_verifier: "v".repeat(43),
+            next: Some("/u-abc/lab".into()),
+            created,
+        }
+    }
+
+    #[test]
+    fn sealed_state_opens_only_untampered_with_our_key_and_in_time() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let sealed = pending(unix_now()).seal(key);
+        let opened = Pending::open(key, &sealed).expect("opens");
+        assert_eq!(opened.next.as_deref(), Some("/u-abc/lab"));
+        assert!(Pending::open(b"another key, another spawngate!", &sealed).is_none());
+        let (payload, mac) = sealed.rsplit_once('.').unwrap();
+        let mut bytes = payload.as_bytes().to_vec();
+        bytes[5] ^= 1;
+        let tampered = format!("{}.{mac}", String::from_utf8(bytes).unwrap());
+        assert!(Pending::open(key, &tampered).is_none());
+        let old = pending(unix_now() - STATE_TTL.as_secs() as i64 - 1).seal(key);
+        assert!(Pending::open(key, &old).is_none(), "expired");
+        assert!(Pending::open(key, "no-dot-at-all").is_none());
+        assert!(Pending::open(key, &"a".repeat(5000)).is_none());
     }
 }

@@ -321,9 +321,6 @@ pub struct RawLogin {
     pub per_ip_per_hour: u32,
     /// Wrong passwords per account per hour before password sign-in pauses.
     pub password_failures_per_hour: u32,
-    /// OIDC sign-ins started per client address per hour (each holds a pending
-    /// state for ten minutes; higher than `per_ip_per_hour` for offices behind NAT).
-    pub oidc_starts_per_ip_per_hour: u32,
     /// Offer name + password sign-in (for users who have a password).
     pub passwords: bool,
     /// Self sign-up by email link for addresses in these domains.
@@ -337,7 +334,6 @@ impl Default for RawLogin {
             per_email_per_hour: 3,
             per_ip_per_hour: 30,
             password_failures_per_hour: 10,
-            oidc_starts_per_ip_per_hour: 300,
             passwords: false,
             signup_domains: Vec::new(),
         }
@@ -517,7 +513,6 @@ pub struct LoginConfig {
     pub per_email_per_hour: u32,
     pub per_ip_per_hour: u32,
     pub password_failures_per_hour: u32,
-    pub oidc_starts_per_ip_per_hour: u32,
     pub passwords: bool,
     /// Self sign-up: unknown addresses in these domains get a link that creates
     /// their account when confirmed. Empty: no sign-up.
@@ -605,7 +600,6 @@ const KEYS: &[(&str, Kind)] = &[
     ("login.per_email_per_hour", Kind::Int),
     ("login.per_ip_per_hour", Kind::Int),
     ("login.password_failures_per_hour", Kind::Int),
-    ("login.oidc_starts_per_ip_per_hour", Kind::Int),
     ("login.passwords", Kind::Bool),
     ("email.enabled", Kind::Bool),
     ("email.smtp_host", Kind::Str),
@@ -1037,10 +1031,6 @@ impl RawConfig {
                 "login.password_failures_per_hour",
                 l.password_failures_per_hour,
             ),
-            (
-                "login.oidc_starts_per_ip_per_hour",
-                l.oidc_starts_per_ip_per_hour,
-            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "rate limits must be at least 1"));
@@ -1189,7 +1179,6 @@ impl RawConfig {
                 per_email_per_hour: l.per_email_per_hour,
                 per_ip_per_hour: l.per_ip_per_hour,
                 password_failures_per_hour: l.password_failures_per_hour,
-                oidc_starts_per_ip_per_hour: l.oidc_starts_per_ip_per_hour,
                 passwords: l.passwords,
                 signup_domains,
             },

@@ -179,7 +179,7 @@ fn signup_allowed(app: &App, email: &str) -> bool {
         .any(|d| d.eq_ignore_ascii_case(domain))
 }
 
-pub(super) fn too_many() -> Resp {
+fn too_many() -> Resp {
     let mut resp = html(
         StatusCode::TOO_MANY_REQUESTS,
         page(

@@ -118,7 +118,7 @@ where
         (&Method::POST, "/_spawngate/logout") => login::logout(&app, req).await,
         (_, p) if p.starts_with("/_spawngate/oidc/") => {
             let rest = p["/_spawngate/oidc/".len()..].to_owned();
-            oidc::handle(&app, req, &rest, peer).await
+            oidc::handle(&app, req, &rest).await
         }
         (&Method::GET, "/_spawngate/" | "/_spawngate") => login::home(&app, req.headers()),
         // Traefik's catch-all for `/u-…` paths no user router matched.

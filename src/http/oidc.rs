@@ -10,11 +10,10 @@ use hyper::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use hyper::{Method, Request, StatusCode};
 
 use super::pages::page;
-use super::{Peer, Resp, client_ip, html, redirect};
+use super::{Resp, html, redirect};
 use crate::app::App;
 use crate::auth::external::MappingError;
 use crate::auth::oidc::{OidcError, STATE_TTL};
-use crate::auth::ratelimit::client_key;
 use crate::auth::{cookies, safe_next};
 
 /// Over HTTPS the state cookie is `__Host-` prefixed (so `Path=/`): a same-site
@@ -27,7 +26,7 @@ fn state_cookie(app: &App) -> &'static str {
     }
 }
 
-pub async fn handle<B>(app: &App, req: Request<B>, rest: &str, peer: Peer) -> Resp {
+pub async fn handle<B>(app: &App, req: Request<B>, rest: &str) -> Resp {
     let Some(client) = app.oidc.as_ref() else {
         return super::pages::not_found();
     };
@@ -41,19 +40,11 @@ pub async fn handle<B>(app: &App, req: Request<B>, rest: &str, peer: Peer) -> Re
         .unwrap_or_default();
     match rest {
         "start" => {
-            // Each start holds a pending state for ten minutes: a flood from one
-            // address must not push out everyone else's.
-            if let Some(ip) = client_ip(app, peer, req.headers())
-                && !app.limit_oidc_starts.allow(&client_key(ip))
-            {
-                tracing::warn!(target: "spawngate::login", client = %ip, "login rate limit (address) hit");
-                return super::login::too_many();
-            }
             let next = query.get("next").and_then(|n| safe_next(n));
             match client.begin(next).await {
-                Ok((url, state)) => {
+                Ok((url, sealed)) => {
                     let mut resp = redirect(StatusCode::FOUND, &url);
-                    set_state_cookie(app, &mut resp, &state, STATE_TTL.as_secs() as i64);
+                    set_state_cookie(app, &mut resp, &sealed, STATE_TTL.as_secs() as i64);
                     resp
                 }
                 Err(e) => failed(StatusCode::SERVICE_UNAVAILABLE, &e),
@@ -69,14 +60,13 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
         return super::pages::not_found();
     };
     let state = query.get("state").map(String::as_str).unwrap_or_default();
-    let browser_state = cookies::values(headers, state_cookie(app)).next();
+    let sealed = cookies::values(headers, state_cookie(app)).next();
     let mut resp = if let Some(error) = query.get("error") {
         // The user said no at the IdP, or the IdP refused the request.
-        client.abandon(state, browser_state);
         failed(StatusCode::UNAUTHORIZED, &OidcError::Refused(error.clone()))
     } else {
         let code = query.get("code").map(String::as_str).unwrap_or_default();
-        match client.finish(state, browser_state, code).await {
+        match client.finish(state, sealed, code).await {
             Ok(done) => match app
                 .user_for_claims(&done.claims, &client.mapping(), "oidc")
                 .await
