@@ -76,12 +76,7 @@ fn sign_in_page(app: &App, next: Option<&str>, status: StatusCode, notice: &str)
         format!("<p><strong>{}</strong></p>", escape(notice))
     };
     let guard = FormGuard::new();
-    let next_field = format!(
-        "{}{}",
-        next.map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
-            .unwrap_or_default(),
-        guard.field()
-    );
+    let next_field = guard.hidden_fields(next);
     let password_form = if app.config.login.passwords {
         format!(
             r#"<form method="post" action="/_spawngate/login">
@@ -266,12 +261,7 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
 /// `question` is trusted markup (its values are escaped by the caller).
 fn confirm_page(app: &App, question: &str, token: &str, next: Option<&str>) -> Resp {
     let guard = FormGuard::new();
-    let next_field = format!(
-        "{}{}",
-        next.map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
-            .unwrap_or_default(),
-        guard.field()
-    );
+    let next_field = guard.hidden_fields(next);
     let resp = html(
         StatusCode::OK,
         page(
@@ -360,9 +350,13 @@ impl FormGuard {
         FormGuard(crate::ids::random_token::<16>())
     }
 
-    fn field(&self) -> String {
+    /// The guard, and `next` when there is one, as hidden form fields.
+    fn hidden_fields(&self, next: Option<&str>) -> String {
+        let next = next
+            .map(|n| format!(r#"<input type="hidden" name="next" value="{}">"#, escape(n)))
+            .unwrap_or_default();
         format!(
-            r#"<input type="hidden" name="{FORM_GUARD_FIELD}" value="{}">"#,
+            r#"{next}<input type="hidden" name="{FORM_GUARD_FIELD}" value="{}">"#,
             self.0
         )
     }
