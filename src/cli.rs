@@ -286,6 +286,11 @@ async fn admin_call(
         match crate::control::request(&socket, method.clone(), path, body.as_ref()).await? {
             Some(answer) => answer,
             None => {
+                // Nothing may run on after this command exits: a container
+                // pre-created in the background would be cut off half made (a
+                // stray volume). It is created on the user's first visit instead.
+                let mut config = config;
+                config.lifecycle.precreate = false;
                 let app = App::build(config).context("cannot open spawngate's store")?;
                 local_call(app, method, path, body).await?
             }

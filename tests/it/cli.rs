@@ -113,6 +113,25 @@ fn offline_user_commands_and_clear_errors() {
         stderr(&nobody)
     );
 
+    // Offline commands leave nothing half made in Docker: bob's container is
+    // created on his first visit, not by a background task the exiting CLI cuts off.
+    let bob_slug = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "bob")
+        .and_then(|u| u["slug"].as_str())
+        .unwrap()
+        .to_owned();
+    let filter = format!("name=spawngate-u-{bob_slug}");
+    for args in [
+        ["volume", "ls", "-q", "--filter", filter.as_str()],
+        ["container", "ls", "-aq", "--filter", filter.as_str()],
+    ] {
+        let found = crate::harness::docker_lines(&args);
+        assert!(found.is_empty(), "a stray {}: {found:?}", args[0]);
+    }
+
     let rm = spawngate(dir.path(), &["user", "rm", "alice"], &[]);
     assert!(rm.status.success(), "{}", stderr(&rm));
     let missing = spawngate(dir.path(), &["user", "login-link", "alice"], &[]);
