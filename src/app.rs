@@ -92,7 +92,8 @@ impl App {
     pub fn with_runtime(config: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<App>, BuildError> {
         let config = Arc::new(config);
         let store = Store::open(&config.data_dir)?;
-        let sessions = SessionCodec::new(&store.session_key()?);
+        let session_key = store.session_key()?;
+        let sessions = SessionCodec::new(&session_key);
         let provider = Provider::start(config.clone(), store.directory());
         let lifecycle = Lifecycle::new(
             runtime,
@@ -117,9 +118,8 @@ impl App {
                 crate::auth::oidc::OidcClient::new(
                     o,
                     &config.public_url.origin,
-                    store.session_key()?,
+                    session_key.clone(),
                 )
-                .map_err(BuildError::from)
             })
             .transpose()?;
         Ok(Arc::new(App {

@@ -37,28 +37,35 @@ pub fn without(headers: &HeaderMap, names: &[&str]) -> Option<String> {
     (!rest.is_empty()).then(|| rest.join("; "))
 }
 
-/// `Set-Cookie` for a new session.
-pub fn session(name: &str, value: &str, secure: bool, max_age_secs: i64) -> String {
-    Cookie::build((name.to_owned(), value.to_owned()))
+/// One of spawngate's own cookies: `HttpOnly`, `Path=/`, `Secure` over HTTPS.
+fn own_cookie(
+    name: &str,
+    value: &str,
+    secure: bool,
+    same_site: SameSite,
+    max_age_secs: Option<i64>,
+) -> String {
+    let mut cookie = Cookie::build((name.to_owned(), value.to_owned()))
         .path("/")
         .http_only(true)
         .secure(secure)
-        .same_site(SameSite::Lax)
-        .max_age(cookie::time::Duration::seconds(max_age_secs))
-        .build()
-        .to_string()
+        .same_site(same_site);
+    if let Some(secs) = max_age_secs {
+        cookie = cookie.max_age(cookie::time::Duration::seconds(secs));
+    }
+    cookie.build().to_string()
+}
+
+/// `Set-Cookie` for a new session (and other short-lived `Lax` cookies: `Lax`
+/// lets a cross-site top-level GET, like an IdP's redirect back, carry it).
+pub fn session(name: &str, value: &str, secure: bool, max_age_secs: i64) -> String {
+    own_cookie(name, value, secure, SameSite::Lax, Some(max_age_secs))
 }
 
 /// `Set-Cookie` for the login forms' guard: `Strict`, so no other site's request
 /// ever carries it, and gone when the browser closes.
 pub fn form_guard(name: &str, value: &str, secure: bool) -> String {
-    Cookie::build((name.to_owned(), value.to_owned()))
-        .path("/")
-        .http_only(true)
-        .secure(secure)
-        .same_site(SameSite::Strict)
-        .build()
-        .to_string()
+    own_cookie(name, value, secure, SameSite::Strict, None)
 }
 
 /// `Set-Cookie` that deletes the session cookie.

@@ -77,7 +77,7 @@ impl RateLimiter {
     }
 
     /// Counts one attempt for `key` and returns the count in its window.
-    pub fn record(&self, key: &str) -> u32 {
+    fn record(&self, key: &str) -> u32 {
         let mut state = self.lock();
         // Read under the lock, so windows open in order.
         let now = Instant::now();

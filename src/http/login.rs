@@ -439,7 +439,7 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
     // name and address belong together) before the check, so parallel guesses
     // cannot overtake it; a success takes its attempt back.
     let attempt = format!("password:{name}");
-    if app.limit_password_failures.record(&attempt) > app.config.login.password_failures_per_hour {
+    if !app.limit_password_failures.allow(&attempt) {
         return too_many();
     }
     let directory = app.store.snapshot();

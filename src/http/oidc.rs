@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 
-use cookie::{Cookie, SameSite};
 use hyper::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use hyper::{Method, Request, StatusCode};
 
@@ -100,14 +99,7 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
 
 fn set_state_cookie(app: &App, resp: &mut Resp, state: &str, max_age: i64) {
     // Lax: the IdP's redirect back is a cross-site top-level GET, which Lax allows.
-    let cookie = Cookie::build((state_cookie(app), state.to_owned()))
-        .path("/")
-        .http_only(true)
-        .secure(app.config.session.secure)
-        .same_site(SameSite::Lax)
-        .max_age(cookie::time::Duration::seconds(max_age))
-        .build()
-        .to_string();
+    let cookie = cookies::session(state_cookie(app), state, app.config.session.secure, max_age);
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         resp.headers_mut().append(SET_COOKIE, v);
     }
