@@ -387,6 +387,23 @@ async fn check(config: Config) -> anyhow::Result<()> {
             failed = true;
         }
     }
+    match crate::traefik_api::check(&config).await {
+        None => println!(
+            "traefik: not checked (set traefik.api_url to Traefik's API, e.g. http://127.0.0.1:8081)"
+        ),
+        Some(findings) => {
+            for finding in findings {
+                match finding {
+                    crate::traefik_api::Finding::Ok(m) => println!("traefik: ok ({m})"),
+                    crate::traefik_api::Finding::Warning(m) => println!("traefik: WARNING: {m}"),
+                    crate::traefik_api::Finding::Failed(m) => {
+                        println!("traefik: FAILED: {m}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+    }
     if failed {
         bail!("check failed");
     }

@@ -16,9 +16,11 @@
 //! - [`http`]: request routing and handlers (forwardAuth, login, admin API, pages).
 //! - [`mail`]: login links by email (SMTP); [`outbound`]: HTTPS calls to identity
 //!   providers; [`sharing`]: access to another user's environment.
+//! - [`traefik_api`]: what `spawngate check` reads from Traefik's API.
 //! - [`server`]: the TCP and control-socket listeners with graceful shutdown.
 //! - [`app`]: wires everything together; [`cli`]: the `spawngate` command.
 //! - [`error`]: the domain error enum and its mapping to HTTP answers.
+//! - [`headers`]: the identity headers containers receive, and their look-alikes.
 
 pub mod app;
 pub mod auth;
@@ -26,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod headers;
 pub mod http;
 pub mod ids;
 pub mod lifecycle;
@@ -37,6 +40,7 @@ pub mod server;
 pub mod sharing;
 pub mod store;
 pub mod time;
+pub mod traefik_api;
 
 pub use app::App;
 pub use config::Config;

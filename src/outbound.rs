@@ -38,6 +38,7 @@ pub enum OutboundError {
 #[derive(Clone)]
 pub struct HttpsClient {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    plain_http: bool,
 }
 
 impl std::fmt::Debug for HttpsClient {
@@ -68,6 +69,16 @@ pub fn read_ca_file(
 impl HttpsClient {
     /// A client trusting the Mozilla roots and, when given, the CAs in `ca_file`.
     pub fn new(ca_file: Option<&Path>) -> Result<HttpsClient, OutboundError> {
+        Self::build(ca_file, false)
+    }
+
+    /// Also speaks plain HTTP: for Traefik's API, which usually listens on loopback
+    /// or a private network without TLS. Never for identity providers.
+    pub fn allowing_plain_http() -> Result<HttpsClient, OutboundError> {
+        Self::build(None, true)
+    }
+
+    fn build(ca_file: Option<&Path>, plain_http: bool) -> Result<HttpsClient, OutboundError> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = ca_file {
@@ -87,18 +98,21 @@ impl HttpsClient {
             })?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        let connector = if plain_http {
+            builder.https_or_http().enable_http1().build()
+        } else {
+            builder.https_only().enable_http1().build()
+        };
         Ok(HttpsClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
+            plain_http,
         })
     }
 
     pub async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, OutboundError> {
-        let req = request(Method::GET, url)?
+        let req = self
+            .request(Method::GET, url)?
             .body(Full::default())
             .map_err(|e| request_error(url, e))?;
         self.send(url, req).await
@@ -115,7 +129,7 @@ impl HttpsClient {
         let body = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let mut builder = request(Method::POST, url)?.header(
+        let mut builder = self.request(Method::POST, url)?.header(
             CONTENT_TYPE,
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
@@ -134,6 +148,17 @@ impl HttpsClient {
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| request_error(url, e))?;
         self.send(url, req).await
+    }
+
+    fn request(&self, method: Method, url: &str) -> Result<http::request::Builder, OutboundError> {
+        if !self.plain_http {
+            require_https(url)?;
+        }
+        Ok(Request::builder()
+            .method(method)
+            .uri(url)
+            .header(ACCEPT, "application/json")
+            .header(hyper::header::USER_AGENT, "spawngate"))
     }
 
     async fn send<T: DeserializeOwned>(
@@ -170,15 +195,6 @@ impl HttpsClient {
                 url: url.to_owned(),
             })?
     }
-}
-
-fn request(method: Method, url: &str) -> Result<http::request::Builder, OutboundError> {
-    require_https(url)?;
-    Ok(Request::builder()
-        .method(method)
-        .uri(url)
-        .header(ACCEPT, "application/json")
-        .header(hyper::header::USER_AGENT, "spawngate"))
 }
 
 /// Accepts `https://host/...` URLs only (also used to validate configuration).

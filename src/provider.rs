@@ -174,6 +174,8 @@ fn render_user(
             "trustForwardHeader": false,
             "preserveLocationHeader": true,
             "authResponseHeaders": AUTH_RESPONSE_HEADERS,
+            // Look-alike names (`X_Spawngate_User`…) are deleted from the request too.
+            "authResponseHeadersRegex": crate::headers::AUTH_RESPONSE_HEADERS_REGEX,
         }}),
     );
     if config.apps.is_none() {
@@ -257,6 +259,10 @@ mod tests {
                 "Cookie",
                 "Authorization"
             ])
+        );
+        assert_eq!(
+            fa["authResponseHeadersRegex"],
+            crate::headers::AUTH_RESPONSE_HEADERS_REGEX
         );
         assert_eq!(
             http["middlewares"][format!("strip-{seg}")]["stripPrefix"]["prefixes"],

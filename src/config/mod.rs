@@ -139,6 +139,9 @@ pub struct RawTraefik {
     pub entry_points: Vec<String>,
     /// TLS certificate resolver for user routers; empty: no TLS section.
     pub cert_resolver: String,
+    /// Traefik's API (e.g. `http://127.0.0.1:8081`), read by `spawngate check`;
+    /// empty: not checked.
+    pub api_url: String,
 }
 
 impl Default for RawTraefik {
@@ -146,6 +149,7 @@ impl Default for RawTraefik {
         RawTraefik {
             entry_points: vec!["web".into()],
             cert_resolver: String::new(),
+            api_url: String::new(),
         }
     }
 }
@@ -430,6 +434,8 @@ impl AppsDomain {
 pub struct TraefikConfig {
     pub entry_points: Vec<String>,
     pub cert_resolver: Option<String>,
+    /// Where `spawngate check` reads Traefik's API (no trailing slash).
+    pub api_url: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -557,6 +563,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("server.provider_token", Kind::Str),
     ("traefik.entry_points", Kind::List),
     ("traefik.cert_resolver", Kind::Str),
+    ("traefik.api_url", Kind::Str),
     ("docker.host", Kind::Str),
     ("docker.mode", Kind::Str),
     ("docker.network", Kind::Str),
@@ -835,6 +842,20 @@ impl RawConfig {
                 "must be a non-empty list of entry point names",
             ));
         }
+        let api_url = match t.api_url.trim() {
+            "" => None,
+            raw => {
+                let u = url::Url::parse(raw)
+                    .map_err(|e| invalid("traefik.api_url", format!("{raw:?}: {e}")))?;
+                if u.scheme() != "http" && u.scheme() != "https" {
+                    return Err(invalid(
+                        "traefik.api_url",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                Some(raw.trim_end_matches('/').to_owned())
+            }
+        };
 
         let d = self.docker;
         let mode = match d.mode.as_str() {
@@ -1144,6 +1165,7 @@ impl RawConfig {
             traefik: TraefikConfig {
                 entry_points: t.entry_points,
                 cert_resolver: (!t.cert_resolver.is_empty()).then_some(t.cert_resolver),
+                api_url,
             },
             docker: DockerConfig {
                 host: (!d.host.is_empty()).then_some(d.host),

@@ -42,6 +42,16 @@ async fn decide(
     slug: Option<&Slug>,
 ) -> (&'static str, Resp, Option<String>) {
     let browser = wants_html(headers);
+    // Before anything else: such a request is an attempt to pose as someone.
+    if let Some((sent, real)) = crate::headers::find_lookalike(headers) {
+        let message =
+            format!("request header '{sent}' imitates spawngate's {real} and is not allowed");
+        return (
+            "lookalike_header",
+            pages::bad_request(browser, &message),
+            None,
+        );
+    }
     // Subdomain mode: only a session handed off to this very app host counts.
     let session = match (&app.config.apps, slug) {
         (Some(_), Some(slug)) => app.identify_app(headers, slug),

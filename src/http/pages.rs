@@ -60,6 +60,23 @@ pub fn forbidden(browser: bool) -> Resp {
     }
 }
 
+/// A request spawngate refuses as malformed or hostile, with the reason.
+pub fn bad_request(browser: bool, message: &str) -> Resp {
+    let e = ApiError::BadRequest(message.to_owned());
+    if browser {
+        html(
+            e.status(),
+            page(
+                "Request refused",
+                "",
+                &format!("<p>{}.</p>", escape(message)),
+            ),
+        )
+    } else {
+        api_error(&e)
+    }
+}
+
 pub fn not_found() -> Resp {
     api_error(&ApiError::NotFound("route"))
 }

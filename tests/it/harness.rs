@@ -46,15 +46,20 @@ pub struct Options {
     /// A name for the public host instead of 127.0.0.1 (the test client resolves
     /// it to Traefik), for subdomain mode.
     pub public_host: Option<String>,
+    /// Extra Traefik command-line flags (static configuration).
+    pub traefik_args: Vec<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             extra_toml: String::new(),
-            image: IMAGE.into(),
+            // SGTEST_IMAGE: another build of the example app, for a local run
+            // while the shared tag holds something else.
+            image: std::env::var("SGTEST_IMAGE").unwrap_or_else(|_| IMAGE.into()),
             with_traefik: true,
             public_host: None,
+            traefik_args: Vec::new(),
         }
     }
 }
@@ -151,19 +156,27 @@ start_on_login = false
             server: Some(server),
         };
         if opts.with_traefik {
-            h.start_traefik(web_port, api_port).await;
+            h.start_traefik(web_port, api_port, &opts.traefik_args)
+                .await;
         }
         h
     }
 
-    async fn start_traefik(&mut self, web_port: u16, api_port: u16) {
+    async fn start_traefik(&mut self, web_port: u16, api_port: u16, extra_args: &[String]) {
         let token = self
             .app
             .config
             .provider_token
             .as_ref()
             .map(|t| t.expose().to_owned());
-        let traefik = Traefik::start(web_port, api_port, &self.direct, token.as_deref()).await;
+        let traefik = Traefik::start(
+            web_port,
+            api_port,
+            &self.direct,
+            token.as_deref(),
+            extra_args,
+        )
+        .await;
         self.traefik = Some(traefik);
     }
 
@@ -304,6 +317,7 @@ impl Traefik {
         api_port: u16,
         spawngate: &str,
         token: Option<&str>,
+        extra_args: &[String],
     ) -> Traefik {
         let bin = traefik_bin();
         assert!(
@@ -322,6 +336,7 @@ impl Traefik {
             "--providers.http.pollinterval=1s".into(),
             "--log.level=ERROR".into(),
         ])
+        .args(extra_args)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
         if let Some(token) = token {

@@ -10,6 +10,7 @@ mod cli;
 mod compose;
 mod e2e;
 mod harness;
+mod headers;
 mod idp;
 mod lifecycle;
 mod proc;

@@ -65,7 +65,7 @@ impl ProcHarness {
             child: None,
         };
         h.spawn_server().await;
-        h.traefik = Some(Traefik::start(web_port, free_port(), &h.direct, None).await);
+        h.traefik = Some(Traefik::start(web_port, free_port(), &h.direct, None, &[]).await);
         h
     }
 

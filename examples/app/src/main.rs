@@ -5,7 +5,8 @@
 //!   environment, the request and a persistent visit counter.
 //! * `/whoami.json`: the same information as JSON.
 //! * `GET /healthz`: `ok`.
-//! * `/ws`: WebSocket echo.
+//! * `/ws`: WebSocket echo (`/ws?env=1` first sends the upgrade request's
+//!   CGI-style environment, as `/whoami.json` shows it in `cgi_env`).
 //!
 //! Configuration comes from the environment: `PORT` (default 8080),
 //! `DATA_DIR` (default `/data`), `SPAWNGATE_USER`, `SPAWNGATE_SLUG`,

@@ -43,6 +43,33 @@ pub fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
     out
 }
 
+/// The request environment a CGI/WSGI-style server would build from `headers` (as
+/// [`header_map`] gives them): `HTTP_` plus the name upper-cased with every
+/// character that is not a letter or digit turned into `_`, values of names that
+/// fold together joined by ", ". Shows what such an app would read.
+pub fn cgi_env(headers: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        let folded: String = name
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() {
+                    b.to_ascii_uppercase() as char
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        out.entry(format!("HTTP_{folded}"))
+            .and_modify(|joined| {
+                joined.push_str(", ");
+                joined.push_str(value);
+            })
+            .or_insert_with(|| value.clone());
+    }
+    out
+}
+
 /// Escapes text for use in HTML element content and quoted attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -68,6 +95,7 @@ pub fn whoami_json(info: &RequestInfo<'_>) -> serde_json::Value {
         "query": info.query,
         "method": info.method,
         "headers": info.headers,
+        "cgi_env": cgi_env(&info.headers),
         "visits": info.visits.count,
         "hostname": info.hostname,
     });

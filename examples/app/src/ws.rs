@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, error::Error as WsError};
 
-use crate::{Body, shutdown_requested, text_response};
+use crate::{Body, page, shutdown_requested, text_response};
 
 /// Largest message (and frame) the echo server accepts.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -80,6 +80,13 @@ pub fn handle(mut req: Request<Incoming>, shutdown: watch::Receiver<bool>) -> Re
         }
     };
 
+    // `/ws?env=1`: the first message is the upgrade request's CGI-style environment.
+    let env_message = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "env=1"))
+        .then(|| serde_json::to_string(&page::cgi_env(&page::header_map(req.headers()))))
+        .and_then(Result::ok);
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -93,6 +100,13 @@ pub fn handle(mut req: Request<Incoming>, shutdown: watch::Receiver<bool>) -> Re
                     Some(config),
                 )
                 .await;
+                let mut ws = ws;
+                if let Some(env) = env_message
+                    && let Err(err) = ws.send(Message::Text(env.into())).await
+                {
+                    log_ws_error(&err);
+                    return;
+                }
                 echo(ws, shutdown).await;
             }
             Err(err) => eprintln!("websocket upgrade failed: {err}"),
