@@ -275,8 +275,10 @@ impl App {
         Ok(self.user_view(&updated))
     }
 
-    /// Disables (or enables) a user. A disabled user's sessions stop working at
-    /// once (every request checks) and no login link is issued.
+    /// Disables (or enables) a user. Disabling answers "something is wrong": every
+    /// credential the user had is revoked (sessions, app-host sessions and hand-off
+    /// codes, unused login links, personal API tokens), so a stolen one cannot come
+    /// back with a later enable; only a new sign-in works then.
     pub async fn set_disabled(
         &self,
         actor: &str,
@@ -287,7 +289,13 @@ impl App {
         let mut updated = (*user).clone();
         updated.disabled = disabled;
         self.store.update_user(&updated).await?;
+        let mut detail = None;
         if disabled {
+            // After the flag: from here on no new credential is issued to the user.
+            let (sessions, links, tokens) = self.store.delete_credentials_of(&user.id).await?;
+            detail = Some(format!(
+                "revoked {sessions} sessions, {links} login links, {tokens} API tokens"
+            ));
             // Nothing can reach it any more: free its resources now rather than at
             // the idle timeout. In the background, as an app may take its time to exit.
             let lifecycle = self.lifecycle.clone();
@@ -303,7 +311,7 @@ impl App {
         } else {
             "user.enable"
         };
-        self.store.audit(actor, action, &user.name, None);
+        self.store.audit(actor, action, &user.name, detail);
         Ok(self.user_view(&updated))
     }
 

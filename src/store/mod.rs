@@ -439,6 +439,19 @@ impl Store {
         Ok(n)
     }
 
+    /// Revokes every credential of a user: sessions (app-host sessions included, and
+    /// with them any hand-off code in flight, which needs its parent session),
+    /// unused login links and personal API tokens. Counts of each, in that order.
+    pub async fn delete_credentials_of(&self, user_id: &UserId) -> Result<(usize, usize, usize)> {
+        let sessions = self.remove_where::<Session>(&self.sessions, |s| &s.user_id == user_id)?;
+        let links = self.remove_where::<LoginToken>(&self.login_tokens, |t| {
+            t.user_id.as_ref() == Some(user_id)
+        })?;
+        let tokens = self.remove_where::<ApiToken>(&self.api_tokens, |t| &t.user_id == user_id)?;
+        self.flush().await?;
+        Ok((sessions, links, tokens))
+    }
+
     /// Revokes a user's sessions except `keep` and the app sessions handed off from
     /// it (after a password change: whoever else was signed in is signed out).
     pub async fn delete_other_sessions(&self, user_id: &UserId, keep: &SessionId) -> Result<usize> {

@@ -442,6 +442,33 @@ async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
             .post(h.url(&format!("/_spawngate/api/users/alice/{path}")))
             .bearer_auth(&token)
     };
+    // Credentials alice holds when the admin disables her: a personal API token and
+    // a login link she has not used yet.
+    let me: serde_json::Value = h
+        .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let personal: serde_json::Value = h
+        .client
+        .post(h.url("/_spawngate/api/me/tokens"))
+        .header(COOKIE, cookie.clone())
+        .header("X-Spawngate-CSRF", me["csrf"].as_str().unwrap())
+        .json(&serde_json::json!({ "name": "ci" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let personal = personal["token"].as_str().unwrap().to_owned();
+    let with_token = || {
+        let req = h.client.get(&app_url).bearer_auth(&personal);
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(with_token().await, 200);
+    let unused_link = h.app.login_link("alice").await.unwrap();
 
     assert_eq!(admin("disable").send().await.unwrap().status(), 200);
     assert_eq!(
@@ -467,12 +494,30 @@ async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
         1,
         "stopped, not removed"
     );
+    assert_eq!(with_token().await, 401, "disabled: API tokens are dead");
     assert_eq!(admin("enable").send().await.unwrap().status(), 200);
+    // Enabling brings none of it back: the disable revoked every credential.
     assert_eq!(
         status(&cookie).await,
-        200,
-        "enabled again: the session was not revoked"
+        401,
+        "enabled again: the session from before the disable stays revoked"
     );
+    assert_eq!(with_token().await, 401, "the API token stays revoked");
+    let confirm = h.client.get(&unused_link.url).send().await.unwrap();
+    assert_eq!(
+        confirm.status(),
+        400,
+        "a login link from before the disable is void"
+    );
+    let audit = h.app.store.audit_entries(10).unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == "user.disable"
+            && e.detail.as_deref() == Some("revoked 1 sessions, 1 login links, 1 API tokens")),
+        "{audit:?}"
+    );
+    // Only a new sign-in works.
+    let fresh = h.login("alice").await;
+    assert_eq!(status(&fresh).await, 200);
 
     let second = h.login("alice").await;
     let revoked = admin("sessions/revoke").send().await.unwrap();
@@ -480,7 +525,7 @@ async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
         revoked.json::<serde_json::Value>().await.unwrap()["revoked"],
         2
     );
-    assert_eq!(status(&cookie).await, 401);
+    assert_eq!(status(&fresh).await, 401);
     assert_eq!(status(&second).await, 401);
 }
 

@@ -239,4 +239,32 @@ async fn each_environment_gets_its_own_origin_and_a_session_handed_off_per_host(
         .await
         .unwrap();
     assert_eq!(after.status(), 401);
+
+    // Disabling ends an app-host session and voids a hand-off code in flight, and
+    // enabling again brings neither back.
+    let main_cookie = h.login("alice").await;
+    let code_for = || {
+        let req = client.get(&handoff).header("Cookie", &main_cookie);
+        async move { location(&req.send().await.unwrap()) }
+    };
+    let app_cookie = {
+        let resp = client.get(code_for().await).send().await.unwrap();
+        session_cookie(resp.headers(), "spawngate_app").unwrap()
+    };
+    let in_flight = code_for().await;
+    let app_status = || {
+        let req = client
+            .get(app_url(&alice_host, "/whoami.json"))
+            .header("Cookie", &app_cookie);
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(app_status().await, 200);
+    h.app.set_disabled("test", "alice", true).await.unwrap();
+    h.app.set_disabled("test", "alice", false).await.unwrap();
+    assert_eq!(app_status().await, 401, "app-host session revoked");
+    assert_eq!(
+        client.get(&in_flight).send().await.unwrap().status(),
+        400,
+        "hand-off code void"
+    );
 }
