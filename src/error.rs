@@ -20,6 +20,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large (limit {0} bytes)")]
     TooLarge(usize),
+    #[error("request URI too long (limit {0} bytes)")]
+    UriTooLong(usize),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -35,6 +37,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -49,6 +52,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -99,6 +103,7 @@ mod tests {
                 "conflict",
             ),
             (ApiError::TooLarge(10), 413, "payload_too_large"),
+            (ApiError::UriTooLong(10), 414, "uri_too_long"),
             (
                 SpawnError::DockerDown("refused".into()).into(),
                 503,

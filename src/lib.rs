@@ -17,6 +17,7 @@
 //! - [`mail`]: login links by email (SMTP); [`outbound`]: HTTPS calls to identity
 //!   providers; [`sharing`]: access to another user's environment.
 //! - [`traefik_api`]: what `spawngate check` reads from Traefik's API.
+//! - [`linger`]: lingering close, so an early answer is not lost to a reset.
 //! - [`server`]: the TCP and control-socket listeners with graceful shutdown.
 //! - [`app`]: wires everything together; [`cli`]: the `spawngate` command.
 //! - [`error`]: the domain error enum and its mapping to HTTP answers.
@@ -32,6 +33,7 @@ pub mod headers;
 pub mod http;
 pub mod ids;
 pub mod lifecycle;
+pub mod linger;
 pub mod mail;
 pub mod outbound;
 pub mod provider;

@@ -54,7 +54,16 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
-                let service = service_fn(move |req| http::handle(app.clone(), req, Peer::Network(peer)));
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move {
+                        let (req, read_whole) = crate::linger::track(req);
+                        let mut resp = http::handle(app, req, Peer::Network(peer)).await?;
+                        crate::linger::close_if_unread(&mut resp, &read_whole);
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let stream = crate::linger::LingeringStream::new(stream);
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {

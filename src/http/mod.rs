@@ -70,6 +70,10 @@ impl<T: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static> ReqBody for 
 /// Largest request body accepted (forms and JSON are tiny).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Longest request URI (path and query) spawngate's own pages and APIs accept:
+/// theirs are short; forwardAuth calls carry the client's URI in a header instead.
+pub const MAX_URI: usize = 8 * 1024;
+
 /// Header Traefik's HTTP provider sends when `server.provider_token` is set.
 pub const PROVIDER_TOKEN_HEADER: &str = "x-spawngate-provider-token";
 
@@ -96,6 +100,10 @@ where
     {
         let query = query_map(req.uri());
         return Ok(handoff::on_app_host(&app, req.headers(), &slug, &path, &query).await);
+    }
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > MAX_URI {
+        return Ok(api_error(&ApiError::UriTooLong(MAX_URI)));
     }
     let resp = match (&method, path.as_str()) {
         (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())),
