@@ -490,6 +490,7 @@ impl Lifecycle {
             nano_cpus: o.nano_cpus.unwrap_or(d.nano_cpus),
             pids_limit: d.pids_limit,
             read_only_rootfs: d.read_only_rootfs,
+            init: d.init,
         };
         let fingerprint = spec.fingerprint();
         spec.labels
