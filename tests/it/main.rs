@@ -8,6 +8,7 @@ mod auth;
 mod browser;
 mod cli;
 mod compose;
+mod containers;
 mod e2e;
 mod harness;
 mod idp;
