@@ -904,7 +904,6 @@ impl Lifecycle {
             _ => None,
         };
         Ok(ContainerStatus {
-            failure,
             user: user.name.clone(),
             state,
             name,
@@ -916,6 +915,7 @@ impl Lifecycle {
                 Phase::Failed { error, .. } => Some(error.detail().to_owned()),
                 _ => record.and_then(|r| r.last_error),
             },
+            failure,
         })
     }
 
