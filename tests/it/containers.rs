@@ -163,6 +163,8 @@ async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
     h.user("bob").await;
     h.app.share("test", "alice", "bob", false).await.unwrap();
     let cookie = h.login("alice").await;
+    // Signed in up front: what follows the first failure fits in its back-off.
+    let bob = h.login("bob").await;
     let url = h.url(&format!("/u-{slug}/whoami.json"));
 
     // The first request starts it and, within the hold, gets the reason.
@@ -222,7 +224,6 @@ async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
         "{html}"
     );
     // A user it is shared with learns why, but not what the owner's app printed.
-    let bob = h.login("bob").await;
     let (status, _, body) = get_json(&h, &url, &bob).await;
     assert_eq!(
         (status, body["error"]["exit_code"].as_i64()),
