@@ -77,8 +77,13 @@ impl From<StoreError> for ApiError {
 
 impl From<SpawnError> for ApiError {
     fn from(e: SpawnError) -> Self {
-        // Admins get the operator detail.
-        ApiError::Unavailable(format!("{e}: {}", e.detail()))
+        // Admins get the operator detail (once, when it is the message itself).
+        let message = e.to_string();
+        if message == e.detail() {
+            ApiError::Unavailable(message)
+        } else {
+            ApiError::Unavailable(format!("{message}: {}", e.detail()))
+        }
     }
 }
 

@@ -190,6 +190,11 @@ pub struct RawDocker {
     /// Network mode: containers labelled `spawngate.attach=<docker.instance>` (Traefik)
     /// are connected to every user network.
     pub attach_peers: bool,
+    /// Docker's init (`docker-init`) as PID 1: it forwards signals and reaps
+    /// zombies, so an app that installs no SIGTERM handler still stops at once.
+    pub init: bool,
+    /// Seconds between SIGTERM and SIGKILL when spawngate stops a container.
+    pub stop_timeout_secs: i64,
 }
 
 impl Default for RawDocker {
@@ -212,6 +217,8 @@ impl Default for RawDocker {
             inject_secret: true,
             network_per_user: false,
             attach_peers: false,
+            init: true,
+            stop_timeout_secs: 10,
         }
     }
 }
@@ -456,6 +463,9 @@ pub struct DockerConfig {
     pub inject_secret: bool,
     pub network_per_user: bool,
     pub attach_peers: bool,
+    pub init: bool,
+    /// Grace between SIGTERM and SIGKILL on stop, cull, restart and removal.
+    pub stop_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -581,6 +591,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("docker.inject_secret", Kind::Bool),
     ("docker.network_per_user", Kind::Bool),
     ("docker.attach_peers", Kind::Bool),
+    ("docker.init", Kind::Bool),
+    ("docker.stop_timeout_secs", Kind::Int),
     ("server.listen_network", Kind::Str),
     ("spawn.hold_secs", Kind::Float),
     ("spawn.ready_timeout_secs", Kind::Int),
@@ -781,6 +793,10 @@ pub fn parse_bytes(s: &str) -> Option<i64> {
 /// and answers 500, so the hold must stay clearly below that.
 const MAX_HOLD: Duration = Duration::from_secs(25);
 
+/// Longest stop grace: a stop holds the user's operation lock (a request for the
+/// container waits behind it), so an hour is already generous.
+const MAX_STOP_TIMEOUT_SECS: i64 = 3600;
+
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let s = self.server;
@@ -896,6 +912,15 @@ impl RawConfig {
         }
         if d.pids_limit < 1 {
             return Err(invalid("docker.pids_limit", "must be at least 1"));
+        }
+        if !(0..=MAX_STOP_TIMEOUT_SECS).contains(&d.stop_timeout_secs) {
+            return Err(invalid(
+                "docker.stop_timeout_secs",
+                format!(
+                    "{} is out of range: must be between 0 and {MAX_STOP_TIMEOUT_SECS} seconds",
+                    d.stop_timeout_secs
+                ),
+            ));
         }
         if d.host_port_min < 1024 {
             return Err(invalid("docker.host_port_min", "must be at least 1024"));
@@ -1184,6 +1209,8 @@ impl RawConfig {
                 inject_secret: d.inject_secret,
                 network_per_user: d.network_per_user,
                 attach_peers: d.attach_peers,
+                init: d.init,
+                stop_timeout: Duration::from_secs(d.stop_timeout_secs.unsigned_abs()),
             },
             spawn: SpawnConfig {
                 hold: Duration::from_secs_f64(sp.hold_secs),
@@ -1369,6 +1396,30 @@ mod tests {
         assert_eq!(c.spawn.hold, Duration::from_secs(3));
         assert_eq!(c.traefik.entry_points, vec!["web", "websecure"]);
         assert!(c.docker.read_only_rootfs);
+    }
+
+    #[test]
+    fn docker_init_and_stop_timeout() {
+        let c = Config::from_sources("", env(&[])).unwrap();
+        assert!(c.docker.init);
+        assert_eq!(c.docker.stop_timeout, Duration::from_secs(10));
+        let c = Config::from_sources(
+            "[docker]\ninit = true\nstop_timeout_secs = 30",
+            env(&[
+                ("SPAWNGATE_DOCKER_INIT", "false"),
+                ("SPAWNGATE_DOCKER_STOP_TIMEOUT_SECS", "2"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.docker.init);
+        assert_eq!(c.docker.stop_timeout, Duration::from_secs(2));
+        assert!(err("[docker]\nstop_timeout_secs = -1", &[]).contains("docker.stop_timeout_secs"));
+        assert!(
+            err("[docker]\nstop_timeout_secs = 3601", &[]).contains("docker.stop_timeout_secs")
+        );
+        assert!(
+            err("", &[("SPAWNGATE_DOCKER_INIT", "yes please")]).contains("SPAWNGATE_DOCKER_INIT")
+        );
     }
 
     #[test]

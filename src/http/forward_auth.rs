@@ -13,7 +13,7 @@ use super::{Resp, pages, redirect, wants_html};
 use crate::app::App;
 use crate::auth::{cookies, safe_next};
 use crate::ids::Slug;
-use crate::lifecycle::Readiness;
+use crate::lifecycle::{Readiness, SpawnError};
 use crate::sharing::Access;
 use crate::store::User;
 
@@ -101,6 +101,15 @@ async fn decide(
             who,
         ),
         Readiness::Pending => ("starting", waiting(browser), who),
+        // The app's own failure: its reason, until spawngate's back-off ends. Its
+        // output is the owner's (a grantee may not see what the owner's app logs).
+        Readiness::Failed(SpawnError::App(failure)) => {
+            let retry = app.lifecycle.retry_in(&target.id).as_secs_f64().ceil() as u64;
+            let mut resp = pages::app_failed(browser, &failure, retry, access == Access::Owner);
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(retry));
+            ("app_failed", resp, who)
+        }
         Readiness::Failed(e) => {
             let mut resp = pages::spawn_failed(browser, &e.to_string());
             resp.headers_mut()

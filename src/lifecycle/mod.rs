@@ -13,7 +13,7 @@ mod pool;
 mod reconcile;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,17 @@ use crate::time::{rfc3339, unix_now};
 /// After a failed spawn, requests within this window get the failure instead of
 /// hammering Docker with retries.
 const RETRY_BACKOFF: Duration = Duration::from_secs(2);
+
+/// After the app itself failed (exited, or never answered), the container is not
+/// started again for this long, doubling with each consecutive failure up to
+/// [`APP_BACKOFF_MAX`]: a broken image must not be restarted in a tight loop by
+/// every request (or every reload of the waiting page).
+const APP_BACKOFF_FIRST: Duration = Duration::from_secs(5);
+const APP_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Output lines kept with an app failure, and the longest line kept.
+const FAILURE_LOG_LINES: usize = 20;
+const FAILURE_LOG_LINE_CHARS: usize = 400;
 
 /// What spawngate believes about a user's container.
 #[derive(Clone, Debug)]
@@ -64,6 +75,33 @@ pub enum SpawnError {
     Store(String),
     #[error("the server is at capacity; please try again in a few minutes")]
     Capacity(String),
+    /// The container started but its app failed: the reason is the app's, so it is
+    /// shown as is (with the exit code and last output lines).
+    #[error("{}", .0.reason)]
+    App(AppFailure),
+}
+
+/// Why a container's app never became ready.
+#[derive(Clone, Debug)]
+pub struct AppFailure {
+    /// E.g. "the app exited with code 3 before answering on port 8080".
+    pub reason: String,
+    pub exit_code: Option<i64>,
+    /// The container's last output lines (stdout and stderr), oldest first.
+    pub logs: Vec<String>,
+}
+
+/// How long after a failure the next start may be tried: growing for app failures
+/// (`consecutive` counts them, 1 for the first), short for the others, which are
+/// about Docker or capacity and clear by themselves.
+fn backoff(error: &SpawnError, consecutive: u32) -> Duration {
+    match error {
+        SpawnError::App(_) => {
+            let doublings = consecutive.saturating_sub(1).min(16);
+            (APP_BACKOFF_FIRST * 2u32.pow(doublings)).min(APP_BACKOFF_MAX)
+        }
+        _ => RETRY_BACKOFF,
+    }
 }
 
 impl SpawnError {
@@ -75,6 +113,7 @@ impl SpawnError {
             | SpawnError::Failed(d)
             | SpawnError::Store(d)
             | SpawnError::Capacity(d) => d,
+            SpawnError::App(a) => &a.reason,
         }
     }
 }
@@ -121,6 +160,9 @@ struct Slot {
     /// A container taken from the warm pool carries the pool's secret, not the
     /// user's: forwardAuth must send that one.
     pooled_secret: std::sync::RwLock<Option<String>>,
+    /// Consecutive starts whose app failed; sets the back-off. Reset by a
+    /// success and by an admin's start or restart.
+    app_failures: AtomicU32,
 }
 
 impl Slot {
@@ -134,6 +176,18 @@ impl Slot {
             started: AtomicI64::new(0),
             present: AtomicBool::new(false),
             pooled_secret: std::sync::RwLock::new(None),
+            app_failures: AtomicU32::new(0),
+        }
+    }
+
+    /// Time left before a failed start may be tried again; `None` unless failed.
+    fn retry_in(&self) -> Option<Duration> {
+        match &*self.phase.borrow() {
+            Phase::Failed { error, at } => Some(
+                backoff(error, self.app_failures.load(Ordering::Relaxed))
+                    .saturating_sub(at.elapsed()),
+            ),
+            _ => None,
         }
     }
 
@@ -170,6 +224,22 @@ pub struct ContainerStatus {
     pub finished_at: Option<String>,
     pub last_activity: Option<String>,
     pub last_error: Option<String>,
+    /// The failure requests are answered with, while spawngate backs off.
+    pub failure: Option<FailureView>,
+}
+
+/// A failed start as the admin API shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct FailureView {
+    pub reason: String,
+    pub exit_code: Option<i64>,
+    /// The container's last output lines.
+    pub logs: Vec<String>,
+    pub failed_at: String,
+    /// Consecutive failed starts of the app (the back-off grows with them).
+    pub consecutive_failures: u32,
+    /// Seconds until a request may start it again; an admin start does at once.
+    pub retry_in_secs: u64,
 }
 
 pub struct Lifecycle {
@@ -301,10 +371,10 @@ impl Lifecycle {
             let _capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
             // Nothing to do (already starting or ready, or failed a moment ago):
             // decide that before possibly stopping someone else to make room.
-            let would_start = match &*slot.phase.borrow() {
-                Phase::Starting | Phase::Ready => false,
-                Phase::Failed { at, .. } => at.elapsed() >= RETRY_BACKOFF,
-                _ => true,
+            // (Two separate looks: the phase lock is not re-entrant.)
+            let would_start = match slot.retry_in() {
+                Some(wait) => wait.is_zero(),
+                None => !matches!(*slot.phase.borrow(), Phase::Starting | Phase::Ready),
             };
             if !would_start {
                 return;
@@ -324,9 +394,10 @@ impl Lifecycle {
                 tracing::warn!(user = %user.name, "spawn refused: at capacity");
                 return;
             }
+            let failures = slot.app_failures.load(Ordering::Relaxed);
             slot.phase.send_if_modified(|p| match p {
                 Phase::Starting | Phase::Ready => false,
-                Phase::Failed { at, .. } if at.elapsed() < RETRY_BACKOFF => false,
+                Phase::Failed { error, at } if at.elapsed() < backoff(error, failures) => false,
                 _ => {
                     *p = Phase::Starting;
                     true
@@ -343,6 +414,7 @@ impl Lifecycle {
                 match result {
                     Ok(()) => {
                         slot.touch();
+                        slot.app_failures.store(0, Ordering::Relaxed);
                         // Ready only if nobody (an admin stop, a delete) changed the
                         // plan while we were starting.
                         let ready = slot.phase.send_if_modified(|p| {
@@ -359,6 +431,9 @@ impl Lifecycle {
                     Err(error) => {
                         tracing::error!(user = %user.name, slug = %user.slug, error = %error.detail(), "spawn failed");
                         this.note_error(&user.id, error.detail()).await;
+                        if matches!(error, SpawnError::App(_)) {
+                            slot.app_failures.fetch_add(1, Ordering::Relaxed);
+                        }
                         slot.phase.send_replace(Phase::Failed {
                             error,
                             at: Instant::now(),
@@ -490,6 +565,7 @@ impl Lifecycle {
             nano_cpus: o.nano_cpus.unwrap_or(d.nano_cpus),
             pids_limit: d.pids_limit,
             read_only_rootfs: d.read_only_rootfs,
+            init: d.init,
         };
         let fingerprint = spec.fingerprint();
         spec.labels
@@ -586,29 +662,35 @@ impl Lifecycle {
 
     /// [`Self::wait_until_answering`] for the app at `base` in container `name`.
     async fn wait_until_answering_at(&self, base: &str, name: &str) -> Result<(), SpawnError> {
-        let deadline = Instant::now() + self.config.spawn.ready_timeout;
+        let timeout = self.config.spawn.ready_timeout;
+        let port = self.config.docker.port;
+        let deadline = Instant::now() + timeout;
         let mut delay = Duration::from_millis(25);
-        let mut next_inspect = Instant::now() + Duration::from_secs(1);
+        // Soon at first: an app that exits at once is told apart from a slow one
+        // without waiting; then once a second.
+        let mut next_inspect = Instant::now() + Duration::from_millis(250);
         loop {
             if self.answers_at(base, Duration::from_secs(2)).await {
                 return Ok(());
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(SpawnError::Failed(format!(
-                    "container '{name}' did not answer HTTP on port {} within {:?}",
-                    self.config.docker.port, self.config.spawn.ready_timeout
-                )));
+                let reason = format!(
+                    "the app did not answer on port {port} within the start timeout of {} s",
+                    timeout.as_secs()
+                );
+                return Err(self.app_failure(name, reason, None).await);
             }
             if now >= next_inspect {
                 next_inspect = now + Duration::from_secs(1);
                 match self.runtime.inspect(name).await? {
                     Some(info) if info.running => {}
                     Some(info) => {
-                        return Err(SpawnError::Failed(format!(
-                            "container '{name}' exited (code {}) before answering HTTP",
-                            info.exit_code.unwrap_or(-1)
-                        )));
+                        let code = info.exit_code.unwrap_or(-1);
+                        let reason = format!(
+                            "the app exited with code {code} before answering on port {port}"
+                        );
+                        return Err(self.app_failure(name, reason, Some(code)).await);
                     }
                     None => {
                         return Err(SpawnError::Failed(format!(
@@ -620,6 +702,50 @@ impl Lifecycle {
             tokio::time::sleep(delay).await;
             delay = (delay * 3 / 2).min(Duration::from_millis(500));
         }
+    }
+
+    /// An [`AppFailure`] with the container's last output. Read once here, so
+    /// requests answered with the failure later never call Docker.
+    async fn app_failure(&self, name: &str, reason: String, exit_code: Option<i64>) -> SpawnError {
+        let mut logs = self.failure_logs(name).await;
+        if logs.is_empty() && exit_code.is_some() {
+            // The log driver may still be copying the output of a process that
+            // exited a moment ago.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            logs = self.failure_logs(name).await;
+        }
+        SpawnError::App(AppFailure {
+            reason,
+            exit_code,
+            logs,
+        })
+    }
+
+    async fn failure_logs(&self, name: &str) -> Vec<String> {
+        match self.runtime.logs(name, FAILURE_LOG_LINES).await {
+            Ok(lines) => lines
+                .into_iter()
+                .map(
+                    |line| match line.char_indices().nth(FAILURE_LOG_LINE_CHARS) {
+                        Some((cut, _)) => format!("{}…", &line[..cut]),
+                        None => line,
+                    },
+                )
+                .collect(),
+            Err(e) => {
+                tracing::warn!(container = %name, error = %e, "cannot read the output of a container that failed to start");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Seconds a client should wait before asking again after the user's start
+    /// failed: what is left of the back-off (at least 1).
+    pub fn retry_in(&self, id: &UserId) -> Duration {
+        self.slot(id)
+            .retry_in()
+            .unwrap_or_default()
+            .max(Duration::from_secs(1))
     }
 
     /// One readiness probe: does the app answer HTTP (any status) within `timeout`?
@@ -675,7 +801,18 @@ impl Lifecycle {
     }
 
     /// Starts the container and waits (up to the ready timeout) until it answers.
+    /// An admin's start: it does not wait for the back-off of earlier failures,
+    /// and starts counting them anew.
     pub async fn start(self: &Arc<Self>, user: &Arc<User>) -> Readiness {
+        let slot = self.slot(&user.id);
+        slot.app_failures.store(0, Ordering::Relaxed);
+        slot.phase.send_if_modified(|p| {
+            let failed = matches!(p, Phase::Failed { .. });
+            if failed {
+                *p = Phase::Stopped;
+            }
+            failed
+        });
         self.ensure_ready(user, self.config.spawn.ready_timeout)
             .await
     }
@@ -749,6 +886,23 @@ impl Lifecycle {
             (None, _) => ContainerState::NotExists,
         };
         let last = slot.last_activity.load(Ordering::Relaxed);
+        let failure = match &phase {
+            Phase::Failed { error, at } => Some(FailureView {
+                reason: error.detail().to_owned(),
+                exit_code: match error {
+                    SpawnError::App(a) => a.exit_code,
+                    _ => None,
+                },
+                logs: match error {
+                    SpawnError::App(a) => a.logs.clone(),
+                    _ => Vec::new(),
+                },
+                failed_at: rfc3339(unix_now() - at.elapsed().as_secs() as i64),
+                consecutive_failures: slot.app_failures.load(Ordering::Relaxed),
+                retry_in_secs: slot.retry_in().unwrap_or_default().as_secs_f64().ceil() as u64,
+            }),
+            _ => None,
+        };
         Ok(ContainerStatus {
             user: user.name.clone(),
             state,
@@ -761,6 +915,7 @@ impl Lifecycle {
                 Phase::Failed { error, .. } => Some(error.detail().to_owned()),
                 _ => record.and_then(|r| r.last_error),
             },
+            failure,
         })
     }
 
@@ -869,6 +1024,9 @@ mod tests {
         fail_with: Mutex<Option<RuntimeError>>,
         servers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
         port: Mutex<u16>,
+        /// When set, started "containers" exit at once with this code.
+        exits_with: Mutex<Option<i64>>,
+        exited: Mutex<HashMap<String, i64>>,
     }
 
     #[async_trait]
@@ -887,6 +1045,14 @@ mod tests {
                 return Err(e);
             }
             self.creates.fetch_add(1, Ordering::SeqCst);
+            if let Some(code) = *self.exits_with.lock().unwrap() {
+                self.exited.lock().unwrap().insert(spec.name.clone(), code);
+                return Ok(crate::runtime::Running {
+                    id: format!("id-{}", spec.name),
+                    running_since: None,
+                });
+            }
+            self.exited.lock().unwrap().remove(&spec.name);
             // Answer after a short "boot" delay.
             let port = spec.host_port.unwrap();
             let handle = tokio::spawn(async move {
@@ -933,10 +1099,24 @@ mod tests {
         async fn network_bytes(&self, _name: &str) -> Result<Option<u64>, RuntimeError> {
             Ok(Some(0))
         }
-        async fn logs(&self, _name: &str, _tail: usize) -> Result<Vec<String>, RuntimeError> {
-            Ok(Vec::new())
+        async fn logs(&self, name: &str, _tail: usize) -> Result<Vec<String>, RuntimeError> {
+            Ok(match self.exited.lock().unwrap().get(name) {
+                Some(code) => vec!["starting".into(), format!("fatal: giving up ({code})")],
+                None => Vec::new(),
+            })
         }
         async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
+            if let Some(code) = self.exited.lock().unwrap().get(name) {
+                return Ok(Some(ContainerInfo {
+                    id: format!("id-{name}"),
+                    running: false,
+                    paused: false,
+                    started_at: None,
+                    finished_at: None,
+                    exit_code: Some(*code),
+                    labels: HashMap::new(),
+                }));
+            }
             Ok(self
                 .servers
                 .lock()
@@ -1057,6 +1237,92 @@ mod tests {
             lc.ensure_ready(&user, Duration::from_secs(5)).await,
             Readiness::Ready
         ));
+    }
+
+    #[test]
+    fn app_failures_back_off_growing_to_five_minutes() {
+        let app = SpawnError::App(AppFailure {
+            reason: "exited".into(),
+            exit_code: Some(1),
+            logs: Vec::new(),
+        });
+        let secs = |n| backoff(&app, n).as_secs();
+        assert_eq!(
+            (0..=8).map(secs).collect::<Vec<_>>(),
+            [5, 5, 10, 20, 40, 80, 160, 300, 300]
+        );
+        assert_eq!(secs(u32::MAX), 300);
+        assert_eq!(
+            backoff(&SpawnError::DockerDown("refused".into()), 7),
+            RETRY_BACKOFF
+        );
+    }
+
+    #[tokio::test]
+    async fn an_app_that_exits_is_reported_and_not_restarted_during_the_back_off() {
+        let (_d, runtime, lc, user) = setup().await;
+        *runtime.exits_with.lock().unwrap() = Some(3);
+        let failure = match lc.ensure_ready(&user, Duration::from_secs(5)).await {
+            Readiness::Failed(SpawnError::App(f)) => f,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert_eq!(failure.exit_code, Some(3));
+        assert!(failure.reason.contains("code 3"), "{}", failure.reason);
+        assert_eq!(failure.logs.last().unwrap(), "fatal: giving up (3)");
+        let wait = lc.retry_in(&user.id);
+        assert!(
+            wait > Duration::from_secs(3) && wait <= APP_BACKOFF_FIRST,
+            "{wait:?}"
+        );
+
+        // Requests (and logins) during the back-off get the failure; nothing starts.
+        for _ in 0..5 {
+            assert!(matches!(
+                lc.ensure_ready(&user, Duration::from_secs(1)).await,
+                Readiness::Failed(SpawnError::App(_))
+            ));
+            lc.prewarm(&user);
+        }
+        assert_eq!(runtime.creates.load(Ordering::SeqCst), 1);
+        let status = lc.status(&user).await.unwrap();
+        let view = status.failure.unwrap();
+        assert_eq!((view.exit_code, view.consecutive_failures), (Some(3), 1));
+        assert!(view.retry_in_secs >= 1 && view.retry_in_secs <= 5);
+
+        // An admin start tries at once, and counts anew.
+        assert!(matches!(lc.start(&user).await, Readiness::Failed(_)));
+        assert_eq!(runtime.creates.load(Ordering::SeqCst), 2);
+        assert_eq!(lc.slot(&user.id).app_failures.load(Ordering::SeqCst), 1);
+
+        // Fixed image: the admin's start succeeds and clears the failure count.
+        *runtime.exits_with.lock().unwrap() = None;
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        assert_eq!(lc.slot(&user.id).app_failures.load(Ordering::SeqCst), 0);
+        assert!(lc.status(&user).await.unwrap().failure.is_none());
+    }
+
+    #[tokio::test]
+    async fn consecutive_app_failures_grow_the_back_off() {
+        let (_d, runtime, lc, user) = setup().await;
+        *runtime.exits_with.lock().unwrap() = Some(1);
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Failed(_)
+        ));
+        // Let the first back-off run out without waiting 5 s for it.
+        let slot = lc.slot(&user.id);
+        slot.phase.send_modify(|p| {
+            if let Phase::Failed { at, .. } = p {
+                *at -= APP_BACKOFF_FIRST;
+            }
+        });
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Failed(_)
+        ));
+        assert_eq!(runtime.creates.load(Ordering::SeqCst), 2);
+        assert_eq!(slot.app_failures.load(Ordering::SeqCst), 2);
+        assert!(lc.retry_in(&user.id) > APP_BACKOFF_FIRST);
     }
 
     #[tokio::test]

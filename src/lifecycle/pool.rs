@@ -74,6 +74,7 @@ impl Lifecycle {
             nano_cpus: d.nano_cpus,
             pids_limit: d.pids_limit,
             read_only_rootfs: d.read_only_rootfs,
+            init: d.init,
         }
     }
 

@@ -27,9 +27,6 @@ const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
     minor_version: 41,
 };
 
-/// Seconds Docker waits after SIGTERM before SIGKILL on stop.
-const STOP_TIMEOUT_SECS: i32 = 10;
-
 pub struct DockerRuntime {
     host: String,
     /// Created on first use and kept; bollard refuses to build a client for a
@@ -37,6 +34,8 @@ pub struct DockerRuntime {
     /// while Docker is down.
     client: std::sync::Mutex<Option<Docker>>,
     mode: NetworkMode,
+    /// Seconds Docker waits after SIGTERM before SIGKILL (`docker.stop_timeout_secs`).
+    stop_timeout_secs: i32,
     instance: String,
     network_per_user: bool,
     attach_peers: bool,
@@ -75,6 +74,7 @@ impl DockerRuntime {
             host,
             client: std::sync::Mutex::new(None),
             mode: config.mode,
+            stop_timeout_secs: i32::try_from(config.stop_timeout.as_secs()).unwrap_or(i32::MAX),
             instance: config.instance.clone(),
             network_per_user: config.network_per_user,
             attach_peers: config.attach_peers,
@@ -389,6 +389,7 @@ impl DockerRuntime {
             security_opt: Some(vec!["no-new-privileges:true".into()]),
             cap_drop: Some(vec!["ALL".into()]),
             readonly_rootfs: Some(spec.read_only_rootfs),
+            init: Some(spec.init),
             tmpfs: spec.read_only_rootfs.then(|| {
                 HashMap::from([("/tmp".to_owned(), "rw,noexec,nosuid,size=64m".to_owned())])
             }),
@@ -599,7 +600,7 @@ impl Runtime for DockerRuntime {
 
     async fn stop(&self, name: &str) -> Result<(), RuntimeError> {
         let options = StopContainerOptions {
-            t: Some(STOP_TIMEOUT_SECS),
+            t: Some(self.stop_timeout_secs),
             ..Default::default()
         };
         match self.docker()?.stop_container(name, Some(options)).await {
@@ -671,6 +672,10 @@ impl Runtime for DockerRuntime {
     }
 
     async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError> {
+        // Stop first, with the configured grace: the app gets its SIGTERM and may
+        // save its state (a forced removal would SIGKILL it). Already stopped or
+        // missing is a no-op.
+        self.stop(name).await?;
         let options = RemoveContainerOptions {
             force: true,
             // Anonymous volumes only (an image's `VOLUME` that nothing named was

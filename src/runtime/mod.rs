@@ -28,6 +28,9 @@ pub struct ContainerSpec {
     pub nano_cpus: i64,
     pub pids_limit: i64,
     pub read_only_rootfs: bool,
+    /// Docker's init as PID 1 (`docker.init`): signals reach the app even when it
+    /// installs no handler, since only PID 1 is immune to unhandled ones.
+    pub init: bool,
 }
 
 /// Label holding [`ContainerSpec::fingerprint`]: a stopped container whose
@@ -42,7 +45,7 @@ impl ContainerSpec {
         let mut env = self.env.clone();
         env.sort();
         let text = format!(
-            "{}|{:?}|{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}",
+            "{}|{:?}|{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}|{}",
             self.image,
             env,
             self.port,
@@ -53,7 +56,8 @@ impl ContainerSpec {
             self.memory_bytes,
             self.nano_cpus,
             self.pids_limit,
-            self.read_only_rootfs
+            self.read_only_rootfs,
+            self.init
         );
         hex::encode(&Sha256::digest(text.as_bytes())[..8])
     }
@@ -133,7 +137,8 @@ pub trait Runtime: Send + Sync + 'static {
     /// existing container is left as it is.
     async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
     async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
-    /// Stops the container (no error if it does not exist or is already stopped).
+    /// Stops the container (no error if it does not exist or is already stopped):
+    /// SIGTERM, then SIGKILL after `docker.stop_timeout_secs`.
     async fn stop(&self, name: &str) -> Result<(), RuntimeError>;
     /// Freezes the container's processes (memory kept, CPU freed).
     async fn pause(&self, name: &str) -> Result<(), RuntimeError>;
@@ -143,7 +148,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn network_bytes(&self, name: &str) -> Result<Option<u64>, RuntimeError>;
     /// The last `tail` lines of the container's output (stdout and stderr).
     async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>, RuntimeError>;
-    /// Removes the container and, if given, its volume. Missing ones are fine.
+    /// Stops the container as [`Runtime::stop`] does, then removes it and, if
+    /// given, its volume. Missing ones are fine.
     async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError>;
     /// Makes a running pool container `pooled` the user's container described by
     /// `spec`: renamed to `spec.name` and, with per-user networks, moved onto the

@@ -9,6 +9,7 @@ mod badinput;
 mod browser;
 mod cli;
 mod compose;
+mod containers;
 mod e2e;
 mod harness;
 mod headers;

@@ -13,6 +13,9 @@
 //! `SPAWNGATE_BASE_PATH`. It runs as PID 1 in a `FROM scratch` image, so it
 //! handles SIGTERM/SIGINT itself: stop accepting, give in-flight requests and
 //! WebSockets up to [`GRACE`] to finish, exit.
+//!
+//! `EXAMPLE_APP_MODE` makes it stand for apps that misbehave, for tests (unset:
+//! the normal app; see [`Mode`]).
 
 mod counter;
 mod page;
@@ -47,8 +50,41 @@ const GRACE: Duration = Duration::from_millis(1500);
 const DEFAULT_PORT: u16 = 8080;
 const DEFAULT_DATA_DIR: &str = "/data";
 
+/// `EXAMPLE_APP_MODE`: how the app behaves.
+#[derive(Debug, PartialEq, Eq)]
+enum Mode {
+    /// Unset or `serve`: the normal app.
+    Serve,
+    /// `no-sigterm-handler`: serves, but installs no signal handler, like many
+    /// scripts and R sessions. As PID 1 it is then immune to SIGTERM (only
+    /// SIGKILL ends it); under an init it dies of SIGTERM at once.
+    NoSigtermHandler,
+    /// `exit:<code>`: prints a line saying so and exits with that code at once,
+    /// like an app whose start-up fails.
+    Exit(u8),
+    /// `no-listen`: runs but never opens its port (no signal handler either).
+    NoListen,
+}
+
+impl Mode {
+    fn parse(raw: &str) -> Result<Mode, String> {
+        match raw.trim() {
+            "" | "serve" => Ok(Mode::Serve),
+            "no-sigterm-handler" => Ok(Mode::NoSigtermHandler),
+            "no-listen" => Ok(Mode::NoListen),
+            other => match other.strip_prefix("exit:").map(str::parse::<u8>) {
+                Some(Ok(code)) => Ok(Mode::Exit(code)),
+                _ => Err(format!(
+                    "invalid EXAMPLE_APP_MODE {other:?}: expected serve, no-sigterm-handler, no-listen or exit:<0-255>"
+                )),
+            },
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Config {
+    mode: Mode,
     port: u16,
     data_dir: PathBuf,
     user: String,
@@ -103,6 +139,7 @@ impl Config {
             _ => PathBuf::from(DEFAULT_DATA_DIR),
         };
         Ok(Config {
+            mode: Mode::parse(&env_string("EXAMPLE_APP_MODE"))?,
             port,
             data_dir,
             user: env_string("SPAWNGATE_USER"),
@@ -374,7 +411,20 @@ fn forward_signals() -> Result<mpsc::UnboundedReceiver<&'static str>, String> {
 
 async fn run(config: Config) -> Result<(), String> {
     let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.port));
-    let stop = forward_signals()?;
+    // Without handlers, `stop` never fires: the sender lives as long as `run`.
+    let (_no_signals, unhandled) = mpsc::unbounded_channel();
+    let stop = match config.mode {
+        Mode::Serve => forward_signals()?,
+        // `Exit` never gets here: `main` exits before starting the runtime.
+        Mode::NoSigtermHandler | Mode::NoListen | Mode::Exit(_) => unhandled,
+    };
+    if config.mode == Mode::NoListen {
+        eprintln!(
+            "spawngate-example-app: EXAMPLE_APP_MODE=no-listen, never opening port {}",
+            config.port
+        );
+        std::future::pending::<()>().await;
+    }
     // Tests use this to stand for a slow-booting app (Jupyter, RStudio…).
     if let Some(ms) = std::env::var("STARTUP_DELAY_MS")
         .ok()
@@ -442,6 +492,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Mode::Exit(code) = config.mode {
+        eprintln!("spawngate-example-app: EXAMPLE_APP_MODE=exit:{code}, exiting with code {code}");
+        return ExitCode::from(code);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -468,6 +522,20 @@ fn main() -> ExitCode {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn parses_modes() {
+        assert_eq!(Mode::parse(""), Ok(Mode::Serve));
+        assert_eq!(Mode::parse("serve"), Ok(Mode::Serve));
+        assert_eq!(
+            Mode::parse("no-sigterm-handler"),
+            Ok(Mode::NoSigtermHandler)
+        );
+        assert_eq!(Mode::parse("no-listen"), Ok(Mode::NoListen));
+        assert_eq!(Mode::parse("exit:3"), Ok(Mode::Exit(3)));
+        assert!(Mode::parse("exit:256").is_err());
+        assert!(Mode::parse("crash").is_err());
+    }
 
     #[test]
     fn base_path_is_normalized() {
