@@ -539,10 +539,13 @@ fn check_indexes(records: &[Record]) -> Result<(), BackupError> {
     Ok(())
 }
 
-/// Total records in every tree (a store counts as empty when this is 0).
+/// Records in every tree but `meta`: a store whose only content is the keys its
+/// first start generated (no users, tokens, sessions or audit log) counts as empty,
+/// since replacing it loses nothing.
 fn record_count(store: &Store) -> usize {
     TREES
         .iter()
+        .filter(|s| s.kind != Kind::Bytes)
         .filter_map(|s| tree(store, s.name))
         .map(|t| t.len())
         .sum()
@@ -703,10 +706,24 @@ fn build(staging: &Path, backup: &Backup) -> Result<(), BackupError> {
         let store = Store::open(staging)?;
         import(&store, backup)?;
     }
-    let store = Store::open(staging)?;
+    let store = reopen(staging)?;
     verify(&store, backup)?;
     store.db.flush().map_err(StoreError::from)?;
     Ok(())
+}
+
+/// Opens a store this process has just closed. sled's background writers may hold
+/// the database file (and its lock) a moment after the handle drops: retry briefly.
+fn reopen(dir: &Path) -> Result<Store, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// UTC time for directory names, e.g. `20261201T093000Z`.
