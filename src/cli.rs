@@ -217,9 +217,10 @@ fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow::Resul
         .with_context(|| format!("'{}' cannot be restored", file.display()))?;
     let done = backup::restore(&config.data_dir, &checked, force)?;
     println!(
-        "restored {} users ({} records) into {}",
+        "restored {} users ({} records, backup of {}) into {}",
         done.users,
         done.records,
+        checked.created.as_deref().unwrap_or("unknown date"),
         config.data_dir.display()
     );
     if let Some(kept) = done.kept {
