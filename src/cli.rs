@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::http::{self, Peer};
 use crate::server;
+use crate::store::backup;
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +49,22 @@ enum Command {
     },
     /// Check the configuration, the store and Docker.
     Check,
+    /// Write the whole store (users, sessions, tokens, keys, audit log) to FILE, mode
+    /// 0600. Consistent while `serve` runs (through its control socket) or offline.
+    Backup {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace the store with the backup in FILE (offline only; the old store is
+    /// kept as `<data_dir>/db.old-<time>`).
+    Restore {
+        file: PathBuf,
+        /// Replace a store that is not empty.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -134,7 +151,82 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check => check(config).await,
+        Command::Backup { file, force } => backup(config, &file, force).await,
+        Command::Restore { file, force } => restore(config, &file, force),
     }
+}
+
+async fn backup(config: Config, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    // Before asking the server for anything: the common mistake fails fast.
+    if !force && file.exists() {
+        bail!(
+            "'{}' exists already (pass --force to replace it)",
+            file.display()
+        );
+    }
+    let socket = server::control_socket_path(&config.data_dir);
+    let bytes = match crate::control::request(&socket, Method::GET, "/_spawngate/api/backup", None)
+        .await?
+    {
+        Some((status, body)) if status.is_success() => body.to_vec(),
+        Some((status, body)) => {
+            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let message = value["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
+            bail!(
+                "the running spawngate cannot take a backup: {message} (HTTP {})",
+                status.as_u16()
+            );
+        }
+        None => {
+            // Offline: nothing else writes, so the snapshot is consistent as is.
+            if !config.data_dir.join("db").exists() {
+                bail!(
+                    "no spawngate store in '{}' (server.data_dir)",
+                    config.data_dir.display()
+                );
+            }
+            let store = crate::store::Store::open(&config.data_dir)
+                .context("cannot open spawngate's store")?;
+            backup::export(&store)?
+        }
+    };
+    // Only a backup that restore would accept is written.
+    let checked = backup::parse(&bytes).context("the backup taken does not read back")?;
+    backup::write_file(file, &bytes, force)?;
+    println!(
+        "backed up {} users ({} records) to {}",
+        checked.users(),
+        checked.records(),
+        file.display()
+    );
+    Ok(())
+}
+
+fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    let socket = server::control_socket_path(&config.data_dir);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        bail!(
+            "a spawngate server is serving on '{}': stop it before restoring (restore replaces the store it has open)",
+            socket.display()
+        );
+    }
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read '{}'", file.display()))?;
+    let checked = backup::parse(&bytes)
+        .with_context(|| format!("'{}' cannot be restored", file.display()))?;
+    let done = backup::restore(&config.data_dir, &checked, force)?;
+    println!(
+        "restored {} users ({} records, backup of {}) into {}",
+        done.users,
+        done.records,
+        checked.created.as_deref().unwrap_or("unknown date"),
+        config.data_dir.display()
+    );
+    if let Some(kept) = done.kept {
+        println!("the previous store is kept in {}", kept.display());
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

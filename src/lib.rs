@@ -6,7 +6,8 @@
 //!   [`config::Config`] before any work starts.
 //! - [`ids`]: newtypes for user ids, slugs, session ids and secrets.
 //! - [`store`]: the embedded sled database (users, sessions, login tokens, admin
-//!   tokens, container records) and the in-memory directory the hot path reads.
+//!   tokens, container records) and the in-memory directory the hot path reads;
+//!   [`store::backup`] writes it to one file and restores it.
 //! - [`auth`]: session cookies (HS256 JWT), one-time login tokens, admin tokens and
 //!   validation of `next` redirect targets.
 //! - [`provider`]: renders Traefik's dynamic configuration from the directory,

@@ -55,6 +55,12 @@ where
         }
     };
     let method = req.method().clone();
+    // A backup holds the session and container keys: with it anyone can forge
+    // sessions. Only the operator (the control socket) may take one; over the
+    // network, admin token or not, the route does not exist.
+    if peer == Peer::Control && method == Method::GET && rest.trim_end_matches('/') == "backup" {
+        return backup(app).await;
+    }
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     let query = query_map(req.uri());
     let call = Call {
@@ -67,6 +73,32 @@ where
     match result {
         Ok((status, value)) => json(status, &value),
         Err(e) => api_error(&e),
+    }
+}
+
+/// `GET /_spawngate/api/backup` (control socket only): the whole store as a backup
+/// file, taken off the async workers (writes wait while the snapshot is read).
+async fn backup(app: &App) -> Resp {
+    let store = app.store.clone();
+    let taken = tokio::task::spawn_blocking(move || crate::store::backup::export(&store)).await;
+    match taken {
+        Ok(Ok(bytes)) => {
+            app.store.audit("operator", "store.backup", "store", None);
+            let mut resp = hyper::Response::new(http_body_util::Full::new(Bytes::from(bytes)));
+            let h = resp.headers_mut();
+            h.insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/x-ndjson"),
+            );
+            h.insert(
+                hyper::header::CACHE_CONTROL,
+                hyper::header::HeaderValue::from_static("no-store"),
+            );
+            resp
+        }
+        Ok(Err(crate::store::backup::BackupError::Store(e))) => api_error(&e.into()),
+        Ok(Err(e)) => api_error(&ApiError::Internal(e.to_string())),
+        Err(e) => api_error(&ApiError::Internal(format!("backup task failed: {e}"))),
     }
 }
 

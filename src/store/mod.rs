@@ -4,6 +4,7 @@
 //! the directory (an `Arc` snapshot behind a `watch` channel) and looks sessions up
 //! in sled, whose reads are served from its page cache and never write.
 
+pub mod backup;
 pub mod records;
 
 use std::collections::HashMap;
@@ -106,6 +107,11 @@ pub struct Store {
     /// Rebuilds of the directory run one at a time: otherwise a rebuild that read
     /// the users earlier could publish after a newer one and hide a new user.
     refresh_lock: Arc<std::sync::Mutex<()>>,
+    /// Every write holds this shared and a backup holds it exclusively, so a backup
+    /// sees the store between operations, never half-way through a multi-tree one
+    /// (sled 0.34 has no consistent scan of several trees: its transactions cannot
+    /// iterate, and `Db::export` reads the live trees). Never held across an await.
+    snapshot_lock: Arc<std::sync::RwLock<()>>,
     directory: Arc<watch::Sender<Arc<Directory>>>,
 }
 
@@ -151,11 +157,18 @@ impl Store {
             meta: tree("meta")?,
             flush_gate: Arc::new(tokio::sync::Mutex::new(())),
             refresh_lock: Arc::new(std::sync::Mutex::new(())),
+            snapshot_lock: Arc::new(std::sync::RwLock::new(())),
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
             db,
         };
         store.refresh_directory()?;
         Ok(store)
+    }
+
+    /// Held while a write runs (see `snapshot_lock`). Not re-entrant: a method
+    /// holding it calls no other method that takes it.
+    fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A receiver that always holds the latest directory.
@@ -244,6 +257,7 @@ impl Store {
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();
         let turn = self.flush_gate.lock().await;
+        let writing = self.writing();
         let res = (
             &self.users,
             &self.names,
@@ -281,6 +295,7 @@ impl Store {
                 users.insert(id, value.as_slice())?;
                 Ok(())
             });
+        drop(writing);
         drop(turn);
         match res {
             Ok(()) => {}
@@ -312,6 +327,7 @@ impl Store {
     /// Rewrites a user's record (fields that are not indexed: overrides, disabled).
     pub async fn update_user(&self, user: &User) -> Result<()> {
         let id = user.id.as_str().as_bytes();
+        let writing = self.writing();
         // Only an existing user is updated: a concurrent delete wins.
         let current = self.users.get(id)?;
         let res = match current {
@@ -325,6 +341,7 @@ impl Store {
                 });
             }
         };
+        drop(writing);
         if res.is_err() {
             return Err(StoreError::Conflict {
                 what: "user record",
@@ -339,6 +356,9 @@ impl Store {
     pub async fn delete_user(&self, user: &User) -> Result<()> {
         let id = user.id.as_str().as_bytes();
         let turn = self.flush_gate.lock().await;
+        // One guard over the transaction and the removals after it: a backup never
+        // holds sessions or tokens of a user it no longer holds.
+        let writing = self.writing();
         let res: std::result::Result<(), TransactionError<()>> = (
             &self.users,
             &self.names,
@@ -369,11 +389,13 @@ impl Store {
             t.user_id.as_ref() == Some(&user.id)
         })?;
         self.remove_where::<ApiToken>(&self.api_tokens, |t| t.user_id == user.id)?;
+        drop(writing);
         self.refresh_directory()?;
         self.flush().await?;
         Ok(())
     }
 
+    /// Callers hold [`Store::writing`].
     fn remove_where<T: serde::de::DeserializeOwned>(
         &self,
         tree: &sled::Tree,
@@ -416,8 +438,11 @@ impl Store {
             expires: now + ttl_secs,
             scope,
         };
-        self.sessions
-            .insert(sid.as_str().as_bytes(), encode(&session))?;
+        {
+            let _writing = self.writing();
+            self.sessions
+                .insert(sid.as_str().as_bytes(), encode(&session))?;
+        }
         self.flush().await?;
         Ok((sid, session))
     }
@@ -434,7 +459,10 @@ impl Store {
 
     /// Revokes every session of a user at once; returns how many there were.
     pub async fn delete_sessions_of(&self, user_id: &UserId) -> Result<usize> {
-        let n = self.remove_where::<Session>(&self.sessions, |s| &s.user_id == user_id)?;
+        let n = {
+            let _writing = self.writing();
+            self.remove_where::<Session>(&self.sessions, |s| &s.user_id == user_id)?
+        };
         self.flush().await?;
         Ok(n)
     }
@@ -443,11 +471,16 @@ impl Store {
     /// with them any hand-off code in flight, which needs its parent session),
     /// unused login links and personal API tokens. Counts of each, in that order.
     pub async fn delete_credentials_of(&self, user_id: &UserId) -> Result<(usize, usize, usize)> {
-        let sessions = self.remove_where::<Session>(&self.sessions, |s| &s.user_id == user_id)?;
-        let links = self.remove_where::<LoginToken>(&self.login_tokens, |t| {
-            t.user_id.as_ref() == Some(user_id)
-        })?;
-        let tokens = self.remove_where::<ApiToken>(&self.api_tokens, |t| &t.user_id == user_id)?;
+        let (sessions, links, tokens) = {
+            let _writing = self.writing();
+            (
+                self.remove_where::<Session>(&self.sessions, |s| &s.user_id == user_id)?,
+                self.remove_where::<LoginToken>(&self.login_tokens, |t| {
+                    t.user_id.as_ref() == Some(user_id)
+                })?,
+                self.remove_where::<ApiToken>(&self.api_tokens, |t| &t.user_id == user_id)?,
+            )
+        };
         self.flush().await?;
         Ok((sessions, links, tokens))
     }
@@ -457,6 +490,7 @@ impl Store {
     pub async fn delete_other_sessions(&self, user_id: &UserId, keep: &SessionId) -> Result<usize> {
         let mut removed = 0;
         let now = unix_now();
+        let writing = self.writing();
         for item in self.sessions.iter() {
             let (key, value) = item?;
             if key.as_ref() == keep.as_str().as_bytes() {
@@ -472,12 +506,16 @@ impl Store {
                 removed += usize::from(session.expires > now);
             }
         }
+        drop(writing);
         self.flush().await?;
         Ok(removed)
     }
 
     pub async fn delete_session(&self, sid: &SessionId) -> Result<()> {
-        self.sessions.remove(sid.as_str().as_bytes())?;
+        {
+            let _writing = self.writing();
+            self.sessions.remove(sid.as_str().as_bytes())?;
+        }
         self.flush().await
     }
 
@@ -517,8 +555,11 @@ impl Store {
             created: now,
             expires: now + ttl_secs,
         };
-        self.login_tokens
-            .insert(token_hash(&token), encode(&record))?;
+        {
+            let _writing = self.writing();
+            self.login_tokens
+                .insert(token_hash(&token), encode(&record))?;
+        }
         self.flush().await?;
         Ok((token, record))
     }
@@ -537,7 +578,11 @@ impl Store {
         &self,
         token: &str,
     ) -> Result<Result<LoginToken, TokenRejection>> {
-        let Some(bytes) = self.login_tokens.remove(token_hash(token))? else {
+        let removed = {
+            let _writing = self.writing();
+            self.login_tokens.remove(token_hash(token))?
+        };
+        let Some(bytes) = removed else {
             return Ok(Err(TokenRejection::Unknown));
         };
         self.flush().await?;
@@ -568,8 +613,11 @@ impl Store {
             name: name.to_owned(),
             created: unix_now(),
         };
-        self.api_tokens
-            .insert(token_hash(&token), encode(&record))?;
+        {
+            let _writing = self.writing();
+            self.api_tokens
+                .insert(token_hash(&token), encode(&record))?;
+        }
         self.flush().await?;
         Ok((token, record))
     }
@@ -597,8 +645,12 @@ impl Store {
 
     /// Revokes one of the user's tokens by its id; `false` if there was none.
     pub async fn delete_api_token(&self, user_id: &UserId, id: &str) -> Result<bool> {
-        let n = self
-            .remove_where::<ApiToken>(&self.api_tokens, |t| &t.user_id == user_id && t.id == id)?;
+        let n = {
+            let _writing = self.writing();
+            self.remove_where::<ApiToken>(&self.api_tokens, |t| {
+                &t.user_id == user_id && t.id == id
+            })?
+        };
         self.flush().await?;
         Ok(n > 0)
     }
@@ -611,8 +663,11 @@ impl Store {
             name: name.to_owned(),
             created: unix_now(),
         };
-        self.admin_tokens
-            .insert(token_hash(&token), encode(&record))?;
+        {
+            let _writing = self.writing();
+            self.admin_tokens
+                .insert(token_hash(&token), encode(&record))?;
+        }
         self.flush().await?;
         Ok(token)
     }
@@ -646,6 +701,7 @@ impl Store {
     /// Writes without waiting for the disk (sled flushes within its interval); the
     /// caller flushes when durability matters.
     pub fn write_container_record(&self, record: &ContainerRecord) -> Result<()> {
+        let _writing = self.writing();
         self.containers
             .insert(record.user_id.as_str().as_bytes(), encode(record))?;
         Ok(())
@@ -654,6 +710,7 @@ impl Store {
     /// Records the last activity without flushing: called in batches by the culler,
     /// sled writes it out within its flush interval.
     pub fn note_activity(&self, user_id: &UserId, at: i64) -> Result<()> {
+        let _writing = self.writing();
         if let Some(mut record) = self.container_record(user_id)? {
             record.last_activity = Some(at);
             self.containers
@@ -674,11 +731,13 @@ impl Store {
             target: target.to_owned(),
             detail,
         };
+        let writing = self.writing();
         let result = self.db.generate_id().and_then(|id| {
             self.audit
                 .insert(id.to_be_bytes(), encode(&entry))
                 .map(|_| ())
         });
+        drop(writing);
         if let Err(e) = result {
             // The action itself happened; losing its audit line must not undo it.
             tracing::error!(error = %e, action, target, "cannot write audit log entry");
@@ -715,9 +774,12 @@ impl Store {
     fn meta_key(&self, name: &str) -> Result<Vec<u8>> {
         let fresh = random_bytes::<32>();
         // compare_and_swap makes two racing first starts agree on one key.
-        let _ = self
-            .meta
-            .compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?;
+        {
+            let _writing = self.writing();
+            let _ = self
+                .meta
+                .compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?;
+        }
         self.db.flush()?;
         Ok(self
             .meta
@@ -729,6 +791,7 @@ impl Store {
     /// Drops expired sessions and login tokens.
     pub fn purge_expired(&self) -> Result<usize> {
         let now = unix_now();
+        let _writing = self.writing();
         Ok(
             self.remove_where::<Session>(&self.sessions, |s| s.expires <= now)?
                 + self.remove_where::<LoginToken>(&self.login_tokens, |t| t.expires <= now)?,

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 
 use crate::harness::{Harness, Options};
 
-fn spawngate(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub fn spawngate(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spawngate"));
     cmd.args(args).env("SPAWNGATE_SERVER_DATA_DIR", data_dir);
     for (k, v) in env {
@@ -15,11 +15,11 @@ fn spawngate(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().unwrap()
 }
 
-fn stdout(o: &Output) -> String {
+pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 

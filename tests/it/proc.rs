@@ -149,6 +149,23 @@ impl ProcHarness {
         slug
     }
 
+    /// Runs a CLI command with `env` over this instance's environment, whatever
+    /// its outcome (for commands expected to fail, or another data directory).
+    pub fn cli_with(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_spawngate"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+
+    /// Changes one setting for the next [`ProcHarness::spawn_server`] and CLI call.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
     pub async fn login(&self, name: &str) -> String {
         let link =
             String::from_utf8_lossy(&self.cli(&["user", "login-link", name]).stdout).into_owned();
