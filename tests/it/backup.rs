@@ -174,7 +174,7 @@ async fn a_backup_taken_while_serving_restores_users_sessions_tokens_shares_and_
     h.spawn_server().await;
     let web_port: u16 = h.public.rsplit(':').next().unwrap().parse().unwrap();
     h.traefik = None;
-    let traefik = Traefik::start(web_port, free_port(), &h.direct, None).await;
+    let traefik = Traefik::start(web_port, free_port(), &h.direct, None, &[]).await;
     traefik.wait_router(&format!("u-{alice}")).await;
     traefik.wait_router(&format!("u-{bob}")).await;
     h.traefik = Some(traefik);
