@@ -20,7 +20,7 @@ pub use session::SessionCodec;
 
 use crate::app::App;
 use crate::ids::SessionId;
-use crate::store::User;
+use crate::store::{StoreError, User};
 
 /// A caller with a valid session.
 #[derive(Debug, Clone)]
@@ -31,32 +31,33 @@ pub struct Identity {
 
 impl App {
     /// The user behind a personal API token (`Authorization: Bearer spawngate_…`).
-    /// Never read from a query string.
-    pub fn identify_token(&self, headers: &HeaderMap) -> Option<Arc<User>> {
-        let token = crate::http::bearer(headers)?;
+    /// Never read from a query string. A store that cannot be read is an error,
+    /// never "no token": the caller must not be told to sign in because of it.
+    pub fn identify_token(&self, headers: &HeaderMap) -> Result<Option<Arc<User>>, StoreError> {
+        let Some(token) = crate::http::bearer(headers) else {
+            return Ok(None);
+        };
         let token = token.expose();
         // Cheap rejections before any hashing or lookup.
         if !token.starts_with("spawngate_") || token.len() > 128 {
-            return None;
+            return Ok(None);
         }
-        let record = match self.store.api_token(token) {
-            Ok(r) => r?,
-            Err(e) => {
-                tracing::warn!(error = %e, "API token lookup failed");
-                return None;
-            }
+        let Some(record) = self.store.api_token(token)? else {
+            return Ok(None);
         };
-        self.store
+        Ok(self
+            .store
             .snapshot()
             .by_id(&record.user_id)
             .filter(|u| !u.disabled)
-            .cloned()
+            .cloned())
     }
 
     /// The caller's identity from the sign-in session cookie. A forged, tampered,
     /// expired or revoked cookie, or a disabled or deleted user, is the same as no
-    /// cookie. App-host sessions (subdomain mode) never count here.
-    pub fn identify(&self, headers: &HeaderMap) -> Option<Identity> {
+    /// cookie. App-host sessions (subdomain mode) never count here. A store that
+    /// cannot be read is an error, not "no session".
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, StoreError> {
         self.identify_by(headers, &self.config.session.cookie_name, |s| {
             s.scope.is_none()
         })
@@ -66,7 +67,11 @@ impl App {
     /// host-only app cookie. The session must be scoped to exactly this slug and
     /// the sign-in session it was handed off from must still be live, so signing
     /// out (or an admin revoking sessions) ends app sessions too.
-    pub fn identify_app(&self, headers: &HeaderMap, slug: &crate::ids::Slug) -> Option<Identity> {
+    pub fn identify_app(
+        &self,
+        headers: &HeaderMap,
+        slug: &crate::ids::Slug,
+    ) -> Result<Option<Identity>, StoreError> {
         self.identify_by(headers, &self.config.session.app_cookie_name, |s| {
             s.scope.as_ref().is_some_and(|scope| {
                 &scope.slug == slug
@@ -81,27 +86,23 @@ impl App {
         headers: &HeaderMap,
         cookie_name: &str,
         accept: impl Fn(&crate::store::Session) -> bool,
-    ) -> Option<Identity> {
+    ) -> Result<Option<Identity>, StoreError> {
         for value in cookies::values(headers, cookie_name) {
             let Some(claims) = self.sessions.verify(value) else {
                 continue;
             };
-            let session = match self.store.session(&claims.session) {
-                Ok(Some(s)) if s.user_id == claims.user && accept(&s) => s,
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "session lookup failed");
-                    continue;
-                }
+            let session = match self.store.session(&claims.session)? {
+                Some(s) if s.user_id == claims.user && accept(&s) => s,
+                _ => continue,
             };
             let directory = self.store.snapshot();
             if let Some(user) = directory.by_id(&session.user_id).filter(|u| !u.disabled) {
-                return Some(Identity {
+                return Ok(Some(Identity {
                     user: user.clone(),
                     session: claims.session,
-                });
+                }));
             }
         }
-        None
+        Ok(None)
     }
 }

@@ -53,19 +53,38 @@ async fn decide(
         );
     }
     // Subdomain mode: only a session handed off to this very app host counts.
+    // A store that cannot be read answers 503: telling a signed-in user to sign in
+    // again would send everyone to a login that cannot work either.
     let session = match (&app.config.apps, slug) {
         (Some(_), Some(slug)) => app.identify_app(headers, slug),
-        (Some(_), None) => None,
+        (Some(_), None) => Ok(None),
         (None, _) => app.identify(headers),
+    };
+    let session = match session {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                "store_unavailable",
+                pages::store_unavailable(browser, &e),
+                None,
+            );
+        }
     };
     let caller = match session.map(|i| i.user) {
         Some(user) => Some((user, Via::Session)),
         None => match app.identify_token(headers) {
-            Some(user) => Some((user, Via::ApiToken)),
-            None => app
+            Ok(Some(user)) => Some((user, Via::ApiToken)),
+            Ok(None) => app
                 .identify_jwt(headers)
                 .await
                 .map(|user| (user, Via::ExternalJwt)),
+            Err(e) => {
+                return (
+                    "store_unavailable",
+                    pages::store_unavailable(browser, &e),
+                    None,
+                );
+            }
         },
     };
     let Some((caller, via)) = caller else {
@@ -239,7 +258,11 @@ fn waiting(browser: bool) -> Resp {
 /// moment ago whose router Traefik has not loaded yet. Never lets anything through.
 pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
     let browser = wants_html(headers);
-    let Some(identity) = app.identify(headers) else {
+    let identity = match app.identify(headers) {
+        Ok(identity) => identity,
+        Err(e) => return pages::store_unavailable(browser, &e),
+    };
+    let Some(identity) = identity else {
         let next = safe_next(path);
         return if browser {
             redirect(StatusCode::FOUND, &login_location(next.as_deref()))

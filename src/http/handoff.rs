@@ -44,7 +44,11 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
         .get("next")
         .and_then(|n| safe_next(n))
         .unwrap_or_else(|| "/".to_owned());
-    let Some(identity) = app.identify(headers) else {
+    let identity = match app.identify(headers) {
+        Ok(identity) => identity,
+        Err(e) => return super::pages::store_unavailable(true, &e),
+    };
+    let Some(identity) = identity else {
         let slug = slug.map(|s| s.to_string()).unwrap_or_default();
         let back = format!("{PATH}?slug={slug}&next={}", enc(&next));
         return redirect(StatusCode::FOUND, &login_location(Some(&back)));

@@ -61,9 +61,13 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
             Err(e) => store_unavailable(&e),
         };
     }
-    if let Some(identity) = app.identify(req.headers()) {
-        let target = next.unwrap_or_else(|| app.environment_link(&identity.user));
-        return redirect(StatusCode::FOUND, &target);
+    match app.identify(req.headers()) {
+        Ok(Some(identity)) => {
+            let target = next.unwrap_or_else(|| app.environment_link(&identity.user));
+            return redirect(StatusCode::FOUND, &target);
+        }
+        Ok(None) => {}
+        Err(e) => return store_unavailable(&e),
     }
     sign_in_page(app, next.as_deref(), StatusCode::OK, "")
 }
@@ -293,15 +297,7 @@ fn invalid_link() -> Resp {
 }
 
 fn store_unavailable(e: &dyn std::fmt::Display) -> Resp {
-    tracing::error!(error = %e, "store unavailable during login");
-    html(
-        StatusCode::SERVICE_UNAVAILABLE,
-        page(
-            "Sign-in is unavailable",
-            "",
-            "<p>Please try again in a moment.</p>",
-        ),
-    )
+    super::pages::store_unavailable(true, e)
 }
 
 /// Where a form post comes from, as far as the browser says.
@@ -479,7 +475,10 @@ pub(super) async fn start_session(
     user: &std::sync::Arc<crate::store::User>,
     next: Option<&String>,
 ) -> Resp {
-    let old_session = app.identify(headers).map(|i| i.session);
+    let old_session = match app.identify(headers) {
+        Ok(identity) => identity.map(|i| i.session),
+        Err(e) => return store_unavailable(&e),
+    };
     // A new session id at every login (no fixation); the old session ends.
     if let Some(old) = old_session
         && let Err(e) = app.store.delete_session(&old).await
@@ -526,7 +525,10 @@ where
     if form_origin(app, req.headers()) == FormOrigin::Foreign {
         return super::pages::forbidden(true);
     }
-    let identity = app.identify(req.headers());
+    let identity = match app.identify(req.headers()) {
+        Ok(identity) => identity,
+        Err(e) => return store_unavailable(&e),
+    };
     if let Some(identity) = identity {
         let body = match read_body(req.into_body()).await {
             Ok(b) => b,
@@ -560,8 +562,10 @@ where
 
 /// `/_spawngate/`: who you are and where your environment is.
 pub fn home(app: &App, headers: &HeaderMap) -> Resp {
-    let Some(identity) = app.identify(headers) else {
-        return redirect(StatusCode::FOUND, "/_spawngate/login");
+    let identity = match app.identify(headers) {
+        Ok(Some(identity)) => identity,
+        Ok(None) => return redirect(StatusCode::FOUND, "/_spawngate/login"),
+        Err(e) => return store_unavailable(&e),
     };
     let url = app.environment_link(&identity.user);
     let shared: String = app

@@ -36,7 +36,7 @@ async fn route<B: ReqBody>(
     rest: &str,
 ) -> Result<(StatusCode, serde_json::Value), ApiError> {
     let method = req.method().clone();
-    let (user, session): (Arc<User>, Option<SessionId>) = match app.identify(req.headers()) {
+    let (user, session): (Arc<User>, Option<SessionId>) = match app.identify(req.headers())? {
         Some(identity) => {
             if method != Method::GET {
                 let presented = req
@@ -53,7 +53,7 @@ async fn route<B: ReqBody>(
             (identity.user, Some(identity.session))
         }
         None => (
-            app.identify_token(req.headers())
+            app.identify_token(req.headers())?
                 .ok_or(ApiError::Unauthorized)?,
             None,
         ),

@@ -78,6 +78,36 @@ pub fn bad_request(browser: bool, message: &str) -> Resp {
     }
 }
 
+/// spawngate's store cannot be read or written (disk full, I/O errors). Never
+/// "please sign in": the caller's credentials may be fine.
+pub fn store_unavailable(browser: bool, e: &dyn std::fmt::Display) -> Resp {
+    tracing::error!(error = %e, "store unavailable");
+    let message = "spawngate cannot use its storage right now, so signing in and starting environments are unavailable; the administrator can see why in spawngate's log and /readyz";
+    let mut resp = if browser {
+        html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            page(
+                "Temporarily unavailable",
+                "",
+                &format!(
+                    "<p>{}.</p><p class=\"muted\">Your sign-in is not the problem. Try again in a few minutes.</p>",
+                    escape(message)
+                ),
+            ),
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "error": { "code": "store_unavailable", "message": message } }),
+        )
+    };
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(30u32),
+    );
+    resp
+}
+
 pub fn not_found() -> Resp {
     api_error(&ApiError::NotFound("route"))
 }

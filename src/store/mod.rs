@@ -803,6 +803,17 @@ impl Store {
         self.meta.get("session_key")?;
         Ok(())
     }
+
+    /// Whether the store can still write durably: a small record written and
+    /// flushed (what `/readyz` asks; a full disk shows here first).
+    pub async fn check_writable(&self) -> Result<()> {
+        {
+            let _writing = self.writing();
+            self.meta
+                .insert("health_probe", unix_now().to_be_bytes().to_vec())?;
+        }
+        self.flush().await
+    }
 }
 
 fn check_token(bytes: &[u8]) -> Result<LoginToken, TokenRejection> {

@@ -18,4 +18,5 @@ mod idp;
 mod lifecycle;
 mod proc;
 mod sharing;
+mod storefull;
 mod subdomain;
