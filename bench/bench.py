@@ -1367,6 +1367,7 @@ SOAK_CHAOS_HOT = 0.7             # share of chaos aimed at the busy window
 # A request may wait for forwardAuth's hold (10 s) on a resume; well past that is a hang.
 SOAK_REQUEST_TIMEOUT = 40.0
 SOAK_SAMPLE_SECS = 5.0
+SOAK_CAUSE_SECS = 1.0
 DOCUMENTED_G = "200 from the user's own container; 503 with JSON code \"starting\" and Retry-After"
 
 
@@ -1694,7 +1695,18 @@ def section_g(bg: Bench, o: argparse.Namespace) -> int:
             print(f"    {n:5d}  {k}")
 
     if soak.failures:
+        # Which chaos action (on the same user, started up to SOAK_CAUSE_SECS before the
+        # answer) each failure followed: still failures, but the pattern shows at once.
+        causes: dict[str, int] = {}
+        for f in soak.failures:
+            prior = [c for c in soak.chaos if c.user == f.user and 0 <= f.t + f.ms / 1000 - c.t <= SOAK_CAUSE_SECS]
+            cause = f"{f.label} within {SOAK_CAUSE_SECS:g} s of a {prior[-1].action}" if prior else \
+                f"{f.label} with no chaos action on that user within {SOAK_CAUSE_SECS:g} s"
+            causes[cause] = causes.get(cause, 0) + 1
         print()
+        print("  failures by what preceded them:")
+        for k, n in sorted(causes.items(), key=lambda kv: -kv[1]):
+            print(f"    {n:5d}  {k}")
         print(f"  FAILURES: {len(soak.failures)} undocumented answers; the first {min(10, len(soak.failures))}, "
               "with the last chaos action on that user and spawngate's log lines for it just before:")
         slugs = {n: s for n, s, _ in users}
@@ -1845,7 +1857,8 @@ def main() -> int:
             bf.cleanup()
         if "g" in o.only:
             # e.'s port range: e. is over by now, and its containers are gone.
-            bg = Bench(o, run_id=b.run_id, tag="g", noop=False, host_ports=(24000, 24999), extra_env=SETTINGS_G)
+            bg = Bench(o, run_id=b.run_id, tag="g", noop=False, host_ports=(24000, 24999),
+                       extra_env=SETTINGS_G)
             stacks.append(bg)
             log(f"g. starting a fresh spawngate + Traefik pair (instance {bg.instance})")
             bg.start()
