@@ -1403,9 +1403,8 @@ class SoakSample:
 class Soak:
     """State shared by the client loops, the chaos loop and the sampler."""
 
-    def __init__(self, bg: Bench, o: argparse.Namespace, users: list[tuple[str, str, str]]) -> None:
+    def __init__(self, bg: Bench, users: list[tuple[str, str, str]]) -> None:
         self.b = bg
-        self.o = o
         self.users = users  # (name, slug, cookie)
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -1551,15 +1550,15 @@ def section_g(bg: Bench, o: argparse.Namespace) -> int:
     Returns the number of problems: undocumented answers, and containers or volumes
     left after the users are deleted."""
     names = [f"soak{i:02d}" for i in range(o.soak_users)]
-    s0 = SoakSample("started, no users", *proc_mem(bg.procs["spawngate"].pid)[:2],
-                    proc_threads(bg.procs["spawngate"].pid), proc_fds(bg.procs["spawngate"].pid))
+    pid = bg.procs["spawngate"].pid
+    s0 = SoakSample("started, no users", *proc_mem(pid)[:2], proc_threads(pid), proc_fds(pid))
     log(f"g. creating and logging in {len(names)} users")
     prepared = bg.prepare_users(names)
     users = [(n, *prepared[n]) for n in names]
     log(f"g. first request of each user (starts {len(users)} containers)")
     parallel(lambda u: poll_until_200(bg.web_port, f"/u-{u[1]}/whoami.json", {"Cookie": u[2]},
                                       time.perf_counter(), 0.1, timeout=120), users, 8)
-    soak = Soak(bg, o, users)
+    soak = Soak(bg, users)
     soak.samples.append(s0)
     soak.sample(f"{len(users)} users running, before load")
     events = docker_events(bg.instance)
