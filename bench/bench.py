@@ -15,6 +15,12 @@
   f. Scale: spawngate's memory with 1,000 users and 50 running containers, the size and
      fetch time of /traefik/config, /auth latency at that scale, next to the memory of
      the 50 containers and of Traefik.
+  g. Soak: 50 users, client loops with session cookies through Traefik for a few
+     minutes while the idle culler (short tiers) pauses, stops and removes containers
+     and a chaos loop stops them (admin API) and `docker rm -f`s them; counts every
+     answer (only 200 and the documented 503 "starting" are allowed: anything else
+     makes the run exit non-zero), spawngate's RSS, threads and open fds at start and
+     end, and the containers and volumes left after the users are deleted.
 
 Run it with bench/run (which builds everything first). Stdlib only. Everything it
 creates (spawngate, Traefik, the no-op server, containers, volumes, networks, compose
@@ -25,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import datetime
 import http.client
 import json
 import os
 import platform
+import random
 import re
 import secrets
 import shutil
@@ -38,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -598,6 +607,8 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["e. spawngate", "a second pair, + " + " ".join(f"{k}={v}" for k, v in SETTINGS_E.items())
                          + "; wait until Docker reports the container paused, then GET through Traefik until 200"],
         ["e. baseline", "docker pause <id>; then docker unpause <id> + GET /whoami.json until 200"],
+        ["g. spawngate", f"a fresh pair, + " + " ".join(f"{k}={v}" for k, v in SETTINGS_G.items())
+                         + f"; {o.soak_users} users, {o.soak_clients} client loops, {o.soak_secs:g} s"],
         ["f. spawngate", f"a fresh pair; {o.scale_users:,} users (admin API), {o.scale_running} logged in and "
                          "started; /proc/<pid>/status, GET /traefik/config x20, wrk as in a."],
         ["spawngate env", " ".join(f"{k}={v}" for k, v in b.sg_env.items() if k.startswith("SPAWNGATE_"))],
@@ -1332,6 +1343,396 @@ def section_d(o: argparse.Namespace, run_id: str, tmp: str, stacks: list) -> Non
         c.cleanup()
 
 
+# ---- g. soak
+
+
+SETTINGS_G = {
+    # Short tiers, so the culler really pauses, stops and removes the containers of
+    # users the clients leave alone for a few seconds; the next request resumes them.
+    "SPAWNGATE_LIFECYCLE_PAUSE_AFTER_SECS": "3",
+    "SPAWNGATE_LIFECYCLE_IDLE_TIMEOUT_SECS": "8",
+    "SPAWNGATE_LIFECYCLE_REMOVE_AFTER_SECS": "20",
+    # Every forwardAuth decision is logged too, so a failed request can be shown next
+    # to what spawngate decided and did for that user just before.
+    "SPAWNGATE_LOG": "warn,spawngate::lifecycle=info,spawngate::auth=info",
+}
+# Who the client loops ask: a window of SOAK_HOT users gets most requests and moves
+# on by SOAK_STEP users every SOAK_ROTATE_SECS, so every user is busy for a while and
+# then idle long enough to be paused, stopped and removed; SOAK_WANDER of the requests
+# go to any user at random (idle gaps of a few to tens of seconds: every tier is hit).
+SOAK_HOT, SOAK_STEP, SOAK_ROTATE_SECS, SOAK_WANDER = 10, 5, 6.0, 0.05
+SOAK_PAUSE = (0.0, 0.1)          # s between two requests of one client loop
+SOAK_CHAOS_PAUSE = (1.0, 3.0)    # s between two chaos actions
+SOAK_CHAOS_HOT = 0.7             # share of chaos aimed at the busy window
+# A request may wait for forwardAuth's hold (10 s) on a resume; well past that is a hang.
+SOAK_REQUEST_TIMEOUT = 40.0
+SOAK_SAMPLE_SECS = 5.0
+SOAK_CAUSE_SECS = 1.0
+DOCUMENTED_G = "200 from the user's own container; 503 with JSON code \"starting\" and Retry-After"
+
+
+@dataclass
+class SoakFailure:
+    t: float       # s since the soak began
+    wall: float    # time.time(), to find spawngate's log lines
+    user: str
+    label: str
+    ms: float
+    body: str
+
+
+@dataclass
+class SoakChaos:
+    t: float
+    wall: float
+    user: str
+    action: str
+    result: str
+    ms: float
+
+
+@dataclass
+class SoakSample:
+    label: str
+    rss: int       # KiB
+    hwm: int       # KiB
+    threads: int
+    fds: int
+
+
+class Soak:
+    """State shared by the client loops, the chaos loop and the sampler."""
+
+    def __init__(self, bg: Bench, users: list[tuple[str, str, str]]) -> None:
+        self.b = bg
+        self.users = users  # (name, slug, cookie)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self.ok_ms: list[float] = []
+        self.starting_ms: list[float] = []
+        self.failures: list[SoakFailure] = []
+        self.chaos: list[SoakChaos] = []
+        self.samples: list[SoakSample] = []
+        self.t0 = time.monotonic()
+        self.pid = bg.procs["spawngate"].pid
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def hot(self) -> list[tuple[str, str, str]]:
+        n = len(self.users)
+        first = int(self.elapsed() / SOAK_ROTATE_SECS) * SOAK_STEP
+        return [self.users[(first + j) % n] for j in range(min(SOAK_HOT, n))]
+
+    def pick(self, rng: random.Random, hot_share: float) -> tuple[str, str, str]:
+        return rng.choice(self.hot()) if rng.random() < hot_share else rng.choice(self.users)
+
+    def client(self, i: int) -> None:
+        rng = random.Random(f"{self.b.run_id}-client-{i}")
+        while not self.stop.is_set():
+            name, slug, cookie = self.pick(rng, 1 - SOAK_WANDER)
+            t, wall, t_req = self.elapsed(), time.time(), time.perf_counter()
+            status, headers, body = http_request(
+                self.b.web_port, f"/u-{slug}/whoami.json",
+                headers={"Cookie": cookie, "Accept": "application/json"}, timeout=SOAK_REQUEST_TIMEOUT,
+            )
+            ms = (time.perf_counter() - t_req) * 1000
+            label, documented = soak_classify(name, status, headers, body)
+            with self.lock:
+                self.counts[label] = self.counts.get(label, 0) + 1
+                if label == "200":
+                    self.ok_ms.append(ms)
+                elif documented:
+                    self.starting_ms.append(ms)
+                else:
+                    self.failures.append(SoakFailure(t, wall, name, label, ms,
+                                                     body[:160].decode(errors="replace").strip()))
+            self.stop.wait(rng.uniform(*SOAK_PAUSE))
+
+    def chaos_loop(self) -> None:
+        rng = random.Random(f"{self.b.run_id}-chaos")
+        while not self.stop.wait(rng.uniform(*SOAK_CHAOS_PAUSE)):
+            name, slug, _ = self.pick(rng, SOAK_CHAOS_HOT)
+            action = rng.choice(["admin stop", "docker rm -f"])
+            t, wall, t_act = self.elapsed(), time.time(), time.perf_counter()
+            if action == "admin stop":
+                try:
+                    self.b.api("POST", f"users/{name}/container/stop", timeout=60)
+                    result = "200"
+                except BenchError as e:
+                    result = str(e).split(" failed: ", 1)[-1][:80]
+            else:
+                p = subprocess.run(["docker", "rm", "-f", f"spawngate-u-{slug}"], capture_output=True,
+                                   text=True, timeout=60)
+                result = "removed" if p.returncode == 0 else (
+                    "no container" if "No such container" in p.stderr else p.stderr.strip()[:80])
+            with self.lock:
+                self.chaos.append(SoakChaos(t, wall, name, action, result, (time.perf_counter() - t_act) * 1000))
+
+    def sample(self, label: str) -> SoakSample:
+        rss, hwm, _ = proc_mem(self.pid)
+        s = SoakSample(label, rss, hwm, proc_threads(self.pid), proc_fds(self.pid))
+        with self.lock:
+            self.samples.append(s)
+        return s
+
+    def sampler(self) -> None:
+        while not self.stop.wait(SOAK_SAMPLE_SECS):
+            self.sample(f"t={self.elapsed():.0f} s")
+
+
+def soak_classify(name: str, status: int | None, headers: dict, body: bytes) -> tuple[str, bool]:
+    """(label, documented) of one answer through Traefik to GET /u-<slug>/whoami.json."""
+    if status is None:
+        return "connection error", False
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if status == 200:
+        if not isinstance(doc, dict):
+            return "200 without the app's JSON", False
+        return ("200", True) if doc.get("user") == name else ("200 from another user's container", False)
+    if status == 503:
+        code = doc.get("error", {}).get("code") if isinstance(doc, dict) and isinstance(doc.get("error"), dict) else None
+        if code == "starting":
+            return ("503 starting", True) if "retry-after" in headers else ("503 starting without Retry-After", False)
+        return f"503 {code or '(not spawngate JSON)'}", False
+    return str(status), False
+
+
+def proc_threads(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(l.split()[1]) for l in f if l.startswith("Threads:")), 0)
+    except OSError:
+        return 0
+
+
+def proc_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def docker_events(instance: str) -> subprocess.Popen:
+    """`docker events` for this instance's containers, until terminated."""
+    return subprocess.Popen(
+        ["docker", "events", "--filter", "type=container", "--filter", f"label=spawngate.instance={instance}",
+         "--format", "{{.Action}}"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+    )
+
+
+def parse_log(path: str) -> list[tuple[float, str, str, dict]]:
+    """spawngate's JSON log lines as (unix time, level, target, fields)."""
+    out = []
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    line = json.loads(raw)
+                    ts = re.sub(r"(\.\d{6})\d*", r"\1", line["timestamp"])
+                    wall = datetime.datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+                    out.append((wall, line.get("level", "?"), line.get("target", "?"), line.get("fields", {})))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    continue
+    except OSError:
+        pass
+    return out
+
+
+def section_g(bg: Bench, o: argparse.Namespace) -> int:
+    """Soak: steady requests through Traefik while the culler pauses, stops and removes
+    containers and a chaos loop stops them (admin API) and removes them (docker rm -f).
+    Returns the number of problems: undocumented answers, and containers or volumes
+    left after the users are deleted."""
+    names = [f"soak{i:02d}" for i in range(o.soak_users)]
+    pid = bg.procs["spawngate"].pid
+    s0 = SoakSample("started, no users", *proc_mem(pid)[:2], proc_threads(pid), proc_fds(pid))
+    log(f"g. creating and logging in {len(names)} users")
+    prepared = bg.prepare_users(names)
+    users = [(n, *prepared[n]) for n in names]
+    log(f"g. first request of each user (starts {len(users)} containers)")
+    parallel(lambda u: poll_until_200(bg.web_port, f"/u-{u[1]}/whoami.json", {"Cookie": u[2]},
+                                      time.perf_counter(), 0.1, timeout=120), users, 8)
+    soak = Soak(bg, users)
+    soak.samples.append(s0)
+    soak.sample(f"{len(users)} users running, before load")
+    events = docker_events(bg.instance)
+    log(f"g. soak: {o.soak_clients} client loops + chaos for {o.soak_secs:g} s")
+    threads = [threading.Thread(target=soak.client, args=(i,), daemon=True) for i in range(o.soak_clients)]
+    threads += [threading.Thread(target=soak.chaos_loop, daemon=True),
+                threading.Thread(target=soak.sampler, daemon=True)]
+    soak.t0 = time.monotonic()
+    wall0 = time.time()
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + o.soak_secs
+        while time.monotonic() < deadline:
+            bg.check_alive()
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        soak.stop.set()
+        for t in threads:
+            t.join(timeout=SOAK_REQUEST_TIMEOUT + 20)
+    load_secs = soak.elapsed()
+    end = soak.sample("end of load")
+    hung = [t.name for t in threads if t.is_alive()]
+    try:
+        audit = bg.api("GET", "audit?limit=10000").get("entries", [])
+    except BenchError as e:
+        log(f"g. cannot read the audit log: {e}")
+        audit = []
+    culls: dict[str, int] = {}
+    for e in audit:
+        if e.get("actor") == "system" and e.get("at", 0) >= int(wall0):
+            culls[e.get("action", "?")] = culls.get(e.get("action", "?"), 0) + 1
+
+    log(f"g. deleting the {len(users)} users (DELETE /_spawngate/api/users/<name>)")
+    t_del = time.perf_counter()
+    delete_errors = []
+    for name, _, _ in users:
+        try:
+            bg.api("DELETE", f"users/{name}", timeout=120)
+        except BenchError as e:
+            delete_errors.append(str(e))
+    delete_s = time.perf_counter() - t_del
+
+    def left() -> tuple[list[str], list[str]]:
+        label = f"label=spawngate.instance={bg.instance}"
+        return (docker_lines("ps", "-aq", "--filter", label),
+                docker_lines("volume", "ls", "-q", "--filter", label))
+
+    t_wait = time.perf_counter()
+    try:
+        wait_until("the deleted users' containers and volumes to go", lambda: left() == ([], []),
+                   timeout=30, interval=0.5)
+    except BenchError:
+        pass
+    left_containers, left_volumes = left()
+    waited = time.perf_counter() - t_wait
+    events.terminate()
+    try:
+        ev_out, _ = events.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        events.kill()
+        ev_out, _ = events.communicate()
+    ev_counts: dict[str, int] = {}
+    for line in ev_out.split():
+        ev_counts[line] = ev_counts.get(line, 0) + 1
+    after = soak.sample("after deleting the users")
+
+    # ---- report
+    total = sum(soak.counts.values())
+    bad = sum(n for k, n in soak.counts.items() if k not in ("200", "503 starting"))
+    print(f"g. Soak: {len(users)} users (host mode, {IMAGE}), {o.soak_clients} client loops with session cookies "
+          f"through Traefik for {load_secs:.0f} s,")
+    print("   culler tiers " + " ".join(f"{k}={v}" for k, v in SETTINGS_G.items() if "LIFECYCLE" in k)
+          + f", chaos every {SOAK_CHAOS_PAUSE[0]:g}-{SOAK_CHAOS_PAUSE[1]:g} s (admin stop, docker rm -f)")
+    print(f"   [{SOAK_HOT} busy users at a time, moving on by {SOAK_STEP} every {SOAK_ROTATE_SECS:g} s; "
+          f"{SOAK_WANDER:.0%} of requests to any user; GET /u-<slug>/whoami.json, new connection each]")
+    rows = []
+    for label, n in sorted(soak.counts.items(), key=lambda kv: -kv[1]):
+        ok = label in ("200", "503 starting")
+        rows.append([label, f"{n:,}", f"{n / total:.2%}" if total else "-", "yes" if ok else "NO  <-- FAILURE"])
+    rows.append(["total", f"{total:,}", f"{total / load_secs:,.1f}/s", ""])
+    print(table(["answer", "requests", "share", "documented"], rows))
+    print(f"  documented: {DOCUMENTED_G}")
+    if soak.ok_ms:
+        q = statistics.quantiles(soak.ok_ms, n=100) if len(soak.ok_ms) > 1 else soak.ok_ms * 99
+        print(f"  200 latency ms: p50 {median(soak.ok_ms):.1f}, p99 {q[98]:.1f}, max {max(soak.ok_ms):.1f} "
+              f"(includes resumes held in forwardAuth)")
+    if soak.starting_ms:
+        print(f"  503 starting after ms: median {median(soak.starting_ms):.1f}, max {max(soak.starting_ms):.1f}")
+    print()
+    rows = []
+    for action in ("admin stop", "docker rm -f"):
+        acts = [c for c in soak.chaos if c.action == action]
+        results: dict[str, int] = {}
+        for c in acts:
+            results[c.result] = results.get(c.result, 0) + 1
+        rows.append([action, str(len(acts)), ", ".join(f"{k} x{v}" for k, v in sorted(results.items())) or "-",
+                     f"{median([c.ms for c in acts]):.0f}" if acts else "-"])
+    print(table(["chaos", "actions", "results", "median ms"], rows))
+    print("  culls (audit log, actor system): "
+          + (", ".join(f"{k} x{v}" for k, v in sorted(culls.items())) or "none"))
+    print("  docker events of the instance: "
+          + (", ".join(f"{k} x{v}" for k, v in sorted(ev_counts.items())) or "none"))
+    print()
+    samples = soak.samples
+    rows = [[s.label, mib(s.rss), mib(s.hwm), str(s.threads), str(s.fds)]
+            for s in samples if not s.label.startswith("t=")]
+    during = [s for s in samples if s.label.startswith("t=")]
+    if during:
+        rows.insert(2, [f"during load, max of {len(during)} samples", mib(max(s.rss for s in during)), "-",
+                        str(max(s.threads for s in during)), str(max(s.fds for s in during))])
+    print(table(["spawngate (/proc/<pid>/status, /proc/<pid>/fd)", "VmRSS MiB", "VmHWM MiB", "threads",
+                 "open fds"], rows))
+    print(f"  VmRSS end of load / before load: {ratio(end.rss, samples[1].rss)}; "
+          f"open fds after deleting / before load: {after.fds} / {samples[1].fds}")
+    print("  tokio tasks: not measurable (spawngate exposes no runtime metrics); threads and open fds instead")
+    print(f"  after deleting the users ({delete_s:.1f} s for {len(users)} DELETEs, then up to {waited:.1f} s): "
+          f"{len(left_containers)} containers, {len(left_volumes)} volumes left with label "
+          f"spawngate.instance={bg.instance}")
+    for e in delete_errors[:5]:
+        print(f"  DELETE FAILED: {e}")
+
+    lines = parse_log(bg.logs["spawngate"])
+    problems = [l for l in lines if l[1] in ("WARN", "ERROR") and l[0] >= wall0]
+    if problems:
+        by_msg: dict[str, int] = {}
+        for _, level, target, f in problems:
+            key = f"{level} {target}: {f.get('message', '?')}" + (f" ({f['error']})" if "error" in f else "")
+            key = re.sub(r"u-[a-z0-9]+|[0-9a-f]{12,}", "<…>", key)[:160]
+            by_msg[key] = by_msg.get(key, 0) + 1
+        print(f"  spawngate warnings/errors during the soak: {len(problems)}")
+        for k, n in sorted(by_msg.items(), key=lambda kv: -kv[1])[:10]:
+            print(f"    {n:5d}  {k}")
+
+    if soak.failures:
+        # Which chaos action (on the same user, started up to SOAK_CAUSE_SECS before the
+        # answer) each failure followed: still failures, but the pattern shows at once.
+        causes: dict[str, int] = {}
+        for f in soak.failures:
+            prior = [c for c in soak.chaos if c.user == f.user and 0 <= f.t + f.ms / 1000 - c.t <= SOAK_CAUSE_SECS]
+            cause = f"{f.label} within {SOAK_CAUSE_SECS:g} s of a {prior[-1].action}" if prior else \
+                f"{f.label} with no chaos action on that user within {SOAK_CAUSE_SECS:g} s"
+            causes[cause] = causes.get(cause, 0) + 1
+        print()
+        print("  failures by what preceded them:")
+        for k, n in sorted(causes.items(), key=lambda kv: -kv[1]):
+            print(f"    {n:5d}  {k}")
+        print(f"  FAILURES: {len(soak.failures)} undocumented answers; the first {min(10, len(soak.failures))}, "
+              "with the last chaos action on that user and spawngate's log lines for it just before:")
+        slugs = {n: s for n, s, _ in users}
+        for f in soak.failures[:10]:
+            print(f"  - t={f.t:.2f} s  {f.user} (u-{slugs[f.user]})  {f.label}  after {f.ms:.0f} ms  "
+                  f"body {f.body[:100]!r}")
+            prior = [c for c in soak.chaos if c.user == f.user and c.t <= f.t + f.ms / 1000]
+            if prior:
+                c = prior[-1]
+                print(f"      last chaos: {c.action} at t={c.t:.2f} s ({f.t - c.t:+.2f} s before the request), "
+                      f"result {c.result}, took {c.ms:.0f} ms")
+            mine = [l for l in lines if (l[3].get("user") == f.user or l[3].get("slug") in (f"u-{slugs[f.user]}",))
+                    and f.wall - 3 <= l[0] <= f.wall + f.ms / 1000 + 0.5]
+            for wall, level, target, fl in mine[-8:]:
+                extra = " ".join(f"{k}={v}" for k, v in fl.items() if k not in ("message", "user", "slug"))
+                print(f"      {wall - f.wall:+7.3f} s  {level} {target}: {fl.get('message', '?')} {extra}"[:200])
+    problems_n = bad + len(left_containers) + len(left_volumes) + len(delete_errors) + len(hung)
+    if hung:
+        print(f"  HUNG: {len(hung)} loops did not finish within {SOAK_REQUEST_TIMEOUT + 20:g} s of the end")
+    print()
+    print("  verdict: " + ("OK: only documented answers, nothing left behind" if problems_n == 0 else
+                          f"FAILED: {bad} undocumented answers, {len(left_containers)} containers and "
+                          f"{len(left_volumes)} volumes left, {len(delete_errors)} failed deletes"))
+    print(flush=True)
+    return problems_n
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1355,7 +1756,10 @@ def parse_args() -> argparse.Namespace:
                         "(sled 0.34.7) deadlocked in 3 of 8 tries here: a user-creating transaction waits for the "
                         "write lock while a flush_async holds a read lock and waits for the log flusher, "
                         "which queues behind the writer)")
-    p.add_argument("--only", default="abcdef", help="sections to run, e.g. 'a' or 'ef' (default abcdef)")
+    p.add_argument("--soak-secs", type=float, default=180, help="length of the soak load in g. (default 180)")
+    p.add_argument("--soak-users", type=int, default=50, help="users in g. (default 50)")
+    p.add_argument("--soak-clients", type=int, default=6, help="client loops in g. (default 6)")
+    p.add_argument("--only", default="abcdefg", help="sections to run, e.g. 'a' or 'ef' (default abcdefg)")
     o = p.parse_args()
     if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
@@ -1363,18 +1767,21 @@ def parse_args() -> argparse.Namespace:
         p.error("need 1 <= --scale-running <= --scale-users <= 4000")
     if o.scale_create_workers < 1:
         p.error("--scale-create-workers must be >= 1")
-    if set(o.only) - set("abcdef"):
-        p.error("--only takes letters from 'abcdef'")
+    if not (o.soak_secs > 0 and 1 <= o.soak_users <= 500 and 1 <= o.soak_clients <= 64):
+        p.error("need --soak-secs > 0, 1 <= --soak-users <= 500, 1 <= --soak-clients <= 64")
+    if set(o.only) - set("abcdefg"):
+        p.error("--only takes letters from 'abcdefg'")
     return o
 
 
 def preflight(o: argparse.Namespace) -> None:
-    missing = [p for p in (SPAWNGATE, TRAEFIK, NOOP) if not os.access(p, os.X_OK)]
+    needed = [SPAWNGATE, TRAEFIK] + ([NOOP] if set(o.only) & set("abc") else [])
+    missing = [p for p in needed if not os.access(p, os.X_OK)]
     if "d" in o.only and shutil.which("docker-compose") is None:
         raise BenchError("section d needs docker-compose (v1, as in the README); leave it out with --only abcef")
     if missing:
         raise BenchError(f"missing {', '.join(missing)}: run bench/run (it runs scripts/setup and builds the no-op example)")
-    if shutil.which("wrk") is None:
+    if set(o.only) & set("af") and shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: run bench/run, or apt-get install -y wrk")
     for image in [IMAGE] + (["spawngate:local", "spawngate-traefik:local"] if "d" in o.only else []):
         if not docker_lines("image", "ls", "-q", image):
@@ -1402,6 +1809,7 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix=f"sgbench-{b.run_id}-compose-")
     started = time.perf_counter()
     left: list[str] = []
+    soak_problems = 0
     try:
         header(b, o)
         a_best = None
@@ -1446,6 +1854,16 @@ def main() -> int:
             section_f(bf, o, a_best, small)
             log(f"f. cleaning up its pair ({o.scale_running} containers and their volumes)")
             bf.cleanup()
+        if "g" in o.only:
+            # e.'s port range: e. is over by now, and its containers are gone.
+            bg = Bench(o, run_id=b.run_id, tag="g", noop=False, host_ports=(24000, 24999),
+                       extra_env=SETTINGS_G)
+            stacks.append(bg)
+            log(f"g. starting a fresh spawngate + Traefik pair (instance {bg.instance})")
+            bg.start()
+            soak_problems = section_g(bg, o)
+            log("g. cleaning up its pair")
+            bg.cleanup()
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130
@@ -1473,7 +1891,9 @@ def main() -> int:
           + ("nothing left behind." if not left else f"LEFT BEHIND: {', '.join(left)}"))
     print(f"Total time: {time.perf_counter() - started:.0f} s; load average at the end (1/5/15 min): "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
-    return 0 if not left else 1
+    if soak_problems:
+        print(f"Soak (g.): {soak_problems} problems (undocumented answers or leftovers, see above): exit status 1")
+    return 0 if not left and not soak_problems else 1
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
     minor_version: 41,
 };
 
+/// How long a spawn waits for a container someone else is removing to be gone.
+const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct DockerRuntime {
     host: String,
     /// Created on first use and kept; bollard refuses to build a client for a
@@ -458,6 +461,54 @@ impl DockerRuntime {
         Ok(Some(info))
     }
 
+    /// Starts (or unpauses) the container, creating it first if there is none.
+    async fn ensure_running_once(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError> {
+        if let Some(info) = self.current(spec).await? {
+            if self.network_per_user {
+                self.ensure_network(spec).await?;
+            }
+            if info.running {
+                return Ok(Running {
+                    id: info.id,
+                    running_since: info.started_at,
+                });
+            }
+            if info.paused {
+                self.docker()?
+                    .unpause_container(&spec.name)
+                    .await
+                    .map_err(|e| map_err(e, spec))?;
+            } else {
+                self.start(spec).await?;
+            }
+            return Ok(Running {
+                id: info.id,
+                running_since: None,
+            });
+        }
+        let id = self.create_fresh(spec).await?;
+        self.start(spec).await?;
+        Ok(Running {
+            id,
+            running_since: None,
+        })
+    }
+
+    /// Waits (bounded) until the container `name` no longer exists.
+    async fn wait_gone(&self, name: &str) -> Result<(), RuntimeError> {
+        let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
+        while self.inspect(name).await?.is_some() {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RuntimeError::Failed(format!(
+                    "container {name} is still being removed after {} s",
+                    REMOVAL_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         match self.docker()?.start_container(&spec.name, None).await {
             // 304: already running.
@@ -466,6 +517,11 @@ impl DockerRuntime {
             Err(e) => Err(map_err(e, spec)),
         }
     }
+}
+
+/// Docker's refusal to start (or unpause) a container that is being removed.
+fn being_removed(msg: &str) -> bool {
+    msg.contains("marked for removal") || msg.contains("removal of container")
 }
 
 fn status(e: &BollardError) -> Option<u16> {
@@ -541,35 +597,16 @@ impl Runtime for DockerRuntime {
     }
 
     async fn ensure_running(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError> {
-        if let Some(info) = self.current(spec).await? {
-            if self.network_per_user {
-                self.ensure_network(spec).await?;
+        match self.ensure_running_once(spec).await {
+            // `docker rm -f` under way: its `die` event arrives (and a request kicks a
+            // spawn) before the container is gone, and Docker refuses to start it.
+            // Wait for it to go, then make a new one on the same volume.
+            Err(RuntimeError::Failed(msg)) if being_removed(&msg) => {
+                self.wait_gone(&spec.name).await?;
+                self.ensure_running_once(spec).await
             }
-            if info.running {
-                return Ok(Running {
-                    id: info.id,
-                    running_since: info.started_at,
-                });
-            }
-            if info.paused {
-                self.docker()?
-                    .unpause_container(&spec.name)
-                    .await
-                    .map_err(|e| map_err(e, spec))?;
-            } else {
-                self.start(spec).await?;
-            }
-            return Ok(Running {
-                id: info.id,
-                running_since: None,
-            });
+            other => other,
         }
-        let id = self.create_fresh(spec).await?;
-        self.start(spec).await?;
-        Ok(Running {
-            id,
-            running_since: None,
-        })
     }
 
     async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
