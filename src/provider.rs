@@ -30,6 +30,8 @@ pub const AUTH_RESPONSE_HEADERS: &[&str] = &[
 
 /// Name of the always-present routers, middlewares and service.
 const SELF_SERVICE: &str = "spawngate";
+/// The errors middleware every user router starts with.
+const APP_GONE: &str = "spawngate-app-gone";
 
 pub fn render(config: &Config, directory: &Directory) -> Value {
     let mut routers = Map::new();
@@ -110,7 +112,22 @@ pub fn render(config: &Config, directory: &Directory) -> Value {
         json!({ "loadBalancer": { "servers": [ { "url": config.internal_url } ], "passHostHeader": true } }),
     );
 
-    for user in directory.users() {
+    let users = directory.users();
+    if !users.is_empty() {
+        // A container that goes away while answering (killed, crashed) gives
+        // Traefik a reset and the client a bare 502: ask spawngate for the answer
+        // instead, as a 503 (its waiting page, or "the app answered 502").
+        middlewares.insert(
+            APP_GONE.into(),
+            json!({ "errors": {
+                "status": ["502"],
+                "statusRewrites": { "502": 503 },
+                "service": SELF_SERVICE,
+                "query": "/_spawngate/app-gone",
+            }}),
+        );
+    }
+    for user in users {
         render_user(
             config,
             &user,
@@ -154,14 +171,14 @@ fn render_user(
         Some(apps) => json!({
             "rule": format!("Host(`{}`)", apps.host(&user.slug)),
             "entryPoints": entry_points,
-            "middlewares": [auth],
+            "middlewares": [APP_GONE, auth],
             "service": segment,
         }),
         None => json!({
             // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
             "rule": format!("Path(`{prefix}`) || PathPrefix(`{prefix}/`)"),
             "entryPoints": entry_points,
-            "middlewares": [auth, strip.clone()],
+            "middlewares": [APP_GONE, auth, strip.clone()],
             "service": segment,
         }),
     };
@@ -241,7 +258,15 @@ mod tests {
         );
         assert_eq!(
             router["middlewares"],
-            json!([format!("auth-{seg}"), format!("strip-{seg}")])
+            json!([
+                "spawngate-app-gone",
+                format!("auth-{seg}"),
+                format!("strip-{seg}")
+            ])
+        );
+        assert_eq!(
+            http["middlewares"]["spawngate-app-gone"]["errors"]["statusRewrites"]["502"],
+            503
         );
         assert_eq!(router["tls"]["certResolver"], "le");
 
@@ -338,7 +363,10 @@ mod tests {
             router["rule"],
             format!("Host(`{}.apps.example.com`)", alice.slug)
         );
-        assert_eq!(router["middlewares"], json!([format!("auth-{seg}")]));
+        assert_eq!(
+            router["middlewares"],
+            json!(["spawngate-app-gone", format!("auth-{seg}")])
+        );
         assert!(http["middlewares"].get(format!("strip-{seg}")).is_none());
         assert_eq!(
             http["routers"]["spawngate"]["rule"],

@@ -247,7 +247,7 @@ pub fn login_location(next: Option<&str>) -> String {
     }
 }
 
-fn waiting(browser: bool) -> Resp {
+pub(super) fn waiting(browser: bool) -> Resp {
     let mut resp = pages::waiting(browser, RETRY_SECS);
     resp.headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(RETRY_SECS));

@@ -1,6 +1,7 @@
 //! Request routing and the small response helpers every handler uses.
 
 mod admin;
+mod app_gone;
 mod forward_auth;
 mod handoff;
 mod login;
@@ -99,6 +100,9 @@ where
         && let Some(slug) = host_of(&req).and_then(|h| apps.slug_of(h))
     {
         let query = query_map(req.uri());
+        if path == app_gone::PATH {
+            return Ok(app_gone::handle(&app, req.headers(), Some(&slug)).await);
+        }
         return Ok(handoff::on_app_host(&app, req.headers(), &slug, &path, &query).await);
     }
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -107,6 +111,7 @@ where
     }
     let resp = match (&method, path.as_str()) {
         (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())),
+        (&Method::GET, app_gone::PATH) => app_gone::handle(&app, req.headers(), None).await,
         (_, p) if p.starts_with("/auth/") => {
             forward_auth::handle(&app, req.headers(), &p["/auth/".len()..]).await
         }

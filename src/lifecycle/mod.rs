@@ -357,6 +357,18 @@ impl Lifecycle {
         }
     }
 
+    /// Whether the user's container is still ready after `wait`: Docker reports a
+    /// container killed a moment ago within milliseconds.
+    pub async fn stays_ready(&self, id: &UserId, wait: Duration) -> bool {
+        let mut rx = self.slot(id).phase.subscribe();
+        if !matches!(*rx.borrow_and_update(), Phase::Ready) {
+            return false;
+        }
+        tokio::time::timeout(wait, rx.wait_for(|p| !matches!(p, Phase::Ready)))
+            .await
+            .is_err()
+    }
+
     /// Starts (or unpauses) the user's container in the background without waiting:
     /// used at login so the first page is usually warm.
     pub fn prewarm(self: &Arc<Self>, user: &Arc<User>) {

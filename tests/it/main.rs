@@ -4,6 +4,7 @@
 //! and the real Docker Engine with the example image `spawngate-example-app:latest`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod appgone;
 mod auth;
 mod backup;
 mod badinput;

@@ -5,6 +5,8 @@
 //!   environment, the request and a persistent visit counter.
 //! * `/whoami.json`: the same information as JSON.
 //! * `GET /healthz`: `ok`.
+//! * `GET /slow?ms=N`: answers after N ms; `GET /status/<code>`: answers that
+//!   status (both for tests of what users see when things go wrong).
 //! * `/ws`: WebSocket echo (`/ws?env=1` first sends the upgrade request's
 //!   CGI-style environment, as `/whoami.json` shows it in `cgi_env`).
 //!
@@ -236,6 +238,31 @@ async fn route(
         "/healthz" if is_get_or_head => text_response(StatusCode::OK, "ok"),
         "/healthz" => method_not_allowed("GET, HEAD"),
         "/ws" => ws::handle(req, shutdown),
+        // For tests of requests in flight: answers after `ms` milliseconds (≤ 60 s).
+        "/slow" if is_get => {
+            let ms: u64 = req
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ms=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000)
+                .min(60_000);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            text_response(StatusCode::OK, "done\n")
+        }
+        // For tests of an app's own error answers: `/status/502` answers 502.
+        p if is_get && p.starts_with("/status/") => {
+            match p["/status/".len()..]
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+            {
+                Some(code) if code.as_u16() >= 400 => {
+                    text_response(code, "the app answered this status\n")
+                }
+                _ => text_response(StatusCode::BAD_REQUEST, "use /status/<400-599>\n"),
+            }
+        }
         "/whoami.json" => {
             let visits = state.counter.visit(true).await;
             let info = request_info(&req, state, visits);
