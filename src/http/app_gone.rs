@@ -39,7 +39,7 @@ pub async fn handle(app: &App, headers: &HeaderMap, host_slug: Option<&Slug>) ->
         .filter(|t| {
             app.config.docker.inject_secret
                 && header("x-spawngate-secret").is_some_and(|presented| {
-                    Secret::new(&app.lifecycle.forward_secret(t)).matches(presented)
+                    Secret::new(app.lifecycle.forward_secret(t)).matches(presented)
                 })
         });
     let Some(target) = target else {
