@@ -65,7 +65,7 @@ pub enum Phase {
 /// Why a container could not be made ready. Messages are safe to show users.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("the container service is unavailable right now")]
+    #[error("Docker, which runs the environments, is unreachable right now; try again in a moment")]
     DockerDown(String),
     #[error("the environment's image is missing on the server")]
     ImageMissing(String),
@@ -1008,10 +1008,15 @@ impl Lifecycle {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            // Short enough that events flow again soon after Docker is back; a
+            // failed connection attempt costs next to nothing.
+            backoff = (backoff * 2).min(EVENTS_BACKOFF_MAX);
         }
     }
 }
+
+/// Longest wait between attempts to re-open Docker's event stream.
+const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Parses Docker's RFC 3339 timestamps (nanosecond precision) to Unix seconds.
 fn parse_rfc3339(s: &str) -> Option<i64> {
