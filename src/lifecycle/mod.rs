@@ -792,6 +792,10 @@ impl Lifecycle {
         tokio::spawn(async move {
             let slot = this.slot(&user.id);
             let _ops = slot.ops.lock().await;
+            // Deleted meanwhile: creating it now would leave an orphan behind.
+            if this.store.snapshot().by_id(&user.id).is_none() {
+                return;
+            }
             match this.runtime.ensure_created(&this.spec(&user)).await {
                 Ok(_) => {
                     slot.present.store(true, Ordering::Relaxed);
@@ -984,22 +988,45 @@ impl Lifecycle {
     }
 
     /// Follows Docker's event stream for this instance until `shutdown` fires,
-    /// reconnecting with backoff when the stream breaks.
+    /// reconnecting with backoff when the stream breaks. Once a new stream has held
+    /// for a few seconds after a break (Docker is back), the state is read again
+    /// from Docker (a reconcile), which also finishes the removal of users deleted
+    /// while Docker was away.
     pub async fn watch_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(500);
+        let mut resync = false;
         loop {
             let this = self.clone();
             let on_gone = move |gone: ContainerGone| this.container_gone(&gone);
             let instance = self.config.docker.instance.clone();
             let connected_at = Instant::now();
-            tokio::select! {
-                result = self.runtime.watch_events(&instance, &on_gone) => {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "Docker event stream lost; reconnecting");
+            let stream = self.runtime.watch_events(&instance, &on_gone);
+            tokio::pin!(stream);
+            let settled = tokio::time::sleep(STREAM_SETTLED);
+            tokio::pin!(settled);
+            loop {
+                tokio::select! {
+                    result = &mut stream => {
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "Docker event stream lost; reconnecting");
+                        }
+                        break;
                     }
+                    _ = &mut settled, if resync => {
+                        resync = false;
+                        match self.resync().await {
+                            Ok(_) => tracing::info!("Docker is back: state re-read"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "re-reading state from Docker failed; retrying");
+                                resync = true;
+                                settled.as_mut().reset(tokio::time::Instant::now() + STREAM_SETTLED);
+                            }
+                        }
+                    }
+                    _ = shutdown.changed() => return,
                 }
-                _ = shutdown.changed() => return,
             }
+            resync = true;
             self.forget_ready();
             if connected_at.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(500);
@@ -1014,6 +1041,9 @@ impl Lifecycle {
         }
     }
 }
+
+/// A re-opened event stream that held this long means Docker is back.
+const STREAM_SETTLED: Duration = Duration::from_secs(5);
 
 /// Longest wait between attempts to re-open Docker's event stream.
 const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(5);

@@ -1,5 +1,7 @@
 //! Start-up reconciliation: spawngate's view is rebuilt from Docker (by label) and
-//! the store, so a restart neither restarts running containers nor forgets any.
+//! the store, so a restart neither restarts running containers nor forgets any,
+//! and what a deleted user left behind (a removal cut short by a crash or by an
+//! unreachable Docker) is removed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Lifecycle, Phase, parse_rfc3339};
-use crate::runtime::RuntimeError;
+use crate::runtime::{ResourceKind, RuntimeError};
 use crate::time::unix_now;
 
 /// What reconciliation did, for the log and tests.
@@ -18,20 +20,40 @@ pub struct Reconciled {
     pub adopted_stopped: usize,
     pub orphans_removed: usize,
     pub records_corrected: usize,
+    /// Volumes of deleted users (unless `lifecycle.keep_volume_on_delete`).
+    pub volumes_removed: usize,
+    /// Per-user networks no user has any more.
+    pub networks_removed: usize,
 }
 
 impl Lifecycle {
     /// Adopts this instance's containers: running ones that answer are ready at once
     /// (same container, no restart), paused and stopped ones are remembered, those
-    /// of deleted users are removed (their volumes are kept), and container records
-    /// that point at nothing are corrected.
+    /// of users that do not exist are removed, and container records that point at
+    /// nothing are corrected. Then the volumes and networks of deleted users go
+    /// (see [`Self::remove_leftovers`]).
     pub async fn reconcile(self: &Arc<Self>) -> Result<Reconciled, RuntimeError> {
+        self.reconcile_with(true).await
+    }
+
+    /// The same while serving, after Docker was unreachable: events may have been
+    /// missed, and removals of users deleted meanwhile are to be finished. Pool
+    /// spares and container records are left alone: the pool and spawns are at
+    /// work on them now, unlike at start-up.
+    pub async fn resync(self: &Arc<Self>) -> Result<Reconciled, RuntimeError> {
+        self.reconcile_with(false).await
+    }
+
+    async fn reconcile_with(self: &Arc<Self>, startup: bool) -> Result<Reconciled, RuntimeError> {
         let mut done = Reconciled::default();
         let containers = self.runtime.list(&self.config.docker.instance).await?;
         let directory = self.store.snapshot();
         let mut seen = HashSet::new();
         for c in containers {
             let pooled = c.labels.get("spawngate.pool").map(String::as_str) == Some("true");
+            if pooled && !startup {
+                continue;
+            }
             let user = if pooled {
                 // A claimed pool container carries its user only in its name (labels
                 // cannot change) and in the user's record.
@@ -64,7 +86,7 @@ impl Lifecycle {
                 continue;
             }
             let Some(user) = user else {
-                tracing::info!(container = %c.name, "removing container of a deleted user (volume kept)");
+                tracing::info!(container = %c.name, "removing the container of a user that does not exist");
                 self.runtime.remove(&c.name, None).await?;
                 self.store.audit(
                     "system",
@@ -78,16 +100,22 @@ impl Lifecycle {
             seen.insert(user.id.clone());
             let slot = self.slot(&user.id);
             slot.present.store(true, Ordering::Relaxed);
-            let record = self.store.container_record(&user.id).ok().flatten();
-            if let Some(r) = &record {
-                self.restore_pooled_secret(&slot, r);
+            if startup {
+                let record = self.store.container_record(&user.id).ok().flatten();
+                if let Some(r) = &record {
+                    self.restore_pooled_secret(&slot, r);
+                }
+                let last = record
+                    .as_ref()
+                    .and_then(|r| r.last_activity)
+                    .unwrap_or_else(unix_now);
+                slot.last_activity.store(last, Ordering::Relaxed);
+                slot.persisted_activity.store(last, Ordering::Relaxed);
+            } else if !matches!(*slot.phase.borrow(), Phase::Unknown) {
+                // Known (starting, stopped by us, paused by us): nothing to re-read.
+                // What was ready became unknown when the stream broke.
+                continue;
             }
-            let last = record
-                .as_ref()
-                .and_then(|r| r.last_activity)
-                .unwrap_or_else(unix_now);
-            slot.last_activity.store(last, Ordering::Relaxed);
-            slot.persisted_activity.store(last, Ordering::Relaxed);
             let phase = match c.state.as_str() {
                 "running" => {
                     if let Some(info) = self.runtime.inspect(&c.name).await? {
@@ -127,7 +155,7 @@ impl Lifecycle {
             });
         }
         for user in directory.users() {
-            if seen.contains(&user.id) {
+            if seen.contains(&user.id) || !startup {
                 continue;
             }
             if let Ok(Some(mut record)) = self.store.container_record(&user.id)
@@ -148,8 +176,62 @@ impl Lifecycle {
                 }
             });
         }
+        self.remove_leftovers(&mut done).await?;
         tracing::info!(?done, "reconciled containers with Docker");
         Ok(done)
+    }
+
+    /// Removes the volumes of users the store says were deleted (their tombstone),
+    /// and per-user networks that no user owns. A volume whose user the store has
+    /// never heard of is kept and reported: it may hold the data of a store that
+    /// was lost or restored from an older backup, and only an operator may judge.
+    async fn remove_leftovers(&self, done: &mut Reconciled) -> Result<(), RuntimeError> {
+        let directory = self.store.snapshot();
+        let users = directory.users();
+        let live_ids: HashSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        let live_names: HashSet<String> = users
+            .iter()
+            .map(|u| super::container_name(&u.slug))
+            .collect();
+        let keep_volumes = self.config.lifecycle.keep_volume_on_delete;
+        for r in self.runtime.resources(&self.config.docker.instance).await? {
+            match r.kind {
+                ResourceKind::UserNetwork => {
+                    if live_names.contains(&r.name) {
+                        continue;
+                    }
+                    tracing::info!(network = %r.name, "removing the network of a user that does not exist");
+                    self.runtime.remove_resource(&r).await?;
+                    done.networks_removed += 1;
+                }
+                ResourceKind::Volume => {
+                    let Some(owner) = r.labels.get("spawngate.user_id") else {
+                        continue;
+                    };
+                    if live_ids.contains(owner.as_str()) {
+                        continue;
+                    }
+                    // An unreadable tombstone tree must not delete data: keep.
+                    if !self.store.was_deleted(owner).unwrap_or(false) {
+                        tracing::warn!(volume = %r.name, "volume of a user this store does not know (kept; remove it by hand if it is not needed)");
+                        continue;
+                    }
+                    if keep_volumes {
+                        continue;
+                    }
+                    tracing::info!(volume = %r.name, "removing the volume of a deleted user");
+                    self.runtime.remove_resource(&r).await?;
+                    self.store.audit(
+                        "system",
+                        "volume.remove",
+                        &r.name,
+                        Some("its user was deleted".into()),
+                    );
+                    done.volumes_removed += 1;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reconciles at start-up, retrying while Docker is unreachable.

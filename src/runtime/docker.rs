@@ -16,7 +16,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::{
-    ContainerGone, ContainerInfo, ContainerSpec, ContainerSummary, Running, Runtime, RuntimeError,
+    ContainerGone, ContainerInfo, ContainerSpec, ContainerSummary, Resource, ResourceKind, Running,
+    Runtime, RuntimeError,
 };
 use crate::config::NetworkMode;
 
@@ -745,6 +746,67 @@ impl Runtime for DockerRuntime {
             }
         }
         Ok(())
+    }
+
+    async fn resources(&self, instance: &str) -> Result<Vec<Resource>, RuntimeError> {
+        let mut out = Vec::new();
+        let options = bollard::query_parameters::ListVolumesOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("spawngate.instance={instance}")],
+            )])),
+        };
+        let volumes = self
+            .docker()?
+            .list_volumes(Some(options))
+            .await
+            .map_err(classify)?;
+        for v in volumes.volumes.unwrap_or_default() {
+            out.push(Resource {
+                kind: ResourceKind::Volume,
+                name: v.name,
+                labels: v.labels,
+            });
+        }
+        let options = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![
+                    format!("spawngate.instance={instance}"),
+                    format!("{USER_NETWORK_LABEL}=true"),
+                ],
+            )])),
+        };
+        let networks = self
+            .docker()?
+            .list_networks(Some(options))
+            .await
+            .map_err(classify)?;
+        for n in networks {
+            if let Some(name) = n.name {
+                out.push(Resource {
+                    kind: ResourceKind::UserNetwork,
+                    name,
+                    labels: n.labels.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_resource(&self, resource: &Resource) -> Result<(), RuntimeError> {
+        match resource.kind {
+            ResourceKind::UserNetwork => self.remove_user_network(&resource.name).await,
+            ResourceKind::Volume => match self
+                .docker()?
+                .remove_volume(&resource.name, None::<RemoveVolumeOptions>)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if status(&e) == Some(404) => Ok(()),
+                Err(e) => Err(classify(e)),
+            },
+        }
     }
 
     async fn watch_events(
