@@ -166,6 +166,7 @@ impl Store {
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
             db,
         };
+        store.drop_dangling_shares()?;
         store.refresh_directory()?;
         Ok(store)
     }
@@ -174,6 +175,41 @@ impl Store {
     /// holding it calls no other method that takes it.
     fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops grants to users that do not exist (one granted in the instant its
+    /// grantee was being deleted): run at open and with each purge, so every grant
+    /// points at a user.
+    fn drop_dangling_shares(&self) -> Result<usize> {
+        let _writing = self.writing();
+        let mut fixed = 0;
+        for item in self.users.iter() {
+            let (key, value) = item?;
+            let Ok(mut user) = decode::<User>(&value) else {
+                continue;
+            };
+            let before = user.shared_with.len();
+            user.shared_with.retain(|s| {
+                self.users
+                    .contains_key(s.user_id.as_str().as_bytes())
+                    .unwrap_or(true)
+            });
+            if user.shared_with.len() == before {
+                continue;
+            }
+            // A concurrent update wins; the next purge looks again.
+            if self
+                .users
+                .compare_and_swap(&key, Some(&value), Some(encode(&user)))?
+                .is_ok()
+            {
+                fixed += 1;
+            }
+        }
+        if fixed > 0 {
+            tracing::info!(users = fixed, "dropped grants to deleted users");
+        }
+        Ok(fixed)
     }
 
     /// A receiver that always holds the latest directory.
@@ -861,6 +897,9 @@ impl Store {
     /// Drops expired sessions and login tokens, and any session or token whose
     /// user no longer exists (one created while its user was being deleted).
     pub fn purge_expired(&self) -> Result<usize> {
+        if self.drop_dangling_shares()? > 0 {
+            self.refresh_directory()?;
+        }
         let now = unix_now();
         let _writing = self.writing();
         let live = |id: &UserId| {
@@ -992,14 +1031,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn purging_drops_sessions_and_tokens_of_users_that_do_not_exist() {
+    async fn purging_drops_sessions_tokens_and_grants_of_users_that_do_not_exist() {
         let (_d, s) = store();
         let ghost = UserId::generate();
         let (sid, _) = s.create_session(&ghost, 3600).await.unwrap();
         let (token, _) = s.create_api_token(&ghost, "ci").await.unwrap();
+        let mut owner = s.create_user("owner", None, None).await.unwrap();
+        owner.shared_with.push(Share {
+            user_id: ghost.clone(),
+            read_only: true,
+            granted: 0,
+        });
+        s.update_user(&owner).await.unwrap();
         assert_eq!(s.purge_expired().unwrap(), 2);
         assert!(s.session(&sid).unwrap().is_none());
         assert!(s.api_token(&token).unwrap().is_none());
+        let owner = s.snapshot().by_name("owner").cloned().unwrap();
+        assert!(owner.shared_with.is_empty(), "the dangling grant is gone");
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! Faults against the real thing: Docker going away in the middle of a spawn and
-//! coming back (through a socket proxy the test stops and restarts), and spawngate
-//! SIGKILLed while users are created, deleted and shared.
+//! coming back (through a socket proxy the test stops and restarts), and the real
+//! spawngate binary SIGKILLed while users are created, deleted and shared.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use reqwest::header::{ACCEPT, COOKIE, RETRY_AFTER};
 use serde_json::Value;
 
 use crate::docker_proxy::DockerProxy;
-use crate::harness::{Harness, Options, random_hex};
-use crate::proc::inspect;
+use crate::harness::{Harness, Options, containers_of, docker_lines, random_hex};
+use crate::proc::{ProcHarness, inspect};
 
 const HTML: &str = "text/html,application/xhtml+xml";
 
@@ -175,4 +175,230 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
     let now = h.containers_of(&alice.slug);
     assert_eq!(now.len(), 1, "exactly one container: {now:?}");
     assert_eq!(inspect(&name, "{{.State.Status}}"), "running");
+}
+
+/// Waits (bounded) for a child process; `None` if it is still running then.
+async fn wait_child(child: &mut std::process::Child, secs: u64) -> Option<bool> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.success());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn volume_exists(name: &str) -> bool {
+    Command::new("docker")
+        .args(["volume", "inspect", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_user_create_delete_and_share_leaves_the_store_consistent() {
+    let mut h = ProcHarness::start(&[
+        ("SPAWNGATE_LIFECYCLE_START_ON_LOGIN", "false"),
+        ("SPAWNGATE_LIFECYCLE_PRECREATE", "true"),
+    ])
+    .await;
+    for name in ["keep0", "keep1", "keep2"] {
+        h.user(name).await;
+    }
+    // Users about to be deleted, each with a running container, and grants from
+    // and to them.
+    let mut doomed = Vec::new();
+    for i in 0..4 {
+        let name = format!("del{i}");
+        let slug = h.user(&name).await;
+        let cookie = h.login(&name).await;
+        let url = format!("{}/u-{slug}/whoami.json", h.public);
+        let resp = h
+            .client
+            .get(&url)
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        doomed.push((name, slug));
+    }
+    h.cli(&["user", "share", "keep0", "del0"]);
+    h.cli(&["user", "share", "del1", "keep1", "--read-only"]);
+
+    // Many changes at once through the control socket; SIGKILL while they run.
+    let mut ops: Vec<(Vec<String>, std::process::Child)> = Vec::new();
+    let mut start = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = h.cli_command(&refs).spawn().unwrap();
+        ops.push((args, child));
+    };
+    for (name, _) in &doomed {
+        start(vec!["user".into(), "rm".into(), name.clone()]);
+    }
+    for i in 0..8 {
+        start(vec!["user".into(), "add".into(), format!("new{i}")]);
+    }
+    for (owner, grantee) in [
+        ("keep2", "del2"),
+        ("keep1", "del3"),
+        ("keep0", "keep2"),
+        ("del0", "keep0"),
+    ] {
+        start(vec![
+            "user".into(),
+            "share".into(),
+            owner.into(),
+            grantee.into(),
+        ]);
+    }
+    // Killed as soon as the first deletion reached Docker: the others are in flight.
+    // (One Docker call per look, looked at as often as Docker answers.)
+    let instance = h.instance.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let present = docker_lines(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=spawngate.instance={instance}"),
+            "--format",
+            "{{.Label \"spawngate.slug\"}}",
+        ]);
+        if doomed.iter().any(|(_, slug)| !present.contains(slug)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no deletion reached Docker in 30 s"
+        );
+    }
+    h.signal("KILL").await;
+    let mut acknowledged = Vec::new();
+    for (args, child) in &mut ops {
+        match wait_child(child, 30).await {
+            Some(true) => acknowledged.push(args.clone()),
+            Some(false) => {}
+            None => panic!("spawngate {args:?} hangs after the server died"),
+        }
+    }
+
+    // The same data directory, started again: the store opens, and reconcile
+    // finishes what the kill cut short.
+    h.spawn_server().await;
+    let list: Value = serde_json::from_slice(&h.cli(&["user", "list", "--json"]).stdout).unwrap();
+    let users: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().unwrap().to_owned(),
+                u["slug"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let names: std::collections::HashSet<&str> = users.iter().map(|(n, _)| n.as_str()).collect();
+    let slugs: std::collections::HashSet<&str> = users.iter().map(|(_, s)| s.as_str()).collect();
+    assert_eq!(slugs.len(), users.len(), "unique slugs: {users:?}");
+    for name in ["keep0", "keep1", "keep2"] {
+        assert!(names.contains(name), "{name} untouched: {users:?}");
+    }
+    // What the server acknowledged before it died is durable.
+    for args in &acknowledged {
+        match args[1].as_str() {
+            "add" => assert!(names.contains(args[2].as_str()), "{args:?} acknowledged"),
+            "rm" => assert!(!names.contains(args[2].as_str()), "{args:?} acknowledged"),
+            _ => {}
+        }
+    }
+
+    // Every user is whole: routed by Traefik to a host port of its own...
+    let config: Value = h
+        .client
+        .get(format!("{}/traefik/config", h.direct))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ports = std::collections::HashSet::new();
+    for (name, slug) in &users {
+        let segment = format!("u-{slug}");
+        assert!(
+            config["http"]["routers"][&segment].is_object(),
+            "{name} routed"
+        );
+        let url = config["http"]["services"][&segment]["loadBalancer"]["servers"][0]["url"]
+            .as_str()
+            .unwrap();
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(ports.insert(port), "{name}'s port {port} is its own");
+    }
+    // ...and served: a login link works and their own container answers.
+    for (name, slug) in &users {
+        h.traefik
+            .as_ref()
+            .unwrap()
+            .wait_router(&format!("u-{slug}"))
+            .await;
+        let cookie = h.login(name).await;
+        let url = format!("{}/u-{slug}/whoami.json", h.public);
+        let resp = h
+            .client
+            .get(&url)
+            .header(COOKIE, &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{name} is served");
+        let who: Value = resp.json().await.unwrap();
+        assert_eq!(who["user"], name.as_str());
+    }
+
+    // Deleted users left nothing behind once reconcile ran: no container, no volume.
+    let deleted: Vec<&(String, String)> = doomed
+        .iter()
+        .filter(|(name, _)| !names.contains(name.as_str()))
+        .collect();
+    assert!(!deleted.is_empty(), "the first deletion went through");
+    let (instance, deleted) = (instance.as_str(), &deleted[..]);
+    poll(
+        30,
+        "reconcile to remove what deleted users left",
+        move || async move {
+            deleted
+                .iter()
+                .all(|(_, slug)| {
+                    containers_of(instance, slug).is_empty()
+                        && !volume_exists(&format!("spawngate-u-{slug}-data"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    for (name, slug) in doomed.iter().filter(|(n, _)| names.contains(n.as_str())) {
+        assert_eq!(h.containers_of(slug).len(), 1, "{name} kept its container");
+    }
+
+    // Every grant points at a user that exists (read from the store itself, with
+    // the server stopped: the API would hide a dangling one).
+    h.signal("TERM").await;
+    let store = spawngate::store::Store::open(h.data_dir()).unwrap();
+    let directory = store.snapshot();
+    for user in directory.users() {
+        for share in &user.shared_with {
+            assert!(
+                directory.by_id(&share.user_id).is_some(),
+                "{} shares with a deleted user",
+                user.name
+            );
+        }
+    }
 }
