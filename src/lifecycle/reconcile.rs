@@ -46,6 +46,9 @@ impl Lifecycle {
 
     async fn reconcile_with(self: &Arc<Self>, startup: bool) -> Result<Reconciled, RuntimeError> {
         let mut done = Reconciled::default();
+        // One removal failing (Docker still busy removing it) must not stop the
+        // rest: it is retried with the next pass.
+        let mut failed: Option<RuntimeError> = None;
         let containers = self.runtime.list(&self.config.docker.instance).await?;
         let directory = self.store.snapshot();
         let mut seen = HashSet::new();
@@ -82,12 +85,17 @@ impl Lifecycle {
             };
             if pooled && user.is_none() {
                 // Unclaimed spares from a previous run: the pool makes fresh ones.
-                self.runtime.remove(&c.name, None).await?;
+                if let Err(e) = self.runtime.remove(&c.name, None).await {
+                    note_failure(&mut failed, &c.name, e);
+                }
                 continue;
             }
             let Some(user) = user else {
                 tracing::info!(container = %c.name, "removing the container of a user that does not exist");
-                self.runtime.remove(&c.name, None).await?;
+                if let Err(e) = self.runtime.remove(&c.name, None).await {
+                    note_failure(&mut failed, &c.name, e);
+                    continue;
+                }
                 self.store.audit(
                     "system",
                     "container.remove",
@@ -176,16 +184,23 @@ impl Lifecycle {
                 }
             });
         }
-        self.remove_leftovers(&mut done).await?;
+        self.remove_leftovers(&mut done, &mut failed).await?;
         tracing::info!(?done, "reconciled containers with Docker");
-        Ok(done)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// Removes the volumes of users the store says were deleted (their tombstone),
     /// and per-user networks that no user owns. A volume whose user the store has
     /// never heard of is kept and reported: it may hold the data of a store that
     /// was lost or restored from an older backup, and only an operator may judge.
-    async fn remove_leftovers(&self, done: &mut Reconciled) -> Result<(), RuntimeError> {
+    async fn remove_leftovers(
+        &self,
+        done: &mut Reconciled,
+        failed: &mut Option<RuntimeError>,
+    ) -> Result<(), RuntimeError> {
         let directory = self.store.snapshot();
         let users = directory.users();
         let live_ids: HashSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
@@ -201,8 +216,10 @@ impl Lifecycle {
                         continue;
                     }
                     tracing::info!(network = %r.name, "removing the network of a user that does not exist");
-                    self.runtime.remove_resource(&r).await?;
-                    done.networks_removed += 1;
+                    match self.runtime.remove_resource(&r).await {
+                        Ok(()) => done.networks_removed += 1,
+                        Err(e) => note_failure(failed, &r.name, e),
+                    }
                 }
                 ResourceKind::Volume => {
                     let Some(owner) = r.labels.get("spawngate.user_id") else {
@@ -220,7 +237,10 @@ impl Lifecycle {
                         continue;
                     }
                     tracing::info!(volume = %r.name, "removing the volume of a deleted user");
-                    self.runtime.remove_resource(&r).await?;
+                    if let Err(e) = self.runtime.remove_resource(&r).await {
+                        note_failure(failed, &r.name, e);
+                        continue;
+                    }
                     self.store.audit(
                         "system",
                         "volume.remove",
@@ -234,7 +254,8 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Reconciles at start-up, retrying while Docker is unreachable.
+    /// Reconciles at start-up, retrying while Docker is unreachable (or a removal
+    /// failed).
     pub async fn reconcile_until_done(
         self: Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -252,4 +273,9 @@ impl Lifecycle {
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
+}
+
+fn note_failure(failed: &mut Option<RuntimeError>, what: &str, e: RuntimeError) {
+    tracing::warn!(resource = %what, error = %e, "cannot remove a leftover; retrying later");
+    failed.get_or_insert(e);
 }

@@ -402,3 +402,40 @@ async fn sigkill_during_user_create_delete_and_share_leaves_the_store_consistent
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_while_docker_is_away_loses_container_and_volume_once_it_is_back() {
+    let socket = std::env::temp_dir().join(format!("sgfaults-{}.sock", random_hex(5)));
+    let mut proxy = DockerProxy::start(&socket);
+    let h = Harness::start(Options {
+        extra_toml: format!("[docker]\nhost = {:?}\n", proxy.docker_host()),
+        ..Default::default()
+    })
+    .await;
+    let bob = h.user("bob").await;
+    let cookie = h.login("bob").await;
+    let url = h.url(&format!("/u-{}/whoami.json", bob.slug));
+    assert_eq!(get(&h, &url, &cookie, None).await.status(), 200);
+    let volume = format!("spawngate-u-{}-data", bob.slug);
+    assert!(volume_exists(&volume));
+
+    // Docker goes away; the deletion still happens, at once and whole.
+    proxy.stop();
+    h.app.remove_user("test", "bob").await.unwrap();
+    assert!(h.app.find_user("bob").is_err());
+    // The session went with the user.
+    assert_eq!(get(&h, &url, &cookie, None).await.status(), 401);
+    assert_eq!(h.containers_of(&bob.slug).len(), 1, "Docker was away");
+
+    // Back: spawngate finishes the removal by itself, no restart.
+    proxy.restart();
+    let (instance, slug, volume) = (h.instance.as_str(), bob.slug.as_str(), volume.as_str());
+    poll(
+        60,
+        "the deleted user's container and volume to go",
+        move || async move {
+            (containers_of(instance, slug).is_empty() && !volume_exists(volume)).then_some(())
+        },
+    )
+    .await;
+}
