@@ -163,7 +163,20 @@ impl Lifecycle {
             });
         }
         for user in directory.users() {
-            if seen.contains(&user.id) || !startup {
+            if seen.contains(&user.id) {
+                continue;
+            }
+            if !startup {
+                // Believed ready or paused, yet Docker has no container: the next
+                // request checks again (a spawn that finished after the listing
+                // costs one needless look).
+                self.slot(&user.id).phase.send_if_modified(|p| {
+                    let wrong = matches!(p, Phase::Ready | Phase::Paused);
+                    if wrong {
+                        *p = Phase::Unknown;
+                    }
+                    wrong
+                });
                 continue;
             }
             if let Ok(Some(mut record)) = self.store.container_record(&user.id)
