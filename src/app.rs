@@ -239,7 +239,7 @@ impl App {
         // container again, and a crash leaves either the whole user or none.
         self.store.delete_user(&user).await?;
         // Then Docker. Cut short (a crash, Docker unreachable), the tombstone lets
-        // reconcile finish the removal at the next start.
+        // reconcile finish the removal: at the next start, or once Docker is back.
         let keep = self.config.lifecycle.keep_volume_on_delete;
         let detail = match self.lifecycle.remove(&user, keep).await {
             Ok(()) if keep => "volume kept".to_owned(),

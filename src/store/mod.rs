@@ -166,7 +166,6 @@ impl Store {
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
             db,
         };
-        store.drop_dangling_shares()?;
         store.refresh_directory()?;
         Ok(store)
     }
@@ -178,8 +177,9 @@ impl Store {
     }
 
     /// Drops grants to users that do not exist (one granted in the instant its
-    /// grantee was being deleted): run at open and with each purge, so every grant
-    /// points at a user.
+    /// grantee was being deleted): run with each purge (the server's first is at
+    /// start-up), so every grant points at a user. Not at open: a store must read
+    /// back exactly as written (restore verifies that).
     fn drop_dangling_shares(&self) -> Result<usize> {
         let _writing = self.writing();
         let mut fixed = 0;

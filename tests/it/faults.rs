@@ -9,6 +9,8 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, COOKIE, RETRY_AFTER};
 use serde_json::Value;
 
+use spawngate::lifecycle::Phase;
+
 use crate::docker_proxy::DockerProxy;
 use crate::harness::{Harness, Options, containers_of, docker_lines, random_hex};
 use crate::proc::{ProcHarness, inspect};
@@ -148,12 +150,18 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
     let first_host = first_host.as_str();
 
     // The event stream came back by itself: a container removed by hand now is
-    // noticed, and the next requests get a new one.
+    // noticed without any request, and the next requests get a new one.
     let rm = Command::new("docker")
         .args(["rm", "-f", &name])
         .output()
         .unwrap();
     assert!(rm.status.success());
+    let alice_id = h.app.find_user("alice").unwrap().id.clone();
+    let alice_id = &alice_id;
+    poll(10, "spawngate to notice the removal", move || async move {
+        (!matches!(h.app.lifecycle.phase(alice_id), Phase::Ready)).then_some(())
+    })
+    .await;
     let who: Value = poll(
         30,
         "a new container after docker rm -f",
