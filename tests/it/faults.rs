@@ -322,6 +322,23 @@ async fn sigkill_during_user_create_delete_and_share_leaves_the_store_consistent
         match args[1].as_str() {
             "add" => assert!(names.contains(args[2].as_str()), "{args:?} acknowledged"),
             "rm" => assert!(!names.contains(args[2].as_str()), "{args:?} acknowledged"),
+            // A grant stays unless one of the two was deleted since.
+            "share" if names.contains(args[2].as_str()) && names.contains(args[3].as_str()) => {
+                let owner = list
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|u| u["name"] == args[2].as_str())
+                    .unwrap();
+                assert!(
+                    owner["shared_with"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|g| g["user"] == args[3].as_str()),
+                    "{args:?} acknowledged: {owner}"
+                );
+            }
             _ => {}
         }
     }
