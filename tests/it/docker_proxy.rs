@@ -16,7 +16,13 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
-const DOCKER_SOCKET: &str = "/var/run/docker.sock";
+/// The real Docker socket: `DOCKER_HOST` when it names one, else the default.
+fn docker_socket() -> PathBuf {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("/var/run/docker.sock"))
+}
 
 pub struct DockerProxy {
     path: PathBuf,
@@ -103,7 +109,7 @@ impl Drop for DockerProxy {
 
 /// Relays one client connection to Docker in both directions.
 async fn forward(client: UnixStream, trip: Arc<Mutex<Option<String>>>, kill: Arc<Notify>) {
-    let Ok(upstream) = UnixStream::connect(DOCKER_SOCKET).await else {
+    let Ok(upstream) = UnixStream::connect(docker_socket()).await else {
         return;
     };
     let (mut client_rx, mut client_tx) = client.into_split();
