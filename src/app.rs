@@ -234,22 +234,23 @@ impl App {
     /// it), sessions and tokens.
     pub async fn remove_user(&self, actor: &str, key: &str) -> Result<(), ApiError> {
         let user = self.find_user(key)?;
-        // Access first: with no session left, no request can start the container
-        // again while it is being removed.
-        self.store.delete_sessions_of(&user.id).await?;
-        self.forget_shares_to(&user).await?;
-        // Then the container: if Docker is down the user stays, and the call can be
-        // retried, instead of leaving an orphaned container behind.
-        let keep = self.config.lifecycle.keep_volume_on_delete;
-        self.lifecycle.remove(&user, keep).await?;
+        // The store first, in one transaction (the user, sessions, tokens, the
+        // grants to them, and a tombstone): from here no request can start the
+        // container again, and a crash leaves either the whole user or none.
         self.store.delete_user(&user).await?;
-        let detail = if keep {
-            "volume kept"
-        } else {
-            "container and volume removed"
+        // Then Docker. Cut short (a crash, Docker unreachable), the tombstone lets
+        // reconcile finish the removal: at the next start, or once Docker is back.
+        let keep = self.config.lifecycle.keep_volume_on_delete;
+        let detail = match self.lifecycle.remove(&user, keep).await {
+            Ok(()) if keep => "volume kept".to_owned(),
+            Ok(()) => "container and volume removed".to_owned(),
+            Err(e) => {
+                tracing::warn!(user = %user.name, error = %e.detail(), "user deleted, but removing the container failed; reconcile removes it");
+                format!("container removal pending: {}", e.detail())
+            }
         };
         self.store
-            .audit(actor, "user.delete", &user.name, Some(detail.into()));
+            .audit(actor, "user.delete", &user.name, Some(detail));
         Ok(())
     }
 

@@ -176,24 +176,6 @@ impl App {
     fn user_named(&self, name: &str) -> Option<std::sync::Arc<User>> {
         self.store.snapshot().by_name(name).cloned()
     }
-
-    /// Drops every grant to a user who is being deleted.
-    pub(crate) async fn forget_shares_to(&self, grantee: &User) -> Result<(), ApiError> {
-        let owners: Vec<_> = self
-            .store
-            .snapshot()
-            .users()
-            .iter()
-            .filter(|o| o.shared_with.iter().any(|s| s.user_id == grantee.id))
-            .cloned()
-            .collect();
-        for owner in owners {
-            let mut updated = (*owner).clone();
-            updated.shared_with.retain(|s| s.user_id != grantee.id);
-            self.store.update_user(&updated).await?;
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

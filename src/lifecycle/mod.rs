@@ -65,7 +65,7 @@ pub enum Phase {
 /// Why a container could not be made ready. Messages are safe to show users.
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("the container service is unavailable right now")]
+    #[error("Docker, which runs the environments, is unreachable right now; try again in a moment")]
     DockerDown(String),
     #[error("the environment's image is missing on the server")]
     ImageMissing(String),
@@ -792,6 +792,10 @@ impl Lifecycle {
         tokio::spawn(async move {
             let slot = this.slot(&user.id);
             let _ops = slot.ops.lock().await;
+            // Deleted meanwhile: creating it now would leave an orphan behind.
+            if this.store.snapshot().by_id(&user.id).is_none() {
+                return;
+            }
             match this.runtime.ensure_created(&this.spec(&user)).await {
                 Ok(_) => {
                     slot.present.store(true, Ordering::Relaxed);
@@ -984,22 +988,45 @@ impl Lifecycle {
     }
 
     /// Follows Docker's event stream for this instance until `shutdown` fires,
-    /// reconnecting with backoff when the stream breaks.
+    /// reconnecting with backoff when the stream breaks. Once a new stream has held
+    /// for a few seconds after a break (Docker is back), the state is read again
+    /// from Docker (a reconcile), which also finishes the removal of users deleted
+    /// while Docker was away.
     pub async fn watch_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(500);
+        let mut resync = false;
         loop {
             let this = self.clone();
             let on_gone = move |gone: ContainerGone| this.container_gone(&gone);
             let instance = self.config.docker.instance.clone();
             let connected_at = Instant::now();
-            tokio::select! {
-                result = self.runtime.watch_events(&instance, &on_gone) => {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "Docker event stream lost; reconnecting");
+            let stream = self.runtime.watch_events(&instance, &on_gone);
+            tokio::pin!(stream);
+            let settled = tokio::time::sleep(STREAM_SETTLED);
+            tokio::pin!(settled);
+            loop {
+                tokio::select! {
+                    result = &mut stream => {
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "Docker event stream lost; reconnecting");
+                        }
+                        break;
                     }
+                    _ = &mut settled, if resync => {
+                        resync = false;
+                        match self.resync().await {
+                            Ok(_) => tracing::info!("Docker is back: state re-read"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "re-reading state from Docker failed; retrying");
+                                resync = true;
+                                settled.as_mut().reset(tokio::time::Instant::now() + STREAM_SETTLED);
+                            }
+                        }
+                    }
+                    _ = shutdown.changed() => return,
                 }
-                _ = shutdown.changed() => return,
             }
+            resync = true;
             self.forget_ready();
             if connected_at.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(500);
@@ -1008,10 +1035,18 @@ impl Lifecycle {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            // Short enough that events flow again soon after Docker is back; a
+            // failed connection attempt costs next to nothing.
+            backoff = (backoff * 2).min(EVENTS_BACKOFF_MAX);
         }
     }
 }
+
+/// A re-opened event stream that held this long means Docker is back.
+const STREAM_SETTLED: Duration = Duration::from_secs(5);
+
+/// Longest wait between attempts to re-open Docker's event stream.
+const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// Parses Docker's RFC 3339 timestamps (nanosecond precision) to Unix seconds.
 fn parse_rfc3339(s: &str) -> Option<i64> {

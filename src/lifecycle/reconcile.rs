@@ -1,5 +1,7 @@
 //! Start-up reconciliation: spawngate's view is rebuilt from Docker (by label) and
-//! the store, so a restart neither restarts running containers nor forgets any.
+//! the store, so a restart neither restarts running containers nor forgets any,
+//! and what a deleted user left behind (a removal cut short by a crash or by an
+//! unreachable Docker) is removed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -7,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Lifecycle, Phase, parse_rfc3339};
-use crate::runtime::RuntimeError;
+use crate::runtime::{ResourceKind, RuntimeError};
 use crate::time::unix_now;
 
 /// What reconciliation did, for the log and tests.
@@ -18,20 +20,43 @@ pub struct Reconciled {
     pub adopted_stopped: usize,
     pub orphans_removed: usize,
     pub records_corrected: usize,
+    /// Volumes of deleted users (unless `lifecycle.keep_volume_on_delete`).
+    pub volumes_removed: usize,
+    /// Per-user networks no user has any more.
+    pub networks_removed: usize,
 }
 
 impl Lifecycle {
     /// Adopts this instance's containers: running ones that answer are ready at once
     /// (same container, no restart), paused and stopped ones are remembered, those
-    /// of deleted users are removed (their volumes are kept), and container records
-    /// that point at nothing are corrected.
+    /// of users that do not exist are removed, and container records that point at
+    /// nothing are corrected. Then the volumes and networks of deleted users go
+    /// (see [`Self::remove_leftovers`]).
     pub async fn reconcile(self: &Arc<Self>) -> Result<Reconciled, RuntimeError> {
+        self.reconcile_with(true).await
+    }
+
+    /// The same while serving, after Docker was unreachable: events may have been
+    /// missed, and removals of users deleted meanwhile are to be finished. Pool
+    /// spares and container records are left alone: the pool and spawns are at
+    /// work on them now, unlike at start-up.
+    pub async fn resync(self: &Arc<Self>) -> Result<Reconciled, RuntimeError> {
+        self.reconcile_with(false).await
+    }
+
+    async fn reconcile_with(self: &Arc<Self>, startup: bool) -> Result<Reconciled, RuntimeError> {
         let mut done = Reconciled::default();
+        // One removal failing (Docker still busy removing it) must not stop the
+        // rest: it is retried with the next pass.
+        let mut failed: Option<RuntimeError> = None;
         let containers = self.runtime.list(&self.config.docker.instance).await?;
         let directory = self.store.snapshot();
         let mut seen = HashSet::new();
         for c in containers {
             let pooled = c.labels.get("spawngate.pool").map(String::as_str) == Some("true");
+            if pooled && !startup {
+                continue;
+            }
             let user = if pooled {
                 // A claimed pool container carries its user only in its name (labels
                 // cannot change) and in the user's record.
@@ -60,12 +85,17 @@ impl Lifecycle {
             };
             if pooled && user.is_none() {
                 // Unclaimed spares from a previous run: the pool makes fresh ones.
-                self.runtime.remove(&c.name, None).await?;
+                if let Err(e) = self.runtime.remove(&c.name, None).await {
+                    note_failure(&mut failed, &c.name, e);
+                }
                 continue;
             }
             let Some(user) = user else {
-                tracing::info!(container = %c.name, "removing container of a deleted user (volume kept)");
-                self.runtime.remove(&c.name, None).await?;
+                tracing::info!(container = %c.name, "removing the container of a user that does not exist");
+                if let Err(e) = self.runtime.remove(&c.name, None).await {
+                    note_failure(&mut failed, &c.name, e);
+                    continue;
+                }
                 self.store.audit(
                     "system",
                     "container.remove",
@@ -78,16 +108,22 @@ impl Lifecycle {
             seen.insert(user.id.clone());
             let slot = self.slot(&user.id);
             slot.present.store(true, Ordering::Relaxed);
-            let record = self.store.container_record(&user.id).ok().flatten();
-            if let Some(r) = &record {
-                self.restore_pooled_secret(&slot, r);
+            if startup {
+                let record = self.store.container_record(&user.id).ok().flatten();
+                if let Some(r) = &record {
+                    self.restore_pooled_secret(&slot, r);
+                }
+                let last = record
+                    .as_ref()
+                    .and_then(|r| r.last_activity)
+                    .unwrap_or_else(unix_now);
+                slot.last_activity.store(last, Ordering::Relaxed);
+                slot.persisted_activity.store(last, Ordering::Relaxed);
+            } else if !matches!(*slot.phase.borrow(), Phase::Unknown) {
+                // Known (starting, stopped by us, paused by us): nothing to re-read.
+                // What was ready became unknown when the stream broke.
+                continue;
             }
-            let last = record
-                .as_ref()
-                .and_then(|r| r.last_activity)
-                .unwrap_or_else(unix_now);
-            slot.last_activity.store(last, Ordering::Relaxed);
-            slot.persisted_activity.store(last, Ordering::Relaxed);
             let phase = match c.state.as_str() {
                 "running" => {
                     if let Some(info) = self.runtime.inspect(&c.name).await? {
@@ -130,6 +166,19 @@ impl Lifecycle {
             if seen.contains(&user.id) {
                 continue;
             }
+            if !startup {
+                // Believed ready or paused, yet Docker has no container: the next
+                // request checks again (a spawn that finished after the listing
+                // costs one needless look).
+                self.slot(&user.id).phase.send_if_modified(|p| {
+                    let wrong = matches!(p, Phase::Ready | Phase::Paused);
+                    if wrong {
+                        *p = Phase::Unknown;
+                    }
+                    wrong
+                });
+                continue;
+            }
             if let Ok(Some(mut record)) = self.store.container_record(&user.id)
                 && record.container_id.is_some()
             {
@@ -148,11 +197,78 @@ impl Lifecycle {
                 }
             });
         }
+        self.remove_leftovers(&mut done, &mut failed).await?;
         tracing::info!(?done, "reconciled containers with Docker");
-        Ok(done)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
-    /// Reconciles at start-up, retrying while Docker is unreachable.
+    /// Removes the volumes of users the store says were deleted (their tombstone),
+    /// and per-user networks that no user owns. A volume whose user the store has
+    /// never heard of is kept and reported: it may hold the data of a store that
+    /// was lost or restored from an older backup, and only an operator may judge.
+    async fn remove_leftovers(
+        &self,
+        done: &mut Reconciled,
+        failed: &mut Option<RuntimeError>,
+    ) -> Result<(), RuntimeError> {
+        let directory = self.store.snapshot();
+        let users = directory.users();
+        let live_ids: HashSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        let live_names: HashSet<String> = users
+            .iter()
+            .map(|u| super::container_name(&u.slug))
+            .collect();
+        let keep_volumes = self.config.lifecycle.keep_volume_on_delete;
+        for r in self.runtime.resources(&self.config.docker.instance).await? {
+            match r.kind {
+                ResourceKind::UserNetwork => {
+                    if live_names.contains(&r.name) {
+                        continue;
+                    }
+                    tracing::info!(network = %r.name, "removing the network of a user that does not exist");
+                    match self.runtime.remove_resource(&r).await {
+                        Ok(()) => done.networks_removed += 1,
+                        Err(e) => note_failure(failed, &r.name, e),
+                    }
+                }
+                ResourceKind::Volume => {
+                    let Some(owner) = r.labels.get("spawngate.user_id") else {
+                        continue;
+                    };
+                    if live_ids.contains(owner.as_str()) {
+                        continue;
+                    }
+                    // An unreadable tombstone tree must not delete data: keep.
+                    if !self.store.was_deleted(owner).unwrap_or(false) {
+                        tracing::warn!(volume = %r.name, "volume of a user this store does not know (kept; remove it by hand if it is not needed)");
+                        continue;
+                    }
+                    if keep_volumes {
+                        continue;
+                    }
+                    tracing::info!(volume = %r.name, "removing the volume of a deleted user");
+                    if let Err(e) = self.runtime.remove_resource(&r).await {
+                        note_failure(failed, &r.name, e);
+                        continue;
+                    }
+                    self.store.audit(
+                        "system",
+                        "volume.remove",
+                        &r.name,
+                        Some("its user was deleted".into()),
+                    );
+                    done.volumes_removed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reconciles at start-up, retrying while Docker is unreachable (or a removal
+    /// failed).
     pub async fn reconcile_until_done(
         self: Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -170,4 +286,9 @@ impl Lifecycle {
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
+}
+
+fn note_failure(failed: &mut Option<RuntimeError>, what: &str, e: RuntimeError) {
+    tracing::warn!(resource = %what, error = %e, "cannot remove a leftover; retrying later");
+    failed.get_or_insert(e);
 }

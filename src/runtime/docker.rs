@@ -16,7 +16,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::{
-    ContainerGone, ContainerInfo, ContainerSpec, ContainerSummary, Running, Runtime, RuntimeError,
+    ContainerGone, ContainerInfo, ContainerSpec, ContainerSummary, Resource, ResourceKind, Running,
+    Runtime, RuntimeError,
 };
 use crate::config::NetworkMode;
 
@@ -52,6 +53,10 @@ pub struct DockerRuntime {
     /// Networks known to exist, so a spawn does not inspect the network each time.
     /// Forgotten when Docker says a network is missing.
     known_networks: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Unix seconds from which the next event stream must replay Docker's events:
+    /// set when a stream breaks, cleared once a new one is live. Events of the gap
+    /// (a container removed while the stream was down) are not lost.
+    events_gap: std::sync::Mutex<Option<i64>>,
 }
 
 /// Label on each per-user network, so peers (Traefik) can be attached to all of them.
@@ -85,6 +90,7 @@ impl DockerRuntime {
             own_id: tokio::sync::OnceCell::new(),
             network_lock: tokio::sync::Mutex::new(()),
             known_networks: std::sync::Mutex::new(std::collections::HashSet::new()),
+            events_gap: std::sync::Mutex::new(None),
         })
     }
 
@@ -742,6 +748,67 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
+    async fn resources(&self, instance: &str) -> Result<Vec<Resource>, RuntimeError> {
+        let mut out = Vec::new();
+        let options = bollard::query_parameters::ListVolumesOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![format!("spawngate.instance={instance}")],
+            )])),
+        };
+        let volumes = self
+            .docker()?
+            .list_volumes(Some(options))
+            .await
+            .map_err(classify)?;
+        for v in volumes.volumes.unwrap_or_default() {
+            out.push(Resource {
+                kind: ResourceKind::Volume,
+                name: v.name,
+                labels: v.labels,
+            });
+        }
+        let options = bollard::query_parameters::ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![
+                    format!("spawngate.instance={instance}"),
+                    format!("{USER_NETWORK_LABEL}=true"),
+                ],
+            )])),
+        };
+        let networks = self
+            .docker()?
+            .list_networks(Some(options))
+            .await
+            .map_err(classify)?;
+        for n in networks {
+            if let Some(name) = n.name {
+                out.push(Resource {
+                    kind: ResourceKind::UserNetwork,
+                    name,
+                    labels: n.labels.unwrap_or_default(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_resource(&self, resource: &Resource) -> Result<(), RuntimeError> {
+        match resource.kind {
+            ResourceKind::UserNetwork => self.remove_user_network(&resource.name).await,
+            ResourceKind::Volume => match self
+                .docker()?
+                .remove_volume(&resource.name, None::<RemoveVolumeOptions>)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if status(&e) == Some(404) => Ok(()),
+                Err(e) => Err(classify(e)),
+            },
+        }
+    }
+
     async fn watch_events(
         &self,
         instance: &str,
@@ -759,13 +826,56 @@ impl Runtime for DockerRuntime {
                 ],
             ),
         ]);
+        let gap = *self.events_gap.lock().unwrap_or_else(|p| p.into_inner());
         let options = EventsOptions {
+            since: gap.map(|t| t.to_string()),
             filters: Some(filters),
             ..Default::default()
         };
+        let result = self.follow_events(options, instance, on_gone, gap).await;
+        // Broken (or never connected): the next stream replays from here, unless an
+        // earlier gap is still open.
+        let mut open = self.events_gap.lock().unwrap_or_else(|p| p.into_inner());
+        open.get_or_insert(crate::time::unix_now() - EVENTS_REPLAY_MARGIN_SECS);
+        result
+    }
+}
+
+/// Events this close before a break may not have reached us: replay them too
+/// (seeing an event twice is harmless, missing one is not).
+const EVENTS_REPLAY_MARGIN_SECS: i64 = 2;
+
+/// A stream open this long (or that delivered an event) is live: the gap it
+/// replayed is closed.
+const EVENTS_LIVE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl DockerRuntime {
+    async fn follow_events(
+        &self,
+        options: EventsOptions,
+        instance: &str,
+        on_gone: &(dyn Fn(ContainerGone) + Send + Sync),
+        gap: Option<i64>,
+    ) -> Result<(), RuntimeError> {
         let mut stream = self.docker()?.events(Some(options));
-        while let Some(event) = stream.next().await {
+        let live_after = tokio::time::sleep(EVENTS_LIVE_AFTER);
+        tokio::pin!(live_after);
+        let mut live = false;
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event,
+                _ = &mut live_after, if !live => {
+                    live = true;
+                    self.close_events_gap(gap);
+                    continue;
+                }
+            };
+            let Some(event) = event else { break };
             let event = event.map_err(classify)?;
+            if !live {
+                live = true;
+                self.close_events_gap(gap);
+            }
             let action = event.action.unwrap_or_default();
             let Some(actor) = event.actor else { continue };
             let mut attrs = actor.attributes.unwrap_or_default();
@@ -795,5 +905,15 @@ impl Runtime for DockerRuntime {
             }
         }
         Ok(())
+    }
+
+    fn close_events_gap(&self, gap: Option<i64>) {
+        if let Some(since) = gap {
+            tracing::info!(
+                since,
+                "Docker event stream resumed; events since the break replayed"
+            );
+        }
+        *self.events_gap.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }

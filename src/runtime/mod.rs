@@ -114,6 +114,21 @@ pub struct ContainerGone {
     pub paused: bool,
 }
 
+/// A named volume or a per-user network of this instance, as listed by labels.
+#[derive(Clone, Debug)]
+pub struct Resource {
+    pub kind: ResourceKind,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceKind {
+    Volume,
+    /// A network of one user (`docker.network_per_user`), named like the container.
+    UserNetwork,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("Docker is unreachable: {0}")]
@@ -157,6 +172,17 @@ pub trait Runtime: Send + Sync + 'static {
     async fn adopt_pooled(&self, pooled: &str, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         let _ = (pooled, spec);
         Err(RuntimeError::Failed("this runtime has no warm pool".into()))
+    }
+    /// This instance's named volumes and per-user networks (for reconcile to remove
+    /// those of deleted users). A runtime without such things has none.
+    async fn resources(&self, instance: &str) -> Result<Vec<Resource>, RuntimeError> {
+        let _ = instance;
+        Ok(Vec::new())
+    }
+    /// Removes one of [`Runtime::resources`]; a missing one is fine.
+    async fn remove_resource(&self, resource: &Resource) -> Result<(), RuntimeError> {
+        let _ = resource;
+        Ok(())
     }
     /// Calls `on_gone` whenever one of this instance's containers stops or is removed.
     /// Runs until the stream ends or fails; the caller reconnects.

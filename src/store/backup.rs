@@ -102,7 +102,7 @@ struct TreeSpec {
 
 /// Every tree of the store, in the order a backup lists them. A unit test checks
 /// that this is exactly the set of trees the store opens.
-const TREES: [TreeSpec; 12] = [
+const TREES: [TreeSpec; 13] = [
     spec("users", KeyEnc::Text, Kind::User),
     spec("user_names", KeyEnc::Text, Kind::UserId),
     spec("user_slugs", KeyEnc::Text, Kind::UserId),
@@ -115,6 +115,8 @@ const TREES: [TreeSpec; 12] = [
     spec("containers", KeyEnc::Text, Kind::Container),
     spec("audit", KeyEnc::Hex(8), Kind::Audit),
     spec("meta", KeyEnc::Text, Kind::Bytes),
+    // Tombstones: deleted user id → when (8 bytes, big-endian Unix seconds).
+    spec("deleted_users", KeyEnc::Text, Kind::Bytes),
 ];
 
 const fn spec(name: &'static str, key: KeyEnc, kind: Kind) -> TreeSpec {
@@ -135,6 +137,7 @@ fn tree<'a>(store: &'a Store, name: &str) -> Option<&'a sled::Tree> {
         "containers" => &store.containers,
         "audit" => &store.audit,
         "meta" => &store.meta,
+        "deleted_users" => &store.deleted_users,
         _ => return None,
     })
 }

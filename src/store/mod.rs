@@ -100,6 +100,10 @@ pub struct Store {
     containers: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
+    /// Ids of deleted users (value: when, big-endian Unix seconds), written in the
+    /// deleting transaction: reconcile removes what Docker still holds for them
+    /// (a removal cut short by a crash or an unreachable Docker), and only for them.
+    deleted_users: sled::Tree,
     /// sled 0.34 can deadlock when a transaction runs while a flush is in flight
     /// (sled issue #1412: the transaction waits for a write lock that the flusher's
     /// readers never release). Transactions and flushes take turns through this.
@@ -155,6 +159,7 @@ impl Store {
             containers: tree("containers")?,
             audit: tree("audit")?,
             meta: tree("meta")?,
+            deleted_users: tree("deleted_users")?,
             flush_gate: Arc::new(tokio::sync::Mutex::new(())),
             refresh_lock: Arc::new(std::sync::Mutex::new(())),
             snapshot_lock: Arc::new(std::sync::RwLock::new(())),
@@ -169,6 +174,42 @@ impl Store {
     /// holding it calls no other method that takes it.
     fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops grants to users that do not exist (one granted in the instant its
+    /// grantee was being deleted): run with each purge (the server's first is at
+    /// start-up), so every grant points at a user. Not at open: a store must read
+    /// back exactly as written (restore verifies that).
+    fn drop_dangling_shares(&self) -> Result<usize> {
+        let _writing = self.writing();
+        let mut fixed = 0;
+        for item in self.users.iter() {
+            let (key, value) = item?;
+            let Ok(mut user) = decode::<User>(&value) else {
+                continue;
+            };
+            let before = user.shared_with.len();
+            user.shared_with.retain(|s| {
+                self.users
+                    .contains_key(s.user_id.as_str().as_bytes())
+                    .unwrap_or(true)
+            });
+            if user.shared_with.len() == before {
+                continue;
+            }
+            // A concurrent update wins; the next purge looks again.
+            if self
+                .users
+                .compare_and_swap(&key, Some(&value), Some(encode(&user)))?
+                .is_ok()
+            {
+                fixed += 1;
+            }
+        }
+        if fixed > 0 {
+            tracing::info!(users = fixed, "dropped grants to deleted users");
+        }
+        Ok(fixed)
     }
 
     /// A receiver that always holds the latest directory.
@@ -352,47 +393,112 @@ impl Store {
         self.flush().await
     }
 
-    /// Deletes a user, their indexes, sessions, login tokens and container record.
+    /// Deletes a user in one transaction with everything that points at them: their
+    /// indexes, sessions, login links, personal tokens, container record and the
+    /// grants other users gave them; and leaves a tombstone (see `deleted_users`).
+    /// A crash leaves either all of it or none.
     pub async fn delete_user(&self, user: &User) -> Result<()> {
         let id = user.id.as_str().as_bytes();
+        // Transactions cannot scan: find the keys first. A session created between
+        // this scan and the commit is dropped by `purge_expired` (its user is gone).
+        let sessions = self.keys_where::<Session>(&self.sessions, |s| s.user_id == user.id)?;
+        let links = self.keys_where::<LoginToken>(&self.login_tokens, |t| {
+            t.user_id.as_ref() == Some(&user.id)
+        })?;
+        let tokens = self.keys_where::<ApiToken>(&self.api_tokens, |t| t.user_id == user.id)?;
+        let owners: Vec<UserId> = self
+            .snapshot()
+            .users()
+            .iter()
+            .filter(|o| o.shared_with.iter().any(|s| s.user_id == user.id))
+            .map(|o| o.id.clone())
+            .collect();
+        let when = unix_now().to_be_bytes();
         let turn = self.flush_gate.lock().await;
-        // One guard over the transaction and the removals after it: a backup never
-        // holds sessions or tokens of a user it no longer holds.
+        // One guard over the transaction: a backup holds the user and all that
+        // points at them, or none of it.
         let writing = self.writing();
-        let res: std::result::Result<(), TransactionError<()>> = (
+        let res = (
             &self.users,
             &self.names,
             &self.slugs,
             &self.emails,
             &self.ports,
             &self.containers,
+            &self.sessions,
+            &self.login_tokens,
+            &self.api_tokens,
+            &self.deleted_users,
         )
-            .transaction(|(users, names, slugs, emails, ports, containers)| {
-                users.remove(id)?;
-                names.remove(user.name.as_bytes())?;
-                slugs.remove(user.slug.as_str().as_bytes())?;
-                if let Some(email) = &user.email {
-                    emails.remove(email.as_bytes())?;
-                }
-                if let Some(port) = user.host_port {
-                    ports.remove(&port.to_be_bytes())?;
-                }
-                containers.remove(id)?;
-                Ok(())
-            });
-        drop(turn);
-        if let Err(TransactionError::Storage(e)) = res {
-            return Err(e.into());
-        }
-        self.remove_where::<Session>(&self.sessions, |s| s.user_id == user.id)?;
-        self.remove_where::<LoginToken>(&self.login_tokens, |t| {
-            t.user_id.as_ref() == Some(&user.id)
-        })?;
-        self.remove_where::<ApiToken>(&self.api_tokens, |t| t.user_id == user.id)?;
+            .transaction(
+                |(users, names, slugs, emails, ports, containers, sess, login, api, deleted)| {
+                    users.remove(id)?;
+                    names.remove(user.name.as_bytes())?;
+                    slugs.remove(user.slug.as_str().as_bytes())?;
+                    if let Some(email) = &user.email {
+                        emails.remove(email.as_bytes())?;
+                    }
+                    if let Some(port) = user.host_port {
+                        ports.remove(&port.to_be_bytes())?;
+                    }
+                    containers.remove(id)?;
+                    for key in &sessions {
+                        sess.remove(key.as_ref())?;
+                    }
+                    for key in &links {
+                        login.remove(key.as_ref())?;
+                    }
+                    for key in &tokens {
+                        api.remove(key.as_ref())?;
+                    }
+                    for owner in &owners {
+                        let key = owner.as_str().as_bytes();
+                        let Some(bytes) = users.get(key)? else {
+                            continue;
+                        };
+                        let mut record: User = decode(&bytes).map_err(|source| {
+                            ConflictableTransactionError::Abort(StoreError::Corrupt {
+                                key: owner.to_string(),
+                                source,
+                            })
+                        })?;
+                        record.shared_with.retain(|s| s.user_id != user.id);
+                        users.insert(key, encode(&record))?;
+                    }
+                    deleted.insert(id, &when[..])?;
+                    Ok(())
+                },
+            );
         drop(writing);
+        drop(turn);
+        match res {
+            Ok(()) => {}
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        }
         self.refresh_directory()?;
         self.flush().await?;
         Ok(())
+    }
+
+    /// Whether `user_id` (a `spawngate.user_id` label) belonged to a deleted user.
+    pub fn was_deleted(&self, user_id: &str) -> Result<bool> {
+        Ok(self.deleted_users.contains_key(user_id.as_bytes())?)
+    }
+
+    fn keys_where<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        pred: impl Fn(&T) -> bool,
+    ) -> Result<Vec<sled::IVec>> {
+        let mut keys = Vec::new();
+        for item in tree.iter() {
+            let (key, value) = item?;
+            if decode::<T>(&value).map(|v| pred(&v)).unwrap_or(false) {
+                keys.push(key);
+            }
+        }
+        Ok(keys)
     }
 
     /// Callers hold [`Store::writing`].
@@ -788,14 +894,25 @@ impl Store {
             .unwrap_or_else(|| fresh.to_vec()))
     }
 
-    /// Drops expired sessions and login tokens.
+    /// Drops expired sessions and login tokens, and any session or token whose
+    /// user no longer exists (one created while its user was being deleted).
     pub fn purge_expired(&self) -> Result<usize> {
+        if self.drop_dangling_shares()? > 0 {
+            self.refresh_directory()?;
+        }
         let now = unix_now();
         let _writing = self.writing();
-        Ok(
-            self.remove_where::<Session>(&self.sessions, |s| s.expires <= now)?
-                + self.remove_where::<LoginToken>(&self.login_tokens, |t| t.expires <= now)?,
-        )
+        let live = |id: &UserId| {
+            self.users
+                .contains_key(id.as_str().as_bytes())
+                .unwrap_or(true)
+        };
+        Ok(self
+            .remove_where::<Session>(&self.sessions, |s| s.expires <= now || !live(&s.user_id))?
+            + self.remove_where::<LoginToken>(&self.login_tokens, |t| {
+                t.expires <= now || t.user_id.as_ref().is_some_and(|id| !live(id))
+            })?
+            + self.remove_where::<ApiToken>(&self.api_tokens, |t| !live(&t.user_id))?)
     }
 
     /// A cheap liveness check of the database (for `/readyz` and `spawngate check`).
@@ -875,6 +992,62 @@ mod tests {
         assert!(s.snapshot().by_name("alice").is_none());
         // The name and email are free again.
         s.create_user("alice", Some("a@x.org"), None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleting_a_user_takes_everything_pointing_at_them_and_leaves_a_tombstone() {
+        let (_d, s) = store();
+        let owner = s.create_user("owner", None, None).await.unwrap();
+        let gone = s
+            .create_user("gone", Some("g@x.org"), Some((30100, 30110)))
+            .await
+            .unwrap();
+        let mut shared = owner.clone();
+        shared.shared_with.push(Share {
+            user_id: gone.id.clone(),
+            read_only: false,
+            granted: 0,
+        });
+        s.update_user(&shared).await.unwrap();
+        let (sid, _) = s.create_session(&gone.id, 3600).await.unwrap();
+        let (link, _) = s.issue_login_token(&gone.id, 900).await.unwrap();
+        let (token, _) = s.create_api_token(&gone.id, "ci").await.unwrap();
+        let (kept, _) = s.create_session(&owner.id, 3600).await.unwrap();
+
+        s.delete_user(&gone).await.unwrap();
+        assert!(s.snapshot().by_name("gone").is_none());
+        assert!(s.session(&sid).unwrap().is_none());
+        assert!(s.peek_login_token(&link).unwrap().is_err());
+        assert!(s.api_token(&token).unwrap().is_none());
+        let owner_now = s.snapshot().by_name("owner").cloned().unwrap();
+        assert!(owner_now.shared_with.is_empty(), "the grant went too");
+        assert!(s.session(&kept).unwrap().is_some(), "others' sessions stay");
+        assert!(s.was_deleted(gone.id.as_str()).unwrap());
+        assert!(!s.was_deleted(owner.id.as_str()).unwrap());
+        // Its name, email and port are free again.
+        s.create_user("gone", Some("g@x.org"), Some((30100, 30110)))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn purging_drops_sessions_tokens_and_grants_of_users_that_do_not_exist() {
+        let (_d, s) = store();
+        let ghost = UserId::generate();
+        let (sid, _) = s.create_session(&ghost, 3600).await.unwrap();
+        let (token, _) = s.create_api_token(&ghost, "ci").await.unwrap();
+        let mut owner = s.create_user("owner", None, None).await.unwrap();
+        owner.shared_with.push(Share {
+            user_id: ghost.clone(),
+            read_only: true,
+            granted: 0,
+        });
+        s.update_user(&owner).await.unwrap();
+        assert_eq!(s.purge_expired().unwrap(), 2);
+        assert!(s.session(&sid).unwrap().is_none());
+        assert!(s.api_token(&token).unwrap().is_none());
+        let owner = s.snapshot().by_name("owner").cloned().unwrap();
+        assert!(owner.shared_with.is_empty(), "the dangling grant is gone");
     }
 
     #[tokio::test]

@@ -573,7 +573,7 @@ async fn docker_down_gives_a_clear_503_and_readyz_fails_but_healthz_stays_up() {
     assert_eq!(body["error"]["code"], "spawn_failed");
     assert_eq!(
         body["error"]["message"],
-        "the container service is unavailable right now"
+        "Docker, which runs the environments, is unreachable right now; try again in a moment"
     );
 
     let page = h

@@ -117,6 +117,22 @@ impl ProcHarness {
         }
     }
 
+    /// The data directory (the store is there).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
+    /// A CLI command against this instance, not yet started (for commands the test
+    /// runs concurrently).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spawngate"));
+        cmd.args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     /// Runs a CLI command against this instance (over the control socket when the
     /// server runs).
     pub fn cli(&self, args: &[&str]) -> Output {
