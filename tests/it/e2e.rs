@@ -475,7 +475,11 @@ async fn traefik_accepts_every_router_and_middleware() {
         .iter()
         .filter(|m| m["provider"] == "http")
         .collect();
-    assert_eq!(ours.len(), 5, "auth + strip per user, one shared app-gone errors page");
+    assert_eq!(
+        ours.len(),
+        5,
+        "auth + strip per user, one shared app-gone errors page"
+    );
     for m in ours {
         assert_eq!(m["status"], "enabled", "{m}");
     }
