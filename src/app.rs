@@ -237,10 +237,10 @@ impl App {
         // The store first, in one transaction (the user, sessions, tokens, the
         // grants to them, and a tombstone): from here no request can start the
         // container again, and a crash leaves either the whole user or none.
-        self.store.delete_user(&user).await?;
+        let keep = self.config.lifecycle.keep_volume_on_delete;
+        self.store.delete_user(&user, keep).await?;
         // Then Docker. Cut short (a crash, Docker unreachable), the tombstone lets
         // reconcile finish the removal: at the next start, or once Docker is back.
-        let keep = self.config.lifecycle.keep_volume_on_delete;
         let detail = match self.lifecycle.remove(&user, keep).await {
             Ok(()) if keep => "volume kept".to_owned(),
             Ok(()) => "container and volume removed".to_owned(),
@@ -289,6 +289,11 @@ impl App {
         let user = self.find_user(key)?;
         let mut updated = (*user).clone();
         updated.disabled = disabled;
+        if disabled {
+            // In the same write as the flag: whatever credential survives the
+            // deletion below (a crash, a sign-in racing it) is refused anyway.
+            updated.credential_generation = updated.credential_generation.wrapping_add(1);
+        }
         self.store.update_user(&updated).await?;
         let mut detail = None;
         if disabled {

@@ -195,6 +195,7 @@ mod tests {
             overrides: Default::default(),
             password_hash: None,
             shared_with: shares,
+            credential_generation: 0,
         }
     }
 

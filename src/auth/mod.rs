@@ -49,7 +49,7 @@ impl App {
             .store
             .snapshot()
             .by_id(&record.user_id)
-            .filter(|u| !u.disabled)
+            .filter(|u| !u.disabled && u.honours(record.generation))
             .cloned())
     }
 
@@ -96,7 +96,10 @@ impl App {
                 _ => continue,
             };
             let directory = self.store.snapshot();
-            if let Some(user) = directory.by_id(&session.user_id).filter(|u| !u.disabled) {
+            if let Some(user) = directory
+                .by_id(&session.user_id)
+                .filter(|u| !u.disabled && u.honours(session.generation))
+            {
                 return Ok(Some(Identity {
                     user: user.clone(),
                     session: claims.session,

@@ -36,6 +36,8 @@ pub async fn handle(app: &App, headers: &HeaderMap, host_slug: Option<&Slug>) ->
         .and_then(Slug::parse)
         .filter(|s| host_slug.is_none_or(|h| h == s))
         .and_then(|s| directory.by_slug(&s))
+        // A disabled user's container stays stopped, whatever its code sends.
+        .filter(|t| !t.disabled)
         .filter(|t| {
             app.config.docker.inject_secret
                 && header("x-spawngate-secret").is_some_and(|presented| {

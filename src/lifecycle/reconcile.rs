@@ -221,7 +221,6 @@ impl Lifecycle {
             .iter()
             .map(|u| super::container_name(&u.slug))
             .collect();
-        let keep_volumes = self.config.lifecycle.keep_volume_on_delete;
         for r in self.runtime.resources(&self.config.docker.instance).await? {
             match r.kind {
                 ResourceKind::UserNetwork => {
@@ -242,12 +241,14 @@ impl Lifecycle {
                         continue;
                     }
                     // An unreadable tombstone tree must not delete data: keep.
-                    if !self.store.was_deleted(owner).unwrap_or(false) {
-                        tracing::warn!(volume = %r.name, "volume of a user this store does not know (kept; remove it by hand if it is not needed)");
-                        continue;
-                    }
-                    if keep_volumes {
-                        continue;
+                    match self.store.was_deleted(owner) {
+                        Ok(Some(false)) => {}
+                        // Kept on purpose when the user was deleted.
+                        Ok(Some(true)) => continue,
+                        Ok(None) | Err(_) => {
+                            tracing::warn!(volume = %r.name, "volume of a user this store does not know (kept; remove it by hand if it is not needed)");
+                            continue;
+                        }
                     }
                     tracing::info!(volume = %r.name, "removing the volume of a deleted user");
                     if let Err(e) = self.runtime.remove_resource(&r).await {

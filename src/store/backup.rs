@@ -994,7 +994,7 @@ mod tests {
                         .await
                         .unwrap();
                     s.create_session(&u.id, 60).await.unwrap();
-                    s.delete_user(&u).await.unwrap();
+                    s.delete_user(&u, false).await.unwrap();
                 }
             })
         };

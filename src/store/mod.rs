@@ -100,7 +100,8 @@ pub struct Store {
     containers: sled::Tree,
     audit: sled::Tree,
     meta: sled::Tree,
-    /// Ids of deleted users (value: when, big-endian Unix seconds), written in the
+    /// Ids of deleted users (value: when, big-endian Unix seconds, then 1 if their
+    /// volume was to be kept), written in the
     /// deleting transaction: reconcile removes what Docker still holds for them
     /// (a removal cut short by a crash or an unreachable Docker), and only for them.
     deleted_users: sled::Tree,
@@ -294,6 +295,7 @@ impl Store {
             overrides: Overrides::default(),
             password_hash: None,
             shared_with: Vec::new(),
+            credential_generation: 0,
         };
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();
@@ -397,7 +399,9 @@ impl Store {
     /// indexes, sessions, login links, personal tokens, container record and the
     /// grants other users gave them; and leaves a tombstone (see `deleted_users`).
     /// A crash leaves either all of it or none.
-    pub async fn delete_user(&self, user: &User) -> Result<()> {
+    /// `keep_volume` is recorded in the tombstone: reconcile removes the volume
+    /// later only if it was to go at deletion time, whatever the config says by then.
+    pub async fn delete_user(&self, user: &User, keep_volume: bool) -> Result<()> {
         let id = user.id.as_str().as_bytes();
         // Transactions cannot scan: find the keys first. A session created between
         // this scan and the commit is dropped by `purge_expired` (its user is gone).
@@ -413,7 +417,8 @@ impl Store {
             .filter(|o| o.shared_with.iter().any(|s| s.user_id == user.id))
             .map(|o| o.id.clone())
             .collect();
-        let when = unix_now().to_be_bytes();
+        let mut tombstone = unix_now().to_be_bytes().to_vec();
+        tombstone.push(u8::from(keep_volume));
         let turn = self.flush_gate.lock().await;
         // One guard over the transaction: a backup holds the user and all that
         // points at them, or none of it.
@@ -465,7 +470,7 @@ impl Store {
                         record.shared_with.retain(|s| s.user_id != user.id);
                         users.insert(key, encode(&record))?;
                     }
-                    deleted.insert(id, &when[..])?;
+                    deleted.insert(id, tombstone.as_slice())?;
                     Ok(())
                 },
             );
@@ -481,9 +486,14 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `user_id` (a `spawngate.user_id` label) belonged to a deleted user.
-    pub fn was_deleted(&self, user_id: &str) -> Result<bool> {
-        Ok(self.deleted_users.contains_key(user_id.as_bytes())?)
+    /// Whether `user_id` (a `spawngate.user_id` label) belonged to a deleted user:
+    /// `Some(keep_volume)` as decided when they were deleted (a tombstone without
+    /// the decision keeps the volume).
+    pub fn was_deleted(&self, user_id: &str) -> Result<Option<bool>> {
+        Ok(self
+            .deleted_users
+            .get(user_id.as_bytes())?
+            .map(|v| v.get(8).is_none_or(|keep| *keep != 0)))
     }
 
     fn keys_where<T: serde::de::DeserializeOwned>(
@@ -543,6 +553,7 @@ impl Store {
             created: now,
             expires: now + ttl_secs,
             scope,
+            generation: self.generation_of(user_id),
         };
         {
             let _writing = self.writing();
@@ -571,6 +582,15 @@ impl Store {
         };
         self.flush().await?;
         Ok(n)
+    }
+
+    /// The credential generation new sessions, links and tokens of `user_id` get:
+    /// read before the record is written, so a disable in between (which raises it)
+    /// makes the new credential void.
+    fn generation_of(&self, user_id: &UserId) -> u32 {
+        self.snapshot()
+            .by_id(user_id)
+            .map_or(0, |u| u.credential_generation)
     }
 
     /// Revokes every credential of a user: sessions (app-host sessions included, and
@@ -655,11 +675,13 @@ impl Store {
     ) -> Result<(String, LoginToken)> {
         let token = random_token::<32>();
         let now = unix_now();
+        let generation = user_id.as_ref().map_or(0, |id| self.generation_of(id));
         let record = LoginToken {
             user_id,
             signup_email,
             created: now,
             expires: now + ttl_secs,
+            generation,
         };
         {
             let _writing = self.writing();
@@ -718,6 +740,7 @@ impl Store {
             user_id: user_id.clone(),
             name: name.to_owned(),
             created: unix_now(),
+            generation: self.generation_of(user_id),
         };
         {
             let _writing = self.writing();
@@ -953,6 +976,27 @@ fn restrict_permissions(dir: &Path) {
 mod tests {
     use super::*;
 
+    /// A disable raises the generation in the same write as the flag: credentials
+    /// issued before it are void even if the deletion after it never ran.
+    #[tokio::test]
+    async fn credentials_of_an_older_generation_are_not_honoured() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alice = store.create_user("alice", None, None).await.unwrap();
+        let (sid, _) = store.create_session(&alice.id, 60).await.unwrap();
+        let (token, _) = store.create_api_token(&alice.id, "ci").await.unwrap();
+        let (link, _) = store.issue_login_token(&alice.id, 60).await.unwrap();
+        let mut disabled = alice.clone();
+        disabled.credential_generation += 1;
+        store.update_user(&disabled).await.unwrap();
+        let now = store.snapshot().by_id(&alice.id).cloned().unwrap();
+        assert!(!now.honours(store.session(&sid).unwrap().unwrap().generation));
+        assert!(!now.honours(store.api_token(&token).unwrap().unwrap().generation));
+        assert!(!now.honours(store.peek_login_token(&link).unwrap().unwrap().generation));
+        let (fresh, _) = store.create_session(&alice.id, 60).await.unwrap();
+        assert!(now.honours(store.session(&fresh).unwrap().unwrap().generation));
+    }
+
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -988,7 +1032,7 @@ mod tests {
         assert_eq!(dir.by_slug(&a.slug).unwrap().name, "alice");
         assert_eq!(dir.by_name("bob").unwrap().id, b.id);
 
-        s.delete_user(&a).await.unwrap();
+        s.delete_user(&a, false).await.unwrap();
         assert!(s.snapshot().by_name("alice").is_none());
         // The name and email are free again.
         s.create_user("alice", Some("a@x.org"), None).await.unwrap();
@@ -1014,7 +1058,7 @@ mod tests {
         let (token, _) = s.create_api_token(&gone.id, "ci").await.unwrap();
         let (kept, _) = s.create_session(&owner.id, 3600).await.unwrap();
 
-        s.delete_user(&gone).await.unwrap();
+        s.delete_user(&gone, false).await.unwrap();
         assert!(s.snapshot().by_name("gone").is_none());
         assert!(s.session(&sid).unwrap().is_none());
         assert!(s.peek_login_token(&link).unwrap().is_err());
@@ -1022,8 +1066,8 @@ mod tests {
         let owner_now = s.snapshot().by_name("owner").cloned().unwrap();
         assert!(owner_now.shared_with.is_empty(), "the grant went too");
         assert!(s.session(&kept).unwrap().is_some(), "others' sessions stay");
-        assert!(s.was_deleted(gone.id.as_str()).unwrap());
-        assert!(!s.was_deleted(owner.id.as_str()).unwrap());
+        assert_eq!(s.was_deleted(gone.id.as_str()).unwrap(), Some(false));
+        assert_eq!(s.was_deleted(owner.id.as_str()).unwrap(), None);
         // Its name, email and port are free again.
         s.create_user("gone", Some("g@x.org"), Some((30100, 30110)))
             .await
@@ -1123,7 +1167,7 @@ mod tests {
         let (old, _) = s.create_session(&u.id, -1).await.unwrap();
         assert!(s.session(&old).unwrap().is_none());
         assert_eq!(s.purge_expired().unwrap(), 1);
-        s.delete_user(&u).await.unwrap();
+        s.delete_user(&u, false).await.unwrap();
         assert!(s.session(&sid).unwrap().is_none());
     }
 

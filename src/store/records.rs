@@ -32,6 +32,23 @@ pub struct User {
     /// Other users who may open this user's environment.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shared_with: Vec<Share>,
+    /// Raised by every disable, in the same write as the flag. Sessions, login links
+    /// and personal tokens carry the generation they were issued in and are refused
+    /// once it moved on, even if a crash (or a sign-in racing the disable) left them
+    /// in the store.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub credential_generation: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl User {
+    /// Whether a credential issued in `generation` is still honoured.
+    pub fn honours(&self, generation: u32) -> bool {
+        generation == self.credential_generation
+    }
 }
 
 /// Access to a user's environment granted to another user.
@@ -67,6 +84,9 @@ pub struct Session {
     /// from the sign-in session `parent` (and ending with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<SessionScope>,
+    /// The user's credential generation when issued (see `User::honours`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,6 +105,9 @@ pub struct LoginToken {
     pub signup_email: Option<String>,
     pub created: i64,
     pub expires: i64,
+    /// The user's credential generation when issued (see `User::honours`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
 }
 
 /// A user's personal API token (for scripts hitting their own slug). Stored under
@@ -95,6 +118,9 @@ pub struct ApiToken {
     pub user_id: UserId,
     pub name: String,
     pub created: i64,
+    /// The user's credential generation when issued (see `User::honours`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -201,6 +227,7 @@ mod tests {
             created: 1,
             expires: 2,
             scope: None,
+            generation: 0,
         };
         let bytes = encode(&s);
         let back: Session = decode(&bytes).unwrap();

@@ -36,9 +36,11 @@ async fn a_container_killed_mid_request_gives_the_waiting_answer_not_a_502() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     docker_lines(&["rm", "-f", &container[0]]);
     let resp = in_flight.await.unwrap();
-    assert_eq!(resp.status(), 503);
-    assert!(resp.headers().get(RETRY_AFTER).is_some());
-    let body: serde_json::Value = resp.json().await.unwrap();
+    let (status, retry_after) = (resp.status(), resp.headers().get(RETRY_AFTER).cloned());
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 503, "{text}");
+    assert!(retry_after.is_some());
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(body["error"]["code"], "starting", "{body}");
 
     // The retry finds the environment back (one container, same volume).
