@@ -99,6 +99,40 @@ mod tests {
         }
     }
 
+    /// The regex Traefik runs (Go's RE2; Rust's `regex` has the same syntax for
+    /// this one) deletes every look-alike and nothing of other headers.
+    #[test]
+    fn the_traefik_regex_matches_every_lookalike_and_nothing_else() {
+        let re = regex::Regex::new(AUTH_RESPONSE_HEADERS_REGEX).unwrap();
+        // Every character HTTP allows in a name besides letters and digits.
+        let separators = [
+            "-", "_", ".", "~", "!", "#", "$", "%", "&", "'", "*", "+", "^", "`", "|",
+        ];
+        for real in IDENTITY_HEADERS.iter().chain(&["X-Forwarded-Prefix"]) {
+            for sep in separators {
+                for name in [
+                    real.replace('-', sep),
+                    real.replace('-', sep).to_ascii_uppercase(),
+                    real.replace('-', sep).to_ascii_lowercase(),
+                    real.replacen('-', sep, 1),
+                ] {
+                    assert!(re.is_match(&name), "{name} must be deleted");
+                }
+            }
+        }
+        for other in [
+            "X-Forwarded-For",
+            "X-Forwarded-Prefixes",
+            "X-Spawngatex-User",
+            "X-Spawngate",
+            "Cookie",
+            "Authorization",
+            "Xx-Spawngate-User",
+        ] {
+            assert!(!re.is_match(other), "{other} must pass");
+        }
+    }
+
     #[test]
     fn fold_is_the_cgi_one() {
         assert_eq!(cgi_fold("x-spawngate.user"), "X_SPAWNGATE_USER");

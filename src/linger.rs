@@ -29,6 +29,11 @@ use tokio::net::TcpStream;
 const LINGER: Duration = Duration::from_secs(2);
 /// How much it drains at most; a client sending more than this is cut off.
 const LINGER_MAX_BYTES: usize = 16 << 20;
+/// Connections lingering at once; past it a closing connection just closes (a
+/// flood of connections must not pile up sockets and buffers).
+const MAX_LINGERING: usize = 1024;
+
+static LINGERING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_LINGERING);
 
 /// A TCP stream that lingers when dropped (see the module docs).
 pub struct LingeringStream {
@@ -110,8 +115,14 @@ impl Drop for LingeringStream {
             return;
         };
         // Outside a runtime (never in practice) the socket simply closes.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(linger(stream));
+        if let (Ok(handle), Ok(permit)) = (
+            tokio::runtime::Handle::try_current(),
+            LINGERING.try_acquire(),
+        ) {
+            handle.spawn(async move {
+                linger(stream).await;
+                drop(permit);
+            });
         }
     }
 }
@@ -173,7 +184,7 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
 async fn linger(mut stream: TcpStream) {
     // FIN first: the client learns the answer is complete.
     let _ = stream.shutdown().await;
-    let mut buf = vec![0u8; 16 << 10];
+    let mut buf = [0u8; 4096];
     let drain = async {
         let mut drained = 0;
         while drained <= LINGER_MAX_BYTES {

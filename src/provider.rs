@@ -113,7 +113,10 @@ pub fn render(config: &Config, directory: &Directory) -> Value {
     );
 
     let users = directory.users();
-    if !users.is_empty() {
+    // The page authenticates Traefik's call by the container secret; without it
+    // spawngate could not tell a vanished container from an app's own 502.
+    let app_gone = config.docker.inject_secret;
+    if app_gone && !users.is_empty() {
         // A container that goes away while answering (killed, crashed) gives
         // Traefik a reset and the client a bare 502: ask spawngate for the answer
         // instead, as a 503 (its waiting page, or "the app answered 502").
@@ -166,21 +169,29 @@ fn render_user(
     let prefix = user.slug.base_path();
     let auth = format!("auth-{segment}");
     let strip = format!("strip-{segment}");
+    let mut chain: Vec<&str> = Vec::with_capacity(3);
+    if config.docker.inject_secret {
+        chain.push(APP_GONE);
+    }
+    chain.push(&auth);
     let router = match &config.apps {
         // Its own origin: no prefix to strip.
         Some(apps) => json!({
             "rule": format!("Host(`{}`)", apps.host(&user.slug)),
             "entryPoints": entry_points,
-            "middlewares": [APP_GONE, auth],
+            "middlewares": chain,
             "service": segment,
         }),
-        None => json!({
-            // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
-            "rule": format!("Path(`{prefix}`) || PathPrefix(`{prefix}/`)"),
-            "entryPoints": entry_points,
-            "middlewares": [APP_GONE, auth, strip.clone()],
-            "service": segment,
-        }),
+        None => {
+            chain.push(&strip);
+            json!({
+                // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
+                "rule": format!("Path(`{prefix}`) || PathPrefix(`{prefix}/`)"),
+                "entryPoints": entry_points,
+                "middlewares": chain,
+                "service": segment,
+            })
+        }
     };
     routers.insert(segment.clone(), with_tls(router));
     middlewares.insert(

@@ -793,9 +793,9 @@ pub fn parse_bytes(s: &str) -> Option<i64> {
 /// and answers 500, so the hold must stay clearly below that.
 const MAX_HOLD: Duration = Duration::from_secs(25);
 
-/// Longest stop grace: a stop holds the user's operation lock (a request for the
-/// container waits behind it), so an hour is already generous.
-const MAX_STOP_TIMEOUT_SECS: i64 = 3600;
+/// Longest stop grace: Docker's stop call must finish within the API client's
+/// 120 s timeout (and a stop holds the user's operation lock meanwhile).
+const MAX_STOP_TIMEOUT_SECS: i64 = 100;
 
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
@@ -1414,9 +1414,7 @@ mod tests {
         assert!(!c.docker.init);
         assert_eq!(c.docker.stop_timeout, Duration::from_secs(2));
         assert!(err("[docker]\nstop_timeout_secs = -1", &[]).contains("docker.stop_timeout_secs"));
-        assert!(
-            err("[docker]\nstop_timeout_secs = 3601", &[]).contains("docker.stop_timeout_secs")
-        );
+        assert!(err("[docker]\nstop_timeout_secs = 101", &[]).contains("docker.stop_timeout_secs"));
         assert!(
             err("", &[("SPAWNGATE_DOCKER_INIT", "yes please")]).contains("SPAWNGATE_DOCKER_INIT")
         );

@@ -214,6 +214,9 @@ impl Lifecycle {
         done: &mut Reconciled,
         failed: &mut Option<RuntimeError>,
     ) -> Result<(), RuntimeError> {
+        // Docker's list first, then the users: a user created in between has its
+        // network in the users' list, never only in Docker's.
+        let resources = self.runtime.resources(&self.config.docker.instance).await?;
         let directory = self.store.snapshot();
         let users = directory.users();
         let live_ids: HashSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
@@ -221,7 +224,7 @@ impl Lifecycle {
             .iter()
             .map(|u| super::container_name(&u.slug))
             .collect();
-        for r in self.runtime.resources(&self.config.docker.instance).await? {
+        for r in resources {
             match r.kind {
                 ResourceKind::UserNetwork => {
                     if live_names.contains(&r.name) {

@@ -672,6 +672,9 @@ pub fn restore(data_dir: &Path, backup: &Backup, force: bool) -> Result<Restored
     }
 
     drop(old);
+    // Neither store may still be in use when its directory moves.
+    wait_released(&db)?;
+    wait_released(&staging.join("db"))?;
     let kept = if db.exists() {
         let kept = unused(data_dir, &format!("db.old-{stamp}"));
         std::fs::rename(&db, &kept).map_err(|e| {
@@ -725,6 +728,35 @@ fn reopen(dir: &Path) -> Result<Store, StoreError> {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
+        }
+    }
+}
+
+/// Waits (bounded) until no sled handle of this process holds the database in
+/// `db_dir`: its background threads may outlive the dropped handle a moment, and
+/// a directory moved under them would receive their last writes. sled holds an
+/// exclusive `flock` on `<db_dir>/db` while open; taking it ourselves proves it is
+/// free.
+fn wait_released(db_dir: &Path) -> Result<(), BackupError> {
+    let lock_file = db_dir.join("db");
+    let Ok(file) = std::fs::File::open(&lock_file) else {
+        return Ok(()); // no store there
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = file.unlock();
+                return Ok(());
+            }
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(_) => {
+                return Err(BackupError::InUse {
+                    path: db_dir.display().to_string(),
+                });
+            }
         }
     }
 }

@@ -520,8 +520,13 @@ impl Store {
         let mut removed = 0;
         for item in tree.iter() {
             let (key, value) = item?;
-            // Unreadable entries are dropped too: they can never be used.
-            if decode::<T>(&value).map(|v| pred(&v)).unwrap_or(true) {
+            // Unreadable entries are dropped too, except durable ones (personal API
+            // tokens): a record a newer build wrote must survive a downgrade.
+            let unreadable_goes = !std::ptr::eq(tree, &self.api_tokens);
+            if decode::<T>(&value)
+                .map(|v| pred(&v))
+                .unwrap_or(unreadable_goes)
+            {
                 tree.remove(key)?;
                 removed += 1;
             }
