@@ -44,13 +44,26 @@ pub fn cgi_fold(name: &str) -> String {
 /// The first request header that folds to an identity header without being it:
 /// `(sent name, imitated header)`.
 pub fn find_lookalike(headers: &HeaderMap) -> Option<(String, &'static str)> {
+    // On every forwardAuth call: byte comparisons, no allocation.
     headers.keys().find_map(|name| {
         let sent = name.as_str();
         IDENTITY_HEADERS
             .iter()
-            .find(|real| !real.eq_ignore_ascii_case(sent) && cgi_fold(real) == cgi_fold(sent))
+            .find(|real| !real.eq_ignore_ascii_case(sent) && folds_alike(sent, real))
             .map(|real| (sent.to_owned(), *real))
     })
+}
+
+/// Whether `a` and `b` give the same [`cgi_fold`].
+fn folds_alike(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            if x.is_ascii_alphanumeric() || y.is_ascii_alphanumeric() {
+                x.eq_ignore_ascii_case(&y)
+            } else {
+                true
+            }
+        })
 }
 
 #[cfg(test)]
@@ -137,5 +150,14 @@ mod tests {
     fn fold_is_the_cgi_one() {
         assert_eq!(cgi_fold("x-spawngate.user"), "X_SPAWNGATE_USER");
         assert_eq!(cgi_fold("Accept-Language"), "ACCEPT_LANGUAGE");
+        for (a, b) in [
+            ("x_spawngate_user", "X-Spawngate-User"),
+            ("x.spawngate.user", "X-Spawngate-User"),
+            ("x_spawngate_usex", "X-Spawngate-User"),
+            ("x_spawngate_use", "X-Spawngate-User"),
+            ("x-spawngate-u_er", "X-Spawngate-User"),
+        ] {
+            assert_eq!(folds_alike(a, b), cgi_fold(a) == cgi_fold(b), "{a} {b}");
+        }
     }
 }
