@@ -230,22 +230,29 @@ impl DockerRuntime {
         }
     }
 
-    /// Connects a (re)started peer to every user network of this instance.
-    async fn attach_to_all_user_networks(&self, peer: &str) -> Result<(), RuntimeError> {
+    /// The per-user networks labelled with `instance`.
+    async fn user_networks(
+        &self,
+        instance: &str,
+    ) -> Result<Vec<bollard::models::Network>, RuntimeError> {
         let options = bollard::query_parameters::ListNetworksOptions {
             filters: Some(HashMap::from([(
                 "label".to_owned(),
                 vec![
-                    format!("spawngate.instance={}", self.instance),
+                    format!("spawngate.instance={instance}"),
                     format!("{USER_NETWORK_LABEL}=true"),
                 ],
             )])),
         };
-        let networks = self
-            .docker()?
+        self.docker()?
             .list_networks(Some(options))
             .await
-            .map_err(classify)?;
+            .map_err(classify)
+    }
+
+    /// Connects a (re)started peer to every user network of this instance.
+    async fn attach_to_all_user_networks(&self, peer: &str) -> Result<(), RuntimeError> {
+        let networks = self.user_networks(&self.instance).await?;
         for net in networks.into_iter().filter_map(|n| n.name) {
             self.connect_to(&net, peer).await?;
         }
@@ -768,21 +775,7 @@ impl Runtime for DockerRuntime {
                 labels: v.labels,
             });
         }
-        let options = bollard::query_parameters::ListNetworksOptions {
-            filters: Some(HashMap::from([(
-                "label".to_owned(),
-                vec![
-                    format!("spawngate.instance={instance}"),
-                    format!("{USER_NETWORK_LABEL}=true"),
-                ],
-            )])),
-        };
-        let networks = self
-            .docker()?
-            .list_networks(Some(options))
-            .await
-            .map_err(classify)?;
-        for n in networks {
+        for n in self.user_networks(instance).await? {
             if let Some(name) = n.name {
                 out.push(Resource {
                     kind: ResourceKind::UserNetwork,

@@ -444,25 +444,7 @@ async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
     };
     // Credentials alice holds when the admin disables her: a personal API token and
     // a login link she has not used yet.
-    let me: serde_json::Value = h
-        .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let personal: serde_json::Value = h
-        .client
-        .post(h.url("/_spawngate/api/me/tokens"))
-        .header(COOKIE, cookie.clone())
-        .header("X-Spawngate-CSRF", me["csrf"].as_str().unwrap())
-        .json(&serde_json::json!({ "name": "ci" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let personal = personal["token"].as_str().unwrap().to_owned();
+    let personal = crate::harness::personal_token(&h.client, &h.public, &cookie, "ci").await;
     let with_token = || {
         let req = h.client.get(&app_url).bearer_auth(&personal);
         async move { req.send().await.unwrap().status() }

@@ -68,29 +68,7 @@ async fn a_backup_taken_while_serving_restores_users_sessions_tokens_shares_and_
     let admin = ok(&h.cli(&["token", "--name", "ops"])).trim().to_owned();
 
     // alice's personal API token, made as she would (cookie + CSRF header).
-    let me: Value = h
-        .client
-        .get(format!("{}/_spawngate/api/me", h.public))
-        .header(COOKIE, &alice_cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let created: Value = h
-        .client
-        .post(format!("{}/_spawngate/api/me/tokens", h.public))
-        .header(COOKIE, &alice_cookie)
-        .header("X-Spawngate-CSRF", me["csrf"].as_str().unwrap())
-        .json(&serde_json::json!({ "name": "ci" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let api_token = created["token"].as_str().unwrap().to_owned();
+    let api_token = crate::harness::personal_token(&h.client, &h.public, &alice_cookie, "ci").await;
 
     // alice's container runs.
     let alice_url = format!("{}/u-{alice}/whoami.json", h.public);

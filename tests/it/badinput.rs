@@ -27,83 +27,61 @@ async fn bad_requests_get_their_4xx_through_traefik_every_time() {
 
     // (what, request, the status a user must see)
     type Build = Box<dyn Fn() -> reqwest::RequestBuilder>;
+    let post =
+        |url: String, bearer: Option<&str>, content_type: &'static str, body: String| -> Build {
+            let (c, bearer) = (h.client.clone(), bearer.map(str::to_owned));
+            Box::new(move || {
+                let req = c
+                    .post(&url)
+                    .header(CONTENT_TYPE, content_type)
+                    .body(body.clone());
+                match &bearer {
+                    Some(t) => req.bearer_auth(t),
+                    None => req,
+                }
+            })
+        };
+    const FORM: &str = "application/x-www-form-urlencoded";
+    const JSON: &str = "application/json";
     let cases: Vec<(&str, Build, u16)> = vec![
         (
             "1 MiB login form",
-            Box::new({
-                let (c, u) = (h.client.clone(), h.url("/_spawngate/login"));
-                let body = big(1 << 20);
-                move || {
-                    c.post(&u)
-                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-                        .body(body.clone())
-                }
-            }),
+            post(h.url("/_spawngate/login"), None, FORM, big(1 << 20)),
             413,
         ),
         (
             "4 MiB admin JSON",
-            Box::new({
-                let (c, u, t) = (
-                    h.client.clone(),
-                    h.url("/_spawngate/api/users"),
-                    admin.clone(),
-                );
-                let body = format!("{{\"name\":\"{}\"}}", "x".repeat(4 << 20));
-                move || {
-                    c.post(&u)
-                        .bearer_auth(&t)
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(body.clone())
-                }
-            }),
+            post(
+                h.url("/_spawngate/api/users"),
+                Some(&admin),
+                JSON,
+                format!("{{\"name\":\"{}\"}}", "x".repeat(4 << 20)),
+            ),
             413,
         ),
         (
             "1 MiB body without credentials (answered before it is read)",
-            Box::new({
-                let (c, u) = (h.client.clone(), h.url("/_spawngate/api/users"));
-                let body = big(1 << 20);
-                move || {
-                    c.post(&u)
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(body.clone())
-                }
-            }),
+            post(h.url("/_spawngate/api/users"), None, JSON, big(1 << 20)),
             401,
         ),
         (
             "malformed JSON",
-            Box::new({
-                let (c, u, t) = (
-                    h.client.clone(),
-                    h.url("/_spawngate/api/users"),
-                    admin.clone(),
-                );
-                move || {
-                    c.post(&u)
-                        .bearer_auth(&t)
-                        .header(CONTENT_TYPE, "application/json")
-                        .body("{\"name\": \"bob\",,}")
-                }
-            }),
+            post(
+                h.url("/_spawngate/api/users"),
+                Some(&admin),
+                JSON,
+                "{\"name\": \"bob\",,}".into(),
+            ),
             400,
         ),
         (
             "JSON of the wrong shape",
-            Box::new({
-                let (c, u, t) = (
-                    h.client.clone(),
-                    h.url("/_spawngate/api/users"),
-                    admin.clone(),
-                );
-                move || {
-                    c.post(&u)
-                        .bearer_auth(&t)
-                        .header(CONTENT_TYPE, "application/json")
-                        .body("[1,2,3]")
-                }
-            }),
+            post(
+                h.url("/_spawngate/api/users"),
+                Some(&admin),
+                JSON,
+                "[1,2,3]".into(),
+            ),
             400,
         ),
         (
@@ -112,7 +90,7 @@ async fn bad_requests_get_their_4xx_through_traefik_every_time() {
                 let (c, u) = (h.client.clone(), h.url("/_spawngate/login"));
                 move || {
                     c.post(&u)
-                        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+                        .header(CONTENT_TYPE, FORM)
                         .header("sec-fetch-site", "same-origin")
                         .body("email=%zz%&&==&\u{0}")
                 }

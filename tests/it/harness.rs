@@ -265,6 +265,37 @@ pub fn client_resolving(hosts: &[String], port: u16) -> reqwest::Client {
         .unwrap()
 }
 
+/// Creates a personal API token as its owner would: signed in, with the CSRF token
+/// `/_spawngate/api/me` hands out. Returns the token.
+pub async fn personal_token(
+    client: &reqwest::Client,
+    public: &str,
+    cookie: &str,
+    name: &str,
+) -> String {
+    let me: serde_json::Value = client
+        .get(format!("{public}/_spawngate/api/me"))
+        .header(reqwest::header::COOKIE, cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let created: serde_json::Value = client
+        .post(format!("{public}/_spawngate/api/me/tokens"))
+        .header(reqwest::header::COOKIE, cookie)
+        .header("X-Spawngate-CSRF", me["csrf"].as_str().unwrap())
+        .json(&serde_json::json!({ "name": name }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["token"].as_str().unwrap().to_owned()
+}
+
 /// Opens a login link (the confirm page) and POSTs the form, as a browser would.
 /// Returns the `Cookie` value (`name=jwt`).
 pub async fn login_with_link(
