@@ -49,7 +49,7 @@ impl App {
             .store
             .snapshot()
             .by_id(&record.user_id)
-            .filter(|u| !u.disabled && u.honours(record.generation))
+            .filter(|u| u.honours(record.generation))
             .cloned())
     }
 
@@ -98,7 +98,7 @@ impl App {
             let directory = self.store.snapshot();
             if let Some(user) = directory
                 .by_id(&session.user_id)
-                .filter(|u| !u.disabled && u.honours(session.generation))
+                .filter(|u| u.honours(session.generation))
             {
                 return Ok(Some(Identity {
                     user: user.clone(),

@@ -797,6 +797,15 @@ const MAX_HOLD: Duration = Duration::from_secs(25);
 /// 120 s timeout (and a stop holds the user's operation lock meanwhile).
 const MAX_STOP_TIMEOUT_SECS: i64 = 100;
 
+/// An `http://` or `https://` URL for `key`, without its trailing slash.
+fn http_url(key: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let u = url::Url::parse(raw).map_err(|e| invalid(key, format!("{raw:?}: {e}")))?;
+    if u.scheme() != "http" && u.scheme() != "https" {
+        return Err(invalid(key, "must be an http:// or https:// URL"));
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let s = self.server;
@@ -811,16 +820,7 @@ impl RawConfig {
         let internal_url = if s.internal_url.is_empty() {
             format!("http://{listen}")
         } else {
-            let u = url::Url::parse(&s.internal_url).map_err(|e| {
-                invalid("server.internal_url", format!("{:?}: {e}", s.internal_url))
-            })?;
-            if u.scheme() != "http" && u.scheme() != "https" {
-                return Err(invalid(
-                    "server.internal_url",
-                    "must be an http:// or https:// URL",
-                ));
-            }
-            s.internal_url.trim_end_matches('/').to_owned()
+            http_url("server.internal_url", &s.internal_url)?
         };
         if s.data_dir.trim().is_empty() {
             return Err(invalid("server.data_dir", "must not be empty"));
@@ -860,17 +860,7 @@ impl RawConfig {
         }
         let api_url = match t.api_url.trim() {
             "" => None,
-            raw => {
-                let u = url::Url::parse(raw)
-                    .map_err(|e| invalid("traefik.api_url", format!("{raw:?}: {e}")))?;
-                if u.scheme() != "http" && u.scheme() != "https" {
-                    return Err(invalid(
-                        "traefik.api_url",
-                        "must be an http:// or https:// URL",
-                    ));
-                }
-                Some(raw.trim_end_matches('/').to_owned())
-            }
+            raw => Some(http_url("traefik.api_url", raw)?),
         };
 
         let d = self.docker;

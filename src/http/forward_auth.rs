@@ -52,16 +52,10 @@ async fn decide(
             None,
         );
     }
-    // Subdomain mode: only a session handed off to this very app host counts.
     // A store that cannot be read answers 503: telling a signed-in user to sign in
     // again would send everyone to a login that cannot work either.
-    let session = match (&app.config.apps, slug) {
-        (Some(_), Some(slug)) => app.identify_app(headers, slug),
-        (Some(_), None) => Ok(None),
-        (None, _) => app.identify(headers),
-    };
-    let session = match session {
-        Ok(s) => s,
+    let caller = match identify_caller(app, headers, slug).await {
+        Ok(caller) => caller,
         Err(e) => {
             return (
                 "store_unavailable",
@@ -69,23 +63,6 @@ async fn decide(
                 None,
             );
         }
-    };
-    let caller = match session.map(|i| i.user) {
-        Some(user) => Some((user, Via::Session)),
-        None => match app.identify_token(headers) {
-            Ok(Some(user)) => Some((user, Via::ApiToken)),
-            Ok(None) => app
-                .identify_jwt(headers)
-                .await
-                .map(|user| (user, Via::ExternalJwt)),
-            Err(e) => {
-                return (
-                    "store_unavailable",
-                    pages::store_unavailable(browser, &e),
-                    None,
-                );
-            }
-        },
     };
     let Some((caller, via)) = caller else {
         return (
@@ -136,6 +113,30 @@ async fn decide(
             ("spawn_failed", resp, who)
         }
     }
+}
+
+/// Who is calling, and how they proved it: a session (in subdomain mode only one
+/// handed off to this very app host), a personal token, or an external JWT.
+async fn identify_caller(
+    app: &App,
+    headers: &HeaderMap,
+    slug: Option<&Slug>,
+) -> Result<Option<(std::sync::Arc<User>, Via)>, crate::store::StoreError> {
+    let session = match (&app.config.apps, slug) {
+        (Some(_), Some(slug)) => app.identify_app(headers, slug)?,
+        (Some(_), None) => None,
+        (None, _) => app.identify(headers)?,
+    };
+    if let Some(identity) = session {
+        return Ok(Some((identity.user, Via::Session)));
+    }
+    if let Some(user) = app.identify_token(headers)? {
+        return Ok(Some((user, Via::ApiToken)));
+    }
+    Ok(app
+        .identify_jwt(headers)
+        .await
+        .map(|user| (user, Via::ExternalJwt)))
 }
 
 /// How the caller proved who they are.

@@ -408,7 +408,7 @@ async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) 
         }
         _ => None,
     };
-    let Some(user) = user.filter(|u| !u.disabled && u.honours(record.generation)) else {
+    let Some(user) = user.filter(|u| u.honours(record.generation)) else {
         return invalid_link();
     };
     start_session(app, headers, &user, form.get("next")).await

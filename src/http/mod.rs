@@ -142,27 +142,25 @@ where
 }
 
 async fn readyz(app: &App) -> Resp {
+    // sled refuses every write after its first I/O error, until restarted.
+    let store_failed = |e: crate::store::StoreError| match e {
+        crate::store::StoreError::Io(_) => format!(
+            "cannot write: {e}; sign-ins and container starts fail until this is fixed (after freeing space, restart spawngate: the embedded store takes writes again only after a restart)"
+        ),
+        e => e.to_string(),
+    };
     let store = match app.store.check() {
-        Err(e) => Err(e),
+        Err(e) => Err(store_failed(e)),
         Ok(()) => match tokio::time::timeout(
             std::time::Duration::from_secs(2),
             app.store.check_writable(),
         )
         .await
         {
-            Ok(r) => r,
-            Err(_) => Err(crate::store::StoreError::Io(sled::Error::Io(
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "a write did not finish within 2 s"),
-            ))),
+            Ok(r) => r.map_err(store_failed),
+            Err(_) => Err("cannot write: a store write did not finish within 2 s".to_owned()),
         },
-    }
-    .map_err(|e| match e {
-        // sled refuses every write after its first I/O error, until restarted.
-        crate::store::StoreError::Io(_) => format!(
-            "cannot write: {e}; sign-ins and container starts fail until this is fixed (after freeing space, restart spawngate: the embedded store takes writes again only after a restart)"
-        ),
-        e => e.to_string(),
-    });
+    };
     let docker = match tokio::time::timeout(
         std::time::Duration::from_secs(2),
         app.lifecycle.runtime().ping(),

@@ -40,6 +40,13 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// What [`Store::remove_where`] does with a record it cannot decode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unreadable {
+    Remove,
+    Keep,
+}
+
 /// Everything the hot path needs to know about users, rebuilt on every change.
 #[derive(Debug, Default)]
 pub struct Directory {
@@ -511,21 +518,22 @@ impl Store {
         Ok(keys)
     }
 
-    /// Callers hold [`Store::writing`].
+    /// Removes the records `pred` picks; unreadable ones go too when `unreadable`
+    /// says so: short-lived records (sessions, links) that can never be used, but
+    /// not durable ones (personal API tokens), which a newer build may have
+    /// written and must survive a downgrade. Callers hold [`Store::writing`].
     fn remove_where<T: serde::de::DeserializeOwned>(
         &self,
         tree: &sled::Tree,
+        unreadable: Unreadable,
         pred: impl Fn(&T) -> bool,
     ) -> Result<usize> {
         let mut removed = 0;
         for item in tree.iter() {
             let (key, value) = item?;
-            // Unreadable entries are dropped too, except durable ones (personal API
-            // tokens): a record a newer build wrote must survive a downgrade.
-            let unreadable_goes = !std::ptr::eq(tree, &self.api_tokens);
             if decode::<T>(&value)
                 .map(|v| pred(&v))
-                .unwrap_or(unreadable_goes)
+                .unwrap_or(unreadable == Unreadable::Remove)
             {
                 tree.remove(key)?;
                 removed += 1;
@@ -583,7 +591,9 @@ impl Store {
     pub async fn delete_sessions_of(&self, user_id: &UserId) -> Result<usize> {
         let n = {
             let _writing = self.writing();
-            self.remove_where::<Session>(&self.sessions, |s| &s.user_id == user_id)?
+            self.remove_where::<Session>(&self.sessions, Unreadable::Remove, |s| {
+                &s.user_id == user_id
+            })?
         };
         self.flush().await?;
         Ok(n)
@@ -605,11 +615,15 @@ impl Store {
         let (sessions, links, tokens) = {
             let _writing = self.writing();
             (
-                self.remove_where::<Session>(&self.sessions, |s| &s.user_id == user_id)?,
-                self.remove_where::<LoginToken>(&self.login_tokens, |t| {
+                self.remove_where::<Session>(&self.sessions, Unreadable::Remove, |s| {
+                    &s.user_id == user_id
+                })?,
+                self.remove_where::<LoginToken>(&self.login_tokens, Unreadable::Remove, |t| {
                     t.user_id.as_ref() == Some(user_id)
                 })?,
-                self.remove_where::<ApiToken>(&self.api_tokens, |t| &t.user_id == user_id)?,
+                self.remove_where::<ApiToken>(&self.api_tokens, Unreadable::Keep, |t| {
+                    &t.user_id == user_id
+                })?,
             )
         };
         self.flush().await?;
@@ -781,7 +795,7 @@ impl Store {
     pub async fn delete_api_token(&self, user_id: &UserId, id: &str) -> Result<bool> {
         let n = {
             let _writing = self.writing();
-            self.remove_where::<ApiToken>(&self.api_tokens, |t| {
+            self.remove_where::<ApiToken>(&self.api_tokens, Unreadable::Keep, |t| {
                 &t.user_id == user_id && t.id == id
             })?
         };
@@ -935,12 +949,15 @@ impl Store {
                 .contains_key(id.as_str().as_bytes())
                 .unwrap_or(true)
         };
-        Ok(self
-            .remove_where::<Session>(&self.sessions, |s| s.expires <= now || !live(&s.user_id))?
-            + self.remove_where::<LoginToken>(&self.login_tokens, |t| {
+        Ok(
+            self.remove_where::<Session>(&self.sessions, Unreadable::Remove, |s| {
+                s.expires <= now || !live(&s.user_id)
+            })? + self.remove_where::<LoginToken>(&self.login_tokens, Unreadable::Remove, |t| {
                 t.expires <= now || t.user_id.as_ref().is_some_and(|id| !live(id))
-            })?
-            + self.remove_where::<ApiToken>(&self.api_tokens, |t| !live(&t.user_id))?)
+            })? + self.remove_where::<ApiToken>(&self.api_tokens, Unreadable::Keep, |t| {
+                !live(&t.user_id)
+            })?,
+        )
     }
 
     /// A cheap liveness check of the database (for `/readyz` and `spawngate check`).

@@ -45,9 +45,10 @@ fn is_zero(v: &u32) -> bool {
 }
 
 impl User {
-    /// Whether a credential issued in `generation` is still honoured.
+    /// Whether a credential (session, login link, personal token) issued in
+    /// `generation` still works: never for a disabled user, never across a disable.
     pub fn honours(&self, generation: u32) -> bool {
-        generation == self.credential_generation
+        !self.disabled && generation == self.credential_generation
     }
 }
 
