@@ -23,6 +23,7 @@
 //! - [`app`]: wires everything together; [`cli`]: the `spawngate` command.
 //! - [`error`]: the domain error enum and its mapping to HTTP answers.
 //! - [`headers`]: the identity headers containers receive, and their look-alikes.
+//! - [`tasks`]: background work, tracked so shutdown drains it.
 
 pub mod app;
 pub mod auth;
@@ -42,6 +43,7 @@ pub mod runtime;
 pub mod server;
 pub mod sharing;
 pub mod store;
+pub mod tasks;
 pub mod time;
 pub mod traefik_api;
 
