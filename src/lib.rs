@@ -25,11 +25,13 @@
 //! - [`headers`]: the identity headers containers receive, and their look-alikes.
 //! - [`tasks`]: background work, tracked so shutdown drains it.
 
+pub mod accounts;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod environments;
 pub mod error;
 pub mod headers;
 pub mod http;

@@ -5,9 +5,9 @@
 
 use serde::Serialize;
 
-use crate::app::App;
-use crate::error::ApiError;
-use crate::store::{Share, User};
+use crate::environments::Environments;
+use crate::error::{Error, Result};
+use crate::store::{Share, Store, User};
 use crate::time::{rfc3339, unix_now};
 
 /// Most users one environment can be shared with.
@@ -64,7 +64,21 @@ pub struct SharedWithMe {
     pub read_only: bool,
 }
 
-impl App {
+/// Grants on users' environments.
+#[derive(Clone)]
+pub struct Sharing {
+    store: Store,
+    environments: Environments,
+}
+
+impl Sharing {
+    pub fn new(store: Store, environments: Environments) -> Sharing {
+        Sharing {
+            store,
+            environments,
+        }
+    }
+
     /// The grants on `owner`'s environment (users deleted since are left out).
     pub fn shares_of(&self, owner: &User) -> Vec<ShareView> {
         let directory = self.store.snapshot();
@@ -92,7 +106,7 @@ impl App {
                 let share = owner.shared_with.iter().find(|s| s.user_id == user.id)?;
                 Some(SharedWithMe {
                     owner: owner.name.clone(),
-                    url: self.environment_link(owner),
+                    url: self.environments.link(owner),
                     read_only: share.read_only,
                 })
             })
@@ -103,18 +117,17 @@ impl App {
     pub async fn share(
         &self,
         actor: &str,
-        owner: &str,
+        owner: &User,
         grantee: &str,
         read_only: bool,
-    ) -> Result<Vec<ShareView>, ApiError> {
-        let owner = self.find_user(owner)?;
-        let grantee = self.user_named(grantee).ok_or(ApiError::NotFound("user"))?;
+    ) -> Result<Vec<ShareView>> {
+        let grantee = self.user_named(grantee).ok_or(Error::NotFound("user"))?;
         if grantee.id == owner.id {
-            return Err(ApiError::BadRequest(
+            return Err(Error::Invalid(
                 "an environment is always open to its owner".into(),
             ));
         }
-        let mut updated = (*owner).clone();
+        let mut updated = owner.clone();
         match updated
             .shared_with
             .iter_mut()
@@ -123,7 +136,7 @@ impl App {
             Some(existing) => existing.read_only = read_only,
             None => {
                 if updated.shared_with.len() >= MAX_SHARES {
-                    return Err(ApiError::Conflict(format!(
+                    return Err(Error::Conflict(format!(
                         "an environment can be shared with at most {MAX_SHARES} users"
                     )));
                 }
@@ -149,18 +162,15 @@ impl App {
     pub async fn unshare(
         &self,
         actor: &str,
-        owner: &str,
+        owner: &User,
         grantee: &str,
-    ) -> Result<Vec<ShareView>, ApiError> {
-        let owner = self.find_user(owner)?;
-        let grantee = self
-            .user_named(grantee)
-            .ok_or(ApiError::NotFound("share"))?;
-        let mut updated = (*owner).clone();
+    ) -> Result<Vec<ShareView>> {
+        let grantee = self.user_named(grantee).ok_or(Error::NotFound("share"))?;
+        let mut updated = owner.clone();
         let before = updated.shared_with.len();
         updated.shared_with.retain(|s| s.user_id != grantee.id);
         if updated.shared_with.len() == before {
-            return Err(ApiError::NotFound("share"));
+            return Err(Error::NotFound("share"));
         }
         self.store.update_user(&updated).await?;
         self.store.audit(

@@ -6,9 +6,10 @@ use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Peer, ReqBody, Resp, api_error, bearer, json, read_body};
+use super::errors::HttpError;
+use super::{Peer, ReqBody, Resp, api_error, bearer, json, parse_json};
 use crate::app::App;
-use crate::error::ApiError;
+use crate::error::Error;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,13 +45,13 @@ where
             let found = match bearer(req.headers()) {
                 Some(token) => match app.store.admin_token(token.expose()) {
                     Ok(found) => found,
-                    Err(e) => return api_error(&e.into()),
+                    Err(e) => return api_error(e),
                 },
                 None => None,
             };
             match found {
                 Some(token) => format!("admin:{}", token.name),
-                None => return api_error(&ApiError::Unauthorized),
+                None => return api_error(Error::Unauthorized),
             }
         }
     };
@@ -72,7 +73,8 @@ where
     let result = route(&call, &method, &parts, req).await;
     match result {
         Ok((status, value)) => json(status, &value),
-        Err(e) => api_error(&e),
+        // Admins and the operator see the detail of what failed.
+        Err(e) => super::errors::json_answer(&e, super::errors::Audience::Operator),
     }
 }
 
@@ -96,9 +98,9 @@ async fn backup(app: &App) -> Resp {
             );
             resp
         }
-        Ok(Err(crate::store::backup::BackupError::Store(e))) => api_error(&e.into()),
-        Ok(Err(e)) => api_error(&ApiError::Internal(e.to_string())),
-        Err(e) => api_error(&ApiError::Internal(format!("backup task failed: {e}"))),
+        Ok(Err(crate::store::backup::BackupError::Store(e))) => api_error(e),
+        Ok(Err(e)) => api_error(Error::Internal(e.to_string())),
+        Err(e) => api_error(Error::Internal(format!("backup task failed: {e}"))),
     }
 }
 
@@ -112,16 +114,14 @@ struct Call<'a> {
 
 impl Call<'_> {
     /// A numeric query parameter within `1..=max`, or `default`.
-    fn limit(&self, key: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+    fn limit(&self, key: &str, default: usize, max: usize) -> Result<usize, Error> {
         match self.query.get(key) {
             None => Ok(default),
             Some(v) => v
                 .parse::<usize>()
                 .ok()
                 .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!("{key} must be a number from 1 to {max}"))
-                }),
+                .ok_or_else(|| Error::Invalid(format!("{key} must be a number from 1 to {max}"))),
         }
     }
 }
@@ -137,45 +137,48 @@ async fn route<B>(
     method: &Method,
     parts: &[&str],
     req: Request<B>,
-) -> Result<(StatusCode, serde_json::Value), ApiError>
+) -> Result<(StatusCode, serde_json::Value), HttpError>
 where
     B: ReqBody,
 {
     let (app, actor, peer) = (call.app, call.actor, call.peer);
     let ok = |v: serde_json::Value| Ok((StatusCode::OK, v));
+    let accounts = &app.accounts;
+    let environments = &app.environments;
+    let user = |key: &str| accounts.find_user(key);
     match (method, parts) {
-        (&Method::GET, ["users"]) => ok(json!({ "users": app.list_users() })),
+        (&Method::GET, ["users"]) => ok(json!({ "users": accounts.list_users() })),
         (&Method::POST, ["users"]) => {
             let body: NewUser = parse_json(req).await?;
-            let user = app
+            let user = accounts
                 .add_user(actor, &body.name, body.email.as_deref())
                 .await?;
             Ok((StatusCode::CREATED, to_json(&user)))
         }
-        (&Method::GET, ["users", name]) => ok(to_json(&app.user_view(&*app.find_user(name)?))),
+        (&Method::GET, ["users", name]) => ok(to_json(&accounts.user_view(&*user(name)?))),
         (&Method::DELETE, ["users", name]) => {
-            app.remove_user(actor, name).await?;
+            accounts.remove_user(actor, name).await?;
             ok(json!({ "deleted": name }))
         }
         (&Method::GET, ["users", name, "container"]) => {
-            ok(to_json(&app.container_status(name).await?))
+            ok(to_json(&environments.status(&*user(name)?).await?))
         }
         (&Method::POST, ["users", name, "container", "start"]) => {
-            ok(to_json(&app.start_container(actor, name).await?))
+            ok(to_json(&environments.start(actor, &user(name)?).await?))
         }
         (&Method::POST, ["users", name, "container", "stop"]) => {
-            ok(to_json(&app.stop_container(actor, name).await?))
+            ok(to_json(&environments.stop(actor, &*user(name)?).await?))
         }
         (&Method::POST, ["users", name, "container", "restart"]) => {
-            ok(to_json(&app.restart_container(actor, name).await?))
+            ok(to_json(&environments.restart(actor, &user(name)?).await?))
         }
         (&Method::GET, ["users", name, "container", "logs"]) => {
-            let tail = call.limit("tail", 100, 10_000)?;
-            ok(json!({ "lines": app.container_logs(name, tail).await? }))
+            let tail = call.limit("tail", 100, crate::environments::MAX_LOG_LINES)?;
+            ok(json!({ "lines": environments.logs(&*user(name)?, tail).await? }))
         }
         (&Method::PUT, ["users", name, "overrides"]) => {
-            let body: crate::app::OverridesRequest = parse_json(req).await?;
-            ok(to_json(&app.set_overrides(actor, name, body).await?))
+            let body: crate::accounts::OverridesRequest = parse_json(req).await?;
+            ok(to_json(&accounts.set_overrides(actor, name, body).await?))
         }
         (&Method::PUT, ["users", name, "password"]) => {
             #[derive(Deserialize)]
@@ -184,64 +187,54 @@ where
                 password: Option<String>,
             }
             let body: SetPassword = parse_json(req).await?;
-            app.set_password(actor, name, body.password.as_deref(), true)
+            accounts
+                .set_password(actor, name, body.password.as_deref(), true)
                 .await?;
             ok(json!({ "user": name, "password": body.password.is_some() }))
         }
         (&Method::POST, ["users", name, "disable"]) => {
-            ok(to_json(&app.set_disabled(actor, name, true).await?))
+            ok(to_json(&accounts.set_disabled(actor, name, true).await?))
         }
         (&Method::POST, ["users", name, "enable"]) => {
-            ok(to_json(&app.set_disabled(actor, name, false).await?))
+            ok(to_json(&accounts.set_disabled(actor, name, false).await?))
         }
         (&Method::PUT, ["users", owner, "shares", grantee]) => {
             let body: ShareRequest = parse_json(req).await?;
-            let shares = app.share(actor, owner, grantee, body.read_only).await?;
+            let shares = app
+                .sharing
+                .share(actor, &*user(owner)?, grantee, body.read_only)
+                .await?;
             ok(json!({ "shared_with": shares }))
         }
         (&Method::DELETE, ["users", owner, "shares", grantee]) => {
-            ok(json!({ "shared_with": app.unshare(actor, owner, grantee).await? }))
+            let shares = app.sharing.unshare(actor, &*user(owner)?, grantee).await?;
+            ok(json!({ "shared_with": shares }))
         }
         (&Method::POST, ["users", name, "sessions", "revoke"]) => {
-            let revoked = app.revoke_sessions(actor, name).await?;
+            let revoked = accounts.revoke_sessions(actor, name).await?;
             ok(json!({ "revoked": revoked }))
         }
-        (&Method::GET, ["containers"]) => ok(json!({ "containers": app.list_containers().await? })),
+        (&Method::GET, ["containers"]) => ok(json!({ "containers": environments.list().await? })),
         (&Method::GET, ["audit"]) => {
             let limit = call.limit("limit", 100, 10_000)?;
             ok(json!({ "entries": app.store.audit_entries(limit)? }))
         }
-        (&Method::POST, ["users", name, "login-link"]) => {
-            Ok((StatusCode::CREATED, to_json(&app.login_link(name).await?)))
-        }
+        (&Method::POST, ["users", name, "login-link"]) => Ok((
+            StatusCode::CREATED,
+            to_json(&accounts.login_link(name).await?),
+        )),
         // Minting admin tokens is for the local operator only.
         (&Method::POST, ["tokens"]) if peer == Peer::Control => {
             let body: NewToken = parse_json(req).await?;
             let name = body.name.unwrap_or_else(|| "admin".to_owned());
-            let token = app.store.create_admin_token(&name).await?;
-            app.store.audit(actor, "token.create", &name, None);
+            let token = accounts.create_admin_token(actor, &name).await?;
             Ok((StatusCode::CREATED, json!({ "name": name, "token": token })))
         }
-        (_, ["users"] | ["users", _] | ["users", _, "container"]) => Err(ApiError::BadRequest(
-            format!("method {method} not allowed here"),
-        )),
-        _ => Err(ApiError::NotFound("route")),
+        (_, ["users"] | ["users", _] | ["users", _, "container"]) => {
+            Err(Error::Invalid(format!("method {method} not allowed here")).into())
+        }
+        _ => Err(Error::NotFound("route").into()),
     }
-}
-
-async fn parse_json<B, T>(req: Request<B>) -> Result<T, ApiError>
-where
-    B: ReqBody,
-    T: serde::de::DeserializeOwned,
-{
-    let body = read_body(req.into_body()).await?;
-    let body = if body.is_empty() {
-        Bytes::from_static(b"{}")
-    } else {
-        body
-    };
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 /// The API's own view structs always serialize.

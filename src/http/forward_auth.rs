@@ -133,8 +133,12 @@ async fn identify_caller(
     if let Some(user) = app.identify_token(headers)? {
         return Ok(Some((user, Via::ApiToken)));
     }
+    let Some(jwt) = &app.external_jwt else {
+        return Ok(None);
+    };
     Ok(app
-        .identify_jwt(headers)
+        .accounts
+        .identify_jwt(jwt, headers)
         .await
         .map(|user| (user, Via::ExternalJwt)))
 }
@@ -221,7 +225,7 @@ fn is_bearer_jwt(value: &HeaderValue) -> bool {
 
 fn unauthenticated(app: &App, headers: &HeaderMap, browser: bool, slug: Option<&Slug>) -> Resp {
     if !browser {
-        return super::api_error(&crate::error::ApiError::Unauthorized);
+        return super::api_error(crate::error::Error::Unauthorized);
     }
     let original = headers
         .get("x-forwarded-uri")
@@ -268,7 +272,7 @@ pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
         return if browser {
             redirect(StatusCode::FOUND, &login_location(next.as_deref()))
         } else {
-            super::api_error(&crate::error::ApiError::Unauthorized)
+            super::api_error(crate::error::Error::Unauthorized)
         };
     };
     let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");

@@ -92,7 +92,7 @@ pub async fn on_app_host(
         return if wants_html(headers) {
             redirect(StatusCode::FOUND, &start_url(app, host_slug, path))
         } else {
-            super::api_error(&crate::error::ApiError::Unauthorized)
+            super::api_error(crate::error::Error::Unauthorized)
         };
     }
     let code = query.get("code").map(String::as_str).unwrap_or_default();

@@ -26,9 +26,7 @@ where
     match *req.method() {
         Method::GET | Method::HEAD => login_page(app, &req),
         Method::POST => post(app, req, peer).await,
-        _ => super::api_error(&crate::error::ApiError::BadRequest(
-            "use GET or POST".into(),
-        )),
+        _ => super::api_error(crate::error::Error::Invalid("use GET or POST".into())),
     }
 }
 
@@ -63,7 +61,7 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
     }
     match app.identify(req.headers()) {
         Ok(Some(identity)) => {
-            let target = next.unwrap_or_else(|| app.environment_link(&identity.user));
+            let target = next.unwrap_or_else(|| app.environments.link(&identity.user));
             return redirect(StatusCode::FOUND, &target);
         }
         Ok(None) => {}
@@ -142,7 +140,7 @@ where
     let headers = req.headers().clone();
     let body = match read_body(req.into_body()).await {
         Ok(b) => b,
-        Err(e) => return super::api_error(&e),
+        Err(e) => return super::api_error(e),
     };
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     if origin == FormOrigin::Unknown && !FormGuard::matches(app, &headers, &form) {
@@ -395,7 +393,7 @@ async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) 
         // Sign-up: the domain is checked again (the list may have changed since
         // the mail went out); an account created meanwhile is simply used.
         (None, Some(email)) if signup_allowed(app, email) => {
-            match app.create_user_for_email("signup", email).await {
+            match app.accounts.create_user_for_email("signup", email).await {
                 Ok(user) => {
                     tracing::info!(target: "spawngate::login", user = %user.name, "self sign-up");
                     Some(user)
@@ -495,7 +493,7 @@ pub(super) async fn start_session(
         .sign(&sid, &user.id, unix_now(), session.expires);
     let target = next
         .and_then(|n| safe_next(n))
-        .unwrap_or_else(|| app.environment_link(user));
+        .unwrap_or_else(|| app.environments.link(user));
     tracing::info!(target: "spawngate::login", user = %user.name, "login");
     if app.config.lifecycle.start_on_login {
         // Warm the container while the browser follows the redirect.
@@ -532,7 +530,7 @@ where
     if let Some(identity) = identity {
         let body = match read_body(req.into_body()).await {
             Ok(b) => b,
-            Err(e) => return super::api_error(&e),
+            Err(e) => return super::api_error(e),
         };
         let csrf = form_urlencoded::parse(&body)
             .find(|(k, _)| k == "csrf")
@@ -567,8 +565,9 @@ pub fn home(app: &App, headers: &HeaderMap) -> Resp {
         Ok(None) => return redirect(StatusCode::FOUND, "/_spawngate/login"),
         Err(e) => return store_unavailable(&e),
     };
-    let url = app.environment_link(&identity.user);
+    let url = app.environments.link(&identity.user);
     let shared: String = app
+        .sharing
         .shared_with(&identity.user)
         .iter()
         .map(|s| {

@@ -10,12 +10,12 @@ use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ReqBody, Resp, api_error, json, read_body};
+use super::errors::HttpError;
+use super::{ReqBody, Resp, api_error, json, parse_json};
 use crate::app::App;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::ids::SessionId;
 use crate::store::User;
-use crate::time::rfc3339;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,7 +26,7 @@ struct NewToken {
 pub async fn handle<B: ReqBody>(app: &App, req: Request<B>, rest: &str) -> Resp {
     match route(app, req, rest).await {
         Ok((status, value)) => json(status, &value),
-        Err(e) => api_error(&e),
+        Err(e) => api_error(e),
     }
 }
 
@@ -34,7 +34,7 @@ async fn route<B: ReqBody>(
     app: &App,
     req: Request<B>,
     rest: &str,
-) -> Result<(StatusCode, serde_json::Value), ApiError> {
+) -> Result<(StatusCode, serde_json::Value), HttpError> {
     let method = req.method().clone();
     let (user, session): (Arc<User>, Option<SessionId>) = match app.identify(req.headers())? {
         Some(identity) => {
@@ -45,65 +45,41 @@ async fn route<B: ReqBody>(
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
                 if !app.sessions.csrf_ok(&identity.session, presented) {
-                    return Err(ApiError::Forbidden(
-                        "missing or wrong X-Spawngate-CSRF header",
-                    ));
+                    return Err(Error::Forbidden("missing or wrong X-Spawngate-CSRF header").into());
                 }
             }
             (identity.user, Some(identity.session))
         }
         None => (
             app.identify_token(req.headers())?
-                .ok_or(ApiError::Unauthorized)?,
+                .ok_or(Error::Unauthorized)?,
             None,
         ),
     };
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     let csrf = session.as_ref().map(|sid| app.sessions.csrf_token(sid));
     if session.is_none() && method != Method::GET && !matches!(parts.as_slice(), ["tokens", _]) {
-        return Err(ApiError::Forbidden(
-            "a personal API token cannot change the account: sign in",
-        ));
+        return Err(
+            Error::Forbidden("a personal API token cannot change the account: sign in").into(),
+        );
     }
+    let accounts = &app.accounts;
     match (&method, parts.as_slice()) {
         (&Method::GET, [""]) => {
-            let view = app.user_view(&user);
+            let view = accounts.user_view(&user);
             Ok((
                 StatusCode::OK,
                 json!({ "name": view.name, "slug": view.slug, "url": view.url, "csrf": csrf }),
             ))
         }
-        (&Method::GET, ["tokens"]) => {
-            let tokens: Vec<_> = app
-                .store
-                .api_tokens_of(&user.id)?
-                .into_iter()
-                .map(|t| json!({ "id": t.id, "name": t.name, "created": rfc3339(t.created) }))
-                .collect();
-            Ok((StatusCode::OK, json!({ "tokens": tokens })))
-        }
+        (&Method::GET, ["tokens"]) => Ok((
+            StatusCode::OK,
+            json!({ "tokens": accounts.api_tokens(&user)? }),
+        )),
         (&Method::POST, ["tokens"]) => {
-            let body = read_body(req.into_body()).await?;
-            let new: NewToken = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-            let name = new.name.trim();
-            if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-                return Err(ApiError::BadRequest(
-                    "token name: 1-64 printable characters".into(),
-                ));
-            }
-            let (token, record) = app.store.create_api_token(&user.id, name).await?;
-            app.store.audit(
-                &user.name,
-                "token.personal.create",
-                &user.name,
-                Some(record.id.clone()),
-            );
-            Ok((
-                StatusCode::CREATED,
-                // The only time the token is shown.
-                json!({ "id": record.id, "name": record.name, "token": token }),
-            ))
+            let new: NewToken = parse_json(req).await?;
+            let created = accounts.create_api_token(&user, &new.name).await?;
+            Ok((StatusCode::CREATED, json!(created)))
         }
         (&Method::PUT, ["password"]) => {
             #[derive(Deserialize)]
@@ -113,29 +89,10 @@ async fn route<B: ReqBody>(
                 current: Option<String>,
                 new: String,
             }
-            let body = read_body(req.into_body()).await?;
-            let change: ChangePassword = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
-            // Whoever holds the session must also know the current password.
-            if let Some(stored) = user.password_hash.clone() {
-                let current = change.current.unwrap_or_default();
-                let ok = tokio::task::spawn_blocking(move || {
-                    crate::auth::password::verify(&current, Some(&stored))
-                })
-                .await
-                .unwrap_or(false);
-                if !ok {
-                    return Err(ApiError::Forbidden("the current password is wrong"));
-                }
-            }
-            app.set_password(&user.name, &user.name, Some(&change.new), false)
+            let change: ChangePassword = parse_json(req).await?;
+            let signed_out = accounts
+                .change_password(&user, session.as_ref(), change.current, &change.new)
                 .await?;
-            // Whoever else is signed in as this user is signed out; this session
-            // (and its app sessions) stays.
-            let mut signed_out = 0;
-            if let Some(sid) = &session {
-                signed_out = app.store.delete_other_sessions(&user.id, sid).await?;
-            }
             Ok((
                 StatusCode::OK,
                 json!({ "password": true, "other_sessions_ended": signed_out }),
@@ -144,40 +101,26 @@ async fn route<B: ReqBody>(
         (&Method::GET, ["shares"]) => Ok((
             StatusCode::OK,
             json!({
-                "shared_with": app.shares_of(&user),
-                "shared_with_me": app.shared_with(&user),
+                "shared_with": app.sharing.shares_of(&user),
+                "shared_with_me": app.sharing.shared_with(&user),
             }),
         )),
         (&Method::PUT, ["shares", grantee]) => {
-            let body = read_body(req.into_body()).await?;
-            let body = if body.is_empty() {
-                bytes::Bytes::from_static(b"{}")
-            } else {
-                body
-            };
-            let share: super::admin::ShareRequest = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+            let share: super::admin::ShareRequest = parse_json(req).await?;
             let shares = app
-                .share(&user.name, &user.name, grantee, share.read_only)
+                .sharing
+                .share(&user.name, &user, grantee, share.read_only)
                 .await?;
             Ok((StatusCode::OK, json!({ "shared_with": shares })))
         }
         (&Method::DELETE, ["shares", grantee]) => {
-            let shares = app.unshare(&user.name, &user.name, grantee).await?;
+            let shares = app.sharing.unshare(&user.name, &user, grantee).await?;
             Ok((StatusCode::OK, json!({ "shared_with": shares })))
         }
         (&Method::DELETE, ["tokens", id]) => {
-            if !app.store.delete_api_token(&user.id, id).await? {
-                return Err(ApiError::NotFound("token"));
-            }
-            app.store.audit(
-                &user.name,
-                "token.personal.revoke",
-                &user.name,
-                Some((*id).to_owned()),
-            );
+            accounts.revoke_api_token(&user, id).await?;
             Ok((StatusCode::OK, json!({ "revoked": id })))
         }
-        _ => Err(ApiError::NotFound("route")),
+        _ => Err(Error::NotFound("route").into()),
     }
 }

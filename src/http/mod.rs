@@ -2,6 +2,7 @@
 
 mod admin;
 mod app_gone;
+pub mod errors;
 mod forward_auth;
 mod handoff;
 mod login;
@@ -19,8 +20,9 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::ids::Secret;
+pub use errors::HttpError;
 
 pub type Resp = Response<Full<Bytes>>;
 
@@ -89,7 +91,7 @@ where
         // The control socket serves the admin API only.
         return Ok(match path.strip_prefix("/_spawngate/api/") {
             Some(rest) => admin::handle(&app, req, rest, peer).await,
-            None => api_error(&ApiError::NotFound("route")),
+            None => api_error(Error::NotFound("route")),
         });
     }
     // Subdomain mode: an app host's requests that reach spawngate (the hand-off,
@@ -107,7 +109,7 @@ where
     }
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > MAX_URI {
-        return Ok(api_error(&ApiError::UriTooLong(MAX_URI)));
+        return Ok(api_error(HttpError::UriTooLong(MAX_URI)));
     }
     let resp = match (&method, path.as_str()) {
         (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())),
@@ -192,7 +194,7 @@ fn provider_config(app: &App, headers: &HeaderMap) -> Resp {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !expected.matches(presented) {
-            return api_error(&ApiError::Unauthorized);
+            return api_error(Error::Unauthorized);
         }
     }
     let mut resp = Response::new(Full::new(app.provider.current()));
@@ -218,17 +220,31 @@ pub fn query_map(uri: &hyper::Uri) -> std::collections::HashMap<String, String> 
 }
 
 /// Reads a body up to [`MAX_BODY`].
-pub async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+pub async fn read_body<B>(body: B) -> Result<Bytes, HttpError>
 where
     B: ReqBody,
 {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge(MAX_BODY)),
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "cannot read request body: {e}"
-        ))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(HttpError::TooLarge(MAX_BODY)),
+        Err(e) => Err(Error::Invalid(format!("cannot read request body: {e}")).into()),
     }
+}
+
+/// A JSON request body (an empty one reads as `{}`).
+pub async fn parse_json<B, T>(req: Request<B>) -> Result<T, HttpError>
+where
+    B: ReqBody,
+    T: serde::de::DeserializeOwned,
+{
+    let body = read_body(req.into_body()).await?;
+    let body = if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
+    serde_json::from_slice(&body)
+        .map_err(|e| Error::Invalid(format!("invalid JSON body: {e}")).into())
 }
 
 pub fn text(status: StatusCode, body: &str) -> Resp {
@@ -261,15 +277,9 @@ pub fn json(status: StatusCode, value: &serde_json::Value) -> Resp {
     resp
 }
 
-pub fn api_error(e: &ApiError) -> Resp {
-    let mut resp = json(e.status(), &e.body());
-    if matches!(e, ApiError::Unauthorized) {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"spawngate\""),
-        );
-    }
-    resp
+/// The JSON answer for an error, as users and their scripts see it.
+pub fn api_error(e: impl Into<HttpError>) -> Resp {
+    errors::json_answer(&e.into(), errors::Audience::User)
 }
 
 fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Resp {

@@ -10,8 +10,8 @@ use hyper::{Method, Request, StatusCode};
 
 use super::pages::page;
 use super::{Resp, html, redirect};
+use crate::accounts::MappingError;
 use crate::app::App;
-use crate::auth::external::MappingError;
 use crate::auth::oidc::{OidcError, STATE_TTL};
 use crate::auth::{cookies, safe_next};
 
@@ -67,6 +67,7 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
         let code = query.get("code").map(String::as_str).unwrap_or_default();
         match client.finish(state, sealed, code).await {
             Ok(done) => match app
+                .accounts
                 .user_for_claims(&done.claims, &client.mapping(), "oidc")
                 .await
             {

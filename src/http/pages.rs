@@ -3,8 +3,9 @@
 
 use hyper::StatusCode;
 
+use super::errors;
 use super::{Resp, api_error, html, json};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::lifecycle::AppFailure;
 
 pub fn escape(s: &str) -> String {
@@ -45,71 +46,25 @@ code{{background:#f3f3f3;padding:.1rem .3rem}}
 /// The answer for another user's slug and for an unknown slug alike, so a caller
 /// cannot tell whether a slug exists.
 pub fn forbidden(browser: bool) -> Resp {
-    if browser {
-        html(
-            StatusCode::FORBIDDEN,
-            page(
-                "Not yours",
-                "",
-                r#"<p>You do not have access to this address.</p><p><a href="/_spawngate/">Go to your own environment</a></p>"#,
-            ),
-        )
-    } else {
-        api_error(&ApiError::Forbidden(
-            "you do not have access to this address",
-        ))
-    }
+    errors::answer(
+        &Error::Forbidden("you do not have access to this address").into(),
+        browser,
+    )
 }
 
 /// A request spawngate refuses as malformed or hostile, with the reason.
 pub fn bad_request(browser: bool, message: &str) -> Resp {
-    let e = ApiError::BadRequest(message.to_owned());
-    if browser {
-        html(
-            e.status(),
-            page(
-                "Request refused",
-                "",
-                &format!("<p>{}.</p>", escape(message)),
-            ),
-        )
-    } else {
-        api_error(&e)
-    }
+    errors::answer(&Error::Invalid(message.to_owned()).into(), browser)
 }
 
 /// spawngate's store cannot be read or written (disk full, I/O errors). Never
 /// "please sign in": the caller's credentials may be fine.
 pub fn store_unavailable(browser: bool, e: &dyn std::fmt::Display) -> Resp {
-    tracing::error!(error = %e, "store unavailable");
-    let message = "spawngate cannot use its storage right now, so signing in and starting environments are unavailable; the administrator can see why in spawngate's log and /readyz";
-    let mut resp = if browser {
-        html(
-            StatusCode::SERVICE_UNAVAILABLE,
-            page(
-                "Temporarily unavailable",
-                "",
-                &format!(
-                    "<p>{}.</p><p class=\"muted\">Your sign-in is not the problem. Try again in a few minutes.</p>",
-                    escape(message)
-                ),
-            ),
-        )
-    } else {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({ "error": { "code": "store_unavailable", "message": message } }),
-        )
-    };
-    resp.headers_mut().insert(
-        hyper::header::RETRY_AFTER,
-        hyper::header::HeaderValue::from(30u32),
-    );
-    resp
+    errors::answer(&Error::Storage(e.to_string()).into(), browser)
 }
 
 pub fn not_found() -> Resp {
-    api_error(&ApiError::NotFound("route"))
+    api_error(Error::NotFound("route"))
 }
 
 /// Shown (with status 503) while a container is still starting after the hold.

@@ -189,6 +189,7 @@ async fn an_emailed_link_signs_in_once_and_lands_on_the_users_container() {
     let h = with_email(&smtp, "").await;
     let alice = h
         .app
+        .accounts
         .add_user("test", "alice", Some("alice@example.org"))
         .await
         .unwrap();
@@ -264,6 +265,7 @@ async fn an_emailed_link_that_has_expired_is_refused() {
     let smtp = Smtp::start().await;
     let h = with_email(&smtp, "[login]\ntoken_ttl_secs = 1\n").await;
     h.app
+        .accounts
         .add_user("test", "bob", Some("bob@example.org"))
         .await
         .unwrap();
@@ -304,6 +306,7 @@ async fn link_requests_are_rate_limited_per_email_and_per_real_client_address() 
     )
     .await;
     h.app
+        .accounts
         .add_user("test", "bob", Some("bob@example.org"))
         .await
         .unwrap();
@@ -450,7 +453,7 @@ async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
         async move { req.send().await.unwrap().status() }
     };
     assert_eq!(with_token().await, 200);
-    let unused_link = h.app.login_link("alice").await.unwrap();
+    let unused_link = h.app.accounts.login_link("alice").await.unwrap();
 
     assert_eq!(admin("disable").send().await.unwrap().status(), 200);
     assert_eq!(
@@ -459,7 +462,7 @@ async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
         "disabled: every session is dead"
     );
     assert!(
-        h.app.login_link("alice").await.is_err(),
+        h.app.accounts.login_link("alice").await.is_err(),
         "no login links for disabled users"
     );
     // Nothing can reach the container any more: it is stopped, not left to idle.
@@ -526,7 +529,7 @@ async fn login_redirects_only_ever_go_to_same_site_paths() {
         "/%2Fevil.example",
         "javascript:alert(1)",
     ] {
-        let link = h.app.login_link("alice").await.unwrap();
+        let link = h.app.accounts.login_link("alice").await.unwrap();
         let token = link.url.split("token=").nth(1).unwrap().to_owned();
         let resp = h
             .client
@@ -543,7 +546,7 @@ async fn login_redirects_only_ever_go_to_same_site_paths() {
         );
     }
     // A same-site target is honoured.
-    let link = h.app.login_link("alice").await.unwrap();
+    let link = h.app.accounts.login_link("alice").await.unwrap();
     let token = link.url.split("token=").nth(1).unwrap().to_owned();
     let target = format!("/u-{}/notebooks?x=1", alice.slug);
     let resp = h
@@ -768,6 +771,7 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
     );
     let stored = h
         .app
+        .accounts
         .find_user("alice")
         .unwrap()
         .password_hash
@@ -989,8 +993,9 @@ async fn self_sign_up_creates_the_account_on_the_first_confirmed_link_only_for_a
         crate::harness::login_with_link(&h.client, &h.public, &link, h.cookie_name()).await;
     let user = h
         .app
+        .accounts
         .find_user("new.person")
-        .map(|u| h.app.user_view(&u))
+        .map(|u| h.app.accounts.user_view(&u))
         .expect("the account exists");
     assert_eq!(user.email.as_deref(), Some("new.person@example.org"));
     h.wait_router(&format!("u-{}", user.slug)).await;
@@ -1023,6 +1028,7 @@ async fn self_sign_up_creates_the_account_on_the_first_confirmed_link_only_for_a
     crate::harness::login_with_link(&h.client, &h.public, &second, h.cookie_name()).await;
     assert_eq!(
         h.app
+            .accounts
             .list_users()
             .iter()
             .filter(|u| u.email.as_deref() == Some("new.person@example.org"))
@@ -1065,6 +1071,7 @@ async fn login_links_go_out_over_starttls_or_implicit_tls_with_smtp_auth() {
         .await;
         let alice = h
             .app
+            .accounts
             .add_user("test", "alice", Some("alice@example.org"))
             .await
             .unwrap();
@@ -1102,6 +1109,7 @@ async fn login_links_go_out_over_starttls_or_implicit_tls_with_smtp_auth() {
             })
             .await;
             h.app
+                .accounts
                 .add_user("test", "bob", Some("bob@example.org"))
                 .await
                 .unwrap();

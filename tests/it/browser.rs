@@ -115,7 +115,7 @@ async fn eval(ws: &mut Socket, id: u64, expr: &str) -> Value {
 async fn a_browser_opens_the_link_signs_in_and_lands_on_its_container() {
     let h = Harness::start(Options::default()).await;
     let alice = h.user("alice").await;
-    let link = h.app.login_link("alice").await.unwrap().url;
+    let link = h.app.accounts.login_link("alice").await.unwrap().url;
 
     let chromium = Chromium::start();
     let (mut ws, _) = tokio_tungstenite::connect_async(chromium.page_socket().await)

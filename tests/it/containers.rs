@@ -161,7 +161,16 @@ async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
     let admin = Admin::new(&h).await;
     let slug = admin.user_in_mode("alice", "exit:3").await;
     h.user("bob").await;
-    h.app.share("test", "alice", "bob", false).await.unwrap();
+    h.app
+        .sharing
+        .share(
+            "test",
+            &h.app.accounts.find_user("alice").unwrap(),
+            "bob",
+            false,
+        )
+        .await
+        .unwrap();
     let cookie = h.login("alice").await;
     // Signed in up front: what follows the first failure fits in its back-off.
     let bob = h.login("bob").await;

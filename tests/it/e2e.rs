@@ -97,7 +97,7 @@ async fn login_link_lands_on_own_container_with_prefix_stripped_and_no_credentia
     let alice = h.user("alice").await;
 
     // The link page itself does not use the token up (link scanners GET it).
-    let link = h.app.login_link("alice").await.unwrap();
+    let link = h.app.accounts.login_link("alice").await.unwrap();
     let token = link.url.split("token=").nth(1).unwrap().to_owned();
     for _ in 0..2 {
         let page = h
@@ -549,7 +549,12 @@ async fn missing_image_gives_a_clear_503_and_no_container() {
     assert!(h.containers_of(&alice.slug).is_empty());
 
     // The admin sees the operator detail.
-    let status = h.app.container_status("alice").await.unwrap();
+    let status = h
+        .app
+        .environments
+        .status(&h.app.accounts.find_user("alice").unwrap())
+        .await
+        .unwrap();
     assert_eq!(status.state, spawngate::runtime::ContainerState::NotExists);
     let detail = status.last_error.unwrap();
     assert!(
@@ -610,6 +615,10 @@ async fn docker_down_gives_a_clear_503_and_readyz_fails_but_healthz_stays_up() {
     assert_eq!(health.status(), 200);
 
     // The failure is recorded for the admin, and nothing is half-written.
-    let status = h.app.container_status("alice").await;
+    let status = h
+        .app
+        .environments
+        .status(&h.app.accounts.find_user("alice").unwrap())
+        .await;
     assert!(status.is_err(), "status needs Docker and says so");
 }

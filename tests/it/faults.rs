@@ -156,7 +156,7 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
         .output()
         .unwrap();
     assert!(rm.status.success());
-    let alice_id = h.app.find_user("alice").unwrap().id.clone();
+    let alice_id = h.app.accounts.find_user("alice").unwrap().id.clone();
     let alice_id = &alice_id;
     poll(10, "spawngate to notice the removal", move || async move {
         (!matches!(h.app.lifecycle.phase(alice_id), Phase::Ready)).then_some(())
@@ -446,8 +446,8 @@ async fn a_user_deleted_while_docker_is_away_loses_container_and_volume_once_it_
 
     // Docker goes away; the deletion still happens, at once and whole.
     proxy.stop();
-    h.app.remove_user("test", "bob").await.unwrap();
-    assert!(h.app.find_user("bob").is_err());
+    h.app.accounts.remove_user("test", "bob").await.unwrap();
+    assert!(h.app.accounts.find_user("bob").is_err());
     // The session went with the user.
     assert_eq!(get(&h, &url, &cookie, None).await.status(), 401);
     assert_eq!(h.containers_of(&bob.slug).len(), 1, "Docker was away");

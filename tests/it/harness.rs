@@ -188,8 +188,13 @@ start_on_login = false
     }
 
     /// Creates a user and waits until Traefik routes their slug.
-    pub async fn user(&self, name: &str) -> spawngate::app::UserView {
-        let user = self.app.add_user("test", name, None).await.unwrap();
+    pub async fn user(&self, name: &str) -> spawngate::accounts::UserView {
+        let user = self
+            .app
+            .accounts
+            .add_user("test", name, None)
+            .await
+            .unwrap();
         self.wait_router(&format!("u-{}", user.slug)).await;
         user
     }
@@ -204,7 +209,7 @@ start_on_login = false
 
     /// Logs `name` in through Traefik with a magic link, as a browser would.
     pub async fn login(&self, name: &str) -> String {
-        let link = self.app.login_link(name).await.unwrap();
+        let link = self.app.accounts.login_link(name).await.unwrap();
         login_with_link(&self.client, &self.public, &link.url, self.cookie_name()).await
     }
 

@@ -218,6 +218,7 @@ async fn oidc_login_lands_on_the_users_container_and_follows_a_key_rotation() {
     .await;
     let alice = h
         .app
+        .accounts
         .add_user("test", "alice", Some("alice@example.org"))
         .await
         .unwrap();
@@ -448,6 +449,7 @@ async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
     .await;
     let alice = h
         .app
+        .accounts
         .add_user("test", "alice", Some("alice@example.org"))
         .await
         .unwrap();

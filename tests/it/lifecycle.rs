@@ -97,7 +97,12 @@ async fn paused_container_is_unpaused_by_the_next_request() {
         state_of(&name) == "paused"
     })
     .await;
-    let status = h.app.container_status("alice").await.unwrap();
+    let status = h
+        .app
+        .environments
+        .status(&h.app.accounts.find_user("alice").unwrap())
+        .await
+        .unwrap();
     assert_eq!(serde_json::to_value(&status).unwrap()["state"], "paused");
 
     let (code, body) = get(&h.client, &url, &cookie).await;
@@ -175,7 +180,9 @@ async fn a_container_removed_by_hand_is_recreated_by_the_next_request() {
     // The Docker event reaches spawngate; give it a moment, bounded.
     wait_until(10, "spawngate to notice the removal", || {
         !matches!(
-            h.app.lifecycle.phase(&h.app.find_user("alice").unwrap().id),
+            h.app
+                .lifecycle
+                .phase(&h.app.accounts.find_user("alice").unwrap().id),
             spawngate::lifecycle::Phase::Ready
         )
     })
@@ -301,7 +308,11 @@ async fn past_max_running_the_next_user_gets_a_clear_503_and_nothing_starts() {
     );
 
     // A place frees up when an admin stops one.
-    h.app.stop_container("test", "alice").await.unwrap();
+    h.app
+        .environments
+        .stop("test", &h.app.accounts.find_user("alice").unwrap())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2100)).await; // past the retry back-off
     assert_eq!(get(&h.client, &carol, &cookies[2]).await.0, 200);
 }
@@ -611,7 +622,11 @@ async fn per_user_overrides_apply_at_the_next_start_within_admin_bounds() {
         inspect(&name, "{{.HostConfig.Memory}}"),
         (512u64 << 20).to_string()
     );
-    h.app.stop_container("test", "alice").await.unwrap();
+    h.app
+        .environments
+        .stop("test", &h.app.accounts.find_user("alice").unwrap())
+        .await
+        .unwrap();
     let (status, again) = get(&h.client, &url, &cookie).await;
     assert_eq!(status, 200);
     assert_eq!(

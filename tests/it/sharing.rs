@@ -117,13 +117,22 @@ async fn owners_and_admins_share_environments_read_only_or_full_and_revoke_at_on
     assert_eq!(by_token.status(), 403);
 
     // An admin shares with Carol, with full access.
-    h.app.share("test", "alice", "carol", false).await.unwrap();
+    h.app
+        .sharing
+        .share(
+            "test",
+            &h.app.accounts.find_user("alice").unwrap(),
+            "carol",
+            false,
+        )
+        .await
+        .unwrap();
     let (status, who) = whoami(&h, &url, &carol_cookie).await;
     assert_eq!(status, 200);
     assert_eq!(who["headers"]["x-spawngate-access"], "shared");
 
     // Sharing is one-way: Alice gets nothing of Bob's.
-    let bob = h.app.find_user("bob").unwrap();
+    let bob = h.app.accounts.find_user("bob").unwrap();
     let (status, _) = whoami(
         &h,
         &h.url(&format!("/u-{}/whoami.json", bob.slug)),
@@ -148,14 +157,29 @@ async fn owners_and_admins_share_environments_read_only_or_full_and_revoke_at_on
     assert_eq!(status, 200, "Carol's grant is untouched");
 
     // Disabling Alice closes her environment to her grantees too.
-    h.app.set_disabled("test", "alice", true).await.unwrap();
+    h.app
+        .accounts
+        .set_disabled("test", "alice", true)
+        .await
+        .unwrap();
     let (status, _) = whoami(&h, &url, &carol_cookie).await;
     assert_eq!(status, 403, "a disabled user's environment is closed");
-    h.app.set_disabled("test", "alice", false).await.unwrap();
+    h.app
+        .accounts
+        .set_disabled("test", "alice", false)
+        .await
+        .unwrap();
     let (status, _) = whoami(&h, &url, &carol_cookie).await;
     assert_eq!(status, 200);
 
     // Deleting Carol removes her grant too.
-    h.app.remove_user("test", "carol").await.unwrap();
-    assert!(h.app.find_user("alice").unwrap().shared_with.is_empty());
+    h.app.accounts.remove_user("test", "carol").await.unwrap();
+    assert!(
+        h.app
+            .accounts
+            .find_user("alice")
+            .unwrap()
+            .shared_with
+            .is_empty()
+    );
 }

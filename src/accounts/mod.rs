@@ -1,0 +1,292 @@
+//! Accounts: users, their credentials and their settings. Every change is
+//! validated, written to the store and audited here, whoever asked (the admin
+//! API, the CLI, a user for themselves, an identity provider's auto-create).
+
+mod provisioning;
+mod tokens;
+pub mod validate;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use provisioning::{MappingError, name_from_email};
+
+use crate::config::{Config, NetworkMode};
+use crate::environments::Environments;
+use crate::error::{Error, Result};
+use crate::sharing::Sharing;
+use crate::store::{Overrides, Store, User};
+use crate::tasks::Tasks;
+use crate::time::rfc3339;
+
+/// A user as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct UserView {
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+    pub slug: String,
+    pub url: String,
+    pub created: String,
+    pub disabled: bool,
+    pub overrides: Overrides,
+    pub shared_with: Vec<crate::sharing::ShareView>,
+}
+
+/// `PUT /_spawngate/api/users/<name>/overrides`: replaces the user's overrides.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverridesRequest {
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A size such as `256m` or `2g`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LoginLink {
+    pub user: String,
+    pub url: String,
+    pub expires: String,
+}
+
+#[derive(Clone)]
+pub struct Accounts {
+    config: Arc<Config>,
+    store: Store,
+    environments: Environments,
+    sharing: Sharing,
+    tasks: Tasks,
+}
+
+impl Accounts {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        environments: Environments,
+        sharing: Sharing,
+        tasks: Tasks,
+    ) -> Accounts {
+        Accounts {
+            config,
+            store,
+            environments,
+            sharing,
+            tasks,
+        }
+    }
+
+    pub fn user_view(&self, user: &User) -> UserView {
+        UserView {
+            id: user.id.to_string(),
+            name: user.name.clone(),
+            email: user.email.clone(),
+            slug: user.slug.to_string(),
+            url: self.environments.url(user),
+            created: rfc3339(user.created),
+            disabled: user.disabled,
+            overrides: user.overrides.clone(),
+            shared_with: self.sharing.shares_of(user),
+        }
+    }
+
+    pub fn list_users(&self) -> Vec<UserView> {
+        self.store
+            .snapshot()
+            .users()
+            .iter()
+            .map(|u| self.user_view(u))
+            .collect()
+    }
+
+    /// Finds a user by name, or by slug (`abc…` or `u-abc…`).
+    pub fn find_user(&self, key: &str) -> Result<Arc<User>> {
+        let dir = self.store.snapshot();
+        dir.by_name(key)
+            .or_else(|| {
+                crate::ids::Slug::parse(key)
+                    .or_else(|| crate::ids::Slug::parse_segment(key))
+                    .and_then(|s| dir.by_slug(&s))
+            })
+            .cloned()
+            .ok_or(Error::NotFound("user"))
+    }
+
+    pub async fn add_user(&self, actor: &str, name: &str, email: Option<&str>) -> Result<UserView> {
+        validate::name(name)?;
+        // Stored lower-case: uniqueness and email login ignore case.
+        let email = email.map(|e| e.trim().to_ascii_lowercase());
+        let email = email.as_deref();
+        if let Some(email) = email {
+            validate::email(email)?;
+        }
+        let port_range =
+            (self.config.docker.mode == NetworkMode::Host).then_some(self.config.docker.host_ports);
+        let user = Arc::new(self.store.create_user(name, email, port_range).await?);
+        self.store.audit(
+            actor,
+            "user.create",
+            &user.name,
+            Some(format!("slug {}", user.slug)),
+        );
+        // With a warm pool the first request takes a running spare instead.
+        if self.config.lifecycle.precreate && self.config.pool_size == 0 {
+            self.environments.lifecycle().precreate(&user);
+        }
+        Ok(self.user_view(&user))
+    }
+
+    /// Deletes the user with their container, volume (unless configured to keep
+    /// it), sessions and tokens.
+    pub async fn remove_user(&self, actor: &str, key: &str) -> Result<()> {
+        let user = self.find_user(key)?;
+        // The store first, in one transaction (the user, sessions, tokens, the
+        // grants to them, and a tombstone): from here no request can start the
+        // container again, and a crash leaves either the whole user or none.
+        let keep = self.config.lifecycle.keep_volume_on_delete;
+        self.store.delete_user(&user, keep).await?;
+        // Then Docker. Cut short (a crash, Docker unreachable), the tombstone lets
+        // reconcile finish the removal: at the next start, or once Docker is back.
+        let detail = match self.environments.lifecycle().remove(&user, keep).await {
+            Ok(()) if keep => "volume kept".to_owned(),
+            Ok(()) => "container and volume removed".to_owned(),
+            Err(e) => {
+                tracing::warn!(user = %user.name, error = %e.detail(), "user deleted, but removing the container failed; reconcile removes it");
+                format!("container removal pending: {}", e.detail())
+            }
+        };
+        self.store
+            .audit(actor, "user.delete", &user.name, Some(detail));
+        Ok(())
+    }
+
+    /// Sets a user's container overrides within the admin's bounds. They apply at
+    /// the container's next start (a stopped container is recreated, same volume).
+    pub async fn set_overrides(
+        &self,
+        actor: &str,
+        key: &str,
+        req: OverridesRequest,
+    ) -> Result<UserView> {
+        let user = self.find_user(key)?;
+        let overrides = validate::overrides(&self.config, req)?;
+        let mut updated = (*user).clone();
+        updated.overrides = overrides;
+        self.store.update_user(&updated).await?;
+        self.store.audit(
+            actor,
+            "user.overrides",
+            &user.name,
+            Some(serde_json::to_string(&updated.overrides).unwrap_or_default()),
+        );
+        Ok(self.user_view(&updated))
+    }
+
+    /// Disables (or enables) a user. Disabling answers "something is wrong": every
+    /// credential the user had is revoked (sessions, app-host sessions and hand-off
+    /// codes, unused login links, personal API tokens), so a stolen one cannot come
+    /// back with a later enable; only a new sign-in works then.
+    pub async fn set_disabled(&self, actor: &str, key: &str, disabled: bool) -> Result<UserView> {
+        let user = self.find_user(key)?;
+        let mut updated = (*user).clone();
+        updated.disabled = disabled;
+        if disabled {
+            // In the same write as the flag: whatever credential survives the
+            // deletion below (a crash, a sign-in racing it) is refused anyway.
+            updated.credential_generation = updated.credential_generation.wrapping_add(1);
+        }
+        self.store.update_user(&updated).await?;
+        let mut detail = None;
+        if disabled {
+            // After the flag: from here on no new credential is issued to the user.
+            let (sessions, links, tokens) = self.store.delete_credentials_of(&user.id).await?;
+            detail = Some(format!(
+                "revoked {sessions} sessions, {links} login links, {tokens} API tokens"
+            ));
+            // Nothing can reach it any more: free its resources now rather than at
+            // the idle timeout. In the background, as an app may take its time to exit.
+            let lifecycle = self.environments.lifecycle().clone();
+            let stopped = updated.clone();
+            self.tasks.spawn(async move {
+                if let Err(e) = lifecycle.stop(&stopped).await {
+                    tracing::warn!(user = %stopped.name, error = %e, "cannot stop a disabled user's container");
+                }
+            });
+        }
+        let action = if disabled {
+            "user.disable"
+        } else {
+            "user.enable"
+        };
+        self.store.audit(actor, action, &user.name, detail);
+        Ok(self.user_view(&updated))
+    }
+
+    /// Sets (or with `None` removes) a user's password; argon2id at rest. With
+    /// `end_sessions` every session of the user ends: an admin (re)setting a
+    /// password is often answering a compromise.
+    pub async fn set_password(
+        &self,
+        actor: &str,
+        key: &str,
+        password: Option<&str>,
+        end_sessions: bool,
+    ) -> Result<()> {
+        let user = self.find_user(key)?;
+        let hash = match password {
+            None => None,
+            Some(p) if p.chars().count() < crate::auth::password::MIN_LEN => {
+                return Err(Error::Invalid(format!(
+                    "passwords need at least {} characters",
+                    crate::auth::password::MIN_LEN
+                )));
+            }
+            Some(p) => {
+                let p = p.to_owned();
+                let hashed = tokio::task::spawn_blocking(move || crate::auth::password::hash(&p))
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| Error::Internal("password hashing failed".into()))?;
+                Some(hashed)
+            }
+        };
+        let mut updated = (*user).clone();
+        updated.password_hash = hash;
+        self.store.update_user(&updated).await?;
+        if end_sessions {
+            self.store.delete_sessions_of(&user.id).await?;
+        }
+        let action = if password.is_some() {
+            "user.password.set"
+        } else {
+            "user.password.clear"
+        };
+        self.store.audit(actor, action, &user.name, None);
+        Ok(())
+    }
+
+    /// Ends every session of a user.
+    pub async fn revoke_sessions(&self, actor: &str, key: &str) -> Result<usize> {
+        let user = self.find_user(key)?;
+        let n = self.store.delete_sessions_of(&user.id).await?;
+        self.store.audit(
+            actor,
+            "sessions.revoke",
+            &user.name,
+            Some(format!("{n} sessions")),
+        );
+        Ok(n)
+    }
+
+    /// A user by exact name (grantees are named, never given by slug).
+    pub fn user_named(&self, name: &str) -> Option<Arc<User>> {
+        self.store.snapshot().by_name(name).cloned()
+    }
+}
