@@ -397,6 +397,10 @@ async fn admin_call(
     Ok(value)
 }
 
+/// How long an offline command waits for the work it started (a container
+/// stop waits up to `docker.stop_timeout_secs`, at most 100 s).
+const OFFLINE_DRAIN: std::time::Duration = std::time::Duration::from_secs(120);
+
 async fn local_call(
     app: Arc<App>,
     method: Method,
@@ -422,6 +426,12 @@ async fn local_call(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    // Whatever the command set going (stopping a disabled user's container…)
+    // finishes before the process exits.
+    let unfinished = app.tasks.shutdown(OFFLINE_DRAIN).await;
+    if unfinished > 0 {
+        tracing::warn!(unfinished, "background work was cut off at exit");
+    }
     app.store.flush().await?;
     Ok((status, body))
 }

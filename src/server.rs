@@ -32,9 +32,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
     let control = bind_control(&control_socket_path(&app.config.data_dir))?;
-    let tasks = spawn_background(&app, stop_rx.clone());
+    spawn_background(&app);
 
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -88,15 +87,20 @@ pub async fn run(
     tracing::info!("shutting down: draining connections");
     drop(listener);
     let _ = std::fs::remove_file(control_socket_path(&app.config.data_dir));
-    let _ = stop_tx.send(true);
-    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Connections and background work drain side by side: a request held for a
+    // start waits for the start, which is background work.
+    let (connections, tasks) = tokio::join!(
+        tokio::time::timeout(DRAIN_GRACE, graceful.shutdown()),
+        app.tasks.shutdown(DRAIN_GRACE),
+    );
+    if connections.is_err() {
         tracing::warn!("some connections were still open after the grace period");
     }
-    for task in tasks {
-        task.abort();
+    if tasks > 0 {
+        tracing::warn!(
+            tasks,
+            "background work still running after the grace period"
+        );
     }
     if let Err(e) = app.store.flush().await {
         tracing::error!(error = %e, "final store flush failed");
@@ -123,23 +127,29 @@ fn bind_control(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-fn spawn_background(
-    app: &Arc<App>,
-    stop: watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let events = tokio::spawn(app.lifecycle.clone().watch_events(stop.clone()));
+/// The loops that run for as long as the server does; each returns once shutdown
+/// begins ([`crate::tasks::Tasks::cancelled`]).
+fn spawn_background(app: &Arc<App>) {
+    // Until the lifecycle's loops watch the tasks' cancellation themselves.
+    let (stop_tx, stop) = watch::channel(false);
+    let tasks = app.tasks.clone();
+    app.tasks.spawn(async move {
+        tasks.cancelled().await;
+        let _ = stop_tx.send(true);
+    });
+    app.tasks
+        .spawn(app.lifecycle.clone().watch_events(stop.clone()));
     // The pool fills only after reconciliation, which removes leftover spares.
-    let reconcile_then_pool = tokio::spawn({
+    app.tasks.spawn({
         let (lifecycle, stop) = (app.lifecycle.clone(), stop.clone());
         async move {
             lifecycle.clone().reconcile_until_done(stop.clone()).await;
             lifecycle.run_pool(stop).await;
         }
     });
-    let culler = tokio::spawn(app.lifecycle.clone().run_culler(stop.clone()));
-    let store = app.store.clone();
-    let mut stop_purge = stop;
-    let purge = tokio::spawn(async move {
+    app.tasks.spawn(app.lifecycle.clone().run_culler(stop));
+    let (store, tasks) = (app.store.clone(), app.tasks.clone());
+    app.tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {
@@ -148,9 +158,8 @@ fn spawn_background(
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "purge of expired sessions failed"),
                 },
-                _ = stop_purge.changed() => return,
+                () = tasks.cancelled() => return,
             }
         }
     });
-    vec![events, reconcile_then_pool, culler, purge]
 }

@@ -223,7 +223,7 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
         let origin = app.config.public_url.origin.clone();
         let next = next.and_then(|n| safe_next(n));
         let email = email.clone();
-        tokio::spawn(async move {
+        app.tasks.spawn(async move {
             let ttl_secs = ttl.as_secs() as i64;
             let issued = match &user {
                 Some(user) => store.issue_login_token(&user.id, ttl_secs).await,

@@ -485,13 +485,20 @@ impl Drop for Harness {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        // The server drains its connections and background work (a spawn in
+        // flight finishes and is recorded), so one clean-up pass finds it all.
         if let Some(server) = self.server.take() {
-            server.abort();
+            tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(async {
+                    if tokio::time::timeout(Duration::from_secs(60), server)
+                        .await
+                        .is_err()
+                    {
+                        eprintln!("spawngate did not shut down within 60 s");
+                    }
+                })
+            });
         }
-        cleanup_docker(&self.instance, &self.network);
-        // A Docker call already on its way when the test ended (a spawn task) can
-        // still land; a second pass a moment later catches it.
-        std::thread::sleep(Duration::from_millis(750));
         cleanup_docker(&self.instance, &self.network);
     }
 }
