@@ -45,6 +45,30 @@ impl Accounts {
         })
     }
 
+    /// A one-time sign-in link for `user`, or a sign-up link for `email` when
+    /// `user` is `None`, continuing to `next` (already checked same-site).
+    pub async fn sign_in_link(
+        &self,
+        user: Option<&User>,
+        email: &str,
+        next: Option<&str>,
+    ) -> Result<String> {
+        let ttl = self.config.login.token_ttl.as_secs() as i64;
+        let (token, _) = match user {
+            Some(user) => self.store.issue_login_token(&user.id, ttl).await?,
+            None => self.store.issue_signup_token(email, ttl).await?,
+        };
+        let mut link = format!(
+            "{}/_spawngate/login?token={token}",
+            self.config.public_url.origin
+        );
+        if let Some(next) = next {
+            link.push_str("&next=");
+            link.extend(form_urlencoded::byte_serialize(next.as_bytes()));
+        }
+        Ok(link)
+    }
+
     pub fn api_tokens(&self, user: &User) -> Result<Vec<TokenView>> {
         Ok(self
             .store

@@ -218,29 +218,21 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
     // Everything that depends on the account (issuing the token: a disk write;
     // sending the mail) happens after the answer, so its timing is the same.
     if let (Some(user), Some(mailer)) = (recipient, app.mailer.clone()) {
-        let store = app.store.clone();
+        let accounts = app.accounts.clone();
         let ttl = app.config.login.token_ttl;
-        let origin = app.config.public_url.origin.clone();
         let next = next.and_then(|n| safe_next(n));
         let email = email.clone();
         app.tasks.spawn(async move {
-            let ttl_secs = ttl.as_secs() as i64;
-            let issued = match &user {
-                Some(user) => store.issue_login_token(&user.id, ttl_secs).await,
-                None => store.issue_signup_token(&email, ttl_secs).await,
-            };
-            let token = match issued {
-                Ok((token, _)) => token,
+            let link = match accounts
+                .sign_in_link(user.as_deref(), &email, next.as_deref())
+                .await
+            {
+                Ok(link) => link,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot issue a login token");
                     return;
                 }
             };
-            let mut link = format!("{origin}/_spawngate/login?token={token}");
-            if let Some(next) = next {
-                link.push_str("&next=");
-                link.extend(form_urlencoded::byte_serialize(next.as_bytes()));
-            }
             if let Err(e) = mailer
                 .send_login_link(&email, &link, ttl.as_secs().div_ceil(60))
                 .await
