@@ -2,6 +2,7 @@
 //! and only the top layers (the HTTP handlers, the CLI, the server and the wiring
 //! itself) name the wiring type `App`. Reads the sources: `crate::x` references
 //! outside unit-test modules are the edges.
+#![allow(clippy::unwrap_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
