@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid};
 use crate::ids::Secret;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawJwt {
     /// Accept `Authorization: Bearer <JWT>` (and `cookie`) from an identity service.
@@ -67,7 +67,7 @@ impl Default for RawJwt {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawOidc {
     /// Offer "Sign in with …" on the login page.
