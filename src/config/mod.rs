@@ -162,8 +162,8 @@ impl RawConfig {
         let lifecycle = self.lifecycle.validate()?;
         let limits = self.limits.validate()?;
         let pool_size = self.pool.validate(docker.mode)?;
-        let jwt = identity::validate_jwt(self.jwt)?;
-        let oidc = identity::validate_oidc(self.oidc)?;
+        let jwt = self.jwt.validate()?;
+        let oidc = self.oidc.validate()?;
         Ok(Config {
             listen: server.listen,
             public_url: server.public_url,
