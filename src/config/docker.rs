@@ -115,16 +115,7 @@ pub struct DockerConfig {
 impl RawDocker {
     pub(super) fn validate(self) -> Result<DockerConfig, ConfigError> {
         let d = self;
-        let mode = match d.mode.as_str() {
-            "host" => NetworkMode::Host,
-            "network" => NetworkMode::Network,
-            other => {
-                return Err(invalid(
-                    "docker.mode",
-                    format!("{other:?}: expected \"host\" or \"network\""),
-                ));
-            }
-        };
+        let mode = network_mode(&d.mode)?;
         if !is_name(&d.network) {
             return Err(invalid(
                 "docker.network",
@@ -191,17 +182,7 @@ impl RawDocker {
                 "requires docker.mode = \"network\"",
             ));
         }
-        let env = d
-            .env
-            .iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if is_env_name(k) && !k.starts_with("SPAWNGATE_") => Ok((k.to_owned(), v.to_owned())),
-                _ => Err(invalid(
-                    "docker.env",
-                    format!("{kv:?}: expected KEY=VALUE with KEY of [A-Za-z0-9_], not starting with SPAWNGATE_"),
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let env = container_env(&d.env)?;
         Ok(DockerConfig {
             host: (!d.host.is_empty()).then_some(d.host),
             mode,
@@ -223,6 +204,34 @@ impl RawDocker {
             stop_timeout: Duration::from_secs(d.stop_timeout_secs.unsigned_abs()),
         })
     }
+}
+
+fn network_mode(raw: &str) -> Result<NetworkMode, ConfigError> {
+    match raw {
+        "host" => Ok(NetworkMode::Host),
+        "network" => Ok(NetworkMode::Network),
+        other => Err(invalid(
+            "docker.mode",
+            format!("{other:?}: expected \"host\" or \"network\""),
+        )),
+    }
+}
+
+/// `docker.env` as pairs; `SPAWNGATE_*` names are spawngate's own (base path, secret).
+fn container_env(list: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    list.iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if is_env_name(k) && !k.starts_with("SPAWNGATE_") => {
+                Ok((k.to_owned(), v.to_owned()))
+            }
+            _ => Err(invalid(
+                "docker.env",
+                format!(
+                    "{kv:?}: expected KEY=VALUE with KEY of [A-Za-z0-9_], not starting with SPAWNGATE_"
+                ),
+            )),
+        })
+        .collect()
 }
 
 fn is_env_name(s: &str) -> bool {
