@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid};
 use crate::ids::Secret;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawJwt {
     /// Accept `Authorization: Bearer <JWT>` (and `cookie`) from an identity service.
@@ -67,7 +67,7 @@ impl Default for RawJwt {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawOidc {
     /// Offer "Sign in with …" on the login page.
@@ -293,112 +293,120 @@ fn https_url(key: &str, url: &str) -> Result<(), ConfigError> {
         .map_err(|_| invalid(key, format!("{url:?}: must be an https:// URL")))
 }
 
-pub fn validate_jwt(j: RawJwt) -> Result<Option<JwtConfig>, ConfigError> {
-    if !j.enabled {
-        return Ok(None);
-    }
-    let algs = algorithms("jwt", &j.algorithms)?;
-    let hmac = family(algs[0]) == Family::Hmac;
-    let sources = [
-        !j.secret.is_empty(),
-        !j.public_key_file.is_empty(),
-        !j.jwks_url.is_empty(),
-    ];
-    if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(invalid(
-            "jwt.enabled",
-            "needs exactly one of jwt.secret, jwt.public_key_file or jwt.jwks_url",
-        ));
-    }
-    let keys = if !j.secret.is_empty() {
-        if !hmac {
+impl RawJwt {
+    /// `None` when disabled; then none of its other keys is checked.
+    pub(super) fn validate(self) -> Result<Option<JwtConfig>, ConfigError> {
+        let j = self;
+        if !j.enabled {
+            return Ok(None);
+        }
+        let algs = algorithms("jwt", &j.algorithms)?;
+        let hmac = family(algs[0]) == Family::Hmac;
+        let sources = [
+            !j.secret.is_empty(),
+            !j.public_key_file.is_empty(),
+            !j.jwks_url.is_empty(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
             return Err(invalid(
-                "jwt.secret",
-                "a secret needs HS256/384/512 in jwt.algorithms",
+                "jwt.enabled",
+                "needs exactly one of jwt.secret, jwt.public_key_file or jwt.jwks_url",
             ));
         }
-        if j.secret.len() < 32 {
-            return Err(invalid("jwt.secret", "must be at least 32 bytes"));
+        let keys = if !j.secret.is_empty() {
+            if !hmac {
+                return Err(invalid(
+                    "jwt.secret",
+                    "a secret needs HS256/384/512 in jwt.algorithms",
+                ));
+            }
+            if j.secret.len() < 32 {
+                return Err(invalid("jwt.secret", "must be at least 32 bytes"));
+            }
+            JwtKeys::Secret(Secret::new(j.secret))
+        } else if hmac {
+            return Err(invalid("jwt.algorithms", "HS* algorithms need jwt.secret"));
+        } else if !j.public_key_file.is_empty() {
+            let path = PathBuf::from(&j.public_key_file);
+            let pem = std::fs::read(&path)
+                .map_err(|e| invalid("jwt.public_key_file", format!("{}: {e}", path.display())))?;
+            crate::auth::jwt::KeySource::public_pem(&pem, algs[0])
+                .map_err(|e| invalid("jwt.public_key_file", format!("{}: {e}", path.display())))?;
+            JwtKeys::PublicKeyFile(path)
+        } else {
+            https_url("jwt.jwks_url", &j.jwks_url)?;
+            JwtKeys::JwksUrl(j.jwks_url)
+        };
+        // Without both, a token minted for another service by the same issuer (or by
+        // another issuer sharing the keys) would be accepted here.
+        if j.issuer.is_empty() {
+            return Err(invalid(
+                "jwt.issuer",
+                "must be set (the expected `iss` claim)",
+            ));
         }
-        JwtKeys::Secret(Secret::new(j.secret))
-    } else if hmac {
-        return Err(invalid("jwt.algorithms", "HS* algorithms need jwt.secret"));
-    } else if !j.public_key_file.is_empty() {
-        let path = PathBuf::from(&j.public_key_file);
-        let pem = std::fs::read(&path)
-            .map_err(|e| invalid("jwt.public_key_file", format!("{}: {e}", path.display())))?;
-        crate::auth::jwt::KeySource::public_pem(&pem, algs[0])
-            .map_err(|e| invalid("jwt.public_key_file", format!("{}: {e}", path.display())))?;
-        JwtKeys::PublicKeyFile(path)
-    } else {
-        https_url("jwt.jwks_url", &j.jwks_url)?;
-        JwtKeys::JwksUrl(j.jwks_url)
-    };
-    // Without both, a token minted for another service by the same issuer (or by
-    // another issuer sharing the keys) would be accepted here.
-    if j.issuer.is_empty() {
-        return Err(invalid(
-            "jwt.issuer",
-            "must be set (the expected `iss` claim)",
-        ));
+        if j.audience.is_empty() {
+            return Err(invalid(
+                "jwt.audience",
+                "must be set (the expected `aud` claim)",
+            ));
+        }
+        if !j.cookie.is_empty() && !super::is_cookie_name(&j.cookie) {
+            return Err(invalid("jwt.cookie", "must be letters, digits, '_' or '-'"));
+        }
+        let (mapping, leeway, jwks_cooldown, ca_file) = common("jwt", raw_common!(j))?;
+        Ok(Some(JwtConfig {
+            algorithms: algs,
+            keys,
+            issuer: j.issuer,
+            audience: j.audience,
+            cookie: (!j.cookie.is_empty()).then_some(j.cookie),
+            leeway,
+            jwks_cooldown,
+            ca_file,
+            mapping,
+        }))
     }
-    if j.audience.is_empty() {
-        return Err(invalid(
-            "jwt.audience",
-            "must be set (the expected `aud` claim)",
-        ));
-    }
-    if !j.cookie.is_empty() && !super::is_cookie_name(&j.cookie) {
-        return Err(invalid("jwt.cookie", "must be letters, digits, '_' or '-'"));
-    }
-    let (mapping, leeway, jwks_cooldown, ca_file) = common("jwt", raw_common!(j))?;
-    Ok(Some(JwtConfig {
-        algorithms: algs,
-        keys,
-        issuer: j.issuer,
-        audience: j.audience,
-        cookie: (!j.cookie.is_empty()).then_some(j.cookie),
-        leeway,
-        jwks_cooldown,
-        ca_file,
-        mapping,
-    }))
 }
 
-pub fn validate_oidc(o: RawOidc) -> Result<Option<OidcConfig>, ConfigError> {
-    if !o.enabled {
-        return Ok(None);
+impl RawOidc {
+    /// `None` when disabled; then none of its other keys is checked.
+    pub(super) fn validate(self) -> Result<Option<OidcConfig>, ConfigError> {
+        let o = self;
+        if !o.enabled {
+            return Ok(None);
+        }
+        if o.issuer.is_empty() || o.client_id.is_empty() {
+            return Err(invalid(
+                "oidc.enabled",
+                "needs oidc.issuer and oidc.client_id (registered at your identity provider)",
+            ));
+        }
+        https_url("oidc.issuer", &o.issuer)?;
+        if !o.scopes.iter().any(|s| s == "openid") {
+            return Err(invalid("oidc.scopes", "must include \"openid\""));
+        }
+        let algs = algorithms("oidc", &o.algorithms)?;
+        if family(algs[0]) == Family::Hmac {
+            return Err(invalid(
+                "oidc.algorithms",
+                "use the IdP's public-key algorithms (RS256, ES256, …)",
+            ));
+        }
+        let (mapping, leeway, jwks_cooldown, ca_file) = common("oidc", raw_common!(o))?;
+        Ok(Some(OidcConfig {
+            issuer: o.issuer,
+            client_id: o.client_id,
+            client_secret: Secret::new(o.client_secret),
+            scopes: o.scopes,
+            algorithms: algs,
+            label: o.label,
+            leeway,
+            jwks_cooldown,
+            ca_file,
+            mapping,
+        }))
     }
-    if o.issuer.is_empty() || o.client_id.is_empty() {
-        return Err(invalid(
-            "oidc.enabled",
-            "needs oidc.issuer and oidc.client_id (registered at your identity provider)",
-        ));
-    }
-    https_url("oidc.issuer", &o.issuer)?;
-    if !o.scopes.iter().any(|s| s == "openid") {
-        return Err(invalid("oidc.scopes", "must include \"openid\""));
-    }
-    let algs = algorithms("oidc", &o.algorithms)?;
-    if family(algs[0]) == Family::Hmac {
-        return Err(invalid(
-            "oidc.algorithms",
-            "use the IdP's public-key algorithms (RS256, ES256, …)",
-        ));
-    }
-    let (mapping, leeway, jwks_cooldown, ca_file) = common("oidc", raw_common!(o))?;
-    Ok(Some(OidcConfig {
-        issuer: o.issuer,
-        client_id: o.client_id,
-        client_secret: Secret::new(o.client_secret),
-        scopes: o.scopes,
-        algorithms: algs,
-        label: o.label,
-        leeway,
-        jwks_cooldown,
-        ca_file,
-        mapping,
-    }))
 }
 
 #[cfg(test)]

@@ -26,7 +26,10 @@ use super::records::{
     AdminToken, ApiToken, AuditEntry, ContainerRecord, DecodeError, LoginToken, Session, User,
     decode,
 };
-use super::{Store, StoreError};
+use super::{
+    Store, StoreError, admin_tokens, api_tokens, audit, containers, deleted_users, login_tokens,
+    meta, sessions, users,
+};
 
 pub const FORMAT: &str = "spawngate-backup";
 /// The file format this build writes and the newest it restores.
@@ -103,20 +106,20 @@ struct TreeSpec {
 /// Every tree of the store, in the order a backup lists them. A unit test checks
 /// that this is exactly the set of trees the store opens.
 const TREES: [TreeSpec; 13] = [
-    spec("users", KeyEnc::Text, Kind::User),
-    spec("user_names", KeyEnc::Text, Kind::UserId),
-    spec("user_slugs", KeyEnc::Text, Kind::UserId),
-    spec("user_emails", KeyEnc::Text, Kind::UserId),
-    spec("host_ports", KeyEnc::Hex(2), Kind::UserId),
-    spec("sessions", KeyEnc::Text, Kind::Session),
-    spec("login_tokens", KeyEnc::Hex(32), Kind::LoginToken),
-    spec("admin_tokens", KeyEnc::Hex(32), Kind::AdminToken),
-    spec("api_tokens", KeyEnc::Hex(32), Kind::ApiToken),
-    spec("containers", KeyEnc::Text, Kind::Container),
-    spec("audit", KeyEnc::Hex(8), Kind::Audit),
-    spec("meta", KeyEnc::Text, Kind::Bytes),
-    // Tombstones: deleted user id → when (8 bytes, big-endian Unix seconds).
-    spec("deleted_users", KeyEnc::Text, Kind::Bytes),
+    spec(users::TREE, KeyEnc::Text, Kind::User),
+    spec(users::NAMES, KeyEnc::Text, Kind::UserId),
+    spec(users::SLUGS, KeyEnc::Text, Kind::UserId),
+    spec(users::EMAILS, KeyEnc::Text, Kind::UserId),
+    spec(users::PORTS, KeyEnc::Hex(2), Kind::UserId),
+    spec(sessions::TREE, KeyEnc::Text, Kind::Session),
+    spec(login_tokens::TREE, KeyEnc::Hex(32), Kind::LoginToken),
+    spec(admin_tokens::TREE, KeyEnc::Hex(32), Kind::AdminToken),
+    spec(api_tokens::TREE, KeyEnc::Hex(32), Kind::ApiToken),
+    spec(containers::TREE, KeyEnc::Text, Kind::Container),
+    spec(audit::TREE, KeyEnc::Hex(8), Kind::Audit),
+    spec(meta::TREE, KeyEnc::Text, Kind::Bytes),
+    // Tombstones: deleted user id → when, and whether the volume stays.
+    spec(deleted_users::TREE, KeyEnc::Text, Kind::Bytes),
 ];
 
 const fn spec(name: &'static str, key: KeyEnc, kind: Kind) -> TreeSpec {
@@ -124,22 +127,10 @@ const fn spec(name: &'static str, key: KeyEnc, kind: Kind) -> TreeSpec {
 }
 
 fn tree<'a>(store: &'a Store, name: &str) -> Option<&'a sled::Tree> {
-    Some(match name {
-        "users" => &store.users,
-        "user_names" => &store.names,
-        "user_slugs" => &store.slugs,
-        "user_emails" => &store.emails,
-        "host_ports" => &store.ports,
-        "sessions" => &store.sessions,
-        "login_tokens" => &store.login_tokens,
-        "admin_tokens" => &store.admin_tokens,
-        "api_tokens" => &store.api_tokens,
-        "containers" => &store.containers,
-        "audit" => &store.audit,
-        "meta" => &store.meta,
-        "deleted_users" => &store.deleted_users,
-        _ => return None,
-    })
+    store
+        .trees()
+        .into_iter()
+        .find_map(|(n, tree)| (n == name).then_some(tree))
 }
 
 fn spec_of(name: &str) -> Option<&'static TreeSpec> {
@@ -876,6 +867,13 @@ mod tests {
         listed.sort();
         assert_eq!(opened, listed);
         assert!(TREES.iter().all(|t| tree(&s, t.name).is_some()));
+        // And each handle a backup reads is the tree of its name.
+        let mut handed: Vec<&str> = s.trees().iter().map(|(n, _)| *n).collect();
+        handed.sort();
+        assert_eq!(handed, listed);
+        for (name, tree) in s.trees() {
+            assert_eq!(&tree.name()[..], name.as_bytes());
+        }
     }
 
     #[tokio::test]

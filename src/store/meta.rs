@@ -1,0 +1,90 @@
+//! Keys generated on first run (session signing, container secrets) and the
+//! store's own health probes.
+
+use super::{Result, Store};
+use crate::ids::random_bytes;
+use crate::time::unix_now;
+
+/// Name → raw bytes.
+pub(super) const TREE: &str = "meta";
+
+impl Store {
+    /// The HS256 key for session cookies: generated on first run, then kept, so
+    /// sessions survive restarts.
+    pub fn session_key(&self) -> Result<Vec<u8>> {
+        self.meta_key("session_key")
+    }
+
+    /// The key per-container secrets are derived from (kept, so a restart does not
+    /// invalidate the secrets running containers hold).
+    pub fn container_key(&self) -> Result<Vec<u8>> {
+        self.meta_key("container_key")
+    }
+
+    fn meta_key(&self, name: &str) -> Result<Vec<u8>> {
+        let fresh = random_bytes::<32>();
+        // compare_and_swap makes two racing first starts agree on one key.
+        {
+            let _writing = self.writing();
+            let _ = self
+                .meta
+                .compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?;
+        }
+        self.db.flush()?;
+        Ok(self
+            .meta
+            .get(name)?
+            .map(|v| v.to_vec())
+            .unwrap_or_else(|| fresh.to_vec()))
+    }
+
+    /// A cheap liveness check of the database (for `/readyz` and `spawngate check`).
+    pub fn check(&self) -> Result<()> {
+        self.meta.get("session_key")?;
+        Ok(())
+    }
+
+    /// Whether the store can still write durably: a small record written and
+    /// flushed (what `/readyz` asks; a full disk shows here first).
+    pub async fn check_writable(&self) -> Result<()> {
+        {
+            let _writing = self.writing();
+            self.meta
+                .insert("health_probe", unix_now().to_be_bytes().to_vec())?;
+        }
+        self.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[tokio::test]
+    async fn session_key_is_stable_across_reopen_and_store_is_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let k1 = {
+            let s = Store::open(dir.path()).unwrap();
+            let k = s.session_key().unwrap();
+            match Store::open(dir.path()) {
+                Err(StoreError::Locked { .. }) => {}
+                Err(other) => panic!("expected Locked, got {other:?}"),
+                Ok(_) => panic!("expected Locked, got a second handle"),
+            }
+            k
+        };
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.session_key().unwrap(), k1);
+        assert_eq!(k1.len(), 32);
+    }
+
+    #[tokio::test]
+    async fn the_keys_differ_and_the_store_reports_itself_healthy() {
+        let (_d, s) = crate::store::tests::store();
+        assert_ne!(s.session_key().unwrap(), s.container_key().unwrap());
+        assert_eq!(s.container_key().unwrap(), s.container_key().unwrap());
+        s.check().unwrap();
+        s.check_writable().await.unwrap();
+    }
+}

@@ -1,0 +1,392 @@
+//! Users and their indexes: unique names, slugs, emails and host ports, each a
+//! tree from the indexed value to the user id, written in the same transaction as
+//! the user.
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionResult};
+
+use super::records::{ApiToken, LoginToken, Overrides, Session, User, decode, encode};
+use super::{Result, Store, StoreError, deleted_users};
+use crate::ids::{Slug, UserId, random_bytes};
+use crate::time::unix_now;
+
+/// User id → [`User`].
+pub(super) const TREE: &str = "users";
+/// Name → user id.
+pub(super) const NAMES: &str = "user_names";
+/// Slug → user id.
+pub(super) const SLUGS: &str = "user_slugs";
+/// Email → user id.
+pub(super) const EMAILS: &str = "user_emails";
+/// Host port (2 bytes, big-endian) → user id.
+pub(super) const PORTS: &str = "host_ports";
+
+impl Store {
+    /// Creates a user with a fresh random slug (and a host port when `port_range` is
+    /// given). Names and emails are unique.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        email: Option<&str>,
+        port_range: Option<(u16, u16)>,
+    ) -> Result<User> {
+        // The random port and slug are picked before the transaction; a concurrent
+        // create may take the same one first. Then pick again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_create_user(name, email, port_range).await {
+                Err(StoreError::Conflict { what, .. })
+                    if (what == "host port" || what == "slug") && attempt < 8 => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_create_user(
+        &self,
+        name: &str,
+        email: Option<&str>,
+        port_range: Option<(u16, u16)>,
+    ) -> Result<User> {
+        let host_port = match port_range {
+            Some(range) => Some(self.pick_free_port(range)?),
+            None => None,
+        };
+        let user = User {
+            id: UserId::generate(),
+            name: name.to_owned(),
+            email: email.map(str::to_owned),
+            slug: Slug::generate(),
+            created: unix_now(),
+            disabled: false,
+            host_port,
+            overrides: Overrides::default(),
+            password_hash: None,
+            shared_with: Vec::new(),
+            credential_generation: 0,
+        };
+        let value = encode(&user);
+        let id = user.id.as_str().as_bytes();
+        let turn = self.flush_gate.lock().await;
+        let writing = self.writing();
+        let res = (
+            &self.users,
+            &self.names,
+            &self.slugs,
+            &self.emails,
+            &self.ports,
+        )
+            .transaction(|(users, names, slugs, emails, ports)| {
+                let conflict = |what: &'static str, value: &str| {
+                    ConflictableTransactionError::Abort(StoreError::Conflict {
+                        what,
+                        value: value.to_owned(),
+                    })
+                };
+                if names.get(user.name.as_bytes())?.is_some() {
+                    return Err(conflict("user name", &user.name));
+                }
+                if slugs.get(user.slug.as_str().as_bytes())?.is_some() {
+                    return Err(conflict("slug", user.slug.as_str()));
+                }
+                if let Some(email) = &user.email {
+                    if emails.get(email.as_bytes())?.is_some() {
+                        return Err(conflict("email", email));
+                    }
+                    emails.insert(email.as_bytes(), id)?;
+                }
+                if let Some(port) = user.host_port {
+                    if ports.get(port.to_be_bytes())?.is_some() {
+                        return Err(conflict("host port", &port.to_string()));
+                    }
+                    ports.insert(&port.to_be_bytes(), id)?;
+                }
+                names.insert(user.name.as_bytes(), id)?;
+                slugs.insert(user.slug.as_str().as_bytes(), id)?;
+                users.insert(id, value.as_slice())?;
+                Ok(())
+            });
+        drop(writing);
+        drop(turn);
+        committed(res)?;
+        // Committed: the directory shows it even if the flush below fails.
+        self.refresh_directory()?;
+        self.flush().await?;
+        Ok(user)
+    }
+
+    fn pick_free_port(&self, (min, max): (u16, u16)) -> Result<u16> {
+        let span = u32::from(max - min) + 1;
+        // Random probing keeps allocation O(1) while the range is sparsely used and
+        // avoids handing out a port another process on this host already holds.
+        for _ in 0..256 {
+            let r = u32::from_le_bytes(random_bytes::<4>()) % span;
+            let port = min + r as u16;
+            if self.ports.get(port.to_be_bytes())?.is_none()
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            {
+                return Ok(port);
+            }
+        }
+        Err(StoreError::NoFreePort)
+    }
+
+    /// Rewrites a user's record (fields that are not indexed: overrides, disabled).
+    pub async fn update_user(&self, user: &User) -> Result<()> {
+        let id = user.id.as_str().as_bytes();
+        let writing = self.writing();
+        // Only an existing user is updated: a concurrent delete wins.
+        let current = self.users.get(id)?;
+        let res = match current {
+            Some(current) => self
+                .users
+                .compare_and_swap(id, Some(current), Some(encode(user)))?,
+            None => {
+                return Err(StoreError::Conflict {
+                    what: "deleted user",
+                    value: user.name.clone(),
+                });
+            }
+        };
+        drop(writing);
+        if res.is_err() {
+            return Err(StoreError::Conflict {
+                what: "user record",
+                value: user.name.clone(),
+            });
+        }
+        self.refresh_directory()?;
+        self.flush().await
+    }
+
+    /// Deletes a user in one transaction with everything that points at them: their
+    /// indexes, sessions, login links, personal tokens, container record and the
+    /// grants other users gave them; and leaves a tombstone (see `deleted_users`).
+    /// A crash leaves either all of it or none.
+    /// `keep_volume` is recorded in the tombstone: reconcile removes the volume
+    /// later only if it was to go at deletion time, whatever the config says by then.
+    pub async fn delete_user(&self, user: &User, keep_volume: bool) -> Result<()> {
+        let id = user.id.as_str().as_bytes();
+        // Transactions cannot scan: find the keys first. A session created between
+        // this scan and the commit is dropped by `purge_expired` (its user is gone).
+        let sessions = self.keys_where::<Session>(&self.sessions, |s| s.user_id == user.id)?;
+        let links = self.keys_where::<LoginToken>(&self.login_tokens, |t| {
+            t.user_id.as_ref() == Some(&user.id)
+        })?;
+        let tokens = self.keys_where::<ApiToken>(&self.api_tokens, |t| t.user_id == user.id)?;
+        let owners: Vec<UserId> = self
+            .snapshot()
+            .users()
+            .iter()
+            .filter(|o| o.shared_with.iter().any(|s| s.user_id == user.id))
+            .map(|o| o.id.clone())
+            .collect();
+        let tombstone = deleted_users::tombstone(unix_now(), keep_volume);
+        let turn = self.flush_gate.lock().await;
+        // One guard over the transaction: a backup holds the user and all that
+        // points at them, or none of it.
+        let writing = self.writing();
+        let res = (
+            &self.users,
+            &self.names,
+            &self.slugs,
+            &self.emails,
+            &self.ports,
+            &self.containers,
+            &self.sessions,
+            &self.login_tokens,
+            &self.api_tokens,
+            &self.deleted_users,
+        )
+            .transaction(
+                |(users, names, slugs, emails, ports, containers, sess, login, api, deleted)| {
+                    users.remove(id)?;
+                    names.remove(user.name.as_bytes())?;
+                    slugs.remove(user.slug.as_str().as_bytes())?;
+                    if let Some(email) = &user.email {
+                        emails.remove(email.as_bytes())?;
+                    }
+                    if let Some(port) = user.host_port {
+                        ports.remove(&port.to_be_bytes())?;
+                    }
+                    containers.remove(id)?;
+                    for key in &sessions {
+                        sess.remove(key.as_ref())?;
+                    }
+                    for key in &links {
+                        login.remove(key.as_ref())?;
+                    }
+                    for key in &tokens {
+                        api.remove(key.as_ref())?;
+                    }
+                    for owner in &owners {
+                        let key = owner.as_str().as_bytes();
+                        let Some(bytes) = users.get(key)? else {
+                            continue;
+                        };
+                        let mut record: User = decode(&bytes).map_err(|source| {
+                            ConflictableTransactionError::Abort(StoreError::Corrupt {
+                                key: owner.to_string(),
+                                source,
+                            })
+                        })?;
+                        record.shared_with.retain(|s| s.user_id != user.id);
+                        users.insert(key, encode(&record))?;
+                    }
+                    deleted.insert(id, tombstone.as_slice())?;
+                    Ok(())
+                },
+            );
+        drop(writing);
+        drop(turn);
+        committed(res)?;
+        self.refresh_directory()?;
+        self.flush().await?;
+        Ok(())
+    }
+
+    /// Drops grants to users that do not exist (one granted in the instant its
+    /// grantee was being deleted): run with each purge (the server's first is at
+    /// start-up), so every grant points at a user. Not at open: a store must read
+    /// back exactly as written (restore verifies that).
+    pub(super) fn drop_dangling_shares(&self) -> Result<usize> {
+        let _writing = self.writing();
+        let mut fixed = 0;
+        for item in self.users.iter() {
+            let (key, value) = item?;
+            let Ok(mut user) = decode::<User>(&value) else {
+                continue;
+            };
+            let before = user.shared_with.len();
+            user.shared_with.retain(|s| {
+                self.users
+                    .contains_key(s.user_id.as_str().as_bytes())
+                    .unwrap_or(true)
+            });
+            if user.shared_with.len() == before {
+                continue;
+            }
+            // A concurrent update wins; the next purge looks again.
+            if self
+                .users
+                .compare_and_swap(&key, Some(&value), Some(encode(&user)))?
+                .is_ok()
+            {
+                fixed += 1;
+            }
+        }
+        if fixed > 0 {
+            tracing::info!(users = fixed, "dropped grants to deleted users");
+        }
+        Ok(fixed)
+    }
+}
+
+/// A transaction's outcome as a store result (an abort carries our own error).
+fn committed(res: TransactionResult<(), StoreError>) -> Result<()> {
+    match res {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Abort(e)) => Err(e),
+        Err(TransactionError::Storage(e)) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::Share;
+    use crate::store::tests::store;
+
+    #[tokio::test]
+    async fn users_are_unique_and_indexed() {
+        let (_d, s) = store();
+        let a = s
+            .create_user("alice", Some("a@x.org"), Some((30000, 30010)))
+            .await
+            .unwrap();
+        let b = s
+            .create_user("bob", None, Some((30000, 30010)))
+            .await
+            .unwrap();
+        assert_ne!(a.slug, b.slug);
+        assert_ne!(a.host_port, b.host_port);
+        assert!(matches!(
+            s.create_user("alice", None, None).await,
+            Err(StoreError::Conflict {
+                what: "user name",
+                ..
+            })
+        ));
+        assert!(matches!(
+            s.create_user("carol", Some("a@x.org"), None).await,
+            Err(StoreError::Conflict { what: "email", .. })
+        ));
+        let dir = s.snapshot();
+        assert_eq!(dir.len(), 2);
+        assert_eq!(dir.by_slug(&a.slug).unwrap().name, "alice");
+        assert_eq!(dir.by_name("bob").unwrap().id, b.id);
+
+        s.delete_user(&a, false).await.unwrap();
+        assert!(s.snapshot().by_name("alice").is_none());
+        // The name and email are free again.
+        s.create_user("alice", Some("a@x.org"), None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleting_a_user_takes_everything_pointing_at_them_and_leaves_a_tombstone() {
+        let (_d, s) = store();
+        let owner = s.create_user("owner", None, None).await.unwrap();
+        let gone = s
+            .create_user("gone", Some("g@x.org"), Some((30100, 30110)))
+            .await
+            .unwrap();
+        let mut shared = owner.clone();
+        shared.shared_with.push(Share {
+            user_id: gone.id.clone(),
+            read_only: false,
+            granted: 0,
+        });
+        s.update_user(&shared).await.unwrap();
+        let (sid, _) = s.create_session(&gone.id, 3600).await.unwrap();
+        let (link, _) = s.issue_login_token(&gone.id, 900).await.unwrap();
+        let (token, _) = s.create_api_token(&gone.id, "ci").await.unwrap();
+        let (kept, _) = s.create_session(&owner.id, 3600).await.unwrap();
+
+        s.delete_user(&gone, false).await.unwrap();
+        assert!(s.snapshot().by_name("gone").is_none());
+        assert!(s.session(&sid).unwrap().is_none());
+        assert!(s.peek_login_token(&link).unwrap().is_err());
+        assert!(s.api_token(&token).unwrap().is_none());
+        let owner_now = s.snapshot().by_name("owner").cloned().unwrap();
+        assert!(owner_now.shared_with.is_empty(), "the grant went too");
+        assert!(s.session(&kept).unwrap().is_some(), "others' sessions stay");
+        assert_eq!(s.was_deleted(gone.id.as_str()).unwrap(), Some(false));
+        assert_eq!(s.was_deleted(owner.id.as_str()).unwrap(), None);
+        // Its name, email and port are free again.
+        s.create_user("gone", Some("g@x.org"), Some((30100, 30110)))
+            .await
+            .unwrap();
+    }
+
+    /// Concurrent creates that draw the same random host port both succeed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_creates_with_a_tiny_port_range_get_distinct_ports() {
+        let (_d, s) = store();
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.create_user(&format!("p{i}"), None, Some((45100, 45107)))
+                    .await
+            }));
+        }
+        let mut ports = Vec::new();
+        for t in tasks {
+            ports.push(t.await.unwrap().unwrap().host_port.unwrap());
+        }
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 6);
+    }
+}
