@@ -330,7 +330,7 @@ impl RawJwt {
             let path = PathBuf::from(&j.public_key_file);
             let pem = std::fs::read(&path)
                 .map_err(|e| invalid("jwt.public_key_file", format!("{}: {e}", path.display())))?;
-            crate::auth::jwt::KeySource::public_pem(&pem, algs[0])
+            public_key_from_pem(&pem, algs[0])
                 .map_err(|e| invalid("jwt.public_key_file", format!("{}: {e}", path.display())))?;
             JwtKeys::PublicKeyFile(path)
         } else {
@@ -407,6 +407,23 @@ impl RawOidc {
             mapping,
         }))
     }
+}
+
+/// A PEM public key, read according to the pinned algorithm's family. Here, not
+/// in `auth`, so validation proves the file usable without config naming auth.
+pub fn public_key_from_pem(
+    pem: &[u8],
+    algorithm: Algorithm,
+) -> Result<jsonwebtoken::DecodingKey, String> {
+    use jsonwebtoken::Algorithm::*;
+    use jsonwebtoken::DecodingKey;
+    match algorithm {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => DecodingKey::from_rsa_pem(pem),
+        ES256 | ES384 => DecodingKey::from_ec_pem(pem),
+        EdDSA => DecodingKey::from_ed_pem(pem),
+        _ => return Err(format!("{algorithm:?} takes a secret, not a public key")),
+    }
+    .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ mod traefik;
 pub use docker::{DockerConfig, NetworkMode, RawDocker};
 pub use email::{EmailConfig, RawEmail, SmtpTls};
 pub use env::env_name;
-pub use identity::{ClaimMapping, JwtConfig, JwtKeys, MatchBy, OidcConfig};
+pub use identity::{ClaimMapping, JwtConfig, JwtKeys, MatchBy, OidcConfig, public_key_from_pem};
 pub use lifecycle::{LifecycleConfig, RawLifecycle};
 pub use limits::{LimitsConfig, RawLimits};
 pub use login::{LoginConfig, RawLogin};
