@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, SET_COOKIE};
+use serde_json::{Value, json};
 use spawngate::{App, Config};
 use tokio::sync::oneshot;
 
@@ -238,6 +240,153 @@ start_on_login = false
             &format!("label=spawngate.slug={slug}"),
         ])
     }
+
+    /// The admin API through Traefik with a fresh admin token named `ops`, minted
+    /// as `spawngate token` does: over the control socket.
+    pub async fn admin(&self) -> Admin {
+        let socket = spawngate::server::control_socket_path(self.data_dir.path());
+        let answer = spawngate::control::request(
+            &socket,
+            reqwest::Method::POST,
+            "/_spawngate/api/tokens",
+            Some(&json!({ "name": "ops" })),
+        )
+        .await
+        .unwrap();
+        let (status, body) = answer.expect("the server listens on its control socket");
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let token = body["token"].as_str().expect("a token").to_owned();
+        Admin::new(&self.client, &self.public, token)
+    }
+
+    /// Signs `cookie`'s session out with the home page's form, as a browser would.
+    pub async fn logout(&self, cookie: &str) {
+        let home = self.get_with_cookie(self.url("/_spawngate/"), cookie).await;
+        let home = home.text().await.unwrap();
+        let csrf = home
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no sign-out form on the home page: {home}"))
+            .to_owned();
+        let out = self
+            .client
+            .post(self.url("/_spawngate/logout"))
+            .header(reqwest::header::COOKIE, cookie)
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.status(), StatusCode::SEE_OTHER, "logout");
+    }
+}
+
+/// The admin JSON API (`/_spawngate/api/...`) with an admin bearer token, as an
+/// operator's script calls it. Every call answers `(status, JSON body)`; a body
+/// that is not JSON is `Null`.
+pub struct Admin {
+    client: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Admin {
+    /// `base`: where spawngate is reached (Traefik's entry point or its own address).
+    pub fn new(client: &reqwest::Client, base: &str, token: String) -> Admin {
+        Admin {
+            client: client.clone(),
+            api: format!("{base}/_spawngate/api/"),
+            token,
+        }
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.api))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// GET that must answer 200; the body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    /// POST (no body) that must answer 200; the body.
+    pub async fn post_ok(&self, path: &str) -> Value {
+        let (status, body) = self.post(path, None).await;
+        assert_eq!(status, StatusCode::OK, "POST {path}: {body}");
+        body
+    }
+
+    /// Names of all users, as `GET users` lists them.
+    pub async fn user_names(&self) -> Vec<String> {
+        let body = self.get_ok("users").await;
+        body["users"]
+            .as_array()
+            .expect("a user list")
+            .iter()
+            .filter_map(|u| u["name"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `secs` pass.
+pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
+    secs: u64,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls a synchronous `check` (a look at Docker, a file) until it holds.
+pub async fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    poll(secs, what, || std::future::ready(check().then_some(()))).await
 }
 
 pub fn http_client() -> reqwest::Client {
@@ -387,17 +536,13 @@ impl Traefik {
 
     /// Waits (bounded) until Traefik serves router `name@http`.
     pub async fn wait_router(&self, name: &str) {
-        let url = format!("{}/api/http/routers/{name}@http", self.api);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(&url).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("Traefik did not load router {name} within 20 s");
+        let url = &format!("{}/api/http/routers/{name}@http", self.api);
+        let client = &self.client;
+        poll(20, &format!("Traefik to load router {name}"), || async move {
+            let resp = client.get(url).send().await;
+            resp.is_ok_and(|r| r.status() == 200).then_some(())
+        })
+        .await;
     }
 }
 
