@@ -538,10 +538,14 @@ impl Traefik {
     pub async fn wait_router(&self, name: &str) {
         let url = &format!("{}/api/http/routers/{name}@http", self.api);
         let client = &self.client;
-        poll(20, &format!("Traefik to load router {name}"), || async move {
-            let resp = client.get(url).send().await;
-            resp.is_ok_and(|r| r.status() == 200).then_some(())
-        })
+        poll(
+            20,
+            &format!("Traefik to load router {name}"),
+            || async move {
+                let resp = client.get(url).send().await;
+                resp.is_ok_and(|r| r.status() == 200).then_some(())
+            },
+        )
         .await;
     }
 }

@@ -59,15 +59,21 @@ async fn idle_container_is_stopped_and_resumes_with_its_data() {
     .await;
     let audit = h.admin().await.get_ok("audit?limit=10").await;
     assert!(
-        audit["entries"].as_array().unwrap().iter().any(|e| e["action"]
-            == "container.stop"
-            && e["target"] == "alice"
-            && e["detail"] == "idle"),
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "container.stop"
+                && e["target"] == "alice"
+                && e["detail"] == "idle"),
         "{audit}"
     );
 
     let again = visits(&h.client, &url, &cookie).await;
-    assert!(again > first, "volume kept the counter: {first} then {again}");
+    assert!(
+        again > first,
+        "volume kept the counter: {first} then {again}"
+    );
     assert_eq!(
         inspect(&name, "{{.Id}}"),
         id,
