@@ -353,15 +353,18 @@ impl Admin {
         body
     }
 
-    /// Names of all users, as `GET users` lists them.
-    pub async fn user_names(&self) -> Vec<String> {
-        let body = self.get_ok("users").await;
-        body["users"]
-            .as_array()
-            .expect("a user list")
-            .iter()
-            .filter_map(|u| u["name"].as_str().map(str::to_owned))
-            .collect()
+    /// Every user as `GET users` lists them.
+    pub async fn users(&self) -> Vec<Value> {
+        let mut body = self.get_ok("users").await;
+        match body["users"].take() {
+            Value::Array(users) => users,
+            other => panic!("not a user list: {other}"),
+        }
+    }
+
+    /// The user whose (normalised) address is `email`, if any.
+    pub async fn user_with_email(&self, email: &str) -> Option<Value> {
+        self.users().await.into_iter().find(|u| u["email"] == email)
     }
 }
 
