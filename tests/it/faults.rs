@@ -12,29 +12,10 @@ use serde_json::Value;
 use spawngate::lifecycle::Phase;
 
 use crate::docker_proxy::DockerProxy;
-use crate::harness::{Harness, Options, containers_of, docker_lines, random_hex};
+use crate::harness::{Harness, Options, containers_of, docker_lines, poll, random_hex};
 use crate::proc::{ProcHarness, inspect};
 
 const HTML: &str = "text/html,application/xhtml+xml";
-
-/// Polls `check` every 200 ms until it returns `Some` or `secs` pass.
-async fn poll<T, F: std::future::Future<Output = Option<T>>>(
-    secs: u64,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn get(h: &Harness, url: &str, cookie: &str, accept: Option<&str>) -> reqwest::Response {
     let mut req = h.client.get(url).header(COOKIE, cookie);

@@ -368,10 +368,11 @@ impl Admin {
     }
 }
 
-/// Polls `check` every 100 ms until it returns `Some` or `secs` pass.
+/// Polls `check` every 100 ms until it returns `Some` or `secs` pass; `what` is
+/// shown on a timeout (a [`Later`] computes it only then).
 pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
     secs: u64,
-    what: &str,
+    what: impl std::fmt::Display,
     mut check: impl FnMut() -> F,
 ) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -388,8 +389,21 @@ pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
 }
 
 /// Polls a synchronous `check` (a look at Docker, a file) until it holds.
-pub async fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+pub async fn wait_until(
+    secs: u64,
+    what: impl std::fmt::Display,
+    mut check: impl FnMut() -> bool,
+) {
     poll(secs, what, || std::future::ready(check().then_some(()))).await
+}
+
+/// A timeout message computed only when it is shown (e.g. with a deployment's logs).
+pub struct Later<F>(pub F);
+
+impl<F: Fn() -> String> std::fmt::Display for Later<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&(self.0)())
+    }
 }
 
 pub fn http_client() -> reqwest::Client {

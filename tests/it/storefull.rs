@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
+use crate::harness::poll;
 use crate::proc::ProcHarness;
 
 /// A size-limited tmpfs, unmounted when dropped (needs root, as CI runs).
@@ -99,18 +99,11 @@ async fn a_full_disk_gives_clear_answers_and_loses_nothing() {
     let filler = fs.fill();
     // sled's first writes may still land in space it reserved earlier: readyz
     // writes a probe each time, so it soon reaches the full disk.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
+    let report = poll(30, "readyz to notice the full disk", || async {
         let (status, body) = readyz(&h).await;
-        if status == 503 {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readyz never noticed the full disk"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        (status == 503).then_some(body)
+    })
+    .await;
     let store = report["store"].as_str().unwrap();
     assert!(
         store.contains("No space left on device") && store.contains("restart spawngate"),
