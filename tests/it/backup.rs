@@ -11,7 +11,7 @@ use reqwest::header::COOKIE;
 use serde_json::Value;
 
 use crate::cli::{spawngate, stderr, stdout};
-use crate::harness::{Traefik, free_port};
+use crate::harness::{Admin, Traefik, free_port};
 use crate::proc::{ProcHarness, inspect};
 
 /// GETs `url` (with `cookie` or a bearer `token`) until the container answers (a
@@ -181,22 +181,8 @@ async fn a_backup_taken_while_serving_restores_users_sessions_tokens_shares_and_
     assert_eq!(status, 200, "{who}");
     assert_eq!(who["headers"]["x-spawngate-user"], "bob");
     assert_eq!(who["headers"]["x-spawngate-access"], "shared");
-    let users: Value = h
-        .client
-        .get(format!("{}/_spawngate/api/users", h.direct))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> = users["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["name"].as_str().unwrap())
-        .collect();
+    let users = Admin::new(&h.client, &h.direct, admin.clone()).users().await;
+    let names: Vec<&str> = users.iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alice", "bob"]);
     // And bob's own environment at his old slug.
     let bob_url = format!("{}/u-{bob}/whoami.json", h.public);

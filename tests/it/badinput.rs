@@ -21,7 +21,7 @@ async fn bad_requests_get_their_4xx_through_traefik_every_time() {
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
-    let admin = h.app.store.create_admin_token("ops").await.unwrap();
+    let admin = h.admin().await.token().to_owned();
     let app_path = format!("/u-{}/whoami.json", alice.slug);
     let big = |n: usize| "a=".to_owned() + &"x".repeat(n);
 

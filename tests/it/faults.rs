@@ -427,8 +427,10 @@ async fn a_user_deleted_while_docker_is_away_loses_container_and_volume_once_it_
 
     // Docker goes away; the deletion still happens, at once and whole.
     proxy.stop();
-    h.app.remove_user("test", "bob").await.unwrap();
-    assert!(h.app.find_user("bob").is_err());
+    let admin = h.admin().await;
+    let (status, body) = admin.delete("users/bob").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(admin.get("users/bob").await.0, 404);
     // The session went with the user.
     assert_eq!(get(&h, &url, &cookie, None).await.status(), 401);
     assert_eq!(h.containers_of(&bob.slug).len(), 1, "Docker was away");
