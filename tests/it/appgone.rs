@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::header::{ACCEPT, COOKIE, RETRY_AFTER};
 
-use crate::harness::{Harness, Options, docker_lines, poll};
+use crate::harness::{Harness, Options, docker_lines};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_killed_mid_request_gives_the_waiting_answer_not_a_502() {
@@ -44,15 +44,8 @@ async fn a_container_killed_mid_request_gives_the_waiting_answer_not_a_502() {
     assert_eq!(body["error"]["code"], "starting", "{body}");
 
     // The retry finds the environment back (one container, same volume).
-    poll(60, "the environment to come back", || async {
-        let resp = h.get_with_cookie(url("/whoami.json"), &cookie).await;
-        match resp.status().as_u16() {
-            200 => Some(()),
-            503 => None,
-            other => panic!("{other} while it comes back"),
-        }
-    })
-    .await;
+    let back = h.get_when_started(&url("/whoami.json"), &cookie, 60).await;
+    assert_eq!(back.status(), 200);
     assert_eq!(h.containers_of(&alice.slug).len(), 1);
 
     // The app's own 502 is not mistaken for a vanished container.

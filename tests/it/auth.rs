@@ -688,16 +688,8 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
         .unwrap();
     let token = created["token"].as_str().unwrap().to_owned();
     assert!(token.starts_with("spawngate_"));
-    let listed = h
-        .client
-        .get(h.url("/_spawngate/api/me/tokens"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let api = h.api(&token);
+    let listed = api.get_ok("me/tokens").await.to_string();
     assert!(
         listed.contains("\"ci\"") && !listed.contains(&token),
         "listed, never shown again: {listed}"
@@ -705,33 +697,18 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
 
     // The token reads the account but cannot change it: no new tokens, password
     // or shares from a token that might have leaked.
-    let mint = h
-        .client
-        .post(h.url("/_spawngate/api/me/tokens"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "name": "successor" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(mint.status(), StatusCode::FORBIDDEN);
-    let password = h
-        .client
-        .put(h.url("/_spawngate/api/me/password"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "new": "correct horse battery" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(password.status(), StatusCode::FORBIDDEN);
-    let share = h
-        .client
-        .put(h.url("/_spawngate/api/me/shares/bob"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "read_only": false }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(share.status(), StatusCode::FORBIDDEN);
+    let (mint, _) = api
+        .post("me/tokens", Some(json!({ "name": "successor" })))
+        .await;
+    assert_eq!(mint, StatusCode::FORBIDDEN);
+    let (password, _) = api
+        .put("me/password", json!({ "new": "correct horse battery" }))
+        .await;
+    assert_eq!(password, StatusCode::FORBIDDEN);
+    let (share, _) = api
+        .put("me/shares/bob", json!({ "read_only": false }))
+        .await;
+    assert_eq!(share, StatusCode::FORBIDDEN);
 
     // A script with the token reaches alice's container; the token does not.
     let who: serde_json::Value = h
@@ -784,14 +761,7 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
     );
 
     let id = created["id"].as_str().unwrap();
-    let revoked = h
-        .client
-        .delete(h.url(&format!("/_spawngate/api/me/tokens/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoked.status(), 200);
+    assert_eq!(api.delete(&format!("me/tokens/{id}")).await.0, 200);
     let after = h
         .client
         .get(h.url(&format!("/u-{}/", alice.slug)))

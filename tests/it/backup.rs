@@ -11,7 +11,7 @@ use reqwest::header::COOKIE;
 use serde_json::Value;
 
 use crate::cli::{spawngate, stderr, stdout};
-use crate::harness::{Admin, Traefik, free_port};
+use crate::harness::{Api, Traefik, free_port};
 use crate::proc::{ProcHarness, inspect};
 
 /// GETs `url` (with `cookie` or a bearer `token`) until the container answers (a
@@ -181,7 +181,7 @@ async fn a_backup_taken_while_serving_restores_users_sessions_tokens_shares_and_
     assert_eq!(status, 200, "{who}");
     assert_eq!(who["headers"]["x-spawngate-user"], "bob");
     assert_eq!(who["headers"]["x-spawngate-access"], "shared");
-    let users = Admin::new(&h.client, &h.direct, admin.clone()).users().await;
+    let users = Api::new(&h.client, &h.direct, admin.clone()).users().await;
     let names: Vec<&str> = users.iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alice", "bob"]);
     // And bob's own environment at his old slug.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::harness::{Admin, Harness, Options};
+use crate::harness::{Api, Harness, Options};
 
 pub fn spawngate(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_spawngate"));
@@ -187,15 +187,12 @@ async fn commands_reach_a_running_server_through_its_control_socket() {
         .unwrap();
     assert_eq!(confirm.status(), 200);
     let page = confirm.text().await.unwrap();
-    assert!(
-        page.contains("Sign in as <strong>bob</strong>"),
-        "{page}"
-    );
+    assert!(page.contains("Sign in as <strong>bob</strong>"), "{page}");
 
     let token = run(vec!["token", "--name", "ci"]).await.unwrap();
     let token = stdout(&token).trim().to_owned();
     assert!(token.starts_with("sgadm_"), "{token}");
-    let admin = Admin::new(&h.client, &h.direct, token);
+    let admin = Api::new(&h.client, &h.direct, token);
     assert_eq!(admin.users().await[0]["name"], "bob");
 
     let check = run(vec!["check"]).await.unwrap();

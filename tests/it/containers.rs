@@ -7,12 +7,11 @@
 //! The misbehaving apps are the example image in its opt-in `EXAMPLE_APP_MODE`s,
 //! set per user through the admin API's overrides.
 
-
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, COOKIE, RETRY_AFTER};
 use serde_json::{Value, json};
 
-use crate::harness::{Admin, Harness, Options, poll};
+use crate::harness::{Api, Harness, Options, poll};
 use crate::proc::inspect;
 
 /// Line the example app prints in mode `exit:3` before exiting.
@@ -20,7 +19,7 @@ const EXIT_LINE: &str = "EXAMPLE_APP_MODE=exit:3, exiting with code 3";
 
 /// Creates `name` (and waits for their route) running the example app in `mode`;
 /// returns the slug.
-async fn user_in_mode(h: &Harness, admin: &Admin, name: &str, mode: &str) -> String {
+async fn user_in_mode(h: &Harness, admin: &Api, name: &str, mode: &str) -> String {
     let user = h.user(name).await;
     let (status, body) = admin
         .put(
@@ -57,13 +56,11 @@ fn harness_with(toml: &str) -> Options {
 
 /// Starts `name`'s container through Traefik, stops it through the admin API and
 /// returns its exit code as Docker reports it.
-async fn start_then_stop(h: &Harness, admin: &Admin, name: &str, slug: &str) -> String {
+async fn start_then_stop(h: &Harness, admin: &Api, name: &str, slug: &str) -> String {
     let cookie = h.login(name).await;
     let (status, _, body) = get_json(h, &h.url(&format!("/u-{slug}/whoami.json")), &cookie).await;
     assert_eq!(status, 200, "{body}");
-    admin
-        .post_ok(&format!("users/{name}/container/stop"))
-        .await;
+    admin.post_ok(&format!("users/{name}/container/stop")).await;
     let container = container_name(slug);
     assert_eq!(inspect(&container, "{{.State.Status}}"), "exited");
     inspect(&container, "{{.State.ExitCode}}")

@@ -8,7 +8,7 @@ use reqwest::header::{ACCEPT, COOKIE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Admin, Harness, Options, poll, random_hex};
+use crate::harness::{Api, Harness, Options, random_hex};
 
 const HTML: &str = "text/html,application/xhtml+xml";
 
@@ -316,7 +316,7 @@ async fn admin_api_manages_users_and_a_stopped_container_starts_again() {
     // No token, or a wrong one: 401 JSON.
     let anon = h.client.get(h.url("/_spawngate/api/users")).send().await;
     assert_eq!(anon.unwrap().status(), 401);
-    let wrong = Admin::new(&h.client, &h.public, "sgadm_wrong".into());
+    let wrong = Api::new(&h.client, &h.public, "sgadm_wrong".into());
     let (status, body) = wrong.get("users").await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "unauthorized");
@@ -479,15 +479,8 @@ async fn browsers_see_a_waiting_page_when_the_start_outlasts_the_hold() {
     assert_eq!(body["error"]["code"], "starting", "{body}");
 
     // Refreshing (bounded) lands on the app; until then, only "starting".
-    poll(20, "the app to answer", || async {
-        let resp = h.get_with_cookie(&url, &cookie).await;
-        match resp.status() {
-            StatusCode::OK => Some(()),
-            StatusCode::SERVICE_UNAVAILABLE => None,
-            other => panic!("{other} while starting"),
-        }
-    })
-    .await;
+    let resp = h.get_when_started(&url, &cookie, 20).await;
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,6 +229,16 @@ start_on_login = false
             .unwrap()
     }
 
+    /// GETs `url` with `cookie` until the answer is no longer the documented
+    /// "starting" 503 (bounded by `secs`), as a user refreshing would; that answer.
+    pub async fn get_when_started(&self, url: &str, cookie: &str, secs: u64) -> reqwest::Response {
+        poll(secs, format!("{url} to finish starting"), || async {
+            let resp = self.get_with_cookie(url, cookie).await;
+            (resp.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(resp)
+        })
+        .await
+    }
+
     /// Running containers of a user slug (a pre-created container does not count).
     pub fn running_containers_of(&self, slug: &str) -> Vec<String> {
         docker_lines(&[
@@ -243,7 +253,7 @@ start_on_login = false
 
     /// The admin API through Traefik with a fresh admin token named `ops`, minted
     /// as `spawngate token` does: over the control socket.
-    pub async fn admin(&self) -> Admin {
+    pub async fn admin(&self) -> Api {
         let socket = spawngate::server::control_socket_path(self.data_dir.path());
         let answer = spawngate::control::request(
             &socket,
@@ -257,7 +267,12 @@ start_on_login = false
         let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let token = body["token"].as_str().expect("a token").to_owned();
-        Admin::new(&self.client, &self.public, token)
+        Api::new(&self.client, &self.public, token)
+    }
+
+    /// The JSON API through Traefik with `token` (e.g. a personal API token).
+    pub fn api(&self, token: &str) -> Api {
+        Api::new(&self.client, &self.public, token.to_owned())
     }
 
     /// Signs `cookie`'s session out with the home page's form, as a browser would.
@@ -282,19 +297,19 @@ start_on_login = false
     }
 }
 
-/// The admin JSON API (`/_spawngate/api/...`) with an admin bearer token, as an
-/// operator's script calls it. Every call answers `(status, JSON body)`; a body
-/// that is not JSON is `Null`.
-pub struct Admin {
+/// The JSON API (`/_spawngate/api/...`) with a bearer token, as a script calls it:
+/// an admin token (see [`Harness::admin`]) or a user's personal one (`me/...`).
+/// Every call answers `(status, JSON body)`; a body that is not JSON is `Null`.
+pub struct Api {
     client: reqwest::Client,
     api: String,
     token: String,
 }
 
-impl Admin {
+impl Api {
     /// `base`: where spawngate is reached (Traefik's entry point or its own address).
-    pub fn new(client: &reqwest::Client, base: &str, token: String) -> Admin {
-        Admin {
+    pub fn new(client: &reqwest::Client, base: &str, token: String) -> Api {
+        Api {
             client: client.clone(),
             api: format!("{base}/_spawngate/api/"),
             token,
@@ -389,11 +404,7 @@ pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
 }
 
 /// Polls a synchronous `check` (a look at Docker, a file) until it holds.
-pub async fn wait_until(
-    secs: u64,
-    what: impl std::fmt::Display,
-    mut check: impl FnMut() -> bool,
-) {
+pub async fn wait_until(secs: u64, what: impl std::fmt::Display, mut check: impl FnMut() -> bool) {
     poll(secs, what, || std::future::ready(check().then_some(()))).await
 }
 

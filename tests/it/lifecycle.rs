@@ -174,11 +174,8 @@ async fn a_container_removed_by_hand_is_recreated_by_the_next_request() {
     assert!(rm.status.success());
     // A request that races spawngate's Docker event gets the documented
     // "starting" 503 (see appgone.rs); a user refreshing lands on the app.
-    poll(30, "alice's app to answer again", || async {
-        let (status, _) = get(&h.client, &url, &cookie).await;
-        (status != StatusCode::SERVICE_UNAVAILABLE).then_some(())
-    })
-    .await;
+    let resp = h.get_when_started(&url, &cookie, 30).await;
+    assert_eq!(resp.status(), 200);
     let again = visits(&h.client, &url, &cookie).await;
     assert_ne!(inspect(&name, "{{.Id}}"), id, "a new container");
     assert!(again > first, "on the same volume: {first} then {again}");
@@ -297,15 +294,8 @@ async fn past_max_running_the_next_user_gets_a_clear_503_and_nothing_starts() {
     // A place frees up when an admin stops one: Carol is served once her start's
     // back-off has passed (503 until then, whatever its length).
     h.admin().await.post_ok("users/alice/container/stop").await;
-    poll(20, "carol to be served", || async {
-        let (status, body) = get(&h.client, &carol, &cookies[2]).await;
-        match status {
-            StatusCode::OK => Some(()),
-            StatusCode::SERVICE_UNAVAILABLE => None,
-            other => panic!("{other}: {body}"),
-        }
-    })
-    .await;
+    let resp = h.get_when_started(&carol, &cookies[2], 20).await;
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
