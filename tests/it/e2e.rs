@@ -547,14 +547,8 @@ async fn docker_down_gives_a_clear_503_and_readyz_fails_but_healthz_stays_up() {
     assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(page.text().await.unwrap().contains("could not be started"));
 
-    let ready = h
-        .client
-        .get(format!("{}/readyz", h.direct))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let ready: Value = ready.json().await.unwrap();
+    let (status, ready) = h.readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready["store"], "ok");
     assert_ne!(ready["docker"], "ok");
     let health = h

@@ -25,16 +25,6 @@ async fn get(h: &Harness, url: &str, cookie: &str, accept: Option<&str>) -> reqw
     req.send().await.unwrap()
 }
 
-async fn readyz(h: &Harness) -> (StatusCode, Value) {
-    let resp = h
-        .client
-        .get(format!("{}/readyz", h.direct))
-        .send()
-        .await
-        .unwrap();
-    (resp.status(), resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itself() {
     let socket = std::env::temp_dir().join(format!("sgfaults-{}.sock", random_hex(5)));
@@ -78,7 +68,7 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
     assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
     let page = page.text().await.unwrap();
     assert!(page.contains("Docker"), "{page}");
-    let (status, ready) = readyz(&h).await;
+    let (status, ready) = h.readyz().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready["store"], "ok");
     assert!(
@@ -108,7 +98,7 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
     proxy.restart();
     let (h, url, cookie) = (&h, url.as_str(), cookie.as_str());
     poll(20, "readyz to recover", move || async move {
-        (readyz(h).await.0 == StatusCode::OK).then_some(())
+        (h.readyz().await.0 == StatusCode::OK).then_some(())
     })
     .await;
     let who: Value = poll(30, "alice to be served again", move || async move {

@@ -229,6 +229,11 @@ start_on_login = false
             .unwrap()
     }
 
+    /// spawngate's own `/readyz`.
+    pub async fn readyz(&self) -> (StatusCode, Value) {
+        get_json(&self.client, &format!("{}/readyz", self.direct)).await
+    }
+
     /// GETs `url` with `cookie` until the answer is no longer the documented
     /// "starting" 503 (bounded by `secs`), as a user refreshing would; that answer.
     pub async fn get_when_started(&self, url: &str, cookie: &str, secs: u64) -> reqwest::Response {
@@ -381,6 +386,12 @@ impl Api {
     pub async fn user_with_email(&self, email: &str) -> Option<Value> {
         self.users().await.into_iter().find(|u| u["email"] == email)
     }
+}
+
+/// GET `url`: the status and the JSON body (`Null` when it is not JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
+    let resp = client.get(url).send().await.unwrap();
+    (resp.status(), resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Polls `check` every 100 ms until it returns `Some` or `secs` pass; `what` is

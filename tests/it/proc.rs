@@ -4,8 +4,8 @@
 use std::process::{Child, Command, Output, Stdio};
 
 use crate::harness::{
-    IMAGE, Traefik, cleanup_docker, containers_of, free_port, http_client, login_with_link, poll,
-    random_hex, wait_until,
+    IMAGE, Traefik, cleanup_docker, containers_of, free_port, get_json, http_client,
+    login_with_link, poll, random_hex, wait_until,
 };
 
 pub struct ProcHarness {
@@ -177,6 +177,11 @@ impl ProcHarness {
 
     pub fn containers_of(&self, slug: &str) -> Vec<String> {
         containers_of(&self.instance, slug)
+    }
+
+    /// spawngate's own `/readyz`.
+    pub async fn readyz(&self) -> (reqwest::StatusCode, serde_json::Value) {
+        get_json(&self.client, &format!("{}/readyz", self.direct)).await
     }
 }
 
