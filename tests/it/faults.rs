@@ -101,15 +101,9 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
         (h.readyz().await.0 == StatusCode::OK).then_some(())
     })
     .await;
-    let who: Value = poll(30, "alice to be served again", move || async move {
-        let resp = get(h, url, cookie, None).await;
-        match resp.status() {
-            StatusCode::OK => Some(resp.json().await.unwrap()),
-            StatusCode::SERVICE_UNAVAILABLE => None,
-            other => panic!("unexpected {other} while recovering"),
-        }
-    })
-    .await;
+    let resp = h.get_when_started(url, cookie, 30).await;
+    assert_eq!(resp.status(), StatusCode::OK, "alice is served again");
+    let who: Value = resp.json().await.unwrap();
     assert_eq!(who["user"], "alice");
     assert_eq!(
         h.containers_of(&alice.slug),
