@@ -221,13 +221,10 @@ fn without_form_guard(page: &str) -> String {
 }
 
 async fn with_email(smtp: &Smtp, extra: &str) -> Harness {
-    Harness::start(Options {
-        extra_toml: format!(
+    Harness::start(Options::toml(&format!(
             "[email]\nenabled = true\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nfrom = \"spawngate <login@example.org>\"\n[lifecycle]\nstart_on_login = false\n{extra}",
             smtp.port
-        ),
-        ..Default::default()
-    })
+        )))
     .await
 }
 
@@ -417,11 +414,7 @@ async fn link_requests_are_rate_limited_per_email_and_per_real_client_address() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_needs_the_csrf_token_and_revokes_the_session() {
-    let h = Harness::start(Options {
-        extra_toml: "[lifecycle]\nstart_on_login = false".into(),
-        ..Default::default()
-    })
-    .await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let app_url = h.url(&format!("/u-{}/", alice.slug));
@@ -494,11 +487,7 @@ async fn logout_needs_the_csrf_token_and_revokes_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
-    let h = Harness::start(Options {
-        extra_toml: "[lifecycle]\nstart_on_login = false".into(),
-        ..Default::default()
-    })
-    .await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let admin = h.admin().await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
@@ -580,11 +569,7 @@ async fn disabling_a_user_or_revoking_sessions_cuts_access_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_redirects_only_ever_go_to_same_site_paths() {
-    let h = Harness::start(Options {
-        extra_toml: "[lifecycle]\nstart_on_login = false".into(),
-        ..Default::default()
-    })
-    .await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let alice = h.user("alice").await;
     for evil in [
         "https://evil.example/",
@@ -647,11 +632,7 @@ async fn login_redirects_only_ever_go_to_same_site_paths() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_container() {
-    let h = Harness::start(Options {
-        extra_toml: "[lifecycle]\nstart_on_login = false".into(),
-        ..Default::default()
-    })
-    .await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     let cookie = h.login("alice").await;
@@ -774,10 +755,7 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
-    let h = Harness::start(Options {
-        extra_toml: "[login]\npasswords = true\npassword_failures_per_hour = 3\n[lifecycle]\nstart_on_login = false".into(),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml("[login]\npasswords = true\npassword_failures_per_hour = 3\n[lifecycle]\nstart_on_login = false"))
     .await;
     let admin = h.admin().await;
     let alice = h.user("alice").await;

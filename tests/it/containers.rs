@@ -47,13 +47,6 @@ async fn get_json(h: &Harness, url: &str, cookie: &str) -> (StatusCode, Option<u
     (status, retry, resp.json().await.unwrap_or(Value::Null))
 }
 
-fn harness_with(toml: &str) -> Options {
-    Options {
-        extra_toml: toml.into(),
-        ..Default::default()
-    }
-}
-
 /// Starts `name`'s container through Traefik, stops it through the admin API and
 /// returns its exit code as Docker reports it.
 async fn start_then_stop(h: &Harness, admin: &Api, name: &str, slug: &str) -> String {
@@ -70,7 +63,7 @@ async fn start_then_stop(h: &Harness, admin: &Api, name: &str, slug: &str) -> St
 async fn with_init_an_app_without_a_sigterm_handler_stops_on_sigterm() {
     // A long grace: if SIGTERM did not end the app, the stop would end in SIGKILL
     // (137) a minute later instead.
-    let h = Harness::start(harness_with("[docker]\nstop_timeout_secs = 60")).await;
+    let h = Harness::start(Options::toml("[docker]\nstop_timeout_secs = 60")).await;
     let admin = h.admin().await;
     let slug = user_in_mode(&h, &admin, "alice", "no-sigterm-handler").await;
     let code = start_then_stop(&h, &admin, "alice", &slug).await;
@@ -84,7 +77,7 @@ async fn with_init_an_app_without_a_sigterm_handler_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_init_such_an_app_is_killed_after_the_stop_timeout() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[docker]\ninit = false\nstop_timeout_secs = 1",
     ))
     .await;
@@ -224,7 +217,7 @@ async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_never_listens_is_reported_with_its_port_and_the_start_timeout() {
-    let h = Harness::start(harness_with("[spawn]\nready_timeout_secs = 3")).await;
+    let h = Harness::start(Options::toml("[spawn]\nready_timeout_secs = 3")).await;
     let admin = h.admin().await;
     let slug = user_in_mode(&h, &admin, "alice", "no-listen").await;
     let cookie = h.login("alice").await;

@@ -279,10 +279,9 @@ async fn tampered_expired_and_logged_out_cookies_count_as_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_first_requests_create_exactly_one_container() {
     // No pre-creation and no warm-up at login: the 20 requests really are first.
-    let h = Harness::start(Options {
-        extra_toml: "[lifecycle]\nprecreate = false\nstart_on_login = false".into(),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(
+        "[lifecycle]\nprecreate = false\nstart_on_login = false",
+    ))
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
@@ -382,10 +381,9 @@ async fn admin_api_manages_users_and_a_stopped_container_starts_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traefik_accepts_every_router_and_middleware() {
-    let h = Harness::start(Options {
-        extra_toml: "[server]\nprovider_token = \"0123456789abcdef-test\"".into(),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(
+        "[server]\nprovider_token = \"0123456789abcdef-test\"",
+    ))
     .await;
     let a = h.user("alice").await;
     let b = h.user("bob").await;
@@ -516,10 +514,9 @@ async fn missing_image_gives_a_clear_503_and_no_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_down_gives_a_clear_503_and_readyz_fails_but_healthz_stays_up() {
-    let h = Harness::start(Options {
-        extra_toml: "[docker]\nhost = \"unix:///nonexistent/docker.sock\"".into(),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(
+        "[docker]\nhost = \"unix:///nonexistent/docker.sock\"",
+    ))
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;

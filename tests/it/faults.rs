@@ -30,10 +30,10 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
     let socket = std::env::temp_dir().join(format!("sgfaults-{}.sock", random_hex(5)));
     // Declared first, so the harness (and its clean-up) goes before the proxy.
     let mut proxy = DockerProxy::start(&socket);
-    let h = Harness::start(Options {
-        extra_toml: format!("[docker]\nhost = {:?}\n", proxy.docker_host()),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(&format!(
+        "[docker]\nhost = {:?}\n",
+        proxy.docker_host()
+    )))
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
@@ -397,10 +397,10 @@ async fn sigkill_during_user_create_delete_and_share_leaves_the_store_consistent
 async fn a_user_deleted_while_docker_is_away_loses_container_and_volume_once_it_is_back() {
     let socket = std::env::temp_dir().join(format!("sgfaults-{}.sock", random_hex(5)));
     let mut proxy = DockerProxy::start(&socket);
-    let h = Harness::start(Options {
-        extra_toml: format!("[docker]\nhost = {:?}\n", proxy.docker_host()),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(&format!(
+        "[docker]\nhost = {:?}\n",
+        proxy.docker_host()
+    )))
     .await;
     let bob = h.user("bob").await;
     let cookie = h.login("bob").await;

@@ -52,6 +52,16 @@ pub struct Options {
     pub traefik_args: Vec<String>,
 }
 
+impl Options {
+    /// The defaults with `extra_toml` merged over them.
+    pub fn toml(extra_toml: &str) -> Options {
+        Options {
+            extra_toml: extra_toml.to_owned(),
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {

@@ -221,14 +221,11 @@ async fn finish_login(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_login_lands_on_the_users_container_and_follows_a_key_rotation() {
     let idp = Idp::start().await;
-    let h = Harness::start(Options {
-        extra_toml: format!(
+    let h = Harness::start(Options::toml(&format!(
             "[oidc]\nenabled = true\nissuer = \"{}\"\nclient_id = \"spawngate\"\nclient_secret = \"client-secret\"\nca_file = {:?}\nlabel = \"Sign in with TestIdP\"\njwks_cooldown_secs = 1\n",
             idp.issuer,
             idp.ca_file()
-        ),
-        ..Default::default()
-    })
+        )))
     .await;
     let alice = h
         .app
@@ -335,14 +332,11 @@ async fn oidc_login_lands_on_the_users_container_and_follows_a_key_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_can_create_accounts_on_first_login() {
     let idp = Idp::start().await;
-    let h = Harness::start(Options {
-        extra_toml: format!(
+    let h = Harness::start(Options::toml(&format!(
             "[oidc]\nenabled = true\nissuer = \"{}\"\nclient_id = \"spawngate\"\nclient_secret = \"client-secret\"\nca_file = {:?}\nauto_create = true\n",
             idp.issuer,
             idp.ca_file()
-        ),
-        ..Default::default()
-    })
+        )))
     .await;
     // No `email_verified` from an OIDC provider: the address is not vouched for.
     idp.set_user("dave-sub", json!({"email": "dave@example.org"}))
@@ -437,15 +431,12 @@ async fn bearer_get(h: &Harness, url: &str, token: &str) -> reqwest::Response {
 async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
     let idp = Idp::start().await;
     let cooldown = 2;
-    let h = Harness::start(Options {
-        extra_toml: format!(
+    let h = Harness::start(Options::toml(&format!(
             "[jwt]\nenabled = true\nalgorithms = [\"RS256\"]\njwks_url = \"{}/jwks\"\nissuer = \"{}\"\naudience = \"spawngate\"\nca_file = {:?}\njwks_cooldown_secs = {cooldown}\nleeway_secs = 5\ncookie = \"idp_token\"\n",
             idp.issuer,
             idp.issuer,
             idp.ca_file()
-        ),
-        ..Default::default()
-    })
+        )))
     .await;
     let alice = h
         .app

@@ -33,16 +33,9 @@ async fn visits(client: &reqwest::Client, url: &str, cookie: &str) -> u64 {
         .unwrap_or_else(|| panic!("not the app's JSON: {body}"))
 }
 
-fn harness_with(toml: &str) -> Options {
-    Options {
-        extra_toml: toml.into(),
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_container_is_stopped_and_resumes_with_its_data() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\nidle_timeout_secs = 3\nstart_on_login = false",
     ))
     .await;
@@ -83,7 +76,7 @@ async fn idle_container_is_stopped_and_resumes_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_container_is_unpaused_by_the_next_request() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\npause_after_secs = 2\nidle_timeout_secs = 120\nstart_on_login = false",
     ))
     .await;
@@ -107,7 +100,7 @@ async fn paused_container_is_unpaused_by_the_next_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_websocket_keeps_its_container_alive_past_the_idle_timeout() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\nidle_timeout_secs = 4\nstart_on_login = false",
     ))
     .await;
@@ -159,7 +152,7 @@ async fn a_busy_websocket_keeps_its_container_alive_past_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_removed_by_hand_is_recreated_by_the_next_request() {
-    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
@@ -254,7 +247,7 @@ async fn sigkill_in_the_middle_of_a_spawn_leaves_exactly_one_working_container()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_running_the_next_user_gets_a_clear_503_and_nothing_starts() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[limits]\nmax_running = 2\n[lifecycle]\nstart_on_login = false",
     ))
     .await;
@@ -300,7 +293,7 @@ async fn past_max_running_the_next_user_gets_a_clear_503_and_nothing_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_capacity_the_least_recently_used_idle_container_makes_room() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[limits]\nmax_running = 1\ncull_lru_when_full = true\nlru_min_idle_secs = 1\n[lifecycle]\nstart_on_login = false",
     ))
     .await;
@@ -329,7 +322,7 @@ async fn at_capacity_the_least_recently_used_idle_container_makes_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_warms_the_container_and_user_creation_precreates_it() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\nprecreate = true\nstart_on_login = true",
     ))
     .await;
@@ -348,7 +341,7 @@ async fn login_warms_the_container_and_user_creation_precreates_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_lifetime_stops_a_busy_container() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\nmax_lifetime_secs = 3\nstart_on_login = false",
     ))
     .await;
@@ -373,7 +366,7 @@ async fn max_lifetime_stops_a_busy_container() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_lists_containers_restarts_shows_logs_and_audit() {
-    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let admin = h.admin().await;
     let alice = h.user("alice").await;
     let _bob = h.user("bob").await;
@@ -455,7 +448,7 @@ async fn admin_api_lists_containers_restarts_shows_logs_and_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_container_cannot_reach_another_users_container_or_spawngate() {
-    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     for (user, slug) in [("alice", &alice.slug), ("bob", &bob.slug)] {
@@ -532,7 +525,7 @@ async fn per_user_overrides_apply_at_the_next_start_within_admin_bounds() {
     }
     let _untag = Untag(alt.clone());
 
-    let h = Harness::start(harness_with(&format!(
+    let h = Harness::start(Options::toml(&format!(
         "[limits]\nallowed_images = [\"{alt}\"]\nmax_memory = \"1g\"\n[lifecycle]\nstart_on_login = false"
     )))
     .await;
