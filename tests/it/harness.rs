@@ -290,8 +290,9 @@ start_on_login = false
         Api::new(&self.client, &self.public, token.to_owned())
     }
 
-    /// Signs `cookie`'s session out with the home page's form, as a browser would.
-    pub async fn logout(&self, cookie: &str) {
+    /// Signs `cookie`'s session out with the home page's form, as a browser would;
+    /// the logout's 303.
+    pub async fn logout(&self, cookie: &str) -> reqwest::Response {
         let home = self.get_with_cookie(self.url("/_spawngate/"), cookie).await;
         let home = home.text().await.unwrap();
         let csrf = home
@@ -309,6 +310,7 @@ start_on_login = false
             .await
             .unwrap();
         assert_eq!(out.status(), StatusCode::SEE_OTHER, "logout");
+        out
     }
 }
 
