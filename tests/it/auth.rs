@@ -581,12 +581,7 @@ async fn login_redirects_only_ever_go_to_same_site_paths() {
 
     // Logout always lands on the sign-in page, whatever it is asked.
     let cookie = h.login("alice").await;
-    let me: serde_json::Value = h
-        .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me = h.me(&cookie).await;
     let resp = h
         .client
         .post(h.url("/_spawngate/logout?next=https://evil.example/"))
@@ -608,12 +603,7 @@ async fn personal_api_tokens_reach_only_their_owners_slug_and_never_the_containe
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     let cookie = h.login("alice").await;
-    let me: serde_json::Value = h
-        .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me = h.me(&cookie).await;
     assert_eq!(me["name"], "alice");
     let csrf = me["csrf"].as_str().unwrap().to_owned();
 
@@ -838,12 +828,7 @@ async fn passwords_sign_in_with_one_answer_for_every_kind_of_failure() {
     );
 
     // Changing one's own password needs the current one (and the CSRF header).
-    let me: serde_json::Value = h
-        .get_with_cookie(h.url("/_spawngate/api/me"), &cookie)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me = h.me(&cookie).await;
     let change = |current: &'static str| {
         h.client
             .put(h.url("/_spawngate/api/me/password"))

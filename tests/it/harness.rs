@@ -285,6 +285,16 @@ start_on_login = false
         Api::new(&self.client, &self.public, token)
     }
 
+    /// `/_spawngate/api/me` as the signed-in browser with `cookie` sees it (it
+    /// carries the CSRF token for the self-service calls).
+    pub async fn me(&self, cookie: &str) -> Value {
+        let resp = self
+            .get_with_cookie(self.url("/_spawngate/api/me"), cookie)
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "GET me");
+        resp.json().await.unwrap()
+    }
+
     /// The JSON API through Traefik with `token` (e.g. a personal API token).
     pub fn api(&self, token: &str) -> Api {
         Api::new(&self.client, &self.public, token.to_owned())

@@ -7,13 +7,7 @@ use serde_json::{Value, json};
 use crate::harness::{Harness, Options, personal_token};
 
 async fn me_csrf(h: &Harness, cookie: &str) -> String {
-    let me: Value = h
-        .get_with_cookie(h.url("/_spawngate/api/me"), cookie)
-        .await
-        .json()
-        .await
-        .unwrap();
-    me["csrf"].as_str().unwrap().to_owned()
+    h.me(cookie).await["csrf"].as_str().unwrap().to_owned()
 }
 
 async fn whoami(h: &Harness, url: &str, cookie: &str) -> (u16, Value) {
