@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::harness::{Harness, Options, free_port, repo_root, session_cookie};
+use crate::harness::{Harness, Options, free_port, get_json, repo_root, session_cookie};
 
 struct Idp {
     child: Child,
@@ -95,16 +95,15 @@ impl Idp {
         self.dir.path().join("ca.pem")
     }
 
+    /// GET one of the provider's test-only routes (see `tests/support/oidc_idp.py`).
+    async fn test_route(&self, route: &str) -> Value {
+        let (status, v) = get_json(&self.client, &format!("{}/test/{route}", self.issuer)).await;
+        assert_eq!(status, 200, "{route}: {v}");
+        v
+    }
+
     async fn keys(&self) -> Keys {
-        let v: Value = self
-            .client
-            .get(format!("{}/test/keys", self.issuer))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.test_route("keys").await;
         Keys {
             kid: v["kid"].as_str().unwrap().to_owned(),
             private_pem: v["private_pem"].as_str().unwrap().to_owned(),
@@ -114,15 +113,7 @@ impl Idp {
 
     /// How many times the provider has served its JWKS.
     async fn jwks_hits(&self) -> u64 {
-        let v: Value = self
-            .client
-            .get(format!("{}/test/jwks-hits", self.issuer))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.test_route("jwks-hits").await;
         v["hits"].as_u64().expect("a hit count")
     }
 
