@@ -78,9 +78,14 @@ impl RateLimiter {
 
     /// Counts one attempt for `key` and returns the count in its window.
     fn record(&self, key: &str) -> u32 {
+        self.record_at(key, Instant::now)
+    }
+
+    /// [`RateLimiter::record`] with the clock as a parameter (tests step it).
+    fn record_at(&self, key: &str, clock: impl FnOnce() -> Instant) -> u32 {
         let mut state = self.lock();
         // Read under the lock, so windows open in order.
-        let now = Instant::now();
+        let now = clock();
         state.expire(now, self.window);
         if let Some(n) = state.counts.get_mut(key) {
             *n = n.saturating_add(1);
@@ -118,13 +123,17 @@ mod tests {
 
     #[test]
     fn limits_per_key_and_resets_after_the_window() {
-        // Wide enough that a loaded machine does not cross it between calls.
-        let l = RateLimiter::new(3, Duration::from_millis(800));
-        assert!(l.allow("a") && l.allow("a") && l.allow("a"));
-        assert!(!l.allow("a"));
-        assert!(l.allow("b"), "other keys are independent");
-        std::thread::sleep(Duration::from_millis(900));
-        assert!(l.allow("a"));
+        // A stepped clock: no sleeping, and no window a loaded machine can cross.
+        let l = RateLimiter::new(3, Duration::from_secs(60));
+        let start = Instant::now();
+        let at = |secs: u64| move || start + Duration::from_secs(secs);
+        assert_eq!(l.record_at("a", at(0)), 1);
+        assert_eq!(l.record_at("a", at(1)), 2);
+        assert_eq!(l.record_at("a", at(2)), 3);
+        assert_eq!(l.record_at("a", at(3)), 4, "past the limit of 3");
+        assert_eq!(l.record_at("b", at(3)), 1, "other keys are independent");
+        assert_eq!(l.record_at("a", at(59)), 5, "the window is still open");
+        assert_eq!(l.record_at("a", at(60)), 1, "a new window");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! answer (503 `starting`, then the container back), not Traefik's bare 502; an
 //! app's own 502 is reported as the app's.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::header::{ACCEPT, COOKIE, RETRY_AFTER};
 
@@ -44,19 +44,8 @@ async fn a_container_killed_mid_request_gives_the_waiting_answer_not_a_502() {
     assert_eq!(body["error"]["code"], "starting", "{body}");
 
     // The retry finds the environment back (one container, same volume).
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = h
-            .get_with_cookie(url("/whoami.json"), &cookie)
-            .await
-            .status();
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503);
-        assert!(Instant::now() < deadline, "never came back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let back = h.get_when_started(&url("/whoami.json"), &cookie, 60).await;
+    assert_eq!(back.status(), 200);
     assert_eq!(h.containers_of(&alice.slug).len(), 1);
 
     // The app's own 502 is not mistaken for a vanished container.

@@ -4,21 +4,19 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use reqwest::header::COOKIE;
 use serde_json::Value;
 
 use crate::cli::{spawngate, stderr, stdout};
-use crate::harness::{Traefik, free_port};
+use crate::harness::{Api, Traefik, free_port, poll};
 use crate::proc::{ProcHarness, inspect};
 
 /// GETs `url` (with `cookie` or a bearer `token`) until the container answers (a
 /// first visit starts it), bounded.
 async fn get_ready(h: &ProcHarness, url: &str, auth: Auth<'_>) -> (StatusCode, Value) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    poll(60, format!("{url} to finish starting"), || async {
         let req = h.client.get(url);
         let req = match auth {
             Auth::Cookie(c) => req.header(COOKIE, c),
@@ -28,11 +26,9 @@ async fn get_ready(h: &ProcHarness, url: &str, auth: Auth<'_>) -> (StatusCode, V
         let status = resp.status();
         let body = resp.json().await.unwrap_or(Value::Null);
         // 503 is the documented "still starting" answer; anything else is final.
-        if status != StatusCode::SERVICE_UNAVAILABLE || Instant::now() > deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (status != StatusCode::SERVICE_UNAVAILABLE).then_some((status, body))
+    })
+    .await
 }
 
 #[derive(Clone, Copy)]
@@ -181,22 +177,8 @@ async fn a_backup_taken_while_serving_restores_users_sessions_tokens_shares_and_
     assert_eq!(status, 200, "{who}");
     assert_eq!(who["headers"]["x-spawngate-user"], "bob");
     assert_eq!(who["headers"]["x-spawngate-access"], "shared");
-    let users: Value = h
-        .client
-        .get(format!("{}/_spawngate/api/users", h.direct))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let names: Vec<&str> = users["users"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|u| u["name"].as_str().unwrap())
-        .collect();
+    let users = Api::new(&h.client, &h.direct, admin.clone()).users().await;
+    let names: Vec<&str> = users.iter().map(|u| u["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alice", "bob"]);
     // And bob's own environment at his old slug.
     let bob_url = format!("{}/u-{bob}/whoami.json", h.public);

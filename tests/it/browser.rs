@@ -10,7 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{Harness, Options, free_port};
+use crate::harness::{Harness, Options, free_port, poll};
 
 struct Chromium {
     child: Child,
@@ -57,24 +57,17 @@ impl Chromium {
 
     /// The DevTools WebSocket of the first page, once Chromium is up (bounded).
     async fn page_socket(&self) -> String {
-        let client = crate::harness::http_client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(resp) = client
-                .get(format!("http://127.0.0.1:{}/json/list", self.port))
-                .send()
-                .await
-                && let Ok(targets) = resp.json::<Vec<Value>>().await
-                && let Some(ws) = targets
-                    .iter()
-                    .find(|t| t["type"] == "page")
-                    .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-            {
-                return ws.to_owned();
-            }
-            assert!(Instant::now() < deadline, "Chromium did not start");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let client = &crate::harness::http_client();
+        let list = &format!("http://127.0.0.1:{}/json/list", self.port);
+        poll(30, "Chromium to start", || async move {
+            let targets: Vec<Value> = client.get(list).send().await.ok()?.json().await.ok()?;
+            targets
+                .iter()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+                .map(str::to_owned)
+        })
+        .await
     }
 }
 
@@ -163,13 +156,18 @@ async fn a_browser_opens_the_link_signs_in_and_lands_on_its_container() {
         assert!(Instant::now() < deadline, "browser ended on {state:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    // The session cookie is HttpOnly: the page's scripts cannot read it.
-    let visible = eval(&mut ws, id + 1, "document.cookie").await;
-    assert!(
-        !visible
-            .as_str()
-            .unwrap_or_default()
-            .contains(h.cookie_name()),
-        "{visible}"
-    );
+    // The session cookie is HttpOnly: the browser holds it, flagged so...
+    let jar = call(&mut ws, id + 1, "Network.getCookies", json!({})).await;
+    let session = jar["cookies"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == h.cookie_name()))
+        .unwrap_or_else(|| panic!("the browser holds no session cookie: {jar}"));
+    assert_eq!(session["httpOnly"], true, "{session}");
+    // ...and the page's scripts cannot read it (an evaluation that failed, with
+    // no string to look at, fails here too).
+    let visible = eval(&mut ws, id + 2, "document.cookie").await;
+    let visible = visible
+        .as_str()
+        .unwrap_or_else(|| panic!("document.cookie did not evaluate: {visible}"));
+    assert!(!visible.contains(h.cookie_name()), "{visible}");
 }

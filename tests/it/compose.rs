@@ -2,11 +2,12 @@
 //! override serves a user end to end (spawngate in network mode, FROM scratch).
 
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use reqwest::header::COOKIE;
 
-use crate::harness::{cleanup_docker, free_port, random_hex, repo_root, session_cookie};
+use crate::harness::{
+    Later, cleanup_docker, free_port, poll, random_hex, repo_root, session_cookie, wait_until,
+};
 
 struct Project {
     name: String,
@@ -83,24 +84,13 @@ async fn start_project(extra_env: &[(&str, &str)]) -> (Project, String, reqwest:
         String::from_utf8_lossy(&up.stderr)
     );
     let client = crate::harness::http_client();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = client
-            .get(format!("{public}/_spawngate/login"))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0);
-        if status == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deployment did not come up: {}",
-            logs(&project)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let login = &format!("{public}/_spawngate/login");
+    let what = Later(|| format!("the deployment to come up: {}", logs(&project)));
+    poll(60, what, || async {
+        let resp = client.get(login).send().await;
+        resp.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await;
     (project, public, client)
 }
 
@@ -131,22 +121,17 @@ async fn wait_for_app(
     url: &str,
     cookie: &str,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = Later(|| format!("{url} to answer 200: {}", logs(project)));
+    poll(60, what, || async {
         // A connection error counts as "not yet": e.g. a kept-alive connection to a
         // Traefik container that was just recreated.
-        let status = match client.get(url).header(COOKIE, cookie).send().await {
-            Ok(resp) if resp.status() == 200 => return resp.json().await.unwrap(),
-            Ok(resp) => resp.status().to_string(),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            Instant::now() < deadline,
-            "last answer {status}: {}",
-            logs(project)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        let resp = client.get(url).header(COOKIE, cookie).send().await.ok()?;
+        match resp.status() {
+            reqwest::StatusCode::OK => Some(resp.json().await.unwrap()),
+            _ => None,
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,15 +265,8 @@ async fn warm_pool_hands_out_running_containers_and_refills() {
             "label=spawngate.pool=true",
         ])
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pool_members().len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "pool never filled: {}",
-            logs(&project)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let what = Later(|| format!("the pool to fill: {}", logs(&project)));
+    wait_until(60, what, || pool_members().len() >= 2).await;
     let warm: Vec<String> = pool_members();
 
     let (slug, cookie) = add_and_login(&project, &client, &public, "alice").await;
@@ -309,20 +287,13 @@ async fn warm_pool_hands_out_running_containers_and_refills() {
         warm.iter().any(|w| id.starts_with(w.as_str())),
         "alice got a pool container ({id} not in {warm:?})"
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now: Vec<String> = pool_members()
+    let what = Later(|| format!("the pool to refill: {}", logs(&project)));
+    wait_until(60, what, || {
+        let others = pool_members()
             .into_iter()
             .filter(|m| !id.starts_with(m.as_str()))
-            .collect();
-        if now.len() >= 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pool did not refill: {}",
-            logs(&project)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+            .count();
+        others >= 2
+    })
+    .await;
 }

@@ -7,74 +7,28 @@
 //! The misbehaving apps are the example image in its opt-in `EXAMPLE_APP_MODE`s,
 //! set per user through the admin API's overrides.
 
-use std::time::{Duration, Instant};
-
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, COOKIE, RETRY_AFTER};
 use serde_json::{Value, json};
 
-use crate::harness::{Harness, Options};
+use crate::harness::{Api, Harness, Options, poll};
 use crate::proc::inspect;
 
 /// Line the example app prints in mode `exit:3` before exiting.
 const EXIT_LINE: &str = "EXAMPLE_APP_MODE=exit:3, exiting with code 3";
 
-/// The admin API through Traefik, with an admin token.
-struct Admin<'a> {
-    h: &'a Harness,
-    token: String,
-}
-
-impl<'a> Admin<'a> {
-    async fn new(h: &'a Harness) -> Admin<'a> {
-        let token = h.app.store.create_admin_token("ops").await.unwrap();
-        Admin { h, token }
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .h
-            .client
-            .request(method, self.h.url(&format!("/_spawngate/api/{path}")))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        (status, resp.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Creates `name` (and waits for their route) running the example app in `mode`.
-    async fn user_in_mode(&self, name: &str, mode: &str) -> String {
-        let user = self.h.user(name).await;
-        let (status, body) = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("users/{name}/overrides"),
-                Some(json!({ "env": { "EXAMPLE_APP_MODE": mode } })),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        user.slug.to_string()
-    }
-
-    async fn container(&self, name: &str) -> Value {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("users/{name}/container"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body
-    }
+/// Creates `name` (and waits for their route) running the example app in `mode`;
+/// returns the slug.
+async fn user_in_mode(h: &Harness, admin: &Api, name: &str, mode: &str) -> String {
+    let user = h.user(name).await;
+    let (status, body) = admin
+        .put(
+            &format!("users/{name}/overrides"),
+            json!({ "env": { "EXAMPLE_APP_MODE": mode } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    user.slug.to_string()
 }
 
 fn container_name(slug: &str) -> String {
@@ -93,27 +47,13 @@ async fn get_json(h: &Harness, url: &str, cookie: &str) -> (StatusCode, Option<u
     (status, retry, resp.json().await.unwrap_or(Value::Null))
 }
 
-fn harness_with(toml: &str) -> Options {
-    Options {
-        extra_toml: toml.into(),
-        ..Default::default()
-    }
-}
-
 /// Starts `name`'s container through Traefik, stops it through the admin API and
 /// returns its exit code as Docker reports it.
-async fn start_then_stop(h: &Harness, admin: &Admin<'_>, name: &str, slug: &str) -> String {
+async fn start_then_stop(h: &Harness, admin: &Api, name: &str, slug: &str) -> String {
     let cookie = h.login(name).await;
     let (status, _, body) = get_json(h, &h.url(&format!("/u-{slug}/whoami.json")), &cookie).await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = admin
-        .call(
-            reqwest::Method::POST,
-            &format!("users/{name}/container/stop"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    admin.post_ok(&format!("users/{name}/container/stop")).await;
     let container = container_name(slug);
     assert_eq!(inspect(&container, "{{.State.Status}}"), "exited");
     inspect(&container, "{{.State.ExitCode}}")
@@ -123,9 +63,9 @@ async fn start_then_stop(h: &Harness, admin: &Admin<'_>, name: &str, slug: &str)
 async fn with_init_an_app_without_a_sigterm_handler_stops_on_sigterm() {
     // A long grace: if SIGTERM did not end the app, the stop would end in SIGKILL
     // (137) a minute later instead.
-    let h = Harness::start(harness_with("[docker]\nstop_timeout_secs = 60")).await;
-    let admin = Admin::new(&h).await;
-    let slug = admin.user_in_mode("alice", "no-sigterm-handler").await;
+    let h = Harness::start(Options::toml("[docker]\nstop_timeout_secs = 60")).await;
+    let admin = h.admin().await;
+    let slug = user_in_mode(&h, &admin, "alice", "no-sigterm-handler").await;
     let code = start_then_stop(&h, &admin, "alice", &slug).await;
     assert_eq!(
         inspect(&container_name(&slug), "{{.HostConfig.Init}}"),
@@ -137,12 +77,12 @@ async fn with_init_an_app_without_a_sigterm_handler_stops_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_init_such_an_app_is_killed_after_the_stop_timeout() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[docker]\ninit = false\nstop_timeout_secs = 1",
     ))
     .await;
-    let admin = Admin::new(&h).await;
-    let slug = admin.user_in_mode("alice", "no-sigterm-handler").await;
+    let admin = h.admin().await;
+    let slug = user_in_mode(&h, &admin, "alice", "no-sigterm-handler").await;
     let code = start_then_stop(&h, &admin, "alice", &slug).await;
     assert_eq!(
         inspect(&container_name(&slug), "{{.HostConfig.Init}}"),
@@ -158,19 +98,13 @@ async fn without_init_such_an_app_is_killed_after_the_stop_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
     let h = Harness::start(Options::default()).await;
-    let admin = Admin::new(&h).await;
-    let slug = admin.user_in_mode("alice", "exit:3").await;
+    let admin = h.admin().await;
+    let slug = user_in_mode(&h, &admin, "alice", "exit:3").await;
     h.user("bob").await;
-    h.app
-        .sharing
-        .share(
-            "test",
-            &h.app.accounts.find_user("alice").unwrap(),
-            "bob",
-            false,
-        )
-        .await
-        .unwrap();
+    let (status, body) = admin
+        .put("users/alice/shares/bob", json!({ "read_only": false }))
+        .await;
+    assert_eq!(status, 200, "{body}");
     let cookie = h.login("alice").await;
     // Signed in up front: what follows the first failure fits in its back-off.
     let bob = h.login("bob").await;
@@ -195,7 +129,7 @@ async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
     assert!((1..=5).contains(&retry), "first back-off is 5 s: {retry}");
 
     // The admin API shows the same, plus the back-off.
-    let status = admin.container("alice").await;
+    let status = admin.get_ok("users/alice/container").await;
     let failure = &status["failure"];
     assert_eq!(failure["exit_code"], 3, "{status}");
     assert_eq!(failure["consecutive_failures"], 1, "{status}");
@@ -242,25 +176,21 @@ async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
     assert_eq!(body["error"]["logs"], json!([]), "{body}");
     assert_eq!(inspect(&container, "{{.State.StartedAt}}"), started_at);
     assert_eq!(
-        admin.container("alice").await["failure"]["consecutive_failures"],
+        admin.get_ok("users/alice/container").await["failure"]["consecutive_failures"],
         1
     );
     assert_eq!(h.containers_of(&slug).len(), 1);
 
     // Once the back-off is over, the next request tries again; after a second
     // failure the back-off has doubled.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let body = poll(30, "a second attempt, with a longer back-off", || async {
         let (_, retry, body) = get_json(&h, &url, &cookie).await;
-        if retry.is_some_and(|r| r > 5) {
-            assert_eq!(body["error"]["exit_code"], 3, "{body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "never tried again: {body}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        retry.is_some_and(|r| r > 5).then_some(body)
+    })
+    .await;
+    assert_eq!(body["error"]["exit_code"], 3, "{body}");
     assert_eq!(
-        admin.container("alice").await["failure"]["consecutive_failures"],
+        admin.get_ok("users/alice/container").await["failure"]["consecutive_failures"],
         2
     );
     assert_ne!(
@@ -270,9 +200,7 @@ async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
     );
 
     // An admin start tries at once and counts failures anew.
-    let (status, body) = admin
-        .call(reqwest::Method::POST, "users/alice/container/start", None)
-        .await;
+    let (status, body) = admin.post("users/alice/container/start", None).await;
     assert_eq!(status, 503, "{body}");
     assert!(
         body["error"]["message"]
@@ -282,16 +210,16 @@ async fn an_app_that_exits_at_once_is_reported_and_not_restarted_in_a_loop() {
         "{body}"
     );
     assert_eq!(
-        admin.container("alice").await["failure"]["consecutive_failures"],
+        admin.get_ok("users/alice/container").await["failure"]["consecutive_failures"],
         1
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_never_listens_is_reported_with_its_port_and_the_start_timeout() {
-    let h = Harness::start(harness_with("[spawn]\nready_timeout_secs = 3")).await;
-    let admin = Admin::new(&h).await;
-    let slug = admin.user_in_mode("alice", "no-listen").await;
+    let h = Harness::start(Options::toml("[spawn]\nready_timeout_secs = 3")).await;
+    let admin = h.admin().await;
+    let slug = user_in_mode(&h, &admin, "alice", "no-listen").await;
     let cookie = h.login("alice").await;
     let url = h.url(&format!("/u-{slug}/"));
 
@@ -311,7 +239,7 @@ async fn an_app_that_never_listens_is_reported_with_its_port_and_the_start_timeo
     );
     assert!(retry.is_some());
 
-    let status = admin.container("alice").await;
+    let status = admin.get_ok("users/alice/container").await;
     assert_eq!(status["failure"]["reason"], message, "{status}");
     assert_eq!(status["failure"]["exit_code"], Value::Null, "{status}");
     // Nobody can reach it: spawngate stopped it rather than leave it running.

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, COOKIE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Harness, Options, random_hex};
+use crate::harness::{Api, Harness, Options, random_hex};
 
 const HTML: &str = "text/html,application/xhtml+xml";
 
@@ -256,21 +256,32 @@ async fn tampered_expired_and_logged_out_cookies_count_as_none() {
     let now = spawngate::time::unix_now();
     let expired = h.app.sessions.sign(&sid, &user.id, now - 7200, now - 3600);
 
+    // Control: the untouched cookie passes, so the refusals below are about the
+    // cookies, not a forwardAuth that refuses everyone.
+    assert_eq!(h.get_with_cookie(&url, &cookie).await.status(), 200);
     for bad in [tampered.as_str(), expired.as_str(), "not-a-jwt", ""] {
         let resp = h.get_with_cookie(&url, &format!("{name}={bad}")).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "cookie {bad:?}");
     }
+    assert_eq!(
+        h.get_with_cookie(&url, &cookie).await.status(),
+        200,
+        "still signed in"
+    );
 
-    // Logout: see auth.rs (CSRF-protected, revokes the session server-side).
+    // Logged out (the form is tested in auth.rs): the same cookie, still validly
+    // signed and unexpired, counts as none on the very next request.
+    h.logout(&cookie).await;
+    let resp = h.get_with_cookie(&url, &cookie).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "after logout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_first_requests_create_exactly_one_container() {
     // No pre-creation and no warm-up at login: the 20 requests really are first.
-    let h = Harness::start(Options {
-        extra_toml: "[lifecycle]\nprecreate = false\nstart_on_login = false".into(),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(
+        "[lifecycle]\nprecreate = false\nstart_on_login = false",
+    ))
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
@@ -299,88 +310,46 @@ async fn twenty_concurrent_first_requests_create_exactly_one_container() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_manages_users_and_a_stopped_container_starts_again() {
     let h = Harness::start(Options::default()).await;
-    let token = h.app.store.create_admin_token("test").await.unwrap();
-    let api = |path: &str| h.url(&format!("/_spawngate/api/{path}"));
+    let admin = h.admin().await;
 
     // No token, or a wrong one: 401 JSON.
-    let anon = h.client.get(api("users")).send().await.unwrap();
-    assert_eq!(anon.status(), 401);
-    let wrong = h
-        .client
-        .get(api("users"))
-        .bearer_auth("sgadm_wrong")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
-    let body: Value = wrong.json().await.unwrap();
+    let anon = h.client.get(h.url("/_spawngate/api/users")).send().await;
+    assert_eq!(anon.unwrap().status(), 401);
+    let wrong = Api::new(&h.client, &h.public, "sgadm_wrong".into());
+    let (status, body) = wrong.get("users").await;
+    assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "unauthorized");
 
-    let created = h
-        .client
-        .post(api("users"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "name": "carol", "email": "carol@example.org" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let carol: Value = created.json().await.unwrap();
+    let (status, carol) = admin
+        .post(
+            "users",
+            Some(json!({ "name": "carol", "email": "carol@example.org" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{carol}");
     let slug = carol["slug"].as_str().unwrap().to_owned();
     assert_eq!(carol["url"], format!("{}/u-{slug}/", h.public));
 
-    let dup = h
-        .client
-        .post(api("users"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "name": "carol" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(dup.status(), 409);
-    let bad = h
-        .client
-        .post(api("users"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "name": "Not Valid" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    let missing = h
-        .client
-        .get(api("users/nobody"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(missing.status(), 404);
+    let (status, _) = admin.post("users", Some(json!({ "name": "carol" }))).await;
+    assert_eq!(status, 409);
+    let (status, _) = admin
+        .post("users", Some(json!({ "name": "Not Valid" })))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(admin.get("users/nobody").await.0, 404);
 
-    let status = |path: String| {
-        let req = h.client.get(api(&path)).bearer_auth(&token);
-        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
-    };
-    assert_eq!(
-        status("users/carol/container".into()).await["state"],
-        "not_exists"
-    );
+    let status = || admin.get_ok("users/carol/container");
+    assert_eq!(status().await["state"], "not_exists");
 
     h.wait_router(&format!("u-{slug}")).await;
     let cookie = h.login("carol").await;
     let first = whoami(&h, &slug, &cookie).await;
-    let running = status("users/carol/container".into()).await;
+    let running = status().await;
     assert_eq!(running["state"], "running");
     let id = running["container_id"].as_str().unwrap().to_owned();
 
-    let stopped = h
-        .client
-        .post(api("users/carol/container/stop"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stopped.status(), 200);
-    assert_eq!(stopped.json::<Value>().await.unwrap()["state"], "stopped");
+    let stopped = admin.post_ok("users/carol/container/stop").await;
+    assert_eq!(stopped["state"], "stopped");
 
     // The next request starts the same container again; the volume kept the count
     // (the readiness probe's GET / counts as a visit too, so it may grow by two).
@@ -393,7 +362,7 @@ async fn admin_api_manages_users_and_a_stopped_container_starts_again() {
         after_restart > before,
         "visits went from {before} to {after_restart}: volume lost?"
     );
-    let after = status("users/carol/container".into()).await;
+    let after = status().await;
     assert_eq!(after["state"], "running");
     assert_eq!(
         after["container_id"],
@@ -402,14 +371,7 @@ async fn admin_api_manages_users_and_a_stopped_container_starts_again() {
     );
 
     // Deleting the user removes container and volume; the old cookie is dead.
-    let del = h
-        .client
-        .delete(api("users/carol"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(del.status(), 200);
+    assert_eq!(admin.delete("users/carol").await.0, 200);
     assert!(h.containers_of(&slug).is_empty());
     let gone = h
         .get_with_cookie(h.url(&format!("/u-{slug}/")), &cookie)
@@ -419,10 +381,9 @@ async fn admin_api_manages_users_and_a_stopped_container_starts_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traefik_accepts_every_router_and_middleware() {
-    let h = Harness::start(Options {
-        extra_toml: "[server]\nprovider_token = \"0123456789abcdef-test\"".into(),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(
+        "[server]\nprovider_token = \"0123456789abcdef-test\"",
+    ))
     .await;
     let a = h.user("alice").await;
     let b = h.user("bob").await;
@@ -488,7 +449,8 @@ async fn traefik_accepts_every_router_and_middleware() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_see_a_waiting_page_when_the_start_outlasts_the_hold() {
     let h = Harness::start(Options {
-        extra_toml: "[spawn]\nhold_secs = 0".into(),
+        // The app takes 3 s to listen: both first requests find it starting.
+        extra_toml: "[spawn]\nhold_secs = 0\n[docker]\nenv = [\"STARTUP_DELAY_MS=3000\"]".into(),
         ..Default::default()
     })
     .await;
@@ -510,21 +472,13 @@ async fn browsers_see_a_waiting_page_when_the_start_outlasts_the_hold() {
     assert!(body.contains("http-equiv=\"refresh\""), "{body}");
 
     let api = h.get_with_cookie(&url, &cookie).await;
-    if api.status() == StatusCode::SERVICE_UNAVAILABLE {
-        let body: Value = api.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "starting");
-    }
+    assert_eq!(api.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = api.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "starting", "{body}");
 
-    // Refreshing (bounded) eventually lands on the app.
-    let mut status = StatusCode::SERVICE_UNAVAILABLE;
-    for _ in 0..100 {
-        status = h.get_with_cookie(&url, &cookie).await.status();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(status, 200);
+    // Refreshing (bounded) lands on the app; until then, only "starting".
+    let resp = h.get_when_started(&url, &cookie, 20).await;
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,26 +503,20 @@ async fn missing_image_gives_a_clear_503_and_no_container() {
     assert!(h.containers_of(&alice.slug).is_empty());
 
     // The admin sees the operator detail.
-    let status = h
-        .app
-        .environments
-        .status(&h.app.accounts.find_user("alice").unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.state, spawngate::runtime::ContainerState::NotExists);
-    let detail = status.last_error.unwrap();
+    let status = h.admin().await.get_ok("users/alice/container").await;
+    assert_eq!(status["state"], "not_exists", "{status}");
+    let detail = status["last_error"].as_str().unwrap_or_default();
     assert!(
         detail.contains("spawngate-no-such-image:missing"),
-        "{detail}"
+        "{status}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_down_gives_a_clear_503_and_readyz_fails_but_healthz_stays_up() {
-    let h = Harness::start(Options {
-        extra_toml: "[docker]\nhost = \"unix:///nonexistent/docker.sock\"".into(),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(
+        "[docker]\nhost = \"unix:///nonexistent/docker.sock\"",
+    ))
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
@@ -596,14 +544,8 @@ async fn docker_down_gives_a_clear_503_and_readyz_fails_but_healthz_stays_up() {
     assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(page.text().await.unwrap().contains("could not be started"));
 
-    let ready = h
-        .client
-        .get(format!("{}/readyz", h.direct))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let ready: Value = ready.json().await.unwrap();
+    let (status, ready) = h.readyz().await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready["store"], "ok");
     assert_ne!(ready["docker"], "ok");
     let health = h
@@ -615,10 +557,9 @@ async fn docker_down_gives_a_clear_503_and_readyz_fails_but_healthz_stays_up() {
     assert_eq!(health.status(), 200);
 
     // The failure is recorded for the admin, and nothing is half-written.
-    let status = h
-        .app
-        .environments
-        .status(&h.app.accounts.find_user("alice").unwrap())
-        .await;
-    assert!(status.is_err(), "status needs Docker and says so");
+    let (status, body) = h.admin().await.get("users/alice/container").await;
+    assert!(
+        status.is_server_error() && body["error"]["message"].is_string(),
+        "status needs Docker and says so: {status} {body}"
+    );
 }

@@ -12,29 +12,10 @@ use serde_json::Value;
 use spawngate::lifecycle::Phase;
 
 use crate::docker_proxy::DockerProxy;
-use crate::harness::{Harness, Options, containers_of, docker_lines, random_hex};
+use crate::harness::{Harness, Options, containers_of, docker_lines, poll, random_hex};
 use crate::proc::{ProcHarness, inspect};
 
 const HTML: &str = "text/html,application/xhtml+xml";
-
-/// Polls `check` every 200 ms until it returns `Some` or `secs` pass.
-async fn poll<T, F: std::future::Future<Output = Option<T>>>(
-    secs: u64,
-    what: &str,
-    mut check: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 async fn get(h: &Harness, url: &str, cookie: &str, accept: Option<&str>) -> reqwest::Response {
     let mut req = h.client.get(url).header(COOKIE, cookie);
@@ -44,25 +25,15 @@ async fn get(h: &Harness, url: &str, cookie: &str, accept: Option<&str>) -> reqw
     req.send().await.unwrap()
 }
 
-async fn readyz(h: &Harness) -> (StatusCode, Value) {
-    let resp = h
-        .client
-        .get(format!("{}/readyz", h.direct))
-        .send()
-        .await
-        .unwrap();
-    (resp.status(), resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itself() {
     let socket = std::env::temp_dir().join(format!("sgfaults-{}.sock", random_hex(5)));
     // Declared first, so the harness (and its clean-up) goes before the proxy.
     let mut proxy = DockerProxy::start(&socket);
-    let h = Harness::start(Options {
-        extra_toml: format!("[docker]\nhost = {:?}\n", proxy.docker_host()),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(&format!(
+        "[docker]\nhost = {:?}\n",
+        proxy.docker_host()
+    )))
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
@@ -97,7 +68,7 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
     assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
     let page = page.text().await.unwrap();
     assert!(page.contains("Docker"), "{page}");
-    let (status, ready) = readyz(&h).await;
+    let (status, ready) = h.readyz().await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready["store"], "ok");
     assert!(
@@ -127,18 +98,12 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
     proxy.restart();
     let (h, url, cookie) = (&h, url.as_str(), cookie.as_str());
     poll(20, "readyz to recover", move || async move {
-        (readyz(h).await.0 == StatusCode::OK).then_some(())
+        (h.readyz().await.0 == StatusCode::OK).then_some(())
     })
     .await;
-    let who: Value = poll(30, "alice to be served again", move || async move {
-        let resp = get(h, url, cookie, None).await;
-        match resp.status() {
-            StatusCode::OK => Some(resp.json().await.unwrap()),
-            StatusCode::SERVICE_UNAVAILABLE => None,
-            other => panic!("unexpected {other} while recovering"),
-        }
-    })
-    .await;
+    let resp = h.get_when_started(url, cookie, 30).await;
+    assert_eq!(resp.status(), StatusCode::OK, "alice is served again");
+    let who: Value = resp.json().await.unwrap();
     assert_eq!(who["user"], "alice");
     assert_eq!(
         h.containers_of(&alice.slug),
@@ -432,10 +397,10 @@ async fn sigkill_during_user_create_delete_and_share_leaves_the_store_consistent
 async fn a_user_deleted_while_docker_is_away_loses_container_and_volume_once_it_is_back() {
     let socket = std::env::temp_dir().join(format!("sgfaults-{}.sock", random_hex(5)));
     let mut proxy = DockerProxy::start(&socket);
-    let h = Harness::start(Options {
-        extra_toml: format!("[docker]\nhost = {:?}\n", proxy.docker_host()),
-        ..Default::default()
-    })
+    let h = Harness::start(Options::toml(&format!(
+        "[docker]\nhost = {:?}\n",
+        proxy.docker_host()
+    )))
     .await;
     let bob = h.user("bob").await;
     let cookie = h.login("bob").await;
@@ -446,8 +411,10 @@ async fn a_user_deleted_while_docker_is_away_loses_container_and_volume_once_it_
 
     // Docker goes away; the deletion still happens, at once and whole.
     proxy.stop();
-    h.app.accounts.remove_user("test", "bob").await.unwrap();
-    assert!(h.app.accounts.find_user("bob").is_err());
+    let admin = h.admin().await;
+    let (status, body) = admin.delete("users/bob").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(admin.get("users/bob").await.0, 404);
     // The session went with the user.
     assert_eq!(get(&h, &url, &cookie, None).await.status(), 401);
     assert_eq!(h.containers_of(&bob.slug).len(), 1, "Docker was away");

@@ -7,7 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, SET_COOKIE};
+use serde_json::{Value, json};
 use spawngate::{App, Config};
 use tokio::sync::oneshot;
 
@@ -48,6 +50,16 @@ pub struct Options {
     pub public_host: Option<String>,
     /// Extra Traefik command-line flags (static configuration).
     pub traefik_args: Vec<String>,
+}
+
+impl Options {
+    /// The defaults with `extra_toml` merged over them.
+    pub fn toml(extra_toml: &str) -> Options {
+        Options {
+            extra_toml: extra_toml.to_owned(),
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for Options {
@@ -232,6 +244,21 @@ start_on_login = false
             .unwrap()
     }
 
+    /// spawngate's own `/readyz`.
+    pub async fn readyz(&self) -> (StatusCode, Value) {
+        get_json(&self.client, &format!("{}/readyz", self.direct)).await
+    }
+
+    /// GETs `url` with `cookie` until the answer is no longer the documented
+    /// "starting" 503 (bounded by `secs`), as a user refreshing would; that answer.
+    pub async fn get_when_started(&self, url: &str, cookie: &str, secs: u64) -> reqwest::Response {
+        poll(secs, format!("{url} to finish starting"), || async {
+            let resp = self.get_with_cookie(url, cookie).await;
+            (resp.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(resp)
+        })
+        .await
+    }
+
     /// Running containers of a user slug (a pre-created container does not count).
     pub fn running_containers_of(&self, slug: &str) -> Vec<String> {
         docker_lines(&[
@@ -242,6 +269,189 @@ start_on_login = false
             "--filter",
             &format!("label=spawngate.slug={slug}"),
         ])
+    }
+
+    /// The admin API through Traefik with a fresh admin token named `ops`, minted
+    /// as `spawngate token` does: over the control socket.
+    pub async fn admin(&self) -> Api {
+        let socket = spawngate::server::control_socket_path(self.data_dir.path());
+        let answer = spawngate::control::request(
+            &socket,
+            reqwest::Method::POST,
+            "/_spawngate/api/tokens",
+            Some(&json!({ "name": "ops" })),
+        )
+        .await
+        .unwrap();
+        let (status, body) = answer.expect("the server listens on its control socket");
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let token = body["token"].as_str().expect("a token").to_owned();
+        Api::new(&self.client, &self.public, token)
+    }
+
+    /// `/_spawngate/api/me` as the signed-in browser with `cookie` sees it (it
+    /// carries the CSRF token for the self-service calls).
+    pub async fn me(&self, cookie: &str) -> Value {
+        let resp = self
+            .get_with_cookie(self.url("/_spawngate/api/me"), cookie)
+            .await;
+        assert_eq!(resp.status(), StatusCode::OK, "GET me");
+        resp.json().await.unwrap()
+    }
+
+    /// The JSON API through Traefik with `token` (e.g. a personal API token).
+    pub fn api(&self, token: &str) -> Api {
+        Api::new(&self.client, &self.public, token.to_owned())
+    }
+
+    /// Signs `cookie`'s session out with the home page's form, as a browser would;
+    /// the logout's 303.
+    pub async fn logout(&self, cookie: &str) -> reqwest::Response {
+        let home = self.get_with_cookie(self.url("/_spawngate/"), cookie).await;
+        let home = home.text().await.unwrap();
+        let csrf = home
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no sign-out form on the home page: {home}"))
+            .to_owned();
+        let out = self
+            .client
+            .post(self.url("/_spawngate/logout"))
+            .header(reqwest::header::COOKIE, cookie)
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.status(), StatusCode::SEE_OTHER, "logout");
+        out
+    }
+}
+
+/// The JSON API (`/_spawngate/api/...`) with a bearer token, as a script calls it:
+/// an admin token (see [`Harness::admin`]) or a user's personal one (`me/...`).
+/// Every call answers `(status, JSON body)`; a body that is not JSON is `Null`.
+pub struct Api {
+    client: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Api {
+    /// `base`: where spawngate is reached (Traefik's entry point or its own address).
+    pub fn new(client: &reqwest::Client, base: &str, token: String) -> Api {
+        Api {
+            client: client.clone(),
+            api: format!("{base}/_spawngate/api/"),
+            token,
+        }
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.api))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// GET that must answer 200; the body.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, StatusCode::OK, "GET {path}: {body}");
+        body
+    }
+
+    /// POST (no body) that must answer 200; the body.
+    pub async fn post_ok(&self, path: &str) -> Value {
+        let (status, body) = self.post(path, None).await;
+        assert_eq!(status, StatusCode::OK, "POST {path}: {body}");
+        body
+    }
+
+    /// Every user as `GET users` lists them.
+    pub async fn users(&self) -> Vec<Value> {
+        let mut body = self.get_ok("users").await;
+        match body["users"].take() {
+            Value::Array(users) => users,
+            other => panic!("not a user list: {other}"),
+        }
+    }
+
+    /// The user whose (normalised) address is `email`, if any.
+    pub async fn user_with_email(&self, email: &str) -> Option<Value> {
+        self.users().await.into_iter().find(|u| u["email"] == email)
+    }
+}
+
+/// GET `url`: the status and the JSON body (`Null` when it is not JSON).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
+    let resp = client.get(url).send().await.unwrap();
+    (resp.status(), resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `secs` pass; `what` is
+/// shown on a timeout (a [`Later`] computes it only then).
+pub async fn poll<T, F: std::future::Future<Output = Option<T>>>(
+    secs: u64,
+    what: impl std::fmt::Display,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls a synchronous `check` (a look at Docker, a file) until it holds.
+pub async fn wait_until(secs: u64, what: impl std::fmt::Display, mut check: impl FnMut() -> bool) {
+    poll(secs, what, || std::future::ready(check().then_some(()))).await
+}
+
+/// A timeout message computed only when it is shown (e.g. with a deployment's logs).
+pub struct Later<F>(pub F);
+
+impl<F: Fn() -> String> std::fmt::Display for Later<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&(self.0)())
     }
 }
 
@@ -392,17 +602,17 @@ impl Traefik {
 
     /// Waits (bounded) until Traefik serves router `name@http`.
     pub async fn wait_router(&self, name: &str) {
-        let url = format!("{}/api/http/routers/{name}@http", self.api);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(r) = self.client.get(&url).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("Traefik did not load router {name} within 20 s");
+        let url = &format!("{}/api/http/routers/{name}@http", self.api);
+        let client = &self.client;
+        poll(
+            20,
+            &format!("Traefik to load router {name}"),
+            || async move {
+                let resp = client.get(url).send().await;
+                resp.is_ok_and(|r| r.status() == 200).then_some(())
+            },
+        )
+        .await;
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::harness::{Harness, Options, free_port, repo_root, session_cookie};
+use crate::harness::{Harness, Options, free_port, get_json, repo_root, session_cookie};
 
 struct Idp {
     child: Child,
@@ -95,21 +95,26 @@ impl Idp {
         self.dir.path().join("ca.pem")
     }
 
+    /// GET one of the provider's test-only routes (see `tests/support/oidc_idp.py`).
+    async fn test_route(&self, route: &str) -> Value {
+        let (status, v) = get_json(&self.client, &format!("{}/test/{route}", self.issuer)).await;
+        assert_eq!(status, 200, "{route}: {v}");
+        v
+    }
+
     async fn keys(&self) -> Keys {
-        let v: Value = self
-            .client
-            .get(format!("{}/test/keys", self.issuer))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.test_route("keys").await;
         Keys {
             kid: v["kid"].as_str().unwrap().to_owned(),
             private_pem: v["private_pem"].as_str().unwrap().to_owned(),
             public_pem: v["public_pem"].as_str().unwrap().to_owned(),
         }
+    }
+
+    /// How many times the provider has served its JWKS.
+    async fn jwks_hits(&self) -> u64 {
+        let v = self.test_route("jwks-hits").await;
+        v["hits"].as_u64().expect("a hit count")
     }
 
     async fn rotate_key(&self) {
@@ -207,14 +212,11 @@ async fn finish_login(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_login_lands_on_the_users_container_and_follows_a_key_rotation() {
     let idp = Idp::start().await;
-    let h = Harness::start(Options {
-        extra_toml: format!(
+    let h = Harness::start(Options::toml(&format!(
             "[oidc]\nenabled = true\nissuer = \"{}\"\nclient_id = \"spawngate\"\nclient_secret = \"client-secret\"\nca_file = {:?}\nlabel = \"Sign in with TestIdP\"\njwks_cooldown_secs = 1\n",
             idp.issuer,
             idp.ca_file()
-        ),
-        ..Default::default()
-    })
+        )))
     .await;
     let alice = h
         .app
@@ -276,7 +278,7 @@ async fn oidc_login_lands_on_the_users_container_and_follows_a_key_rotation() {
     let who = h.get_with_cookie(h.url(&next), &cookie).await;
     assert_eq!(who.status(), 200);
     assert_eq!(who.json::<Value>().await.unwrap()["user"], "alice");
-    assert_eq!(h.app.oidc.as_ref().unwrap().jwks_fetches().await, Some(1));
+    assert_eq!(idp.jwks_hits().await, 1);
 
     // The provider rotates its signing key: the next login's ID token has an
     // unknown kid, spawngate refetches the JWKS and the login works.
@@ -287,7 +289,7 @@ async fn oidc_login_lands_on_the_users_container_and_follows_a_key_rotation() {
     let callback = idp.authorize(&authorize_url, "alice-sub").await;
     let done = finish_login(&h, &callback, Some(&state_cookie)).await;
     assert_eq!(done.status(), 303, "login after a key rotation");
-    assert_eq!(h.app.oidc.as_ref().unwrap().jwks_fetches().await, Some(2));
+    assert_eq!(idp.jwks_hits().await, 2);
 
     // Someone the provider knows but spawngate does not (auto-create is off).
     idp.set_user(
@@ -300,7 +302,8 @@ async fn oidc_login_lands_on_the_users_container_and_follows_a_key_rotation() {
     let refused = finish_login(&h, &callback, Some(&state_cookie)).await;
     assert_eq!(refused.status(), 403);
     assert!(session_cookie(refused.headers(), h.cookie_name()).is_none());
-    assert!(h.app.store.snapshot().by_email("eve@example.org").is_none());
+    let admin = h.admin().await;
+    assert_eq!(admin.user_with_email("eve@example.org").await, None);
 
     // An address the provider has not verified does not match an account.
     idp.set_user(
@@ -321,14 +324,11 @@ async fn oidc_login_lands_on_the_users_container_and_follows_a_key_rotation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_can_create_accounts_on_first_login() {
     let idp = Idp::start().await;
-    let h = Harness::start(Options {
-        extra_toml: format!(
+    let h = Harness::start(Options::toml(&format!(
             "[oidc]\nenabled = true\nissuer = \"{}\"\nclient_id = \"spawngate\"\nclient_secret = \"client-secret\"\nca_file = {:?}\nauto_create = true\n",
             idp.issuer,
             idp.ca_file()
-        ),
-        ..Default::default()
-    })
+        )))
     .await;
     // No `email_verified` from an OIDC provider: the address is not vouched for.
     idp.set_user("dave-sub", json!({"email": "dave@example.org"}))
@@ -341,13 +341,8 @@ async fn oidc_can_create_accounts_on_first_login() {
         refused.text().await.unwrap().contains("did not confirm"),
         "the page says why"
     );
-    assert!(
-        h.app
-            .store
-            .snapshot()
-            .by_email("dave@example.org")
-            .is_none()
-    );
+    let admin = h.admin().await;
+    assert_eq!(admin.user_with_email("dave@example.org").await, None);
 
     idp.set_user(
         "carol-sub",
@@ -358,20 +353,18 @@ async fn oidc_can_create_accounts_on_first_login() {
     let callback = idp.authorize(&authorize_url, "carol-sub").await;
     let done = finish_login(&h, &callback, Some(&state_cookie)).await;
     assert_eq!(done.status(), 303);
-    let carol = h
-        .app
-        .store
-        .snapshot()
-        .by_email("carol@example.org")
-        .cloned()
+    let carol = admin
+        .user_with_email("carol@example.org")
+        .await
         .expect("created");
-    assert_eq!(carol.name, "carol");
+    assert_eq!(carol["name"], "carol");
+    let slug = carol["slug"].as_str().unwrap();
     // With no `next`, the user lands on their own environment.
-    assert_eq!(location(&done), format!("/u-{}/", carol.slug));
-    h.wait_router(&format!("u-{}", carol.slug)).await;
+    assert_eq!(location(&done), format!("/u-{slug}/"));
+    h.wait_router(&format!("u-{slug}")).await;
     let cookie = session_cookie(done.headers(), h.cookie_name()).unwrap();
     let who = h
-        .get_with_cookie(h.url(&format!("/u-{}/whoami.json", carol.slug)), &cookie)
+        .get_with_cookie(h.url(&format!("/u-{slug}/whoami.json")), &cookie)
         .await;
     assert_eq!(who.json::<Value>().await.unwrap()["user"], "carol");
 
@@ -426,26 +419,16 @@ async fn bearer_get(h: &Harness, url: &str, token: &str) -> reqwest::Response {
         .unwrap()
 }
 
-fn jwks_fetches(h: &Harness) -> u64 {
-    match &h.app.external_jwt.as_ref().unwrap().verifier.keys {
-        spawngate::auth::jwt::KeySource::Jwks(cache) => cache.fetch_count(),
-        _ => panic!("a JWKS key source"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
     let idp = Idp::start().await;
     let cooldown = 2;
-    let h = Harness::start(Options {
-        extra_toml: format!(
+    let h = Harness::start(Options::toml(&format!(
             "[jwt]\nenabled = true\nalgorithms = [\"RS256\"]\njwks_url = \"{}/jwks\"\nissuer = \"{}\"\naudience = \"spawngate\"\nca_file = {:?}\njwks_cooldown_secs = {cooldown}\nleeway_secs = 5\ncookie = \"idp_token\"\n",
             idp.issuer,
             idp.issuer,
             idp.ca_file()
-        ),
-        ..Default::default()
-    })
+        )))
     .await;
     let alice = h
         .app
@@ -470,7 +453,7 @@ async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
         who["headers"].get("authorization").is_none(),
         "the token spawngate accepted does not reach the container: {who}"
     );
-    assert_eq!(jwks_fetches(&h), 1);
+    assert_eq!(idp.jwks_hits().await, 1);
 
     // Browsers can carry it in the configured cookie; it stays out of the container.
     let resp = h
@@ -576,7 +559,7 @@ async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    assert_eq!(jwks_fetches(&h), 1, "none of these needed a refetch");
+    assert_eq!(idp.jwks_hits().await, 1, "none of these needed a refetch");
 
     // Key rotation: a token with the new kid makes spawngate refetch (once the
     // cooldown since the last fetch has passed) and is accepted.
@@ -586,18 +569,18 @@ async fn external_jwts_pass_forward_auth_and_forged_or_stale_ones_get_401() {
     tokio::time::sleep(Duration::from_secs(cooldown + 1)).await;
     let resp = bearer_get(&h, &url, &sign(&new_keys, &new_keys.kid, &good)).await;
     assert_eq!(resp.status(), 200, "a token signed with the rotated key");
-    assert_eq!(jwks_fetches(&h), 2);
+    assert_eq!(idp.jwks_hits().await, 2);
 
     // A flood of tokens with random kids: all refused, and at most one JWKS fetch
     // per cooldown period however many arrive.
-    let before = jwks_fetches(&h);
+    let before = idp.jwks_hits().await;
     let started = Instant::now();
     for i in 0..40 {
         let token = sign(&new_keys, &format!("random-kid-{i}"), &good);
         assert_eq!(bearer_get(&h, &url, &token).await.status(), 401);
     }
     let periods = started.elapsed().as_secs() / cooldown + 1;
-    let fetched = jwks_fetches(&h) - before;
+    let fetched = idp.jwks_hits().await - before;
     assert!(
         fetched <= periods,
         "{fetched} JWKS fetches for 40 unknown kids in {periods} cooldown periods"

@@ -10,20 +10,8 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, COOKIE};
 use serde_json::Value;
 
-use crate::harness::{Harness, IMAGE, Options};
+use crate::harness::{Harness, IMAGE, Options, poll, wait_until};
 use crate::proc::{ProcHarness, inspect};
-
-/// Polls `check` every 200 ms until it holds or `secs` pass.
-async fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn state_of(container: &str) -> String {
     inspect(container, "{{.State.Status}}")
@@ -35,24 +23,26 @@ async fn get(client: &reqwest::Client, url: &str, cookie: &str) -> (StatusCode, 
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-fn harness_with(toml: &str) -> Options {
-    Options {
-        extra_toml: toml.into(),
-        ..Default::default()
-    }
+/// The example app's visit counter (kept on the user's volume) from a `whoami.json`
+/// answer that must be the app's: a 200 with the counter in it.
+async fn visits(client: &reqwest::Client, url: &str, cookie: &str) -> u64 {
+    let (status, body) = get(client, url, cookie).await;
+    assert_eq!(status, 200, "{body}");
+    body["visits"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not the app's JSON: {body}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_container_is_stopped_and_resumes_with_its_data() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\nidle_timeout_secs = 3\nstart_on_login = false",
     ))
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
-    let (status, first) = get(&h.client, &url, &cookie).await;
-    assert_eq!(status, 200);
+    let first = visits(&h.client, &url, &cookie).await;
     let name = format!("spawngate-u-{}", alice.slug);
     let id = inspect(&name, "{{.Id}}");
 
@@ -60,19 +50,22 @@ async fn idle_container_is_stopped_and_resumes_with_its_data() {
         state_of(&name) == "exited"
     })
     .await;
-    let audit = h.app.store.audit_entries(10).unwrap();
+    let audit = h.admin().await.get_ok("audit?limit=10").await;
     assert!(
-        audit.iter().any(|e| e.action == "container.stop"
-            && e.target == "alice"
-            && e.detail.as_deref() == Some("idle")),
-        "{audit:?}"
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "container.stop"
+                && e["target"] == "alice"
+                && e["detail"] == "idle"),
+        "{audit}"
     );
 
-    let (status, again) = get(&h.client, &url, &cookie).await;
-    assert_eq!(status, 200, "the next request resumes it");
+    let again = visits(&h.client, &url, &cookie).await;
     assert!(
-        again["visits"].as_u64() > first["visits"].as_u64(),
-        "volume kept the counter"
+        again > first,
+        "volume kept the counter: {first} then {again}"
     );
     assert_eq!(
         inspect(&name, "{{.Id}}"),
@@ -83,7 +76,7 @@ async fn idle_container_is_stopped_and_resumes_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_container_is_unpaused_by_the_next_request() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\npause_after_secs = 2\nidle_timeout_secs = 120\nstart_on_login = false",
     ))
     .await;
@@ -97,13 +90,8 @@ async fn paused_container_is_unpaused_by_the_next_request() {
         state_of(&name) == "paused"
     })
     .await;
-    let status = h
-        .app
-        .environments
-        .status(&h.app.accounts.find_user("alice").unwrap())
-        .await
-        .unwrap();
-    assert_eq!(serde_json::to_value(&status).unwrap()["state"], "paused");
+    let status = h.admin().await.get_ok("users/alice/container").await;
+    assert_eq!(status["state"], "paused", "{status}");
 
     let (code, body) = get(&h.client, &url, &cookie).await;
     assert_eq!(code, 200, "{body}");
@@ -112,7 +100,7 @@ async fn paused_container_is_unpaused_by_the_next_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_websocket_keeps_its_container_alive_past_the_idle_timeout() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\nidle_timeout_secs = 4\nstart_on_login = false",
     ))
     .await;
@@ -164,11 +152,11 @@ async fn a_busy_websocket_keeps_its_container_alive_past_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_removed_by_hand_is_recreated_by_the_next_request() {
-    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
-    let (_, first) = get(&h.client, &url, &cookie).await;
+    let first = visits(&h.client, &url, &cookie).await;
     let name = format!("spawngate-u-{}", alice.slug);
     let id = inspect(&name, "{{.Id}}");
 
@@ -177,24 +165,13 @@ async fn a_container_removed_by_hand_is_recreated_by_the_next_request() {
         .output()
         .unwrap();
     assert!(rm.status.success());
-    // The Docker event reaches spawngate; give it a moment, bounded.
-    wait_until(10, "spawngate to notice the removal", || {
-        !matches!(
-            h.app
-                .lifecycle
-                .phase(&h.app.accounts.find_user("alice").unwrap().id),
-            spawngate::lifecycle::Phase::Ready
-        )
-    })
-    .await;
-
-    let (status, again) = get(&h.client, &url, &cookie).await;
-    assert_eq!(status, 200);
+    // A request that races spawngate's Docker event gets the documented
+    // "starting" 503 (see appgone.rs); a user refreshing lands on the app.
+    let resp = h.get_when_started(&url, &cookie, 30).await;
+    assert_eq!(resp.status(), 200);
+    let again = visits(&h.client, &url, &cookie).await;
     assert_ne!(inspect(&name, "{{.Id}}"), id, "a new container");
-    assert!(
-        again["visits"].as_u64() > first["visits"].as_u64(),
-        "on the same volume"
-    );
+    assert!(again > first, "on the same volume: {first} then {again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,7 +247,7 @@ async fn sigkill_in_the_middle_of_a_spawn_leaves_exactly_one_working_container()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_running_the_next_user_gets_a_clear_503_and_nothing_starts() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[limits]\nmax_running = 2\n[lifecycle]\nstart_on_login = false",
     ))
     .await;
@@ -307,19 +284,16 @@ async fn past_max_running_the_next_user_gets_a_clear_503_and_nothing_starts() {
         "no half-started container"
     );
 
-    // A place frees up when an admin stops one.
-    h.app
-        .environments
-        .stop("test", &h.app.accounts.find_user("alice").unwrap())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await; // past the retry back-off
-    assert_eq!(get(&h.client, &carol, &cookies[2]).await.0, 200);
+    // A place frees up when an admin stops one: Carol is served once her start's
+    // back-off has passed (503 until then, whatever its length).
+    h.admin().await.post_ok("users/alice/container/stop").await;
+    let resp = h.get_when_started(&carol, &cookies[2], 20).await;
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_capacity_the_least_recently_used_idle_container_makes_room() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[limits]\nmax_running = 1\ncull_lru_when_full = true\nlru_min_idle_secs = 1\n[lifecycle]\nstart_on_login = false",
     ))
     .await;
@@ -348,7 +322,7 @@ async fn at_capacity_the_least_recently_used_idle_container_makes_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_warms_the_container_and_user_creation_precreates_it() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\nprecreate = true\nstart_on_login = true",
     ))
     .await;
@@ -367,33 +341,33 @@ async fn login_warms_the_container_and_user_creation_precreates_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_lifetime_stops_a_busy_container() {
-    let h = Harness::start(harness_with(
+    let h = Harness::start(Options::toml(
         "[lifecycle]\nmax_lifetime_secs = 3\nstart_on_login = false",
     ))
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
-    let name = format!("spawngate-u-{}", alice.slug);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let admin = h.admin().await;
     // Keep it busy; it is stopped anyway (and the next request starts it again).
-    let mut saw_stop = false;
-    while Instant::now() < deadline && !saw_stop {
+    poll(30, "the maximum lifetime to be enforced", || async {
         let _ = get(&h.client, &url, &cookie).await;
-        saw_stop = h.app.store.audit_entries(20).unwrap().iter().any(|e| {
-            e.action == "container.stop" && e.detail.as_deref() == Some("maximum lifetime reached")
-        });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    assert!(saw_stop, "max lifetime never enforced");
+        let audit = admin.get_ok("audit?limit=20").await;
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "container.stop" && e["detail"] == "maximum lifetime reached")
+            .then_some(())
+    })
+    .await;
     assert_eq!(get(&h.client, &url, &cookie).await.0, 200);
-    let _ = name;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_lists_containers_restarts_shows_logs_and_audit() {
-    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
-    let token = h.app.store.create_admin_token("ops").await.unwrap();
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
+    let admin = h.admin().await;
     let alice = h.user("alice").await;
     let _bob = h.user("bob").await;
     let cookie = h.login("alice").await;
@@ -407,15 +381,7 @@ async fn admin_api_lists_containers_restarts_shows_logs_and_audit() {
         .0,
         200
     );
-    let api = |p: &str| h.url(&format!("/_spawngate/api/{p}"));
-    let call =
-        |req: reqwest::RequestBuilder| async { req.bearer_auth(&token).send().await.unwrap() };
-
-    let list: Value = call(h.client.get(api("containers")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let list = admin.get_ok("containers").await;
     let states: Vec<(String, String)> = list["containers"]
         .as_array()
         .unwrap()
@@ -438,28 +404,18 @@ async fn admin_api_lists_containers_restarts_shows_logs_and_audit() {
 
     let name = format!("spawngate-u-{}", alice.slug);
     let before = inspect(&name, "{{.State.StartedAt}}");
-    let restarted = call(h.client.post(api("users/alice/container/restart"))).await;
-    assert_eq!(restarted.status(), 200);
-    assert_eq!(restarted.json::<Value>().await.unwrap()["state"], "running");
+    let restarted = admin.post_ok("users/alice/container/restart").await;
+    assert_eq!(restarted["state"], "running");
     assert_ne!(inspect(&name, "{{.State.StartedAt}}"), before);
 
-    let logs: Value = call(h.client.get(api("users/alice/container/logs?tail=5")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let logs = admin.get_ok("users/alice/container/logs?tail=5").await;
     let lines = logs["lines"].as_array().unwrap();
     assert!(!lines.is_empty() && lines.len() <= 5, "{logs}");
-    let bad = call(h.client.get(api("users/alice/container/logs?tail=0"))).await;
-    assert_eq!(bad.status(), 400);
+    let (status, _) = admin.get("users/alice/container/logs?tail=0").await;
+    assert_eq!(status, 400);
 
-    let del = call(h.client.delete(api("users/bob"))).await;
-    assert_eq!(del.status(), 200);
-    let audit: Value = call(h.client.get(api("audit?limit=50")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(admin.delete("users/bob").await.0, 200);
+    let audit = admin.get_ok("audit?limit=50").await;
     let actions: Vec<(String, String, String)> = audit["entries"]
         .as_array()
         .unwrap()
@@ -492,7 +448,7 @@ async fn admin_api_lists_containers_restarts_shows_logs_and_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_container_cannot_reach_another_users_container_or_spawngate() {
-    let h = Harness::start(harness_with("[lifecycle]\nstart_on_login = false")).await;
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     for (user, slug) in [("alice", &alice.slug), ("bob", &bob.slug)] {
@@ -569,28 +525,22 @@ async fn per_user_overrides_apply_at_the_next_start_within_admin_bounds() {
     }
     let _untag = Untag(alt.clone());
 
-    let h = Harness::start(harness_with(&format!(
+    let h = Harness::start(Options::toml(&format!(
         "[limits]\nallowed_images = [\"{alt}\"]\nmax_memory = \"1g\"\n[lifecycle]\nstart_on_login = false"
     )))
     .await;
-    let token = h.app.store.create_admin_token("ops").await.unwrap();
+    let admin = h.admin().await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
-    let (_, first) = get(&h.client, &url, &cookie).await;
+    let first = visits(&h.client, &url, &cookie).await;
     let name = format!("spawngate-u-{}", alice.slug);
     assert_eq!(
         inspect(&name, "{{.HostConfig.Memory}}"),
         (512u64 << 20).to_string()
     );
 
-    let put = |body: Value| {
-        h.client
-            .put(h.url("/_spawngate/api/users/alice/overrides"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-    };
+    let put = |body: Value| admin.put("users/alice/overrides", body);
     // Out of bounds or secret-looking: refused with a reason.
     for (body, why) in [
         (serde_json::json!({ "memory": "2g" }), "max_memory"),
@@ -600,35 +550,23 @@ async fn per_user_overrides_apply_at_the_next_start_within_admin_bounds() {
             "credential",
         ),
     ] {
-        let resp = put(body).await.unwrap();
-        assert_eq!(resp.status(), 400);
-        let msg = resp.json::<Value>().await.unwrap()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let (status, body) = put(body).await;
+        assert_eq!(status, 400, "{body}");
+        let msg = body["error"]["message"].as_str().unwrap();
         assert!(msg.contains(why), "{msg}");
     }
-    let resp = put(serde_json::json!({ "image": alt, "memory": "256m", "cpus": 0.5, "env": { "GREETING": "hello" } }))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.json::<Value>().await.unwrap()["overrides"]["memory_bytes"],
-        256u64 << 20
-    );
+    let (status, body) = put(serde_json::json!({ "image": alt, "memory": "256m", "cpus": 0.5, "env": { "GREETING": "hello" } }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["overrides"]["memory_bytes"], 256u64 << 20);
 
     // Running containers are not disrupted; after a stop the next start applies it.
     assert_eq!(
         inspect(&name, "{{.HostConfig.Memory}}"),
         (512u64 << 20).to_string()
     );
-    h.app
-        .environments
-        .stop("test", &h.app.accounts.find_user("alice").unwrap())
-        .await
-        .unwrap();
-    let (status, again) = get(&h.client, &url, &cookie).await;
-    assert_eq!(status, 200);
+    admin.post_ok("users/alice/container/stop").await;
+    let again = visits(&h.client, &url, &cookie).await;
     assert_eq!(
         inspect(&name, "{{.HostConfig.Memory}}"),
         (256u64 << 20).to_string()
@@ -637,7 +575,7 @@ async fn per_user_overrides_apply_at_the_next_start_within_admin_bounds() {
     assert_eq!(inspect(&name, "{{.Config.Image}}"), alt);
     assert!(inspect(&name, "{{.Config.Env}}").contains("GREETING=hello"));
     assert!(
-        again["visits"].as_u64() > first["visits"].as_u64(),
-        "same volume after the recreate"
+        again > first,
+        "same volume after the recreate: {first} then {again}"
     );
 }

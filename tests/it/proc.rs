@@ -2,11 +2,10 @@
 //! tests that restart it, SIGTERM it or SIGKILL it mid-spawn.
 
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::harness::{
-    IMAGE, Traefik, cleanup_docker, containers_of, free_port, http_client, login_with_link,
-    random_hex,
+    IMAGE, Traefik, cleanup_docker, containers_of, free_port, get_json, http_client,
+    login_with_link, poll, random_hex, wait_until,
 };
 
 pub struct ProcHarness {
@@ -79,20 +78,12 @@ impl ProcHarness {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self
-                .client
-                .get(format!("{}/healthz", self.direct))
-                .send()
-                .await
-                && r.status() == 200
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "spawngate did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (client, healthz) = (&self.client, &format!("{}/healthz", self.direct));
+        poll(20, "spawngate to come up", || async move {
+            let resp = client.get(healthz).send().await;
+            resp.is_ok_and(|r| r.status() == 200).then_some(())
+        })
+        .await;
     }
 
     fn pid(&self) -> String {
@@ -107,14 +98,10 @@ impl ProcHarness {
             .unwrap();
         assert!(status.success());
         let mut child = self.child.take().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(40);
-        while child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "spawngate did not exit after SIG{signal}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(40, format!("spawngate to exit after SIG{signal}"), || {
+            child.try_wait().unwrap().is_some()
+        })
+        .await;
     }
 
     /// The data directory (the store is there).
@@ -190,6 +177,11 @@ impl ProcHarness {
 
     pub fn containers_of(&self, slug: &str) -> Vec<String> {
         containers_of(&self.instance, slug)
+    }
+
+    /// spawngate's own `/readyz`.
+    pub async fn readyz(&self) -> (reqwest::StatusCode, serde_json::Value) {
+        get_json(&self.client, &format!("{}/readyz", self.direct)).await
     }
 }
 

@@ -4,16 +4,10 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Harness, Options};
+use crate::harness::{Harness, Options, personal_token};
 
 async fn me_csrf(h: &Harness, cookie: &str) -> String {
-    let me: Value = h
-        .get_with_cookie(h.url("/_spawngate/api/me"), cookie)
-        .await
-        .json()
-        .await
-        .unwrap();
-    me["csrf"].as_str().unwrap().to_owned()
+    h.me(cookie).await["csrf"].as_str().unwrap().to_owned()
 }
 
 async fn whoami(h: &Harness, url: &str, cookie: &str) -> (u16, Value) {
@@ -34,8 +28,9 @@ async fn whoami(h: &Harness, url: &str, cookie: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_and_admins_share_environments_read_only_or_full_and_revoke_at_once() {
     let h = Harness::start(Options::default()).await;
+    let admin = h.admin().await;
     let alice = h.user("alice").await;
-    h.user("bob").await;
+    let bob = h.user("bob").await;
     h.user("carol").await;
     let (alice_cookie, bob_cookie, carol_cookie) = (
         h.login("alice").await,
@@ -94,45 +89,20 @@ async fn owners_and_admins_share_environments_read_only_or_full_and_revoke_at_on
     );
 
     // Bob's personal API token stays limited to his own slug.
-    let bob_csrf = me_csrf(&h, &bob_cookie).await;
-    let token: Value = h
-        .client
-        .post(h.url("/_spawngate/api/me/tokens"))
-        .header("Cookie", &bob_cookie)
-        .header("X-Spawngate-CSRF", &bob_csrf)
-        .json(&json!({ "name": "script" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let by_token = h
-        .client
-        .get(&url)
-        .bearer_auth(token["token"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap();
+    let token = personal_token(&h.client, &h.public, &bob_cookie, "script").await;
+    let by_token = h.client.get(&url).bearer_auth(token).send().await.unwrap();
     assert_eq!(by_token.status(), 403);
 
     // An admin shares with Carol, with full access.
-    h.app
-        .sharing
-        .share(
-            "test",
-            &h.app.accounts.find_user("alice").unwrap(),
-            "carol",
-            false,
-        )
-        .await
-        .unwrap();
+    let (status, body) = admin
+        .put("users/alice/shares/carol", json!({ "read_only": false }))
+        .await;
+    assert_eq!(status, 200, "{body}");
     let (status, who) = whoami(&h, &url, &carol_cookie).await;
     assert_eq!(status, 200);
     assert_eq!(who["headers"]["x-spawngate-access"], "shared");
 
     // Sharing is one-way: Alice gets nothing of Bob's.
-    let bob = h.app.accounts.find_user("bob").unwrap();
     let (status, _) = whoami(
         &h,
         &h.url(&format!("/u-{}/whoami.json", bob.slug)),
@@ -157,29 +127,15 @@ async fn owners_and_admins_share_environments_read_only_or_full_and_revoke_at_on
     assert_eq!(status, 200, "Carol's grant is untouched");
 
     // Disabling Alice closes her environment to her grantees too.
-    h.app
-        .accounts
-        .set_disabled("test", "alice", true)
-        .await
-        .unwrap();
+    admin.post_ok("users/alice/disable").await;
     let (status, _) = whoami(&h, &url, &carol_cookie).await;
     assert_eq!(status, 403, "a disabled user's environment is closed");
-    h.app
-        .accounts
-        .set_disabled("test", "alice", false)
-        .await
-        .unwrap();
+    admin.post_ok("users/alice/enable").await;
     let (status, _) = whoami(&h, &url, &carol_cookie).await;
     assert_eq!(status, 200);
 
     // Deleting Carol removes her grant too.
-    h.app.accounts.remove_user("test", "carol").await.unwrap();
-    assert!(
-        h.app
-            .accounts
-            .find_user("alice")
-            .unwrap()
-            .shared_with
-            .is_empty()
-    );
+    assert_eq!(admin.delete("users/carol").await.0, 200);
+    let alice = admin.get_ok("users/alice").await;
+    assert_eq!(alice["shared_with"], json!([]), "{alice}");
 }

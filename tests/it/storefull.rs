@@ -6,8 +6,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
+use crate::harness::poll;
 use crate::proc::ProcHarness;
 
 /// A size-limited tmpfs, unmounted when dropped (needs root, as CI runs).
@@ -64,17 +64,6 @@ impl Drop for Tmpfs {
     }
 }
 
-async fn readyz(h: &ProcHarness) -> (u16, serde_json::Value) {
-    let resp = h
-        .client
-        .get(format!("{}/readyz", h.direct))
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_gives_clear_answers_and_loses_nothing() {
     let fs = Tmpfs::mount(32);
@@ -93,24 +82,17 @@ async fn a_full_disk_gives_clear_answers_and_loses_nothing() {
     let link = String::from_utf8_lossy(&h.cli(&["user", "login-link", "alice"]).stdout)
         .trim()
         .to_owned();
-    let (status, _) = readyz(&h).await;
+    let (status, _) = h.readyz().await;
     assert_eq!(status, 200);
 
     let filler = fs.fill();
     // sled's first writes may still land in space it reserved earlier: readyz
     // writes a probe each time, so it soon reaches the full disk.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        let (status, body) = readyz(&h).await;
-        if status == 503 {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readyz never noticed the full disk"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let report = poll(30, "readyz to notice the full disk", || async {
+        let (status, body) = h.readyz().await;
+        (status == 503).then_some(body)
+    })
+    .await;
     let store = report["store"].as_str().unwrap();
     assert!(
         store.contains("No space left on device") && store.contains("restart spawngate"),
@@ -150,7 +132,7 @@ async fn a_full_disk_gives_clear_answers_and_loses_nothing() {
     std::fs::remove_file(filler).unwrap();
     h.signal("TERM").await;
     h.spawn_server().await;
-    let (status, body) = readyz(&h).await;
+    let (status, body) = h.readyz().await;
     assert_eq!(status, 200, "{body}");
     let list = String::from_utf8_lossy(&h.cli(&["user", "list"]).stdout).into_owned();
     assert!(list.contains("alice") && list.contains(&slug), "{list}");

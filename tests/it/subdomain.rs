@@ -259,16 +259,9 @@ async fn each_environment_gets_its_own_origin_and_a_session_handed_off_per_host(
         async move { req.send().await.unwrap().status() }
     };
     assert_eq!(app_status().await, 200);
-    h.app
-        .accounts
-        .set_disabled("test", "alice", true)
-        .await
-        .unwrap();
-    h.app
-        .accounts
-        .set_disabled("test", "alice", false)
-        .await
-        .unwrap();
+    let admin = h.admin().await;
+    admin.post_ok("users/alice/disable").await;
+    admin.post_ok("users/alice/enable").await;
     assert_eq!(app_status().await, 401, "app-host session revoked");
     assert_eq!(
         client.get(&in_flight).send().await.unwrap().status(),

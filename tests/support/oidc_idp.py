@@ -9,11 +9,15 @@ Two test-only routes are added on top of the mock's own:
   GET  /test/keys        the current key as PEM (private and public) and its kid,
                          so tests can sign tokens the way the provider does
                          (expired, wrong audience, ...) and forge others.
+  GET  /test/jwks-hits   how many times the JWKS (/jwks) has been fetched, so
+                         tests count what the provider sees, not spawngate's
+                         internals.
 Prints "ready" on stdout once it accepts connections.
 """
 
 import ssl
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -37,6 +41,19 @@ def main() -> None:
     cert.configure_cert(context)
 
     app = oidc_provider_mock.app()
+    jwks_hits = [0]
+    hits_lock = threading.Lock()  # the server is threaded
+
+    @app.before_request
+    def count_jwks_hits():
+        if flask.request.path == "/jwks":
+            with hits_lock:
+                jwks_hits[0] += 1
+
+    @app.get("/test/jwks-hits")
+    def jwks_hits_route():
+        with hits_lock:
+            return {"hits": jwks_hits[0]}
 
     def storage():
         return flask.g.oidc_provider_mock_storage

@@ -39,7 +39,9 @@ def main() -> None:
             and auth_data.login == user
             and auth_data.password == password
         )
-        return AuthResult(success=ok)
+        # handled=False: aiosmtpd answers a failure with 535 itself (the default,
+        # handled=True, leaves the client waiting for a reply that never comes).
+        return AuthResult(success=ok, handled=False)
 
     common = dict(
         handler=Mailbox(str(out / "mail")),
