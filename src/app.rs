@@ -10,7 +10,7 @@ use crate::config::{Config, NetworkMode};
 use crate::error::ApiError;
 use crate::lifecycle::{ContainerStatus, Lifecycle, Readiness};
 use crate::provider::Provider;
-use crate::runtime::{DockerRuntime, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 use crate::store::{Overrides, Store, StoreError, User};
 use crate::time::rfc3339;
 
@@ -85,8 +85,8 @@ pub struct LoginLink {
 impl App {
     /// Opens the store and connects to Docker. Must run inside a tokio runtime.
     pub fn build(config: Config) -> Result<Arc<App>, BuildError> {
-        let runtime = DockerRuntime::connect(&config.docker)?;
-        Self::with_runtime(config, Arc::new(runtime))
+        let runtime = crate::runtime::connect(&config)?;
+        Self::with_runtime(config, runtime)
     }
 
     pub fn with_runtime(config: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<App>, BuildError> {
@@ -94,12 +94,13 @@ impl App {
         let store = Store::open(&config.data_dir)?;
         let session_key = store.session_key()?;
         let sessions = SessionCodec::new(&session_key);
-        let provider = Provider::start(config.clone(), store.directory());
+        let provider = Provider::start(config.clone(), store.directory(), runtime.clone());
         let lifecycle = Lifecycle::new(
             runtime,
             store.clone(),
             config.clone(),
             store.container_key()?,
+            crate::tasks::Tasks::new(),
         );
         let mailer = config
             .email

@@ -98,6 +98,11 @@ pub async fn run(
     for task in tasks {
         task.abort();
     }
+    // Spawns, stops and the lifecycle's loops: finished, not aborted half-way.
+    let left = app.lifecycle.tasks().shutdown(DRAIN_GRACE).await;
+    if left > 0 {
+        tracing::warn!(left, "background work still running after the grace period");
+    }
     if let Err(e) = app.store.flush().await {
         tracing::error!(error = %e, "final store flush failed");
     }
@@ -127,16 +132,7 @@ fn spawn_background(
     app: &Arc<App>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let events = tokio::spawn(app.lifecycle.clone().watch_events(stop.clone()));
-    // The pool fills only after reconciliation, which removes leftover spares.
-    let reconcile_then_pool = tokio::spawn({
-        let (lifecycle, stop) = (app.lifecycle.clone(), stop.clone());
-        async move {
-            lifecycle.clone().reconcile_until_done(stop.clone()).await;
-            lifecycle.run_pool(stop).await;
-        }
-    });
-    let culler = tokio::spawn(app.lifecycle.clone().run_culler(stop.clone()));
+    app.lifecycle.start_background();
     let store = app.store.clone();
     let mut stop_purge = stop;
     let purge = tokio::spawn(async move {
@@ -152,5 +148,5 @@ fn spawn_background(
             }
         }
     });
-    vec![events, reconcile_then_pool, culler, purge]
+    vec![purge]
 }
