@@ -1123,3 +1123,138 @@ impl DockerRuntime {
         *self.events_gap.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Owner;
+
+    fn runtime(toml: &str) -> DockerRuntime {
+        let config = crate::config::Config::from_sources(toml, Vec::new()).unwrap();
+        DockerRuntime::connect(&config.docker).unwrap()
+    }
+
+    fn user_spec(slug: &Slug) -> EnvironmentSpec {
+        EnvironmentSpec {
+            env_id: EnvId::User(slug.clone()),
+            owner: Some(Owner {
+                id: crate::ids::UserId::generate(),
+                name: "alice".into(),
+            }),
+            image: "app:1".into(),
+            env: vec![("B".into(), "2".into()), ("A".into(), "1".into())],
+            port: 8080,
+            host_port: Some(40001),
+            data_mount: Some("/data".into()),
+            memory_bytes: 512 << 20,
+            cpus: 0.5,
+            pids_limit: 256,
+            read_only_rootfs: false,
+            init: true,
+            isolation: Isolation::Shared,
+        }
+    }
+
+    #[test]
+    fn names_parse_back_to_their_environment() {
+        let rt = runtime("[docker]\ninstance = \"prod\"");
+        let slug = Slug::parse("0123456789ab").unwrap();
+        for env in [
+            EnvId::User(slug.clone()),
+            EnvId::Pool("1a2b3c4d".into()),
+            EnvId::Unrecognised("hand-made".into()),
+        ] {
+            assert_eq!(parse_name("prod", &rt.name_of(&env)), env);
+        }
+        assert_eq!(
+            rt.name_of(&EnvId::User(slug.clone())),
+            "spawngate-u-0123456789ab"
+        );
+        assert_eq!(
+            parse_name("prod", "/spawngate-u-0123456789ab"),
+            EnvId::User(slug),
+            "Docker's leading slash"
+        );
+        // Another instance's spare is not ours to name.
+        assert!(matches!(
+            parse_name("prod", "spawngate-pool-test-1a2b"),
+            EnvId::Unrecognised(_)
+        ));
+    }
+
+    #[test]
+    fn host_mode_publishes_the_users_port_and_network_mode_uses_dns() {
+        let slug = Slug::parse("0123456789ab").unwrap();
+        let user = EnvId::User(slug.clone());
+        let host = runtime("");
+        assert_eq!(host.address(&user, Some(40001)), "http://127.0.0.1:40001");
+        assert_eq!(host.plan(&user_spec(&slug)).host_port, Some(40001));
+        let net = runtime("[docker]\nmode = \"network\"");
+        assert_eq!(
+            net.address(&user, Some(40001)),
+            "http://spawngate-u-0123456789ab:8080"
+        );
+        assert_eq!(net.plan(&user_spec(&slug)).host_port, None);
+    }
+
+    #[test]
+    fn a_user_plan_keeps_the_names_labels_and_fingerprint_of_before() {
+        let rt = runtime("");
+        let slug = Slug::parse("0123456789ab").unwrap();
+        let plan = rt.plan(&user_spec(&slug));
+        assert_eq!(plan.name, "spawngate-u-0123456789ab");
+        assert_eq!(plan.network, rt.shared_network);
+        assert_eq!(
+            plan.volume.as_deref(),
+            Some("spawngate-u-0123456789ab-data")
+        );
+        assert_eq!(plan.nano_cpus, 500_000_000);
+        for key in [
+            "spawngate.managed",
+            "spawngate.instance",
+            "spawngate.user",
+            "spawngate.user_id",
+            "spawngate.slug",
+            SPEC_LABEL,
+        ] {
+            assert!(plan.labels.contains_key(key), "{key}");
+        }
+        // The fingerprint's text is what earlier versions hashed: changing it would
+        // recreate every stopped container on upgrade.
+        use sha2::{Digest, Sha256};
+        let text = format!(
+            "app:1|[(\"A\", \"1\"), (\"B\", \"2\")]|8080|Some(40001)|{}|Some(\"spawngate-u-0123456789ab-data\")|/data|536870912|500000000|256|false|true",
+            rt.shared_network
+        );
+        assert_eq!(
+            plan.labels[SPEC_LABEL],
+            hex::encode(&Sha256::digest(text.as_bytes())[..8])
+        );
+
+        let own = rt.plan(&EnvironmentSpec {
+            isolation: Isolation::OwnNetwork,
+            ..user_spec(&slug)
+        });
+        assert_eq!(own.network, own.name, "a per-user network is named like it");
+    }
+
+    #[test]
+    fn pool_spares_have_no_volume_owner_or_fingerprint() {
+        let rt = runtime("");
+        let plan = rt.plan(&EnvironmentSpec {
+            env_id: EnvId::Pool("1a2b".into()),
+            owner: None,
+            data_mount: None,
+            host_port: None,
+            ..user_spec(&Slug::parse("0123456789ab").unwrap())
+        });
+        assert_eq!(plan.name, "spawngate-pool-default-1a2b");
+        assert_eq!(plan.volume, None);
+        assert_eq!(
+            plan.labels.get("spawngate.pool").map(String::as_str),
+            Some("true")
+        );
+        assert!(!plan.labels.contains_key("spawngate.user_id"));
+        assert!(!plan.labels.contains_key(SPEC_LABEL));
+    }
+}
