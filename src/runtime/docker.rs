@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest,
-    PortBinding, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+    NetworkCreateRequest, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, ListContainersOptions, LogsOptions,
@@ -441,28 +441,9 @@ impl DockerRuntime {
         Ok(())
     }
 
-    async fn ensure_volume(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let Some(volume) = &spec.volume else {
-            return Ok(());
-        };
-        let labels = spec.labels.clone();
-        let req = VolumeCreateRequest {
-            name: Some(volume.clone()),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        // Creating an existing named volume returns it unchanged.
-        self.docker()?
-            .create_volume(req)
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err(e, spec))
-    }
-
     /// Network, volume and container; returns the new container's id.
     async fn create_fresh(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         self.ensure_network(spec).await?;
-        self.ensure_volume(spec).await?;
         match self.create(spec).await {
             Err(RuntimeError::Failed(msg))
                 if msg.contains("network") && msg.contains("not found") =>
@@ -507,6 +488,12 @@ impl DockerRuntime {
                         typ: Some(MountType::VOLUME),
                         source: Some(volume.clone()),
                         target: Some(spec.data_mount.clone()),
+                        // Docker creates a missing volume with these labels (one call
+                        // fewer on a cold start); an existing one is used unchanged.
+                        volume_options: Some(MountVolumeOptions {
+                            labels: Some(spec.labels.clone()),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     })
                     .collect(),
