@@ -1454,6 +1454,32 @@ mod tests {
         assert!(matches!(lc.phase(&user.id), Phase::Stopped));
     }
 
+    #[tokio::test]
+    async fn background_loops_end_at_shutdown() {
+        let Setup { lc, .. } = setup().await;
+        lc.start_background();
+        // The event watcher, reconcile-then-pool and the culler all return.
+        drain(&lc).await;
+    }
+
+    #[tokio::test]
+    async fn a_spawn_under_way_at_shutdown_is_undone() {
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::ZERO).await,
+            Readiness::Pending
+        ));
+        drain(&lc).await;
+        assert!(
+            runtime.servers.lock().unwrap().is_empty(),
+            "not left running half-made"
+        );
+        let record = lc.store.container_record(&user.id).unwrap().unwrap();
+        assert_eq!(record.desired, Desired::Running, "the intent is on record");
+    }
+
     /// Makes the user look idle for `secs` to the culler.
     fn idle_for(lc: &Lifecycle, user: &User, secs: i64) {
         lc.slot(&user.id)

@@ -153,6 +153,10 @@ impl Lifecycle {
         let mut backoff = Duration::from_secs(1);
         loop {
             while self.pool.len() < size {
+                // No new spares once shutdown has begun.
+                if self.tasks.is_cancelled() {
+                    return;
+                }
                 let member = EnvId::Pool(hex::encode(random_bytes::<4>()));
                 match self.start_member(&member).await {
                     Ok(member) => {
