@@ -387,13 +387,12 @@ impl Lifecycle {
     fn kick(self: &Arc<Self>, user: &Arc<User>, slot: &Arc<Slot>) {
         let started = {
             let _capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
+            let kick = Event::Kick {
+                app_failures: slot.app_failures.load(Ordering::Relaxed),
+            };
             // Nothing to do (already starting or ready, or failed a moment ago):
             // decide that before possibly stopping someone else to make room.
-            // (Two separate looks: the phase lock is not re-entrant.)
-            let would_start = match slot.retry_in() {
-                Some(wait) => wait.is_zero(),
-                None => !matches!(*slot.phase.borrow(), Phase::Starting | Phase::Ready),
-            };
+            let would_start = phase::next(&slot.phase.borrow(), &kick).is_some();
             if !would_start {
                 return;
             }
@@ -403,9 +402,7 @@ impl Lifecycle {
                 tracing::warn!(user = %user.name, "spawn refused: at capacity");
                 return;
             }
-            slot.phase.apply(Event::Kick {
-                app_failures: slot.app_failures.load(Ordering::Relaxed),
-            })
+            slot.phase.apply(kick)
         };
         if started {
             let this = self.clone();
