@@ -1049,6 +1049,10 @@ mod tests {
             }
         }
 
+        fn nothing_runs(&self) -> bool {
+            self.servers.lock().unwrap().is_empty()
+        }
+
         fn running(&self, name: &str) -> bool {
             self.servers.lock().unwrap().contains_key(name)
         }
@@ -1232,6 +1236,14 @@ mod tests {
             "phase stuck at {:?}",
             lc.phase(&user.id)
         );
+    }
+
+    /// Kicks a spawn and returns at once (the fake app needs ~100 ms to listen).
+    async fn spawn_under_way(lc: &Arc<Lifecycle>, user: &Arc<User>) {
+        assert!(matches!(
+            lc.ensure_ready(user, Duration::ZERO).await,
+            Readiness::Pending
+        ));
     }
 
     /// Ends the lifecycle's background tasks and waits for them: what they did
@@ -1430,11 +1442,7 @@ mod tests {
         let Setup {
             runtime, lc, user, ..
         } = setup().await;
-        // The spawn is under way (the fake app needs ~100 ms to listen).
-        assert!(matches!(
-            lc.ensure_ready(&user, Duration::ZERO).await,
-            Readiness::Pending
-        ));
+        spawn_under_way(&lc, &user).await;
         lc.stop(&user).await.unwrap();
         // `stop` returns once the runtime stopped it (after the spawn let go of the lock).
         assert!(
@@ -1442,10 +1450,7 @@ mod tests {
             "{:?}",
             lc.phase(&user.id)
         );
-        assert!(
-            runtime.servers.lock().unwrap().is_empty(),
-            "the container was stopped, not left running"
-        );
+        assert!(runtime.nothing_runs(), "stopped, not left running");
         // And once the spawn task has ended, nothing flipped it back to Ready.
         drain(&lc).await;
         assert!(matches!(lc.phase(&user.id), Phase::Stopped));
@@ -1464,15 +1469,9 @@ mod tests {
         let Setup {
             runtime, lc, user, ..
         } = setup().await;
-        assert!(matches!(
-            lc.ensure_ready(&user, Duration::ZERO).await,
-            Readiness::Pending
-        ));
+        spawn_under_way(&lc, &user).await;
         drain(&lc).await;
-        assert!(
-            runtime.servers.lock().unwrap().is_empty(),
-            "not left running half-made"
-        );
+        assert!(runtime.nothing_runs(), "not left running half-made");
         let record = lc.store.container_record(&user.id).unwrap().unwrap();
         assert_eq!(record.desired, Desired::Running, "the intent is on record");
     }
