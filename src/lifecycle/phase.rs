@@ -1,6 +1,13 @@
 //! The one state machine of a user's environment as spawngate sees it: every
 //! change of [`Phase`] is an [`Event`] applied by [`next`], through a [`PhaseCell`].
 //! Requests wait on the cell; nothing else writes to it.
+//!
+//! The other notions are views or inputs, never a second machine: the runtime's
+//! observation ([`crate::runtime::RunState`]) enters as an event (`Seen…`,
+//! `Observed`); [`super::Readiness`] is the answer a request gets from a phase;
+//! [`crate::runtime::ContainerState`] is the admin API's view of phase and
+//! observation together; [`crate::store::Desired`] is the intent written to the
+//! store before any runtime call, for reconciliation after a crash.
 
 use std::time::Instant;
 
