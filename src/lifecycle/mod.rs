@@ -248,6 +248,8 @@ pub struct Lifecycle {
     /// Every background task (spawns, stops, the culler, the event watcher):
     /// shutdown drains them.
     tasks: Tasks,
+    /// The start-up reconciliation has finished: every existing container is known.
+    reconciled: AtomicBool,
 }
 
 /// The environment of `user`.
@@ -271,6 +273,7 @@ impl Lifecycle {
         connector.set_nodelay(true);
         Arc::new(Lifecycle {
             tasks,
+            reconciled: AtomicBool::new(false),
             runtime,
             store,
             spawn_permits: Semaphore::new(config.limits.max_concurrent_spawns),
@@ -554,6 +557,7 @@ impl Lifecycle {
             } else {
                 Isolation::Shared
             },
+            fresh: false,
         }
     }
 
@@ -568,7 +572,11 @@ impl Lifecycle {
         if !matches!(*slot.phase.borrow(), Phase::Starting) {
             return Ok(());
         }
-        let spec = self.spec(user);
+        let mut spec = self.spec(user);
+        // Once reconciliation has listed every container, one the slot has never
+        // seen does not exist (unless made by hand: then creating it fails over).
+        spec.fresh =
+            !slot.present.load(Ordering::Relaxed) && self.reconciled.load(Ordering::Relaxed);
         let env = env_of(user);
         // Intent first: a crash between here and Docker leaves a record saying what
         // we were doing.

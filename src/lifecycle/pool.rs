@@ -74,6 +74,8 @@ impl Lifecycle {
             init: d.init,
             // Spares wait on the shared network; a claim moves them.
             isolation: Isolation::Shared,
+            // Named with a new random token.
+            fresh: true,
         }
     }
 

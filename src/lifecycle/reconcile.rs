@@ -180,7 +180,12 @@ impl Lifecycle {
         tracing::info!(?done, "reconciled containers with Docker");
         match failed {
             Some(e) => Err(e),
-            None => Ok(done),
+            None => {
+                if startup {
+                    self.reconciled.store(true, Ordering::Relaxed);
+                }
+                Ok(done)
+            }
         }
     }
 

@@ -441,8 +441,23 @@ impl DockerRuntime {
         Ok(())
     }
 
-    /// Network, volume and container; returns the new container's id.
+    /// Network and container (and with it the volume); returns the container's id.
     async fn create_fresh(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        match self.try_create(spec).await? {
+            Some(id) => Ok(id),
+            // Another spawn created it first; use whatever exists.
+            None => match self.inspect_name(&spec.name).await? {
+                Some((info, _)) => Ok(info.id),
+                None => Err(RuntimeError::Failed(format!(
+                    "container '{}' vanished while being created",
+                    spec.name
+                ))),
+            },
+        }
+    }
+
+    /// Network and container; `None` if a container of that name exists already.
+    async fn try_create(&self, spec: &ContainerSpec) -> Result<Option<String>, RuntimeError> {
         self.ensure_network(spec).await?;
         match self.create(spec).await {
             Err(RuntimeError::Failed(msg))
@@ -457,7 +472,7 @@ impl DockerRuntime {
         }
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+    async fn create(&self, spec: &ContainerSpec) -> Result<Option<String>, RuntimeError> {
         let port_key = format!("{}/tcp", spec.port);
         let port_bindings = spec.host_port.map(|hp| {
             HashMap::from([(
@@ -523,15 +538,8 @@ impl DockerRuntime {
             ..Default::default()
         };
         match self.docker()?.create_container(Some(options), body).await {
-            Ok(created) => Ok(created.id),
-            // Another spawn created it first; use whatever exists.
-            Err(e) if status(&e) == Some(409) => match self.inspect_name(&spec.name).await? {
-                Some((info, _)) => Ok(info.id),
-                None => Err(RuntimeError::Failed(format!(
-                    "container '{}' vanished while being created",
-                    spec.name
-                ))),
-            },
+            Ok(created) => Ok(Some(created.id)),
+            Err(e) if status(&e) == Some(409) => Ok(None),
             Err(e) => Err(map_err(e, spec)),
         }
     }
@@ -553,7 +561,20 @@ impl DockerRuntime {
     }
 
     /// Starts (or unpauses) the container, creating it first if there is none.
-    async fn ensure_running_once(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError> {
+    /// `fresh`: none is expected, so creating comes first (one call fewer on a cold
+    /// start); one that exists after all is looked at as usual.
+    async fn ensure_running_once(
+        &self,
+        spec: &ContainerSpec,
+        fresh: bool,
+    ) -> Result<Running, RuntimeError> {
+        if fresh && let Some(id) = self.try_create(spec).await? {
+            self.start(spec).await?;
+            return Ok(Running {
+                id,
+                running_since: None,
+            });
+        }
         if let Some(info) = self.current(spec).await? {
             if self.network_per_user {
                 self.ensure_network(spec).await?;
@@ -843,15 +864,15 @@ impl Runtime for DockerRuntime {
         Ok(())
     }
 
-    async fn ensure_running(&self, spec: &EnvironmentSpec) -> Result<Running, RuntimeError> {
-        let spec = self.plan(spec);
-        match self.ensure_running_once(&spec).await {
+    async fn ensure_running(&self, env: &EnvironmentSpec) -> Result<Running, RuntimeError> {
+        let spec = self.plan(env);
+        match self.ensure_running_once(&spec, env.fresh).await {
             // `docker rm -f` under way: its `die` event arrives (and a request kicks a
             // spawn) before the container is gone, and Docker refuses to start it.
             // Wait for it to go, then make a new one on the same volume.
             Err(RuntimeError::Failed(msg)) if being_removed(&msg) => {
                 self.wait_gone(&spec.name).await?;
-                self.ensure_running_once(&spec).await
+                self.ensure_running_once(&spec, true).await
             }
             other => other,
         }
@@ -1139,6 +1160,7 @@ mod tests {
             read_only_rootfs: false,
             init: true,
             isolation: Isolation::Shared,
+            fresh: false,
         }
     }
 

@@ -75,6 +75,9 @@ pub struct EnvironmentSpec {
     /// installs no handler, since only PID 1 is immune to unhandled ones.
     pub init: bool,
     pub isolation: Isolation,
+    /// A hint: no such environment is known to exist, so a backend may try
+    /// creating it first. Being wrong costs time, never correctness.
+    pub fresh: bool,
 }
 
 /// What a runtime can do beyond starting and stopping.
