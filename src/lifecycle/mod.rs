@@ -124,6 +124,14 @@ impl From<StoreError> for SpawnError {
     }
 }
 
+/// Where a spawn's time went: the runtime's create/start, then the probes until
+/// the app answered.
+#[derive(Clone, Copy, Debug, Default)]
+struct SpawnTimes {
+    runtime_ms: u64,
+    probe_ms: u64,
+}
+
 /// The answer to "may this request pass now?".
 #[derive(Debug)]
 pub enum Readiness {
@@ -415,13 +423,13 @@ impl Lifecycle {
                 let began = Instant::now();
                 let result = this.spawn(&user, &slot).await;
                 match result {
-                    Ok(()) => {
+                    Ok(times) => {
                         slot.touch();
                         slot.app_failures.store(0, Ordering::Relaxed);
                         // Ready only if nobody (an admin stop, a delete) changed the
                         // plan while we were starting.
                         if slot.phase.apply(Event::Answered) {
-                            tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, "container ready");
+                            tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, runtime_ms = times.runtime_ms, probe_ms = times.probe_ms, "container ready");
                         }
                     }
                     Err(error) => {
@@ -561,7 +569,9 @@ impl Lifecycle {
         }
     }
 
-    async fn spawn(&self, user: &User, slot: &Slot) -> Result<(), SpawnError> {
+    /// Makes the user's container run and answer; returns how long the runtime's
+    /// start and the readiness probes took (for the log).
+    async fn spawn(&self, user: &User, slot: &Slot) -> Result<SpawnTimes, SpawnError> {
         let _permit = self
             .spawn_permits
             .acquire()
@@ -570,7 +580,7 @@ impl Lifecycle {
         let _ops = slot.ops.lock().await;
         // Stopped or removed by an admin while we waited for the lock: do not start.
         if !matches!(*slot.phase.borrow(), Phase::Starting) {
-            return Ok(());
+            return Ok(SpawnTimes::default());
         }
         let mut spec = self.spec(user);
         // Once reconciliation has listed every container, one the slot has never
@@ -602,18 +612,24 @@ impl Lifecycle {
             && !slot.present.load(Ordering::Relaxed)
             && let Some(done) = self.claim_from_pool(user, slot, &spec, &mut record).await
         {
-            return done;
+            return done.map(|()| SpawnTimes::default());
         }
         // The intent is written before Docker is called; making it durable overlaps
         // with the call instead of delaying it. (The container name is the real
         // lock: a crash at any point still leaves at most one container.)
+        let began = Instant::now();
         let (flushed, running) =
             tokio::join!(self.store.flush(), self.runtime.ensure_running(&spec));
         let running = running?;
+        let runtime_done = Instant::now();
         slot.present.store(true, Ordering::Relaxed);
         let answering = match flushed {
             Ok(()) => self.wait_until_answering(user).await,
             Err(e) => Err(e.into()),
+        };
+        let times = SpawnTimes {
+            runtime_ms: (runtime_done - began).as_millis() as u64,
+            probe_ms: runtime_done.elapsed().as_millis() as u64,
         };
         if let Err(e) = answering {
             // Never leave a started container running that nobody can reach or
@@ -644,7 +660,7 @@ impl Lifecycle {
         record.last_error = None;
         // Not flushed: losing this bookkeeping in a crash is corrected by reconcile.
         self.store.write_container_record(&record)?;
-        Ok(())
+        Ok(times)
     }
 
     /// Probes the app's HTTP port until any HTTP answer arrives, the container
