@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::environments::Environments;
 use crate::lifecycle::Lifecycle;
 use crate::provider::Provider;
-use crate::runtime::{DockerRuntime, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 use crate::sharing::Sharing;
 use crate::store::{Store, StoreError};
 use crate::tasks::Tasks;
@@ -55,8 +55,8 @@ pub struct App {
 impl App {
     /// Opens the store and connects to Docker. Must run inside a tokio runtime.
     pub fn build(config: Config) -> Result<Arc<App>, BuildError> {
-        let runtime = DockerRuntime::connect(&config.docker)?;
-        Self::with_runtime(config, Arc::new(runtime))
+        let runtime = crate::runtime::connect(&config)?;
+        Self::with_runtime(config, runtime)
     }
 
     pub fn with_runtime(config: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<App>, BuildError> {
@@ -65,12 +65,13 @@ impl App {
         let store = Store::open(&config.data_dir)?;
         let session_key = store.session_key()?;
         let sessions = SessionCodec::new(&session_key);
-        let provider = Provider::start(config.clone(), store.directory());
+        let provider = Provider::start(config.clone(), store.directory(), runtime.clone());
         let lifecycle = Lifecycle::new(
             runtime,
             store.clone(),
             config.clone(),
             store.container_key()?,
+            tasks.clone(),
         );
         let mailer = config
             .email

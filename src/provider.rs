@@ -2,9 +2,9 @@
 //!
 //! Per user: a router whose rule cannot match another slug's prefix, a forwardAuth
 //! middleware with the slug bound in its address, a stripPrefix middleware and a
-//! service at a deterministic address. Nothing here depends on whether a container
-//! runs, so starting one never changes what Traefik reads. The document is rendered
-//! once per directory change; polls get the cached bytes.
+//! service at the address the runtime gives (deterministic). Nothing here depends
+//! on whether a container runs, so starting one never changes what Traefik reads.
+//! The document is rendered once per directory change; polls get the cached bytes.
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::lifecycle::service_url;
+use crate::runtime::{EnvId, Runtime};
 use crate::store::{Directory, User};
 
 /// Headers forwardAuth copies from spawngate's answer into the request. Traefik
@@ -33,7 +33,7 @@ const SELF_SERVICE: &str = "spawngate";
 /// The errors middleware every user router starts with.
 const APP_GONE: &str = "spawngate-app-gone";
 
-pub fn render(config: &Config, directory: &Directory) -> Value {
+pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> Value {
     let mut routers = Map::new();
     let mut middlewares = Map::new();
     let mut services = Map::new();
@@ -133,6 +133,7 @@ pub fn render(config: &Config, directory: &Directory) -> Value {
     for user in users {
         render_user(
             config,
+            runtime,
             &user,
             &entry_points,
             &mut routers,
@@ -156,8 +157,10 @@ pub fn render(config: &Config, directory: &Directory) -> Value {
     json!({ "http": http })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn render_user(
     config: &Config,
+    runtime: &dyn Runtime,
     user: &User,
     entry_points: &Value,
     routers: &mut Map<String, Value>,
@@ -209,9 +212,10 @@ fn render_user(
     if config.apps.is_none() {
         middlewares.insert(strip, json!({ "stripPrefix": { "prefixes": [prefix] } }));
     }
+    let url = runtime.address(&EnvId::User(user.slug.clone()), user.host_port);
     services.insert(
         segment,
-        json!({ "loadBalancer": { "servers": [ { "url": service_url(config, user) } ], "passHostHeader": true } }),
+        json!({ "loadBalancer": { "servers": [ { "url": url } ], "passHostHeader": true } }),
     );
 }
 
@@ -221,13 +225,21 @@ pub struct Provider {
 }
 
 impl Provider {
-    pub fn start(config: Arc<Config>, mut directory: watch::Receiver<Arc<Directory>>) -> Provider {
-        let first = to_bytes(&render(&config, &directory.borrow_and_update()));
+    pub fn start(
+        config: Arc<Config>,
+        mut directory: watch::Receiver<Arc<Directory>>,
+        runtime: Arc<dyn Runtime>,
+    ) -> Provider {
+        let first = to_bytes(&render(
+            &config,
+            &directory.borrow_and_update(),
+            runtime.as_ref(),
+        ));
         let (tx, rx) = watch::channel(first);
         tokio::spawn(async move {
             // Ends when the store (sender) is dropped.
             while directory.changed().await.is_ok() {
-                let doc = render(&config, &directory.borrow_and_update());
+                let doc = render(&config, &directory.borrow_and_update(), runtime.as_ref());
                 tx.send_replace(to_bytes(&doc));
             }
         });
@@ -248,6 +260,15 @@ fn to_bytes(doc: &Value) -> Bytes {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    fn render(config: &Config, directory: &Directory) -> Value {
+        super::render(config, directory, runtime(config).as_ref())
+    }
+
+    /// The configured runtime: it connects on first use, and rendering never does.
+    fn runtime(config: &Config) -> Arc<dyn Runtime> {
+        crate::runtime::connect(config).unwrap()
+    }
 
     #[tokio::test]
     async fn renders_isolated_routes_per_user() {
@@ -339,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(Config::from_sources("", Vec::new()).unwrap());
         let store = Store::open(dir.path()).unwrap();
-        let provider = Provider::start(config, store.directory());
+        let provider = Provider::start(config.clone(), store.directory(), runtime(&config));
         let empty = provider.current();
         assert_eq!(
             provider.current().as_ptr(),

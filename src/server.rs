@@ -11,7 +11,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
 
 use crate::app::App;
 use crate::http::{self, Peer};
@@ -87,8 +86,9 @@ pub async fn run(
     tracing::info!("shutting down: draining connections");
     drop(listener);
     let _ = std::fs::remove_file(control_socket_path(&app.config.data_dir));
-    // Connections and background work drain side by side: a request held for a
-    // start waits for the start, which is background work.
+    // Connections and background work (spawns, stops, the lifecycle's loops)
+    // drain side by side: a request held for a start waits for the start. Work
+    // finishes rather than being aborted half-way.
     let (connections, tasks) = tokio::join!(
         tokio::time::timeout(DRAIN_GRACE, graceful.shutdown()),
         app.tasks.shutdown(DRAIN_GRACE),
@@ -130,24 +130,7 @@ fn bind_control(path: &Path) -> std::io::Result<UnixListener> {
 /// The loops that run for as long as the server does; each returns once shutdown
 /// begins ([`crate::tasks::Tasks::cancelled`]).
 fn spawn_background(app: &Arc<App>) {
-    // Until the lifecycle's loops watch the tasks' cancellation themselves.
-    let (stop_tx, stop) = watch::channel(false);
-    let tasks = app.tasks.clone();
-    app.tasks.spawn(async move {
-        tasks.cancelled().await;
-        let _ = stop_tx.send(true);
-    });
-    app.tasks
-        .spawn(app.lifecycle.clone().watch_events(stop.clone()));
-    // The pool fills only after reconciliation, which removes leftover spares.
-    app.tasks.spawn({
-        let (lifecycle, stop) = (app.lifecycle.clone(), stop.clone());
-        async move {
-            lifecycle.clone().reconcile_until_done(stop.clone()).await;
-            lifecycle.run_pool(stop).await;
-        }
-    });
-    app.tasks.spawn(app.lifecycle.clone().run_culler(stop));
+    app.lifecycle.start_background();
     let (store, tasks) = (app.store.clone(), app.tasks.clone());
     app.tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::watch;
-
-use super::{Lifecycle, Phase, Slot, container_name};
+use super::{Event, Lifecycle, Phase, Slot, env_of};
 use crate::store::User;
 use crate::time::unix_now;
 
@@ -40,8 +38,10 @@ impl Action {
 
 /// What to do with a container that has been idle `idle` seconds and running for
 /// `age` seconds, given its phase. Pure, so the tiers are unit-tested directly.
+/// Without `can_pause` (the runtime cannot), the pause tier is skipped.
 pub(super) fn decide(
     lc: &crate::config::LifecycleConfig,
+    can_pause: bool,
     phase: &Phase,
     present: bool,
     idle: i64,
@@ -59,7 +59,7 @@ pub(super) fn decide(
     if live && over(lc.idle_timeout, idle) {
         return Some((Action::Stop, "idle"));
     }
-    if matches!(phase, Phase::Ready) && over(lc.pause_after, idle) {
+    if can_pause && matches!(phase, Phase::Ready) && over(lc.pause_after, idle) {
         return Some((Action::Pause, "idle"));
     }
     None
@@ -72,8 +72,8 @@ impl Lifecycle {
         Some((first / 4).clamp(Duration::from_millis(500), Duration::from_secs(30)))
     }
 
-    /// Runs the culler until `shutdown` fires. Does nothing if no tier is set.
-    pub async fn run_culler(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Runs the culler until shutdown begins. Does nothing if no tier is set.
+    pub(super) async fn run_culler(self: Arc<Self>) {
         let Some(every) = self.cull_interval() else {
             return;
         };
@@ -82,7 +82,7 @@ impl Lifecycle {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.cull_once().await,
-                _ = shutdown.changed() => return,
+                _ = self.tasks.cancelled() => return,
             }
         }
     }
@@ -92,6 +92,7 @@ impl Lifecycle {
         let directory = self.store.snapshot();
         let now = unix_now();
         let lc = &self.config.lifecycle;
+        let can = self.runtime.capabilities();
         let watch_traffic_after = lc
             .first_tier()
             .map(|d| d.as_secs() as i64 / 2)
@@ -101,14 +102,15 @@ impl Lifecycle {
                 continue;
             };
             self.persist_activity(&user, &slot);
-            let phase = slot.phase.borrow().clone();
+            let phase = slot.phase.get();
             let last = slot.last_activity.load(Ordering::Relaxed);
             if last == 0 {
                 // Never seen active (nor started by us): no idle clock to judge by.
                 continue;
             }
             let idle = now - last;
-            if matches!(phase, Phase::Ready | Phase::Paused)
+            if can.network_counters
+                && matches!(phase, Phase::Ready | Phase::Paused)
                 && idle >= watch_traffic_after
                 && self.saw_traffic(&user, &slot).await
             {
@@ -122,20 +124,17 @@ impl Lifecycle {
             let started = slot.started.load(Ordering::Relaxed);
             let age = (started > 0).then(|| now - started);
             let present = slot.present.load(Ordering::Relaxed);
-            if let Some((action, reason)) = decide(lc, &phase, present, idle, age) {
+            if let Some((action, reason)) = decide(lc, can.pause, &phase, present, idle, age) {
                 let this = self.clone();
-                tokio::spawn(async move { this.apply(&user, &slot, action, reason, last).await });
+                self.tasks
+                    .spawn(async move { this.apply(&user, &slot, action, reason, last).await });
             }
         }
     }
 
     /// Whether the container's network counters moved since the last look.
     async fn saw_traffic(&self, user: &User, slot: &Slot) -> bool {
-        match self
-            .runtime
-            .network_bytes(&container_name(&user.slug))
-            .await
-        {
+        match self.runtime.network_bytes(&env_of(user)).await {
             Ok(Some(bytes)) => {
                 let before = slot.net_bytes.swap(bytes, Ordering::Relaxed);
                 before != u64::MAX && bytes.saturating_sub(before) >= TRAFFIC_THRESHOLD
@@ -169,40 +168,31 @@ impl Lifecycle {
     ) {
         // Claim the transition first; if a request got there first (the phase
         // moved, or there was activity since the decision), do nothing.
-        let target = match action {
-            Action::Pause => Phase::Paused,
-            Action::Stop | Action::Remove => Phase::Stopped,
+        if slot.last_activity.load(Ordering::Relaxed) != judged_activity && reason == "idle" {
+            return;
+        }
+        let event = match action {
+            Action::Pause => Event::CullPause,
+            Action::Stop => Event::CullStop,
+            Action::Remove => Event::CullRemove,
         };
-        let claimed = slot.phase.send_if_modified(|p| {
-            if slot.last_activity.load(Ordering::Relaxed) != judged_activity && reason == "idle" {
-                return false;
-            }
-            let ok = match action {
-                Action::Pause => matches!(p, Phase::Ready),
-                Action::Stop => matches!(p, Phase::Ready | Phase::Paused),
-                Action::Remove => matches!(p, Phase::Ready | Phase::Paused | Phase::Stopped),
-            };
-            if ok {
-                *p = target.clone();
-            }
-            ok
-        });
-        if !claimed {
+        if !slot.phase.apply(event) {
             return;
         }
         let _ops = slot.ops.lock().await;
         // Re-check under the lock: a request may have resumed it meanwhile.
-        if !matches!(
-            (&*slot.phase.borrow(), &target),
-            (Phase::Paused, Phase::Paused) | (Phase::Stopped, Phase::Stopped)
-        ) {
+        let still = match action {
+            Action::Pause => matches!(*slot.phase.borrow(), Phase::Paused),
+            Action::Stop | Action::Remove => matches!(*slot.phase.borrow(), Phase::Stopped),
+        };
+        if !still {
             return;
         }
-        let name = container_name(&user.slug);
+        let env = env_of(user);
         let result = match action {
-            Action::Pause => self.runtime.pause(&name).await,
-            Action::Stop => self.runtime.stop(&name).await,
-            Action::Remove => self.runtime.remove(&name, None).await,
+            Action::Pause => self.runtime.pause(&env).await,
+            Action::Stop => self.runtime.stop(&env).await,
+            Action::Remove => self.runtime.remove(&env, false).await,
         };
         match result {
             Ok(()) => {
@@ -216,7 +206,7 @@ impl Lifecycle {
             Err(e) => {
                 tracing::warn!(user = %user.name, action = action.name(), error = %e, "cull action failed");
                 // Unknown: the next request or look finds out the real state.
-                slot.phase.send_replace(Phase::Unknown);
+                slot.phase.apply(Event::Lost);
             }
         }
     }
@@ -243,47 +233,57 @@ mod tests {
     #[test]
     fn tiers_apply_in_order() {
         let c = cfg(10, 60, 600, 0);
-        assert_eq!(decide(&c, &Phase::Ready, true, 5, Some(5)), None);
+        assert_eq!(decide(&c, true, &Phase::Ready, true, 5, Some(5)), None);
         assert_eq!(
-            decide(&c, &Phase::Ready, true, 10, None).map(|a| a.0),
+            decide(&c, true, &Phase::Ready, true, 10, None).map(|a| a.0),
             Some(Action::Pause)
         );
         assert_eq!(
-            decide(&c, &Phase::Paused, true, 30, None),
+            decide(&c, true, &Phase::Paused, true, 30, None),
             None,
             "already paused"
         );
         assert_eq!(
-            decide(&c, &Phase::Paused, true, 60, None).map(|a| a.0),
+            decide(&c, true, &Phase::Paused, true, 60, None).map(|a| a.0),
             Some(Action::Stop)
         );
-        assert_eq!(decide(&c, &Phase::Stopped, true, 100, None), None);
+        assert_eq!(decide(&c, true, &Phase::Stopped, true, 100, None), None);
         assert_eq!(
-            decide(&c, &Phase::Stopped, true, 600, None).map(|a| a.0),
+            decide(&c, true, &Phase::Stopped, true, 600, None).map(|a| a.0),
             Some(Action::Remove)
         );
         assert_eq!(
-            decide(&c, &Phase::Stopped, false, 900, None),
+            decide(&c, true, &Phase::Stopped, false, 900, None),
             None,
             "already removed"
         );
         assert_eq!(
-            decide(&c, &Phase::Starting, true, 900, None),
+            decide(&c, true, &Phase::Starting, true, 900, None),
             None,
             "never while starting"
         );
     }
 
     #[test]
+    fn without_pause_the_stop_tier_is_next() {
+        let c = cfg(10, 60, 600, 0);
+        assert_eq!(decide(&c, false, &Phase::Ready, true, 30, None), None);
+        assert_eq!(
+            decide(&c, false, &Phase::Ready, true, 60, None).map(|a| a.0),
+            Some(Action::Stop)
+        );
+    }
+
+    #[test]
     fn max_lifetime_stops_busy_containers() {
         let c = cfg(0, 0, 0, 3600);
-        assert_eq!(decide(&c, &Phase::Ready, true, 0, Some(3599)), None);
+        assert_eq!(decide(&c, true, &Phase::Ready, true, 0, Some(3599)), None);
         assert_eq!(
-            decide(&c, &Phase::Ready, true, 0, Some(3600)),
+            decide(&c, true, &Phase::Ready, true, 0, Some(3600)),
             Some((Action::Stop, "maximum lifetime reached"))
         );
         assert_eq!(
-            decide(&c, &Phase::Ready, true, 0, None),
+            decide(&c, true, &Phase::Ready, true, 0, None),
             None,
             "age unknown"
         );
@@ -293,7 +293,14 @@ mod tests {
     fn disabled_tiers_never_fire() {
         let c = cfg(0, 0, 0, 0);
         assert_eq!(
-            decide(&c, &Phase::Ready, true, i64::MAX / 2, Some(i64::MAX / 2)),
+            decide(
+                &c,
+                true,
+                &Phase::Ready,
+                true,
+                i64::MAX / 2,
+                Some(i64::MAX / 2)
+            ),
             None
         );
     }

@@ -9,6 +9,7 @@
 //! or stops the container simply waits and then resumes it.
 
 mod culler;
+mod phase;
 mod pool;
 mod reconcile;
 
@@ -22,13 +23,19 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::sync::{Mutex as AsyncMutex, Semaphore, watch};
+use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
-use crate::config::{Config, NetworkMode};
-use crate::ids::{Slug, UserId};
-use crate::runtime::{ContainerGone, ContainerSpec, ContainerState, Runtime, RuntimeError};
+use crate::config::Config;
+use crate::ids::UserId;
+use crate::runtime::{
+    ContainerGone, ContainerState, EnvId, EnvironmentSpec, Isolation, Owner, RunState, Runtime,
+    RuntimeError,
+};
 use crate::store::{ContainerRecord, Desired, Store, StoreError, User};
+use crate::tasks::Tasks;
 use crate::time::{rfc3339, unix_now};
+
+pub use phase::{Event, Observed, Phase, PhaseCell};
 
 /// After a failed spawn, requests within this window get the failure instead of
 /// hammering Docker with retries.
@@ -44,23 +51,6 @@ const APP_BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Output lines kept with an app failure, and the longest line kept.
 const FAILURE_LOG_LINES: usize = 20;
 const FAILURE_LOG_LINE_CHARS: usize = 400;
-
-/// What spawngate believes about a user's container.
-#[derive(Clone, Debug)]
-pub enum Phase {
-    /// Not looked at since start-up (or events may have been missed).
-    Unknown,
-    Starting,
-    /// Running and answered a probe.
-    Ready,
-    /// Frozen by the culler; the next request unpauses it.
-    Paused,
-    Stopped,
-    Failed {
-        error: SpawnError,
-        at: Instant,
-    },
-}
 
 /// Why a container could not be made ready. Messages are safe to show users.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -134,6 +124,14 @@ impl From<StoreError> for SpawnError {
     }
 }
 
+/// Where a spawn's time went: the runtime's create/start, then the probes until
+/// the app answered.
+#[derive(Clone, Copy, Debug, Default)]
+struct SpawnTimes {
+    runtime_ms: u64,
+    probe_ms: u64,
+}
+
 /// The answer to "may this request pass now?".
 #[derive(Debug)]
 pub enum Readiness {
@@ -144,7 +142,7 @@ pub enum Readiness {
 }
 
 struct Slot {
-    phase: watch::Sender<Phase>,
+    phase: PhaseCell,
     /// Serializes Docker operations on this user's container.
     ops: AsyncMutex<()>,
     /// Unix seconds of the last activity (forwardAuth pass or network traffic).
@@ -168,7 +166,7 @@ struct Slot {
 impl Slot {
     fn new(phase: Phase) -> Slot {
         Slot {
-            phase: watch::channel(phase).0,
+            phase: PhaseCell::new(phase),
             ops: AsyncMutex::new(()),
             last_activity: AtomicI64::new(0),
             persisted_activity: AtomicI64::new(0),
@@ -255,27 +253,16 @@ pub struct Lifecycle {
     /// Key for per-container secrets ([`Lifecycle::container_secret`]).
     container_key: Vec<u8>,
     pool: pool::Pool,
+    /// Every background task (spawns, stops, the culler, the event watcher):
+    /// shutdown drains them.
+    tasks: Tasks,
+    /// The start-up reconciliation has finished: every existing container is known.
+    reconciled: AtomicBool,
 }
 
-pub fn container_name(slug: &Slug) -> String {
-    format!("spawngate-{}", slug.segment())
-}
-
-pub fn volume_name(slug: &Slug) -> String {
-    format!("spawngate-{}-data", slug.segment())
-}
-
-/// Where Traefik (and the readiness probe) reach a user's app. Deterministic, so
-/// Traefik's configuration never changes when a container starts.
-pub fn service_url(config: &Config, user: &User) -> String {
-    match (config.docker.mode, user.host_port) {
-        (NetworkMode::Host, Some(port)) => format!("http://127.0.0.1:{port}"),
-        _ => format!(
-            "http://{}:{}",
-            container_name(&user.slug),
-            config.docker.port
-        ),
-    }
+/// The environment of `user`.
+fn env_of(user: &User) -> EnvId {
+    EnvId::User(user.slug.clone())
 }
 
 impl Lifecycle {
@@ -284,11 +271,17 @@ impl Lifecycle {
         store: Store,
         config: Arc<Config>,
         container_key: Vec<u8>,
+        tasks: Tasks,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+        // A local bridge or loopback answers a connect at once (or refuses it):
+        // a lost SYN to an interface still coming up is retried by the next probe
+        // instead of stalling it.
+        connector.set_connect_timeout(Some(Duration::from_millis(100)));
         connector.set_nodelay(true);
         Arc::new(Lifecycle {
+            tasks,
+            reconciled: AtomicBool::new(false),
             runtime,
             store,
             spawn_permits: Semaphore::new(config.limits.max_concurrent_spawns),
@@ -305,6 +298,30 @@ impl Lifecycle {
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
+    }
+
+    /// The background tasks this lifecycle runs its work on.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Starts the long-running work on [`Self::tasks`]: the runtime's event
+    /// watcher, reconciliation followed by the warm pool, and the idle culler.
+    /// Each returns once shutdown begins.
+    pub fn start_background(self: &Arc<Self>) {
+        self.tasks.spawn(self.clone().watch_events());
+        // The pool fills only after reconciliation, which removes leftover spares.
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            this.clone().reconcile_until_done().await;
+            this.run_pool().await;
+        });
+        self.tasks.spawn(self.clone().run_culler());
+    }
+
+    /// Where the user's app is reached (Traefik's service, the readiness probe).
+    pub fn address(&self, user: &User) -> String {
+        self.runtime.address(&env_of(user), user.host_port)
     }
 
     fn slot(&self, id: &UserId) -> Arc<Slot> {
@@ -328,7 +345,7 @@ impl Lifecycle {
     }
 
     pub fn phase(&self, id: &UserId) -> Phase {
-        self.slot(id).phase.borrow().clone()
+        self.slot(id).phase.get()
     }
 
     /// The forwardAuth question: make the user's container ready, waiting at most
@@ -381,75 +398,53 @@ impl Lifecycle {
     fn kick(self: &Arc<Self>, user: &Arc<User>, slot: &Arc<Slot>) {
         let started = {
             let _capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
+            let kick = Event::Kick {
+                app_failures: slot.app_failures.load(Ordering::Relaxed),
+            };
             // Nothing to do (already starting or ready, or failed a moment ago):
             // decide that before possibly stopping someone else to make room.
-            // (Two separate looks: the phase lock is not re-entrant.)
-            let would_start = match slot.retry_in() {
-                Some(wait) => wait.is_zero(),
-                None => !matches!(*slot.phase.borrow(), Phase::Starting | Phase::Ready),
-            };
+            let would_start = phase::next(&slot.phase.borrow(), &kick).is_some();
             if !would_start {
                 return;
             }
             let needs_place = !slot.occupies_capacity();
             if needs_place && let Some(refusal) = self.claim_place(&user.id) {
-                slot.phase.send_if_modified(|p| match p {
-                    Phase::Starting | Phase::Ready | Phase::Paused => false,
-                    _ => {
-                        *p = Phase::Failed {
-                            error: refusal.clone(),
-                            at: Instant::now(),
-                        };
-                        true
-                    }
-                });
+                slot.phase.apply(Event::Refused(refusal));
                 tracing::warn!(user = %user.name, "spawn refused: at capacity");
                 return;
             }
-            let failures = slot.app_failures.load(Ordering::Relaxed);
-            slot.phase.send_if_modified(|p| match p {
-                Phase::Starting | Phase::Ready => false,
-                Phase::Failed { error, at } if at.elapsed() < backoff(error, failures) => false,
-                _ => {
-                    *p = Phase::Starting;
-                    true
-                }
-            })
+            slot.phase.apply(kick)
         };
         if started {
             let this = self.clone();
             let user = user.clone();
             let slot = slot.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 let began = Instant::now();
                 let result = this.spawn(&user, &slot).await;
                 match result {
-                    Ok(()) => {
+                    Ok(times) => {
                         slot.touch();
                         slot.app_failures.store(0, Ordering::Relaxed);
                         // Ready only if nobody (an admin stop, a delete) changed the
                         // plan while we were starting.
-                        let ready = slot.phase.send_if_modified(|p| {
-                            let starting = matches!(p, Phase::Starting);
-                            if starting {
-                                *p = Phase::Ready;
-                            }
-                            starting
-                        });
-                        if ready {
-                            tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, "container ready");
+                        if slot.phase.apply(Event::Answered) {
+                            tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, runtime_ms = times.runtime_ms, probe_ms = times.probe_ms, "container ready");
                         }
                     }
                     Err(error) => {
+                        if this.tasks.is_cancelled() {
+                            // Cut short by shutdown: not the environment's fault.
+                            tracing::info!(user = %user.name, error = %error.detail(), "spawn cut short by shutdown");
+                            slot.phase.apply(Event::Lost);
+                            return;
+                        }
                         tracing::error!(user = %user.name, slug = %user.slug, error = %error.detail(), "spawn failed");
                         this.note_error(&user.id, error.detail()).await;
                         if matches!(error, SpawnError::App(_)) {
                             slot.app_failures.fetch_add(1, Ordering::Relaxed);
                         }
-                        slot.phase.send_replace(Phase::Failed {
-                            error,
-                            at: Instant::now(),
-                        });
+                        slot.phase.apply(Event::SpawnFailed(error));
                     }
                 }
             });
@@ -480,10 +475,10 @@ impl Lifecycle {
                 && let Some(user) = self.store.snapshot().by_id(victim_id).cloned()
             {
                 // Frees the place now; the stop itself runs in the background.
-                victim.phase.send_replace(Phase::Stopped);
+                victim.phase.apply(Event::Stop);
                 let this = self.clone();
                 let victim = victim.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     this.store.audit(
                         "system",
                         "container.stop",
@@ -527,7 +522,7 @@ impl Lifecycle {
         crate::ids::derive_token(&self.container_key, purpose, subject)
     }
 
-    fn spec(&self, user: &User) -> ContainerSpec {
+    fn spec(&self, user: &User) -> EnvironmentSpec {
         let d = &self.config.docker;
         let o = &user.overrides;
         // Subdomain mode serves the app at its host's root.
@@ -535,8 +530,12 @@ impl Lifecycle {
             Some(_) => String::new(),
             None => user.slug.base_path(),
         };
-        let mut spec = ContainerSpec {
-            name: container_name(&user.slug),
+        EnvironmentSpec {
+            env_id: env_of(user),
+            owner: Some(Owner {
+                id: user.id.clone(),
+                name: user.name.clone(),
+            }),
             image: o.image.clone().unwrap_or_else(|| d.image.clone()),
             env: d
                 .env
@@ -553,39 +552,26 @@ impl Lifecycle {
                         .then(|| ("SPAWNGATE_SECRET".to_owned(), self.container_secret(user))),
                 )
                 .collect(),
-            labels: HashMap::from([
-                ("spawngate.managed".into(), "true".into()),
-                ("spawngate.user".into(), user.name.clone()),
-                ("spawngate.user_id".into(), user.id.to_string()),
-                ("spawngate.slug".into(), user.slug.to_string()),
-                ("spawngate.instance".into(), d.instance.clone()),
-            ]),
             port: d.port,
-            host_port: match d.mode {
-                NetworkMode::Host => user.host_port,
-                NetworkMode::Network => None,
-            },
-            // Per-user networks are named like the container.
-            network: if d.network_per_user {
-                container_name(&user.slug)
-            } else {
-                d.network.clone()
-            },
-            volume: Some(volume_name(&user.slug)),
-            data_mount: d.data_mount.clone(),
+            host_port: user.host_port,
+            data_mount: Some(d.data_mount.clone()),
             memory_bytes: o.memory_bytes.unwrap_or(d.memory_bytes),
-            nano_cpus: o.nano_cpus.unwrap_or(d.nano_cpus),
+            cpus: o.nano_cpus.unwrap_or(d.nano_cpus) as f64 / 1e9,
             pids_limit: d.pids_limit,
             read_only_rootfs: d.read_only_rootfs,
             init: d.init,
-        };
-        let fingerprint = spec.fingerprint();
-        spec.labels
-            .insert(crate::runtime::SPEC_LABEL.into(), fingerprint);
-        spec
+            isolation: if d.network_per_user {
+                Isolation::OwnNetwork
+            } else {
+                Isolation::Shared
+            },
+            fresh: false,
+        }
     }
 
-    async fn spawn(&self, user: &User, slot: &Slot) -> Result<(), SpawnError> {
+    /// Makes the user's container run and answer; returns how long the runtime's
+    /// start and the readiness probes took (for the log).
+    async fn spawn(&self, user: &User, slot: &Slot) -> Result<SpawnTimes, SpawnError> {
         let _permit = self
             .spawn_permits
             .acquire()
@@ -594,9 +580,14 @@ impl Lifecycle {
         let _ops = slot.ops.lock().await;
         // Stopped or removed by an admin while we waited for the lock: do not start.
         if !matches!(*slot.phase.borrow(), Phase::Starting) {
-            return Ok(());
+            return Ok(SpawnTimes::default());
         }
-        let spec = self.spec(user);
+        let mut spec = self.spec(user);
+        // Once reconciliation has listed every container, one the slot has never
+        // seen does not exist (unless made by hand: then creating it fails over).
+        spec.fresh =
+            !slot.present.load(Ordering::Relaxed) && self.reconciled.load(Ordering::Relaxed);
+        let env = env_of(user);
         // Intent first: a crash between here and Docker leaves a record saying what
         // we were doing.
         let mut record =
@@ -604,7 +595,7 @@ impl Lifecycle {
                 .container_record(&user.id)?
                 .unwrap_or_else(|| ContainerRecord {
                     user_id: user.id.clone(),
-                    name: spec.name.clone(),
+                    name: self.runtime.name(&env),
                     desired: Desired::Running,
                     container_id: None,
                     created_at: None,
@@ -617,27 +608,34 @@ impl Lifecycle {
         record.desired = Desired::Running;
         self.store.write_container_record(&record)?;
         if self.config.pool_size > 0
+            && self.runtime.capabilities().warm_pool
             && !slot.present.load(Ordering::Relaxed)
             && let Some(done) = self.claim_from_pool(user, slot, &spec, &mut record).await
         {
-            return done;
+            return done.map(|()| SpawnTimes::default());
         }
         // The intent is written before Docker is called; making it durable overlaps
         // with the call instead of delaying it. (The container name is the real
         // lock: a crash at any point still leaves at most one container.)
+        let began = Instant::now();
         let (flushed, running) =
             tokio::join!(self.store.flush(), self.runtime.ensure_running(&spec));
         let running = running?;
+        let runtime_done = Instant::now();
         slot.present.store(true, Ordering::Relaxed);
         let answering = match flushed {
-            Ok(()) => self.wait_until_answering(user, &spec.name).await,
+            Ok(()) => self.wait_until_answering(user).await,
             Err(e) => Err(e.into()),
+        };
+        let times = SpawnTimes {
+            runtime_ms: (runtime_done - began).as_millis() as u64,
+            probe_ms: runtime_done.elapsed().as_millis() as u64,
         };
         if let Err(e) = answering {
             // Never leave a started container running that nobody can reach or
             // count: stop it (best effort); the next request tries again.
-            if let Err(stop) = self.runtime.stop(&spec.name).await {
-                tracing::warn!(container = %spec.name, error = %stop, "cannot stop a container that failed to become ready");
+            if let Err(stop) = self.runtime.stop(&env).await {
+                tracing::warn!(user = %user.name, error = %stop, "cannot stop a container that failed to become ready");
             }
             return Err(e);
         }
@@ -662,26 +660,33 @@ impl Lifecycle {
         record.last_error = None;
         // Not flushed: losing this bookkeeping in a crash is corrected by reconcile.
         self.store.write_container_record(&record)?;
-        Ok(())
+        Ok(times)
     }
 
-    /// Polls the app's HTTP port: every 25 ms at first, backing off to 500 ms, until
-    /// any HTTP answer arrives, the container exits, or `ready_timeout` passes.
-    async fn wait_until_answering(&self, user: &User, name: &str) -> Result<(), SpawnError> {
-        self.wait_until_answering_at(&service_url(&self.config, user), name)
+    /// Probes the app's HTTP port until any HTTP answer arrives, the container
+    /// exits, or `ready_timeout` passes (or shutdown begins).
+    async fn wait_until_answering(&self, user: &User) -> Result<(), SpawnError> {
+        self.wait_until_answering_at(&self.address(user), &env_of(user))
             .await
     }
 
-    /// [`Self::wait_until_answering`] for the app at `base` in container `name`.
-    async fn wait_until_answering_at(&self, base: &str, name: &str) -> Result<(), SpawnError> {
+    /// [`Self::wait_until_answering`] for the app at `base` in environment `env`.
+    /// Every [`PROBE_FAST`] during [`PROBE_FAST_FOR`] (a refused probe costs a
+    /// local connect, and the app's first answer is seen within a few ms), then
+    /// backing off to [`PROBE_SLOW`] for slow starters.
+    async fn wait_until_answering_at(&self, base: &str, env: &EnvId) -> Result<(), SpawnError> {
         let timeout = self.config.spawn.ready_timeout;
         let port = self.config.docker.port;
-        let deadline = Instant::now() + timeout;
-        let mut delay = Duration::from_millis(25);
+        let began = Instant::now();
+        let deadline = began + timeout;
+        let mut delay = PROBE_FAST;
         // Soon at first: an app that exits at once is told apart from a slow one
         // without waiting; then once a second.
-        let mut next_inspect = Instant::now() + Duration::from_millis(250);
+        let mut next_inspect = began + Duration::from_millis(250);
         loop {
+            if self.tasks.is_cancelled() {
+                return Err(SpawnError::Failed("spawngate is shutting down".into()));
+            }
             if self.answers_at(base, Duration::from_secs(2)).await {
                 return Ok(());
             }
@@ -691,40 +696,46 @@ impl Lifecycle {
                     "the app did not answer on port {port} within the start timeout of {} s",
                     timeout.as_secs()
                 );
-                return Err(self.app_failure(name, reason, None).await);
+                return Err(self.app_failure(env, reason, None).await);
             }
             if now >= next_inspect {
                 next_inspect = now + Duration::from_secs(1);
-                match self.runtime.inspect(name).await? {
-                    Some(info) if info.running => {}
+                match self.runtime.inspect(env).await? {
+                    Some(info) if info.running() => {}
                     Some(info) => {
                         let code = info.exit_code.unwrap_or(-1);
                         let reason = format!(
                             "the app exited with code {code} before answering on port {port}"
                         );
-                        return Err(self.app_failure(name, reason, Some(code)).await);
+                        return Err(self.app_failure(env, reason, Some(code)).await);
                     }
                     None => {
                         return Err(SpawnError::Failed(format!(
-                            "container '{name}' was removed while starting"
+                            "container '{}' was removed while starting",
+                            self.runtime.name(env)
                         )));
                     }
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 3 / 2).min(Duration::from_millis(500));
+            if now - began >= PROBE_FAST_FOR {
+                delay = (delay * 3 / 2).min(PROBE_SLOW);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.tasks.cancelled() => {}
+            }
         }
     }
 
     /// An [`AppFailure`] with the container's last output. Read once here, so
     /// requests answered with the failure later never call Docker.
-    async fn app_failure(&self, name: &str, reason: String, exit_code: Option<i64>) -> SpawnError {
-        let mut logs = self.failure_logs(name).await;
+    async fn app_failure(&self, env: &EnvId, reason: String, exit_code: Option<i64>) -> SpawnError {
+        let mut logs = self.failure_logs(env).await;
         if logs.is_empty() && exit_code.is_some() {
             // The log driver may still be copying the output of a process that
             // exited a moment ago.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            logs = self.failure_logs(name).await;
+            logs = self.failure_logs(env).await;
         }
         SpawnError::App(AppFailure {
             reason,
@@ -733,8 +744,8 @@ impl Lifecycle {
         })
     }
 
-    async fn failure_logs(&self, name: &str) -> Vec<String> {
-        match self.runtime.logs(name, FAILURE_LOG_LINES).await {
+    async fn failure_logs(&self, env: &EnvId) -> Vec<String> {
+        match self.runtime.logs(env, FAILURE_LOG_LINES).await {
             Ok(lines) => lines
                 .into_iter()
                 .map(
@@ -745,7 +756,7 @@ impl Lifecycle {
                 )
                 .collect(),
             Err(e) => {
-                tracing::warn!(container = %name, error = %e, "cannot read the output of a container that failed to start");
+                tracing::warn!(container = %self.runtime.name(env), error = %e, "cannot read the output of a container that failed to start");
                 Vec::new()
             }
         }
@@ -762,8 +773,7 @@ impl Lifecycle {
 
     /// One readiness probe: does the app answer HTTP (any status) within `timeout`?
     async fn answers(&self, user: &User, timeout: Duration) -> bool {
-        self.answers_at(&service_url(&self.config, user), timeout)
-            .await
+        self.answers_at(&self.address(user), timeout).await
     }
 
     async fn answers_at(&self, base: &str, timeout: Duration) -> bool {
@@ -789,7 +799,7 @@ impl Lifecycle {
     pub fn precreate(self: &Arc<Self>, user: &Arc<User>) {
         let this = self.clone();
         let user = user.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let slot = this.slot(&user.id);
             let _ops = slot.ops.lock().await;
             // Deleted meanwhile: creating it now would leave an orphan behind.
@@ -801,13 +811,7 @@ impl Lifecycle {
                     slot.present.store(true, Ordering::Relaxed);
                     // Its idle clock starts now, not in 1970.
                     slot.touch();
-                    slot.phase.send_if_modified(|p| {
-                        let unknown = matches!(p, Phase::Unknown);
-                        if unknown {
-                            *p = Phase::Stopped;
-                        }
-                        unknown
-                    });
+                    slot.phase.apply(Event::Created);
                 }
                 Err(e) => {
                     tracing::warn!(user = %user.name, error = %e, "pre-creating the container failed")
@@ -822,13 +826,7 @@ impl Lifecycle {
     pub async fn start(self: &Arc<Self>, user: &Arc<User>) -> Readiness {
         let slot = self.slot(&user.id);
         slot.app_failures.store(0, Ordering::Relaxed);
-        slot.phase.send_if_modified(|p| {
-            let failed = matches!(p, Phase::Failed { .. });
-            if failed {
-                *p = Phase::Stopped;
-            }
-            failed
-        });
+        slot.phase.apply(Event::ClearFailure);
         self.ensure_ready(user, self.config.spawn.ready_timeout)
             .await
     }
@@ -836,7 +834,7 @@ impl Lifecycle {
     /// Stops the user's container; the next request starts it again.
     pub async fn stop(&self, user: &User) -> Result<(), SpawnError> {
         let slot = self.slot(&user.id);
-        slot.phase.send_replace(Phase::Stopped);
+        slot.phase.apply(Event::Stop);
         if let Some(mut r) = self.store.container_record(&user.id)? {
             r.desired = Desired::Stopped;
             self.store.put_container_record(&r).await?;
@@ -851,7 +849,7 @@ impl Lifecycle {
         if !matches!(*slot.phase.borrow(), Phase::Stopped) {
             return Ok(());
         }
-        self.runtime.stop(&container_name(&user.slug)).await?;
+        self.runtime.stop(&env_of(user)).await?;
         if let Some(mut r) = self.store.container_record(&user.id)? {
             r.stopped_at = Some(unix_now());
             self.store.put_container_record(&r).await?;
@@ -870,16 +868,10 @@ impl Lifecycle {
     /// Removes the user's container, and its volume unless `keep_volume`.
     pub async fn remove(&self, user: &User, keep_volume: bool) -> Result<(), SpawnError> {
         let slot = self.slot(&user.id);
-        slot.phase.send_replace(Phase::Stopped);
+        slot.phase.apply(Event::Stop);
         {
             let _ops = slot.ops.lock().await;
-            let volume = volume_name(&user.slug);
-            self.runtime
-                .remove(
-                    &container_name(&user.slug),
-                    (!keep_volume).then_some(volume.as_str()),
-                )
-                .await?;
+            self.runtime.remove(&env_of(user), !keep_volume).await?;
             slot.present.store(false, Ordering::Relaxed);
         }
         if let Ok(mut slots) = self.slots.write() {
@@ -889,16 +881,19 @@ impl Lifecycle {
     }
 
     pub async fn status(&self, user: &User) -> Result<ContainerStatus, SpawnError> {
-        let name = container_name(&user.slug);
-        let info = self.runtime.inspect(&name).await?;
+        let env = env_of(user);
+        let name = self.runtime.name(&env);
+        let info = self.runtime.inspect(&env).await?;
         let slot = self.slot(&user.id);
-        let phase = slot.phase.borrow().clone();
+        let phase = slot.phase.get();
         let record = self.store.container_record(&user.id)?;
         let state = match (&info, &phase) {
             (_, Phase::Starting) => ContainerState::Starting,
-            (Some(i), _) if i.paused => ContainerState::Paused,
-            (Some(i), _) if i.running => ContainerState::Running,
-            (Some(_), _) => ContainerState::Stopped,
+            (Some(i), _) => match i.state {
+                RunState::Paused => ContainerState::Paused,
+                RunState::Running => ContainerState::Running,
+                RunState::Stopped => ContainerState::Stopped,
+            },
             (None, _) => ContainerState::NotExists,
         };
         let last = slot.last_activity.load(Ordering::Relaxed);
@@ -937,39 +932,23 @@ impl Lifecycle {
 
     /// The last `tail` lines of the user's container output.
     pub async fn logs(&self, user: &User, tail: usize) -> Result<Vec<String>, SpawnError> {
-        Ok(self.runtime.logs(&container_name(&user.slug), tail).await?)
+        Ok(self.runtime.logs(&env_of(user), tail).await?)
     }
 
     /// A container of ours went away: the next request must check and restart it.
     pub fn container_gone(&self, gone: &ContainerGone) {
-        let Some(slug) = gone
-            .name
-            .trim_start_matches('/')
-            .strip_prefix("spawngate-")
-            .and_then(Slug::parse_segment)
-        else {
-            return;
-        };
         let directory = self.store.snapshot();
-        let Some(user) = directory.by_slug(&slug) else {
+        let Some(user) = directory.by_slug(&gone.slug) else {
             return;
         };
         let slot = self.slot(&user.id);
-        let changed = slot.phase.send_if_modified(|p| match (gone.paused, &*p) {
-            // Paused (by us, or by hand): the next request unpauses it.
-            (true, Phase::Ready) => {
-                *p = Phase::Paused;
-                true
-            }
-            (true, _) => false,
-            (false, Phase::Ready | Phase::Paused) => {
-                *p = Phase::Unknown;
-                true
-            }
-            (false, _) => false,
-        });
-        if changed {
-            tracing::info!(user = %user.name, slug = %slug, "container stopped outside spawngate");
+        // Paused (by us, or by hand): the next request unpauses it.
+        let event = match gone.paused {
+            true => Event::SeenPaused,
+            false => Event::SeenGone,
+        };
+        if slot.phase.apply(event) {
+            tracing::info!(user = %user.name, slug = %gone.slug, "container stopped outside spawngate");
         }
     }
 
@@ -977,30 +956,23 @@ impl Lifecycle {
     /// container on its next request.
     fn forget_ready(&self) {
         for (_, slot) in self.all_slots() {
-            slot.phase.send_if_modified(|p| {
-                let was_ready = matches!(p, Phase::Ready);
-                if was_ready {
-                    *p = Phase::Unknown;
-                }
-                was_ready
-            });
+            slot.phase.apply(Event::Doubt);
         }
     }
 
-    /// Follows Docker's event stream for this instance until `shutdown` fires,
+    /// Follows the runtime's event stream until shutdown begins,
     /// reconnecting with backoff when the stream breaks. Once a new stream has held
     /// for a few seconds after a break (Docker is back), the state is read again
     /// from Docker (a reconcile), which also finishes the removal of users deleted
     /// while Docker was away.
-    pub async fn watch_events(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    async fn watch_events(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(500);
         let mut resync = false;
         loop {
             let this = self.clone();
             let on_gone = move |gone: ContainerGone| this.container_gone(&gone);
-            let instance = self.config.docker.instance.clone();
             let connected_at = Instant::now();
-            let stream = self.runtime.watch_events(&instance, &on_gone);
+            let stream = self.runtime.watch_events(&on_gone);
             tokio::pin!(stream);
             let settled = tokio::time::sleep(STREAM_SETTLED);
             tokio::pin!(settled);
@@ -1023,7 +995,7 @@ impl Lifecycle {
                             }
                         }
                     }
-                    _ = shutdown.changed() => return,
+                    _ = self.tasks.cancelled() => return,
                 }
             }
             resync = true;
@@ -1033,7 +1005,7 @@ impl Lifecycle {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.changed() => return,
+                _ = self.tasks.cancelled() => return,
             }
             // Short enough that events flow again soon after Docker is back; a
             // failed connection attempt costs next to nothing.
@@ -1041,6 +1013,12 @@ impl Lifecycle {
         }
     }
 }
+
+/// Readiness probes: this often at first, for this long, then backing off to
+/// [`PROBE_SLOW`].
+const PROBE_FAST: Duration = Duration::from_millis(5);
+const PROBE_FAST_FOR: Duration = Duration::from_secs(2);
+const PROBE_SLOW: Duration = Duration::from_millis(50);
 
 /// A re-opened event stream that held this long means Docker is back.
 const STREAM_SETTLED: Duration = Duration::from_secs(5);
@@ -1058,26 +1036,73 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::ContainerInfo;
+    use crate::runtime::{Capabilities, ContainerInfo, ContainerSummary};
     use async_trait::async_trait;
+    use std::collections::HashSet;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
     /// A fake runtime whose "container" is a real HTTP listener on a loopback port,
     /// so the readiness probe is exercised for real.
-    #[derive(Default)]
     struct FakeRuntime {
+        capabilities: Capabilities,
+        /// `ensure_running` calls that got past `fail_with`.
         creates: AtomicUsize,
+        pauses: AtomicUsize,
+        unpauses: AtomicUsize,
         fail_with: Mutex<Option<RuntimeError>>,
         servers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-        port: Mutex<u16>,
+        paused: Mutex<HashSet<String>>,
         /// When set, started "containers" exit at once with this code.
         exits_with: Mutex<Option<i64>>,
         exited: Mutex<HashMap<String, i64>>,
     }
 
+    impl FakeRuntime {
+        fn new(capabilities: Capabilities) -> FakeRuntime {
+            FakeRuntime {
+                capabilities,
+                creates: AtomicUsize::new(0),
+                pauses: AtomicUsize::new(0),
+                unpauses: AtomicUsize::new(0),
+                fail_with: Mutex::new(None),
+                servers: Mutex::new(HashMap::new()),
+                paused: Mutex::new(HashSet::new()),
+                exits_with: Mutex::new(None),
+                exited: Mutex::new(HashMap::new()),
+            }
+        }
+
+        fn nothing_runs(&self) -> bool {
+            self.servers.lock().unwrap().is_empty()
+        }
+
+        fn running(&self, name: &str) -> bool {
+            self.servers.lock().unwrap().contains_key(name)
+        }
+    }
+
+    fn info(name: &str, state: RunState, exit_code: Option<i64>) -> ContainerInfo {
+        ContainerInfo {
+            id: format!("id-{name}"),
+            state,
+            started_at: None,
+            finished_at: None,
+            exit_code,
+        }
+    }
+
     #[async_trait]
     impl Runtime for FakeRuntime {
+        fn capabilities(&self) -> Capabilities {
+            self.capabilities
+        }
+        fn name(&self, env: &EnvId) -> String {
+            format!("fake-{env:?}")
+        }
+        fn address(&self, _env: &EnvId, host_port: Option<u16>) -> String {
+            format!("http://127.0.0.1:{}", host_port.unwrap_or(1))
+        }
         async fn ping(&self) -> Result<(), RuntimeError> {
             Ok(())
         }
@@ -1086,20 +1111,26 @@ mod tests {
         }
         async fn ensure_running(
             &self,
-            spec: &ContainerSpec,
+            spec: &EnvironmentSpec,
         ) -> Result<crate::runtime::Running, RuntimeError> {
             if let Some(e) = self.fail_with.lock().unwrap().take() {
                 return Err(e);
             }
             self.creates.fetch_add(1, Ordering::SeqCst);
-            if let Some(code) = *self.exits_with.lock().unwrap() {
-                self.exited.lock().unwrap().insert(spec.name.clone(), code);
-                return Ok(crate::runtime::Running {
-                    id: format!("id-{}", spec.name),
-                    running_since: None,
-                });
+            let name = self.name(&spec.env_id);
+            let running = crate::runtime::Running {
+                id: format!("id-{name}"),
+                running_since: None,
+            };
+            if self.paused.lock().unwrap().remove(&name) {
+                self.unpauses.fetch_add(1, Ordering::SeqCst);
+                return Ok(running);
             }
-            self.exited.lock().unwrap().remove(&spec.name);
+            if let Some(code) = *self.exits_with.lock().unwrap() {
+                self.exited.lock().unwrap().insert(name, code);
+                return Ok(running);
+            }
+            self.exited.lock().unwrap().remove(&name);
             // Answer after a short "boot" delay.
             let port = spec.host_port.unwrap();
             let handle = tokio::spawn(async move {
@@ -1121,93 +1152,82 @@ mod tests {
                     });
                 }
             });
-            *self.port.lock().unwrap() = port;
-            self.servers
-                .lock()
-                .unwrap()
-                .insert(spec.name.clone(), handle);
-            Ok(crate::runtime::Running {
-                id: format!("id-{}", spec.name),
-                running_since: None,
-            })
+            self.servers.lock().unwrap().insert(name, handle);
+            Ok(running)
         }
-        async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-            Ok(format!("id-{}", spec.name))
+        async fn ensure_created(&self, spec: &EnvironmentSpec) -> Result<String, RuntimeError> {
+            Ok(format!("id-{}", self.name(&spec.env_id)))
         }
-        async fn pause(&self, _name: &str) -> Result<(), RuntimeError> {
+        async fn pause(&self, env: &EnvId) -> Result<(), RuntimeError> {
+            assert!(
+                self.capabilities.pause,
+                "pause called on a runtime without it"
+            );
+            self.pauses.fetch_add(1, Ordering::SeqCst);
+            self.paused.lock().unwrap().insert(self.name(env));
             Ok(())
         }
-        async fn list(
-            &self,
-            _instance: &str,
-        ) -> Result<Vec<crate::runtime::ContainerSummary>, RuntimeError> {
+        async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
             Ok(Vec::new())
         }
-        async fn network_bytes(&self, _name: &str) -> Result<Option<u64>, RuntimeError> {
+        async fn network_bytes(&self, _env: &EnvId) -> Result<Option<u64>, RuntimeError> {
+            assert!(self.capabilities.network_counters);
             Ok(Some(0))
         }
-        async fn logs(&self, name: &str, _tail: usize) -> Result<Vec<String>, RuntimeError> {
-            Ok(match self.exited.lock().unwrap().get(name) {
+        async fn logs(&self, env: &EnvId, _tail: usize) -> Result<Vec<String>, RuntimeError> {
+            Ok(match self.exited.lock().unwrap().get(&self.name(env)) {
                 Some(code) => vec!["starting".into(), format!("fatal: giving up ({code})")],
                 None => Vec::new(),
             })
         }
-        async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
-            if let Some(code) = self.exited.lock().unwrap().get(name) {
-                return Ok(Some(ContainerInfo {
-                    id: format!("id-{name}"),
-                    running: false,
-                    paused: false,
-                    started_at: None,
-                    finished_at: None,
-                    exit_code: Some(*code),
-                    labels: HashMap::new(),
-                }));
+        async fn inspect(&self, env: &EnvId) -> Result<Option<ContainerInfo>, RuntimeError> {
+            let name = self.name(env);
+            if let Some(code) = self.exited.lock().unwrap().get(&name) {
+                return Ok(Some(info(&name, RunState::Stopped, Some(*code))));
+            }
+            if self.paused.lock().unwrap().contains(&name) {
+                return Ok(Some(info(&name, RunState::Paused, None)));
             }
             Ok(self
-                .servers
-                .lock()
-                .unwrap()
-                .get(name)
-                .map(|_| ContainerInfo {
-                    id: format!("id-{name}"),
-                    running: true,
-                    paused: false,
-                    started_at: None,
-                    finished_at: None,
-                    exit_code: None,
-                    labels: HashMap::new(),
-                }))
+                .running(&name)
+                .then(|| info(&name, RunState::Running, None)))
         }
-        async fn stop(&self, name: &str) -> Result<(), RuntimeError> {
-            if let Some(h) = self.servers.lock().unwrap().remove(name) {
+        async fn stop(&self, env: &EnvId) -> Result<(), RuntimeError> {
+            let name = self.name(env);
+            self.paused.lock().unwrap().remove(&name);
+            if let Some(h) = self.servers.lock().unwrap().remove(&name) {
                 h.abort();
             }
             Ok(())
         }
-        async fn remove(&self, name: &str, _volume: Option<&str>) -> Result<(), RuntimeError> {
-            self.stop(name).await
+        async fn remove(&self, env: &EnvId, _with_volume: bool) -> Result<(), RuntimeError> {
+            self.stop(env).await
         }
         async fn watch_events(
             &self,
-            _instance: &str,
             _on_gone: &(dyn Fn(ContainerGone) + Send + Sync),
         ) -> Result<(), RuntimeError> {
             std::future::pending().await
         }
     }
 
-    async fn setup() -> (
-        tempfile::TempDir,
-        Arc<FakeRuntime>,
-        Arc<Lifecycle>,
-        Arc<User>,
-    ) {
+    struct Setup {
+        _dir: tempfile::TempDir,
+        runtime: Arc<FakeRuntime>,
+        lc: Arc<Lifecycle>,
+        user: Arc<User>,
+    }
+
+    async fn setup() -> Setup {
+        setup_with("", Capabilities::ALL).await
+    }
+
+    async fn setup_with(extra: &str, capabilities: Capabilities) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(
             Config::from_sources(
                 &format!(
-                    "[server]\ndata_dir = {:?}\n[spawn]\nready_timeout_secs = 5",
+                    "[server]\ndata_dir = {:?}\n[spawn]\nready_timeout_secs = 5\n{extra}",
                     dir.path()
                 ),
                 Vec::new(),
@@ -1221,14 +1241,46 @@ mod tests {
                 .await
                 .unwrap(),
         );
-        let runtime = Arc::new(FakeRuntime::default());
-        let lifecycle = Lifecycle::new(runtime.clone(), store, config, vec![1; 32]);
-        (dir, runtime, lifecycle, user)
+        let runtime = Arc::new(FakeRuntime::new(capabilities));
+        let lc = Lifecycle::new(runtime.clone(), store, config, vec![1; 32], Tasks::new());
+        Setup {
+            _dir: dir,
+            runtime,
+            lc,
+            user,
+        }
+    }
+
+    /// Waits until the phase matches (bounded, so a bug fails instead of hanging).
+    async fn phase_becomes(lc: &Lifecycle, user: &User, want: fn(&Phase) -> bool) {
+        let mut rx = lc.slot(&user.id).phase.subscribe();
+        let reached = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(want));
+        assert!(
+            reached.await.is_ok(),
+            "phase stuck at {:?}",
+            lc.phase(&user.id)
+        );
+    }
+
+    /// Kicks a spawn and returns at once (the fake app needs ~100 ms to listen).
+    async fn spawn_under_way(lc: &Arc<Lifecycle>, user: &Arc<User>) {
+        assert!(matches!(
+            lc.ensure_ready(user, Duration::ZERO).await,
+            Readiness::Pending
+        ));
+    }
+
+    /// Ends the lifecycle's background tasks and waits for them: what they did
+    /// is done once this returns.
+    async fn drain(lc: &Lifecycle) {
+        assert_eq!(lc.tasks().shutdown(Duration::from_secs(10)).await, 0);
     }
 
     #[tokio::test]
     async fn concurrent_first_requests_share_one_spawn() {
-        let (_d, runtime, lc, user) = setup().await;
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
         let mut tasks = Vec::new();
         for _ in 0..20 {
             let lc = lc.clone();
@@ -1251,7 +1303,7 @@ mod tests {
 
     #[tokio::test]
     async fn short_hold_returns_pending_then_ready() {
-        let (_d, _rt, lc, user) = setup().await;
+        let Setup { lc, user, .. } = setup().await;
         assert!(matches!(
             lc.ensure_ready(&user, Duration::ZERO).await,
             Readiness::Pending
@@ -1263,8 +1315,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn docker_failure_is_reported_and_retried_later() {
-        let (_d, runtime, lc, user) = setup().await;
+    async fn docker_failure_is_reported_and_retried_after_the_back_off() {
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
         *runtime.fail_with.lock().unwrap() =
             Some(RuntimeError::Unavailable("connection refused".into()));
         match lc.ensure_ready(&user, Duration::from_secs(5)).await {
@@ -1279,11 +1333,13 @@ mod tests {
             Readiness::Failed(_)
         ));
         assert_eq!(runtime.creates.load(Ordering::SeqCst), 0);
-        tokio::time::sleep(RETRY_BACKOFF).await;
+        // The back-off runs out (without waiting for it): the next request retries.
+        lc.slot(&user.id).phase.age_failure(RETRY_BACKOFF);
         assert!(matches!(
             lc.ensure_ready(&user, Duration::from_secs(5)).await,
             Readiness::Ready
         ));
+        assert_eq!(runtime.creates.load(Ordering::SeqCst), 1);
     }
 
     #[test]
@@ -1307,7 +1363,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_app_that_exits_is_reported_and_not_restarted_during_the_back_off() {
-        let (_d, runtime, lc, user) = setup().await;
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
         *runtime.exits_with.lock().unwrap() = Some(3);
         let failure = match lc.ensure_ready(&user, Duration::from_secs(5)).await {
             Readiness::Failed(SpawnError::App(f)) => f,
@@ -1350,7 +1408,9 @@ mod tests {
 
     #[tokio::test]
     async fn consecutive_app_failures_grow_the_back_off() {
-        let (_d, runtime, lc, user) = setup().await;
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
         *runtime.exits_with.lock().unwrap() = Some(1);
         assert!(matches!(
             lc.ensure_ready(&user, Duration::from_secs(5)).await,
@@ -1358,11 +1418,7 @@ mod tests {
         ));
         // Let the first back-off run out without waiting 5 s for it.
         let slot = lc.slot(&user.id);
-        slot.phase.send_modify(|p| {
-            if let Phase::Failed { at, .. } = p {
-                *at -= APP_BACKOFF_FIRST;
-            }
-        });
+        slot.phase.age_failure(APP_BACKOFF_FIRST);
         assert!(matches!(
             lc.ensure_ready(&user, Duration::from_secs(5)).await,
             Readiness::Failed(_)
@@ -1374,7 +1430,9 @@ mod tests {
 
     #[tokio::test]
     async fn stop_then_request_starts_again_and_gone_events_reset_ready() {
-        let (_d, runtime, lc, user) = setup().await;
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
         assert!(matches!(lc.start(&user).await, Readiness::Ready));
         lc.stop(&user).await.unwrap();
         assert!(matches!(lc.phase(&user.id), Phase::Stopped));
@@ -1385,7 +1443,7 @@ mod tests {
         assert_eq!(runtime.creates.load(Ordering::SeqCst), 2);
 
         lc.container_gone(&ContainerGone {
-            name: format!("/{}", container_name(&user.slug)),
+            slug: user.slug.clone(),
             paused: false,
         });
         assert!(matches!(lc.phase(&user.id), Phase::Unknown));
@@ -1393,10 +1451,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_pause_event_keeps_the_container_counted_as_paused() {
-        let (_d, _rt, lc, user) = setup().await;
+        let Setup { lc, user, .. } = setup().await;
         assert!(matches!(lc.start(&user).await, Readiness::Ready));
         lc.container_gone(&ContainerGone {
-            name: container_name(&user.slug),
+            slug: user.slug.clone(),
             paused: true,
         });
         assert!(matches!(lc.phase(&user.id), Phase::Paused));
@@ -1405,25 +1463,97 @@ mod tests {
 
     #[tokio::test]
     async fn an_admin_stop_during_a_spawn_wins() {
-        let (_d, runtime, lc, user) = setup().await;
-        // The spawn is under way (the fake app needs ~100 ms to listen).
-        assert!(matches!(
-            lc.ensure_ready(&user, Duration::ZERO).await,
-            Readiness::Pending
-        ));
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
+        spawn_under_way(&lc, &user).await;
         lc.stop(&user).await.unwrap();
-        // `stop` returns once Docker stopped it (after the spawn let go of the lock).
+        // `stop` returns once the runtime stopped it (after the spawn let go of the lock).
         assert!(
             matches!(lc.phase(&user.id), Phase::Stopped),
             "{:?}",
             lc.phase(&user.id)
         );
-        assert!(
-            runtime.servers.lock().unwrap().is_empty(),
-            "the container was stopped, not left running"
-        );
-        // And nothing flips it back to Ready later.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(runtime.nothing_runs(), "stopped, not left running");
+        // And once the spawn task has ended, nothing flipped it back to Ready.
+        drain(&lc).await;
         assert!(matches!(lc.phase(&user.id), Phase::Stopped));
+    }
+
+    #[tokio::test]
+    async fn background_loops_end_at_shutdown() {
+        let Setup { lc, .. } = setup().await;
+        lc.start_background();
+        // The event watcher, reconcile-then-pool and the culler all return.
+        drain(&lc).await;
+    }
+
+    #[tokio::test]
+    async fn a_spawn_under_way_at_shutdown_is_undone() {
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
+        spawn_under_way(&lc, &user).await;
+        drain(&lc).await;
+        assert!(runtime.nothing_runs(), "not left running half-made");
+        let record = lc.store.container_record(&user.id).unwrap().unwrap();
+        assert_eq!(record.desired, Desired::Running, "the intent is on record");
+    }
+
+    /// Makes the user look idle for `secs` to the culler.
+    fn idle_for(lc: &Lifecycle, user: &User, secs: i64) {
+        lc.slot(&user.id)
+            .last_activity
+            .store(unix_now() - secs, Ordering::Relaxed);
+    }
+
+    const PAUSE_TIERS: &str = "[lifecycle]\npause_after_secs = 10\nidle_timeout_secs = 1000";
+
+    #[tokio::test]
+    async fn the_culler_pauses_an_idle_container_and_a_request_resumes_it() {
+        let Setup {
+            runtime, lc, user, ..
+        } = setup_with(PAUSE_TIERS, Capabilities::ALL).await;
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        idle_for(&lc, &user, 60);
+        lc.cull_once().await;
+        phase_becomes(&lc, &user, |p| matches!(p, Phase::Paused)).await;
+        // The phase is claimed before the runtime call: wait for the call itself.
+        let slot = lc.slot(&user.id);
+        drop(slot.ops.lock().await);
+        assert_eq!(runtime.pauses.load(Ordering::SeqCst), 1);
+
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Ready
+        ));
+        assert_eq!(runtime.unpauses.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            runtime.creates.load(Ordering::SeqCst),
+            2,
+            "start, then resume"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_pause_the_culler_skips_the_pause_tier() {
+        let no_pause = Capabilities {
+            pause: false,
+            network_counters: false,
+            ..Capabilities::ALL
+        };
+        let Setup {
+            runtime, lc, user, ..
+        } = setup_with(PAUSE_TIERS, no_pause).await;
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        idle_for(&lc, &user, 60);
+        lc.cull_once().await;
+        drain(&lc).await;
+        assert!(matches!(lc.phase(&user.id), Phase::Ready));
+        assert_eq!(runtime.pauses.load(Ordering::SeqCst), 0);
+        // The next tier still applies.
+        idle_for(&lc, &user, 2000);
+        lc.cull_once().await;
+        phase_becomes(&lc, &user, |p| matches!(p, Phase::Stopped)).await;
     }
 }

@@ -7,16 +7,16 @@
 //! (checked by the config): the user's service address is the container name, so a
 //! rename is all it takes for Traefik to reach it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-use super::{Lifecycle, Slot, SpawnError};
+use super::{Lifecycle, Slot, SpawnError, env_of};
 use crate::ids::random_bytes;
-use crate::runtime::ContainerSpec;
+use crate::runtime::{EnvId, EnvironmentSpec, Isolation};
 use crate::store::{ContainerRecord, User};
 use crate::time::unix_now;
 
@@ -25,6 +25,9 @@ const POOL_SECRET: &[u8] = b"spawngate pool container secret\0";
 /// A ready, unclaimed pool container.
 #[derive(Clone, Debug)]
 struct Member {
+    env: EnvId,
+    /// The runtime's name for it: its secret is derived from it, and a claimed
+    /// container's record keeps it (`pooled_from`).
     name: String,
     id: String,
 }
@@ -46,35 +49,33 @@ impl Pool {
 }
 
 impl Lifecycle {
-    fn pool_spec(&self, name: &str) -> ContainerSpec {
+    fn pool_spec(&self, member: &EnvId) -> EnvironmentSpec {
         let d = &self.config.docker;
         let mut env: Vec<(String, String)> = d.env.clone();
         env.push(("SPAWNGATE_POOLED".into(), "true".into()));
         if d.inject_secret {
             env.push((
                 "SPAWNGATE_SECRET".into(),
-                self.derive_secret(POOL_SECRET, name),
+                self.derive_secret(POOL_SECRET, &self.runtime.name(member)),
             ));
         }
-        ContainerSpec {
-            name: name.to_owned(),
+        EnvironmentSpec {
+            env_id: member.clone(),
+            owner: None,
             image: d.image.clone(),
             env,
-            labels: HashMap::from([
-                ("spawngate.managed".into(), "true".into()),
-                ("spawngate.instance".into(), d.instance.clone()),
-                ("spawngate.pool".into(), "true".into()),
-            ]),
             port: d.port,
             host_port: None,
-            network: d.network.clone(),
-            volume: None,
-            data_mount: d.data_mount.clone(),
+            data_mount: None,
             memory_bytes: d.memory_bytes,
-            nano_cpus: d.nano_cpus,
+            cpus: d.nano_cpus as f64 / 1e9,
             pids_limit: d.pids_limit,
             read_only_rootfs: d.read_only_rootfs,
             init: d.init,
+            // Spares wait on the shared network; a claim moves them.
+            isolation: Isolation::Shared,
+            // Named with a new random token.
+            fresh: true,
         }
     }
 
@@ -84,11 +85,11 @@ impl Lifecycle {
         &self,
         user: &User,
         slot: &Slot,
-        spec: &ContainerSpec,
+        spec: &EnvironmentSpec,
         record: &mut ContainerRecord,
     ) -> Option<Result<(), SpawnError>> {
         // Only when the user has no container at all (a stopped one is resumed).
-        if !matches!(self.runtime.inspect(&spec.name).await, Ok(None)) {
+        if !matches!(self.runtime.inspect(&env_of(user)).await, Ok(None)) {
             tracing::debug!(user = %user.name, "not using the pool: the user has a container");
             return None;
         }
@@ -97,12 +98,12 @@ impl Lifecycle {
             return None;
         };
         self.pool.refill.notify_one();
-        if let Err(e) = self.runtime.adopt_pooled(&member.name, spec).await {
+        if let Err(e) = self.runtime.adopt_pooled(&member.env, spec).await {
             tracing::warn!(pooled = %member.name, error = %e, "claiming a pool container failed; spawning normally");
             // Under either name: the rename may have happened before the failure.
-            // (The user had no container, so `spec.name` can only be the spare.)
-            let _ = self.runtime.remove(&member.name, None).await;
-            let _ = self.runtime.remove(&spec.name, None).await;
+            // (The user had no container, so the user's name can only be the spare.)
+            let _ = self.runtime.remove(&member.env, false).await;
+            let _ = self.runtime.remove(&env_of(user), false).await;
             return None;
         }
         slot.set_pooled_secret(
@@ -124,7 +125,7 @@ impl Lifecycle {
         }
         tracing::info!(user = %user.name, pooled = %member.name, "container taken from the warm pool");
         // The rename is visible to Docker's DNS at once; make sure it answers as the user's.
-        Some(self.wait_until_answering(user, &spec.name).await)
+        Some(self.wait_until_answering(user).await)
     }
 
     /// The pool secret of a claimed container, from its record (after a restart).
@@ -139,21 +140,27 @@ impl Lifecycle {
         }
     }
 
-    /// Keeps `pool.size` ready containers until `shutdown` fires.
-    pub async fn run_pool(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+    /// Keeps `pool.size` ready containers until shutdown begins.
+    pub(super) async fn run_pool(self: Arc<Self>) {
         let size = self.config.pool_size;
         if size == 0 {
+            return;
+        }
+        if !self.runtime.capabilities().warm_pool {
+            tracing::warn!(
+                "pool.size is set, but this runtime has no warm pool: spawning normally"
+            );
             return;
         }
         let mut backoff = Duration::from_secs(1);
         loop {
             while self.pool.len() < size {
-                let name = format!(
-                    "spawngate-pool-{}-{}",
-                    self.config.docker.instance,
-                    hex::encode(random_bytes::<4>())
-                );
-                match self.start_member(&name).await {
+                // No new spares once shutdown has begun.
+                if self.tasks.is_cancelled() {
+                    return;
+                }
+                let member = EnvId::Pool(hex::encode(random_bytes::<4>()));
+                match self.start_member(&member).await {
                     Ok(member) => {
                         backoff = Duration::from_secs(1);
                         if let Ok(mut ready) = self.pool.ready.lock() {
@@ -162,10 +169,10 @@ impl Lifecycle {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e.detail(), "cannot fill the warm pool; retrying");
-                        let _ = self.runtime.remove(&name, None).await;
+                        let _ = self.runtime.remove(&member, false).await;
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.changed() => return,
+                            _ = self.tasks.cancelled() => return,
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(60));
                     }
@@ -174,23 +181,24 @@ impl Lifecycle {
             tokio::select! {
                 _ = self.pool.refill.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                _ = shutdown.changed() => return,
+                _ = self.tasks.cancelled() => return,
             }
         }
     }
 
-    async fn start_member(&self, name: &str) -> Result<Member, SpawnError> {
+    async fn start_member(&self, member: &EnvId) -> Result<Member, SpawnError> {
         let _permit = self
             .spawn_permits
             .acquire()
             .await
             .map_err(|_| SpawnError::Failed("shutting down".into()))?;
-        let spec = self.pool_spec(name);
+        let spec = self.pool_spec(member);
         let running = self.runtime.ensure_running(&spec).await?;
-        let url = format!("http://{name}:{}", self.config.docker.port);
-        self.wait_until_answering_at(&url, name).await?;
+        let url = self.runtime.address(member, None);
+        self.wait_until_answering_at(&url, member).await?;
         Ok(Member {
-            name: name.to_owned(),
+            env: member.clone(),
+            name: self.runtime.name(member),
             id: running.id,
         })
     }

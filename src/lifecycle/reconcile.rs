@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Lifecycle, Phase, parse_rfc3339};
-use crate::runtime::{ResourceKind, RuntimeError};
+use super::{Event, Lifecycle, Observed, Phase, env_of, parse_rfc3339};
+use crate::runtime::{EnvId, ResourceKind, RunState, RuntimeError};
 use crate::time::unix_now;
 
 /// What reconciliation did, for the log and tests.
@@ -49,21 +49,22 @@ impl Lifecycle {
         // One removal failing (Docker still busy removing it) must not stop the
         // rest: it is retried with the next pass.
         let mut failed: Option<RuntimeError> = None;
-        let containers = self.runtime.list(&self.config.docker.instance).await?;
+        let containers = self.runtime.list().await?;
         let directory = self.store.snapshot();
         let mut seen = HashSet::new();
         for c in containers {
-            let pooled = c.labels.get("spawngate.pool").map(String::as_str) == Some("true");
+            let pooled = c.pooled;
             if pooled && !startup {
                 continue;
             }
+            let slug = match &c.env_id {
+                EnvId::User(slug) => Some(slug),
+                _ => None,
+            };
             let user = if pooled {
                 // A claimed pool container carries its user only in its name (labels
                 // cannot change) and in the user's record.
-                c.name
-                    .strip_prefix("spawngate-")
-                    .and_then(crate::ids::Slug::parse_segment)
-                    .and_then(|slug| directory.by_slug(&slug).cloned())
+                slug.and_then(|slug| directory.by_slug(slug).cloned())
                     .filter(|u| {
                         self.store
                             .container_record(&u.id)
@@ -75,31 +76,27 @@ impl Lifecycle {
                             })
                     })
             } else {
-                c.labels
-                    .get("spawngate.slug")
-                    .and_then(|s| crate::ids::Slug::parse(s))
-                    .and_then(|slug| directory.by_slug(&slug).cloned())
-                    .filter(|u| {
-                        c.labels.get("spawngate.user_id").map(String::as_str) == Some(u.id.as_str())
-                    })
+                slug.and_then(|slug| directory.by_slug(slug).cloned())
+                    .filter(|u| c.owner_id.as_deref() == Some(u.id.as_str()))
             };
+            let name = self.runtime.name(&c.env_id);
             if pooled && user.is_none() {
                 // Unclaimed spares from a previous run: the pool makes fresh ones.
-                if let Err(e) = self.runtime.remove(&c.name, None).await {
-                    note_failure(&mut failed, &c.name, e);
+                if let Err(e) = self.runtime.remove(&c.env_id, false).await {
+                    note_failure(&mut failed, &name, e);
                 }
                 continue;
             }
             let Some(user) = user else {
-                tracing::info!(container = %c.name, "removing the container of a user that does not exist");
-                if let Err(e) = self.runtime.remove(&c.name, None).await {
-                    note_failure(&mut failed, &c.name, e);
+                tracing::info!(container = %name, "removing the container of a user that does not exist");
+                if let Err(e) = self.runtime.remove(&c.env_id, false).await {
+                    note_failure(&mut failed, &name, e);
                     continue;
                 }
                 self.store.audit(
                     "system",
                     "container.remove",
-                    &c.name,
+                    &name,
                     Some("user no longer exists".into()),
                 );
                 done.orphans_removed += 1;
@@ -124,9 +121,9 @@ impl Lifecycle {
                 // What was ready became unknown when the stream broke.
                 continue;
             }
-            let phase = match c.state.as_str() {
-                "running" => {
-                    if let Some(info) = self.runtime.inspect(&c.name).await? {
+            let seen = match c.state {
+                RunState::Running => {
+                    if let Some(info) = self.runtime.inspect(&env_of(&user)).await? {
                         let started = info
                             .started_at
                             .as_deref()
@@ -138,29 +135,22 @@ impl Lifecycle {
                     // goes through the normal (probing) path.
                     if self.answers(&user, Duration::from_secs(1)).await {
                         done.adopted_running += 1;
-                        Phase::Ready
+                        Observed::Ready
                     } else {
-                        Phase::Unknown
+                        Observed::Unsure
                     }
                 }
-                "paused" => {
+                RunState::Paused => {
                     done.adopted_paused += 1;
-                    Phase::Paused
+                    Observed::Paused
                 }
-                _ => {
+                RunState::Stopped => {
                     done.adopted_stopped += 1;
-                    Phase::Stopped
+                    Observed::Stopped
                 }
             };
-            slot.phase.send_if_modified(|p| {
-                // A request may already be starting it; leave that alone.
-                if matches!(p, Phase::Unknown) {
-                    *p = phase;
-                    true
-                } else {
-                    false
-                }
-            });
+            // Only over Unknown: a request may already be starting it.
+            slot.phase.apply(Event::Observed(seen));
         }
         for user in directory.users() {
             if seen.contains(&user.id) {
@@ -170,13 +160,7 @@ impl Lifecycle {
                 // Believed ready or paused, yet Docker has no container: the next
                 // request checks again (a spawn that finished after the listing
                 // costs one needless look).
-                self.slot(&user.id).phase.send_if_modified(|p| {
-                    let wrong = matches!(p, Phase::Ready | Phase::Paused);
-                    if wrong {
-                        *p = Phase::Unknown;
-                    }
-                    wrong
-                });
+                self.slot(&user.id).phase.apply(Event::SeenGone);
                 continue;
             }
             if let Ok(Some(mut record)) = self.store.container_record(&user.id)
@@ -188,20 +172,20 @@ impl Lifecycle {
                     done.records_corrected += 1;
                 }
             }
-            self.slot(&user.id).phase.send_if_modified(|p| {
-                if matches!(p, Phase::Unknown) {
-                    *p = Phase::Stopped;
-                    true
-                } else {
-                    false
-                }
-            });
+            self.slot(&user.id)
+                .phase
+                .apply(Event::Observed(Observed::Stopped));
         }
         self.remove_leftovers(&mut done, &mut failed).await?;
         tracing::info!(?done, "reconciled containers with Docker");
         match failed {
             Some(e) => Err(e),
-            None => Ok(done),
+            None => {
+                if startup {
+                    self.reconciled.store(true, Ordering::Relaxed);
+                }
+                Ok(done)
+            }
         }
     }
 
@@ -216,18 +200,16 @@ impl Lifecycle {
     ) -> Result<(), RuntimeError> {
         // Docker's list first, then the users: a user created in between has its
         // network in the users' list, never only in Docker's.
-        let resources = self.runtime.resources(&self.config.docker.instance).await?;
+        let resources = self.runtime.resources().await?;
         let directory = self.store.snapshot();
         let users = directory.users();
         let live_ids: HashSet<&str> = users.iter().map(|u| u.id.as_str()).collect();
-        let live_names: HashSet<String> = users
-            .iter()
-            .map(|u| super::container_name(&u.slug))
-            .collect();
         for r in resources {
             match r.kind {
                 ResourceKind::UserNetwork => {
-                    if live_names.contains(&r.name) {
+                    if let Some(EnvId::User(slug)) = &r.env_id
+                        && directory.by_slug(slug).is_some()
+                    {
                         continue;
                     }
                     tracing::info!(network = %r.name, "removing the network of a user that does not exist");
@@ -237,7 +219,7 @@ impl Lifecycle {
                     }
                 }
                 ResourceKind::Volume => {
-                    let Some(owner) = r.labels.get("spawngate.user_id") else {
+                    let Some(owner) = &r.owner_id else {
                         continue;
                     };
                     if live_ids.contains(owner.as_str()) {
@@ -273,10 +255,7 @@ impl Lifecycle {
 
     /// Reconciles at start-up, retrying while Docker is unreachable (or a removal
     /// failed).
-    pub async fn reconcile_until_done(
-        self: Arc<Self>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
+    pub(super) async fn reconcile_until_done(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(500);
         loop {
             match self.reconcile().await {
@@ -285,7 +264,7 @@ impl Lifecycle {
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.changed() => return,
+                _ = self.tasks.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, NetworkCreateRequest,
-    PortBinding, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+    NetworkCreateRequest, PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, EventsOptions, ListContainersOptions, LogsOptions,
@@ -16,10 +16,98 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::{
-    ContainerGone, ContainerInfo, ContainerSpec, ContainerSummary, Resource, ResourceKind, Running,
-    Runtime, RuntimeError,
+    ContainerGone, ContainerInfo, ContainerSummary, EnvId, EnvironmentSpec, Isolation, Resource,
+    ResourceKind, RunState, Running, Runtime, RuntimeError,
 };
 use crate::config::NetworkMode;
+use crate::ids::Slug;
+
+/// A container as Docker is asked to make it: an [`EnvironmentSpec`] with the
+/// names, network, labels and port publishing filled in.
+#[derive(Clone, Debug)]
+struct ContainerSpec {
+    name: String,
+    image: String,
+    env: Vec<(String, String)>,
+    labels: HashMap<String, String>,
+    port: u16,
+    /// Host mode: publish `port` on 127.0.0.1:`host_port`.
+    host_port: Option<u16>,
+    network: String,
+    /// Named volume mounted at `data_mount`; `None` for stateless pool containers.
+    volume: Option<String>,
+    data_mount: String,
+    memory_bytes: i64,
+    nano_cpus: i64,
+    pids_limit: i64,
+    read_only_rootfs: bool,
+    init: bool,
+}
+
+/// Label holding [`ContainerSpec::fingerprint`]: a stopped container whose
+/// fingerprint differs from the current spec (new image, limits or env) is
+/// recreated on its next start, on the same volume.
+const SPEC_LABEL: &str = "spawngate.spec";
+
+impl ContainerSpec {
+    /// A short hash of everything that shapes the container. (Its text must not
+    /// change: a new one recreates every stopped container.)
+    fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut env = self.env.clone();
+        env.sort();
+        let text = format!(
+            "{}|{:?}|{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}|{}",
+            self.image,
+            env,
+            self.port,
+            self.host_port,
+            self.network,
+            self.volume,
+            self.data_mount,
+            self.memory_bytes,
+            self.nano_cpus,
+            self.pids_limit,
+            self.read_only_rootfs,
+            self.init
+        );
+        hex::encode(&Sha256::digest(text.as_bytes())[..8])
+    }
+}
+
+/// Container names: `spawngate-u-<slug>` for users, `spawngate-pool-<instance>-<token>`
+/// for pool spares. A user's volume is `spawngate-u-<slug>-data`, and a per-user
+/// network is named like the container.
+fn container_name(instance: &str, env: &EnvId) -> String {
+    match env {
+        EnvId::User(slug) => format!("spawngate-{}", slug.segment()),
+        EnvId::Pool(token) => format!("spawngate-pool-{instance}-{token}"),
+        EnvId::Unrecognised(name) => name.clone(),
+    }
+}
+
+fn volume_name(slug: &Slug) -> String {
+    format!("spawngate-{}-data", slug.segment())
+}
+
+/// The environment a container (or per-user network) name stands for.
+fn parse_name(instance: &str, name: &str) -> EnvId {
+    let name = name.trim_start_matches('/');
+    if let Some(token) = name
+        .strip_prefix("spawngate-pool-")
+        .and_then(|rest| rest.strip_prefix(instance))
+        .and_then(|rest| rest.strip_prefix('-'))
+    {
+        return EnvId::Pool(token.to_owned());
+    }
+    match name
+        .strip_prefix("spawngate-")
+        .and_then(Slug::parse_segment)
+    {
+        Some(slug) => EnvId::User(slug),
+        None => EnvId::Unrecognised(name.to_owned()),
+    }
+}
 
 /// The oldest Engine API we support (Debian's Docker 20.10). Pinning it instead of
 /// negotiating lets spawngate start while the daemon is down and work once it is up.
@@ -41,6 +129,8 @@ pub struct DockerRuntime {
     /// Seconds Docker waits after SIGTERM before SIGKILL (`docker.stop_timeout_secs`).
     stop_timeout_secs: i32,
     instance: String,
+    /// The port apps listen on (`docker.port`), for service addresses.
+    app_port: u16,
     network_per_user: bool,
     attach_peers: bool,
     /// The shared network (`docker.network`): pool containers wait there.
@@ -84,6 +174,7 @@ impl DockerRuntime {
             mode: config.mode,
             stop_timeout_secs: i32::try_from(config.stop_timeout.as_secs()).unwrap_or(i32::MAX),
             instance: config.instance.clone(),
+            app_port: config.port,
             network_per_user: config.network_per_user,
             attach_peers: config.attach_peers,
             shared_network: config.network.clone(),
@@ -350,28 +441,24 @@ impl DockerRuntime {
         Ok(())
     }
 
-    async fn ensure_volume(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let Some(volume) = &spec.volume else {
-            return Ok(());
-        };
-        let labels = spec.labels.clone();
-        let req = VolumeCreateRequest {
-            name: Some(volume.clone()),
-            labels: Some(labels),
-            ..Default::default()
-        };
-        // Creating an existing named volume returns it unchanged.
-        self.docker()?
-            .create_volume(req)
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err(e, spec))
+    /// Network and container (and with it the volume); returns the container's id.
+    async fn create_fresh(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        match self.try_create(spec).await? {
+            Some(id) => Ok(id),
+            // Another spawn created it first; use whatever exists.
+            None => match self.inspect_name(&spec.name).await? {
+                Some((info, _)) => Ok(info.id),
+                None => Err(RuntimeError::Failed(format!(
+                    "container '{}' vanished while being created",
+                    spec.name
+                ))),
+            },
+        }
     }
 
-    /// Network, volume and container; returns the new container's id.
-    async fn create_fresh(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+    /// Network and container; `None` if a container of that name exists already.
+    async fn try_create(&self, spec: &ContainerSpec) -> Result<Option<String>, RuntimeError> {
         self.ensure_network(spec).await?;
-        self.ensure_volume(spec).await?;
         match self.create(spec).await {
             Err(RuntimeError::Failed(msg))
                 if msg.contains("network") && msg.contains("not found") =>
@@ -385,7 +472,7 @@ impl DockerRuntime {
         }
     }
 
-    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+    async fn create(&self, spec: &ContainerSpec) -> Result<Option<String>, RuntimeError> {
         let port_key = format!("{}/tcp", spec.port);
         let port_bindings = spec.host_port.map(|hp| {
             HashMap::from([(
@@ -416,6 +503,12 @@ impl DockerRuntime {
                         typ: Some(MountType::VOLUME),
                         source: Some(volume.clone()),
                         target: Some(spec.data_mount.clone()),
+                        // Docker creates a missing volume with these labels (one call
+                        // fewer on a cold start); an existing one is used unchanged.
+                        volume_options: Some(MountVolumeOptions {
+                            labels: Some(spec.labels.clone()),
+                            ..Default::default()
+                        }),
                         ..Default::default()
                     })
                     .collect(),
@@ -445,15 +538,8 @@ impl DockerRuntime {
             ..Default::default()
         };
         match self.docker()?.create_container(Some(options), body).await {
-            Ok(created) => Ok(created.id),
-            // Another spawn created it first; use whatever exists.
-            Err(e) if status(&e) == Some(409) => match self.inspect(&spec.name).await? {
-                Some(info) => Ok(info.id),
-                None => Err(RuntimeError::Failed(format!(
-                    "container '{}' vanished while being created",
-                    spec.name
-                ))),
-            },
+            Ok(created) => Ok(Some(created.id)),
+            Err(e) if status(&e) == Some(409) => Ok(None),
             Err(e) => Err(map_err(e, spec)),
         }
     }
@@ -462,31 +548,44 @@ impl DockerRuntime {
     /// then it is removed (never its volume) so it is recreated with the new one.
     /// A running container is left alone; the change applies at its next start.
     async fn current(&self, spec: &ContainerSpec) -> Result<Option<ContainerInfo>, RuntimeError> {
-        let Some(info) = self.inspect(&spec.name).await? else {
+        let Some((info, labels)) = self.inspect_name(&spec.name).await? else {
             return Ok(None);
         };
-        let stale = info.labels.get(super::SPEC_LABEL) != spec.labels.get(super::SPEC_LABEL);
-        if stale && !info.running && !info.paused {
+        let stale = labels.get(SPEC_LABEL) != spec.labels.get(SPEC_LABEL);
+        if stale && info.state == RunState::Stopped {
             tracing::info!(container = %spec.name, "container spec changed: recreating it on the same volume");
-            self.remove(&spec.name, None).await?;
+            self.remove_name(&spec.name, None).await?;
             return Ok(None);
         }
         Ok(Some(info))
     }
 
     /// Starts (or unpauses) the container, creating it first if there is none.
-    async fn ensure_running_once(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError> {
+    /// `fresh`: none is expected, so creating comes first (one call fewer on a cold
+    /// start); one that exists after all is looked at as usual.
+    async fn ensure_running_once(
+        &self,
+        spec: &ContainerSpec,
+        fresh: bool,
+    ) -> Result<Running, RuntimeError> {
+        if fresh && let Some(id) = self.try_create(spec).await? {
+            self.start(spec).await?;
+            return Ok(Running {
+                id,
+                running_since: None,
+            });
+        }
         if let Some(info) = self.current(spec).await? {
             if self.network_per_user {
                 self.ensure_network(spec).await?;
             }
-            if info.running {
+            if info.state == RunState::Running {
                 return Ok(Running {
                     id: info.id,
                     running_since: info.started_at,
                 });
             }
-            if info.paused {
+            if info.state == RunState::Paused {
                 self.docker()?
                     .unpause_container(&spec.name)
                     .await
@@ -510,7 +609,7 @@ impl DockerRuntime {
     /// Waits (bounded) until the container `name` no longer exists.
     async fn wait_gone(&self, name: &str) -> Result<(), RuntimeError> {
         let deadline = tokio::time::Instant::now() + REMOVAL_WAIT;
-        while self.inspect(name).await?.is_some() {
+        while self.inspect_name(name).await?.is_some() {
             if tokio::time::Instant::now() >= deadline {
                 return Err(RuntimeError::Failed(format!(
                     "container {name} is still being removed after {} s",
@@ -572,83 +671,96 @@ fn classify(e: BollardError) -> RuntimeError {
     }
 }
 
-#[async_trait]
-impl Runtime for DockerRuntime {
-    async fn ping(&self) -> Result<(), RuntimeError> {
-        self.docker()?.ping().await.map(|_| ()).map_err(classify)
-    }
-
-    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
-        match self.docker()?.inspect_image(image).await {
-            Ok(_) => Ok(true),
-            Err(e) if status(&e) == Some(404) => Ok(false),
-            Err(e) => Err(classify(e)),
-        }
-    }
-
-    async fn adopt_pooled(&self, pooled: &str, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let options = bollard::query_parameters::RenameContainerOptions {
-            name: spec.name.clone(),
-        };
-        self.docker()?
-            .rename_container(pooled, options)
-            .await
-            .map_err(|e| map_err(e, spec))?;
-        if self.network_per_user && spec.network != self.shared_network {
-            self.ensure_network(spec).await?;
-            self.connect_to(&spec.network, &spec.name).await?;
-            let req = bollard::models::NetworkDisconnectRequest {
-                container: spec.name.clone(),
-                force: Some(true),
-            };
-            self.docker()?
-                .disconnect_network(&self.shared_network, req)
-                .await
-                .map_err(classify)?;
-        }
-        Ok(())
-    }
-
-    async fn ensure_running(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError> {
-        match self.ensure_running_once(spec).await {
-            // `docker rm -f` under way: its `die` event arrives (and a request kicks a
-            // spawn) before the container is gone, and Docker refuses to start it.
-            // Wait for it to go, then make a new one on the same volume.
-            Err(RuntimeError::Failed(msg)) if being_removed(&msg) => {
-                self.wait_gone(&spec.name).await?;
-                self.ensure_running_once(spec).await
+impl DockerRuntime {
+    /// The container as Docker is to make it.
+    fn plan(&self, spec: &EnvironmentSpec) -> ContainerSpec {
+        let name = container_name(&self.instance, &spec.env_id);
+        let mut labels = HashMap::from([
+            ("spawngate.managed".to_owned(), "true".to_owned()),
+            ("spawngate.instance".to_owned(), self.instance.clone()),
+        ]);
+        let mut volume = None;
+        match &spec.env_id {
+            EnvId::User(slug) => {
+                labels.insert("spawngate.slug".into(), slug.to_string());
+                volume = spec.data_mount.as_ref().map(|_| volume_name(slug));
             }
-            other => other,
+            EnvId::Pool(_) => {
+                labels.insert("spawngate.pool".into(), "true".into());
+            }
+            EnvId::Unrecognised(_) => {}
         }
+        if let Some(owner) = &spec.owner {
+            labels.insert("spawngate.user".into(), owner.name.clone());
+            labels.insert("spawngate.user_id".into(), owner.id.to_string());
+        }
+        let network = match spec.isolation {
+            // Per-user networks are named like the container.
+            Isolation::OwnNetwork => name.clone(),
+            Isolation::Shared => self.shared_network.clone(),
+        };
+        let mut plan = ContainerSpec {
+            name,
+            image: spec.image.clone(),
+            env: spec.env.clone(),
+            labels,
+            port: spec.port,
+            host_port: match self.mode {
+                NetworkMode::Host => spec.host_port,
+                NetworkMode::Network => None,
+            },
+            network,
+            volume,
+            data_mount: spec.data_mount.clone().unwrap_or_default(),
+            memory_bytes: spec.memory_bytes,
+            nano_cpus: (spec.cpus * 1e9).round() as i64,
+            pids_limit: spec.pids_limit,
+            read_only_rootfs: spec.read_only_rootfs,
+            init: spec.init,
+        };
+        // Pool spares are never stopped and restarted, so never recreated.
+        if matches!(spec.env_id, EnvId::User(_)) {
+            let fingerprint = plan.fingerprint();
+            plan.labels.insert(SPEC_LABEL.into(), fingerprint);
+        }
+        plan
     }
 
-    async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        match self.current(spec).await? {
-            Some(info) => Ok(info.id),
-            None => self.create_fresh(spec).await,
-        }
+    fn name_of(&self, env: &EnvId) -> String {
+        container_name(&self.instance, env)
     }
 
-    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError> {
+    /// The container `name` and its labels, if it exists.
+    async fn inspect_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<(ContainerInfo, HashMap<String, String>)>, RuntimeError> {
         match self.docker()?.inspect_container(name, None).await {
             Ok(c) => {
                 let state = c.state.unwrap_or_default();
-                Ok(Some(ContainerInfo {
-                    id: c.id.unwrap_or_default(),
-                    running: state.running.unwrap_or(false) && !state.paused.unwrap_or(false),
-                    paused: state.paused.unwrap_or(false),
-                    started_at: state.started_at.filter(|s| !s.starts_with("0001")),
-                    finished_at: state.finished_at.filter(|s| !s.starts_with("0001")),
-                    exit_code: state.exit_code,
-                    labels: c.config.and_then(|c| c.labels).unwrap_or_default(),
-                }))
+                let paused = state.paused.unwrap_or(false);
+                let run_state = match (state.running.unwrap_or(false), paused) {
+                    (_, true) => RunState::Paused,
+                    (true, false) => RunState::Running,
+                    (false, false) => RunState::Stopped,
+                };
+                Ok(Some((
+                    ContainerInfo {
+                        id: c.id.unwrap_or_default(),
+                        state: run_state,
+                        started_at: state.started_at.filter(|s| !s.starts_with("0001")),
+                        finished_at: state.finished_at.filter(|s| !s.starts_with("0001")),
+                        exit_code: state.exit_code,
+                    },
+                    c.config.and_then(|c| c.labels).unwrap_or_default(),
+                )))
             }
             Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(classify(e)),
         }
     }
 
-    async fn stop(&self, name: &str) -> Result<(), RuntimeError> {
+    async fn stop_name(&self, name: &str) -> Result<(), RuntimeError> {
         let options = StopContainerOptions {
             t: Some(self.stop_timeout_secs),
             ..Default::default()
@@ -660,72 +772,11 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn pause(&self, name: &str) -> Result<(), RuntimeError> {
-        self.docker()?.pause_container(name).await.map_err(classify)
-    }
-
-    async fn list(&self, instance: &str) -> Result<Vec<ContainerSummary>, RuntimeError> {
-        let list = self
-            .labelled(&format!("spawngate.instance={instance}"), true)
-            .await?;
-        Ok(list
-            .into_iter()
-            .map(|c| ContainerSummary {
-                name: c
-                    .names
-                    .and_then(|n| n.into_iter().next())
-                    .unwrap_or_default()
-                    .trim_start_matches('/')
-                    .to_owned(),
-                id: c.id.unwrap_or_default(),
-                state: c.state.map(|s| s.to_string()).unwrap_or_default(),
-                labels: c.labels.unwrap_or_default(),
-            })
-            .collect())
-    }
-
-    async fn network_bytes(&self, name: &str) -> Result<Option<u64>, RuntimeError> {
-        let options = StatsOptions {
-            stream: false,
-            one_shot: true,
-        };
-        let mut stream = self.docker()?.stats(name, Some(options));
-        match stream.next().await {
-            Some(Ok(stats)) => Ok(stats.networks.map(|nets| {
-                nets.values()
-                    .map(|n| n.rx_bytes.unwrap_or(0) + n.tx_bytes.unwrap_or(0))
-                    .sum()
-            })),
-            Some(Err(e)) if status(&e) == Some(404) => Ok(None),
-            Some(Err(e)) => Err(classify(e)),
-            None => Ok(None),
-        }
-    }
-
-    async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>, RuntimeError> {
-        let options = LogsOptions {
-            stdout: true,
-            stderr: true,
-            tail: tail.to_string(),
-            ..Default::default()
-        };
-        let mut stream = self.docker()?.logs(name, Some(options));
-        let mut out = String::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(output) => out.push_str(&String::from_utf8_lossy(&output.into_bytes())),
-                Err(e) if status(&e) == Some(404) => return Ok(Vec::new()),
-                Err(e) => return Err(classify(e)),
-            }
-        }
-        Ok(out.lines().map(str::to_owned).collect())
-    }
-
-    async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError> {
+    async fn remove_name(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError> {
         // Stop first, with the configured grace: the app gets its SIGTERM and may
         // save its state (a forced removal would SIGKILL it). Already stopped or
         // missing is a no-op.
-        self.stop(name).await?;
+        self.stop_name(name).await?;
         let options = RemoveContainerOptions {
             force: true,
             // Anonymous volumes only (an image's `VOLUME` that nothing named was
@@ -742,25 +793,199 @@ impl Runtime for DockerRuntime {
             self.remove_user_network(name).await?;
         }
         if let Some(volume) = volume {
-            match self
-                .docker()?
-                .remove_volume(volume, None::<RemoveVolumeOptions>)
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if status(&e) == Some(404) => {}
-                Err(e) => return Err(classify(e)),
-            }
+            self.remove_volume(volume).await?;
         }
         Ok(())
     }
 
-    async fn resources(&self, instance: &str) -> Result<Vec<Resource>, RuntimeError> {
+    async fn remove_volume(&self, volume: &str) -> Result<(), RuntimeError> {
+        match self
+            .docker()?
+            .remove_volume(volume, None::<RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn name(&self, env: &EnvId) -> String {
+        self.name_of(env)
+    }
+
+    fn address(&self, env: &EnvId, host_port: Option<u16>) -> String {
+        match (self.mode, host_port, env) {
+            (NetworkMode::Host, Some(port), EnvId::User(_)) => format!("http://127.0.0.1:{port}"),
+            _ => format!("http://{}:{}", self.name_of(env), self.app_port),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), RuntimeError> {
+        self.docker()?.ping().await.map(|_| ()).map_err(classify)
+    }
+
+    async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
+        match self.docker()?.inspect_image(image).await {
+            Ok(_) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn adopt_pooled(
+        &self,
+        pooled: &EnvId,
+        spec: &EnvironmentSpec,
+    ) -> Result<(), RuntimeError> {
+        let spec = self.plan(spec);
+        let options = bollard::query_parameters::RenameContainerOptions {
+            name: spec.name.clone(),
+        };
+        self.docker()?
+            .rename_container(&self.name_of(pooled), options)
+            .await
+            .map_err(|e| map_err(e, &spec))?;
+        if self.network_per_user && spec.network != self.shared_network {
+            self.ensure_network(&spec).await?;
+            self.connect_to(&spec.network, &spec.name).await?;
+            let req = bollard::models::NetworkDisconnectRequest {
+                container: spec.name.clone(),
+                force: Some(true),
+            };
+            self.docker()?
+                .disconnect_network(&self.shared_network, req)
+                .await
+                .map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_running(&self, env: &EnvironmentSpec) -> Result<Running, RuntimeError> {
+        let spec = self.plan(env);
+        match self.ensure_running_once(&spec, env.fresh).await {
+            // `docker rm -f` under way: its `die` event arrives (and a request kicks a
+            // spawn) before the container is gone, and Docker refuses to start it.
+            // Wait for it to go, then make a new one on the same volume.
+            Err(RuntimeError::Failed(msg)) if being_removed(&msg) => {
+                self.wait_gone(&spec.name).await?;
+                self.ensure_running_once(&spec, true).await
+            }
+            other => other,
+        }
+    }
+
+    async fn ensure_created(&self, spec: &EnvironmentSpec) -> Result<String, RuntimeError> {
+        let spec = self.plan(spec);
+        match self.current(&spec).await? {
+            Some(info) => Ok(info.id),
+            None => self.create_fresh(&spec).await,
+        }
+    }
+
+    async fn inspect(&self, env: &EnvId) -> Result<Option<ContainerInfo>, RuntimeError> {
+        Ok(self
+            .inspect_name(&self.name_of(env))
+            .await?
+            .map(|(info, _)| info))
+    }
+
+    async fn stop(&self, env: &EnvId) -> Result<(), RuntimeError> {
+        self.stop_name(&self.name_of(env)).await
+    }
+
+    async fn pause(&self, env: &EnvId) -> Result<(), RuntimeError> {
+        self.docker()?
+            .pause_container(&self.name_of(env))
+            .await
+            .map_err(classify)
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let list = self
+            .labelled(&format!("spawngate.instance={}", self.instance), true)
+            .await?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let name = c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .unwrap_or_default();
+                let labels = c.labels.unwrap_or_default();
+                // Docker's states: created, running, paused, restarting, removing,
+                // exited, dead.
+                let state = match c.state.map(|s| s.to_string()).as_deref() {
+                    Some("running") => RunState::Running,
+                    Some("paused") => RunState::Paused,
+                    _ => RunState::Stopped,
+                };
+                ContainerSummary {
+                    env_id: parse_name(&self.instance, &name),
+                    id: c.id.unwrap_or_default(),
+                    state,
+                    pooled: labels.get("spawngate.pool").map(String::as_str) == Some("true"),
+                    owner_id: labels.get("spawngate.user_id").cloned(),
+                }
+            })
+            .collect())
+    }
+
+    async fn network_bytes(&self, env: &EnvId) -> Result<Option<u64>, RuntimeError> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stream = self.docker()?.stats(&self.name_of(env), Some(options));
+        match stream.next().await {
+            Some(Ok(stats)) => Ok(stats.networks.map(|nets| {
+                nets.values()
+                    .map(|n| n.rx_bytes.unwrap_or(0) + n.tx_bytes.unwrap_or(0))
+                    .sum()
+            })),
+            Some(Err(e)) if status(&e) == Some(404) => Ok(None),
+            Some(Err(e)) => Err(classify(e)),
+            None => Ok(None),
+        }
+    }
+
+    async fn logs(&self, env: &EnvId, tail: usize) -> Result<Vec<String>, RuntimeError> {
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: tail.to_string(),
+            ..Default::default()
+        };
+        let mut stream = self.docker()?.logs(&self.name_of(env), Some(options));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(output) => out.push_str(&String::from_utf8_lossy(&output.into_bytes())),
+                Err(e) if status(&e) == Some(404) => return Ok(Vec::new()),
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(out.lines().map(str::to_owned).collect())
+    }
+
+    async fn remove(&self, env: &EnvId, with_volume: bool) -> Result<(), RuntimeError> {
+        let volume = match env {
+            EnvId::User(slug) if with_volume => Some(volume_name(slug)),
+            _ => None,
+        };
+        self.remove_name(&self.name_of(env), volume.as_deref())
+            .await
+    }
+
+    async fn resources(&self) -> Result<Vec<Resource>, RuntimeError> {
         let mut out = Vec::new();
         let options = bollard::query_parameters::ListVolumesOptions {
             filters: Some(HashMap::from([(
                 "label".to_owned(),
-                vec![format!("spawngate.instance={instance}")],
+                vec![format!("spawngate.instance={}", self.instance)],
             )])),
         };
         let volumes = self
@@ -771,16 +996,18 @@ impl Runtime for DockerRuntime {
         for v in volumes.volumes.unwrap_or_default() {
             out.push(Resource {
                 kind: ResourceKind::Volume,
+                owner_id: v.labels.get("spawngate.user_id").cloned(),
+                env_id: None,
                 name: v.name,
-                labels: v.labels,
             });
         }
-        for n in self.user_networks(instance).await? {
+        for n in self.user_networks(&self.instance).await? {
             if let Some(name) = n.name {
                 out.push(Resource {
                     kind: ResourceKind::UserNetwork,
+                    owner_id: None,
+                    env_id: Some(parse_name(&self.instance, &name)),
                     name,
-                    labels: n.labels.unwrap_or_default(),
                 });
             }
         }
@@ -790,21 +1017,12 @@ impl Runtime for DockerRuntime {
     async fn remove_resource(&self, resource: &Resource) -> Result<(), RuntimeError> {
         match resource.kind {
             ResourceKind::UserNetwork => self.remove_user_network(&resource.name).await,
-            ResourceKind::Volume => match self
-                .docker()?
-                .remove_volume(&resource.name, None::<RemoveVolumeOptions>)
-                .await
-            {
-                Ok(()) => Ok(()),
-                Err(e) if status(&e) == Some(404) => Ok(()),
-                Err(e) => Err(classify(e)),
-            },
+            ResourceKind::Volume => self.remove_volume(&resource.name).await,
         }
     }
 
     async fn watch_events(
         &self,
-        instance: &str,
         on_gone: &(dyn Fn(ContainerGone) + Send + Sync),
     ) -> Result<(), RuntimeError> {
         let filters = HashMap::from([
@@ -825,7 +1043,7 @@ impl Runtime for DockerRuntime {
             filters: Some(filters),
             ..Default::default()
         };
-        let result = self.follow_events(options, instance, on_gone, gap).await;
+        let result = self.follow_events(options, on_gone, gap).await;
         // Broken (or never connected): the next stream replays from here, unless an
         // earlier gap is still open.
         let mut open = self.events_gap.lock().unwrap_or_else(|p| p.into_inner());
@@ -846,7 +1064,6 @@ impl DockerRuntime {
     async fn follow_events(
         &self,
         options: EventsOptions,
-        instance: &str,
         on_gone: &(dyn Fn(ContainerGone) + Send + Sync),
         gap: Option<i64>,
     ) -> Result<(), RuntimeError> {
@@ -874,8 +1091,9 @@ impl DockerRuntime {
             let mut attrs = actor.attributes.unwrap_or_default();
             // Filtered here, not by the daemon: Docker ANDs several label filters,
             // and we want ours OR our peers'.
-            let is_peer = attrs.get("spawngate.attach").map(String::as_str) == Some(instance);
-            let is_ours = attrs.get("spawngate.instance").map(String::as_str) == Some(instance);
+            let instance = Some(self.instance.as_str());
+            let is_peer = attrs.get("spawngate.attach").map(String::as_str) == instance;
+            let is_ours = attrs.get("spawngate.instance").map(String::as_str) == instance;
             if !is_peer && !is_ours {
                 continue;
             }
@@ -890,9 +1108,12 @@ impl DockerRuntime {
                 }
                 continue;
             }
-            if !is_peer && let Some(name) = attrs.remove("name") {
+            if !is_peer
+                && let Some(name) = attrs.remove("name")
+                && let EnvId::User(slug) = parse_name(&self.instance, &name)
+            {
                 on_gone(ContainerGone {
-                    name,
+                    slug,
                     paused: action == "pause",
                 });
             }
@@ -908,5 +1129,141 @@ impl DockerRuntime {
             );
         }
         *self.events_gap.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::Owner;
+
+    fn runtime(toml: &str) -> DockerRuntime {
+        let config = crate::config::Config::from_sources(toml, Vec::new()).unwrap();
+        DockerRuntime::connect(&config.docker).unwrap()
+    }
+
+    fn user_spec(slug: &Slug) -> EnvironmentSpec {
+        EnvironmentSpec {
+            env_id: EnvId::User(slug.clone()),
+            owner: Some(Owner {
+                id: crate::ids::UserId::generate(),
+                name: "alice".into(),
+            }),
+            image: "app:1".into(),
+            env: vec![("B".into(), "2".into()), ("A".into(), "1".into())],
+            port: 8080,
+            host_port: Some(40001),
+            data_mount: Some("/data".into()),
+            memory_bytes: 512 << 20,
+            cpus: 0.5,
+            pids_limit: 256,
+            read_only_rootfs: false,
+            init: true,
+            isolation: Isolation::Shared,
+            fresh: false,
+        }
+    }
+
+    #[test]
+    fn names_parse_back_to_their_environment() {
+        let rt = runtime("[docker]\ninstance = \"prod\"");
+        let slug = Slug::parse("0123456789ab").unwrap();
+        for env in [
+            EnvId::User(slug.clone()),
+            EnvId::Pool("1a2b3c4d".into()),
+            EnvId::Unrecognised("hand-made".into()),
+        ] {
+            assert_eq!(parse_name("prod", &rt.name_of(&env)), env);
+        }
+        assert_eq!(
+            rt.name_of(&EnvId::User(slug.clone())),
+            "spawngate-u-0123456789ab"
+        );
+        assert_eq!(
+            parse_name("prod", "/spawngate-u-0123456789ab"),
+            EnvId::User(slug),
+            "Docker's leading slash"
+        );
+        // Another instance's spare is not ours to name.
+        assert!(matches!(
+            parse_name("prod", "spawngate-pool-test-1a2b"),
+            EnvId::Unrecognised(_)
+        ));
+    }
+
+    #[test]
+    fn host_mode_publishes_the_users_port_and_network_mode_uses_dns() {
+        let slug = Slug::parse("0123456789ab").unwrap();
+        let user = EnvId::User(slug.clone());
+        let host = runtime("");
+        assert_eq!(host.address(&user, Some(40001)), "http://127.0.0.1:40001");
+        assert_eq!(host.plan(&user_spec(&slug)).host_port, Some(40001));
+        let net = runtime("[docker]\nmode = \"network\"");
+        assert_eq!(
+            net.address(&user, Some(40001)),
+            "http://spawngate-u-0123456789ab:8080"
+        );
+        assert_eq!(net.plan(&user_spec(&slug)).host_port, None);
+    }
+
+    #[test]
+    fn a_user_plan_keeps_the_names_labels_and_fingerprint_of_before() {
+        let rt = runtime("");
+        let slug = Slug::parse("0123456789ab").unwrap();
+        let plan = rt.plan(&user_spec(&slug));
+        assert_eq!(plan.name, "spawngate-u-0123456789ab");
+        assert_eq!(plan.network, rt.shared_network);
+        assert_eq!(
+            plan.volume.as_deref(),
+            Some("spawngate-u-0123456789ab-data")
+        );
+        assert_eq!(plan.nano_cpus, 500_000_000);
+        for key in [
+            "spawngate.managed",
+            "spawngate.instance",
+            "spawngate.user",
+            "spawngate.user_id",
+            "spawngate.slug",
+            SPEC_LABEL,
+        ] {
+            assert!(plan.labels.contains_key(key), "{key}");
+        }
+        // The fingerprint's text is what earlier versions hashed: changing it would
+        // recreate every stopped container on upgrade.
+        use sha2::{Digest, Sha256};
+        let text = format!(
+            "app:1|[(\"A\", \"1\"), (\"B\", \"2\")]|8080|Some(40001)|{}|Some(\"spawngate-u-0123456789ab-data\")|/data|536870912|500000000|256|false|true",
+            rt.shared_network
+        );
+        assert_eq!(
+            plan.labels[SPEC_LABEL],
+            hex::encode(&Sha256::digest(text.as_bytes())[..8])
+        );
+
+        let own = rt.plan(&EnvironmentSpec {
+            isolation: Isolation::OwnNetwork,
+            ..user_spec(&slug)
+        });
+        assert_eq!(own.network, own.name, "a per-user network is named like it");
+    }
+
+    #[test]
+    fn pool_spares_have_no_volume_owner_or_fingerprint() {
+        let rt = runtime("");
+        let plan = rt.plan(&EnvironmentSpec {
+            env_id: EnvId::Pool("1a2b".into()),
+            owner: None,
+            data_mount: None,
+            host_port: None,
+            ..user_spec(&Slug::parse("0123456789ab").unwrap())
+        });
+        assert_eq!(plan.name, "spawngate-pool-default-1a2b");
+        assert_eq!(plan.volume, None);
+        assert_eq!(
+            plan.labels.get("spawngate.pool").map(String::as_str),
+            Some("true")
+        );
+        assert!(!plan.labels.contains_key("spawngate.user_id"));
+        assert!(!plan.labels.contains_key(SPEC_LABEL));
     }
 }

@@ -1,66 +1,102 @@
-//! The container runtime: what the lifecycle needs from Docker, as a trait so the
-//! lifecycle logic can be unit-tested with a fake and another backend can follow.
+//! The container runtime: the backend boundary between the lifecycle and whatever
+//! runs environments (Docker today). The lifecycle says *which* environment and
+//! *what* it needs ([`EnvironmentSpec`]); the runtime owns everything about how:
+//! container, volume and network names, labels, addresses, host-port publishing,
+//! and the parsing of its own states. It also says what it can do
+//! ([`Capabilities`]), so the lifecycle never assumes Docker.
 
 pub mod docker;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::config::Config;
+use crate::ids::{Slug, UserId};
+
 pub use docker::DockerRuntime;
 
-/// Everything needed to create a user's container.
-#[derive(Clone, Debug)]
-pub struct ContainerSpec {
-    pub name: String,
-    pub image: String,
-    pub env: Vec<(String, String)>,
-    pub labels: HashMap<String, String>,
-    /// Port the app listens on inside the container.
-    pub port: u16,
-    /// Host mode: publish `port` on 127.0.0.1:`host_port`.
-    pub host_port: Option<u16>,
-    pub network: String,
-    /// Named volume mounted at `data_mount`; `None` for stateless pool containers.
-    pub volume: Option<String>,
-    pub data_mount: String,
-    pub memory_bytes: i64,
-    pub nano_cpus: i64,
-    pub pids_limit: i64,
-    pub read_only_rootfs: bool,
-    /// Docker's init as PID 1 (`docker.init`): signals reach the app even when it
-    /// installs no handler, since only PID 1 is immune to unhandled ones.
-    pub init: bool,
+/// The runtime spawngate is configured for (only Docker so far). Validates the
+/// address; the connection itself is made on first use, so spawngate starts while
+/// the daemon is down.
+pub fn connect(config: &Config) -> Result<Arc<dyn Runtime>, RuntimeError> {
+    Ok(Arc::new(DockerRuntime::connect(&config.docker)?))
 }
 
-/// Label holding [`ContainerSpec::fingerprint`]: a stopped container whose
-/// fingerprint differs from the current spec (new image, limits or env) is
-/// recreated on its next start, on the same volume.
-pub const SPEC_LABEL: &str = "spawngate.spec";
+/// Which environment: a user's (by slug), or a spare of the warm pool (by the
+/// token it was made with).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EnvId {
+    User(Slug),
+    Pool(String),
+    /// Listed as this instance's, but named like none of ours (made by hand, or
+    /// by another version): only ever removed, by the runtime's own name for it.
+    Unrecognised(String),
+}
 
-impl ContainerSpec {
-    /// A short hash of everything that shapes the container.
-    pub fn fingerprint(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let mut env = self.env.clone();
-        env.sort();
-        let text = format!(
-            "{}|{:?}|{}|{:?}|{}|{:?}|{}|{}|{}|{}|{}|{}",
-            self.image,
-            env,
-            self.port,
-            self.host_port,
-            self.network,
-            self.volume,
-            self.data_mount,
-            self.memory_bytes,
-            self.nano_cpus,
-            self.pids_limit,
-            self.read_only_rootfs,
-            self.init
-        );
-        hex::encode(&Sha256::digest(text.as_bytes())[..8])
-    }
+/// Whom a user's environment belongs to (recorded with it, so a restart can tell
+/// a deleted user's leftovers from a live user's environment).
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// How far an environment is kept apart from the others, beyond the hardening
+/// every environment gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// On the instance's shared network.
+    Shared,
+    /// On a network of its own, which only it and spawngate's peers (Traefik) join.
+    OwnNetwork,
+}
+
+/// Everything needed to create an environment, in terms of what it needs rather
+/// than how a backend provides it.
+#[derive(Clone, Debug)]
+pub struct EnvironmentSpec {
+    pub env_id: EnvId,
+    /// `None` for pool spares, which learn whom they serve from request headers.
+    pub owner: Option<Owner>,
+    pub image: String,
+    pub env: Vec<(String, String)>,
+    /// Port the app listens on.
+    pub port: u16,
+    /// Host mode: the loopback port allocated to the user (stored with the user).
+    pub host_port: Option<u16>,
+    /// Where the persistent volume is mounted; `None` for stateless pool spares.
+    pub data_mount: Option<String>,
+    pub memory_bytes: i64,
+    pub cpus: f64,
+    pub pids_limit: i64,
+    pub read_only_rootfs: bool,
+    /// An init as PID 1 (`docker.init`): signals reach the app even when it
+    /// installs no handler, since only PID 1 is immune to unhandled ones.
+    pub init: bool,
+    pub isolation: Isolation,
+    /// A hint: no such environment is known to exist, so a backend may try
+    /// creating it first. Being wrong costs time, never correctness.
+    pub fresh: bool,
+}
+
+/// What a runtime can do beyond starting and stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Freeze an environment (memory kept, CPU freed) and thaw it quickly.
+    pub pause: bool,
+    /// Hand a running spare to a user by renaming it (`pool.size`).
+    pub warm_pool: bool,
+    /// Report an environment's network byte counters (the culler's traffic check).
+    pub network_counters: bool,
+}
+
+impl Capabilities {
+    pub const ALL: Capabilities = Capabilities {
+        pause: true,
+        warm_pool: true,
+        network_counters: true,
+    };
 }
 
 /// Coarse container state as the admin API reports it.
@@ -74,58 +110,77 @@ pub enum ContainerState {
     Stopped,
 }
 
+/// What the runtime observes of an existing environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    /// Created, exited, dead, restarting, being removed: not serving.
+    Stopped,
+}
+
 #[derive(Clone, Debug)]
 pub struct ContainerInfo {
     pub id: String,
-    /// Running and not paused.
-    pub running: bool,
-    pub paused: bool,
-    /// RFC 3339 from Docker, when known.
+    pub state: RunState,
+    /// RFC 3339, when known.
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub exit_code: Option<i64>,
-    pub labels: HashMap<String, String>,
+}
+
+impl ContainerInfo {
+    /// Running and not paused.
+    pub fn running(&self) -> bool {
+        self.state == RunState::Running
+    }
 }
 
 /// What [`Runtime::ensure_running`] found or did.
 #[derive(Clone, Debug)]
 pub struct Running {
     pub id: String,
-    /// Docker's start time (RFC 3339) when the container was already running;
-    /// `None` when it was started (or unpaused) just now.
+    /// The start time (RFC 3339) when it was already running; `None` when it was
+    /// started (or unpaused) just now.
     pub running_since: Option<String>,
 }
 
-/// One of this instance's containers, as listed by labels.
+/// One of this instance's environments, as the runtime lists them.
 #[derive(Clone, Debug)]
 pub struct ContainerSummary {
-    pub name: String,
+    /// The environment it serves now. A claimed pool spare serves its user's.
+    pub env_id: EnvId,
     pub id: String,
-    /// Docker's state: `created`, `running`, `paused`, `exited`, `dead`…
-    pub state: String,
-    pub labels: HashMap<String, String>,
+    pub state: RunState,
+    /// Made as a pool spare: its owner is known only from the user's record.
+    pub pooled: bool,
+    /// The user it was made for (never set for pool spares).
+    pub owner_id: Option<String>,
 }
 
-/// A container of ours that stopped, died or went away.
+/// A user's environment that stopped, paused, died or went away.
 #[derive(Clone, Debug)]
 pub struct ContainerGone {
-    pub name: String,
+    pub slug: Slug,
     /// Paused rather than stopped or removed.
     pub paused: bool,
 }
 
-/// A named volume or a per-user network of this instance, as listed by labels.
+/// A named volume or a per-user network of this instance.
 #[derive(Clone, Debug)]
 pub struct Resource {
     pub kind: ResourceKind,
     pub name: String,
-    pub labels: HashMap<String, String>,
+    /// The user it belongs to, when the runtime recorded one.
+    pub owner_id: Option<String>,
+    /// The user environment it serves (per-user networks).
+    pub env_id: Option<EnvId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResourceKind {
     Volume,
-    /// A network of one user (`docker.network_per_user`), named like the container.
+    /// A network of one user ([`Isolation::OwnNetwork`]).
     UserNetwork,
 }
 
@@ -141,42 +196,59 @@ pub enum RuntimeError {
 
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
+    /// What this runtime supports; the lifecycle skips what it does not.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::ALL
+    }
+    /// The runtime's name for an environment (its container name): for logs,
+    /// records and secrets derived from it. Stable for as long as it exists.
+    fn name(&self, env: &EnvId) -> String;
+    /// Where Traefik (and the readiness probe) reach the environment's app.
+    /// Deterministic, so Traefik's configuration never changes when it starts.
+    fn address(&self, env: &EnvId, host_port: Option<u16>) -> String;
     /// Checks that the daemon answers.
     async fn ping(&self) -> Result<(), RuntimeError>;
-    /// Whether the image exists on the Docker host (nothing is ever pulled).
+    /// Whether the image exists (nothing is ever pulled).
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;
-    /// Makes sure the container exists and runs: reuses an existing container
-    /// (starting it if stopped), creates it otherwise. Returns the container id.
-    async fn ensure_running(&self, spec: &ContainerSpec) -> Result<Running, RuntimeError>;
-    /// Creates the container (network and volume too) without starting it; an
-    /// existing container is left as it is.
-    async fn ensure_created(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
-    async fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, RuntimeError>;
-    /// Stops the container (no error if it does not exist or is already stopped):
-    /// SIGTERM, then SIGKILL after `docker.stop_timeout_secs`.
-    async fn stop(&self, name: &str) -> Result<(), RuntimeError>;
-    /// Freezes the container's processes (memory kept, CPU freed).
-    async fn pause(&self, name: &str) -> Result<(), RuntimeError>;
-    /// All containers labelled with `spawngate.instance=<instance>`, in any state.
-    async fn list(&self, instance: &str) -> Result<Vec<ContainerSummary>, RuntimeError>;
-    /// Total network bytes (received + sent) of a running container, if known.
-    async fn network_bytes(&self, name: &str) -> Result<Option<u64>, RuntimeError>;
-    /// The last `tail` lines of the container's output (stdout and stderr).
-    async fn logs(&self, name: &str, tail: usize) -> Result<Vec<String>, RuntimeError>;
-    /// Stops the container as [`Runtime::stop`] does, then removes it and, if
-    /// given, its volume. Missing ones are fine.
-    async fn remove(&self, name: &str, volume: Option<&str>) -> Result<(), RuntimeError>;
-    /// Makes a running pool container `pooled` the user's container described by
-    /// `spec`: renamed to `spec.name` and, with per-user networks, moved onto the
-    /// user's network.
-    async fn adopt_pooled(&self, pooled: &str, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+    /// Makes sure the environment exists and runs: reuses an existing one
+    /// (starting it if stopped), creates it otherwise.
+    async fn ensure_running(&self, spec: &EnvironmentSpec) -> Result<Running, RuntimeError>;
+    /// Creates the environment without starting it; an existing one is left as is.
+    async fn ensure_created(&self, spec: &EnvironmentSpec) -> Result<String, RuntimeError>;
+    async fn inspect(&self, env: &EnvId) -> Result<Option<ContainerInfo>, RuntimeError>;
+    /// Stops it (no error if it does not exist or is already stopped): SIGTERM,
+    /// then SIGKILL after `docker.stop_timeout_secs`.
+    async fn stop(&self, env: &EnvId) -> Result<(), RuntimeError>;
+    /// Freezes its processes; only called when [`Capabilities::pause`].
+    async fn pause(&self, env: &EnvId) -> Result<(), RuntimeError> {
+        let _ = env;
+        Err(RuntimeError::Failed("this runtime cannot pause".into()))
+    }
+    /// All of this instance's environments, in any state.
+    async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError>;
+    /// Total network bytes (received + sent) of a running environment, if known.
+    async fn network_bytes(&self, env: &EnvId) -> Result<Option<u64>, RuntimeError> {
+        let _ = env;
+        Ok(None)
+    }
+    /// The last `tail` lines of its output (stdout and stderr).
+    async fn logs(&self, env: &EnvId, tail: usize) -> Result<Vec<String>, RuntimeError>;
+    /// Stops it as [`Runtime::stop`] does, then removes it and, with
+    /// `with_volume`, its persistent volume. Missing ones are fine.
+    async fn remove(&self, env: &EnvId, with_volume: bool) -> Result<(), RuntimeError>;
+    /// Makes the running pool spare `pooled` the user's environment described by
+    /// `spec`; only called when [`Capabilities::warm_pool`].
+    async fn adopt_pooled(
+        &self,
+        pooled: &EnvId,
+        spec: &EnvironmentSpec,
+    ) -> Result<(), RuntimeError> {
         let _ = (pooled, spec);
         Err(RuntimeError::Failed("this runtime has no warm pool".into()))
     }
-    /// This instance's named volumes and per-user networks (for reconcile to remove
+    /// This instance's volumes and per-user networks (for reconcile to remove
     /// those of deleted users). A runtime without such things has none.
-    async fn resources(&self, instance: &str) -> Result<Vec<Resource>, RuntimeError> {
-        let _ = instance;
+    async fn resources(&self) -> Result<Vec<Resource>, RuntimeError> {
         Ok(Vec::new())
     }
     /// Removes one of [`Runtime::resources`]; a missing one is fine.
@@ -184,11 +256,11 @@ pub trait Runtime: Send + Sync + 'static {
         let _ = resource;
         Ok(())
     }
-    /// Calls `on_gone` whenever one of this instance's containers stops or is removed.
-    /// Runs until the stream ends or fails; the caller reconnects.
+    /// Calls `on_gone` whenever one of this instance's user environments stops,
+    /// pauses or is removed. Runs until the stream ends or fails; the caller
+    /// reconnects.
     async fn watch_events(
         &self,
-        instance: &str,
         on_gone: &(dyn Fn(ContainerGone) + Send + Sync),
     ) -> Result<(), RuntimeError>;
 }
