@@ -31,7 +31,9 @@ pub struct App {
     pub store: Store,
     pub lifecycle: Arc<Lifecycle>,
     pub provider: Provider,
-    pub sessions: SessionCodec,
+    pub sessions: Arc<SessionCodec>,
+    /// Who is calling (cookies and personal tokens); shares the codec above.
+    pub identities: crate::auth::Identities,
     /// Present when `email.enabled`.
     pub mailer: Option<crate::mail::Mailer>,
     pub limit_per_email: crate::auth::ratelimit::RateLimiter,
@@ -93,7 +95,9 @@ impl App {
         let config = Arc::new(config);
         let store = Store::open(&config.data_dir)?;
         let session_key = store.session_key()?;
-        let sessions = SessionCodec::new(&session_key);
+        let sessions = Arc::new(SessionCodec::new(&session_key));
+        let identities =
+            crate::auth::Identities::new(store.clone(), sessions.clone(), config.clone());
         let provider = Provider::start(config.clone(), store.directory());
         let lifecycle = Lifecycle::new(
             runtime,
@@ -141,6 +145,7 @@ impl App {
             lifecycle,
             provider,
             sessions,
+            identities,
         }))
     }
 
