@@ -31,7 +31,7 @@ pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
     // Every denial is logged. Of the allows, the first one of each verified cookie
     // (and every one by token or JWT) is logged at `info`; the cookie's later ones
     // at `debug`, so the hot path writes no line per request by default.
-    let first_allow = match &decision.caller {
+    let at_info = match &decision.caller {
         Some(Caller {
             via: Via::Session(headers),
             ..
@@ -43,26 +43,23 @@ pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
         .caller
         .as_ref()
         .map_or("-", |c| c.user.name.as_str());
-    if first_allow {
-        tracing::info!(
-            target: "spawngate::auth",
-            user = %who,
-            slug = %segment,
-            outcome = decision.outcome,
-            status = resp.status().as_u16(),
-            us = started.elapsed().as_micros() as u64,
-            "auth"
-        );
+    macro_rules! auth_line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "spawngate::auth",
+                user = %who,
+                slug = %segment,
+                outcome = decision.outcome,
+                status = resp.status().as_u16(),
+                us = started.elapsed().as_micros() as u64,
+                "auth"
+            )
+        };
+    }
+    if at_info {
+        auth_line!(info);
     } else {
-        tracing::debug!(
-            target: "spawngate::auth",
-            user = %who,
-            slug = %segment,
-            outcome = decision.outcome,
-            status = resp.status().as_u16(),
-            us = started.elapsed().as_micros() as u64,
-            "auth"
-        );
+        auth_line!(debug);
     }
     resp
 }
