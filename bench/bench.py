@@ -643,6 +643,18 @@ def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> WrkResu
         ("spawngate /auth", auth_url, [f"Cookie: {cookie}"]),
         ("hyper no-op", noop_url, []),
     ]
+    results = alternate(b, o, targets)
+    print(f"a. forwardAuth throughput: spawngate /auth (ready container) vs hyper no-op  "
+          f"[wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency]")
+    a, _ = side_by_side(o, results, "spawngate /auth", "hyper no-op", "ratio auth/noop")
+    print(flush=True)
+    return a
+
+
+def alternate(b: Bench, o: argparse.Namespace,
+              targets: list[tuple[str, str, list[str]]]) -> dict[str, list[WrkResult]]:
+    """A warm-up of each target, then `o.rounds` wrk rounds alternating between them,
+    so both see the same machine load."""
     for name, url, hdrs in targets:
         log(f"a. warm-up {name} ({o.warmup_duration})")
         wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
@@ -652,28 +664,30 @@ def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> WrkResu
             b.check_alive()
             log(f"a. round {r + 1}/{o.rounds}: {name} ({o.duration})")
             results[name].append(wrk(url, o.threads, o.connections, o.duration, hdrs))
+    return results
 
-    print(f"a. forwardAuth throughput: spawngate /auth (ready container) vs hyper no-op  "
-          f"[wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency]")
+
+def side_by_side(o: argparse.Namespace, results: dict[str, list[WrkResult]], a_name: str, b_name: str,
+                 ratio_name: str) -> tuple[WrkResult, WrkResult]:
+    """Prints every wrk round of two targets, then the best of each and their ratio."""
     rows = []
-    for name, _, _ in targets:
+    for name in (a_name, b_name):
         for i, w in enumerate(results[name]):
             rows.append([f"{name}, round {i + 1}", f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}",
                          f"{w.requests:,}", str(w.non2xx), w.socket_errors or "0"])
     print(table(["run", "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "socket errors"], rows))
     best = {name: max(rs, key=lambda w: w.rps) for name, rs in results.items()}
-    a, n = best["spawngate /auth"], best["hyper no-op"]
+    a, n = best[a_name], best[b_name]
     print()
     rows = [
-        ["spawngate /auth", f"{a.rps:,.0f}", f"{a.p50:.3f}", f"{a.p99:.3f}"],
-        ["hyper no-op", f"{n.rps:,.0f}", f"{n.p50:.3f}", f"{n.p99:.3f}"],
-        ["ratio auth/noop", ratio(a.rps, n.rps), ratio(a.p50, n.p50), ratio(a.p99, n.p99)],
+        [a_name, f"{a.rps:,.0f}", f"{a.p50:.3f}", f"{a.p99:.3f}"],
+        [b_name, f"{n.rps:,.0f}", f"{n.p50:.3f}", f"{n.p99:.3f}"],
+        [ratio_name, ratio(a.rps, n.rps), ratio(a.p50, n.p50), ratio(a.p99, n.p99)],
     ]
     print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms"], rows))
     if any(w.non2xx for rs in results.values() for w in rs):
         print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
-    print(flush=True)
-    return a
+    return a, n
 
 
 def container_env(b: Bench, slug: str, name: str) -> str:
@@ -740,36 +754,12 @@ def section_a_traefik(b: Bench, o: argparse.Namespace, user: tuple[str, str]) ->
         ("Traefik + spawngate forwardAuth", f"http://127.0.0.1:{b.web_port}{path_q}"),
         ("Traefik + no-op forwardAuth", f"http://127.0.0.1:{b.floor_port}{path_q}"),
     ]
-    hdrs = [f"Cookie: {cookie}"]
-    for label, url in targets:
-        log(f"a. warm-up {label} ({o.warmup_duration})")
-        wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
-    results: dict[str, list[WrkResult]] = {label: [] for label, _ in targets}
-    for r in range(o.rounds):
-        for label, url in targets:
-            b.check_alive()
-            log(f"a. round {r + 1}/{o.rounds}: {label} ({o.duration})")
-            results[label].append(wrk(url, o.threads, o.connections, o.duration, hdrs))
+    results = alternate(b, o, [(label, url, [f"Cookie: {cookie}"]) for label, url in targets])
     print(f"a. through Traefik: GET {path_q} with the session cookie, the same router, middlewares and "
           f"service; only the forwardAuth address differs  [wrk -t{o.threads} -c{o.connections} -d{o.duration}]")
-    rows = []
-    for label, _ in targets:
-        for i, w in enumerate(results[label]):
-            rows.append([f"{label}, round {i + 1}", f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}",
-                         f"{w.requests:,}", str(w.non2xx), w.socket_errors or "0"])
-    print(table(["run", "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "socket errors"], rows))
-    best = {label: max(rs, key=lambda w: w.rps) for label, rs in results.items()}
-    a, n = best[targets[0][0]], best[targets[1][0]]
-    print()
-    print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms"], [
-        [targets[0][0], f"{a.rps:,.0f}", f"{a.p50:.3f}", f"{a.p99:.3f}"],
-        [targets[1][0], f"{n.rps:,.0f}", f"{n.p50:.3f}", f"{n.p99:.3f}"],
-        ["ratio spawngate/no-op", ratio(a.rps, n.rps), ratio(a.p50, n.p50), ratio(a.p99, n.p99)],
-    ]))
+    a, n = side_by_side(o, results, targets[0][0], targets[1][0], "ratio spawngate/no-op")
     print(f"  floor: router floor-{name}@file on entry point 'floor', middlewares {chain}, service "
           f"{router['service']}@http; forwardAuth as spawngate's with address {forward_auth['address']}")
-    if any(w.non2xx for rs in results.values() for w in rs):
-        print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
     print(flush=True)
     return a, n
 
