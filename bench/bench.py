@@ -2,7 +2,10 @@
 """spawngate benchmark: spawngate next to a baseline, measured side by side in one run.
 
   a. forwardAuth `/auth/u-<slug>` of a logged-in user whose container is ready,
-     against a hyper no-op responder (examples/noop.rs), with identical wrk settings.
+     against a hyper no-op responder (examples/noop.rs), with identical wrk settings;
+     then what a user pays: the app through Traefik with spawngate's forwardAuth,
+     against the same Traefik, router, middlewares and service with a no-op
+     forwardAuth (the app's secret header added by a headers middleware).
   b. Cold first request through Traefik (create + start + ready + proxy) against a
      raw `docker run` of the same image followed by polling until the first 200.
   c. Resume of a stopped container: admin stop, then the first request through
@@ -318,6 +321,17 @@ class Bench:
             "--global.sendanonymoususage=false",
             "--log.level=ERROR",
         ]
+        # The pair with the no-op server also serves a.'s floor: the same Traefik, a
+        # second entry point, and routers from a file provider (see section_a_traefik).
+        self.floor_port = free_port()
+        self.floor_dir = os.path.join(self.data_dir, "traefik-floor")
+        if noop:
+            os.makedirs(self.floor_dir, exist_ok=True)
+            self.traefik_args += [
+                f"--entrypoints.floor.address=127.0.0.1:{self.floor_port}",
+                f"--providers.file.directory={self.floor_dir}",
+                "--providers.file.watch=true",
+            ]
 
     # ---- processes
 
@@ -629,6 +643,18 @@ def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> WrkResu
         ("spawngate /auth", auth_url, [f"Cookie: {cookie}"]),
         ("hyper no-op", noop_url, []),
     ]
+    results = alternate(b, o, targets)
+    print(f"a. forwardAuth throughput: spawngate /auth (ready container) vs hyper no-op  "
+          f"[wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency]")
+    a, _ = side_by_side(o, results, "spawngate /auth", "hyper no-op", "ratio auth/noop")
+    print(flush=True)
+    return a
+
+
+def alternate(b: Bench, o: argparse.Namespace,
+              targets: list[tuple[str, str, list[str]]]) -> dict[str, list[WrkResult]]:
+    """A warm-up of each target, then `o.rounds` wrk rounds alternating between them,
+    so both see the same machine load."""
     for name, url, hdrs in targets:
         log(f"a. warm-up {name} ({o.warmup_duration})")
         wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
@@ -638,28 +664,104 @@ def section_a(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> WrkResu
             b.check_alive()
             log(f"a. round {r + 1}/{o.rounds}: {name} ({o.duration})")
             results[name].append(wrk(url, o.threads, o.connections, o.duration, hdrs))
+    return results
 
-    print(f"a. forwardAuth throughput: spawngate /auth (ready container) vs hyper no-op  "
-          f"[wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency]")
+
+def side_by_side(o: argparse.Namespace, results: dict[str, list[WrkResult]], a_name: str, b_name: str,
+                 ratio_name: str) -> tuple[WrkResult, WrkResult]:
+    """Prints every wrk round of two targets, then the best of each and their ratio."""
     rows = []
-    for name, _, _ in targets:
+    for name in (a_name, b_name):
         for i, w in enumerate(results[name]):
             rows.append([f"{name}, round {i + 1}", f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}",
                          f"{w.requests:,}", str(w.non2xx), w.socket_errors or "0"])
     print(table(["run", "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "socket errors"], rows))
     best = {name: max(rs, key=lambda w: w.rps) for name, rs in results.items()}
-    a, n = best["spawngate /auth"], best["hyper no-op"]
+    a, n = best[a_name], best[b_name]
     print()
     rows = [
-        ["spawngate /auth", f"{a.rps:,.0f}", f"{a.p50:.3f}", f"{a.p99:.3f}"],
-        ["hyper no-op", f"{n.rps:,.0f}", f"{n.p50:.3f}", f"{n.p99:.3f}"],
-        ["ratio auth/noop", ratio(a.rps, n.rps), ratio(a.p50, n.p50), ratio(a.p99, n.p99)],
+        [a_name, f"{a.rps:,.0f}", f"{a.p50:.3f}", f"{a.p99:.3f}"],
+        [b_name, f"{n.rps:,.0f}", f"{n.p50:.3f}", f"{n.p99:.3f}"],
+        [ratio_name, ratio(a.rps, n.rps), ratio(a.p50, n.p50), ratio(a.p99, n.p99)],
     ]
     print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms"], rows))
     if any(w.non2xx for rs in results.values() for w in rs):
         print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
+    return a, n
+
+
+def container_env(b: Bench, slug: str, name: str) -> str:
+    """The value of env `name` in the user's running container ('' if unset)."""
+    ids = docker_lines("ps", "-q", "--filter", f"label=spawngate.instance={b.instance}",
+                       "--filter", f"label=spawngate.slug={slug}", "--filter", "status=running")
+    if not ids:
+        raise BenchError(f"no running container for u-{slug}")
+    for line in docker_lines("inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", ids[0]):
+        key, _, value = line.partition("=")
+        if key == name:
+            return value
+    return ""
+
+
+def section_a_traefik(b: Bench, o: argparse.Namespace, user: tuple[str, str]) -> tuple[WrkResult, WrkResult]:
+    """What a user pays: the same Traefik, the same router, middlewares and service
+    (spawngate's own, referenced from a file provider), on a second entry point, with
+    only the forwardAuth address changed to the no-op server. The app's secret header,
+    which spawngate's answer carries, is added there by a plain headers middleware."""
+    slug, cookie = user
+    status, _, body = http_request(b.sg_port, "/traefik/config")
+    if status != 200:
+        raise BenchError(f"GET /traefik/config: {status} {body[:200]!r}")
+    http = json.loads(body)["http"]
+    name = f"u-{slug}"
+    router = http["routers"][name]
+    auth_name = f"auth-{name}"
+    forward_auth = dict(http["middlewares"][auth_name]["forwardAuth"])
+    forward_auth["address"] = f"http://127.0.0.1:{b.noop_port}/"
+    floor_auth, floor_secret = f"floor-auth-{name}", f"floor-secret-{name}"
+    chain = []
+    for m in router["middlewares"]:
+        if m == auth_name:
+            chain += [floor_auth, floor_secret]
+        else:
+            chain.append(f"{m}@http")
+    secret = container_env(b, slug, "SPAWNGATE_SECRET")
+    headers = {"customRequestHeaders": {"X-Spawngate-Secret": secret}} if secret else {"customRequestHeaders": {}}
+    floor = {"http": {
+        "routers": {f"floor-{name}": {
+            "rule": router["rule"], "entryPoints": ["floor"], "middlewares": chain,
+            "service": f"{router['service']}@http",
+        }},
+        "middlewares": {floor_auth: {"forwardAuth": forward_auth}, floor_secret: {"headers": headers}},
+    }}
+    # JSON is YAML: the file provider reads it by the .yml extension.
+    path = os.path.join(b.floor_dir, "floor.yml")
+    with open(path + ".tmp", "w") as f:
+        json.dump(floor, f)
+    os.replace(path + ".tmp", path)
+    wait_until(
+        f"Traefik to load router floor-{name}@file",
+        lambda: b.check_alive()
+        or http_request(b.api_port, f"/api/http/routers/floor-{name}@file", timeout=2)[0] == 200,
+        timeout=30,
+    )
+    path_q = f"/u-{slug}/whoami.json"
+    for port in (b.web_port, b.floor_port):
+        got = http_request(port, path_q, headers={"Cookie": cookie})
+        if got[0] != 200:
+            raise BenchError(f"GET 127.0.0.1:{port}{path_q}: {got[0]} {got[2][:200]!r}")
+    targets = [
+        ("Traefik + spawngate forwardAuth", f"http://127.0.0.1:{b.web_port}{path_q}"),
+        ("Traefik + no-op forwardAuth", f"http://127.0.0.1:{b.floor_port}{path_q}"),
+    ]
+    results = alternate(b, o, [(label, url, [f"Cookie: {cookie}"]) for label, url in targets])
+    print(f"a. through Traefik: GET {path_q} with the session cookie, the same router, middlewares and "
+          f"service; only the forwardAuth address differs  [wrk -t{o.threads} -c{o.connections} -d{o.duration}]")
+    a, n = side_by_side(o, results, targets[0][0], targets[1][0], "ratio spawngate/no-op")
+    print(f"  floor: router floor-{name}@file on entry point 'floor', middlewares {chain}, service "
+          f"{router['service']}@http; forwardAuth as spawngate's with address {forward_auth['address']}")
     print(flush=True)
-    return a
+    return a, n
 
 
 def timed_summary(title: str, sg: list[float], raw: list[float], sg_name: str, raw_name: str,
@@ -1827,6 +1929,7 @@ def main() -> int:
             poll_until_200(b.sg_port, f"/auth/u-{warm[1]}", {"Cookie": warm[2]}, time.perf_counter(), 0.05)
             if "a" in o.only:
                 a_best = section_a(b, o, users["bench-warm"])
+                section_a_traefik(b, o, users["bench-warm"])
             if "b" in o.only:
                 section_b(b, o, [(n, *users[n]) for n in names[1:]])
             if "c" in o.only:

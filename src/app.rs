@@ -37,7 +37,9 @@ pub struct App {
     pub environments: Environments,
     pub sharing: Sharing,
     pub provider: Provider,
-    pub sessions: SessionCodec,
+    pub sessions: Arc<SessionCodec>,
+    /// Who is calling (cookies and personal tokens); shares the codec above.
+    pub identities: crate::auth::Identities,
     /// Present when `email.enabled`.
     pub mailer: Option<crate::mail::Mailer>,
     pub limit_per_email: crate::auth::ratelimit::RateLimiter,
@@ -64,7 +66,9 @@ impl App {
         let tasks = Tasks::new();
         let store = Store::open(&config.data_dir)?;
         let session_key = store.session_key()?;
-        let sessions = SessionCodec::new(&session_key);
+        let sessions = Arc::new(SessionCodec::new(&session_key));
+        let identities =
+            crate::auth::Identities::new(store.clone(), sessions.clone(), config.clone());
         let provider = Provider::start(config.clone(), store.directory(), runtime.clone());
         let lifecycle = Lifecycle::new(
             runtime,
@@ -126,6 +130,7 @@ impl App {
             lifecycle,
             provider,
             sessions,
+            identities,
         }))
     }
 }

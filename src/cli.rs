@@ -101,6 +101,9 @@ enum UserCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Command::Serve);
+    if serving {
+        tune_malloc();
+    }
     init_tracing(if serving { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -120,6 +123,46 @@ pub fn main() -> ExitCode {
         }
     }
 }
+
+/// glibc's allocator gives each thread that allocates its own arena (up to 8 per
+/// core) and raises its mmap threshold after every large free: each re-render of
+/// the provider document (~0.8 MB at 1,000 users) then leaves its pages behind in
+/// some arena. Two arenas, a fixed threshold, and handing freed pages back every
+/// few seconds keep the server's memory near what it holds (bench/ f., 1,000
+/// users / 50 running: VmRSS 39 MiB before).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_THRESHOLD: i32 = -3;
+    const M_ARENA_MAX: i32 = -8;
+    unsafe extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+        fn malloc_trim(pad: usize) -> i32;
+    }
+    // SAFETY: mallopt only sets allocator parameters; called before the runtime
+    // starts any thread.
+    unsafe {
+        mallopt(M_ARENA_MAX, 2);
+        mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+        mallopt(M_TRIM_THRESHOLD, 128 * 1024);
+    }
+    // Free chunks inside an arena are returned only by malloc_trim. A plain
+    // thread: it does no I/O and holds nothing, so the exit may cut it anywhere.
+    let _ = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                // SAFETY: malloc_trim is thread-safe and only releases free memory.
+                unsafe {
+                    malloc_trim(0);
+                }
+            }
+        });
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
 
 fn init_tracing(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPAWNGATE_LOG")

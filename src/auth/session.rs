@@ -21,6 +21,8 @@ struct Claims {
 pub struct CookieClaims {
     pub session: SessionId,
     pub user: UserId,
+    /// Unix seconds after which the cookie is void (leeway included).
+    pub expires: i64,
 }
 
 /// Signs and verifies session cookies with the store's key.
@@ -82,6 +84,10 @@ impl SessionCodec {
         Some(CookieClaims {
             session: SessionId::from_claim(data.claims.sid),
             user: UserId::from_stored(data.claims.sub),
+            expires: data
+                .claims
+                .exp
+                .saturating_add(i64::try_from(self.validation.leeway).unwrap_or(0)),
         })
     }
 }
@@ -107,7 +113,8 @@ mod tests {
             c.verify(&jwt),
             Some(CookieClaims {
                 session: sid,
-                user: uid
+                user: uid,
+                expires: now + 60 + 5,
             })
         );
     }

@@ -3,15 +3,19 @@
 //! same answer for both) → ready (200 + identity headers) → start and hold →
 //! waiting page or 503.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use hyper::StatusCode;
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::{Response, StatusCode};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::{Resp, pages, redirect, wants_html};
 use crate::app::App;
-use crate::auth::{cookies, safe_next};
+use crate::auth::{IdentityHeaders, cookies, safe_next};
 use crate::ids::Slug;
 use crate::lifecycle::{Readiness, SpawnError};
 use crate::sharing::Access;
@@ -23,30 +27,65 @@ const RETRY_SECS: u32 = 2;
 pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
     let started = Instant::now();
     let slug = Slug::parse_segment(segment);
-    let (outcome, resp, who) = decide(app, headers, slug.as_ref()).await;
-    tracing::info!(
-        target: "spawngate::auth",
-        user = %who.as_deref().unwrap_or("-"),
-        slug = %segment,
-        outcome,
-        status = resp.status().as_u16(),
-        us = started.elapsed().as_micros() as u64,
-        "auth"
-    );
+    let decision = decide(app, headers, slug.as_ref()).await;
+    // Every denial is logged. Of the allows, the first one of each verified cookie
+    // (and every one by token or JWT) is logged at `info`; the cookie's later ones
+    // at `debug`, so the hot path writes no line per request by default.
+    let at_info = match &decision.caller {
+        Some(Caller {
+            via: Via::Session(headers),
+            ..
+        }) if decision.outcome == "allow" => !headers.allow_logged.swap(true, Ordering::Relaxed),
+        _ => true,
+    };
+    let resp = decision.resp;
+    let who = decision
+        .caller
+        .as_ref()
+        .map_or("-", |c| c.user.name.as_str());
+    macro_rules! auth_line {
+        ($level:ident) => {
+            tracing::$level!(
+                target: "spawngate::auth",
+                user = %who,
+                slug = %segment,
+                outcome = decision.outcome,
+                status = resp.status().as_u16(),
+                us = started.elapsed().as_micros() as u64,
+                "auth"
+            )
+        };
+    }
+    if at_info {
+        auth_line!(info);
+    } else {
+        auth_line!(debug);
+    }
     resp
 }
 
-async fn decide(
-    app: &App,
-    headers: &HeaderMap,
-    slug: Option<&Slug>,
-) -> (&'static str, Resp, Option<String>) {
+/// What forwardAuth decided, and for whom (`None`: no valid credential).
+struct Decision {
+    outcome: &'static str,
+    resp: Resp,
+    caller: Option<Caller>,
+}
+
+fn decided(outcome: &'static str, resp: Resp, caller: Option<Caller>) -> Decision {
+    Decision {
+        outcome,
+        resp,
+        caller,
+    }
+}
+
+async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision {
     let browser = wants_html(headers);
     // Before anything else: such a request is an attempt to pose as someone.
     if let Some((sent, real)) = crate::headers::find_lookalike(headers) {
         let message =
             format!("request header '{sent}' imitates spawngate's {real} and is not allowed");
-        return (
+        return decided(
             "lookalike_header",
             pages::bad_request(browser, &message),
             None,
@@ -57,46 +96,44 @@ async fn decide(
     let caller = match identify_caller(app, headers, slug).await {
         Ok(caller) => caller,
         Err(e) => {
-            return (
+            return decided(
                 "store_unavailable",
                 pages::store_unavailable(browser, &e),
                 None,
             );
         }
     };
-    let Some((caller, via)) = caller else {
-        return (
+    let Some(caller) = caller else {
+        return decided(
             "no_session",
             unauthenticated(app, headers, browser, slug),
             None,
         );
     };
-    let who = Some(caller.name.clone());
     let directory = app.store.snapshot();
     let target = slug.and_then(|s| directory.by_slug(s));
     // Personal API tokens are for the owner's own scripts: never for shared slugs.
     let access = target
-        .and_then(|t| Access::of(&caller, t))
-        .filter(|a| *a == Access::Owner || via != Via::ApiToken);
+        .and_then(|t| Access::of(&caller.user, t))
+        .filter(|a| *a == Access::Owner || caller.via != Via::ApiToken);
     let (Some(target), Some(access)) = (target, access) else {
         let outcome = if target.is_some() {
             "forbidden"
         } else {
             "unknown_slug"
         };
-        return (outcome, pages::forbidden(browser), who);
+        return decided(outcome, pages::forbidden(browser), Some(caller));
     };
     match app
         .lifecycle
         .ensure_ready(target, app.config.spawn.hold)
         .await
     {
-        Readiness::Ready => (
-            "allow",
-            allow(app, headers, &caller, target, via, access),
-            who,
-        ),
-        Readiness::Pending => ("starting", waiting(browser), who),
+        Readiness::Ready => {
+            let resp = allow(app, headers, &caller, target, access);
+            decided("allow", resp, Some(caller))
+        }
+        Readiness::Pending => decided("starting", waiting(browser), Some(caller)),
         // The app's own failure: its reason, until spawngate's back-off ends. Its
         // output is the owner's (a grantee may not see what the owner's app logs).
         Readiness::Failed(SpawnError::App(failure)) => {
@@ -104,13 +141,13 @@ async fn decide(
             let mut resp = pages::app_failed(browser, &failure, retry, access == Access::Owner);
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(retry));
-            ("app_failed", resp, who)
+            decided("app_failed", resp, Some(caller))
         }
         Readiness::Failed(e) => {
             let mut resp = pages::spawn_failed(browser, &e.to_string());
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(5u32));
-            ("spawn_failed", resp, who)
+            decided("spawn_failed", resp, Some(caller))
         }
     }
 }
@@ -121,17 +158,23 @@ async fn identify_caller(
     app: &App,
     headers: &HeaderMap,
     slug: Option<&Slug>,
-) -> Result<Option<(std::sync::Arc<User>, Via)>, crate::store::StoreError> {
+) -> Result<Option<Caller>, crate::store::StoreError> {
     let session = match (&app.config.apps, slug) {
-        (Some(_), Some(slug)) => app.identify_app(headers, slug)?,
+        (Some(_), Some(slug)) => app.identities.identify_app(headers, slug)?,
         (Some(_), None) => None,
-        (None, _) => app.identify(headers)?,
+        (None, _) => app.identities.identify(headers)?,
     };
     if let Some(identity) = session {
-        return Ok(Some((identity.user, Via::Session)));
+        return Ok(Some(Caller {
+            user: identity.user,
+            via: Via::Session(identity.headers),
+        }));
     }
-    if let Some(user) = app.identify_token(headers)? {
-        return Ok(Some((user, Via::ApiToken)));
+    if let Some(user) = app.identities.identify_token(headers)? {
+        return Ok(Some(Caller {
+            user,
+            via: Via::ApiToken,
+        }));
     }
     let Some(jwt) = &app.external_jwt else {
         return Ok(None);
@@ -140,34 +183,59 @@ async fn identify_caller(
         .accounts
         .identify_jwt(jwt, headers)
         .await
-        .map(|user| (user, Via::ExternalJwt)))
+        .map(|user| Caller {
+            user,
+            via: Via::ExternalJwt,
+        }))
 }
 
-/// How the caller proved who they are.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Caller {
+    user: Arc<User>,
+    via: Via,
+}
+
+/// How the caller proved who they are; a session brings its rendered headers.
+#[derive(Debug)]
 enum Via {
-    Session,
+    Session(Arc<IdentityHeaders>),
     ApiToken,
     ExternalJwt,
 }
 
+impl PartialEq for Via {
+    fn eq(&self, other: &Via) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
 /// 200 with the identity headers and the request's cookies minus spawngate's own.
 /// Traefik replaces the client's versions of these headers with ours.
-fn allow(
-    app: &App,
-    headers: &HeaderMap,
-    caller: &User,
-    target: &User,
-    via: Via,
-    access: Access,
-) -> Resp {
-    let mut resp = super::text(StatusCode::OK, "");
+fn allow(app: &App, headers: &HeaderMap, caller: &Caller, target: &User, access: Access) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::new()));
     let h = resp.headers_mut();
-    // Names and slugs are validated ASCII, so these conversions cannot fail.
-    if let Ok(v) = HeaderValue::from_str(&caller.name) {
+    h.reserve(7);
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    // A session's headers were rendered when its cookie was verified; names and
+    // slugs are validated ASCII, so the conversions cannot fail.
+    let own = match &caller.via {
+        Via::Session(rendered) => Some(rendered),
+        _ => None,
+    };
+    let user = match own {
+        Some(r) => r.user.clone(),
+        None => HeaderValue::from_str(&caller.user.name).ok(),
+    };
+    if let Some(v) = user {
         h.insert(HeaderName::from_static("x-spawngate-user"), v);
     }
-    if let Ok(v) = HeaderValue::from_str(target.slug.as_str()) {
+    let slug = match own {
+        Some(r) if caller.user.id == target.id => r.slug.clone(),
+        _ => HeaderValue::from_str(target.slug.as_str()).ok(),
+    };
+    if let Some(v) = slug {
         h.insert(HeaderName::from_static("x-spawngate-slug"), v);
     }
     // Always sent, so a client cannot supply its own (Traefik copies ours over).
@@ -176,7 +244,7 @@ fn allow(
         HeaderValue::from_static(access.header_value()),
     );
     if app.config.docker.inject_secret
-        && let Ok(v) = HeaderValue::from_str(&app.lifecycle.forward_secret(target))
+        && let Ok(v) = HeaderValue::try_from(app.lifecycle.forward_secret(target))
     {
         h.insert(HeaderName::from_static("x-spawngate-secret"), v);
     }
@@ -186,23 +254,25 @@ fn allow(
     // (the app's own auth) is handed back to reach the container.
     if let Some(auth) = headers.get(hyper::header::AUTHORIZATION)
         && !is_spawngate_token(auth)
-        && via != Via::ExternalJwt
+        && caller.via != Via::ExternalJwt
         && !(app.external_jwt.is_some() && is_bearer_jwt(auth))
     {
         h.insert(hyper::header::AUTHORIZATION, auth.clone());
     }
-    let mut own_cookies = vec![
-        app.config.session.cookie_name.as_str(),
-        app.config.session.app_cookie_name.as_str(),
-        app.config.session.form_cookie_name.as_str(),
-    ];
-    if let Some(name) = app.external_jwt.as_ref().and_then(|j| j.cookie.as_deref()) {
-        own_cookies.push(name);
-    }
-    if let Some(rest) = cookies::without(headers, &own_cookies)
-        && let Ok(v) = HeaderValue::from_str(&rest)
-    {
-        h.insert(hyper::header::COOKIE, v);
+    if headers.contains_key(hyper::header::COOKIE) {
+        let session = &app.config.session;
+        let jwt_cookie = app.external_jwt.as_ref().and_then(|j| j.cookie.as_deref());
+        let own_cookies = [
+            session.cookie_name.as_str(),
+            session.app_cookie_name.as_str(),
+            session.form_cookie_name.as_str(),
+            jwt_cookie.unwrap_or(session.cookie_name.as_str()),
+        ];
+        if let Some(rest) = cookies::without(headers, &own_cookies)
+            && let Ok(v) = HeaderValue::from_str(&rest)
+        {
+            h.insert(hyper::header::COOKIE, v);
+        }
     }
     resp
 }
@@ -263,7 +333,7 @@ pub(super) fn waiting(browser: bool) -> Resp {
 /// moment ago whose router Traefik has not loaded yet. Never lets anything through.
 pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
     let browser = wants_html(headers);
-    let identity = match app.identify(headers) {
+    let identity = match app.identities.identify(headers) {
         Ok(identity) => identity,
         Err(e) => return pages::store_unavailable(browser, &e),
     };

@@ -44,7 +44,7 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
         .get("next")
         .and_then(|n| safe_next(n))
         .unwrap_or_else(|| "/".to_owned());
-    let identity = match app.identify(headers) {
+    let identity = match app.identities.identify(headers) {
         Ok(identity) => identity,
         Err(e) => return super::pages::store_unavailable(true, &e),
     };

@@ -59,7 +59,7 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
             Err(e) => store_unavailable(&e),
         };
     }
-    match app.identify(req.headers()) {
+    match app.identities.identify(req.headers()) {
         Ok(Some(identity)) => {
             let target = next.unwrap_or_else(|| app.environments.link(&identity.user));
             return redirect(StatusCode::FOUND, &target);
@@ -465,7 +465,7 @@ pub(super) async fn start_session(
     user: &std::sync::Arc<crate::store::User>,
     next: Option<&String>,
 ) -> Resp {
-    let old_session = match app.identify(headers) {
+    let old_session = match app.identities.identify(headers) {
         Ok(identity) => identity.map(|i| i.session),
         Err(e) => return store_unavailable(&e),
     };
@@ -515,7 +515,7 @@ where
     if form_origin(app, req.headers()) == FormOrigin::Foreign {
         return super::pages::forbidden(true);
     }
-    let identity = match app.identify(req.headers()) {
+    let identity = match app.identities.identify(req.headers()) {
         Ok(identity) => identity,
         Err(e) => return store_unavailable(&e),
     };
@@ -552,7 +552,7 @@ where
 
 /// `/_spawngate/`: who you are and where your environment is.
 pub fn home(app: &App, headers: &HeaderMap) -> Resp {
-    let identity = match app.identify(headers) {
+    let identity = match app.identities.identify(headers) {
         Ok(Some(identity)) => identity,
         Ok(None) => return redirect(StatusCode::FOUND, "/_spawngate/login"),
         Err(e) => return store_unavailable(&e),

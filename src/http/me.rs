@@ -36,7 +36,10 @@ async fn route<B: ReqBody>(
     rest: &str,
 ) -> Result<(StatusCode, serde_json::Value), HttpError> {
     let method = req.method().clone();
-    let (user, session): (Arc<User>, Option<SessionId>) = match app.identify(req.headers())? {
+    let (user, session): (Arc<User>, Option<SessionId>) = match app
+        .identities
+        .identify(req.headers())?
+    {
         Some(identity) => {
             if method != Method::GET {
                 let presented = req
@@ -51,7 +54,8 @@ async fn route<B: ReqBody>(
             (identity.user, Some(identity.session))
         }
         None => (
-            app.identify_token(req.headers())?
+            app.identities
+                .identify_token(req.headers())?
                 .ok_or(Error::Unauthorized)?,
             None,
         ),

@@ -21,7 +21,6 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use crate::app::App;
 use crate::error::Error;
-use crate::ids::Secret;
 pub use errors::HttpError;
 
 pub type Resp = Response<Full<Bytes>>;
@@ -310,11 +309,4 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("text/html"))
 }
 
-/// Bearer token from `Authorization`, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<Secret> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| Secret::new(token.trim()))
-}
+pub use crate::auth::bearer;

@@ -127,7 +127,23 @@ pub struct Store {
     /// (sled 0.34 has no consistent scan of several trees: its transactions cannot
     /// iterate, and `Db::export` reads the live trees). Never held across an await.
     snapshot_lock: Arc<std::sync::RwLock<()>>,
+    /// Bumped as each write finishes (see [`Store::write_generation`]).
+    writes: Arc<std::sync::atomic::AtomicU64>,
     directory: Arc<watch::Sender<Arc<Directory>>>,
+}
+
+/// A write in progress (see `Store::writing`); bumps the write generation when
+/// dropped, i.e. once the write is visible.
+struct Writing<'a> {
+    _shared: std::sync::RwLockReadGuard<'a, ()>,
+    writes: &'a std::sync::atomic::AtomicU64,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// SHA-256 of a bearer secret: tokens are stored and looked up only by this hash, so
@@ -143,6 +159,9 @@ impl Store {
         restrict_permissions(dir);
         let db = sled::Config::new()
             .path(dir.join("db"))
+            // sled's default page cache is 1 GiB; spawngate's data is small and
+            // the hot path reads memory, not sled (see `auth::identity`).
+            .cache_capacity(8 << 20)
             .open()
             .map_err(|e| match e {
                 // sled wraps the lock failure in a custom error whose text names it.
@@ -174,6 +193,7 @@ impl Store {
             flush_gate: Arc::new(tokio::sync::Mutex::new(())),
             refresh_lock: Arc::new(std::sync::Mutex::new(())),
             snapshot_lock: Arc::new(std::sync::RwLock::new(())),
+            writes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
             db,
         };
@@ -202,8 +222,18 @@ impl Store {
 
     /// Held while a write runs (see `snapshot_lock`). Not re-entrant: a method
     /// holding it calls no other method that takes it.
-    fn writing(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner())
+    fn writing(&self) -> Writing<'_> {
+        Writing {
+            _shared: self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner()),
+            writes: &self.writes,
+        }
+    }
+
+    /// Changes with every finished write (sessions revoked, users changed, ...):
+    /// what was derived from the store under one value may be stale under the
+    /// next. forwardAuth's verified-cookie cache is keyed by it.
+    pub fn write_generation(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A receiver that always holds the latest directory.

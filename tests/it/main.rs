@@ -17,6 +17,7 @@ mod e2e;
 mod faults;
 mod harness;
 mod headers;
+mod hotpath;
 mod idp;
 mod lifecycle;
 mod proc;
