@@ -277,6 +277,8 @@ class Bench:
         self.with_noop = noop
         self.instance = f"bench{self.run_id}{tag}"
         self.network = f"sgbench-{self.run_id}{tag}"
+        # Which networks the raw baselines ran on (printed with the results).
+        self.raw_networks: set[str] = set()
         self.raw_label = f"sgbench.run={self.run_id}{tag}"
         self.data_dir = tempfile.mkdtemp(prefix=f"sgbench-{self.run_id}{tag}-")
         self.sg_port = free_port()
@@ -484,12 +486,19 @@ class Bench:
     # ---- raw docker
 
     def raw_run(self, tag: str) -> tuple[str, int, float, Poll]:
-        """`docker run -d -p …` then poll; returns (id, port, cli_ms, poll)."""
+        """`docker run -d -p …` then poll; returns (id, port, cli_ms, poll).
+
+        On spawngate's own network once it exists: attaching a container to a
+        network with inter-container traffic off costs Docker ~100 ms more than
+        the default bridge, and that is the isolation's price, not spawngate's."""
         port = free_port()
+        network = ["--network", self.network] if self.network_ids() else []
+        self.raw_networks.add(self.network if network else "bridge")
         args = [
             "docker", "run", "-d",
             "--name", f"sgbench-raw-{self.run_id}-{tag}",
             "--label", self.raw_label,
+            *network,
             "-p", f"127.0.0.1:{port}:{APP_PORT}",
             IMAGE,
         ]
@@ -610,11 +619,13 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["b./c. settle", f"{o.settle:g} s idle before each timed run"],
         ["b. spawngate", "GET <traefik>/u-<slug>/whoami.json until 200 (user created, routed, logged in beforehand; "
                          "lifecycle.precreate and lifecycle.start_on_login off, so no container exists before)"],
-        ["b. baseline", f"docker run -d -p 127.0.0.1:<port>:{APP_PORT} {IMAGE}, then GET /whoami.json until 200"],
+        ["b. baseline", f"docker run -d --network <spawngate's network, once it exists> -p 127.0.0.1:<port>:{APP_PORT} {IMAGE}, "
+                        "then GET /whoami.json until 200"],
         ["c. spawngate", "POST /_spawngate/api/users/<name>/container/stop; then GET through Traefik until 200"],
         ["c. baseline", "docker stop <id>; then docker start <id> + GET /whoami.json until 200"],
-        ["b./c. not equal", "spawngate's container also gets its named volume, the user network, memory/CPU/pids "
-                            "limits and no-new-privileges; the raw one plain defaults (+ the image's anonymous /data volume)"],
+        ["b./c. not equal", "spawngate's container also gets its named volume, memory/CPU/pids limits and "
+                            "no-new-privileges; the raw one runs on the same network with plain defaults "
+                            "(+ the image's anonymous /data volume)"],
         ["d. spawngate", "docker-compose.yml + examples/compose.local.yml + an override (precreate and "
                          "start_on_login off), two projects up at once, pool.size 0 and pool.size <runs>; "
                          "GET <traefik>/u-<slug>/whoami.json until 200 for a new user, sides alternating"],
@@ -829,6 +840,7 @@ def section_b(b: Bench, o: argparse.Namespace, users: list[tuple[str, str, str]]
     ))
     print()
     timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate (Traefik, cold)", "raw docker run + poll", spawn_ms)
+    print(f"  raw containers ran on: {', '.join(sorted(b.raw_networks))}")
     print(SPAWN_NOTE)
     print(flush=True)
 

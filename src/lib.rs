@@ -2,28 +2,37 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file, `SPAWNGATE_*` overrides and defaults, validated into
-//!   [`config::Config`] before any work starts.
-//! - [`ids`]: newtypes for user ids, slugs, session ids and secrets.
-//! - [`store`]: the embedded sled database (users, sessions, login tokens, admin
-//!   tokens, container records) and the in-memory directory the hot path reads;
-//!   [`store::backup`] writes it to one file and restores it.
-//! - [`auth`]: session cookies (HS256 JWT), one-time login tokens, admin tokens and
-//!   validation of `next` redirect targets.
-//! - [`provider`]: renders Traefik's dynamic configuration from the directory,
-//!   once per change.
-//! - [`runtime`]: the container runtime trait and its Docker (bollard) implementation.
-//! - [`lifecycle`]: single-flight lazy spawn, readiness probes, container state.
-//! - [`http`]: request routing and handlers (forwardAuth, login, admin API, pages).
-//! - [`mail`]: login links by email (SMTP); [`outbound`]: HTTPS calls to identity
-//!   providers; [`sharing`]: access to another user's environment.
-//! - [`traefik_api`]: what `spawngate check` reads from Traefik's API.
-//! - [`linger`]: lingering close, so an early answer is not lost to a reset.
-//! - [`server`]: the TCP and control-socket listeners with graceful shutdown.
-//! - [`app`]: wires everything together; [`cli`]: the `spawngate` command.
-//! - [`error`]: the domain error enum and its mapping to HTTP answers.
-//! - [`headers`]: the identity headers containers receive, and their look-alikes.
-//! - [`tasks`]: background work, tracked so shutdown drains it.
+//! Layers, top to bottom; a module only names modules below it (checked by
+//! `tests/layers.rs`, which also checks that nothing below the top layer names
+//! [`App`]).
+//!
+//! - **Entry points.** [`cli`]: the `spawngate` command; [`server`]: the TCP and
+//!   control-socket listeners with graceful shutdown; [`http`]: request routing and
+//!   handlers (forwardAuth, login, the user and admin APIs, pages), with
+//!   [`http::errors`], the one mapping of errors to JSON and HTML; [`app`]: wiring
+//!   only, it builds the services and hands them to the entry points.
+//! - **Services** (each owns its operations, validation and audit entries):
+//!   [`accounts`]: users, credentials, sign-in links and provisioning from an
+//!   identity provider's claims; [`environments`]: addresses and start / stop on
+//!   someone's behalf; [`sharing`]: grants on environments; [`auth`]: who is calling
+//!   ([`auth::Identities`], with the verified-cookie cache of the hot path), session
+//!   cookies, external JWTs, OIDC, one-time codes, rate limits; [`mail`]: login
+//!   links by SMTP; [`provider`]: Traefik's dynamic configuration, rendered once per
+//!   change.
+//! - **Core.** [`lifecycle`]: single-flight lazy start, readiness probes, idle
+//!   culling, warm pool, reconcile, and the one phase state machine
+//!   (`lifecycle/phase.rs`); [`runtime`]: the backend boundary (backend-neutral
+//!   `EnvironmentSpec`, typed states, capabilities) and its Docker implementation.
+//! - **Foundations.** [`store`]: the embedded sled database, one file per tree, and
+//!   the in-memory directory the hot path reads; [`store::backup`] writes it to one
+//!   file and restores it; [`config`]: one file per TOML section, `SPAWNGATE_*`
+//!   keys derived from the raw structs; [`error`]: the domain error (no HTTP in
+//!   it); [`tasks`]: background work, tracked so shutdown drains it; [`headers`]:
+//!   the identity headers containers receive and their look-alikes; [`linger`]:
+//!   lingering close, so an early answer is not lost to a reset; [`outbound`]: HTTPS
+//!   calls to identity providers; [`traefik_api`]: what `spawngate check` reads
+//!   from Traefik; [`control`]: the CLI's client for the control socket; [`ids`],
+//!   [`time`]: newtypes and clocks.
 
 pub mod accounts;
 pub mod app;
