@@ -86,21 +86,24 @@ pub async fn run(
     tracing::info!("shutting down: draining connections");
     drop(listener);
     let _ = std::fs::remove_file(control_socket_path(&app.config.data_dir));
-    // Connections and background work (spawns, stops, the lifecycle's loops)
-    // drain side by side: a request held for a start waits for the start. Work
-    // finishes rather than being aborted half-way.
-    let (connections, tasks) = tokio::join!(
-        tokio::time::timeout(DRAIN_GRACE, graceful.shutdown()),
-        app.tasks.shutdown(DRAIN_GRACE),
-    );
-    if connections.is_err() {
+    // The loops stop now; connections drain first (a request held for a start
+    // waits for the start), and only then is the background work closed and
+    // waited for, so what the last requests set going (a start, a stop, a mail)
+    // is finished rather than aborted half-way.
+    app.tasks.cancel();
+    let began = std::time::Instant::now();
+    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections were still open after the grace period");
     }
-    if tasks > 0 {
-        tracing::warn!(
-            tasks,
-            "background work still running after the grace period"
-        );
+    let left = app
+        .tasks
+        .shutdown(DRAIN_GRACE.saturating_sub(began.elapsed()))
+        .await;
+    if left > 0 {
+        tracing::warn!(left, "background work still running after the grace period");
     }
     if let Err(e) = app.store.flush().await {
         tracing::error!(error = %e, "final store flush failed");

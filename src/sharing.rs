@@ -127,7 +127,7 @@ impl Sharing {
                 "an environment is always open to its owner".into(),
             ));
         }
-        let mut updated = owner.clone();
+        let mut updated = self.current(owner)?;
         match updated
             .shared_with
             .iter_mut()
@@ -166,7 +166,7 @@ impl Sharing {
         grantee: &str,
     ) -> Result<Vec<ShareView>> {
         let grantee = self.user_named(grantee).ok_or(Error::NotFound("share"))?;
-        let mut updated = owner.clone();
+        let mut updated = self.current(owner)?;
         let before = updated.shared_with.len();
         updated.shared_with.retain(|s| s.user_id != grantee.id);
         if updated.shared_with.len() == before {
@@ -180,6 +180,16 @@ impl Sharing {
             Some(grantee.name.clone()),
         );
         Ok(self.shares_of(&updated))
+    }
+
+    /// The owner's record as it is now: the caller's copy may be older than a
+    /// change made meanwhile (a disable, say), which writing it back would undo.
+    fn current(&self, owner: &User) -> Result<User> {
+        self.store
+            .snapshot()
+            .by_id(&owner.id)
+            .map(|u| (**u).clone())
+            .ok_or(Error::NotFound("user"))
     }
 
     /// A user by exact name (grantees are named, never given by slug).

@@ -43,6 +43,12 @@ impl Tasks {
         self.cancel.is_cancelled()
     }
 
+    /// Tells the loops to stop; work already under way, and work spawned until
+    /// [`Tasks::shutdown`], still runs and is waited for.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
     /// Tells the loops to stop, then waits up to `grace` for every task to end.
     /// Returns how many were still running when the grace ran out.
     pub async fn shutdown(&self, grace: Duration) -> usize {

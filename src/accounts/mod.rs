@@ -257,7 +257,9 @@ impl Accounts {
                 Some(hashed)
             }
         };
-        let mut updated = (*user).clone();
+        // Re-read after hashing (it takes a while): writing back the copy from
+        // before would undo a change made meanwhile, such as a disable.
+        let mut updated = (*self.find_user(&user.name)?).clone();
         updated.password_hash = hash;
         self.store.update_user(&updated).await?;
         if end_sessions {

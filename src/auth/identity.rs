@@ -125,6 +125,34 @@ impl Identities {
         }
     }
 
+    /// Starts a session for `user` (scoped to one app host in subdomain mode) and
+    /// returns its signed cookie value; `replacing` ends at the same time (a new
+    /// session id at every sign-in: no fixation).
+    pub async fn sign_in(
+        &self,
+        user: &User,
+        ttl_secs: i64,
+        scope: Option<crate::store::SessionScope>,
+        replacing: Option<&SessionId>,
+    ) -> Result<String, StoreError> {
+        if let Some(old) = replacing
+            && let Err(e) = self.store.delete_session(old).await
+        {
+            tracing::warn!(error = %e, "cannot delete previous session");
+        }
+        let (sid, session) = self
+            .store
+            .create_scoped_session(&user.id, ttl_secs, scope)
+            .await?;
+        Ok(self.codec.sign(&sid, &user.id, unix_now(), session.expires))
+    }
+
+    /// Ends a session: its cookie (and the app sessions handed off from it) stop
+    /// working on the very next request.
+    pub async fn sign_out(&self, session: &SessionId) -> Result<(), StoreError> {
+        self.store.delete_session(session).await
+    }
+
     /// The user behind a personal API token (`Authorization: Bearer spawngate_…`).
     /// Never read from a query string. A store that cannot be read is an error,
     /// never "no token": the caller must not be told to sign in because of it.

@@ -45,7 +45,7 @@ where
             let found = match bearer(req.headers()) {
                 Some(token) => match app.store.admin_token(token.expose()) {
                     Ok(found) => found,
-                    Err(e) => return api_error(e),
+                    Err(e) => return operator_error(e),
                 },
                 None => None,
             };
@@ -73,8 +73,7 @@ where
     let result = route(&call, &method, &parts, req).await;
     match result {
         Ok((status, value)) => json(status, &value),
-        // Admins and the operator see the detail of what failed.
-        Err(e) => super::errors::json_answer(&e, super::errors::Audience::Operator),
+        Err(e) => operator_error(e),
     }
 }
 
@@ -98,10 +97,15 @@ async fn backup(app: &App) -> Resp {
             );
             resp
         }
-        Ok(Err(crate::store::backup::BackupError::Store(e))) => api_error(e),
-        Ok(Err(e)) => api_error(Error::Internal(e.to_string())),
-        Err(e) => api_error(Error::Internal(format!("backup task failed: {e}"))),
+        Ok(Err(crate::store::backup::BackupError::Store(e))) => operator_error(e),
+        Ok(Err(e)) => operator_error(Error::Internal(e.to_string())),
+        Err(e) => operator_error(Error::Internal(format!("backup task failed: {e}"))),
     }
+}
+
+/// Admins and the operator see the detail of what failed.
+fn operator_error(e: impl Into<HttpError>) -> Resp {
+    super::errors::json_answer(&e.into(), super::errors::Audience::Operator)
 }
 
 /// One API call's context.

@@ -98,6 +98,7 @@ impl HttpError {
 
 /// The JSON answer for `e`.
 pub fn json_answer(e: &HttpError, audience: Audience) -> Resp {
+    log_storage(e);
     let mut resp = json(e.status(), &e.body(audience));
     decorate(&mut resp, e);
     resp
@@ -105,6 +106,7 @@ pub fn json_answer(e: &HttpError, audience: Audience) -> Resp {
 
 /// The HTML page for `e` (always for users: operators use the API).
 pub fn html_answer(e: &HttpError) -> Resp {
+    log_storage(e);
     let message = e.message(Audience::User);
     let extra = match e {
         HttpError::Domain(Error::Storage(_)) => {
@@ -130,13 +132,17 @@ pub fn html_answer(e: &HttpError) -> Resp {
 
 /// A user-facing answer: a page for browsers, JSON for scripts.
 pub fn answer(e: &HttpError, browser: bool) -> Resp {
-    if let HttpError::Domain(Error::Storage(detail)) = e {
-        tracing::error!(error = %detail, "store unavailable");
-    }
     if browser {
         html_answer(e)
     } else {
         json_answer(e, Audience::User)
+    }
+}
+
+/// Users are told the administrator can see why in the log: make it true.
+fn log_storage(e: &HttpError) {
+    if let HttpError::Domain(Error::Storage(detail)) = e {
+        tracing::error!(error = %detail, "store unavailable");
     }
 }
 

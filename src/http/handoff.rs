@@ -115,12 +115,8 @@ pub async fn on_app_host(
         slug: host_slug.clone(),
         parent: handoff.parent,
     };
-    let (sid, session) = match app
-        .store
-        .create_scoped_session(&user.id, ttl, Some(scope))
-        .await
-    {
-        Ok(s) => s,
+    let jwt = match app.identities.sign_in(user, ttl, Some(scope), None).await {
+        Ok(jwt) => jwt,
         Err(e) => {
             tracing::error!(error = %e, "cannot create an app session");
             return html(
@@ -129,9 +125,6 @@ pub async fn on_app_host(
             );
         }
     };
-    let jwt = app
-        .sessions
-        .sign(&sid, &user.id, unix_now(), session.expires);
     let mut resp = redirect(StatusCode::SEE_OTHER, &handoff.next);
     // The URL carried the code.
     resp.headers_mut()

@@ -10,7 +10,6 @@ use super::pages::{escape, page};
 use super::{Peer, ReqBody, Resp, client_ip, html, read_body, redirect};
 use crate::app::App;
 use crate::auth::{cookies, safe_next};
-use crate::time::unix_now;
 
 fn query(req_uri: &hyper::Uri) -> HashMap<String, String> {
     req_uri
@@ -469,20 +468,15 @@ pub(super) async fn start_session(
         Ok(identity) => identity.map(|i| i.session),
         Err(e) => return store_unavailable(&e),
     };
-    // A new session id at every login (no fixation); the old session ends.
-    if let Some(old) = old_session
-        && let Err(e) = app.store.delete_session(&old).await
-    {
-        tracing::warn!(error = %e, "cannot delete previous session");
-    }
     let ttl = app.config.session.ttl.as_secs() as i64;
-    let (sid, session) = match app.store.create_session(&user.id, ttl).await {
-        Ok(s) => s,
+    let jwt = match app
+        .identities
+        .sign_in(user, ttl, None, old_session.as_ref())
+        .await
+    {
+        Ok(jwt) => jwt,
         Err(e) => return store_unavailable(&e),
     };
-    let jwt = app
-        .sessions
-        .sign(&sid, &user.id, unix_now(), session.expires);
     let target = next
         .and_then(|n| safe_next(n))
         .unwrap_or_else(|| app.environments.link(user));
@@ -538,7 +532,7 @@ where
                 ),
             );
         }
-        if let Err(e) = app.store.delete_session(&identity.session).await {
+        if let Err(e) = app.identities.sign_out(&identity.session).await {
             return store_unavailable(&e);
         }
     }

@@ -98,6 +98,10 @@ impl Lifecycle {
             .map(|d| d.as_secs() as i64 / 2)
             .unwrap_or(i64::MAX);
         for (id, slot) in self.all_slots() {
+            // Shutting down: nothing new is stopped (the next start culls it).
+            if self.tasks.is_cancelled() {
+                return;
+            }
             let Some(user) = directory.by_id(&id).cloned() else {
                 continue;
             };

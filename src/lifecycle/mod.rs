@@ -632,6 +632,12 @@ impl Lifecycle {
             probe_ms: runtime_done.elapsed().as_millis() as u64,
         };
         if let Err(e) = answering {
+            // Cut short by shutdown: left running with its intent on record, so
+            // the next start's reconcile adopts it (a rolling restart must not
+            // stop the environments that are starting).
+            if self.tasks.is_cancelled() {
+                return Err(e);
+            }
             // Never leave a started container running that nobody can reach or
             // count: stop it (best effort); the next request tries again.
             if let Err(stop) = self.runtime.stop(&env).await {
@@ -1489,13 +1495,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_spawn_under_way_at_shutdown_is_undone() {
+    async fn a_spawn_under_way_at_shutdown_is_left_for_reconcile() {
         let Setup {
             runtime, lc, user, ..
         } = setup().await;
         spawn_under_way(&lc, &user).await;
         drain(&lc).await;
-        assert!(runtime.nothing_runs(), "not left running half-made");
+        assert!(
+            !runtime.nothing_runs(),
+            "a rolling restart does not stop what is starting"
+        );
         let record = lc.store.container_record(&user.id).unwrap().unwrap();
         assert_eq!(record.desired, Desired::Running, "the intent is on record");
     }
@@ -1548,12 +1557,13 @@ mod tests {
         assert!(matches!(lc.start(&user).await, Readiness::Ready));
         idle_for(&lc, &user, 60);
         lc.cull_once().await;
-        drain(&lc).await;
         assert!(matches!(lc.phase(&user.id), Phase::Ready));
-        assert_eq!(runtime.pauses.load(Ordering::SeqCst), 0);
         // The next tier still applies.
         idle_for(&lc, &user, 2000);
         lc.cull_once().await;
         phase_becomes(&lc, &user, |p| matches!(p, Phase::Stopped)).await;
+        // Everything either look set going has finished: no pause among it.
+        drain(&lc).await;
+        assert_eq!(runtime.pauses.load(Ordering::SeqCst), 0);
     }
 }
