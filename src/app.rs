@@ -30,7 +30,7 @@ pub enum BuildError {
 pub struct App {
     pub config: Arc<Config>,
     pub store: Store,
-    /// Background work; [`crate::server`] drains it at shutdown.
+    /// Background work; the server drains it at shutdown.
     pub tasks: Tasks,
     pub lifecycle: Arc<Lifecycle>,
     pub accounts: Accounts,

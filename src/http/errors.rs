@@ -4,7 +4,7 @@
 use hyper::StatusCode;
 use hyper::header::{HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 
-use super::{Resp, html, json, pages};
+use super::{Resp, api_error, html, json, pages};
 use crate::error::Error;
 
 /// What a handler can fail with: a domain error, or a request the HTTP layer
@@ -137,6 +137,30 @@ pub fn answer(e: &HttpError, browser: bool) -> Resp {
     } else {
         json_answer(e, Audience::User)
     }
+}
+
+/// The answer for another user's slug and for an unknown slug alike, so a caller
+/// cannot tell whether a slug exists.
+pub fn forbidden(browser: bool) -> Resp {
+    answer(
+        &Error::Forbidden("you do not have access to this address").into(),
+        browser,
+    )
+}
+
+/// A request spawngate refuses as malformed or hostile, with the reason.
+pub fn bad_request(browser: bool, message: &str) -> Resp {
+    answer(&Error::Invalid(message.to_owned()).into(), browser)
+}
+
+/// spawngate's store cannot be read or written (disk full, I/O errors). Never
+/// "please sign in": the caller's credentials may be fine.
+pub fn store_unavailable(browser: bool, e: &dyn std::fmt::Display) -> Resp {
+    answer(&Error::Storage(e.to_string()).into(), browser)
+}
+
+pub fn not_found() -> Resp {
+    api_error(Error::NotFound("route"))
 }
 
 /// Users are told the administrator can see why in the log: make it true.

@@ -13,6 +13,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
+use super::errors;
 use super::{Resp, pages, redirect, wants_html};
 use crate::app::App;
 use crate::auth::{IdentityHeaders, cookies, safe_next};
@@ -87,7 +88,7 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
             format!("request header '{sent}' imitates spawngate's {real} and is not allowed");
         return decided(
             "lookalike_header",
-            pages::bad_request(browser, &message),
+            errors::bad_request(browser, &message),
             None,
         );
     }
@@ -98,7 +99,7 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
         Err(e) => {
             return decided(
                 "store_unavailable",
-                pages::store_unavailable(browser, &e),
+                errors::store_unavailable(browser, &e),
                 None,
             );
         }
@@ -122,7 +123,7 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
         } else {
             "unknown_slug"
         };
-        return decided(outcome, pages::forbidden(browser), Some(caller));
+        return decided(outcome, errors::forbidden(browser), Some(caller));
     };
     match app
         .lifecycle
@@ -335,7 +336,7 @@ pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
     let browser = wants_html(headers);
     let identity = match app.identities.identify(headers) {
         Ok(identity) => identity,
-        Err(e) => return pages::store_unavailable(browser, &e),
+        Err(e) => return errors::store_unavailable(browser, &e),
     };
     let Some(identity) = identity else {
         let next = safe_next(path);
@@ -351,7 +352,7 @@ pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
         // Traefik polls the provider every few seconds; ask the browser to retry.
         waiting(browser)
     } else {
-        pages::forbidden(browser)
+        errors::forbidden(browser)
     }
 }
 

@@ -37,7 +37,7 @@ pub fn start_url(app: &App, slug: &Slug, next: &str) -> String {
 /// `GET /_spawngate/handoff?slug=…&next=…` on the login host.
 pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Resp {
     let Some(apps) = &app.config.apps else {
-        return super::pages::not_found();
+        return super::errors::not_found();
     };
     let slug = query.get("slug").and_then(|s| Slug::parse(s));
     let next = query
@@ -46,7 +46,7 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
         .unwrap_or_else(|| "/".to_owned());
     let identity = match app.identities.identify(headers) {
         Ok(identity) => identity,
-        Err(e) => return super::pages::store_unavailable(true, &e),
+        Err(e) => return super::errors::store_unavailable(true, &e),
     };
     let Some(identity) = identity else {
         let slug = slug.map(|s| s.to_string()).unwrap_or_default();
@@ -60,7 +60,7 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
         .filter(|t| Access::of(&identity.user, t).is_some());
     // Unknown slugs and other users' slugs get the same answer.
     let Some(target) = target else {
-        return super::pages::forbidden(true);
+        return super::errors::forbidden(true);
     };
     let code = app.handoffs.issue(
         identity.user.id.clone(),
@@ -107,7 +107,7 @@ pub async fn on_app_host(
         return expired(app);
     };
     if Access::of(user, target).is_none() {
-        return super::pages::forbidden(true);
+        return super::errors::forbidden(true);
     }
     // Ends when the sign-in session does (and with it, on every request).
     let ttl = parent.expires - unix_now();

@@ -133,7 +133,7 @@ where
 {
     let origin = form_origin(app, req.headers());
     if origin == FormOrigin::Foreign {
-        return super::pages::forbidden(true);
+        return super::errors::forbidden(true);
     }
     let ip = client_ip(app, peer, req.headers()).map(crate::auth::ratelimit::client_key);
     let headers = req.headers().clone();
@@ -143,7 +143,7 @@ where
     };
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     if origin == FormOrigin::Unknown && !FormGuard::matches(app, &headers, &form) {
-        return super::pages::forbidden(true);
+        return super::errors::forbidden(true);
     }
     // Every login attempt counts against the client address (confirmations too,
     // so tokens cannot be guessed at speed).
@@ -286,7 +286,7 @@ fn invalid_link() -> Resp {
 }
 
 fn store_unavailable(e: &dyn std::fmt::Display) -> Resp {
-    super::pages::store_unavailable(true, e)
+    super::errors::store_unavailable(true, e)
 }
 
 /// Where a form post comes from, as far as the browser says.
@@ -507,7 +507,7 @@ where
 {
     // An unverifiable origin is fine here: the session's CSRF token decides.
     if form_origin(app, req.headers()) == FormOrigin::Foreign {
-        return super::pages::forbidden(true);
+        return super::errors::forbidden(true);
     }
     let identity = match app.identities.identify(req.headers()) {
         Ok(identity) => identity,

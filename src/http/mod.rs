@@ -137,7 +137,7 @@ where
         (&Method::GET, "/_spawngate/" | "/_spawngate") => login::home(&app, req.headers()),
         // Traefik's catch-all for `/u-…` paths no user router matched.
         (_, p) if p.starts_with("/u-") => forward_auth::unknown_user_path(&app, req.headers(), p),
-        _ => pages::not_found(),
+        _ => errors::not_found(),
     };
     Ok(resp)
 }

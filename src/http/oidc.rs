@@ -27,10 +27,10 @@ fn state_cookie(app: &App) -> &'static str {
 
 pub async fn handle<B>(app: &App, req: Request<B>, rest: &str) -> Resp {
     let Some(client) = app.oidc.as_ref() else {
-        return super::pages::not_found();
+        return super::errors::not_found();
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return super::pages::not_found();
+        return super::errors::not_found();
     }
     let query: HashMap<String, String> = req
         .uri()
@@ -50,13 +50,13 @@ pub async fn handle<B>(app: &App, req: Request<B>, rest: &str) -> Resp {
             }
         }
         "callback" => callback(app, req.headers(), &query).await,
-        _ => super::pages::not_found(),
+        _ => super::errors::not_found(),
     }
 }
 
 async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Resp {
     let Some(client) = app.oidc.as_ref() else {
-        return super::pages::not_found();
+        return super::errors::not_found();
     };
     let state = query.get("state").map(String::as_str).unwrap_or_default();
     let sealed = cookies::values(headers, state_cookie(app)).next();

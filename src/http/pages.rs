@@ -3,9 +3,7 @@
 
 use hyper::StatusCode;
 
-use super::errors;
-use super::{Resp, api_error, html, json};
-use crate::error::Error;
+use super::{Resp, html, json};
 use crate::lifecycle::AppFailure;
 
 pub fn escape(s: &str) -> String {
@@ -41,30 +39,6 @@ code{{background:#f3f3f3;padding:.1rem .3rem}}
 "#,
         title = escape(title)
     )
-}
-
-/// The answer for another user's slug and for an unknown slug alike, so a caller
-/// cannot tell whether a slug exists.
-pub fn forbidden(browser: bool) -> Resp {
-    errors::answer(
-        &Error::Forbidden("you do not have access to this address").into(),
-        browser,
-    )
-}
-
-/// A request spawngate refuses as malformed or hostile, with the reason.
-pub fn bad_request(browser: bool, message: &str) -> Resp {
-    errors::answer(&Error::Invalid(message.to_owned()).into(), browser)
-}
-
-/// spawngate's store cannot be read or written (disk full, I/O errors). Never
-/// "please sign in": the caller's credentials may be fine.
-pub fn store_unavailable(browser: bool, e: &dyn std::fmt::Display) -> Resp {
-    errors::answer(&Error::Storage(e.to_string()).into(), browser)
-}
-
-pub fn not_found() -> Resp {
-    api_error(Error::NotFound("route"))
 }
 
 /// Shown (with status 503) while a container is still starting after the hold.

@@ -8,7 +8,7 @@ use reqwest::header::{ACCEPT, COOKIE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Api, Harness, Options, random_hex};
+use crate::harness::{Api, Harness, Options, get_json, random_hex};
 
 const HTML: &str = "text/html,application/xhtml+xml";
 
@@ -397,15 +397,10 @@ async fn traefik_accepts_every_router_and_middleware() {
         .unwrap();
     assert_eq!(anon.status(), 401);
 
-    let routers: Vec<Value> = h
-        .client
-        .get(format!("{}/api/http/routers", h.traefik_api))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, routers) =
+        get_json(&h.client, &format!("{}/api/http/routers", h.traefik_api)).await;
+    assert_eq!(status, 200, "{routers}");
+    let routers = routers.as_array().unwrap();
     let ours: Vec<&Value> = routers.iter().filter(|r| r["provider"] == "http").collect();
     let names: Vec<&str> = ours.iter().map(|r| r["name"].as_str().unwrap()).collect();
     for expected in [

@@ -12,7 +12,7 @@ use serde_json::Value;
 use spawngate::lifecycle::Phase;
 
 use crate::docker_proxy::DockerProxy;
-use crate::harness::{Harness, Options, containers_of, docker_lines, poll, random_hex};
+use crate::harness::{Harness, Options, containers_of, docker_lines, get_json, poll, random_hex};
 use crate::proc::{ProcHarness, inspect};
 
 const HTML: &str = "text/html,application/xhtml+xml";
@@ -309,15 +309,8 @@ async fn sigkill_during_user_create_delete_and_share_leaves_the_store_consistent
     }
 
     // Every user is whole: routed by Traefik to a host port of its own...
-    let config: Value = h
-        .client
-        .get(format!("{}/traefik/config", h.direct))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, config) = get_json(&h.client, &format!("{}/traefik/config", h.direct)).await;
+    assert_eq!(status, 200, "{config}");
     let mut ports = std::collections::HashSet::new();
     for (name, slug) in &users {
         let segment = format!("u-{slug}");
