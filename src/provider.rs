@@ -85,11 +85,12 @@ pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> 
                 crate::ids::Slug::LEN,
                 apps.domain.replace('.', "\\.")
             );
-            // On app hosts spawngate serves only the hand-off, above the user's app.
+            // On app hosts spawngate serves only the hand-off and its pages'
+            // assets, above the user's app.
             routers.insert(
                 "spawngate-handoff".into(),
                 with_tls(json!({
-                    "rule": format!("{app_hosts} && Path(`/_spawngate/handoff`)"),
+                    "rule": format!("{app_hosts} && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`))"),
                     "priority": 100_000,
                     "entryPoints": entry_points,
                     "service": SELF_SERVICE,
@@ -406,7 +407,7 @@ mod tests {
         );
         assert_eq!(
             http["routers"]["spawngate-handoff"]["rule"],
-            "HostRegexp(`^[0-9a-f]{12}\\.apps\\.example\\.com$`) && Path(`/_spawngate/handoff`)"
+            "HostRegexp(`^[0-9a-f]{12}\\.apps\\.example\\.com$`) && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`))"
         );
     }
 }

@@ -2,6 +2,7 @@
 
 mod admin;
 mod app_gone;
+mod assets;
 pub mod errors;
 mod forward_auth;
 mod handoff;
@@ -104,6 +105,9 @@ where
         if path == app_gone::PATH {
             return Ok(app_gone::handle(&app, req.headers(), Some(&slug)).await);
         }
+        if let Some(name) = path.strip_prefix(assets::PREFIX) {
+            return Ok(assets::serve(name).unwrap_or_else(errors::not_found));
+        }
         return Ok(handoff::on_app_host(&app, req.headers(), &slug, &path, &query).await);
     }
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -117,6 +121,9 @@ where
             forward_auth::handle(&app, req.headers(), &p["/auth/".len()..]).await
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, p) if p.starts_with(assets::PREFIX) => {
+            assets::serve(&p[assets::PREFIX.len()..]).unwrap_or_else(errors::not_found)
+        }
         (&Method::GET, "/readyz") => readyz(&app).await,
         (&Method::GET, "/traefik/config") => provider_config(&app, req.headers()),
         (_, "/_spawngate/api/me") => me::handle(&app, req, "").await,
@@ -262,7 +269,9 @@ pub fn html(status: StatusCode, body: String) -> Resp {
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        // Scripts and styles only from spawngate's own assets; the page may
+        // talk back to spawngate only (the progress stream, the JSON API).
+        HeaderValue::from_static("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp

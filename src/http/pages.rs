@@ -28,11 +28,7 @@ pub fn page(title: &str, head_extra: &str, body: &str) -> String {
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · spawngate</title>{head_extra}
-<style>
-body{{font-family:system-ui,sans-serif;max-width:34rem;margin:4rem auto;padding:0 1rem;color:#222}}
-h1{{font-size:1.4rem}} .muted{{color:#666}} button{{font-size:1rem;padding:.5rem 1.2rem;cursor:pointer}}
-code{{background:#f3f3f3;padding:.1rem .3rem}}
-</style></head>
+<link rel="stylesheet" href="/_spawngate/assets/style.css"></head>
 <body><h1>{title}</h1>
 {body}
 </body></html>
@@ -95,7 +91,7 @@ pub fn app_failed(browser: bool, failure: &AppFailure, retry_secs: u64, with_log
             String::new()
         } else {
             format!(
-                "<p>Its last output:</p><pre style=\"white-space:pre-wrap;background:#f3f3f3;padding:.5rem\">{}</pre>",
+                "<p>Its last output:</p><pre>{}</pre>",
                 escape(&logs.join("\n"))
             )
         };

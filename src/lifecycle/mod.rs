@@ -155,9 +155,11 @@ struct Slot {
     started: AtomicI64,
     /// Whether a container (in any state) exists for this user.
     present: AtomicBool,
-    /// A container taken from the warm pool carries the pool's secret, not the
-    /// user's: forwardAuth must send that one.
-    pooled_secret: std::sync::RwLock<Option<String>>,
+    /// The secret forwardAuth sends with this user's requests, kept so the hot
+    /// path derives nothing: a container taken from the warm pool carries the
+    /// pool's secret, any other the user's own. `None` = the user's, not yet
+    /// derived.
+    forward_secret: std::sync::RwLock<Option<String>>,
     /// Consecutive starts whose app failed; sets the back-off. Reset by a
     /// success and by an admin's start or restart.
     app_failures: AtomicU32,
@@ -173,7 +175,7 @@ impl Slot {
             net_bytes: AtomicU64::new(u64::MAX),
             started: AtomicI64::new(0),
             present: AtomicBool::new(false),
-            pooled_secret: std::sync::RwLock::new(None),
+            forward_secret: std::sync::RwLock::new(None),
             app_failures: AtomicU32::new(0),
         }
     }
@@ -189,8 +191,10 @@ impl Slot {
         }
     }
 
+    /// `Some`: the container came from the pool with this secret; `None`: it is
+    /// the user's own (the user's secret is derived again on the next request).
     fn set_pooled_secret(&self, secret: Option<String>) {
-        if let Ok(mut s) = self.pooled_secret.write() {
+        if let Ok(mut s) = self.forward_secret.write() {
             *s = secret;
         }
     }
@@ -508,14 +512,25 @@ impl Lifecycle {
     /// The secret to send with this user's requests: the pool container's when the
     /// user's container came from the pool, else the user's own.
     pub fn forward_secret(&self, user: &User) -> String {
-        if let Ok(slots) = self.slots.read()
-            && let Some(slot) = slots.get(&user.id)
-            && let Ok(pooled) = slot.pooled_secret.read()
-            && let Some(secret) = pooled.as_ref()
+        let Ok(slots) = self.slots.read() else {
+            return self.container_secret(user);
+        };
+        let Some(slot) = slots.get(&user.id) else {
+            return self.container_secret(user);
+        };
+        if let Ok(kept) = slot.forward_secret.read()
+            && let Some(secret) = kept.as_ref()
         {
             return secret.clone();
         }
-        self.container_secret(user)
+        let own = self.container_secret(user);
+        // Only into an empty cell: a pool's secret set meanwhile wins.
+        if let Ok(mut kept) = slot.forward_secret.write()
+            && kept.is_none()
+        {
+            *kept = Some(own.clone());
+        }
+        own
     }
 
     fn derive_secret(&self, purpose: &[u8], subject: &str) -> String {

@@ -18,7 +18,7 @@ impl Store {
             target: target.to_owned(),
             detail,
         };
-        let writing = self.writing();
+        let writing = self.writing_untracked();
         let result = self.db.generate_id().and_then(|id| {
             self.audit
                 .insert(id.to_be_bytes(), encode(&entry))

@@ -28,7 +28,7 @@ impl Store {
     /// Writes without waiting for the disk (sled flushes within its interval); the
     /// caller flushes when durability matters.
     pub fn write_container_record(&self, record: &ContainerRecord) -> Result<()> {
-        let _writing = self.writing();
+        let _writing = self.writing_untracked();
         self.containers
             .insert(record.user_id.as_str().as_bytes(), encode(record))?;
         Ok(())
@@ -37,7 +37,7 @@ impl Store {
     /// Records the last activity without flushing: called in batches by the culler,
     /// sled writes it out within its flush interval.
     pub fn note_activity(&self, user_id: &UserId, at: i64) -> Result<()> {
-        let _writing = self.writing();
+        let _writing = self.writing_untracked();
         if let Some(mut record) = self.container_record(user_id)? {
             record.last_activity = Some(at);
             self.containers

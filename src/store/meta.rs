@@ -25,7 +25,7 @@ impl Store {
         let fresh = random_bytes::<32>();
         // compare_and_swap makes two racing first starts agree on one key.
         {
-            let _writing = self.writing();
+            let _writing = self.writing_untracked();
             let _ = self
                 .meta
                 .compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?;
@@ -48,7 +48,7 @@ impl Store {
     /// flushed (what `/readyz` asks; a full disk shows here first).
     pub async fn check_writable(&self) -> Result<()> {
         {
-            let _writing = self.writing();
+            let _writing = self.writing_untracked();
             self.meta
                 .insert("health_probe", unix_now().to_be_bytes().to_vec())?;
         }

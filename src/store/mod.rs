@@ -133,16 +133,17 @@ pub struct Store {
 }
 
 /// A write in progress (see `Store::writing`); bumps the write generation when
-/// dropped, i.e. once the write is visible.
+/// dropped, i.e. once the write is visible (unless made by `writing_untracked`).
 struct Writing<'a> {
     _shared: std::sync::RwLockReadGuard<'a, ()>,
-    writes: &'a std::sync::atomic::AtomicU64,
+    writes: Option<&'a std::sync::atomic::AtomicU64>,
 }
 
 impl Drop for Writing<'_> {
     fn drop(&mut self) {
-        self.writes
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        if let Some(writes) = self.writes {
+            writes.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 
@@ -225,13 +226,26 @@ impl Store {
     fn writing(&self) -> Writing<'_> {
         Writing {
             _shared: self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner()),
-            writes: &self.writes,
+            writes: Some(&self.writes),
         }
     }
 
-    /// Changes with every finished write (sessions revoked, users changed, ...):
-    /// what was derived from the store under one value may be stale under the
-    /// next. forwardAuth's verified-cookie cache is keyed by it.
+    /// Like `writing`, for trees nothing derived from the write generation reads
+    /// (audit, container records, activity, keys, the health probe): those writes
+    /// come with requests, and bumping the generation would empty forwardAuth's
+    /// verified-cookie cache for nothing. Every other tree uses `writing`.
+    fn writing_untracked(&self) -> Writing<'_> {
+        Writing {
+            _shared: self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner()),
+            writes: None,
+        }
+    }
+
+    /// Changes with every finished write to users, sessions, tokens or
+    /// credentials (sessions revoked, users changed, ...): what was derived from
+    /// those under one value may be stale under the next. forwardAuth's
+    /// verified-cookie cache is keyed by it. Audit lines, container records,
+    /// activity and the health probe leave it alone (see `writing_untracked`).
     pub fn write_generation(&self) -> u64 {
         self.writes.load(std::sync::atomic::Ordering::Acquire)
     }
