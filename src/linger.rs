@@ -130,27 +130,36 @@ impl Drop for LingeringStream {
 /// A request body that remembers whether it was read to its end.
 pub struct TrackedBody<B> {
     inner: B,
-    finished: Arc<AtomicBool>,
+    /// `None`: there was no body to read (most requests: nothing to track, so
+    /// nothing is allocated for them).
+    finished: Option<Arc<AtomicBool>>,
+}
+
+/// Whether a tracked request's body has been read whole (see [`track`]).
+pub struct ReadWhole(Option<Arc<AtomicBool>>);
+
+impl ReadWhole {
+    fn is_read(&self) -> bool {
+        self.0.as_ref().is_none_or(|f| f.load(Ordering::Relaxed))
+    }
 }
 
 /// Wraps `req`'s body; the flag is set once the body has been read whole (at once
 /// for a request without one).
-pub fn track<B: Body>(req: hyper::Request<B>) -> (hyper::Request<TrackedBody<B>>, Arc<AtomicBool>) {
-    let finished = Arc::new(AtomicBool::new(false));
+pub fn track<B: Body>(req: hyper::Request<B>) -> (hyper::Request<TrackedBody<B>>, ReadWhole) {
+    let mut flag = None;
     let req = req.map(|inner| {
-        finished.store(inner.is_end_stream(), Ordering::Relaxed);
-        TrackedBody {
-            inner,
-            finished: finished.clone(),
-        }
+        let finished = (!inner.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+        flag = finished.clone();
+        TrackedBody { inner, finished }
     });
-    (req, finished)
+    (req, ReadWhole(flag))
 }
 
 /// Marks `resp` `Connection: close` when the request's body was left unread: the
 /// connection cannot carry another request, and the peer must not reuse it.
-pub fn close_if_unread<T>(resp: &mut hyper::Response<T>, finished: &AtomicBool) {
-    if !finished.load(Ordering::Relaxed) {
+pub fn close_if_unread<T>(resp: &mut hyper::Response<T>, read: &ReadWhole) {
+    if !read.is_read() {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
@@ -166,8 +175,10 @@ impl<B: Body + Unpin> Body for TrackedBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
-            this.finished.store(true, Ordering::Relaxed);
+        if let Some(finished) = &this.finished
+            && (matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream())
+        {
+            finished.store(true, Ordering::Relaxed);
         }
         polled
     }

@@ -20,7 +20,7 @@ use super::cookies;
 use super::session::SessionCodec;
 use crate::config::Config;
 use crate::ids::{Secret, SessionId, Slug};
-use crate::store::{Directory, Session, Store, StoreError, User};
+use crate::store::{Session, Store, StoreError, User};
 use crate::time::unix_now;
 
 /// A caller with a valid session.
@@ -74,9 +74,9 @@ pub struct Identities {
     verified: RwLock<Verified>,
 }
 
-/// The cache, valid for one directory snapshot and one store write generation.
+/// The cache, valid for one store write generation (which also changes with
+/// every new directory).
 struct Verified {
-    directory: Arc<Directory>,
     writes: u64,
     entries: HashMap<Box<str>, Entry, BuildHasherDefault<TailHasher>>,
 }
@@ -113,7 +113,6 @@ struct Entry {
 impl Identities {
     pub fn new(store: Store, codec: Arc<SessionCodec>, config: Arc<Config>) -> Self {
         let verified = RwLock::new(Verified {
-            directory: store.snapshot(),
             writes: store.write_generation(),
             entries: HashMap::default(),
         });
@@ -206,10 +205,11 @@ impl Identities {
             if let Some(found) = self.cached(value, scope) {
                 return Ok(Some(found));
             }
-            // Read before verifying: a write that finishes meanwhile makes the
-            // entry stale instead of letting it outlive what it was made from.
-            let directory = self.store.snapshot();
+            // The generation first, then what is derived under it: a write or a
+            // new directory that lands meanwhile makes the entry stale instead of
+            // letting it outlive what it was made from.
             let writes = self.store.write_generation();
+            let directory = self.store.snapshot();
             let Some(claims) = self.codec.verify(value) else {
                 continue;
             };
@@ -230,7 +230,6 @@ impl Identities {
             };
             self.remember(
                 value,
-                directory,
                 writes,
                 Entry {
                     identity: identity.clone(),
@@ -260,9 +259,7 @@ impl Identities {
 
     fn cached(&self, value: &str, scope: Option<&Slug>) -> Option<Identity> {
         let verified = self.verified.read().unwrap_or_else(|p| p.into_inner());
-        if verified.writes != self.store.write_generation()
-            || !Arc::ptr_eq(&verified.directory, &self.store.snapshot())
-        {
+        if verified.writes != self.store.write_generation() {
             return None;
         }
         let entry = verified.entries.get(value)?;
@@ -270,9 +267,9 @@ impl Identities {
             .then(|| entry.identity.clone())
     }
 
-    fn remember(&self, value: &str, directory: Arc<Directory>, writes: u64, entry: Entry) {
+    fn remember(&self, value: &str, writes: u64, entry: Entry) {
         let mut verified = self.verified.write().unwrap_or_else(|p| p.into_inner());
-        if verified.writes != writes || !Arc::ptr_eq(&verified.directory, &directory) {
+        if verified.writes != writes {
             // Made under an older state than the cache holds: never stored. Made
             // under a newer one: everything else in the cache is older still.
             if writes < verified.writes {
@@ -280,7 +277,6 @@ impl Identities {
             }
             verified.entries.clear();
             verified.writes = writes;
-            verified.directory = directory;
         }
         if verified.entries.len() >= MAX_VERIFIED {
             verified.entries.clear();

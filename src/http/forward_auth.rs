@@ -36,7 +36,12 @@ pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
         Some(Caller {
             via: Via::Session(headers),
             ..
-        }) if decision.outcome == "allow" => !headers.allow_logged.swap(true, Ordering::Relaxed),
+        }) if decision.outcome == "allow" => {
+            // Read first: a swap on every request would write a line all worker
+            // threads share.
+            !(headers.allow_logged.load(Ordering::Relaxed)
+                || headers.allow_logged.swap(true, Ordering::Relaxed))
+        }
         _ => true,
     };
     let resp = decision.resp;
@@ -111,8 +116,8 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
             None,
         );
     };
-    let directory = app.store.snapshot();
-    let target = slug.and_then(|s| directory.by_slug(s));
+    let target = slug.and_then(|s| app.store.with_directory(|d| d.by_slug(s).cloned()));
+    let target = target.as_ref();
     // Personal API tokens are for the owner's own scripts: never for shared slugs.
     let access = target
         .and_then(|t| Access::of(&caller.user, t))
@@ -213,12 +218,9 @@ impl PartialEq for Via {
 /// Traefik replaces the client's versions of these headers with ours.
 fn allow(app: &App, headers: &HeaderMap, caller: &Caller, target: &User, access: Access) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::new()));
+    // No body and no content type: Traefik reads only the headers of a 2xx.
     let h = resp.headers_mut();
-    h.reserve(7);
-    h.insert(
-        hyper::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    h.reserve(6);
     // A session's headers were rendered when its cookie was verified; names and
     // slugs are validated ASCII, so the conversions cannot fail.
     let own = match &caller.via {

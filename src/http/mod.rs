@@ -85,9 +85,8 @@ pub async fn handle<B>(app: Arc<App>, req: Request<B>, peer: Peer) -> Result<Res
 where
     B: ReqBody,
 {
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
     if peer == Peer::Control {
+        let path = req.uri().path().to_owned();
         // The control socket serves the admin API only.
         return Ok(match path.strip_prefix("/_spawngate/api/") {
             Some(rest) => admin::handle(&app, req, rest, peer).await,
@@ -101,6 +100,7 @@ where
     if let Some(apps) = &app.config.apps
         && let Some(slug) = host_of(&req).and_then(|h| apps.slug_of(h))
     {
+        let path = req.uri().path().to_owned();
         let query = query_map(req.uri());
         if path == app_gone::PATH {
             return Ok(app_gone::handle(&app, req.headers(), Some(&slug)).await);
@@ -114,12 +114,15 @@ where
     if uri_len > MAX_URI {
         return Ok(api_error(HttpError::UriTooLong(MAX_URI)));
     }
+    // forwardAuth first: it is nearly every request, and needs nothing copied.
+    if let Some(segment) = req.uri().path().strip_prefix("/auth/") {
+        return Ok(forward_auth::handle(&app, req.headers(), segment).await);
+    }
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
     let resp = match (&method, path.as_str()) {
         (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())),
         (&Method::GET, app_gone::PATH) => app_gone::handle(&app, req.headers(), None).await,
-        (_, p) if p.starts_with("/auth/") => {
-            forward_auth::handle(&app, req.headers(), &p["/auth/".len()..]).await
-        }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, p) if p.starts_with(assets::PREFIX) => {
             assets::serve(&p[assets::PREFIX.len()..]).unwrap_or_else(errors::not_found)

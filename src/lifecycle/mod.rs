@@ -200,7 +200,12 @@ impl Slot {
     }
 
     fn touch(&self) {
-        self.last_activity.store(unix_now(), Ordering::Relaxed);
+        // Written once a second at most: every worker thread reads this line,
+        // and a store on every request would make them fight over it.
+        let now = unix_now();
+        if self.last_activity.load(Ordering::Relaxed) != now {
+            self.last_activity.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Whether this slot counts against `limits.max_running`.

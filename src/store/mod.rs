@@ -130,6 +130,10 @@ pub struct Store {
     /// Bumped as each write finishes (see [`Store::write_generation`]).
     writes: Arc<std::sync::atomic::AtomicU64>,
     directory: Arc<watch::Sender<Arc<Directory>>>,
+    /// The same directory for readers on the hot path: an `ArcSwap` load writes
+    /// no shared memory (a `watch` borrow takes a lock, an `Arc` clone bumps a
+    /// count every worker thread shares).
+    current: Arc<arc_swap::ArcSwap<Directory>>,
 }
 
 /// A write in progress (see `Store::writing`); bumps the write generation when
@@ -196,6 +200,7 @@ impl Store {
             snapshot_lock: Arc::new(std::sync::RwLock::new(())),
             writes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(Directory::default())),
             db,
         };
         store.refresh_directory()?;
@@ -242,8 +247,9 @@ impl Store {
     }
 
     /// Changes with every finished write to users, sessions, tokens or
-    /// credentials (sessions revoked, users changed, ...): what was derived from
-    /// those under one value may be stale under the next. forwardAuth's
+    /// credentials (sessions revoked, users changed, ...) and with every new
+    /// directory: what was derived from those under one value may be stale under
+    /// the next (read it before what is derived). forwardAuth's
     /// verified-cookie cache is keyed by it. Audit lines, container records,
     /// activity and the health probe leave it alone (see `writing_untracked`).
     pub fn write_generation(&self) -> u64 {
@@ -257,7 +263,13 @@ impl Store {
 
     /// The current directory snapshot (cheap: an `Arc` clone).
     pub fn snapshot(&self) -> Arc<Directory> {
-        self.directory.borrow().clone()
+        self.current.load_full()
+    }
+
+    /// Runs `f` on the current directory without taking a reference to it (the
+    /// hot path's way: see `current`).
+    pub fn with_directory<R>(&self, f: impl FnOnce(&Directory) -> R) -> R {
+        f(&self.current.load())
     }
 
     fn refresh_directory(&self) -> Result<()> {
@@ -278,7 +290,13 @@ impl Store {
             }
             dir.by_id.insert(user.id.clone(), user);
         }
-        self.directory.send_replace(Arc::new(dir));
+        let dir = Arc::new(dir);
+        self.current.store(dir.clone());
+        self.directory.send_replace(dir);
+        // After the new directory is visible: what was derived from the old one
+        // is stale from here on (see `write_generation`).
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
