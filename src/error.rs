@@ -35,7 +35,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict { .. } => Error::Conflict(e.to_string()),
+            StoreError::Conflict { .. } | StoreError::Contended { .. } => {
+                Error::Conflict(e.to_string())
+            }
+            StoreError::Gone { what } => Error::NotFound(what),
             StoreError::NoFreePort => Error::Unavailable(e.to_string()),
             StoreError::Io(_) | StoreError::Locked { .. } => Error::Storage(e.to_string()),
             StoreError::Corrupt { .. } => Error::Internal(e.to_string()),

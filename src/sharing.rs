@@ -127,27 +127,27 @@ impl Sharing {
                 "an environment is always open to its owner".into(),
             ));
         }
-        let mut updated = self.current(owner)?;
-        match updated
-            .shared_with
-            .iter_mut()
-            .find(|s| s.user_id == grantee.id)
-        {
-            Some(existing) => existing.read_only = read_only,
-            None => {
-                if updated.shared_with.len() >= MAX_SHARES {
-                    return Err(Error::Conflict(format!(
-                        "an environment can be shared with at most {MAX_SHARES} users"
-                    )));
+        let updated = self
+            .store
+            .modify_user(&owner.id, |u| {
+                match u.shared_with.iter_mut().find(|s| s.user_id == grantee.id) {
+                    Some(existing) => existing.read_only = read_only,
+                    None => {
+                        if u.shared_with.len() >= MAX_SHARES {
+                            return Err(Error::Conflict(format!(
+                                "an environment can be shared with at most {MAX_SHARES} users"
+                            )));
+                        }
+                        u.shared_with.push(Share {
+                            user_id: grantee.id.clone(),
+                            read_only,
+                            granted: unix_now(),
+                        });
+                    }
                 }
-                updated.shared_with.push(Share {
-                    user_id: grantee.id.clone(),
-                    read_only,
-                    granted: unix_now(),
-                });
-            }
-        }
-        self.store.update_user(&updated).await?;
+                Ok(())
+            })
+            .await??;
         let mode = if read_only { "read-only" } else { "full" };
         self.store.audit(
             actor,
@@ -166,13 +166,17 @@ impl Sharing {
         grantee: &str,
     ) -> Result<Vec<ShareView>> {
         let grantee = self.user_named(grantee).ok_or(Error::NotFound("share"))?;
-        let mut updated = self.current(owner)?;
-        let before = updated.shared_with.len();
-        updated.shared_with.retain(|s| s.user_id != grantee.id);
-        if updated.shared_with.len() == before {
-            return Err(Error::NotFound("share"));
-        }
-        self.store.update_user(&updated).await?;
+        let updated = self
+            .store
+            .modify_user(&owner.id, |u| {
+                let before = u.shared_with.len();
+                u.shared_with.retain(|s| s.user_id != grantee.id);
+                if u.shared_with.len() == before {
+                    return Err(Error::NotFound("share"));
+                }
+                Ok(())
+            })
+            .await??;
         self.store.audit(
             actor,
             "share.revoke",
@@ -180,16 +184,6 @@ impl Sharing {
             Some(grantee.name.clone()),
         );
         Ok(self.shares_of(&updated))
-    }
-
-    /// The owner's record as it is now: the caller's copy may be older than a
-    /// change made meanwhile (a disable, say), which writing it back would undo.
-    fn current(&self, owner: &User) -> Result<User> {
-        self.store
-            .snapshot()
-            .by_id(&owner.id)
-            .map(|u| (**u).clone())
-            .ok_or(Error::NotFound("user"))
     }
 
     /// A user by exact name (grantees are named, never given by slug).

@@ -176,9 +176,13 @@ impl Accounts {
     ) -> Result<UserView> {
         let user = self.find_user(key)?;
         let overrides = validate::overrides(&self.config, req)?;
-        let mut updated = (*user).clone();
-        updated.overrides = overrides;
-        self.store.update_user(&updated).await?;
+        let updated = self
+            .store
+            .modify_user(&user.id, |u| {
+                u.overrides = overrides.clone();
+                Ok::<_, Error>(())
+            })
+            .await??;
         self.store.audit(
             actor,
             "user.overrides",
@@ -194,14 +198,18 @@ impl Accounts {
     /// back with a later enable; only a new sign-in works then.
     pub async fn set_disabled(&self, actor: &str, key: &str, disabled: bool) -> Result<UserView> {
         let user = self.find_user(key)?;
-        let mut updated = (*user).clone();
-        updated.disabled = disabled;
-        if disabled {
-            // In the same write as the flag: whatever credential survives the
-            // deletion below (a crash, a sign-in racing it) is refused anyway.
-            updated.credential_generation = updated.credential_generation.wrapping_add(1);
-        }
-        self.store.update_user(&updated).await?;
+        let updated = self
+            .store
+            .modify_user(&user.id, |u| {
+                u.disabled = disabled;
+                if disabled {
+                    // In the same write as the flag: whatever credential survives
+                    // the deletion below (a crash, a sign-in racing it) is refused.
+                    u.credential_generation = u.credential_generation.wrapping_add(1);
+                }
+                Ok::<_, Error>(())
+            })
+            .await??;
         let mut detail = None;
         if disabled {
             // After the flag: from here on no new credential is issued to the user.
@@ -257,11 +265,14 @@ impl Accounts {
                 Some(hashed)
             }
         };
-        // Re-read after hashing (it takes a while): writing back the copy from
-        // before would undo a change made meanwhile, such as a disable.
-        let mut updated = (*self.find_user(&user.name)?).clone();
-        updated.password_hash = hash;
-        self.store.update_user(&updated).await?;
+        // Applied to the stored record (hashing takes a while): a change made
+        // meanwhile, such as a disable, stays.
+        self.store
+            .modify_user(&user.id, |u| {
+                u.password_hash = hash.clone();
+                Ok::<_, Error>(())
+            })
+            .await??;
         if end_sessions {
             self.store.delete_sessions_of(&user.id).await?;
         }

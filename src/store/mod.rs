@@ -50,6 +50,10 @@ pub enum StoreError {
     Conflict { what: &'static str, value: String },
     #[error("no free host port left in the configured range")]
     NoFreePort,
+    #[error("{what} no longer exists")]
+    Gone { what: &'static str },
+    #[error("{what} kept changing while being updated; try again")]
+    Contended { what: &'static str },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

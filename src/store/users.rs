@@ -132,7 +132,10 @@ impl Store {
         Err(StoreError::NoFreePort)
     }
 
-    /// Rewrites a user's record (fields that are not indexed: overrides, disabled).
+    /// Rewrites a user's record with a copy the caller holds (tests only: the
+    /// server changes users through [`Store::modify_user`], which cannot write back
+    /// a stale copy).
+    #[cfg(test)]
     pub async fn update_user(&self, user: &User) -> Result<()> {
         let id = user.id.as_str().as_bytes();
         let writing = self.writing();
@@ -158,6 +161,45 @@ impl Store {
         }
         self.refresh_directory()?;
         self.flush().await
+    }
+
+    /// Changes a user by reading the stored record, applying `change` and writing
+    /// the result only if the record is still the one read (retried when another
+    /// write got in between, so no caller can write back a stale copy: a share
+    /// racing a disable keeps both). `change` may refuse with its own error,
+    /// which comes back as `Ok(Err(..))` and writes nothing.
+    pub async fn modify_user<E>(
+        &self,
+        id: &UserId,
+        mut change: impl FnMut(&mut User) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<User, E>> {
+        const ATTEMPTS: usize = 16;
+        let key = id.as_str().as_bytes();
+        for _ in 0..ATTEMPTS {
+            let writing = self.writing();
+            let Some(current) = self.users.get(key)? else {
+                return Err(StoreError::Gone { what: "user" });
+            };
+            let mut user: User = decode(&current).map_err(|source| StoreError::Corrupt {
+                key: id.as_str().to_owned(),
+                source,
+            })?;
+            if let Err(e) = change(&mut user) {
+                return Ok(Err(e));
+            }
+            let swapped = self
+                .users
+                .compare_and_swap(key, Some(current), Some(encode(&user)))?;
+            drop(writing);
+            if swapped.is_ok() {
+                self.refresh_directory()?;
+                self.flush().await?;
+                return Ok(Ok(user));
+            }
+        }
+        Err(StoreError::Contended {
+            what: "the user record",
+        })
     }
 
     /// Deletes a user in one transaction with everything that points at them: their
@@ -297,6 +339,57 @@ mod tests {
     use super::*;
     use crate::store::records::Share;
     use crate::store::tests::store;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_changes_to_one_user_all_survive() {
+        let (_d, s) = store();
+        let owner = s.create_user("owner", None, None).await.unwrap();
+        let mut grantees = Vec::new();
+        for i in 0..8 {
+            grantees.push(s.create_user(&format!("g{i}"), None, None).await.unwrap());
+        }
+        // Eight shares and a disable race on the same record: a write-back of
+        // a stale copy would lose some of them.
+        let mut tasks = Vec::new();
+        for g in grantees.clone() {
+            let (s, id) = (s.clone(), owner.id.clone());
+            tasks.push(tokio::spawn(async move {
+                s.modify_user(&id, |u| {
+                    u.shared_with.push(Share {
+                        user_id: g.id.clone(),
+                        read_only: false,
+                        granted: 0,
+                    });
+                    Ok::<_, ()>(())
+                })
+                .await
+            }));
+        }
+        let (s2, id) = (s.clone(), owner.id.clone());
+        tasks.push(tokio::spawn(async move {
+            s2.modify_user(&id, |u| {
+                u.disabled = true;
+                Ok::<_, ()>(())
+            })
+            .await
+        }));
+        for t in tasks {
+            t.await.unwrap().unwrap().unwrap();
+        }
+        let stored = s.snapshot().by_id(&owner.id).cloned().unwrap();
+        assert!(stored.disabled);
+        assert_eq!(stored.shared_with.len(), grantees.len());
+        // A refusal writes nothing; a deleted user is gone, not a conflict.
+        let refused = s.modify_user(&owner.id, |u| {
+            u.disabled = false;
+            Err("no")
+        });
+        assert_eq!(refused.await.unwrap().unwrap_err(), "no");
+        assert!(s.snapshot().by_id(&owner.id).unwrap().disabled);
+        s.delete_user(&owner, false).await.unwrap();
+        let gone = s.modify_user(&owner.id, |_| Ok::<_, ()>(())).await;
+        assert!(matches!(gone, Err(StoreError::Gone { what: "user" })));
+    }
 
     #[tokio::test]
     async fn users_are_unique_and_indexed() {
