@@ -42,6 +42,7 @@ pub mod config;
 pub mod control;
 pub mod environments;
 pub mod error;
+pub mod events;
 pub mod headers;
 pub mod http;
 pub mod ids;
