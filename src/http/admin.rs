@@ -1,7 +1,6 @@
 //! The admin JSON API under `/_spawngate/api/`. Over TCP it needs an admin bearer
 //! token; over the control socket the operator is trusted by file permission.
 
-use bytes::Bytes;
 use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -85,7 +84,7 @@ async fn backup(app: &App) -> Resp {
     match taken {
         Ok(Ok(bytes)) => {
             app.store.audit("operator", "store.backup", "store", None);
-            let mut resp = hyper::Response::new(http_body_util::Full::new(Bytes::from(bytes)));
+            let mut resp = hyper::Response::new(super::full(bytes));
             let h = resp.headers_mut();
             h.insert(
                 hyper::header::CONTENT_TYPE,

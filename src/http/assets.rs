@@ -4,7 +4,6 @@
 //! Content-Security-Policy can refuse every inline script.
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Response, StatusCode};
 
@@ -22,7 +21,7 @@ const ASSETS: &[(&str, &str, &str)] = &[(
 /// The asset called `name`, or `None` (the caller answers 404).
 pub fn serve(name: &str) -> Option<Resp> {
     let (_, content_type, body) = ASSETS.iter().find(|(n, _, _)| *n == name)?;
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(super::full(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

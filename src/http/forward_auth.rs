@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -212,7 +210,7 @@ impl PartialEq for Via {
 /// 200 with the identity headers and the request's cookies minus spawngate's own.
 /// Traefik replaces the client's versions of these headers with ours.
 fn allow(app: &App, headers: &HeaderMap, caller: &Caller, target: &User, access: Access) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(super::empty());
     let h = resp.headers_mut();
     h.reserve(7);
     h.insert(
