@@ -63,6 +63,9 @@ where
     }
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     let query = query_map(req.uri());
+    if method == Method::GET && parts == ["events"] {
+        return super::progress::events(app, req.headers(), &query);
+    }
     let call = Call {
         app,
         actor: &actor,

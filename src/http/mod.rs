@@ -10,6 +10,7 @@ mod login;
 mod me;
 mod oidc;
 pub mod pages;
+mod progress;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -124,6 +125,18 @@ where
         if let Some(name) = path.strip_prefix(assets::PREFIX) {
             return Ok(assets::serve(name).unwrap_or_else(errors::not_found));
         }
+        // The start-up page on this host follows its environment's start here.
+        if method == Method::GET && path == progress::PROGRESS_PATH {
+            return Ok(progress::progress(&app, req.headers(), &query, Some(&slug)));
+        }
+        if method == Method::GET && path == progress::ENVIRONMENT_PATH {
+            return Ok(progress::environment(
+                &app,
+                req.headers(),
+                &query,
+                Some(&slug),
+            ));
+        }
         return Ok(handoff::on_app_host(&app, req.headers(), &slug, &path, &query).await);
     }
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -142,6 +155,12 @@ where
         }
         (&Method::GET, "/readyz") => readyz(&app).await,
         (&Method::GET, "/traefik/config") => provider_config(&app, req.headers()),
+        (&Method::GET, progress::PROGRESS_PATH) => {
+            progress::progress(&app, req.headers(), &query_map(req.uri()), None)
+        }
+        (&Method::GET, progress::ENVIRONMENT_PATH) => {
+            progress::environment(&app, req.headers(), &query_map(req.uri()), None)
+        }
         (_, "/_spawngate/api/me") => me::handle(&app, req, "").await,
         (_, p) if p.starts_with("/_spawngate/api/me/") => {
             let rest = p["/_spawngate/api/me/".len()..].to_owned();

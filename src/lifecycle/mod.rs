@@ -38,8 +38,8 @@ use crate::tasks::Tasks;
 use crate::time::{rfc3339, unix_now};
 
 pub use phase::{Event, Observed, Phase, PhaseCell};
-pub use progress::{Progress, Step};
 use progress::ProgressCell;
+pub use progress::{Progress, Step};
 
 /// After a failed spawn, requests within this window get the failure instead of
 /// hammering Docker with retries.
@@ -766,7 +766,11 @@ impl Lifecycle {
         let began = Instant::now();
         let waiting = format!("Waiting for the app to answer on port {port}");
         if let Some(p) = progress {
-            p.step(Step::Waiting, progress::waiting_percent(Duration::ZERO), waiting.as_str());
+            p.step(
+                Step::Waiting,
+                progress::waiting_percent(Duration::ZERO),
+                waiting.as_str(),
+            );
         }
         let deadline = began + timeout;
         let mut delay = PROBE_FAST;
@@ -791,7 +795,11 @@ impl Lifecycle {
             if now >= next_inspect {
                 next_inspect = now + Duration::from_secs(1);
                 if let Some(p) = progress {
-                    p.step(Step::Waiting, progress::waiting_percent(now - began), waiting.as_str());
+                    p.step(
+                        Step::Waiting,
+                        progress::waiting_percent(now - began),
+                        waiting.as_str(),
+                    );
                 }
                 match self.runtime.inspect(env).await? {
                     Some(info) if info.running() => {}
