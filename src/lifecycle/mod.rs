@@ -1509,6 +1509,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_start_reports_its_steps_and_publishes_its_events() {
+        let Setup { lc, user, .. } = setup().await;
+        let mut sub = lc.events().subscribe(None);
+        spawn_under_way(&lc, &user).await;
+        let following = lc.follow(&user);
+        let mut progress = following.progress;
+        // Through the runtime's start to the wait for the app (the fake's app
+        // needs ~100 ms), then ready.
+        let waiting = tokio::time::timeout(
+            Duration::from_secs(5),
+            progress.wait_for(|p| p.step == Step::Waiting),
+        );
+        assert!(
+            waiting.await.is_ok(),
+            "{:?}",
+            lc.follow(&user).progress.borrow().step
+        );
+        assert_eq!(lc.view(&user).state, "starting");
+        phase_becomes(&lc, &user, |p| matches!(p, Phase::Ready)).await;
+        let view = lc.view(&user);
+        assert_eq!(view.state, "running");
+        assert!(view.progress.is_none() && view.since.is_some());
+        let mut kinds = Vec::new();
+        while let Ok(event) = sub.live.try_recv() {
+            assert_eq!(event.user, "alice");
+            kinds.push(event.kind);
+        }
+        assert_eq!(
+            kinds,
+            ["container.starting", "container.created", "container.ready"]
+        );
+        lc.stop(&user).await.unwrap();
+        assert_eq!(sub.live.try_recv().unwrap().kind, "container.stopped");
+        assert_eq!(lc.view(&user).state, "stopped");
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_is_published_with_its_reason() {
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
+        let mut sub = lc.events().subscribe(None);
+        *runtime.exits_with.lock().unwrap() = Some(3);
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Failed(_)
+        ));
+        let mut last = None;
+        while let Ok(event) = sub.live.try_recv() {
+            last = Some(event);
+        }
+        let last = last.unwrap();
+        assert_eq!(last.kind, "container.failed");
+        assert!(
+            last.reason.as_deref().unwrap().contains("code 3"),
+            "{last:?}"
+        );
+        let view = lc.view(&user);
+        assert_eq!(view.state, "failed");
+        assert!(view.failure.is_some() && view.retry_in.is_some());
+    }
+
+    #[tokio::test]
     async fn short_hold_returns_pending_then_ready() {
         let Setup { lc, user, .. } = setup().await;
         assert!(matches!(
