@@ -521,7 +521,7 @@ async fn a_browser_follows_a_slow_start_to_the_app_and_sees_why_a_start_failed()
         &mut id,
         10,
         "document.querySelector('li[data-step=queued].done') !== null \
-         && /Elapsed: \\d/.test(document.getElementById('progress-elapsed').textContent)",
+         && /Elapsed: [2-9]/.test(document.getElementById('progress-elapsed').textContent)",
         "done steps and the elapsed time",
     )
     .await;

@@ -95,7 +95,7 @@
   source.onmessage = function (m) {
     var ev;
     try { ev = JSON.parse(m.data); } catch (e) { return; }
-    if (ev.elapsed_ms != null) { began = Date.now() - ev.elapsed_ms; }
+    if (ev.elapsed_ms != null) { began = Date.now() - ev.elapsed_ms; tick(); }
     if (typeof ev.progress === 'number') { el('progress-bar').value = ev.progress; }
     if (ev.ready) {
       source.close();
