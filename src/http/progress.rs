@@ -229,6 +229,7 @@ fn progress_event(p: &Progress) -> Value {
         "message": p.message,
         "step": p.step,
         "elapsed_ms": p.elapsed().as_millis() as u64,
+        "step_at_ms": p.step_at.as_millis() as u64,
     })
 }
 

@@ -31,6 +31,8 @@ pub struct Progress {
     pub message: String,
     /// When this start began (the request that asked for it).
     pub began: Instant,
+    /// How long after `began` this step began.
+    pub step_at: Duration,
 }
 
 impl Progress {
@@ -39,6 +41,7 @@ impl Progress {
             step,
             percent,
             message: message.into(),
+            step_at: began.elapsed(),
             began,
         }
     }
@@ -82,7 +85,14 @@ impl ProgressCell {
         self.0.send_if_modified(|p| {
             let changed = p.step != step || p.percent != percent || p.message != message;
             if changed {
-                *p = Progress::new(step, percent, message, p.began);
+                let step_at = match p.step == step {
+                    true => p.step_at,
+                    false => p.began.elapsed(),
+                };
+                *p = Progress {
+                    step_at,
+                    ..Progress::new(step, percent, message, p.began)
+                };
             }
             changed
         });
@@ -123,5 +133,12 @@ mod tests {
         cell.step(Step::Creating, 10, "Creating the container");
         assert!(!rx.has_changed().unwrap());
         assert_eq!(cell.get().began, began);
+        // A step's start is kept while only its percentage moves.
+        let at = cell.get().step_at;
+        std::thread::sleep(Duration::from_millis(5));
+        cell.step(Step::Creating, 12, "Creating the container");
+        assert_eq!(cell.get().step_at, at);
+        cell.step(Step::Waiting, 40, "Waiting");
+        assert!(cell.get().step_at > at);
     }
 }

@@ -111,7 +111,7 @@
       setTimeout(go, 1000);
     } else {
       el('progress-message').textContent = ev.message;
-      mark(ev.step, ev.elapsed_ms);
+      mark(ev.step, ev.step_at_ms);
     }
   };
   source.onerror = function () {
