@@ -20,14 +20,15 @@
 //!   links by SMTP; [`provider`]: Traefik's dynamic configuration, rendered once per
 //!   change.
 //! - **Core.** [`lifecycle`]: single-flight lazy start, readiness probes, idle
-//!   culling, warm pool, reconcile, and the one phase state machine
-//!   (`lifecycle/phase.rs`); [`runtime`]: the backend boundary (backend-neutral
+//!   culling, warm pool, reconcile, the one phase state machine
+//!   (`lifecycle/phase.rs`) and how far a start got (`lifecycle/progress.rs`); [`runtime`]: the backend boundary (backend-neutral
 //!   `EnvironmentSpec`, typed states, capabilities) and its Docker implementation.
 //! - **Foundations.** [`store`]: the embedded sled database, one file per tree, and
 //!   the in-memory directory the hot path reads; [`store::backup`] writes it to one
 //!   file and restores it; [`config`]: one file per TOML section, `SPAWNGATE_*`
 //!   keys derived from the raw structs; [`error`]: the domain error (no HTTP in
-//!   it); [`tasks`]: background work, tracked so shutdown drains it; [`headers`]:
+//!   it); [`events`]: the operator event stream (user and environment events,
+//!   numbered, replayable from memory); [`tasks`]: background work, tracked so shutdown drains it; [`headers`]:
 //!   the identity headers containers receive and their look-alikes; [`linger`]:
 //!   lingering close, so an early answer is not lost to a reset; [`outbound`]: HTTPS
 //!   calls to identity providers; [`traefik_api`]: what `spawngate check` reads
@@ -42,6 +43,7 @@ pub mod config;
 pub mod control;
 pub mod environments;
 pub mod error;
+pub mod events;
 pub mod headers;
 pub mod http;
 pub mod ids;

@@ -85,12 +85,13 @@ pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> 
                 crate::ids::Slug::LEN,
                 apps.domain.replace('.', "\\.")
             );
-            // On app hosts spawngate serves only the hand-off and its pages'
-            // assets, above the user's app.
+            // On app hosts spawngate serves only the hand-off, its pages'
+            // assets and the start-up page's progress and status, above the
+            // user's app.
             routers.insert(
                 "spawngate-handoff".into(),
                 with_tls(json!({
-                    "rule": format!("{app_hosts} && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`))"),
+                    "rule": format!("{app_hosts} && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`) || Path(`/_spawngate/api/me/progress`) || Path(`/_spawngate/api/me/environment`))"),
                     "priority": 100_000,
                     "entryPoints": entry_points,
                     "service": SELF_SERVICE,
@@ -407,7 +408,7 @@ mod tests {
         );
         assert_eq!(
             http["routers"]["spawngate-handoff"]["rule"],
-            "HostRegexp(`^[0-9a-f]{12}\\.apps\\.example\\.com$`) && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`))"
+            "HostRegexp(`^[0-9a-f]{12}\\.apps\\.example\\.com$`) && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`) || Path(`/_spawngate/api/me/progress`) || Path(`/_spawngate/api/me/environment`))"
         );
     }
 }

@@ -135,6 +135,7 @@ impl Accounts {
             &user.name,
             Some(format!("slug {}", user.slug)),
         );
+        self.publish("user.created", &user, actor);
         // With a warm pool the first request takes a running spare instead.
         if self.config.lifecycle.precreate && self.config.pool_size == 0 {
             self.environments.lifecycle().precreate(&user);
@@ -163,7 +164,21 @@ impl Accounts {
         };
         self.store
             .audit(actor, "user.delete", &user.name, Some(detail));
+        self.publish("user.deleted", &user, actor);
         Ok(())
+    }
+
+    /// An operator event about `user`, naming who acted.
+    fn publish(&self, kind: &'static str, user: &User, actor: &str) {
+        self.environments.lifecycle().events().publish(
+            kind,
+            crate::events::Subject {
+                user: &user.name,
+                slug: Some(user.slug.as_str()),
+            },
+            None,
+            Some(format!("by {actor}")),
+        );
     }
 
     /// Sets a user's container overrides within the admin's bounds. They apply at
@@ -233,6 +248,12 @@ impl Accounts {
             "user.enable"
         };
         self.store.audit(actor, action, &user.name, detail);
+        let kind = if disabled {
+            "user.disabled"
+        } else {
+            "user.enabled"
+        };
+        self.publish(kind, &user, actor);
         Ok(self.user_view(&updated))
     }
 

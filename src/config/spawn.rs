@@ -17,6 +17,10 @@ pub struct RawSpawn {
     pub hold_secs: f64,
     /// How long a container may take to answer its first HTTP request.
     pub ready_timeout_secs: u64,
+    /// How long a browser's request is held before it gets the live progress
+    /// page instead (at most `hold_secs`): a fast start is simply held, a slow
+    /// one is shown as it goes.
+    pub page_after_secs: f64,
 }
 
 impl Default for RawSpawn {
@@ -24,6 +28,7 @@ impl Default for RawSpawn {
         RawSpawn {
             hold_secs: 10.0,
             ready_timeout_secs: 120,
+            page_after_secs: 1.5,
         }
     }
 }
@@ -32,6 +37,8 @@ impl Default for RawSpawn {
 pub struct SpawnConfig {
     pub hold: Duration,
     pub ready_timeout: Duration,
+    /// A browser's hold (never longer than `hold`).
+    pub page_after: Duration,
 }
 
 impl RawSpawn {
@@ -48,7 +55,18 @@ impl RawSpawn {
         if self.ready_timeout_secs == 0 {
             return Err(invalid("spawn.ready_timeout_secs", "must be at least 1"));
         }
+        if !(self.page_after_secs >= 0.0 && self.page_after_secs <= MAX_HOLD.as_secs_f64()) {
+            return Err(invalid(
+                "spawn.page_after_secs",
+                format!(
+                    "{} is out of range: must be between 0 and 25",
+                    self.page_after_secs
+                ),
+            ));
+        }
+        let hold = Duration::from_secs_f64(self.hold_secs);
         Ok(SpawnConfig {
+            page_after: Duration::from_secs_f64(self.page_after_secs).min(hold),
             hold: Duration::from_secs_f64(self.hold_secs),
             ready_timeout: Duration::from_secs(self.ready_timeout_secs),
         })

@@ -1,7 +1,6 @@
 //! The admin JSON API under `/_spawngate/api/`. Over TCP it needs an admin bearer
 //! token; over the control socket the operator is trusted by file permission.
 
-use bytes::Bytes;
 use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
@@ -64,6 +63,9 @@ where
     }
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     let query = query_map(req.uri());
+    if method == Method::GET && parts == ["events"] {
+        return super::progress::events(app, req.headers(), &query);
+    }
     let call = Call {
         app,
         actor: &actor,
@@ -85,7 +87,7 @@ async fn backup(app: &App) -> Resp {
     match taken {
         Ok(Ok(bytes)) => {
             app.store.audit("operator", "store.backup", "store", None);
-            let mut resp = hyper::Response::new(http_body_util::Full::new(Bytes::from(bytes)));
+            let mut resp = hyper::Response::new(super::full(bytes));
             let h = resp.headers_mut();
             h.insert(
                 hyper::header::CONTENT_TYPE,

@@ -67,5 +67,8 @@ pub async fn handle(app: &App, headers: &HeaderMap, host_slug: Option<&Slug>) ->
     }
     tracing::info!(user = %target.name, "container went away while answering; starting it again");
     app.lifecycle.prewarm(target);
-    super::forward_auth::waiting(browser)
+    // The page follows the start; the owner-only output needs an identity this
+    // request does not prove, so it is left out.
+    let ctx = super::progress::PageContext::new(app, headers, target, false);
+    super::progress::waiting(browser, Some(&ctx))
 }

@@ -4,7 +4,6 @@
 //! Content-Security-Policy can refuse every inline script.
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS};
 use hyper::{Response, StatusCode};
 
@@ -13,16 +12,23 @@ use super::Resp;
 pub const PREFIX: &str = "/_spawngate/assets/";
 
 /// Every asset: name under [`PREFIX`], content type, contents.
-const ASSETS: &[(&str, &str, &str)] = &[(
-    "style.css",
-    "text/css; charset=utf-8",
-    include_str!("assets/style.css"),
-)];
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/style.css"),
+    ),
+    (
+        "progress.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/progress.js"),
+    ),
+];
 
 /// The asset called `name`, or `None` (the caller answers 404).
 pub fn serve(name: &str) -> Option<Resp> {
     let (_, content_type, body) = ASSETS.iter().find(|(n, _, _)| *n == name)?;
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut resp = Response::new(super::full(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));

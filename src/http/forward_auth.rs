@@ -7,23 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 
 use super::errors;
-use super::{Resp, pages, redirect, wants_html};
+use super::progress::{self, PageContext};
+use super::{Resp, redirect, wants_html};
 use crate::app::App;
 use crate::auth::{IdentityHeaders, cookies, safe_next};
 use crate::ids::Slug;
 use crate::lifecycle::{Readiness, SpawnError};
 use crate::sharing::Access;
 use crate::store::User;
-
-/// Seconds a client should wait before asking again while a container starts.
-const RETRY_SECS: u32 = 2;
 
 pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
     let started = Instant::now();
@@ -130,30 +126,36 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
         };
         return decided(outcome, errors::forbidden(browser), Some(caller));
     };
-    match app
-        .lifecycle
-        .ensure_ready(target, app.config.spawn.hold)
-        .await
-    {
+    // A browser is held briefly, then shown the start as it goes; a script is
+    // held for the whole hold.
+    let hold = match browser {
+        true => app.config.spawn.page_after,
+        false => app.config.spawn.hold,
+    };
+    match app.lifecycle.ensure_ready(target, hold).await {
         Readiness::Ready => {
             let resp = allow(app, headers, &caller, target, access);
             decided("allow", resp, Some(caller))
         }
-        Readiness::Pending => decided("starting", waiting(browser), Some(caller)),
-        // The app's own failure: its reason, until spawngate's back-off ends. Its
-        // output is the owner's (a grantee may not see what the owner's app logs).
-        Readiness::Failed(SpawnError::App(failure)) => {
-            let retry = app.lifecycle.retry_in(&target.id).as_secs_f64().ceil() as u64;
-            let mut resp = pages::app_failed(browser, &failure, retry, access == Access::Owner);
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(retry));
-            decided("app_failed", resp, Some(caller))
+        Readiness::Pending => {
+            let ctx = PageContext::new(app, headers, target, access == Access::Owner);
+            decided(
+                "starting",
+                progress::waiting(browser, Some(&ctx)),
+                Some(caller),
+            )
         }
-        Readiness::Failed(e) => {
-            let mut resp = pages::spawn_failed(browser, &e.to_string());
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(5u32));
-            decided("spawn_failed", resp, Some(caller))
+        // The failure's reason, until spawngate's back-off ends. An app's output
+        // is the owner's (a grantee may not see what the owner's app logs).
+        Readiness::Failed(error) => {
+            let retry = app.lifecycle.retry_in(&target.id).as_secs_f64().ceil() as u64;
+            let ctx = PageContext::new(app, headers, target, access == Access::Owner);
+            let outcome = match error {
+                SpawnError::App(_) => "app_failed",
+                _ => "spawn_failed",
+            };
+            let resp = progress::failed(browser, &ctx, &error, retry);
+            decided(outcome, resp, Some(caller))
         }
     }
 }
@@ -217,8 +219,8 @@ impl PartialEq for Via {
 /// 200 with the identity headers and the request's cookies minus spawngate's own.
 /// Traefik replaces the client's versions of these headers with ours.
 fn allow(app: &App, headers: &HeaderMap, caller: &Caller, target: &User, access: Access) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::new()));
     // No body and no content type: Traefik reads only the headers of a 2xx.
+    let mut resp = Response::new(super::empty());
     let h = resp.headers_mut();
     h.reserve(6);
     // A session's headers were rendered when its cookie was verified; names and
@@ -325,11 +327,9 @@ pub fn login_location(next: Option<&str>) -> String {
     }
 }
 
+/// The waiting answer without a start to follow (the page reloads itself).
 pub(super) fn waiting(browser: bool) -> Resp {
-    let mut resp = pages::waiting(browser, RETRY_SECS);
-    resp.headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from(RETRY_SECS));
-    resp
+    progress::waiting(browser, None)
 }
 
 /// A `/u-…` path that no user router matched: an unknown slug, or a user created a

@@ -10,11 +10,13 @@ mod login;
 mod me;
 mod oidc;
 pub mod pages;
+mod progress;
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Body;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -24,7 +26,22 @@ use crate::app::App;
 use crate::error::Error;
 pub use errors::HttpError;
 
-pub type Resp = Response<Full<Bytes>>;
+/// Every answer's body: boxed, so one type covers whole bodies and streams (the
+/// progress and event streams). One allocation per answer with a body; none for
+/// an empty one (a zero-sized body is boxed for free), such as forwardAuth's 200.
+pub type RespBody = UnsyncBoxBody<Bytes, Infallible>;
+
+pub type Resp = Response<RespBody>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> RespBody {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// No body.
+pub fn empty() -> RespBody {
+    http_body_util::Empty::new().boxed_unsync()
+}
 
 /// Where a request came from: the TCP listener (anyone who can reach it) or the
 /// local control socket (the operator, by file permission).
@@ -108,6 +125,19 @@ where
         if let Some(name) = path.strip_prefix(assets::PREFIX) {
             return Ok(assets::serve(name).unwrap_or_else(errors::not_found));
         }
+        // The start-up page on this host follows its environment's start here.
+        let get = req.method() == Method::GET;
+        if get && path == progress::PROGRESS_PATH {
+            return Ok(progress::progress(&app, req.headers(), &query, Some(&slug)));
+        }
+        if get && path == progress::ENVIRONMENT_PATH {
+            return Ok(progress::environment(
+                &app,
+                req.headers(),
+                &query,
+                Some(&slug),
+            ));
+        }
         return Ok(handoff::on_app_host(&app, req.headers(), &slug, &path, &query).await);
     }
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
@@ -129,6 +159,12 @@ where
         }
         (&Method::GET, "/readyz") => readyz(&app).await,
         (&Method::GET, "/traefik/config") => provider_config(&app, req.headers()),
+        (&Method::GET, progress::PROGRESS_PATH) => {
+            progress::progress(&app, req.headers(), &query_map(req.uri()), None)
+        }
+        (&Method::GET, progress::ENVIRONMENT_PATH) => {
+            progress::environment(&app, req.headers(), &query_map(req.uri()), None)
+        }
         (_, "/_spawngate/api/me") => me::handle(&app, req, "").await,
         (_, p) if p.starts_with("/_spawngate/api/me/") => {
             let rest = p["/_spawngate/api/me/".len()..].to_owned();
@@ -206,7 +242,7 @@ fn provider_config(app: &App, headers: &HeaderMap) -> Resp {
             return api_error(Error::Unauthorized);
         }
     }
-    let mut resp = Response::new(Full::new(app.provider.current()));
+    let mut resp = Response::new(full(app.provider.current()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -294,7 +330,7 @@ pub fn api_error(e: impl Into<HttpError>) -> Resp {
 }
 
 fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Resp {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -303,7 +339,7 @@ fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Res
 
 /// A redirect with a relative `Location` (`303 See Other` after POSTs, `302` else).
 pub fn redirect(status: StatusCode, location: &str) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(empty());
     *resp.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(location) {
         resp.headers_mut().insert(header::LOCATION, v);

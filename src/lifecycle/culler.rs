@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Event, Lifecycle, Phase, Slot, env_of};
+use crate::events::Subject;
 use crate::store::User;
 use crate::time::unix_now;
 
@@ -32,6 +33,14 @@ impl Action {
             Action::Pause => "container.pause",
             Action::Stop => "container.stop",
             Action::Remove => "container.remove",
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Stop => "stop",
+            Action::Remove => "remove",
         }
     }
 }
@@ -206,6 +215,15 @@ impl Lifecycle {
                 slot.net_bytes.store(u64::MAX, Ordering::Relaxed);
                 self.store
                     .audit("system", action.name(), &user.name, Some(reason.to_owned()));
+                self.events.publish(
+                    "container.culled",
+                    Subject {
+                        user: &user.name,
+                        slug: Some(user.slug.as_str()),
+                    },
+                    Some(action.verb()),
+                    Some(reason.to_owned()),
+                );
             }
             Err(e) => {
                 tracing::warn!(user = %user.name, action = action.name(), error = %e, "cull action failed");

@@ -11,6 +11,7 @@
 mod culler;
 mod phase;
 mod pool;
+mod progress;
 mod reconcile;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
 use crate::config::Config;
+use crate::events::{Events, Subject};
 use crate::ids::UserId;
 use crate::runtime::{
     ContainerGone, ContainerState, EnvId, EnvironmentSpec, Isolation, Owner, RunState, Runtime,
@@ -36,6 +38,8 @@ use crate::tasks::Tasks;
 use crate::time::{rfc3339, unix_now};
 
 pub use phase::{Event, Observed, Phase, PhaseCell};
+use progress::ProgressCell;
+pub use progress::{Progress, Step};
 
 /// After a failed spawn, requests within this window get the failure instead of
 /// hammering Docker with retries.
@@ -143,6 +147,8 @@ pub enum Readiness {
 
 struct Slot {
     phase: PhaseCell,
+    /// How far the current (or last) start got; written only while starting.
+    progress: ProgressCell,
     /// Serializes Docker operations on this user's container.
     ops: AsyncMutex<()>,
     /// Unix seconds of the last activity (forwardAuth pass or network traffic).
@@ -166,9 +172,10 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(phase: Phase) -> Slot {
+    fn new(phase: PhaseCell) -> Slot {
         Slot {
-            phase: PhaseCell::new(phase),
+            phase,
+            progress: ProgressCell::default(),
             ops: AsyncMutex::new(()),
             last_activity: AtomicI64::new(0),
             persisted_activity: AtomicI64::new(0),
@@ -267,6 +274,8 @@ pub struct Lifecycle {
     tasks: Tasks,
     /// The start-up reconciliation has finished: every existing container is known.
     reconciled: AtomicBool,
+    /// The operator event stream; every change of phase is published into it.
+    events: Events,
 }
 
 /// The environment of `user`.
@@ -290,6 +299,7 @@ impl Lifecycle {
         connector.set_nodelay(true);
         Arc::new(Lifecycle {
             tasks,
+            events: Events::new(),
             reconciled: AtomicBool::new(false),
             runtime,
             store,
@@ -307,6 +317,12 @@ impl Lifecycle {
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
+    }
+
+    /// The operator event stream (environments' and, published by the accounts
+    /// service, users' events).
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// The background tasks this lifecycle runs its work on.
@@ -342,8 +358,34 @@ impl Lifecycle {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         slots
             .entry(id.clone())
-            .or_insert_with(|| Arc::new(Slot::new(Phase::Unknown)))
+            .or_insert_with(|| Arc::new(Slot::new(self.observed_cell(id))))
             .clone()
+    }
+
+    /// A phase cell whose changes are published to the operator event stream.
+    fn observed_cell(&self, id: &UserId) -> PhaseCell {
+        let (events, store, id) = (self.events.clone(), self.store.clone(), id.clone());
+        PhaseCell::observed(
+            Phase::Unknown,
+            Box::new(move |phase, event| {
+                let Some((kind, reason)) = op_event(phase, event) else {
+                    return;
+                };
+                let directory = store.snapshot();
+                let Some(user) = directory.by_id(&id) else {
+                    return;
+                };
+                events.publish(
+                    kind,
+                    Subject {
+                        user: &user.name,
+                        slug: Some(user.slug.as_str()),
+                    },
+                    None,
+                    reason,
+                );
+            }),
+        )
     }
 
     fn all_slots(&self) -> Vec<(UserId, Arc<Slot>)> {
@@ -422,6 +464,7 @@ impl Lifecycle {
                 tracing::warn!(user = %user.name, "spawn refused: at capacity");
                 return;
             }
+            slot.progress.begin();
             slot.phase.apply(kick)
         };
         if started {
@@ -602,6 +645,15 @@ impl Lifecycle {
         if !matches!(*slot.phase.borrow(), Phase::Starting) {
             return Ok(SpawnTimes::default());
         }
+        let was_present = slot.present.load(Ordering::Relaxed);
+        match was_present {
+            true => slot
+                .progress
+                .step(Step::Starting, 20, "Starting the container"),
+            false => slot
+                .progress
+                .step(Step::Creating, 15, "Creating the container"),
+        }
         let mut spec = self.spec(user);
         // Once reconciliation has listed every container, one the slot has never
         // seen does not exist (unless made by hand: then creating it fails over).
@@ -643,8 +695,11 @@ impl Lifecycle {
         let running = running?;
         let runtime_done = Instant::now();
         slot.present.store(true, Ordering::Relaxed);
+        if !was_present {
+            self.publish(user, "container.created", None);
+        }
         let answering = match flushed {
-            Ok(()) => self.wait_until_answering(user).await,
+            Ok(()) => self.wait_until_answering(user, Some(&slot.progress)).await,
             Err(e) => Err(e.into()),
         };
         let times = SpawnTimes {
@@ -691,8 +746,12 @@ impl Lifecycle {
 
     /// Probes the app's HTTP port until any HTTP answer arrives, the container
     /// exits, or `ready_timeout` passes (or shutdown begins).
-    async fn wait_until_answering(&self, user: &User) -> Result<(), SpawnError> {
-        self.wait_until_answering_at(&self.address(user), &env_of(user))
+    async fn wait_until_answering(
+        &self,
+        user: &User,
+        progress: Option<&ProgressCell>,
+    ) -> Result<(), SpawnError> {
+        self.wait_until_answering_at(&self.address(user), &env_of(user), progress)
             .await
     }
 
@@ -700,10 +759,24 @@ impl Lifecycle {
     /// Every [`PROBE_FAST`] during [`PROBE_FAST_FOR`] (a refused probe costs a
     /// local connect, and the app's first answer is seen within a few ms), then
     /// backing off to [`PROBE_SLOW`] for slow starters.
-    async fn wait_until_answering_at(&self, base: &str, env: &EnvId) -> Result<(), SpawnError> {
+    /// `progress`, when given, follows the wait (once a second).
+    async fn wait_until_answering_at(
+        &self,
+        base: &str,
+        env: &EnvId,
+        progress: Option<&ProgressCell>,
+    ) -> Result<(), SpawnError> {
         let timeout = self.config.spawn.ready_timeout;
         let port = self.config.docker.port;
         let began = Instant::now();
+        let waiting = format!("Waiting for the app to answer on port {port}");
+        if let Some(p) = progress {
+            p.step(
+                Step::Waiting,
+                progress::waiting_percent(Duration::ZERO),
+                waiting.as_str(),
+            );
+        }
         let deadline = began + timeout;
         let mut delay = PROBE_FAST;
         // Soon at first: an app that exits at once is told apart from a slow one
@@ -726,6 +799,13 @@ impl Lifecycle {
             }
             if now >= next_inspect {
                 next_inspect = now + Duration::from_secs(1);
+                if let Some(p) = progress {
+                    p.step(
+                        Step::Waiting,
+                        progress::waiting_percent(now - began),
+                        waiting.as_str(),
+                    );
+                }
                 match self.runtime.inspect(env).await? {
                     Some(info) if info.running() => {}
                     Some(info) => {
@@ -900,6 +980,7 @@ impl Lifecycle {
             self.runtime.remove(&env_of(user), !keep_volume).await?;
             slot.present.store(false, Ordering::Relaxed);
         }
+        self.publish(user, "container.removed", None);
         if let Ok(mut slots) = self.slots.write() {
             slots.remove(&user.id);
         }
@@ -1038,6 +1119,111 @@ impl Lifecycle {
             backoff = (backoff * 2).min(EVENTS_BACKOFF_MAX);
         }
     }
+}
+
+impl Lifecycle {
+    /// Publishes an event about `user`'s environment.
+    fn publish(&self, user: &User, kind: &'static str, reason: Option<String>) {
+        self.events.publish(
+            kind,
+            Subject {
+                user: &user.name,
+                slug: Some(user.slug.as_str()),
+            },
+            None,
+            reason,
+        );
+    }
+
+    /// Follows a start of `user`'s environment: its phase (the outcome) and its
+    /// progress (how far it got). Reads memory only.
+    pub fn follow(&self, user: &User) -> Following {
+        let slot = self.slot(&user.id);
+        Following {
+            phase: slot.phase.subscribe(),
+            progress: slot.progress.subscribe(),
+            app_failures: slot.app_failures.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The environment as its user's own pages and scripts see it, from memory.
+    pub fn view(&self, user: &User) -> EnvironmentView {
+        let slot = self.slot(&user.id);
+        let phase = slot.phase.get();
+        let present = slot.present.load(Ordering::Relaxed);
+        let state = match &phase {
+            Phase::Starting => "starting",
+            Phase::Ready => "running",
+            Phase::Paused => "paused",
+            Phase::Failed { .. } => "failed",
+            Phase::Stopped | Phase::Unknown if present => "stopped",
+            Phase::Stopped | Phase::Unknown => "not_created",
+        };
+        let progress = matches!(phase, Phase::Starting).then(|| slot.progress.get());
+        EnvironmentView {
+            state,
+            since: slot.phase.since(),
+            progress,
+            failure: match phase {
+                Phase::Failed { error, .. } => Some(error),
+                _ => None,
+            },
+            retry_in: slot.retry_in(),
+        }
+    }
+}
+
+/// A start as it goes (see [`Lifecycle::follow`]).
+pub struct Following {
+    pub phase: tokio::sync::watch::Receiver<Phase>,
+    pub progress: tokio::sync::watch::Receiver<Progress>,
+    /// Consecutive app failures when following began (sets the back-off).
+    pub app_failures: u32,
+}
+
+/// See [`Lifecycle::view`].
+#[derive(Debug)]
+pub struct EnvironmentView {
+    /// `not_created`, `starting`, `running`, `paused`, `stopped` or `failed`.
+    pub state: &'static str,
+    /// Unix seconds the state began, when it changed since spawngate started.
+    pub since: Option<i64>,
+    /// While starting.
+    pub progress: Option<Progress>,
+    /// When failed.
+    pub failure: Option<SpawnError>,
+    /// When failed: the back-off left before a request may start it again.
+    pub retry_in: Option<Duration>,
+}
+
+/// The operator event for a change of phase (`None`: not worth one). The
+/// culler publishes its own, with its reason; a reconciliation's or a broken
+/// event stream's doubts are bookkeeping.
+fn op_event(to: &Phase, event: &Event) -> Option<(&'static str, Option<String>)> {
+    let kind = match (to, event) {
+        (_, Event::CullPause | Event::CullStop | Event::CullRemove) => return None,
+        (_, Event::Doubt | Event::Lost | Event::ClearFailure) => return None,
+        (Phase::Starting, _) => "container.starting",
+        (Phase::Ready, _) => "container.ready",
+        (Phase::Failed { error, .. }, _) => {
+            return Some(("container.failed", Some(error.detail().to_owned())));
+        }
+        (Phase::Paused, _) => "container.paused",
+        (Phase::Stopped, Event::Created) => "container.created",
+        (Phase::Stopped, _) => "container.stopped",
+        (Phase::Unknown, Event::SeenGone) => {
+            return Some((
+                "container.stopped",
+                Some("stopped or removed outside spawngate".into()),
+            ));
+        }
+        (Phase::Unknown, _) => return None,
+    };
+    let reason = match event {
+        Event::SeenPaused => Some("paused outside spawngate".to_owned()),
+        _ => None,
+    };
+    Some((kind, reason))
 }
 
 /// Readiness probes: this often at first, for this long, then backing off to
@@ -1325,6 +1511,69 @@ mod tests {
             Readiness::Ready
         ));
         assert_eq!(runtime.creates.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_start_reports_its_steps_and_publishes_its_events() {
+        let Setup { lc, user, .. } = setup().await;
+        let mut sub = lc.events().subscribe(None);
+        spawn_under_way(&lc, &user).await;
+        let following = lc.follow(&user);
+        let mut progress = following.progress;
+        // Through the runtime's start to the wait for the app (the fake's app
+        // needs ~100 ms), then ready.
+        let waiting = tokio::time::timeout(
+            Duration::from_secs(5),
+            progress.wait_for(|p| p.step == Step::Waiting),
+        );
+        assert!(
+            waiting.await.is_ok(),
+            "{:?}",
+            lc.follow(&user).progress.borrow().step
+        );
+        assert_eq!(lc.view(&user).state, "starting");
+        phase_becomes(&lc, &user, |p| matches!(p, Phase::Ready)).await;
+        let view = lc.view(&user);
+        assert_eq!(view.state, "running");
+        assert!(view.progress.is_none() && view.since.is_some());
+        let mut kinds = Vec::new();
+        while let Ok(event) = sub.live.try_recv() {
+            assert_eq!(event.user, "alice");
+            kinds.push(event.kind);
+        }
+        assert_eq!(
+            kinds,
+            ["container.starting", "container.created", "container.ready"]
+        );
+        lc.stop(&user).await.unwrap();
+        assert_eq!(sub.live.try_recv().unwrap().kind, "container.stopped");
+        assert_eq!(lc.view(&user).state, "stopped");
+    }
+
+    #[tokio::test]
+    async fn a_failed_start_is_published_with_its_reason() {
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
+        let mut sub = lc.events().subscribe(None);
+        *runtime.exits_with.lock().unwrap() = Some(3);
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Failed(_)
+        ));
+        let mut last = None;
+        while let Ok(event) = sub.live.try_recv() {
+            last = Some(event);
+        }
+        let last = last.unwrap();
+        assert_eq!(last.kind, "container.failed");
+        assert!(
+            last.reason.as_deref().unwrap().contains("code 3"),
+            "{last:?}"
+        );
+        let view = lc.view(&user);
+        assert_eq!(view.state, "failed");
+        assert!(view.failure.is_some() && view.retry_in.is_some());
     }
 
     #[tokio::test]

@@ -9,11 +9,13 @@
 //! observation together; [`crate::store::Desired`] is the intent written to the
 //! store before any runtime call, for reconciliation after a crash.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use tokio::sync::watch;
 
 use super::{SpawnError, backoff};
+use crate::time::unix_now;
 
 /// What spawngate believes about a user's environment.
 #[derive(Clone, Debug)]
@@ -133,42 +135,71 @@ pub fn next(phase: &Phase, event: &Event) -> Option<Phase> {
     Some(to)
 }
 
+/// Told of every change of phase, with the event that made it (the operator
+/// event stream listens here). Called under the cell's lock: keep it short.
+pub type Observer = Box<dyn Fn(&Phase, &Event) + Send + Sync>;
+
 /// A phase that requests can wait on, changed only by [`PhaseCell::apply`].
-pub struct PhaseCell(watch::Sender<Phase>);
+pub struct PhaseCell {
+    tx: watch::Sender<Phase>,
+    /// Unix seconds of the last change; 0 = none since start-up.
+    since: AtomicI64,
+    observer: Option<Observer>,
+}
 
 impl PhaseCell {
     pub fn new(phase: Phase) -> PhaseCell {
-        PhaseCell(watch::channel(phase).0)
+        PhaseCell {
+            tx: watch::channel(phase).0,
+            since: AtomicI64::new(0),
+            observer: None,
+        }
+    }
+
+    pub fn observed(phase: Phase, observer: Observer) -> PhaseCell {
+        PhaseCell {
+            observer: Some(observer),
+            ..PhaseCell::new(phase)
+        }
     }
 
     /// Applies `event`; returns whether the phase changed (and waiters woke).
     pub fn apply(&self, event: Event) -> bool {
-        self.0.send_if_modified(|p| match next(p, &event) {
+        self.tx.send_if_modified(|p| match next(p, &event) {
             Some(to) => {
                 *p = to;
+                self.since.store(unix_now(), Ordering::Relaxed);
+                if let Some(observer) = &self.observer {
+                    observer(p, &event);
+                }
                 true
             }
             None => false,
         })
     }
 
+    /// Unix seconds the current phase began, if it changed since start-up.
+    pub fn since(&self) -> Option<i64> {
+        Some(self.since.load(Ordering::Relaxed)).filter(|s| *s > 0)
+    }
+
     /// The current phase (hold it briefly: writers wait for the borrow).
     pub fn borrow(&self) -> watch::Ref<'_, Phase> {
-        self.0.borrow()
+        self.tx.borrow()
     }
 
     pub fn get(&self) -> Phase {
-        self.0.borrow().clone()
+        self.tx.borrow().clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Phase> {
-        self.0.subscribe()
+        self.tx.subscribe()
     }
 
     /// Tests: pretend a failure happened `ago` earlier.
     #[cfg(test)]
     pub fn age_failure(&self, ago: std::time::Duration) {
-        self.0.send_modify(|p| {
+        self.tx.send_modify(|p| {
             if let Phase::Failed { at, .. } = p {
                 *at -= ago;
             }

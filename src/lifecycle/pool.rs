@@ -98,6 +98,11 @@ impl Lifecycle {
             return None;
         };
         self.pool.refill.notify_one();
+        slot.progress.step(
+            super::Step::Starting,
+            30,
+            "Taking a prepared container from the warm pool",
+        );
         if let Err(e) = self.runtime.adopt_pooled(&member.env, spec).await {
             tracing::warn!(pooled = %member.name, error = %e, "claiming a pool container failed; spawning normally");
             // Under either name: the rename may have happened before the failure.
@@ -125,7 +130,7 @@ impl Lifecycle {
         }
         tracing::info!(user = %user.name, pooled = %member.name, "container taken from the warm pool");
         // The rename is visible to Docker's DNS at once; make sure it answers as the user's.
-        Some(self.wait_until_answering(user).await)
+        Some(self.wait_until_answering(user, Some(&slot.progress)).await)
     }
 
     /// The pool secret of a claimed container, from its record (after a restart).
@@ -195,7 +200,7 @@ impl Lifecycle {
         let spec = self.pool_spec(member);
         let running = self.runtime.ensure_running(&spec).await?;
         let url = self.runtime.address(member, None);
-        self.wait_until_answering_at(&url, member).await?;
+        self.wait_until_answering_at(&url, member, None).await?;
         Ok(Member {
             env: member.clone(),
             name: self.runtime.name(member),

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{Harness, Options, free_port, poll};
 
-struct Chromium {
+pub(crate) struct Chromium {
     child: Child,
     _profile: tempfile::TempDir,
     port: u16,
@@ -30,7 +30,7 @@ fn chromium_bin() -> String {
 }
 
 impl Chromium {
-    fn start() -> Chromium {
+    pub(crate) fn start() -> Chromium {
         let port = free_port();
         let profile = tempfile::tempdir().unwrap();
         let child = Command::new(chromium_bin())
@@ -56,7 +56,7 @@ impl Chromium {
     }
 
     /// The DevTools WebSocket of the first page, once Chromium is up (bounded).
-    async fn page_socket(&self) -> String {
+    pub(crate) async fn page_socket(&self) -> String {
         let client = &crate::harness::http_client();
         let list = &format!("http://127.0.0.1:{}/json/list", self.port);
         poll(30, "Chromium to start", || async move {
@@ -71,11 +71,11 @@ impl Chromium {
     }
 }
 
-type Socket =
+pub(crate) type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Sends one DevTools command and returns its result (events in between are skipped).
-async fn call(ws: &mut Socket, id: u64, method: &str, params: Value) -> Value {
+pub(crate) async fn call(ws: &mut Socket, id: u64, method: &str, params: Value) -> Value {
     let msg = json!({ "id": id, "method": method, "params": params }).to_string();
     ws.send(Message::text(msg)).await.unwrap();
     loop {
@@ -93,7 +93,7 @@ async fn call(ws: &mut Socket, id: u64, method: &str, params: Value) -> Value {
     }
 }
 
-async fn eval(ws: &mut Socket, id: u64, expr: &str) -> Value {
+pub(crate) async fn eval(ws: &mut Socket, id: u64, expr: &str) -> Value {
     call(
         ws,
         id,

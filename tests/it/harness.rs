@@ -199,6 +199,18 @@ start_on_login = false
         }
     }
 
+    /// Shuts spawngate down as SIGTERM would (Traefik keeps running); whether it
+    /// had drained and returned within `within`.
+    pub async fn shut_down(&mut self, within: Duration) -> bool {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(server) => tokio::time::timeout(within, server).await.is_ok(),
+            None => true,
+        }
+    }
+
     /// Creates a user and waits until Traefik routes their slug.
     pub async fn user(&self, name: &str) -> spawngate::accounts::UserView {
         let user = self

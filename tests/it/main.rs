@@ -21,6 +21,7 @@ mod hotpath;
 mod idp;
 mod lifecycle;
 mod proc;
+mod progress;
 mod sharing;
 mod storefull;
 mod subdomain;
