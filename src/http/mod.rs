@@ -8,6 +8,7 @@ mod forward_auth;
 mod handoff;
 mod login;
 mod me;
+mod metrics;
 mod oidc;
 pub mod pages;
 
@@ -121,6 +122,7 @@ where
             forward_auth::handle(&app, req.headers(), &p["/auth/".len()..]).await
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/metrics") => metrics::handle(&app, req.headers()),
         (&Method::GET, p) if p.starts_with(assets::PREFIX) => {
             assets::serve(&p[assets::PREFIX.len()..]).unwrap_or_else(errors::not_found)
         }
@@ -203,6 +205,7 @@ fn provider_config(app: &App, headers: &HeaderMap) -> Resp {
             return api_error(Error::Unauthorized);
         }
     }
+    app.metrics.provider_polled();
     let mut resp = Response::new(Full::new(app.provider.current()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

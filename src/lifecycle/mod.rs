@@ -27,6 +27,7 @@ use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
 use crate::config::Config;
 use crate::ids::UserId;
+use crate::metrics::{Census, EnvState, Metrics, SpawnFailure, SpawnKind};
 use crate::runtime::{
     ContainerGone, ContainerState, EnvId, EnvironmentSpec, Isolation, Owner, RunState, Runtime,
     RuntimeError,
@@ -106,6 +107,18 @@ impl SpawnError {
             SpawnError::App(a) => &a.reason,
         }
     }
+
+    /// The reason the metrics count it under.
+    pub fn reason(&self) -> SpawnFailure {
+        match self {
+            SpawnError::DockerDown(_) => SpawnFailure::DockerUnreachable,
+            SpawnError::ImageMissing(_) => SpawnFailure::ImageMissing,
+            SpawnError::Capacity(_) => SpawnFailure::Capacity,
+            SpawnError::App(a) if a.exit_code.is_some() => SpawnFailure::AppExited,
+            SpawnError::App(_) => SpawnFailure::AppNotListening,
+            SpawnError::Failed(_) | SpawnError::Store(_) => SpawnFailure::Other,
+        }
+    }
 }
 
 impl From<RuntimeError> for SpawnError {
@@ -125,11 +138,14 @@ impl From<StoreError> for SpawnError {
 }
 
 /// Where a spawn's time went: the runtime's create/start, then the probes until
-/// the app answered.
-#[derive(Clone, Copy, Debug, Default)]
+/// the app answered; and what it started.
+#[derive(Clone, Debug, Default)]
 struct SpawnTimes {
     runtime_ms: u64,
     probe_ms: u64,
+    /// A warm pool spare was handed over.
+    pooled: bool,
+    container_id: Option<String>,
 }
 
 /// The answer to "may this request pass now?".
@@ -262,6 +278,7 @@ pub struct Lifecycle {
     tasks: Tasks,
     /// The start-up reconciliation has finished: every existing container is known.
     reconciled: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 /// The environment of `user`.
@@ -276,6 +293,7 @@ impl Lifecycle {
         config: Arc<Config>,
         container_key: Vec<u8>,
         tasks: Tasks,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         // A local bridge or loopback answers a connect at once (or refuses it):
@@ -283,7 +301,8 @@ impl Lifecycle {
         // instead of stalling it.
         connector.set_connect_timeout(Some(Duration::from_millis(100)));
         connector.set_nodelay(true);
-        Arc::new(Lifecycle {
+        let lifecycle = Arc::new(Lifecycle {
+            metrics,
             tasks,
             reconciled: AtomicBool::new(false),
             runtime,
@@ -297,7 +316,42 @@ impl Lifecycle {
             probe: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
                 .build(connector),
-        })
+        });
+        // Weak: the metrics must not keep the lifecycle alive.
+        let weak = Arc::downgrade(&lifecycle);
+        lifecycle
+            .metrics
+            .observe_environments(move || weak.upgrade().map(|lc| lc.census()));
+        lifecycle
+    }
+
+    /// The environments' states, counted for the metrics at scrape time.
+    pub fn census(&self) -> Census {
+        let now = unix_now();
+        let window = crate::metrics::ACTIVE_WINDOW.as_secs() as i64;
+        let mut census = Census::default();
+        for (_, slot) in self.all_slots() {
+            let state = match *slot.phase.borrow() {
+                Phase::Unknown => EnvState::Unknown,
+                Phase::Starting => EnvState::Starting,
+                Phase::Ready => EnvState::Ready,
+                Phase::Paused => EnvState::Paused,
+                Phase::Stopped => EnvState::Stopped,
+                Phase::Failed { .. } => EnvState::Failed,
+            };
+            census.states[state as usize] += 1;
+            census.running += u64::from(slot.occupies_capacity());
+            let last = slot.last_activity.load(Ordering::Relaxed);
+            census.active += u64::from(last > 0 && now - last < window);
+        }
+        census.users = self.store.snapshot().len() as u64;
+        census.capacity = self.config.limits.max_running.map(|m| m as u64);
+        census
+    }
+
+    /// The runtime's name for the user's container (for log lines).
+    fn container_name(&self, user: &User) -> String {
+        self.runtime.name(&env_of(user))
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -400,6 +454,11 @@ impl Lifecycle {
     /// Starts a spawn task unless one is running (or one failed a moment ago), after
     /// claiming a place within `limits.max_running`.
     fn kick(self: &Arc<Self>, user: &Arc<User>, slot: &Arc<Slot>) {
+        let kind = match *slot.phase.borrow() {
+            Phase::Paused => SpawnKind::Unpause,
+            _ if slot.present.load(Ordering::Relaxed) => SpawnKind::Resume,
+            _ => SpawnKind::Create,
+        };
         let started = {
             let _capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
             let kick = Event::Kick {
@@ -414,7 +473,8 @@ impl Lifecycle {
             let needs_place = !slot.occupies_capacity();
             if needs_place && let Some(refusal) = self.claim_place(&user.id) {
                 slot.phase.apply(Event::Refused(refusal));
-                tracing::warn!(user = %user.name, "spawn refused: at capacity");
+                self.metrics.capacity_refused();
+                tracing::warn!(user = %user.name, slug = %user.slug, container = %self.container_name(user), "spawn refused: at capacity");
                 return;
             }
             slot.phase.apply(kick)
@@ -433,17 +493,20 @@ impl Lifecycle {
                         // Ready only if nobody (an admin stop, a delete) changed the
                         // plan while we were starting.
                         if slot.phase.apply(Event::Answered) {
-                            tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, runtime_ms = times.runtime_ms, probe_ms = times.probe_ms, "container ready");
+                            let kind = if times.pooled { SpawnKind::Pool } else { kind };
+                            this.metrics.spawned(kind, began.elapsed());
+                            tracing::info!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), container_id = times.container_id.as_deref().unwrap_or("-"), kind = kind.as_str(), ms = began.elapsed().as_millis() as u64, runtime_ms = times.runtime_ms, probe_ms = times.probe_ms, "container ready");
                         }
                     }
                     Err(error) => {
                         if this.tasks.is_cancelled() {
                             // Cut short by shutdown: not the environment's fault.
-                            tracing::info!(user = %user.name, error = %error.detail(), "spawn cut short by shutdown");
+                            tracing::info!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), ms = began.elapsed().as_millis() as u64, error = %error.detail(), "spawn cut short by shutdown");
                             slot.phase.apply(Event::Lost);
                             return;
                         }
-                        tracing::error!(user = %user.name, slug = %user.slug, error = %error.detail(), "spawn failed");
+                        this.metrics.spawn_failed(error.reason());
+                        tracing::error!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), kind = kind.as_str(), reason = error.reason().as_str(), ms = began.elapsed().as_millis() as u64, error = %error.detail(), "spawn failed");
                         this.note_error(&user.id, error.detail()).await;
                         if matches!(error, SpawnError::App(_)) {
                             slot.app_failures.fetch_add(1, Ordering::Relaxed);
@@ -489,8 +552,15 @@ impl Lifecycle {
                         &user.name,
                         Some("least recently used, to make room".into()),
                     );
-                    if let Err(e) = this.docker_stop(&user, &victim).await {
-                        tracing::warn!(user = %user.name, error = %e.detail(), "LRU stop failed");
+                    let began = Instant::now();
+                    let container = this.container_name(&user);
+                    let ms = || began.elapsed().as_millis() as u64;
+                    match this.docker_stop(&user, &victim).await {
+                        Ok(()) => {
+                            this.metrics.culled(crate::metrics::CullTier::Stop, crate::metrics::CullReason::Capacity);
+                            tracing::info!(user = %user.name, slug = %user.slug, container = %container, ms = ms(), "least recently used container stopped to make room");
+                        }
+                        Err(e) => tracing::warn!(user = %user.name, slug = %user.slug, container = %container, ms = ms(), error = %e.detail(), "LRU stop failed"),
                     }
                 });
                 return None;
@@ -627,7 +697,11 @@ impl Lifecycle {
             && !slot.present.load(Ordering::Relaxed)
             && let Some(done) = self.claim_from_pool(user, slot, &spec, &mut record).await
         {
-            return done.map(|()| SpawnTimes::default());
+            return done.map(|()| SpawnTimes {
+                pooled: true,
+                container_id: record.container_id.clone(),
+                ..SpawnTimes::default()
+            });
         }
         // The intent is written before Docker is called; making it durable overlaps
         // with the call instead of delaying it. (The container name is the real
@@ -645,6 +719,8 @@ impl Lifecycle {
         let times = SpawnTimes {
             runtime_ms: (runtime_done - began).as_millis() as u64,
             probe_ms: runtime_done.elapsed().as_millis() as u64,
+            pooled: false,
+            container_id: Some(running.id.clone()),
         };
         if let Err(e) = answering {
             // Cut short by shutdown: left running with its intent on record, so
@@ -969,7 +1045,7 @@ impl Lifecycle {
             false => Event::SeenGone,
         };
         if slot.phase.apply(event) {
-            tracing::info!(user = %user.name, slug = %gone.slug, "container stopped outside spawngate");
+            tracing::info!(user = %user.name, slug = %gone.slug, container = %self.container_name(user), paused = gone.paused, "container stopped outside spawngate");
         }
     }
 
@@ -1263,7 +1339,14 @@ mod tests {
                 .unwrap(),
         );
         let runtime = Arc::new(FakeRuntime::new(capabilities));
-        let lc = Lifecycle::new(runtime.clone(), store, config, vec![1; 32], Tasks::new());
+        let lc = Lifecycle::new(
+            runtime.clone(),
+            store,
+            config,
+            vec![1; 32],
+            Tasks::new(),
+            Default::default(),
+        );
         Setup {
             _dir: dir,
             runtime,
