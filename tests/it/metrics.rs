@@ -146,7 +146,7 @@ fn target_of(h: &Harness) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_sees_auth_decisions_and_a_spawn_move() {
-    let h = Harness::start(Options::default()).await;
+    let h = Harness::start(Options::toml("[limits]\nmax_running = 10")).await;
     let alice = h.user("alice").await;
     h.user("bob").await;
     let alice_home = h.url(&format!("/u-{}/", alice.slug));
@@ -240,6 +240,10 @@ async fn prometheus_sees_auth_decisions_and_a_spawn_move() {
         .await
         .unwrap_or(0.0);
     assert!(fast >= 5.0, "401s and 403s answer within 25 ms: {fast}");
+
+    prom.wait_at_least("spawngate_max_running_environments", 10.0)
+        .await;
+    dashboard_queries_are_valid(&h, &prom).await;
 
     // No series is labelled with a user or a slug.
     let all = prom.query("{job=\"spawngate\"}").await;
@@ -337,4 +341,42 @@ async fn metrics_can_be_turned_off() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+/// Every query of the example Grafana dashboard parses in the real Prometheus, and
+/// every metric it names is one spawngate exports.
+async fn dashboard_queries_are_valid(h: &Harness, prom: &Prometheus) {
+    let path = crate::harness::repo_root().join("examples/grafana/dashboards/spawngate.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exported = h
+        .client
+        .get(format!("{}/metrics", h.direct))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let names = regex::Regex::new(r"spawngate_[a-z_]+").unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            for name in names.find_iter(expr) {
+                let name = name.as_str();
+                assert!(
+                    exported.contains(&format!("\n{name}")),
+                    "{name} (panel {}) is not exported",
+                    panel["title"]
+                );
+            }
+            let promql = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            // `query` asserts that Prometheus accepted it.
+            prom.query(&promql).await;
+            queries += 1;
+        }
+    }
+    assert!(queries >= 20, "{queries} queries");
 }
