@@ -732,7 +732,7 @@ impl Lifecycle {
             // Never leave a started container running that nobody can reach or
             // count: stop it (best effort); the next request tries again.
             if let Err(stop) = self.runtime.stop(&env).await {
-                tracing::warn!(user = %user.name, error = %stop, "cannot stop a container that failed to become ready");
+                tracing::warn!(user = %user.name, slug = %user.slug, container = %self.container_name(user), error = %stop, "cannot stop a container that failed to become ready");
             }
             return Err(e);
         }
@@ -911,7 +911,7 @@ impl Lifecycle {
                     slot.phase.apply(Event::Created);
                 }
                 Err(e) => {
-                    tracing::warn!(user = %user.name, error = %e, "pre-creating the container failed")
+                    tracing::warn!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), error = %e, "pre-creating the container failed")
                 }
             }
         });
@@ -1313,6 +1313,7 @@ mod tests {
         runtime: Arc<FakeRuntime>,
         lc: Arc<Lifecycle>,
         user: Arc<User>,
+        metrics: Arc<Metrics>,
     }
 
     async fn setup() -> Setup {
@@ -1339,19 +1340,21 @@ mod tests {
                 .unwrap(),
         );
         let runtime = Arc::new(FakeRuntime::new(capabilities));
+        let metrics = Arc::new(Metrics::new());
         let lc = Lifecycle::new(
             runtime.clone(),
             store,
             config,
             vec![1; 32],
             Tasks::new(),
-            Default::default(),
+            metrics.clone(),
         );
         Setup {
             _dir: dir,
             runtime,
             lc,
             user,
+            metrics,
         }
     }
 
@@ -1663,5 +1666,118 @@ mod tests {
         // Everything either look set going has finished: no pause among it.
         drain(&lc).await;
         assert_eq!(runtime.pauses.load(Ordering::SeqCst), 0);
+    }
+
+    /// The value of `series` (name and labels) in the metrics text.
+    fn sample(metrics: &Metrics, series: &str) -> f64 {
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn starts_are_timed_by_kind_and_culls_and_failures_counted() {
+        let Setup {
+            runtime,
+            lc,
+            user,
+            metrics,
+            ..
+        } = setup_with(PAUSE_TIERS, Capabilities::ALL).await;
+        let kind = |k: &str| format!("spawngate_spawn_duration_seconds_count{{kind=\"{k}\"}}");
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        assert_eq!(sample(&metrics, &kind("create")), 1.0);
+        assert_eq!(
+            sample(&metrics, "spawngate_environments{state=\"ready\"}"),
+            1.0
+        );
+        assert_eq!(sample(&metrics, "spawngate_running_environments"), 1.0);
+        assert_eq!(sample(&metrics, "spawngate_active_users"), 1.0);
+        assert_eq!(sample(&metrics, "spawngate_users"), 1.0);
+
+        // Paused by the culler, thawed by the next request.
+        idle_for(&lc, &user, 60);
+        lc.cull_once().await;
+        phase_becomes(&lc, &user, |p| matches!(p, Phase::Paused)).await;
+        drain_ops(&lc, &user).await;
+        assert_eq!(
+            sample(&metrics, "spawngate_environments{state=\"paused\"}"),
+            1.0
+        );
+        let culls = metrics.encode();
+        assert!(
+            culls
+                .lines()
+                .any(|l| l.starts_with("spawngate_culls_total{")
+                    && l.contains("tier=\"pause\"")
+                    && l.contains("reason=\"idle\"")
+                    && l.ends_with(" 1")),
+            "{culls}"
+        );
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Ready
+        ));
+        assert_eq!(sample(&metrics, &kind("unpause")), 1.0);
+
+        // Stopped, then started again: a resume.
+        lc.stop(&user).await.unwrap();
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Ready
+        ));
+        assert_eq!(sample(&metrics, &kind("resume")), 1.0);
+
+        // An app that exits is a failure of its own reason.
+        lc.stop(&user).await.unwrap();
+        *runtime.exits_with.lock().unwrap() = Some(2);
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Failed(SpawnError::App(_))
+        ));
+        assert_eq!(
+            sample(
+                &metrics,
+                "spawngate_spawn_failures_total{reason=\"app_exited\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(&metrics, "spawngate_environments{state=\"failed\"}"),
+            1.0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_refused_at_capacity_is_counted() {
+        let Setup {
+            lc, user, metrics, ..
+        } = setup_with("[limits]\nmax_running = 1", Capabilities::ALL).await;
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        let other = Arc::new(
+            lc.store
+                .create_user("bob", None, Some((40000, 49999)))
+                .await
+                .unwrap(),
+        );
+        assert!(matches!(
+            lc.ensure_ready(&other, Duration::from_secs(1)).await,
+            Readiness::Failed(SpawnError::Capacity(_))
+        ));
+        assert_eq!(sample(&metrics, "spawngate_capacity_refusals_total"), 1.0);
+        assert_eq!(
+            sample(
+                &metrics,
+                "spawngate_spawn_failures_total{reason=\"capacity\"}"
+            ),
+            1.0
+        );
+        assert_eq!(sample(&metrics, "spawngate_max_running_environments"), 1.0);
+    }
+
+    /// Waits until no runtime call holds the user's ops lock.
+    async fn drain_ops(lc: &Lifecycle, user: &User) {
+        drop(lc.slot(&user.id).ops.lock().await);
     }
 }
