@@ -368,14 +368,20 @@ impl Metrics {
             "Polls of /traefik/config answered with the configuration",
             provider_requests.clone(),
         );
-        let runtime_duration = histograms(
-            &mut r,
+        // The event stream runs until it breaks: it has no duration to export.
+        let timed =
+            Family::<L1, Histogram, _>::new_with_constructor(|| Histogram::new(RUNTIME_BUCKETS));
+        let runtime_duration = RuntimeOp::ALL
+            .iter()
+            .map(|op| match op {
+                RuntimeOp::Events => Histogram::new(RUNTIME_BUCKETS),
+                op => timed.get_or_create_owned(&[("operation", op.as_str())]),
+            })
+            .collect();
+        r.register(
             "runtime_operation_duration_seconds",
             "Container runtime (Docker API) operations, by operation",
-            "operation",
-            RuntimeOp::ALL,
-            RuntimeOp::as_str,
-            RUNTIME_BUCKETS,
+            timed,
         );
         let runtime_errors = counters(
             &mut r,
@@ -561,7 +567,7 @@ impl Collector for CensusCollector {
         }
         let m = encoder.encode_descriptor(
             "environments",
-            "Environments by the state spawngate sees them in",
+            "Environments by the state spawngate sees them in.",
             None,
             by_state.metric_type(),
         )?;
@@ -574,19 +580,19 @@ impl Collector for CensusCollector {
         };
         gauge(
             "running_environments",
-            "Environments that count against limits.max_running (starting, ready or paused)",
+            "Environments that count against limits.max_running (starting, ready or paused).",
             census.running,
         )?;
         gauge(
             "active_users",
-            "Users with activity in the last 5 minutes",
+            "Users with activity in the last 5 minutes.",
             census.active,
         )?;
-        gauge("users", "Registered users", census.users)?;
+        gauge("users", "Registered users.", census.users)?;
         if let Some(capacity) = census.capacity {
             gauge(
                 "max_running_environments",
-                "limits.max_running: most environments running at once",
+                "limits.max_running: most environments running at once.",
                 capacity,
             )?;
         }
@@ -642,6 +648,12 @@ mod tests {
                 "no line {line:?} in\n{text}"
             );
         }
+        assert!(
+            !text.contains(
+                "spawngate_runtime_operation_duration_seconds_count{operation=\"events\"}"
+            ),
+            "the event stream has no duration"
+        );
         let culls = "spawngate_culls_total{";
         assert!(
             text.lines().any(|l| l.starts_with(culls)
