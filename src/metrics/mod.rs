@@ -11,20 +11,23 @@
 //! `Arc<Metrics>` given at construction, and the lifecycle hands in a callback
 //! ([`Metrics::observe_environments`]) for the gauges of its state.
 
+mod census;
 mod histogram;
+mod labels;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+pub use census::Census;
+use census::{CensusCollector, CensusFn};
 pub use histogram::Histogram;
+pub use labels::*;
 
 /// `Content-Type` of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -50,176 +53,7 @@ const RENDER_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
-/// A fixed set of label values: the enum, its `ALL` (in declaration order, so a
-/// variant's `as usize` is its index) and its label text.
-macro_rules! label_values {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum $name { $($(#[$vmeta])* $variant),+ }
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-    };
-}
-
-label_values! {
-    /// forwardAuth's decisions (its log lines' `outcome`).
-    AuthOutcome {
-        Allow => "allow",
-        Starting => "starting",
-        NoSession => "no_session",
-        Forbidden => "forbidden",
-        UnknownSlug => "unknown_slug",
-        AppFailed => "app_failed",
-        SpawnFailed => "spawn_failed",
-        StoreUnavailable => "store_unavailable",
-        LookalikeHeader => "lookalike_header",
-        Other => "other",
-    }
-}
-
-impl AuthOutcome {
-    /// The outcome named `s`; an unknown name counts as `other`.
-    pub fn parse(s: &str) -> AuthOutcome {
-        // The common answers first: this runs on every forwardAuth request.
-        match s {
-            "allow" => AuthOutcome::Allow,
-            "starting" => AuthOutcome::Starting,
-            _ => AuthOutcome::ALL
-                .iter()
-                .copied()
-                .find(|o| o.as_str() == s)
-                .unwrap_or(AuthOutcome::Other),
-        }
-    }
-}
-
-label_values! {
-    /// How a container was made ready.
-    SpawnKind {
-        /// A new container.
-        Create => "create",
-        /// An existing, stopped container started again.
-        Resume => "resume",
-        /// A paused container thawed.
-        Unpause => "unpause",
-        /// A warm pool spare handed over.
-        Pool => "pool",
-    }
-}
-
-label_values! {
-    /// Why a start failed.
-    SpawnFailure {
-        ImageMissing => "image_missing",
-        AppExited => "app_exited",
-        AppNotListening => "app_not_listening",
-        Capacity => "capacity",
-        DockerUnreachable => "docker_unreachable",
-        Other => "other",
-    }
-}
-
-label_values! {
-    /// What the culler (or a full server) did to an idle container.
-    CullTier {
-        Pause => "pause",
-        Stop => "stop",
-        Remove => "remove",
-    }
-}
-
-label_values! {
-    CullReason {
-        Idle => "idle",
-        MaxLifetime => "max_lifetime",
-        /// The least recently used one, stopped to make room (`limits.cull_lru_when_full`).
-        Capacity => "capacity",
-    }
-}
-
-label_values! {
-    /// The runtime's operations (each a Docker API call or a few).
-    RuntimeOp {
-        Ping => "ping",
-        ImagePresent => "image_present",
-        EnsureRunning => "ensure_running",
-        EnsureCreated => "ensure_created",
-        Inspect => "inspect",
-        Stop => "stop",
-        Pause => "pause",
-        List => "list",
-        NetworkBytes => "network_bytes",
-        Logs => "logs",
-        Remove => "remove",
-        AdoptPooled => "adopt_pooled",
-        Resources => "resources",
-        RemoveResource => "remove_resource",
-        Events => "events",
-    }
-}
-
-label_values! {
-    /// How someone tried to sign in (or, for tokens and JWTs, to authenticate a
-    /// request).
-    LoginMethod {
-        /// A sign-in link confirmed.
-        Link => "link",
-        /// A sign-in link asked for by email.
-        Email => "email",
-        Password => "password",
-        Oidc => "oidc",
-        /// An external IdP's JWT on a forwardAuth request.
-        Jwt => "jwt",
-        /// A personal API token on a forwardAuth request.
-        Token => "token",
-    }
-}
-
-label_values! {
-    /// Which sign-in rate limit refused a request.
-    RateLimit {
-        Address => "address",
-        Email => "email",
-        Password => "password",
-    }
-}
-
-label_values! {
-    /// Environment states as the lifecycle sees them.
-    EnvState {
-        Unknown => "unknown",
-        Starting => "starting",
-        Ready => "ready",
-        Paused => "paused",
-        Stopped => "stopped",
-        Failed => "failed",
-    }
-}
-
-/// The lifecycle's state, counted at scrape time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Census {
-    /// Environments per [`EnvState`] (indexed by it).
-    pub states: [u64; 6],
-    /// Environments that count against `limits.max_running` (starting, ready,
-    /// paused, or present in an unknown state).
-    pub running: u64,
-    /// Users with activity within [`ACTIVE_WINDOW`].
-    pub active: u64,
-    /// Registered users.
-    pub users: u64,
-    /// `limits.max_running`, when set.
-    pub capacity: Option<u64>,
-}
-
-type CensusFn = Box<dyn Fn() -> Option<Census> + Send + Sync>;
-
-type L1 = [(&'static str, &'static str); 1];
+pub(crate) type L1 = [(&'static str, &'static str); 1];
 type L2 = [(&'static str, &'static str); 2];
 
 pub struct Metrics {
@@ -541,62 +375,6 @@ impl Metrics {
         if let Some(c) = self.rate_limited.get(limit as usize) {
             c.inc();
         }
-    }
-}
-
-/// The environment gauges, computed from the lifecycle's state at each scrape.
-struct CensusCollector(Arc<OnceLock<CensusFn>>);
-
-impl std::fmt::Debug for CensusCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CensusCollector")
-    }
-}
-
-impl Collector for CensusCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Some(census) = self.0.get().and_then(|f| f()) else {
-            return Ok(());
-        };
-        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        let by_state = Family::<L1, Gauge>::default();
-        for (state, n) in EnvState::ALL.iter().zip(census.states) {
-            by_state
-                .get_or_create(&[("state", state.as_str())])
-                .set(as_i64(n));
-        }
-        let m = encoder.encode_descriptor(
-            "environments",
-            "Environments by the state spawngate sees them in.",
-            None,
-            by_state.metric_type(),
-        )?;
-        by_state.encode(m)?;
-        let mut gauge = |name: &str, help: &str, value: u64| {
-            let g = Gauge::<i64>::default();
-            g.set(as_i64(value));
-            let m = encoder.encode_descriptor(name, help, None, g.metric_type())?;
-            g.encode(m)
-        };
-        gauge(
-            "running_environments",
-            "Environments that count against limits.max_running (starting, ready or paused).",
-            census.running,
-        )?;
-        gauge(
-            "active_users",
-            "Users with activity in the last 5 minutes.",
-            census.active,
-        )?;
-        gauge("users", "Registered users.", census.users)?;
-        if let Some(capacity) = census.capacity {
-            gauge(
-                "max_running_environments",
-                "limits.max_running: most environments running at once.",
-                capacity,
-            )?;
-        }
-        Ok(())
     }
 }
 
