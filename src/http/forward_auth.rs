@@ -52,7 +52,8 @@ pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
             tracing::$level!(
                 target: "spawngate::auth",
                 user = %who,
-                slug = %segment,
+                // The same form as the lifecycle's lines (no `u-`) when it is a slug.
+                slug = %slug.as_ref().map_or(segment, |s| s.as_str()),
                 outcome = decision.outcome,
                 status = resp.status().as_u16(),
                 us = took.as_micros() as u64,
