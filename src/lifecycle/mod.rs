@@ -1780,4 +1780,66 @@ mod tests {
     async fn drain_ops(lc: &Lifecycle, user: &User) {
         drop(lc.slot(&user.id).ops.lock().await);
     }
+
+    /// Log lines written while the guard lives, as JSON objects.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn start(&self) -> tracing::subscriber::DefaultGuard {
+            let out = self.clone();
+            tracing::subscriber::set_default(
+                tracing_subscriber::fmt()
+                    .json()
+                    .with_writer(move || out.clone())
+                    .finish(),
+            )
+        }
+
+        fn line(&self, message: &str) -> serde_json::Value {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|l| l["fields"]["message"] == message)
+                .unwrap_or_else(|| panic!("no {message:?} line in\n{text}"))["fields"]
+                .clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_log_lines_name_user_slug_container_and_latency() {
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
+        let logs = Captured::default();
+        let _guard = logs.start();
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        lc.stop(&user).await.unwrap();
+        *runtime.exits_with.lock().unwrap() = Some(4);
+        assert!(matches!(lc.start(&user).await, Readiness::Failed(_)));
+        for message in ["container ready", "spawn failed"] {
+            let line = logs.line(message);
+            assert_eq!(line["user"], "alice", "{line}");
+            assert_eq!(line["slug"], user.slug.as_str(), "{line}");
+            assert_eq!(line["container"], lc.container_name(&user), "{line}");
+            assert!(line["ms"].is_u64(), "{line}");
+        }
+        let ready = logs.line("container ready");
+        assert_eq!(
+            ready["container_id"],
+            format!("id-{}", lc.container_name(&user))
+        );
+        assert_eq!(ready["kind"], "create");
+        assert_eq!(logs.line("spawn failed")["reason"], "app_exited");
+    }
 }
