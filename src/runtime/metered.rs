@@ -121,3 +121,34 @@ impl Runtime for Metered {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A trait method this wrapper does not implement would silently fall back to
+    /// the trait's default (e.g. "cannot pause") instead of reaching the backend.
+    #[test]
+    fn every_runtime_method_is_forwarded() {
+        let module = include_str!("mod.rs");
+        let start = module.find("pub trait Runtime").unwrap();
+        let end = module[start..]
+            .find("\n}\n")
+            .map_or(module.len(), |i| start + i);
+        let methods: Vec<&str> = module[start..end]
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim_start();
+                l.strip_prefix("async fn ")
+                    .or_else(|| l.strip_prefix("fn "))
+            })
+            .filter_map(|rest| rest.split(['(', '<']).next())
+            .collect();
+        assert!(methods.len() >= 15, "{methods:?}");
+        let ours = include_str!("metered.rs");
+        for method in methods {
+            assert!(
+                ours.contains(&format!("fn {method}(")),
+                "runtime/metered.rs does not forward Runtime::{method}"
+            );
+        }
+    }
+}
