@@ -2,9 +2,8 @@
 //! routes none of it). With `metrics.token` set, a bearer token is required.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use hyper::StatusCode;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Response, StatusCode};
 
 use super::Resp;
 use crate::app::App;
@@ -30,12 +29,9 @@ pub fn handle(app: &App, headers: &HeaderMap) -> Resp {
             return resp;
         }
     }
-    let mut resp = Response::new(Full::new(Bytes::from(app.metrics.encode())));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let body = Bytes::from(app.metrics.encode());
+    let mut resp = super::with_type(StatusCode::OK, body, crate::metrics::CONTENT_TYPE);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
