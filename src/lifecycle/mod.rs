@@ -1797,6 +1797,14 @@ mod tests {
 
     impl Captured {
         fn start(&self) -> tracing::subscriber::DefaultGuard {
+            // With a single dispatcher registered, tracing caches whether a log
+            // line is wanted from the first thread that reaches it (another test,
+            // without a subscriber: "never", for all threads). A second one, kept
+            // for the process, makes it combine the registered dispatchers.
+            static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+            SECOND.get_or_init(|| {
+                tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())
+            });
             let out = self.clone();
             tracing::subscriber::set_default(
                 tracing_subscriber::fmt()
