@@ -52,6 +52,8 @@ pub struct App {
     pub oidc: Option<crate::auth::oidc::OidcClient>,
     /// Subdomain mode's one-time codes (login host → app host).
     pub handoffs: crate::auth::handoff::HandoffCodes,
+    /// What `/metrics` exports; the services record into it.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl App {
@@ -63,19 +65,27 @@ impl App {
 
     pub fn with_runtime(config: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<App>, BuildError> {
         let config = Arc::new(config);
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let runtime = crate::runtime::metered(runtime, metrics.clone());
         let tasks = Tasks::new();
         let store = Store::open(&config.data_dir)?;
         let session_key = store.session_key()?;
         let sessions = Arc::new(SessionCodec::new(&session_key));
         let identities =
             crate::auth::Identities::new(store.clone(), sessions.clone(), config.clone());
-        let provider = Provider::start(config.clone(), store.directory(), runtime.clone());
+        let provider = Provider::start(
+            config.clone(),
+            store.directory(),
+            runtime.clone(),
+            metrics.clone(),
+        );
         let lifecycle = Lifecycle::new(
             runtime,
             store.clone(),
             config.clone(),
             store.container_key()?,
             tasks.clone(),
+            metrics.clone(),
         );
         let mailer = config
             .email
@@ -115,6 +125,7 @@ impl App {
             external_jwt,
             oidc,
             handoffs: Default::default(),
+            metrics,
             limit_per_email: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.per_email_per_hour,
             ),

@@ -281,6 +281,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "listening beyond loopback without server.provider_token: anyone who reaches this port can read the Traefik configuration"
         );
     }
+    if !config.listen.ip().is_loopback() && config.metrics.enabled && config.metrics.token.is_none()
+    {
+        // Counts only (no user names), so a note rather than a warning.
+        tracing::info!(
+            listen = %config.listen,
+            "/metrics is open to anyone who reaches this port (set metrics.token to require one)"
+        );
+    }
     let mut listen = config.listen;
     if let Some(network) = &config.listen_network {
         // Bind only on the network Traefik shares with us: spawngate also joins

@@ -31,8 +31,9 @@
 //!   numbered, replayable from memory); [`tasks`]: background work, tracked so shutdown drains it; [`headers`]:
 //!   the identity headers containers receive and their look-alikes; [`linger`]:
 //!   lingering close, so an early answer is not lost to a reset; [`outbound`]: HTTPS
-//!   calls to identity providers; [`traefik_api`]: what `spawngate check` reads
-//!   from Traefik; [`control`]: the CLI's client for the control socket; [`ids`],
+//!   calls to identity providers; [`metrics`]: Prometheus counters and histograms
+//!   the layers record into, and the gauges read at scrape time;
+//!   [`traefik_api`]: what `spawngate check` reads from Traefik; [`control`]: the CLI's client for the control socket; [`ids`],
 //!   [`time`]: newtypes and clocks.
 
 pub mod accounts;
@@ -50,6 +51,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod linger;
 pub mod mail;
+pub mod metrics;
 pub mod outbound;
 pub mod provider;
 pub mod runtime;

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::runtime::{EnvId, Runtime};
 use crate::store::{Directory, User};
 
@@ -231,18 +232,21 @@ impl Provider {
         config: Arc<Config>,
         mut directory: watch::Receiver<Arc<Directory>>,
         runtime: Arc<dyn Runtime>,
+        metrics: Arc<Metrics>,
     ) -> Provider {
-        let first = to_bytes(&render(
-            &config,
-            &directory.borrow_and_update(),
-            runtime.as_ref(),
-        ));
+        let render_now = move |directory: &Directory| {
+            let began = std::time::Instant::now();
+            let bytes = to_bytes(&render(&config, directory, runtime.as_ref()));
+            metrics.provider_rendered(bytes.len(), began.elapsed());
+            bytes
+        };
+        let first = render_now(&directory.borrow_and_update());
         let (tx, rx) = watch::channel(first);
         tokio::spawn(async move {
             // Ends when the store (sender) is dropped.
             while directory.changed().await.is_ok() {
-                let doc = render(&config, &directory.borrow_and_update(), runtime.as_ref());
-                tx.send_replace(to_bytes(&doc));
+                let doc = render_now(&directory.borrow_and_update());
+                tx.send_replace(doc);
             }
         });
         Provider { rendered: rx }
@@ -362,7 +366,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(Config::from_sources("", Vec::new()).unwrap());
         let store = Store::open(dir.path()).unwrap();
-        let provider = Provider::start(config.clone(), store.directory(), runtime(&config));
+        let provider = Provider::start(
+            config.clone(),
+            store.directory(),
+            runtime(&config),
+            Default::default(),
+        );
         let empty = provider.current();
         assert_eq!(
             provider.current().as_ptr(),

@@ -20,6 +20,7 @@ mod identity;
 mod lifecycle;
 mod limits;
 mod login;
+mod metrics;
 mod pool;
 mod server;
 mod session;
@@ -33,6 +34,7 @@ pub use identity::{ClaimMapping, JwtConfig, JwtKeys, MatchBy, OidcConfig, public
 pub use lifecycle::{LifecycleConfig, RawLifecycle};
 pub use limits::{LimitsConfig, RawLimits};
 pub use login::{LoginConfig, RawLogin};
+pub use metrics::{MetricsConfig, MetricsToken, RawMetrics};
 pub use pool::RawPool;
 pub use server::{AppsDomain, PublicUrl, RawServer};
 pub use session::{RawSession, SessionConfig};
@@ -77,6 +79,7 @@ pub struct RawConfig {
     pub email: RawEmail,
     pub jwt: identity::RawJwt,
     pub oidc: identity::RawOidc,
+    pub metrics: RawMetrics,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +108,7 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// OIDC login (`[oidc]`); `None` when disabled.
     pub oidc: Option<OidcConfig>,
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -164,6 +168,7 @@ impl RawConfig {
         let pool_size = self.pool.validate(docker.mode)?;
         let jwt = self.jwt.validate()?;
         let oidc = self.oidc.validate()?;
+        let metrics = self.metrics.validate()?;
         Ok(Config {
             listen: server.listen,
             public_url: server.public_url,
@@ -184,6 +189,7 @@ impl RawConfig {
             pool_size,
             jwt,
             oidc,
+            metrics,
         })
     }
 }

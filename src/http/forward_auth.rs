@@ -25,6 +25,9 @@ pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
     let started = Instant::now();
     let slug = Slug::parse_segment(segment);
     let decision = decide(app, headers, slug.as_ref()).await;
+    let took = started.elapsed();
+    app.metrics.auth(decision.outcome, took);
+    count_credential(app, headers, &decision);
     // Every denial is logged. Of the allows, the first one of each verified cookie
     // (and every one by token or JWT) is logged at `info`; the cookie's later ones
     // at `debug`, so the hot path writes no line per request by default.
@@ -50,10 +53,11 @@ pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
             tracing::$level!(
                 target: "spawngate::auth",
                 user = %who,
-                slug = %segment,
+                // The same form as the lifecycle's lines (no `u-`) when it is a slug.
+                slug = %slug.as_ref().map_or(segment, |s| s.as_str()),
                 outcome = decision.outcome,
                 status = resp.status().as_u16(),
-                us = started.elapsed().as_micros() as u64,
+                us = took.as_micros() as u64,
                 "auth"
             )
         };
@@ -64,6 +68,35 @@ pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
         auth_line!(debug);
     }
     resp
+}
+
+/// A personal token or external JWT is a sign-in of its own on every request:
+/// counted for the metrics, as is one that did not verify. Sessions were counted
+/// when they signed in.
+fn count_credential(app: &App, headers: &HeaderMap, decision: &Decision) {
+    use crate::metrics::LoginMethod;
+    let method = match &decision.caller {
+        Some(c) => match c.via {
+            Via::Session(_) => return,
+            Via::ApiToken => Some((LoginMethod::Token, true)),
+            Via::ExternalJwt => Some((LoginMethod::Jwt, true)),
+        },
+        None if decision.outcome == "no_session" => {
+            headers.get(hyper::header::AUTHORIZATION).and_then(|auth| {
+                if is_spawngate_token(auth) {
+                    Some((LoginMethod::Token, false))
+                } else if app.external_jwt.is_some() && is_bearer_jwt(auth) {
+                    Some((LoginMethod::Jwt, false))
+                } else {
+                    None
+                }
+            })
+        }
+        None => None,
+    };
+    if let Some((method, ok)) = method {
+        app.metrics.login(method, ok);
+    }
 }
 
 /// What forwardAuth decided, and for whom (`None`: no valid credential).

@@ -10,6 +10,7 @@ use super::pages::{escape, page};
 use super::{Peer, ReqBody, Resp, client_ip, html, read_body, redirect};
 use crate::app::App;
 use crate::auth::{cookies, safe_next};
+use crate::metrics::{LoginMethod, RateLimit};
 
 fn query(req_uri: &hyper::Uri) -> HashMap<String, String> {
     req_uri
@@ -150,6 +151,7 @@ where
     if let Some(ip) = &ip
         && !app.limit_per_ip.allow(ip)
     {
+        app.metrics.rate_limited(RateLimit::Address);
         tracing::warn!(target: "spawngate::login", client = %ip, "login rate limit (address) hit");
         return too_many();
     }
@@ -195,6 +197,7 @@ fn too_many() -> Resp {
 async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
     let email = email.trim().to_ascii_lowercase();
     if email.len() > 254 || !email.contains('@') {
+        app.metrics.login(LoginMethod::Email, false);
         return sign_in_page(
             app,
             None,
@@ -203,9 +206,12 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
         );
     }
     if !app.limit_per_email.allow(&email) {
+        app.metrics.rate_limited(RateLimit::Email);
         tracing::warn!(target: "spawngate::login", "login rate limit (email) hit");
         return too_many();
     }
+    // Counted the same whether the address has an account: the answer is too.
+    app.metrics.login(LoginMethod::Email, true);
     let known = app.store.snapshot().by_email(&email).cloned();
     let recipient = match known {
         Some(user) if !user.disabled => Some(Some(user)),
@@ -374,10 +380,14 @@ async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) 
     let record = match app.store.consume_login_token(token).await {
         Ok(Ok(record)) => record,
         Ok(Err(rejection)) => {
+            app.metrics.login(LoginMethod::Link, false);
             tracing::info!(target: "spawngate::login", ?rejection, "login link rejected");
             return invalid_link();
         }
-        Err(e) => return store_unavailable(&e),
+        Err(e) => {
+            app.metrics.login(LoginMethod::Link, false);
+            return store_unavailable(&e);
+        }
     };
     let user = match (&record.user_id, &record.signup_email) {
         (Some(id), _) => app.store.snapshot().by_id(id).cloned(),
@@ -398,8 +408,10 @@ async fn confirm(app: &App, headers: &HeaderMap, form: HashMap<String, String>) 
         _ => None,
     };
     let Some(user) = user.filter(|u| u.honours(record.generation)) else {
+        app.metrics.login(LoginMethod::Link, false);
         return invalid_link();
     };
+    app.metrics.login(LoginMethod::Link, true);
     start_session(app, headers, &user, form.get("next")).await
 }
 
@@ -425,6 +437,7 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
     // cannot overtake it; a success takes its attempt back.
     let attempt = format!("password:{name}");
     if !app.limit_password_failures.allow(&attempt) {
+        app.metrics.rate_limited(RateLimit::Password);
         return too_many();
     }
     let directory = app.store.snapshot();
@@ -442,9 +455,11 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
     match user {
         Some(user) if ok => {
             app.limit_password_failures.forgive(&attempt);
+            app.metrics.login(LoginMethod::Password, true);
             start_session(app, headers, &user, form.get("next")).await
         }
         _ => {
+            app.metrics.login(LoginMethod::Password, false);
             tracing::info!(target: "spawngate::login", "password sign-in refused");
             sign_in_page(
                 app,

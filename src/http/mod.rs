@@ -8,6 +8,7 @@ mod forward_auth;
 mod handoff;
 mod login;
 mod me;
+mod metrics;
 mod oidc;
 pub mod pages;
 mod progress;
@@ -154,6 +155,7 @@ where
         (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())),
         (&Method::GET, app_gone::PATH) => app_gone::handle(&app, req.headers(), None).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/metrics") => metrics::handle(&app, req.headers()),
         (&Method::GET, p) if p.starts_with(assets::PREFIX) => {
             assets::serve(&p[assets::PREFIX.len()..]).unwrap_or_else(errors::not_found)
         }
@@ -242,6 +244,7 @@ fn provider_config(app: &App, headers: &HeaderMap) -> Resp {
             return api_error(Error::Unauthorized);
         }
     }
+    app.metrics.provider_polled();
     let mut resp = Response::new(full(app.provider.current()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -14,6 +14,7 @@ use crate::accounts::MappingError;
 use crate::app::App;
 use crate::auth::oidc::{OidcError, STATE_TTL};
 use crate::auth::{cookies, safe_next};
+use crate::metrics::LoginMethod;
 
 /// Over HTTPS the state cookie is `__Host-` prefixed (so `Path=/`): a same-site
 /// host (an app in subdomain mode) cannot plant its own state in the browser.
@@ -61,6 +62,7 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
     let state = query.get("state").map(String::as_str).unwrap_or_default();
     let sealed = cookies::values(headers, state_cookie(app)).next();
     let mut resp = if let Some(error) = query.get("error") {
+        app.metrics.login(LoginMethod::Oidc, false);
         // The user said no at the IdP, or the IdP refused the request.
         failed(StatusCode::UNAUTHORIZED, &OidcError::Refused(error.clone()))
     } else {
@@ -72,9 +74,11 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
                 .await
             {
                 Ok(user) => {
+                    app.metrics.login(LoginMethod::Oidc, true);
                     super::login::start_session(app, headers, &user, done.next.as_ref()).await
                 }
                 Err(e) => {
+                    app.metrics.login(LoginMethod::Oidc, false);
                     tracing::info!(target: "spawngate::login", error = %e, "OIDC identity maps to no user");
                     let why = match e {
                         MappingError::EmailUnverified => {
@@ -87,7 +91,10 @@ async fn callback(app: &App, headers: &HeaderMap, query: &HashMap<String, String
                     html(StatusCode::FORBIDDEN, page("No account", "", why))
                 }
             },
-            Err(e) => failed(StatusCode::UNAUTHORIZED, &e),
+            Err(e) => {
+                app.metrics.login(LoginMethod::Oidc, false);
+                failed(StatusCode::UNAUTHORIZED, &e)
+            }
         }
     };
     // The state is single use: clear the cookie whatever happened.

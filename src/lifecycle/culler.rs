@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::{Event, Lifecycle, Phase, Slot, env_of};
 use crate::events::Subject;
+use crate::metrics::{CullReason, CullTier};
 use crate::store::User;
 use crate::time::unix_now;
 
@@ -41,6 +42,14 @@ impl Action {
             Action::Pause => "pause",
             Action::Stop => "stop",
             Action::Remove => "remove",
+        }
+    }
+
+    fn tier(self) -> CullTier {
+        match self {
+            Action::Pause => CullTier::Pause,
+            Action::Stop => CullTier::Stop,
+            Action::Remove => CullTier::Remove,
         }
     }
 }
@@ -129,7 +138,7 @@ impl Lifecycle {
             {
                 slot.touch();
                 if matches!(phase, Phase::Paused) {
-                    tracing::info!(user = %user.name, "traffic to a paused container: waking it");
+                    tracing::info!(user = %user.name, slug = %user.slug, container = %self.container_name(&user), "traffic to a paused container: waking it");
                     self.prewarm(&user);
                 }
                 continue;
@@ -202,6 +211,7 @@ impl Lifecycle {
             return;
         }
         let env = env_of(user);
+        let began = std::time::Instant::now();
         let result = match action {
             Action::Pause => self.runtime.pause(&env).await,
             Action::Stop => self.runtime.stop(&env).await,
@@ -224,9 +234,15 @@ impl Lifecycle {
                     Some(action.verb()),
                     Some(reason.to_owned()),
                 );
+                let why = match reason {
+                    "idle" => CullReason::Idle,
+                    _ => CullReason::MaxLifetime,
+                };
+                self.metrics.culled(action.tier(), why);
+                tracing::info!(user = %user.name, slug = %user.slug, container = %self.runtime.name(&env), action = action.name(), reason, ms = began.elapsed().as_millis() as u64, "container culled");
             }
             Err(e) => {
-                tracing::warn!(user = %user.name, action = action.name(), error = %e, "cull action failed");
+                tracing::warn!(user = %user.name, slug = %user.slug, container = %self.runtime.name(&env), action = action.name(), ms = began.elapsed().as_millis() as u64, error = %e, "cull action failed");
                 // Unknown: the next request or look finds out the real state.
                 slot.phase.apply(Event::Lost);
             }

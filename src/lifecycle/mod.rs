@@ -29,6 +29,7 @@ use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 use crate::config::Config;
 use crate::events::{Events, Subject};
 use crate::ids::UserId;
+use crate::metrics::{Census, EnvState, Metrics, SpawnFailure, SpawnKind};
 use crate::runtime::{
     ContainerGone, ContainerState, EnvId, EnvironmentSpec, Isolation, Owner, RunState, Runtime,
     RuntimeError,
@@ -110,6 +111,18 @@ impl SpawnError {
             SpawnError::App(a) => &a.reason,
         }
     }
+
+    /// The reason the metrics count it under.
+    pub fn reason(&self) -> SpawnFailure {
+        match self {
+            SpawnError::DockerDown(_) => SpawnFailure::DockerUnreachable,
+            SpawnError::ImageMissing(_) => SpawnFailure::ImageMissing,
+            SpawnError::Capacity(_) => SpawnFailure::Capacity,
+            SpawnError::App(a) if a.exit_code.is_some() => SpawnFailure::AppExited,
+            SpawnError::App(_) => SpawnFailure::AppNotListening,
+            SpawnError::Failed(_) | SpawnError::Store(_) => SpawnFailure::Other,
+        }
+    }
 }
 
 impl From<RuntimeError> for SpawnError {
@@ -129,11 +142,14 @@ impl From<StoreError> for SpawnError {
 }
 
 /// Where a spawn's time went: the runtime's create/start, then the probes until
-/// the app answered.
-#[derive(Clone, Copy, Debug, Default)]
+/// the app answered; and what it started.
+#[derive(Clone, Debug, Default)]
 struct SpawnTimes {
     runtime_ms: u64,
     probe_ms: u64,
+    /// A warm pool spare was handed over.
+    pooled: bool,
+    container_id: Option<String>,
 }
 
 /// The answer to "may this request pass now?".
@@ -276,6 +292,7 @@ pub struct Lifecycle {
     reconciled: AtomicBool,
     /// The operator event stream; every change of phase is published into it.
     events: Events,
+    metrics: Arc<Metrics>,
 }
 
 /// The environment of `user`.
@@ -290,6 +307,7 @@ impl Lifecycle {
         config: Arc<Config>,
         container_key: Vec<u8>,
         tasks: Tasks,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let mut connector = HttpConnector::new();
         // A local bridge or loopback answers a connect at once (or refuses it):
@@ -297,7 +315,8 @@ impl Lifecycle {
         // instead of stalling it.
         connector.set_connect_timeout(Some(Duration::from_millis(100)));
         connector.set_nodelay(true);
-        Arc::new(Lifecycle {
+        let lifecycle = Arc::new(Lifecycle {
+            metrics,
             tasks,
             events: Events::new(),
             reconciled: AtomicBool::new(false),
@@ -312,7 +331,42 @@ impl Lifecycle {
             probe: Client::builder(TokioExecutor::new())
                 .pool_max_idle_per_host(0)
                 .build(connector),
-        })
+        });
+        // Weak: the metrics must not keep the lifecycle alive.
+        let weak = Arc::downgrade(&lifecycle);
+        lifecycle
+            .metrics
+            .observe_environments(move || weak.upgrade().map(|lc| lc.census()));
+        lifecycle
+    }
+
+    /// The environments' states, counted for the metrics at scrape time.
+    pub fn census(&self) -> Census {
+        let now = unix_now();
+        let window = crate::metrics::ACTIVE_WINDOW.as_secs() as i64;
+        let mut census = Census::default();
+        for (_, slot) in self.all_slots() {
+            let state = match *slot.phase.borrow() {
+                Phase::Unknown => EnvState::Unknown,
+                Phase::Starting => EnvState::Starting,
+                Phase::Ready => EnvState::Ready,
+                Phase::Paused => EnvState::Paused,
+                Phase::Stopped => EnvState::Stopped,
+                Phase::Failed { .. } => EnvState::Failed,
+            };
+            census.states[state as usize] += 1;
+            census.running += u64::from(slot.occupies_capacity());
+            let last = slot.last_activity.load(Ordering::Relaxed);
+            census.active += u64::from(last > 0 && now - last < window);
+        }
+        census.users = self.store.snapshot().len() as u64;
+        census.capacity = self.config.limits.max_running.map(|m| m as u64);
+        census
+    }
+
+    /// The runtime's name for the user's container (for log lines).
+    fn container_name(&self, user: &User) -> String {
+        self.runtime.name(&env_of(user))
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -447,6 +501,11 @@ impl Lifecycle {
     /// Starts a spawn task unless one is running (or one failed a moment ago), after
     /// claiming a place within `limits.max_running`.
     fn kick(self: &Arc<Self>, user: &Arc<User>, slot: &Arc<Slot>) {
+        let kind = match *slot.phase.borrow() {
+            Phase::Paused => SpawnKind::Unpause,
+            _ if slot.present.load(Ordering::Relaxed) => SpawnKind::Resume,
+            _ => SpawnKind::Create,
+        };
         let started = {
             let _capacity = self.capacity.lock().unwrap_or_else(|p| p.into_inner());
             let kick = Event::Kick {
@@ -461,7 +520,8 @@ impl Lifecycle {
             let needs_place = !slot.occupies_capacity();
             if needs_place && let Some(refusal) = self.claim_place(&user.id) {
                 slot.phase.apply(Event::Refused(refusal));
-                tracing::warn!(user = %user.name, "spawn refused: at capacity");
+                self.metrics.capacity_refused();
+                tracing::warn!(user = %user.name, slug = %user.slug, container = %self.container_name(user), "spawn refused: at capacity");
                 return;
             }
             slot.progress.begin();
@@ -481,17 +541,20 @@ impl Lifecycle {
                         // Ready only if nobody (an admin stop, a delete) changed the
                         // plan while we were starting.
                         if slot.phase.apply(Event::Answered) {
-                            tracing::info!(user = %user.name, slug = %user.slug, ms = began.elapsed().as_millis() as u64, runtime_ms = times.runtime_ms, probe_ms = times.probe_ms, "container ready");
+                            let kind = if times.pooled { SpawnKind::Pool } else { kind };
+                            this.metrics.spawned(kind, began.elapsed());
+                            tracing::info!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), container_id = times.container_id.as_deref().unwrap_or("-"), kind = kind.as_str(), ms = began.elapsed().as_millis() as u64, runtime_ms = times.runtime_ms, probe_ms = times.probe_ms, "container ready");
                         }
                     }
                     Err(error) => {
                         if this.tasks.is_cancelled() {
                             // Cut short by shutdown: not the environment's fault.
-                            tracing::info!(user = %user.name, error = %error.detail(), "spawn cut short by shutdown");
+                            tracing::info!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), ms = began.elapsed().as_millis() as u64, error = %error.detail(), "spawn cut short by shutdown");
                             slot.phase.apply(Event::Lost);
                             return;
                         }
-                        tracing::error!(user = %user.name, slug = %user.slug, error = %error.detail(), "spawn failed");
+                        this.metrics.spawn_failed(error.reason());
+                        tracing::error!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), kind = kind.as_str(), reason = error.reason().as_str(), ms = began.elapsed().as_millis() as u64, error = %error.detail(), "spawn failed");
                         this.note_error(&user.id, error.detail()).await;
                         if matches!(error, SpawnError::App(_)) {
                             slot.app_failures.fetch_add(1, Ordering::Relaxed);
@@ -537,8 +600,15 @@ impl Lifecycle {
                         &user.name,
                         Some("least recently used, to make room".into()),
                     );
-                    if let Err(e) = this.docker_stop(&user, &victim).await {
-                        tracing::warn!(user = %user.name, error = %e.detail(), "LRU stop failed");
+                    let began = Instant::now();
+                    let container = this.container_name(&user);
+                    let ms = || began.elapsed().as_millis() as u64;
+                    match this.docker_stop(&user, &victim).await {
+                        Ok(()) => {
+                            this.metrics.culled(crate::metrics::CullTier::Stop, crate::metrics::CullReason::Capacity);
+                            tracing::info!(user = %user.name, slug = %user.slug, container = %container, ms = ms(), "least recently used container stopped to make room");
+                        }
+                        Err(e) => tracing::warn!(user = %user.name, slug = %user.slug, container = %container, ms = ms(), error = %e.detail(), "LRU stop failed"),
                     }
                 });
                 return None;
@@ -684,7 +754,11 @@ impl Lifecycle {
             && !slot.present.load(Ordering::Relaxed)
             && let Some(done) = self.claim_from_pool(user, slot, &spec, &mut record).await
         {
-            return done.map(|()| SpawnTimes::default());
+            return done.map(|()| SpawnTimes {
+                pooled: true,
+                container_id: record.container_id.clone(),
+                ..SpawnTimes::default()
+            });
         }
         // The intent is written before Docker is called; making it durable overlaps
         // with the call instead of delaying it. (The container name is the real
@@ -705,6 +779,8 @@ impl Lifecycle {
         let times = SpawnTimes {
             runtime_ms: (runtime_done - began).as_millis() as u64,
             probe_ms: runtime_done.elapsed().as_millis() as u64,
+            pooled: false,
+            container_id: Some(running.id.clone()),
         };
         if let Err(e) = answering {
             // Cut short by shutdown: left running with its intent on record, so
@@ -716,7 +792,7 @@ impl Lifecycle {
             // Never leave a started container running that nobody can reach or
             // count: stop it (best effort); the next request tries again.
             if let Err(stop) = self.runtime.stop(&env).await {
-                tracing::warn!(user = %user.name, error = %stop, "cannot stop a container that failed to become ready");
+                tracing::warn!(user = %user.name, slug = %user.slug, container = %self.container_name(user), error = %stop, "cannot stop a container that failed to become ready");
             }
             return Err(e);
         }
@@ -920,7 +996,7 @@ impl Lifecycle {
                     slot.phase.apply(Event::Created);
                 }
                 Err(e) => {
-                    tracing::warn!(user = %user.name, error = %e, "pre-creating the container failed")
+                    tracing::warn!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), error = %e, "pre-creating the container failed")
                 }
             }
         });
@@ -1055,7 +1131,7 @@ impl Lifecycle {
             false => Event::SeenGone,
         };
         if slot.phase.apply(event) {
-            tracing::info!(user = %user.name, slug = %gone.slug, "container stopped outside spawngate");
+            tracing::info!(user = %user.name, slug = %gone.slug, container = %self.container_name(user), paused = gone.paused, "container stopped outside spawngate");
         }
     }
 
@@ -1428,6 +1504,7 @@ mod tests {
         runtime: Arc<FakeRuntime>,
         lc: Arc<Lifecycle>,
         user: Arc<User>,
+        metrics: Arc<Metrics>,
     }
 
     async fn setup() -> Setup {
@@ -1454,12 +1531,21 @@ mod tests {
                 .unwrap(),
         );
         let runtime = Arc::new(FakeRuntime::new(capabilities));
-        let lc = Lifecycle::new(runtime.clone(), store, config, vec![1; 32], Tasks::new());
+        let metrics = Arc::new(Metrics::new());
+        let lc = Lifecycle::new(
+            runtime.clone(),
+            store,
+            config,
+            vec![1; 32],
+            Tasks::new(),
+            metrics.clone(),
+        );
         Setup {
             _dir: dir,
             runtime,
             lc,
             user,
+            metrics,
         }
     }
 
@@ -1834,5 +1920,188 @@ mod tests {
         // Everything either look set going has finished: no pause among it.
         drain(&lc).await;
         assert_eq!(runtime.pauses.load(Ordering::SeqCst), 0);
+    }
+
+    /// The value of `series` (name and labels) in the metrics text.
+    fn sample(metrics: &Metrics, series: &str) -> f64 {
+        let text = metrics.encode();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn starts_are_timed_by_kind_and_culls_and_failures_counted() {
+        let Setup {
+            runtime,
+            lc,
+            user,
+            metrics,
+            ..
+        } = setup_with(PAUSE_TIERS, Capabilities::ALL).await;
+        let kind = |k: &str| format!("spawngate_spawn_duration_seconds_count{{kind=\"{k}\"}}");
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        assert_eq!(sample(&metrics, &kind("create")), 1.0);
+        assert_eq!(
+            sample(&metrics, "spawngate_environments{state=\"ready\"}"),
+            1.0
+        );
+        assert_eq!(sample(&metrics, "spawngate_running_environments"), 1.0);
+        assert_eq!(sample(&metrics, "spawngate_active_users"), 1.0);
+        assert_eq!(sample(&metrics, "spawngate_users"), 1.0);
+
+        // Paused by the culler, thawed by the next request.
+        idle_for(&lc, &user, 60);
+        lc.cull_once().await;
+        phase_becomes(&lc, &user, |p| matches!(p, Phase::Paused)).await;
+        drain_ops(&lc, &user).await;
+        assert_eq!(
+            sample(&metrics, "spawngate_environments{state=\"paused\"}"),
+            1.0
+        );
+        let culls = metrics.encode();
+        assert!(
+            culls
+                .lines()
+                .any(|l| l.starts_with("spawngate_culls_total{")
+                    && l.contains("tier=\"pause\"")
+                    && l.contains("reason=\"idle\"")
+                    && l.ends_with(" 1")),
+            "{culls}"
+        );
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Ready
+        ));
+        assert_eq!(sample(&metrics, &kind("unpause")), 1.0);
+
+        // Stopped, then started again: a resume.
+        lc.stop(&user).await.unwrap();
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Ready
+        ));
+        assert_eq!(sample(&metrics, &kind("resume")), 1.0);
+
+        // An app that exits is a failure of its own reason.
+        lc.stop(&user).await.unwrap();
+        *runtime.exits_with.lock().unwrap() = Some(2);
+        assert!(matches!(
+            lc.ensure_ready(&user, Duration::from_secs(5)).await,
+            Readiness::Failed(SpawnError::App(_))
+        ));
+        assert_eq!(
+            sample(
+                &metrics,
+                "spawngate_spawn_failures_total{reason=\"app_exited\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            sample(&metrics, "spawngate_environments{state=\"failed\"}"),
+            1.0
+        );
+    }
+
+    #[tokio::test]
+    async fn a_start_refused_at_capacity_is_counted() {
+        let Setup {
+            lc, user, metrics, ..
+        } = setup_with("[limits]\nmax_running = 1", Capabilities::ALL).await;
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        let other = Arc::new(
+            lc.store
+                .create_user("bob", None, Some((40000, 49999)))
+                .await
+                .unwrap(),
+        );
+        assert!(matches!(
+            lc.ensure_ready(&other, Duration::from_secs(1)).await,
+            Readiness::Failed(SpawnError::Capacity(_))
+        ));
+        assert_eq!(sample(&metrics, "spawngate_capacity_refusals_total"), 1.0);
+        assert_eq!(
+            sample(
+                &metrics,
+                "spawngate_spawn_failures_total{reason=\"capacity\"}"
+            ),
+            1.0
+        );
+        assert_eq!(sample(&metrics, "spawngate_max_running_environments"), 1.0);
+    }
+
+    /// Waits until no runtime call holds the user's ops lock.
+    async fn drain_ops(lc: &Lifecycle, user: &User) {
+        drop(lc.slot(&user.id).ops.lock().await);
+    }
+
+    /// Log lines written while the guard lives, as JSON objects.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn start(&self) -> tracing::subscriber::DefaultGuard {
+            // With a single dispatcher registered, tracing caches whether a log
+            // line is wanted from the first thread that reaches it (another test,
+            // without a subscriber: "never", for all threads). A second one, kept
+            // for the process, makes it combine the registered dispatchers.
+            static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+            SECOND.get_or_init(|| {
+                tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default())
+            });
+            let out = self.clone();
+            tracing::subscriber::set_default(
+                tracing_subscriber::fmt()
+                    .json()
+                    .with_writer(move || out.clone())
+                    .finish(),
+            )
+        }
+
+        fn line(&self, message: &str) -> serde_json::Value {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|l| l["fields"]["message"] == message)
+                .unwrap_or_else(|| panic!("no {message:?} line in\n{text}"))["fields"]
+                .clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_log_lines_name_user_slug_container_and_latency() {
+        let Setup {
+            runtime, lc, user, ..
+        } = setup().await;
+        let logs = Captured::default();
+        let _guard = logs.start();
+        assert!(matches!(lc.start(&user).await, Readiness::Ready));
+        lc.stop(&user).await.unwrap();
+        *runtime.exits_with.lock().unwrap() = Some(4);
+        assert!(matches!(lc.start(&user).await, Readiness::Failed(_)));
+        for message in ["container ready", "spawn failed"] {
+            let line = logs.line(message);
+            assert_eq!(line["user"], "alice", "{line}");
+            assert_eq!(line["slug"], user.slug.as_str(), "{line}");
+            assert_eq!(line["container"], lc.container_name(&user), "{line}");
+            assert!(line["ms"].is_u64(), "{line}");
+        }
+        let ready = logs.line("container ready");
+        assert_eq!(
+            ready["container_id"],
+            format!("id-{}", lc.container_name(&user))
+        );
+        assert_eq!(ready["kind"], "create");
+        assert_eq!(logs.line("spawn failed")["reason"], "app_exited");
     }
 }

@@ -128,7 +128,7 @@ impl Lifecycle {
         if let Err(e) = self.store.put_container_record(record).await {
             return Some(Err(e.into()));
         }
-        tracing::info!(user = %user.name, pooled = %member.name, "container taken from the warm pool");
+        tracing::info!(user = %user.name, slug = %user.slug, container = %self.container_name(user), container_id = record.container_id.as_deref().unwrap_or("-"), pooled = %member.name, "container taken from the warm pool");
         // The rename is visible to Docker's DNS at once; make sure it answers as the user's.
         Some(self.wait_until_answering(user, Some(&slot.progress)).await)
     }

@@ -6,6 +6,7 @@
 //! ([`Capabilities`]), so the lifecycle never assumes Docker.
 
 pub mod docker;
+mod metered;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::config::Config;
 use crate::ids::{Slug, UserId};
 
 pub use docker::DockerRuntime;
+pub use metered::metered;
 
 /// The runtime spawngate is configured for (only Docker so far). Validates the
 /// address; the connection itself is made on first use, so spawngate starts while

@@ -20,6 +20,7 @@ mod headers;
 mod hotpath;
 mod idp;
 mod lifecycle;
+mod metrics;
 mod proc;
 mod progress;
 mod sharing;
