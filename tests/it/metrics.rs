@@ -334,7 +334,8 @@ async fn with_a_token_metrics_need_it_and_prometheus_sends_it() {
         },
     )
     .await;
-    assert_eq!(prom.value("up{job=\"spawngate\"}").await, Some(1.0));
+    // The target's health is reported before its first sample can be queried.
+    prom.wait_at_least("up{job=\"spawngate\"}", 1.0).await;
     drop(prom);
 
     // Without the token Prometheus sees the 401.
