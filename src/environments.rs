@@ -85,6 +85,16 @@ impl Environments {
         self.status(user).await
     }
 
+    /// CPU and memory use of the user's container, when it runs.
+    pub async fn usage(&self, user: &User) -> Result<Option<crate::runtime::Usage>> {
+        Ok(self.lifecycle.stats(user).await?)
+    }
+
+    /// What the idle culler will do next to the user's environment, and when.
+    pub fn cull_plan(&self, user: &User) -> Option<crate::lifecycle::CullPlan> {
+        self.lifecycle.cull_plan(user)
+    }
+
     /// The last `tail` lines of the container's output.
     pub async fn logs(&self, user: &User, tail: usize) -> Result<Vec<String>> {
         Ok(self.lifecycle.logs(user, tail.min(MAX_LOG_LINES)).await?)

@@ -216,6 +216,7 @@ mod tests {
             password_hash: None,
             shared_with: shares,
             credential_generation: 0,
+            admin: false,
         }
     }
 

@@ -319,3 +319,17 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 pub use crate::auth::bearer;
+
+/// Header a signed-in page's scripts send with every change, carrying the
+/// session's CSRF token (the cookie alone is ambient: any site can make the
+/// browser send it).
+pub const CSRF_HEADER: &str = "x-spawngate-csrf";
+
+/// Whether `headers` carry `session`'s CSRF token in [`CSRF_HEADER`].
+pub fn csrf_header_ok(app: &App, session: &crate::ids::SessionId, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    app.sessions.csrf_ok(session, presented)
+}

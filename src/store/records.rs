@@ -38,6 +38,9 @@ pub struct User {
     /// in the store.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub credential_generation: u32,
+    /// May use the admin page and the admin API with their own session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 fn is_zero(v: &u32) -> bool {
