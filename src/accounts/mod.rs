@@ -4,6 +4,7 @@
 
 mod provisioning;
 mod tokens;
+pub use tokens::{NewToken, SessionView, TokenView};
 pub mod validate;
 
 use std::sync::Arc;

@@ -274,10 +274,11 @@ where
             let limit = call.limit("limit", 100, 10_000)?;
             ok(json!({ "entries": app.store.audit_entries(limit)? }))
         }
-        (&Method::POST, ["users", name, "login-link"]) => Ok((
-            StatusCode::CREATED,
-            to_json(&accounts.login_link(name).await?),
-        )),
+        (&Method::POST, ["users", name, "login-link"]) => {
+            let link = accounts.login_link(name).await?;
+            app.store.audit(actor, "user.login-link", &link.user, None);
+            Ok((StatusCode::CREATED, to_json(&link)))
+        }
         // Minting admin tokens is for the local operator only.
         (&Method::POST, ["tokens"]) if peer == Peer::Control => {
             let body: NewToken = parse_json(req).await?;

@@ -13,11 +13,23 @@ use super::Resp;
 pub const PREFIX: &str = "/_spawngate/assets/";
 
 /// Every asset: name under [`PREFIX`], content type, contents.
-const ASSETS: &[(&str, &str, &str)] = &[(
-    "style.css",
-    "text/css; charset=utf-8",
-    include_str!("assets/style.css"),
-)];
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/style.css"),
+    ),
+    (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/dashboard.js"),
+    ),
+    (
+        "admin.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/admin.js"),
+    ),
+];
 
 /// The asset called `name`, or `None` (the caller answers 404).
 pub fn serve(name: &str) -> Option<Resp> {

@@ -108,23 +108,31 @@ pub fn json_answer(e: &HttpError, audience: Audience) -> Resp {
 pub fn html_answer(e: &HttpError) -> Resp {
     log_storage(e);
     let message = e.message(Audience::User);
+    let back = r#"<p><a href="/_spawngate/">Back to your dashboard</a></p>"#;
     let extra = match e {
         HttpError::Domain(Error::Storage(_)) => {
             "<p class=\"muted\">Your sign-in is not the problem. Try again in a few minutes.</p>"
         }
+        HttpError::Domain(Error::Unavailable(_)) => {
+            r#"<p class="muted">Nothing is wrong with your account. Try again in a few minutes.</p><p><a href="/_spawngate/">Back to your dashboard</a></p>"#
+        }
         HttpError::Domain(Error::Forbidden(_) | Error::NotFound(_)) => {
-            r#"<p><a href="/_spawngate/">Go to your own environment</a></p>"#
+            r#"<p><a href="/_spawngate/">Go to your dashboard</a></p>"#
         }
         HttpError::Domain(Error::Unauthorized) => {
             r#"<p><a href="/_spawngate/login">Sign in</a></p>"#
         }
-        _ => "",
+        _ => back,
     };
     let mut sentence = message.trim_end_matches('.').to_owned();
     if let Some(first) = sentence.get(..1) {
         sentence.replace_range(..1, &first.to_ascii_uppercase());
     }
-    let body = format!("<p>{}.</p>{extra}", pages::escape(&sentence));
+    let body = format!(
+        r#"<p class="status">Error {}</p><p>{}.</p>{extra}"#,
+        e.status().as_u16(),
+        pages::escape(&sentence)
+    );
     let mut resp = html(e.status(), pages::page(e.title(), "", &body));
     decorate(&mut resp, e);
     resp

@@ -69,6 +69,14 @@ async fn route<B: ReqBody>(
                 json!({ "name": view.name, "slug": view.slug, "url": view.url, "csrf": csrf }),
             ))
         }
+        (&Method::GET, ["dashboard"]) => Ok((
+            StatusCode::OK,
+            super::dashboard::json_view(app, &user).await?,
+        )),
+        (&Method::GET, ["sessions"]) => Ok((
+            StatusCode::OK,
+            json!({ "sessions": accounts.sessions(&user, session.as_ref())? }),
+        )),
         (&Method::GET, ["tokens"]) => Ok((
             StatusCode::OK,
             json!({ "tokens": accounts.api_tokens(&user)? }),

@@ -1,0 +1,60 @@
+// The admin page's user table: search, filters and sorting, all in the browser
+// over the table the server rendered (which is complete without this script).
+"use strict";
+(function () {
+  const table = document.getElementById("users");
+  const tools = document.getElementById("user-tools");
+  if (!table || !tools) return;
+  const body = table.tBodies[0];
+  const rows = Array.from(body.rows);
+  const search = document.getElementById("user-search");
+  const state = document.getElementById("user-state");
+  const admins = document.getElementById("user-admins");
+  const disabled = document.getElementById("user-disabled");
+  const count = document.getElementById("user-count");
+  tools.hidden = false;
+
+  function filter() {
+    const q = search.value.trim().toLowerCase();
+    let shown = 0;
+    for (const row of rows) {
+      const ok = (!q || row.cells[0].textContent.toLowerCase().includes(q)) &&
+        (!state.value || row.dataset.state === state.value) &&
+        (!admins.checked || row.dataset.admin === "true") &&
+        (!disabled.checked || row.dataset.disabled === "true");
+      row.hidden = !ok;
+      if (ok) shown += 1;
+    }
+    count.textContent = shown + " of " + rows.length + " shown";
+  }
+  [search, state, admins, disabled].forEach((el) => {
+    el.addEventListener("input", filter);
+    el.addEventListener("change", filter);
+  });
+
+  // Sorting: each sortable header becomes a button; a second press reverses.
+  const headers = Array.from(table.tHead.rows[0].cells);
+  headers.forEach((th, column) => {
+    const kind = th.dataset.sort;
+    if (!kind) return;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "sort";
+    button.textContent = th.textContent;
+    th.textContent = "";
+    th.appendChild(button);
+    button.addEventListener("click", () => {
+      const ascending = th.getAttribute("aria-sort") !== "ascending";
+      headers.forEach((h) => h.removeAttribute("aria-sort"));
+      th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+      const value = (row) => row.cells[column].dataset.value || "";
+      rows.sort((a, b) => {
+        const [x, y] = [value(a), value(b)];
+        const order = kind === "number" ? Number(x) - Number(y) : x.localeCompare(y);
+        return ascending ? order : -order;
+      });
+      rows.forEach((row) => body.appendChild(row));
+    });
+  });
+  filter();
+})();
