@@ -28,17 +28,17 @@ const AUDIT_SHOWN: usize = 200;
 
 /// The signed-in admin, or the answer for everyone else: the sign-in page (then
 /// back here) without a session, 403 for users who are not admins.
-fn admin_of(app: &App, headers: &HeaderMap) -> Result<Identity, Resp> {
+fn admin_of(app: &App, headers: &HeaderMap) -> Result<Identity, Box<Resp>> {
     match app.identities.identify(headers) {
         Ok(Some(identity)) if identity.user.admin => Ok(identity),
-        Ok(Some(_)) => Err(super::errors::html_answer(
+        Ok(Some(_)) => Err(Box::new(super::errors::html_answer(
             &Error::Forbidden("this page is for administrators").into(),
-        )),
-        Ok(None) => Err(redirect(
+        ))),
+        Ok(None) => Err(Box::new(redirect(
             StatusCode::FOUND,
             "/_spawngate/login?next=%2F_spawngate%2Fadmin",
-        )),
-        Err(e) => Err(super::errors::store_unavailable(true, &e)),
+        ))),
+        Err(e) => Err(Box::new(super::errors::store_unavailable(true, &e))),
     }
 }
 
@@ -46,7 +46,7 @@ fn admin_of(app: &App, headers: &HeaderMap) -> Result<Identity, Resp> {
 pub async fn page(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Resp {
     let identity = match admin_of(app, headers) {
         Ok(identity) => identity,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match render(app, &identity, query).await {
         Ok(body) => html(StatusCode::OK, body),
