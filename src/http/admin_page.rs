@@ -200,7 +200,7 @@ async fn users_panel(app: &App, me: &Identity, csrf: &str) -> Result<String, Htt
         .count();
     Ok(format!(
         r#"<section class="panel" aria-labelledby="users-title"><h2 id="users-title">Users</h2>
-<p class="muted">{total} users, {running} environments running.</p>
+<p class="muted">{total} users, {running} running.</p>
 <div class="toolbar" id="user-tools" hidden>
 <label for="user-search">Search</label> <input id="user-search" type="search" placeholder="name or email">
 <label for="user-state">State</label> <select id="user-state"><option value="">any</option><option value="running">running</option><option value="starting">starting</option><option value="paused">paused</option><option value="stopped">stopped</option><option value="not_exists">not created</option></select>
