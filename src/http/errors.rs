@@ -237,9 +237,18 @@ mod tests {
                 assert_eq!(body["error"]["code"], code);
                 assert!(!body["error"]["message"].as_str().unwrap().is_empty());
             }
-            // Browsers get a page with the same status.
+            // Browsers get a page with the same status, which it names.
             let page = answer(&err, true);
             assert_eq!(page.status().as_u16(), status);
+            let html = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+                answer(&err, true).into_body(),
+            ))
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+            let html = String::from_utf8_lossy(&html);
+            assert!(html.contains(&format!("Error {status}")), "{html}");
+            assert!(html.contains("/_spawngate/assets/style.css"), "{html}");
             assert!(
                 page.headers()["content-type"]
                     .to_str()

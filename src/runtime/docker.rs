@@ -1262,6 +1262,29 @@ mod tests {
     use super::*;
     use crate::runtime::Owner;
 
+    #[test]
+    fn cpu_percent_is_docker_stats_formula() {
+        let at = std::time::Instant::now();
+        let reading = |total, system| CpuReading {
+            total,
+            system,
+            online_cpus: 4,
+            at,
+        };
+        // A quarter of the host's CPU time on four CPUs: one CPU busy.
+        let p = cpu_percent(&reading(1_000, 10_000), &reading(2_000, 14_000)).unwrap();
+        assert!((p - 100.0).abs() < 1e-9, "{p}");
+        assert_eq!(
+            cpu_percent(&reading(1_000, 10_000), &reading(1_000, 10_000)),
+            None
+        );
+        // Counters that went back (a restart in between) measure nothing.
+        assert_eq!(
+            cpu_percent(&reading(5_000, 10_000), &reading(1_000, 20_000)),
+            None
+        );
+    }
+
     fn runtime(toml: &str) -> DockerRuntime {
         let config = crate::config::Config::from_sources(toml, Vec::new()).unwrap();
         DockerRuntime::connect(&config.docker).unwrap()
