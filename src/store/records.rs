@@ -243,4 +243,23 @@ mod tests {
         ));
         assert!(decode::<Session>(b"garbage").is_err());
     }
+
+    #[test]
+    fn users_written_before_the_admin_flag_read_as_not_admins() {
+        let old = br#"{"v":1,"id":"u1","name":"ann","slug":"0123456789ab","created":1}"#;
+        let user: User = decode(old).unwrap();
+        assert!(!user.admin);
+        let admin = User {
+            admin: true,
+            ..user
+        };
+        let back: User = decode(&encode(&admin)).unwrap();
+        assert!(back.admin);
+        // Not written when false: stores stay readable by the previous release.
+        let plain = User {
+            admin: false,
+            ..admin
+        };
+        assert!(!String::from_utf8(encode(&plain)).unwrap().contains("admin"));
+    }
 }
