@@ -454,6 +454,46 @@ async fn admin_sessions_use_the_admin_api_with_csrf_and_only_admins_do() {
     assert_eq!(done.headers()[LOCATION], "/_spawngate/admin?done=enabled");
     assert_eq!(token.get_ok("users/bob").await["disabled"], false);
 
+    // Sharing from the dashboard (the owner) and from the admin page (an admin).
+    let share = |session: &Session, path: &str, fields: &[(&str, &str)]| {
+        let mut form = vec![("csrf", session.csrf.clone())];
+        form.extend(fields.iter().map(|(k, v)| (*k, v.to_string())));
+        h.client
+            .post(format!("{}{path}", h.direct))
+            .header(COOKIE, session.cookie.clone())
+            .form(&form)
+            .send()
+    };
+    let shared = share(
+        &carol,
+        "/_spawngate/me/shares",
+        &[("user", "alice"), ("read_only", "1")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(shared.headers()[LOCATION], "/_spawngate/?done=shared");
+    let home = alice.page(&h, "/_spawngate/").await.text().await.unwrap();
+    assert!(
+        home.contains("carol's environment") && home.contains("(read-only)"),
+        "{home}"
+    );
+    let unshared = share(&carol, "/_spawngate/me/shares/revoke", &[("user", "alice")])
+        .await
+        .unwrap();
+    assert_eq!(unshared.headers()[LOCATION], "/_spawngate/?done=unshared");
+    assert_eq!(token.get_ok("users/carol").await["shared_with"], json!([]));
+    let granted = share(
+        &alice,
+        "/_spawngate/admin/shares",
+        &[("owner", "carol"), ("user", "dave")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(granted.headers()[LOCATION], "/_spawngate/admin?done=shared");
+    let carol_now = token.get_ok("users/carol").await;
+    assert_eq!(carol_now["shared_with"][0]["user"], "dave", "{carol_now}");
+    assert_eq!(carol_now["shared_with"][0]["read_only"], false);
+
     // Unknown pages are a page for browsers, JSON for scripts.
     let missing = alice.page(&h, "/_spawngate/nothing").await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
