@@ -16,7 +16,8 @@ use serde_json::json;
 
 use super::errors::HttpError;
 use super::forms::{self, SignedInForm, button, csrf_field};
-use super::pages::{Nav, escape, human_bytes, human_duration, shell, time_ago};
+use super::layout::{Nav, human_bytes, human_duration, shell, time_ago};
+use super::pages::escape;
 use super::{ReqBody, Resp, html, redirect};
 use crate::app::App;
 use crate::auth::cookies;

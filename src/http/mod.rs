@@ -9,6 +9,7 @@ pub mod errors;
 mod forms;
 mod forward_auth;
 mod handoff;
+mod layout;
 mod login;
 mod me;
 mod oidc;
