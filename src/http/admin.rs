@@ -269,6 +269,7 @@ where
             let revoked = accounts.revoke_sessions(actor, name).await?;
             ok(json!({ "revoked": revoked }))
         }
+        (&Method::GET, ["overview"]) => ok(super::admin_page::overview_json(app).await?),
         (&Method::GET, ["containers"]) => ok(json!({ "containers": environments.list().await? })),
         (&Method::GET, ["audit"]) => {
             let limit = call.limit("limit", 100, 10_000)?;

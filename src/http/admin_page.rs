@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use hyper::header::HeaderMap;
 use hyper::{Request, StatusCode};
 
-use super::dashboard::{cpu_text, memory_text, start_briefly, state_key};
+use super::dashboard::{cpu_text, memory_text, relative, start_briefly, state_key};
 use super::errors::HttpError;
 use super::forms::{self, SignedInForm, button, csrf_field};
 use super::layout::{Nav, shell, time_ago};
@@ -174,12 +174,12 @@ async fn users_panel(app: &App, me: &Identity, csrf: &str) -> Result<String, Htt
             .map(|d| format!(r#"<br><span class="error">{}</span>"#, escape(d)))
             .unwrap_or_default();
         rows.push_str(&format!(
-            r#"<tr data-state="{state}" data-admin="{admin}" data-disabled="{disabled}">
+            r#"<tr data-user="{name}" data-state="{state}" data-admin="{admin}" data-disabled="{disabled}">
 <th scope="row" data-value="{name}"><a href="{link}">{name}</a>{tags}{email}</th>
-<td data-value="{state}"><span class="state state-{state}">{label}</span>{detail}</td>
-<td data-value="{activity}">{activity_text}</td>
-<td data-value="{cpu_value}">{cpu}</td>
-<td data-value="{memory_value}">{memory}</td>
+<td data-field="state" data-value="{state}"><span class="state state-{state}">{label}</span>{detail}</td>
+<td data-field="activity" data-value="{activity}">{activity_text}</td>
+<td data-field="cpu" data-value="{cpu_value}">{cpu}</td>
+<td data-field="memory" data-value="{memory_value}">{memory}</td>
 <td class="actions"><div>{environment}</div><details><summary>Account</summary><div>{account}</div>{delete}</details></td>
 </tr>"#,
             name = escape(&user.name),
@@ -324,6 +324,36 @@ fn audit_panel(app: &App, query: &HashMap<String, String>) -> Result<String, Htt
         text = escape(get("text")),
         shown = entries.len(),
     ))
+}
+
+/// `GET /_spawngate/api/overview` (admin API): every user's environment, raw and
+/// in the admin table's words, for `admin.js` to refresh the table with.
+pub(super) async fn overview_json(app: &App) -> Result<serde_json::Value, HttpError> {
+    let overviews = app.environments.overviews().await?;
+    let users: Vec<serde_json::Value> = overviews
+        .iter()
+        .map(|o| {
+            let (state, label) = state_key(o.state);
+            let activity = o.last_activity.as_deref();
+            serde_json::json!({
+                "user": o.user,
+                "environment": o,
+                "text": {
+                    "state": state,
+                    "label": label,
+                    "activity": activity.and_then(relative).unwrap_or_else(|| "—".into()),
+                    "cpu": cpu_text(o),
+                    "memory": memory_text(o),
+                },
+                "sort": {
+                    "activity": activity.and_then(crate::time::parse_rfc3339).unwrap_or(0),
+                    "cpu": o.usage.and_then(|u| u.cpu_percent).unwrap_or(-1.0),
+                    "memory": o.usage.and_then(|u| u.memory_bytes).unwrap_or(0),
+                },
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "users": users }))
 }
 
 /// `POST /_spawngate/admin/<action>`.

@@ -115,7 +115,7 @@ pub(super) fn state_key(state: ContainerState) -> (&'static str, &'static str) {
 }
 
 /// "3 min ago" / "in 12 min" for an RFC 3339 time; `None` if unreadable.
-fn relative(at: &str) -> Option<String> {
+pub(super) fn relative(at: &str) -> Option<String> {
     let delta = crate::time::unix_now() - crate::time::parse_rfc3339(at)?;
     Some(if delta >= 0 {
         format!("{} ago", human_duration(delta))

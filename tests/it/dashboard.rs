@@ -409,6 +409,21 @@ async fn admin_sessions_use_the_admin_api_with_csrf_and_only_admins_do() {
         "{body}"
     );
 
+    // What the admin page's script refreshes the table with.
+    let (status, overview) = alice.api(&h, Method::GET, "overview", None, false).await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    let users = overview["users"].as_array().unwrap();
+    assert_eq!(users.len(), 4, "{overview}");
+    let dave = users.iter().find(|u| u["user"] == "dave").unwrap();
+    assert_eq!(dave["environment"]["state"], "not_exists");
+    assert_eq!(dave["text"]["label"], "not created");
+    let (status, _) = bob.api(&h, Method::GET, "overview", None, false).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "bob is disabled: no session at all"
+    );
+
     // The admin page: admins only; without a session, sign in first.
     let page = carol.page(&h, "/_spawngate/admin").await;
     assert_eq!(page.status(), StatusCode::FORBIDDEN);

@@ -57,4 +57,33 @@
     });
   });
   filter();
+
+  // Every few seconds, the environments' state and use from the admin API (the
+  // admin's own session is enough to read it).
+  async function refresh() {
+    try {
+      const resp = await fetch("/_spawngate/api/overview", { credentials: "same-origin", headers: { Accept: "application/json" } });
+      if (resp.ok) {
+        for (const u of (await resp.json()).users) {
+          const row = rows.find((r) => r.dataset.user === u.user);
+          if (!row) continue;
+          row.dataset.state = u.text.state;
+          const cell = (name) => row.querySelector('[data-field="' + name + '"]');
+          const badge = cell("state").querySelector(".state");
+          badge.textContent = u.text.label;
+          badge.className = "state state-" + u.text.state;
+          cell("state").dataset.value = u.text.state;
+          for (const name of ["activity", "cpu", "memory"]) {
+            cell(name).textContent = u.text[name];
+            cell(name).dataset.value = u.sort[name];
+          }
+        }
+        filter();
+      }
+    } catch (e) {
+      // The next round tries again.
+    }
+    setTimeout(refresh, 10000);
+  }
+  setTimeout(refresh, 10000);
 })();
