@@ -180,6 +180,20 @@ async fn a_browser_uses_the_dashboard_and_an_admin_disables_a_user_from_the_admi
     )
     .await;
     let audit = b.text("document.querySelector('#audit').innerText").await;
+    // The table refreshes itself from the admin API with the admin's session.
+    b.wait_for(
+        20,
+        "the users table to refresh",
+        "Number(document.querySelector('#users').dataset.refreshed || 0) >= 1",
+    )
+    .await;
+    assert_eq!(
+        b.text(
+            "document.querySelector('tr[data-user=\"bob\"] [data-field=state] .state').textContent"
+        )
+        .await,
+        "not created"
+    );
     assert!(audit.contains("alice") && audit.contains("bob"), "{audit}");
 
     // Error pages, in the same look.

@@ -79,11 +79,12 @@
           }
         }
         filter();
+        table.dataset.refreshed = String(Number(table.dataset.refreshed || 0) + 1);
       }
     } catch (e) {
       // The next round tries again.
     }
-    setTimeout(refresh, 10000);
+    setTimeout(refresh, 5000);
   }
-  setTimeout(refresh, 10000);
+  setTimeout(refresh, 5000);
 })();
