@@ -36,6 +36,13 @@ async fn a_browser_uses_the_dashboard_and_an_admin_disables_a_user_from_the_admi
     // Signs in through a link that continues to the dashboard.
     let link = h.app.accounts.login_link("alice").await.unwrap().url;
     b.navigate(&format!("{link}&next=%2F_spawngate%2F")).await;
+    b.wait_for(
+        20,
+        "the confirm page",
+        "document.querySelector('form button[type=submit]') !== null",
+    )
+    .await;
+    b.screenshot("login.png").await;
     b.click("form button[type=submit]").await;
     b.wait_for(
         30,
