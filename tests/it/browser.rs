@@ -212,14 +212,25 @@ impl Browser {
     /// repository root); returns its path.
     pub async fn screenshot(&mut self, name: &str) -> std::path::PathBuf {
         use base64::Engine;
-        let shot = self
-            .call(
-                "Page.captureScreenshot",
-                json!({ "format": "png", "captureBeyondViewport": true }),
-            )
+        self.wait_for(20, "the page to load", "document.readyState === 'complete'")
             .await;
+        // A busy machine can refuse a capture for a moment (a frame not ready).
+        let mut data = None;
+        for _ in 0..20 {
+            let shot = self
+                .call(
+                    "Page.captureScreenshot",
+                    json!({ "format": "png", "captureBeyondViewport": true }),
+                )
+                .await;
+            if let Some(d) = shot["data"].as_str() {
+                data = Some(d.to_owned());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let png = base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().expect("screenshot data"))
+            .decode(data.unwrap_or_else(|| panic!("no screenshot of {name} after 20 tries")))
             .unwrap();
         let dir = crate::harness::repo_root().join("target/screenshots");
         std::fs::create_dir_all(&dir).unwrap();
