@@ -74,6 +74,18 @@ enum UserCommand {
         name: String,
         #[arg(long)]
         email: Option<String>,
+        /// An admin user: may use the admin page and API with their own session.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Change an existing user: `--admin true|false`, `--disabled true|false`.
+    Set {
+        name: String,
+        #[arg(long, value_name = "true|false")]
+        admin: Option<bool>,
+        /// A disable revokes every session, link and token of the user.
+        #[arg(long, value_name = "true|false")]
+        disabled: Option<bool>,
     },
     /// List users.
     List {
@@ -326,18 +338,52 @@ async fn shutdown_signal() {
 
 async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
     match command {
-        UserCommand::Add { name, email } => {
+        UserCommand::Add { name, email, admin } => {
             let v = admin_call(
                 config,
                 Method::POST,
                 "/_spawngate/api/users",
-                Some(json!({ "name": name, "email": email })),
+                Some(json!({ "name": name, "email": email, "admin": admin })),
             )
             .await?;
             println!(
-                "created user {}: {}",
+                "created {}user {}: {}",
+                if admin { "admin " } else { "" },
                 v["name"].as_str().unwrap_or_default(),
                 v["url"].as_str().unwrap_or_default()
+            );
+        }
+        UserCommand::Set {
+            name,
+            admin,
+            disabled,
+        } => {
+            if admin.is_none() && disabled.is_none() {
+                bail!("nothing to change: pass --admin true|false or --disabled true|false");
+            }
+            let mut patch = serde_json::Map::new();
+            if let Some(admin) = admin {
+                patch.insert("admin".into(), admin.into());
+            }
+            if let Some(disabled) = disabled {
+                patch.insert("disabled".into(), disabled.into());
+            }
+            let v = admin_call(
+                config,
+                Method::PATCH,
+                &format!("/_spawngate/api/users/{name}"),
+                Some(Value::Object(patch)),
+            )
+            .await?;
+            println!(
+                "user {}: admin {}, {}",
+                v["name"].as_str().unwrap_or_default(),
+                if v["admin"] == true { "yes" } else { "no" },
+                if v["disabled"] == true {
+                    "disabled"
+                } else {
+                    "enabled"
+                }
             );
         }
         UserCommand::List { json } => {
@@ -345,16 +391,24 @@ async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&v["users"])?);
             } else {
-                println!("{:<24} {:<14} {:<6} URL", "NAME", "SLUG", "STATE");
+                println!(
+                    "{:<24} {:<14} {:<6} {:<6} URL",
+                    "NAME", "SLUG", "STATE", "ADMIN"
+                );
                 for u in v["users"].as_array().into_iter().flatten() {
                     println!(
-                        "{:<24} {:<14} {:<6} {}",
+                        "{:<24} {:<14} {:<6} {:<6} {}",
                         u["name"].as_str().unwrap_or_default(),
                         u["slug"].as_str().unwrap_or_default(),
                         if u["disabled"].as_bool() == Some(true) {
                             "off"
                         } else {
                             "on"
+                        },
+                        if u["admin"].as_bool() == Some(true) {
+                            "yes"
+                        } else {
+                            "no"
                         },
                         u["url"].as_str().unwrap_or_default()
                     );

@@ -124,6 +124,12 @@ impl SessionId {
     pub fn from_claim(s: String) -> Self {
         SessionId(s)
     }
+    /// A public name for the session in lists (to revoke it by) that is not the
+    /// id itself: pages and scripts never see a session id.
+    pub fn handle(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(self.0.as_bytes())[..8])
+    }
 }
 
 /// A secret value (token, key). Its `Debug` never prints the contents and comparisons

@@ -8,7 +8,8 @@
 //!
 //! - **Entry points.** [`cli`]: the `spawngate` command; [`server`]: the TCP and
 //!   control-socket listeners with graceful shutdown; [`http`]: request routing and
-//!   handlers (forwardAuth, login, the user and admin APIs, pages), with
+//!   handlers (forwardAuth, login, the user and admin APIs, the dashboard and the
+//!   admin page, pages), with
 //!   [`http::errors`], the one mapping of errors to JSON and HTML; [`app`]: wiring
 //!   only, it builds the services and hands them to the entry points.
 //! - **Services** (each owns its operations, validation and audit entries):

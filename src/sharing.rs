@@ -210,6 +210,7 @@ mod tests {
             password_hash: None,
             shared_with: shares,
             credential_generation: 0,
+            admin: false,
         }
     }
 

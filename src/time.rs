@@ -20,3 +20,28 @@ pub fn rfc3339(unix: i64) -> String {
         })
         .unwrap_or_else(|| unix.to_string())
 }
+
+/// Unix seconds of an RFC 3339 time; `None` for unreadable ones and for the
+/// zero time (`0001-01-01T00:00:00Z`) Docker reports for "never".
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
+        .filter(|t| *t > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips_and_docker_zero_is_never() {
+        assert_eq!(parse_rfc3339(&rfc3339(1_700_000_000)), Some(1_700_000_000));
+        assert_eq!(
+            parse_rfc3339("2026-12-01T14:44:05.123456789Z"),
+            Some(1_796_136_245)
+        );
+        assert_eq!(parse_rfc3339("0001-01-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+}

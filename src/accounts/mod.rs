@@ -4,6 +4,7 @@
 
 mod provisioning;
 mod tokens;
+pub use tokens::{NewToken, SessionView, TokenView};
 pub mod validate;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct UserView {
     pub url: String,
     pub created: String,
     pub disabled: bool,
+    /// May use the admin page and API with their own session.
+    pub admin: bool,
     pub overrides: Overrides,
     pub shared_with: Vec<crate::sharing::ShareView>,
 }
@@ -91,6 +94,7 @@ impl Accounts {
             url: self.environments.url(user),
             created: rfc3339(user.created),
             disabled: user.disabled,
+            admin: user.admin,
             overrides: user.overrides.clone(),
             shared_with: self.sharing.shares_of(user),
         }
@@ -119,6 +123,17 @@ impl Accounts {
     }
 
     pub async fn add_user(&self, actor: &str, name: &str, email: Option<&str>) -> Result<UserView> {
+        self.add_user_with(actor, name, email, false).await
+    }
+
+    /// [`Accounts::add_user`], as an admin user when `admin`.
+    pub async fn add_user_with(
+        &self,
+        actor: &str,
+        name: &str,
+        email: Option<&str>,
+        admin: bool,
+    ) -> Result<UserView> {
         validate::name(name)?;
         // Stored lower-case: uniqueness and email login ignore case.
         let email = email.map(|e| e.trim().to_ascii_lowercase());
@@ -128,12 +143,25 @@ impl Accounts {
         }
         let port_range =
             (self.config.docker.mode == NetworkMode::Host).then_some(self.config.docker.host_ports);
-        let user = Arc::new(self.store.create_user(name, email, port_range).await?);
+        let mut user = self.store.create_user(name, email, port_range).await?;
+        // A second write: a crash between the two leaves an ordinary user, never
+        // an admin nobody asked for.
+        if admin {
+            user = self
+                .store
+                .modify_user(&user.id, |u| {
+                    u.admin = true;
+                    Ok::<_, Error>(())
+                })
+                .await??;
+        }
+        let user = Arc::new(user);
+        let role = if admin { ", admin" } else { "" };
         self.store.audit(
             actor,
             "user.create",
             &user.name,
-            Some(format!("slug {}", user.slug)),
+            Some(format!("slug {}{role}", user.slug)),
         );
         self.publish("user.created", &user, actor);
         // With a warm pool the first request takes a running spare instead.
@@ -254,6 +282,30 @@ impl Accounts {
             "user.enabled"
         };
         self.publish(kind, &user, actor);
+        Ok(self.user_view(&updated))
+    }
+
+    /// Makes a user an admin (the admin page and API with their own session) or
+    /// takes that away. Taking it away acts on the very next request: the admin
+    /// API reads the flag from the current directory each time.
+    pub async fn set_admin(&self, actor: &str, key: &str, admin: bool) -> Result<UserView> {
+        let user = self.find_user(key)?;
+        let updated = if user.admin == admin {
+            (*user).clone()
+        } else {
+            self.store
+                .modify_user(&user.id, |u| {
+                    u.admin = admin;
+                    Ok::<_, Error>(())
+                })
+                .await??
+        };
+        let action = if admin {
+            "user.admin.grant"
+        } else {
+            "user.admin.revoke"
+        };
+        self.store.audit(actor, action, &updated.name, None);
         Ok(self.user_view(&updated))
     }
 

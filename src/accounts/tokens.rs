@@ -19,6 +19,17 @@ pub struct TokenView {
     pub created: String,
 }
 
+/// One of a user's sign-in sessions, as they see it in their list.
+#[derive(Debug, Serialize)]
+pub struct SessionView {
+    /// [`SessionId::handle`]: what revoking names.
+    pub id: String,
+    pub created: String,
+    pub expires: String,
+    /// The session making this request.
+    pub current: bool,
+}
+
 /// A token just created: the only time its secret is shown.
 #[derive(Debug, Serialize)]
 pub struct NewToken {
@@ -114,6 +125,42 @@ impl Accounts {
             Some(id.to_owned()),
         );
         Ok(())
+    }
+
+    /// `user`'s live sign-in sessions; `current` is the caller's own.
+    pub fn sessions(&self, user: &User, current: Option<&SessionId>) -> Result<Vec<SessionView>> {
+        Ok(self
+            .store
+            .sessions_of(&user.id)?
+            .into_iter()
+            .map(|(sid, s)| SessionView {
+                id: sid.handle(),
+                created: rfc3339(s.created),
+                expires: rfc3339(s.expires),
+                current: current == Some(&sid),
+            })
+            .collect())
+    }
+
+    /// Ends one of `user`'s sessions, named by its handle (the app-host sessions
+    /// handed off from it end with it). Returns whether it was `current`.
+    pub async fn revoke_session(
+        &self,
+        user: &User,
+        handle: &str,
+        current: Option<&SessionId>,
+    ) -> Result<bool> {
+        let sid = self
+            .store
+            .sessions_of(&user.id)?
+            .into_iter()
+            .map(|(sid, _)| sid)
+            .find(|sid| sid.handle() == handle)
+            .ok_or(Error::NotFound("session"))?;
+        self.store.delete_session(&sid).await?;
+        self.store
+            .audit(&user.name, "session.revoke", &user.name, Some(sid.handle()));
+        Ok(current == Some(&sid))
     }
 
     /// A user changes their own password: they must know the current one (if

@@ -1,12 +1,14 @@
 //! The admin JSON API under `/_spawngate/api/`. Over TCP it needs an admin bearer
-//! token; over the control socket the operator is trusted by file permission.
+//! token or the session of an admin user (whose changes carry the session's CSRF
+//! token in `X-Spawngate-CSRF`, the cookie being ambient); over the control socket
+//! the operator is trusted by file permission.
 
 use hyper::{Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::errors::HttpError;
-use super::{Peer, ReqBody, Resp, api_error, bearer, json, parse_json};
+use super::{Peer, ReqBody, Resp, bearer, json, parse_json};
 use crate::app::App;
 use crate::error::Error;
 
@@ -16,6 +18,18 @@ struct NewUser {
     name: String,
     #[serde(default)]
     email: Option<String>,
+    #[serde(default)]
+    admin: bool,
+}
+
+/// `PATCH …/users/<name>`: the flags to change; absent ones stay.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    #[serde(default)]
+    admin: Option<bool>,
+    #[serde(default)]
+    disabled: Option<bool>,
 }
 
 /// `PUT …/shares/<user>`: grant access (`{"read_only": true}` for read-only).
@@ -40,19 +54,10 @@ where
     // Who is acting, for the audit log.
     let actor = match peer {
         Peer::Control => "operator".to_owned(),
-        Peer::Network(_) => {
-            let found = match bearer(req.headers()) {
-                Some(token) => match app.store.admin_token(token.expose()) {
-                    Ok(found) => found,
-                    Err(e) => return operator_error(e),
-                },
-                None => None,
-            };
-            match found {
-                Some(token) => format!("admin:{}", token.name),
-                None => return api_error(Error::Unauthorized),
-            }
-        }
+        Peer::Network(_) => match network_actor(app, req.headers(), req.method()) {
+            Ok(actor) => actor,
+            Err((e, audience)) => return super::errors::json_answer(&e, audience),
+        },
     };
     let method = req.method().clone();
     // A backup holds the session and container keys: with it anyone can forge
@@ -77,6 +82,41 @@ where
         Ok((status, value)) => json(status, &value),
         Err(e) => operator_error(e),
     }
+}
+
+/// Who calls over the network: an admin token's holder (`admin:<token name>`) or
+/// an admin user (by name). A personal API token never counts, whoever owns it.
+fn network_actor(
+    app: &App,
+    headers: &hyper::HeaderMap,
+    method: &Method,
+) -> Result<String, (HttpError, super::errors::Audience)> {
+    use super::errors::Audience;
+    if let Some(token) = bearer(headers) {
+        return match app.store.admin_token(token.expose()) {
+            Ok(Some(token)) => Ok(format!("admin:{}", token.name)),
+            Ok(None) => Err((Error::Unauthorized.into(), Audience::User)),
+            Err(e) => Err((e.into(), Audience::Operator)),
+        };
+    }
+    let identity = match app.identities.identify(headers) {
+        Ok(Some(identity)) => identity,
+        Ok(None) => return Err((Error::Unauthorized.into(), Audience::User)),
+        Err(e) => return Err((e.into(), Audience::User)),
+    };
+    if !identity.user.admin {
+        return Err((
+            Error::Forbidden("the admin API is for admins").into(),
+            Audience::User,
+        ));
+    }
+    if method != Method::GET && !super::csrf_header_ok(app, &identity.session, headers) {
+        return Err((
+            Error::Forbidden("missing or wrong X-Spawngate-CSRF header").into(),
+            Audience::User,
+        ));
+    }
+    Ok(identity.user.name.clone())
 }
 
 /// `GET /_spawngate/api/backup` (control socket only): the whole store as a backup
@@ -157,11 +197,22 @@ where
         (&Method::POST, ["users"]) => {
             let body: NewUser = parse_json(req).await?;
             let user = accounts
-                .add_user(actor, &body.name, body.email.as_deref())
+                .add_user_with(actor, &body.name, body.email.as_deref(), body.admin)
                 .await?;
             Ok((StatusCode::CREATED, to_json(&user)))
         }
         (&Method::GET, ["users", name]) => ok(to_json(&accounts.user_view(&*user(name)?))),
+        (&Method::PATCH | &Method::PUT, ["users", name]) => {
+            let patch: UserPatch = parse_json(req).await?;
+            let mut view = accounts.user_view(&*user(name)?);
+            if let Some(admin) = patch.admin {
+                view = accounts.set_admin(actor, name, admin).await?;
+            }
+            if let Some(disabled) = patch.disabled {
+                view = accounts.set_disabled(actor, name, disabled).await?;
+            }
+            ok(to_json(&view))
+        }
         (&Method::DELETE, ["users", name]) => {
             accounts.remove_user(actor, name).await?;
             ok(json!({ "deleted": name }))
@@ -220,15 +271,17 @@ where
             let revoked = accounts.revoke_sessions(actor, name).await?;
             ok(json!({ "revoked": revoked }))
         }
+        (&Method::GET, ["overview"]) => ok(super::admin_page::overview_json(app).await?),
         (&Method::GET, ["containers"]) => ok(json!({ "containers": environments.list().await? })),
         (&Method::GET, ["audit"]) => {
             let limit = call.limit("limit", 100, 10_000)?;
             ok(json!({ "entries": app.store.audit_entries(limit)? }))
         }
-        (&Method::POST, ["users", name, "login-link"]) => Ok((
-            StatusCode::CREATED,
-            to_json(&accounts.login_link(name).await?),
-        )),
+        (&Method::POST, ["users", name, "login-link"]) => {
+            let link = accounts.login_link(name).await?;
+            app.store.audit(actor, "user.login-link", &link.user, None);
+            Ok((StatusCode::CREATED, to_json(&link)))
+        }
         // Minting admin tokens is for the local operator only.
         (&Method::POST, ["tokens"]) if peer == Peer::Control => {
             let body: NewToken = parse_json(req).await?;

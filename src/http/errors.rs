@@ -108,23 +108,31 @@ pub fn json_answer(e: &HttpError, audience: Audience) -> Resp {
 pub fn html_answer(e: &HttpError) -> Resp {
     log_storage(e);
     let message = e.message(Audience::User);
+    let back = r#"<p><a href="/_spawngate/">Back to your dashboard</a></p>"#;
     let extra = match e {
         HttpError::Domain(Error::Storage(_)) => {
             "<p class=\"muted\">Your sign-in is not the problem. Try again in a few minutes.</p>"
         }
+        HttpError::Domain(Error::Unavailable(_)) => {
+            r#"<p class="muted">Nothing is wrong with your account. Try again in a few minutes.</p><p><a href="/_spawngate/">Back to your dashboard</a></p>"#
+        }
         HttpError::Domain(Error::Forbidden(_) | Error::NotFound(_)) => {
-            r#"<p><a href="/_spawngate/">Go to your own environment</a></p>"#
+            r#"<p><a href="/_spawngate/">Go to your dashboard</a></p>"#
         }
         HttpError::Domain(Error::Unauthorized) => {
             r#"<p><a href="/_spawngate/login">Sign in</a></p>"#
         }
-        _ => "",
+        _ => back,
     };
     let mut sentence = message.trim_end_matches('.').to_owned();
     if let Some(first) = sentence.get(..1) {
         sentence.replace_range(..1, &first.to_ascii_uppercase());
     }
-    let body = format!("<p>{}.</p>{extra}", pages::escape(&sentence));
+    let body = format!(
+        r#"<p class="status">Error {}</p><p>{}.</p>{extra}"#,
+        e.status().as_u16(),
+        pages::escape(&sentence)
+    );
     let mut resp = html(e.status(), pages::page(e.title(), "", &body));
     decorate(&mut resp, e);
     resp
@@ -229,9 +237,18 @@ mod tests {
                 assert_eq!(body["error"]["code"], code);
                 assert!(!body["error"]["message"].as_str().unwrap().is_empty());
             }
-            // Browsers get a page with the same status.
+            // Browsers get a page with the same status, which it names.
             let page = answer(&err, true);
             assert_eq!(page.status().as_u16(), status);
+            let html = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+                answer(&err, true).into_body(),
+            ))
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+            let html = String::from_utf8_lossy(&html);
+            assert!(html.contains(&format!("Error {status}")), "{html}");
+            assert!(html.contains("/_spawngate/assets/style.css"), "{html}");
             assert!(
                 page.headers()["content-type"]
                     .to_str()

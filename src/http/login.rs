@@ -297,7 +297,7 @@ fn store_unavailable(e: &dyn std::fmt::Display) -> Resp {
 
 /// Where a form post comes from, as far as the browser says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FormOrigin {
+pub(super) enum FormOrigin {
     /// Our own page, or not a browser (no `Origin`, no Fetch Metadata).
     Same,
     /// Another site: refused.
@@ -312,7 +312,7 @@ enum FormOrigin {
 /// (`Sec-Fetch-Site`); others send `Origin`, which must be the public origin.
 /// (Logout and the self-service API also need a CSRF token; a login confirmation
 /// needs its one-time token.)
-fn form_origin(app: &App, headers: &HeaderMap) -> FormOrigin {
+pub(super) fn form_origin(app: &App, headers: &HeaderMap) -> FormOrigin {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = header("sec-fetch-site") {
         return if site == "same-origin" || site == "none" {
@@ -557,47 +557,4 @@ where
         resp.headers_mut().insert(SET_COOKIE, v);
     }
     resp
-}
-
-/// `/_spawngate/`: who you are and where your environment is.
-pub fn home(app: &App, headers: &HeaderMap) -> Resp {
-    let identity = match app.identities.identify(headers) {
-        Ok(Some(identity)) => identity,
-        Ok(None) => return redirect(StatusCode::FOUND, "/_spawngate/login"),
-        Err(e) => return store_unavailable(&e),
-    };
-    let url = app.environments.link(&identity.user);
-    let shared: String = app
-        .sharing
-        .shared_with(&identity.user)
-        .iter()
-        .map(|s| {
-            format!(
-                r#"<li><a href="{}">{}</a>{}</li>"#,
-                escape(&s.url),
-                escape(&s.owner),
-                if s.read_only { " (read-only)" } else { "" }
-            )
-        })
-        .collect();
-    let shared = if shared.is_empty() {
-        String::new()
-    } else {
-        format!("<p>Shared with you:</p><ul>{shared}</ul>")
-    };
-    html(
-        StatusCode::OK,
-        page(
-            "spawngate",
-            "",
-            &format!(
-                r#"<p>Signed in as <strong>{}</strong>.</p>
-<p><a href="{}">Open your environment</a></p>{shared}
-<form method="post" action="/_spawngate/logout"><input type="hidden" name="csrf" value="{}"><button type="submit">Sign out</button></form>"#,
-                escape(&identity.user.name),
-                escape(&url),
-                escape(&app.sessions.csrf_token(&identity.session))
-            ),
-        ),
-    )
 }

@@ -36,30 +36,23 @@ async fn route<B: ReqBody>(
     rest: &str,
 ) -> Result<(StatusCode, serde_json::Value), HttpError> {
     let method = req.method().clone();
-    let (user, session): (Arc<User>, Option<SessionId>) = match app
-        .identities
-        .identify(req.headers())?
-    {
-        Some(identity) => {
-            if method != Method::GET {
-                let presented = req
-                    .headers()
-                    .get("x-spawngate-csrf")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
-                if !app.sessions.csrf_ok(&identity.session, presented) {
+    let (user, session): (Arc<User>, Option<SessionId>) =
+        match app.identities.identify(req.headers())? {
+            Some(identity) => {
+                if method != Method::GET
+                    && !super::csrf_header_ok(app, &identity.session, req.headers())
+                {
                     return Err(Error::Forbidden("missing or wrong X-Spawngate-CSRF header").into());
                 }
+                (identity.user, Some(identity.session))
             }
-            (identity.user, Some(identity.session))
-        }
-        None => (
-            app.identities
-                .identify_token(req.headers())?
-                .ok_or(Error::Unauthorized)?,
-            None,
-        ),
-    };
+            None => (
+                app.identities
+                    .identify_token(req.headers())?
+                    .ok_or(Error::Unauthorized)?,
+                None,
+            ),
+        };
     let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
     let csrf = session.as_ref().map(|sid| app.sessions.csrf_token(sid));
     if session.is_none() && method != Method::GET && !matches!(parts.as_slice(), ["tokens", _]) {
@@ -76,6 +69,14 @@ async fn route<B: ReqBody>(
                 json!({ "name": view.name, "slug": view.slug, "url": view.url, "csrf": csrf }),
             ))
         }
+        (&Method::GET, ["dashboard"]) => Ok((
+            StatusCode::OK,
+            super::dashboard::json_view(app, &user).await?,
+        )),
+        (&Method::GET, ["sessions"]) => Ok((
+            StatusCode::OK,
+            json!({ "sessions": accounts.sessions(&user, session.as_ref())? }),
+        )),
         (&Method::GET, ["tokens"]) => Ok((
             StatusCode::OK,
             json!({ "tokens": accounts.api_tokens(&user)? }),

@@ -1,11 +1,15 @@
 //! Request routing and the small response helpers every handler uses.
 
 mod admin;
+mod admin_page;
 mod app_gone;
 mod assets;
+mod dashboard;
 pub mod errors;
+mod forms;
 mod forward_auth;
 mod handoff;
+mod layout;
 mod login;
 mod me;
 mod metrics;
@@ -182,9 +186,24 @@ where
             let rest = p["/_spawngate/oidc/".len()..].to_owned();
             oidc::handle(&app, req, &rest).await
         }
-        (&Method::GET, "/_spawngate/" | "/_spawngate") => login::home(&app, req.headers()),
+        (&Method::GET, "/_spawngate/" | "/_spawngate") => {
+            dashboard::page(&app, req.headers(), &query_map(req.uri())).await
+        }
+        (&Method::POST, p) if p.starts_with("/_spawngate/me/") => {
+            let action = p["/_spawngate/me/".len()..].to_owned();
+            dashboard::post(&app, req, &action).await
+        }
+        (&Method::GET, admin_page::PATH) => {
+            admin_page::page(&app, req.headers(), &query_map(req.uri())).await
+        }
+        (&Method::POST, p) if p.starts_with("/_spawngate/admin/") => {
+            let action = p["/_spawngate/admin/".len()..].to_owned();
+            admin_page::post(&app, req, &action).await
+        }
         // Traefik's catch-all for `/u-…` paths no user router matched.
         (_, p) if p.starts_with("/u-") => forward_auth::unknown_user_path(&app, req.headers(), p),
+        // A browser gets the page, in the pages' look.
+        _ if wants_html(req.headers()) => errors::html_answer(&Error::NotFound("page").into()),
         _ => errors::not_found(),
     };
     Ok(resp)
@@ -361,3 +380,17 @@ pub fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 pub use crate::auth::bearer;
+
+/// Header a signed-in page's scripts send with every change, carrying the
+/// session's CSRF token (the cookie alone is ambient: any site can make the
+/// browser send it).
+pub const CSRF_HEADER: &str = "x-spawngate-csrf";
+
+/// Whether `headers` carry `session`'s CSRF token in [`CSRF_HEADER`].
+pub fn csrf_header_ok(app: &App, session: &crate::ids::SessionId, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    app.sessions.csrf_ok(session, presented)
+}

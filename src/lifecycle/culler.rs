@@ -54,6 +54,56 @@ impl Action {
     }
 }
 
+/// What the culler will do next to an environment, and when, unless it is used
+/// meanwhile (activity moves every idle tier back).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CullPlan {
+    /// `pause`, `stop` or `remove`.
+    pub action: &'static str,
+    /// Unix seconds (already past when the culler's next look is due).
+    pub at: i64,
+    pub reason: &'static str,
+}
+
+/// The first tier [`decide`] will fire for an environment last active at `last`
+/// and started at `started` (Unix seconds), with the same rules. Pure.
+pub(super) fn plan(
+    lc: &crate::config::LifecycleConfig,
+    can_pause: bool,
+    phase: &Phase,
+    present: bool,
+    last: i64,
+    started: Option<i64>,
+) -> Option<CullPlan> {
+    let after = |limit: Option<Duration>, from: i64| limit.map(|l| from + l.as_secs() as i64);
+    let live = matches!(phase, Phase::Ready | Phase::Paused);
+    let candidates = [
+        live.then(|| started.and_then(|s| after(lc.max_lifetime, s)))
+            .flatten()
+            .map(|at| (Action::Stop, at, "maximum lifetime reached")),
+        (live || (matches!(phase, Phase::Stopped) && present))
+            .then(|| after(lc.remove_after, last))
+            .flatten()
+            .map(|at| (Action::Remove, at, "idle")),
+        live.then(|| after(lc.idle_timeout, last))
+            .flatten()
+            .map(|at| (Action::Stop, at, "idle")),
+        (can_pause && matches!(phase, Phase::Ready))
+            .then(|| after(lc.pause_after, last))
+            .flatten()
+            .map(|at| (Action::Pause, at, "idle")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .min_by_key(|(_, at, _)| *at)
+        .map(|(action, at, reason)| CullPlan {
+            action: action.verb(),
+            at,
+            reason,
+        })
+}
+
 /// What to do with a container that has been idle `idle` seconds and running for
 /// `age` seconds, given its phase. Pure, so the tiers are unit-tested directly.
 /// Without `can_pause` (the runtime cannot), the pause tier is skipped.
@@ -88,6 +138,25 @@ impl Lifecycle {
     fn cull_interval(&self) -> Option<Duration> {
         let first = self.config.lifecycle.first_tier()?;
         Some((first / 4).clamp(Duration::from_millis(500), Duration::from_secs(30)))
+    }
+
+    /// What the culler will do next to `user`'s environment, and when; `None`
+    /// when no tier applies (or the environment was never seen active).
+    pub fn cull_plan(&self, user: &User) -> Option<CullPlan> {
+        let slot = self.slot(&user.id);
+        let last = slot.last_activity.load(Ordering::Relaxed);
+        if last == 0 {
+            return None;
+        }
+        let started = slot.started.load(Ordering::Relaxed);
+        plan(
+            &self.config.lifecycle,
+            self.runtime.capabilities().pause,
+            &slot.phase.get(),
+            slot.present.load(Ordering::Relaxed),
+            last,
+            (started > 0).then_some(started),
+        )
     }
 
     /// Runs the culler until shutdown begins. Does nothing if no tier is set.
@@ -324,6 +393,31 @@ mod tests {
             decide(&c, true, &Phase::Ready, true, 0, None),
             None,
             "age unknown"
+        );
+    }
+
+    #[test]
+    fn the_plan_names_the_first_tier_that_will_fire() {
+        let c = cfg(10, 60, 600, 0);
+        let p = |can_pause, phase: &Phase, started| plan(&c, can_pause, phase, true, 1000, started);
+        assert_eq!(
+            p(true, &Phase::Ready, None),
+            Some(CullPlan {
+                action: "pause",
+                at: 1010,
+                reason: "idle"
+            })
+        );
+        assert_eq!(p(false, &Phase::Ready, None).unwrap().at, 1060);
+        assert_eq!(p(true, &Phase::Paused, None).unwrap().action, "stop");
+        assert_eq!(p(true, &Phase::Stopped, None).unwrap().action, "remove");
+        assert_eq!(p(true, &Phase::Starting, None), None);
+        let lifetime = cfg(0, 60, 0, 30);
+        let early = plan(&lifetime, true, &Phase::Ready, true, 1000, Some(990)).unwrap();
+        assert_eq!((early.action, early.at), ("stop", 1020));
+        assert_eq!(
+            plan(&cfg(0, 0, 0, 0), true, &Phase::Ready, true, 1000, Some(1)),
+            None
         );
     }
 

@@ -9,6 +9,7 @@
 //! or stops the container simply waits and then resumes it.
 
 mod culler;
+pub use culler::CullPlan;
 mod phase;
 mod pool;
 mod progress;
@@ -1113,6 +1114,11 @@ impl Lifecycle {
         })
     }
 
+    /// CPU and memory use of the user's container, when it runs.
+    pub async fn stats(&self, user: &User) -> Result<Option<crate::runtime::Usage>, SpawnError> {
+        Ok(self.runtime.stats(&env_of(user)).await?)
+    }
+
     /// The last `tail` lines of the user's container output.
     pub async fn logs(&self, user: &User, tail: usize) -> Result<Vec<String>, SpawnError> {
         Ok(self.runtime.logs(&env_of(user), tail).await?)
@@ -1461,6 +1467,15 @@ mod tests {
         async fn network_bytes(&self, _env: &EnvId) -> Result<Option<u64>, RuntimeError> {
             assert!(self.capabilities.network_counters);
             Ok(Some(0))
+        }
+        async fn stats(&self, env: &EnvId) -> Result<Option<crate::runtime::Usage>, RuntimeError> {
+            Ok(self
+                .running(&self.name(env))
+                .then_some(crate::runtime::Usage {
+                    cpu_percent: Some(1.5),
+                    memory_bytes: Some(10 << 20),
+                    memory_limit_bytes: Some(512 << 20),
+                }))
         }
         async fn logs(&self, env: &EnvId, _tail: usize) -> Result<Vec<String>, RuntimeError> {
             Ok(match self.exited.lock().unwrap().get(&self.name(env)) {

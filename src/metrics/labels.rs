@@ -106,6 +106,7 @@ label_values! {
         List => "list",
         NetworkBytes => "network_bytes",
         Logs => "logs",
+        Stats => "stats",
         Remove => "remove",
         AdoptPooled => "adopt_pooled",
         Resources => "resources",

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 
 use super::{
     ContainerGone, ContainerInfo, ContainerSummary, EnvId, EnvironmentSpec, Isolation, Resource,
-    ResourceKind, RunState, Running, Runtime, RuntimeError,
+    ResourceKind, RunState, Running, Runtime, RuntimeError, Usage,
 };
 use crate::config::NetworkMode;
 use crate::ids::Slug;
@@ -147,6 +147,92 @@ pub struct DockerRuntime {
     /// set when a stream breaks, cleared once a new one is live. Events of the gap
     /// (a container removed while the stream was down) are not lost.
     events_gap: std::sync::Mutex<Option<i64>>,
+    /// The last CPU reading per container (name → counters), so a look at the
+    /// dashboard costs one one-shot stats call, the percent coming from the
+    /// difference to the reading before.
+    cpu_readings: std::sync::Mutex<HashMap<String, CpuReading>>,
+}
+
+/// A container's CPU counters at one moment (nanoseconds).
+#[derive(Clone, Copy, Debug)]
+struct CpuReading {
+    total: u64,
+    system: u64,
+    online_cpus: u32,
+    at: std::time::Instant,
+}
+
+/// A previous reading older than this is not a fair baseline (the percent would
+/// average over minutes): take a fresh pair instead.
+const CPU_READING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Between the two readings of a fresh pair.
+const CPU_SAMPLE_GAP: std::time::Duration = std::time::Duration::from_millis(300);
+
+impl DockerRuntime {
+    /// One one-shot stats reading: memory use and the CPU counters, or `None`
+    /// when the container does not exist or is not running.
+    async fn stats_once(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Usage, Option<CpuReading>)>, RuntimeError> {
+        let options = StatsOptions {
+            stream: false,
+            one_shot: true,
+        };
+        let mut stream = self.docker()?.stats(name, Some(options));
+        let stats = match stream.next().await {
+            Some(Ok(stats)) => stats,
+            Some(Err(e)) if status(&e) == Some(404) => return Ok(None),
+            Some(Err(e)) => return Err(classify(e)),
+            None => return Ok(None),
+        };
+        let memory = stats.memory_stats.unwrap_or_default();
+        // A stopped container answers with empty stats.
+        let Some(used) = memory.usage else {
+            if let Ok(mut readings) = self.cpu_readings.lock() {
+                readings.remove(name);
+            }
+            return Ok(None);
+        };
+        // What `docker stats` shows: the page cache the kernel can drop is not
+        // the app's (cgroup v2 `inactive_file`, v1 `total_inactive_file`).
+        let counters = memory.stats.unwrap_or_default();
+        let cache = counters
+            .get("inactive_file")
+            .or_else(|| counters.get("total_inactive_file"))
+            .copied()
+            .unwrap_or(0);
+        let cpu = stats.cpu_stats.unwrap_or_default();
+        let reading = match (
+            cpu.cpu_usage.and_then(|u| u.total_usage),
+            cpu.system_cpu_usage,
+        ) {
+            (Some(total), Some(system)) => Some(CpuReading {
+                total,
+                system,
+                online_cpus: cpu.online_cpus.unwrap_or(1).max(1),
+                at: std::time::Instant::now(),
+            }),
+            _ => None,
+        };
+        let usage = Usage {
+            cpu_percent: None,
+            memory_bytes: Some(used.saturating_sub(cache)),
+            memory_limit_bytes: memory.limit,
+        };
+        Ok(Some((usage, reading)))
+    }
+}
+
+/// `docker stats`' CPU percent between two readings: the container's share of
+/// the host's CPU time, times the CPUs (100 = one CPU busy).
+fn cpu_percent(before: &CpuReading, now: &CpuReading) -> Option<f64> {
+    let used = now.total.checked_sub(before.total)?;
+    let system = now.system.checked_sub(before.system)?;
+    if system == 0 {
+        return None;
+    }
+    Some(used as f64 / system as f64 * f64::from(now.online_cpus) * 100.0)
 }
 
 /// Label on each per-user network, so peers (Traefik) can be attached to all of them.
@@ -182,6 +268,7 @@ impl DockerRuntime {
             network_lock: tokio::sync::Mutex::new(()),
             known_networks: std::sync::Mutex::new(std::collections::HashSet::new()),
             events_gap: std::sync::Mutex::new(None),
+            cpu_readings: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -952,6 +1039,44 @@ impl Runtime for DockerRuntime {
         }
     }
 
+    async fn stats(&self, env: &EnvId) -> Result<Option<Usage>, RuntimeError> {
+        let name = self.name_of(env);
+        let Some(first) = self.stats_once(&name).await? else {
+            return Ok(None);
+        };
+        let before = self
+            .cpu_readings
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&name).copied())
+            .filter(|r| r.at.elapsed() < CPU_READING_MAX_AGE);
+        let (mut usage, reading) = first;
+        let reading = match (before, reading) {
+            (Some(before), Some(now)) => {
+                usage.cpu_percent = cpu_percent(&before, &now);
+                Some(now)
+            }
+            // No baseline: a second reading a moment later.
+            (None, Some(now)) => {
+                tokio::time::sleep(CPU_SAMPLE_GAP).await;
+                match self.stats_once(&name).await? {
+                    Some((second, Some(later))) => {
+                        usage = second;
+                        usage.cpu_percent = cpu_percent(&now, &later);
+                        Some(later)
+                    }
+                    _ => Some(now),
+                }
+            }
+            (_, None) => None,
+        };
+        if let (Some(reading), Ok(mut readings)) = (reading, self.cpu_readings.lock()) {
+            // Bounded by the containers that exist; stopped ones are dropped below.
+            readings.insert(name, reading);
+        }
+        Ok(Some(usage))
+    }
+
     async fn logs(&self, env: &EnvId, tail: usize) -> Result<Vec<String>, RuntimeError> {
         let options = LogsOptions {
             stdout: true,
@@ -1136,6 +1261,29 @@ impl DockerRuntime {
 mod tests {
     use super::*;
     use crate::runtime::Owner;
+
+    #[test]
+    fn cpu_percent_is_docker_stats_formula() {
+        let at = std::time::Instant::now();
+        let reading = |total, system| CpuReading {
+            total,
+            system,
+            online_cpus: 4,
+            at,
+        };
+        // A quarter of the host's CPU time on four CPUs: one CPU busy.
+        let p = cpu_percent(&reading(1_000, 10_000), &reading(2_000, 14_000)).unwrap();
+        assert!((p - 100.0).abs() < 1e-9, "{p}");
+        assert_eq!(
+            cpu_percent(&reading(1_000, 10_000), &reading(1_000, 10_000)),
+            None
+        );
+        // Counters that went back (a restart in between) measure nothing.
+        assert_eq!(
+            cpu_percent(&reading(5_000, 10_000), &reading(1_000, 20_000)),
+            None
+        );
+    }
 
     fn runtime(toml: &str) -> DockerRuntime {
         let config = crate::config::Config::from_sources(toml, Vec::new()).unwrap();

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     Capabilities, ContainerGone, ContainerInfo, ContainerSummary, EnvId, EnvironmentSpec, Resource,
-    Running, Runtime, RuntimeError,
+    Running, Runtime, RuntimeError, Usage,
 };
 use crate::metrics::{Metrics, RuntimeOp};
 
@@ -83,6 +83,9 @@ impl Runtime for Metered {
     async fn logs(&self, env: &EnvId, tail: usize) -> Result<Vec<String>, RuntimeError> {
         self.timed(RuntimeOp::Logs, self.inner.logs(env, tail))
             .await
+    }
+    async fn stats(&self, env: &EnvId) -> Result<Option<Usage>, RuntimeError> {
+        self.timed(RuntimeOp::Stats, self.inner.stats(env)).await
     }
     async fn remove(&self, env: &EnvId, with_volume: bool) -> Result<(), RuntimeError> {
         self.timed(RuntimeOp::Remove, self.inner.remove(env, with_volume))

@@ -186,6 +186,18 @@ pub enum ResourceKind {
     UserNetwork,
 }
 
+/// An environment's resource use, as the dashboard and admin page show it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Usage {
+    /// CPU time used over the last measured interval, in percent of one CPU
+    /// (`200.0`: two CPUs busy); `None` when it could not be measured.
+    pub cpu_percent: Option<f64>,
+    /// Memory in use (page cache that can be dropped left out, as `docker stats` does).
+    pub memory_bytes: Option<u64>,
+    /// The environment's memory limit.
+    pub memory_limit_bytes: Option<u64>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("Docker is unreachable: {0}")]
@@ -230,6 +242,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<ContainerSummary>, RuntimeError>;
     /// Total network bytes (received + sent) of a running environment, if known.
     async fn network_bytes(&self, env: &EnvId) -> Result<Option<u64>, RuntimeError> {
+        let _ = env;
+        Ok(None)
+    }
+    /// CPU and memory use of a running environment; `None` when it is not
+    /// running or the runtime cannot tell.
+    async fn stats(&self, env: &EnvId) -> Result<Option<Usage>, RuntimeError> {
         let _ = env;
         Ok(None)
     }

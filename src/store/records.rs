@@ -38,6 +38,9 @@ pub struct User {
     /// in the store.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub credential_generation: u32,
+    /// May use the admin page and the admin API with their own session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -239,5 +242,24 @@ mod tests {
             Err(DecodeError::TooNew(99))
         ));
         assert!(decode::<Session>(b"garbage").is_err());
+    }
+
+    #[test]
+    fn users_written_before_the_admin_flag_read_as_not_admins() {
+        let old = br#"{"v":1,"id":"u1","name":"ann","slug":"0123456789ab","created":1}"#;
+        let user: User = decode(old).unwrap();
+        assert!(!user.admin);
+        let admin = User {
+            admin: true,
+            ..user
+        };
+        let back: User = decode(&encode(&admin)).unwrap();
+        assert!(back.admin);
+        // Not written when false: stores stay readable by the previous release.
+        let plain = User {
+            admin: false,
+            ..admin
+        };
+        assert!(!String::from_utf8(encode(&plain)).unwrap().contains("admin"));
     }
 }

@@ -90,6 +90,26 @@ impl Store {
         Ok(removed)
     }
 
+    /// A user's live sign-in sessions (app-host sessions left out), oldest first.
+    pub fn sessions_of(&self, user_id: &UserId) -> Result<Vec<(SessionId, Session)>> {
+        let now = unix_now();
+        let mut out = Vec::new();
+        for item in self.sessions.iter() {
+            let (key, value) = item?;
+            let Ok(session) = decode::<Session>(&value) else {
+                continue;
+            };
+            if &session.user_id != user_id || session.scope.is_some() || session.expires <= now {
+                continue;
+            }
+            if let Ok(key) = std::str::from_utf8(&key) {
+                out.push((SessionId::from_claim(key.to_owned()), session));
+            }
+        }
+        out.sort_by_key(|(_, s)| s.created);
+        Ok(out)
+    }
+
     pub async fn delete_session(&self, sid: &SessionId) -> Result<()> {
         {
             let _writing = self.writing();

@@ -65,6 +65,7 @@ impl Store {
             password_hash: None,
             shared_with: Vec::new(),
             credential_generation: 0,
+            admin: false,
         };
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();

@@ -12,6 +12,7 @@ mod browser;
 mod cli;
 mod compose;
 mod containers;
+mod dashboard;
 mod docker_proxy;
 mod e2e;
 mod faults;

@@ -6,12 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, COOKIE, RETRY_AFTER};
 use serde_json::{Value, json};
 
-use crate::browser::{Chromium, Socket, call, eval};
+use crate::browser::Browser;
 use crate::harness::{Api, Harness, Options, client_resolving, session_cookie};
 
 const HTML: &str = "text/html,application/xhtml+xml";
@@ -457,32 +456,6 @@ async fn on_an_app_host_the_page_follows_its_start_there() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
-/// Saves a screenshot of the page to `target/screenshots/progress-<name>.png`.
-async fn screenshot(ws: &mut Socket, id: u64, name: &str) {
-    let shot = call(ws, id, "Page.captureScreenshot", json!({ "format": "png" })).await;
-    let png = base64::engine::general_purpose::STANDARD
-        .decode(shot["data"].as_str().unwrap())
-        .unwrap();
-    let dir = crate::harness::repo_root().join("target/screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join(format!("progress-{name}.png")), png).unwrap();
-}
-
-/// Polls `expr` in the page until it is true (bounded); `id` numbers the calls.
-async fn until(ws: &mut Socket, id: &mut u64, secs: u64, expr: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        *id += 1;
-        if eval(ws, *id, expr).await == json!(true) {
-            return;
-        }
-        *id += 1;
-        let seen = eval(ws, *id, "location.href + ' | ' + document.body.innerText").await;
-        assert!(Instant::now() < deadline, "{what}: the page shows {seen}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_follows_a_slow_start_to_the_app_and_sees_why_a_start_failed() {
     let h = Harness::start(Options::default()).await;
@@ -491,55 +464,44 @@ async fn a_browser_follows_a_slow_start_to_the_app_and_sees_why_a_start_failed()
     let cookie = h.login("alice").await;
     let (name, value) = cookie.split_once('=').unwrap();
 
-    let chromium = Chromium::start();
-    let (mut ws, _) = tokio_tungstenite::connect_async(chromium.page_socket().await)
-        .await
-        .unwrap();
-    let mut id = 1;
-    call(
-        &mut ws,
-        id,
-        "Network.setCookie",
-        json!({ "name": name, "value": value, "url": h.public, "httpOnly": true }),
-    )
-    .await;
+    let mut browser = Browser::start().await;
+    browser
+        .call(
+            "Network.setCookie",
+            json!({ "name": name, "value": value, "url": h.public, "httpOnly": true }),
+        )
+        .await;
     let target = h.url(&format!("/u-{slug}/"));
-    id += 1;
-    call(&mut ws, id, "Page.navigate", json!({ "url": target })).await;
+    browser.navigate(&target).await;
 
     // The page moves through its steps while the app boots…
-    until(
-        &mut ws,
-        &mut id,
-        30,
-        "document.querySelector('li[data-step=waiting].current') !== null",
-        "the wait for the app",
-    )
-    .await;
-    until(
-        &mut ws,
-        &mut id,
-        10,
-        "document.querySelector('li[data-step=queued].done') !== null \
-         && /Elapsed: [2-9]/.test(document.getElementById('progress-elapsed').textContent)",
-        "done steps and the elapsed time",
-    )
-    .await;
-    id += 1;
-    screenshot(&mut ws, id, "starting").await;
+    browser
+        .wait_for(
+            30,
+            "the wait for the app",
+            "document.querySelector('li[data-step=waiting].current') !== null",
+        )
+        .await;
+    browser
+        .wait_for(
+            10,
+            "done steps and the elapsed time",
+            "document.querySelector('li[data-step=queued].done') !== null \
+             && /Elapsed: [2-9]/.test(document.getElementById('progress-elapsed').textContent)",
+        )
+        .await;
+    browser.screenshot("progress-starting.png").await;
     // …and lands on the app the moment it answers, at the address asked for.
-    until(
-        &mut ws,
-        &mut id,
-        40,
-        &format!(
-            "location.href === {target:?} && document.body.innerText.includes('Hello, alice')"
-        ),
-        "the app",
-    )
-    .await;
-    id += 1;
-    screenshot(&mut ws, id, "ready").await;
+    browser
+        .wait_for(
+            40,
+            "the app",
+            &format!(
+                "location.href === {target:?} && document.body.innerText.includes('Hello, alice')"
+            ),
+        )
+        .await;
+    browser.screenshot("progress-ready.png").await;
 
     // A broken app: the page shows why, with its output and a retry.
     let (status, body) = admin
@@ -550,19 +512,16 @@ async fn a_browser_follows_a_slow_start_to_the_app_and_sees_why_a_start_failed()
         .await;
     assert_eq!(status, 200, "{body}");
     admin.post_ok("users/alice/container/stop").await;
-    id += 1;
-    call(&mut ws, id, "Page.navigate", json!({ "url": target })).await;
-    until(
-        &mut ws,
-        &mut id,
-        40,
-        "!document.getElementById('progress-failure').hidden \
-         && document.getElementById('progress-reason').textContent.includes('code 3') \
-         && document.getElementById('progress-logs').textContent.includes('exiting with code 3') \
-         && document.getElementById('progress-retry') !== null",
-        "the failure",
-    )
-    .await;
-    id += 1;
-    screenshot(&mut ws, id, "failed").await;
+    browser.navigate(&target).await;
+    browser
+        .wait_for(
+            40,
+            "the failure",
+            "!document.getElementById('progress-failure').hidden \
+             && document.getElementById('progress-reason').textContent.includes('code 3') \
+             && document.getElementById('progress-logs').textContent.includes('exiting with code 3') \
+             && document.getElementById('progress-retry') !== null",
+        )
+        .await;
+    browser.screenshot("progress-failed.png").await;
 }
