@@ -16,6 +16,7 @@ use super::progress::{self, PageContext};
 use super::{Resp, redirect, wants_html};
 use crate::app::App;
 use crate::auth::{IdentityHeaders, cookies, safe_next};
+use crate::error::Error;
 use crate::ids::Slug;
 use crate::lifecycle::{Readiness, SpawnError};
 use crate::sharing::Access;
@@ -159,6 +160,20 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
         };
         return decided(outcome, errors::forbidden(browser), Some(caller));
     };
+    // In path mode every app shares spawngate's origin: an app shared with an
+    // admin would run its scripts with the admin's session, admin page and API
+    // included. Admins open only their own environment there; subdomain mode
+    // gives every app an origin of its own.
+    if access != Access::Owner && caller.user.admin && app.config.apps.is_none() {
+        let refused = Error::Forbidden(
+            "admins open environments shared with them only in subdomain mode: in path mode its scripts would run with your admin session",
+        );
+        return decided(
+            "forbidden",
+            errors::answer(&refused.into(), browser),
+            Some(caller),
+        );
+    }
     // A browser is held briefly, then shown the start as it goes; a script is
     // held for the whole hold.
     let hold = match browser {

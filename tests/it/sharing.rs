@@ -139,3 +139,59 @@ async fn owners_and_admins_share_environments_read_only_or_full_and_revoke_at_on
     let alice = admin.get_ok("users/alice").await;
     assert_eq!(alice["shared_with"], json!([]), "{alice}");
 }
+
+/// In path mode every app shares spawngate's origin, so an app shared with an
+/// admin would run its scripts with the admin's session: an admin opens only their
+/// own environment there. Taking the flag away gives the share back at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_path_mode_an_admin_is_refused_environments_shared_with_them() {
+    let h = Harness::start(Options::default()).await;
+    let admin = h.admin().await;
+    let alice = h.user("alice").await;
+    let boss = h.user("boss").await;
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/boss",
+            Some(json!({ "admin": true })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = admin
+        .put("users/alice/shares/boss", json!({ "read_only": false }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let boss_cookie = h.login("boss").await;
+
+    let shared = h.url(&format!("/u-{}/whoami.json", alice.slug));
+    let resp = h
+        .client
+        .get(&shared)
+        .header("Cookie", &boss_cookie)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: Value = resp.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("subdomain mode"), "{body}");
+    // Their own environment opens as for anyone.
+    let own = h.url(&format!("/u-{}/whoami.json", boss.slug));
+    let resp = h.get_when_started(&own, &boss_cookie, 30).await;
+    assert_eq!(resp.status(), 200);
+
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/boss",
+            Some(json!({ "admin": false })),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let resp = h.get_when_started(&shared, &boss_cookie, 30).await;
+    assert_eq!(resp.status(), 200, "no longer an admin: the share works");
+    let who: Value = resp.json().await.unwrap();
+    assert_eq!(who["user"], "alice");
+    assert_eq!(who["headers"]["x-spawngate-user"], "boss");
+}
