@@ -340,7 +340,7 @@ async fn the_admin_event_stream_follows_a_users_environment() {
     let again = replay.next(10).await.unwrap();
     assert_eq!(again.data["kind"], "container.starting");
 
-    // Users cannot read it.
+    // Users who are not admins cannot read it (signed in: 403; no credential: 401).
     let resp = h
         .client
         .get(&events_url)
@@ -348,6 +348,8 @@ async fn the_admin_event_stream_follows_a_users_environment() {
         .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = h.client.get(&events_url).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
