@@ -637,6 +637,20 @@ async fn check(config: Config) -> anyhow::Result<()> {
             failed = true;
         }
     }
+    match &config.ssh {
+        None => println!("ssh: off (set ssh.enabled = true for `ssh <user>@<host>`)"),
+        Some(ssh) => match crate::ssh::host_key_fingerprint(&ssh.host_key_file) {
+            Ok(fingerprint) => println!(
+                "ssh: ok (listen {}, host key {fingerprint} in {})",
+                ssh.listen,
+                ssh.host_key_file.display()
+            ),
+            Err(e) => {
+                println!("ssh: FAILED: {e}");
+                failed = true;
+            }
+        },
+    }
     match crate::traefik_api::check(&config).await {
         None => println!(
             "traefik: not checked (set traefik.api_url to Traefik's API, e.g. http://127.0.0.1:8081)"

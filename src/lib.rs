@@ -18,7 +18,8 @@
 //!   ([`auth::Identities`], with the verified-cookie cache of the hot path), session
 //!   cookies, external JWTs, OIDC, one-time codes, rate limits; [`mail`]: login
 //!   links by SMTP; [`provider`]: Traefik's dynamic configuration, rendered once per
-//!   change.
+//!   change; [`ssh`]: the SSH front door (key authentication, shells, commands,
+//!   sftp and local forwarding inside the user's container, through the runtime).
 //! - **Core.** [`lifecycle`]: single-flight lazy start, readiness probes, idle
 //!   culling, warm pool, reconcile, and the one phase state machine
 //!   (`lifecycle/phase.rs`); [`runtime`]: the backend boundary (backend-neutral
@@ -53,6 +54,7 @@ pub mod provider;
 pub mod runtime;
 pub mod server;
 pub mod sharing;
+pub mod ssh;
 pub mod store;
 pub mod tasks;
 pub mod time;

@@ -24,6 +24,7 @@ mod pool;
 mod server;
 mod session;
 mod spawn;
+mod ssh;
 mod traefik;
 
 pub use docker::{DockerConfig, NetworkMode, RawDocker};
@@ -37,6 +38,7 @@ pub use pool::RawPool;
 pub use server::{AppsDomain, PublicUrl, RawServer};
 pub use session::{RawSession, SessionConfig};
 pub use spawn::{RawSpawn, SpawnConfig};
+pub use ssh::{RawSsh, SshConfig};
 pub use traefik::{RawTraefik, TraefikConfig};
 
 /// A configuration problem, always naming the offending key.
@@ -77,6 +79,7 @@ pub struct RawConfig {
     pub email: RawEmail,
     pub jwt: identity::RawJwt,
     pub oidc: identity::RawOidc,
+    pub ssh: RawSsh,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +108,8 @@ pub struct Config {
     pub jwt: Option<JwtConfig>,
     /// OIDC login (`[oidc]`); `None` when disabled.
     pub oidc: Option<OidcConfig>,
+    /// The SSH server (`[ssh]`); `None` when disabled.
+    pub ssh: Option<SshConfig>,
 }
 
 impl Config {
@@ -164,6 +169,7 @@ impl RawConfig {
         let pool_size = self.pool.validate(docker.mode)?;
         let jwt = self.jwt.validate()?;
         let oidc = self.oidc.validate()?;
+        let ssh = self.ssh.validate(&server.data_dir)?;
         Ok(Config {
             listen: server.listen,
             public_url: server.public_url,
@@ -184,6 +190,7 @@ impl RawConfig {
             pool_size,
             jwt,
             oidc,
+            ssh,
         })
     }
 }
