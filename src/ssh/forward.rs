@@ -59,7 +59,7 @@ pub(super) async fn run(
     let _ = stream.set_nodelay(true);
     reply.accept().await;
     let mut remote = channel.into_stream();
-    let mut touch = tokio::time::interval(Duration::from_secs(10));
+    let mut touch = tokio::time::interval(Duration::from_secs(1));
     let stopped = shared.lifecycle.until_stopped(&user.id);
     tokio::pin!(stopped);
     let copy = tokio::io::copy_bidirectional(&mut remote, &mut stream);

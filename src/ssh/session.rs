@@ -16,8 +16,9 @@ use crate::lifecycle::Readiness;
 use crate::runtime::{EnvId, ExecOutput, ExecRequest, TtySize};
 use crate::store::User;
 
-/// How often an open session records activity (well under any idle timeout).
-const TOUCH_EVERY: Duration = Duration::from_secs(10);
+/// How often an open session records activity: an atomic store, so often
+/// enough for the shortest idle timeout.
+const TOUCH_EVERY: Duration = Duration::from_secs(1);
 
 /// The longest a connection waits for the environment to start.
 const START_LIMIT: Duration = Duration::from_secs(120);

@@ -22,5 +22,6 @@ mod idp;
 mod lifecycle;
 mod proc;
 mod sharing;
+mod ssh;
 mod storefull;
 mod subdomain;
