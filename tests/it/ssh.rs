@@ -121,11 +121,11 @@ fn pub_key(key: &Path) -> String {
     std::fs::read_to_string(key.with_extension("pub")).unwrap()
 }
 
-/// `ssh-keygen -lf`'s fingerprint of the key.
+/// `ssh-keygen -lf`'s fingerprint of the key (of its private key file).
 fn fingerprint(key: &Path) -> String {
     let out = std::process::Command::new("ssh-keygen")
         .arg("-lf")
-        .arg(key.with_extension("pub"))
+        .arg(key)
         .output()
         .unwrap();
     text(&out.stdout)
@@ -490,4 +490,89 @@ async fn an_open_session_keeps_the_container_and_a_stop_ends_it() {
     .unwrap();
     assert!(!out.status.success(), "{out:?}");
     assert!(text(&out.stderr).contains("no sftp-server"), "{out:?}");
+}
+
+#[test]
+fn cli_manages_keys_and_check_prints_the_host_key() {
+    use crate::cli::{spawngate, stderr, stdout};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("id");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ecdsa", "-N", "", "-C", "work", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let pub_file = key.with_extension("pub");
+    let pub_file = pub_file.to_str().unwrap();
+    assert!(
+        spawngate(dir.path(), &["user", "add", "alice"], &[])
+            .status
+            .success()
+    );
+    let add = spawngate(
+        dir.path(),
+        &["user", "ssh-key", "add", "alice", pub_file],
+        &[],
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    let fp = fingerprint(&key);
+    assert!(stdout(&add).contains(&fp), "{}", stdout(&add));
+    let again = spawngate(
+        dir.path(),
+        &["user", "ssh-key", "add", "alice", pub_file],
+        &[],
+    );
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("registered already"),
+        "{}",
+        stderr(&again)
+    );
+    let weak = spawngate(
+        dir.path(),
+        &[
+            "user",
+            "ssh-key",
+            "add",
+            "alice",
+            "ssh-dss AAAAB3NzaC1kc3MAAACBAP1/U4Ed x",
+        ],
+        &[],
+    );
+    assert!(!weak.status.success());
+    let list = spawngate(
+        dir.path(),
+        &["user", "ssh-key", "list", "alice", "--json"],
+        &[],
+    );
+    let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(listed[0]["fingerprint"], fp);
+    assert_eq!(listed[0]["name"], "work");
+    assert_eq!(listed[0]["algorithm"], "ecdsa-sha2-nistp256");
+    let rm = spawngate(dir.path(), &["user", "ssh-key", "rm", "alice", &fp], &[]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    let list = spawngate(
+        dir.path(),
+        &["user", "ssh-key", "list", "alice", "--json"],
+        &[],
+    );
+    assert_eq!(
+        serde_json::from_slice::<Value>(&list.stdout).unwrap(),
+        json!([])
+    );
+
+    // `check` generates the host key once and prints its fingerprint.
+    let on = [("SPAWNGATE_SSH_ENABLED", "true")];
+    let check = spawngate(dir.path(), &["check"], &on);
+    let host_key = dir.path().join("ssh_host_ed25519_key");
+    let expected = fingerprint(&host_key);
+    assert!(
+        stdout(&check).contains(&format!("host key {expected}")),
+        "{}",
+        stdout(&check)
+    );
+    let again = spawngate(dir.path(), &["check"], &on);
+    assert!(stdout(&again).contains(&expected), "the key is kept");
 }
