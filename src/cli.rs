@@ -301,7 +301,7 @@ fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow::Resul
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     if !config.listen.ip().is_loopback() && config.provider_token.is_none() {
         tracing::warn!(
             listen = %config.listen,
@@ -318,6 +318,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot resolve server.listen_network '{network}'"))?;
         listen.set_ip(ip);
+        // The SSH port too, when it names no address: spawngate also joins every
+        // user network, and users' containers must not reach its ports there.
+        if let Some(ssh) = config.ssh.as_mut()
+            && ssh.listen.ip().is_unspecified()
+        {
+            ssh.listen.set_ip(ip);
+        }
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
