@@ -31,6 +31,34 @@ const SFTP_SERVERS: [&str; 4] = [
     "/usr/libexec/sftp-server",
 ];
 
+/// The first of [`SFTP_SERVERS`] the image has. Probed without a shell (an
+/// image may have none): `sftp-server -h` exits 1 after its usage, a missing
+/// program 126 or 127. Looked for before the client's session starts, since a
+/// failed exec's message would reach sftp as garbled protocol.
+async fn find_sftp_server(runtime: &dyn crate::runtime::Runtime, env: &EnvId) -> Option<String> {
+    for path in SFTP_SERVERS {
+        let probe = ExecRequest {
+            command: vec![path.to_owned(), "-h".to_owned()],
+            tty: None,
+            env: Vec::new(),
+        };
+        let Ok(mut exec) = runtime.exec(env, &probe).await else {
+            return None;
+        };
+        drop(exec.input);
+        while exec.output.next().await.is_some() {}
+        for _ in 0..50 {
+            match runtime.exec_exit_code(&exec.id).await {
+                Ok(Some(126 | 127)) => break,
+                Ok(Some(_)) => return Some(path.to_owned()),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(_) => return None,
+            }
+        }
+    }
+    None
+}
+
 /// Client variables passed into the container (as OpenSSH's `AcceptEnv` default).
 fn accepted_env(name: &str) -> bool {
     name == "LANG" || name.starts_with("LC_") || name == "COLORTERM"
@@ -153,42 +181,24 @@ async fn serve(
     writer: &ChannelWriteHalf<Msg>,
 ) -> Result<u32, String> {
     ensure_started(shared, user, Some(writer)).await?;
+    let runtime = shared.lifecycle.runtime().clone();
+    let env_id = EnvId::User(user.slug.clone());
     let command = match &start {
         Start::Shell => vec!["/bin/sh".to_owned(), "-l".to_owned()],
         Start::Exec(line) => vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()],
-        Start::Sftp => {
-            let script = format!(
-                "for p in {}; do [ -x \"$p\" ] && exec \"$p\"; done; echo 'spawngate: this environment has no sftp-server: scp and sftp need an image with OpenSSH'\"'\"'s sftp-server (Debian: openssh-sftp-server)' >&2; exit 127",
-                SFTP_SERVERS.join(" ")
-            );
-            vec!["/bin/sh".to_owned(), "-c".to_owned(), script]
-        }
+        Start::Sftp => vec![find_sftp_server(runtime.as_ref(), &env_id).await.ok_or(
+            "this environment has no sftp-server: scp and sftp need an image with OpenSSH's sftp-server (Debian: openssh-sftp-server)",
+        )?],
     };
-    let runtime = shared.lifecycle.runtime().clone();
-    let env_id = EnvId::User(user.slug.clone());
     let tty = if matches!(start, Start::Sftp) {
         None
     } else {
         tty
     };
     let exec = runtime
-        .exec(
-            &env_id,
-            &ExecRequest {
-                command,
-                tty,
-                env,
-            },
-        )
+        .exec(&env_id, &ExecRequest { command, tty, env })
         .await
-        .map_err(|e| match start {
-            Start::Sftp => format!(
-                "cannot run sftp-server in your environment (scp and sftp need an image with a shell and OpenSSH's sftp-server): {e}"
-            ),
-            _ => format!(
-                "cannot run a command in your environment (the image needs /bin/sh): {e}"
-            ),
-        })?;
+        .map_err(|e| format!("cannot run a command in your environment: {e}"))?;
     let crate::runtime::Exec {
         id,
         mut output,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::harness::{Harness, Options, free_port, poll, repo_root, wait_until};
+use crate::harness::{Harness, Options, free_port, personal_token, poll, repo_root, wait_until};
 
 const SHELL_IMAGE: &str = "spawngate-example-shell:latest";
 
@@ -188,6 +188,19 @@ async fn ssh_runs_commands_and_a_pty_shell_in_the_users_own_container() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    // A personal token lists keys but cannot add one.
+    let token = personal_token(&h.client, &h.public, &cookie, "ci").await;
+    let mine = h.api(&token);
+    let (status, listed) = mine.get("me/ssh-keys").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(
+        listed["ssh_keys"][0]["fingerprint"],
+        fingerprint(&alice_key)
+    );
+    let (status, _) = mine
+        .post("me/ssh-keys", Some(json!({ "key": pub_key(&bob_key) })))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
     // Bob's key through the admin API; nobody can register it a second time.
     let admin = h.admin().await;
     let (status, body) = admin
@@ -462,34 +475,89 @@ async fn an_open_session_keeps_the_container_and_a_stop_ends_it() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0), "{out:?}");
     assert!(text(&out.stderr).contains("stopped"), "{out:?}");
+}
 
-    // sftp on an image without sftp-server: a clear refusal.
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        Command::new("sftp")
-            .args(["-P", &s.port.to_string(), "-i"])
-            .arg(&key)
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-b",
-                "-",
-                "alice@127.0.0.1",
-            ])
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+/// `sftp` / `scp` on a command line of the same options as `ssh`.
+fn sftp_like(program: &str, s: &Ssh, key: &Path) -> Command {
+    let mut c = Command::new(program);
+    c.args(["-P", &s.port.to_string(), "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    c
+}
+
+async fn finish(mut c: Command) -> Output {
+    tokio::time::timeout(Duration::from_secs(90), c.output())
+        .await
+        .expect("did not finish")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scp_and_sftp_work_where_the_image_has_sftp_server_and_are_refused_clearly_elsewhere() {
+    let s = Ssh::start("[limits]\nallowed_images = [\"spawngate-example-app:latest\"]").await;
+    let h = &s.h;
+    h.user("alice").await;
+    h.user("bob").await;
+    let admin = h.admin().await;
+    let alice_key = s.keygen("alice");
+    let bob_key = s.keygen("bob");
+    for (user, key) in [("alice", &alice_key), ("bob", &bob_key)] {
+        let (status, body) = admin
+            .post(
+                &format!("users/{user}/ssh-keys"),
+                Some(json!({ "key": pub_key(key) })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    // scp up and down (OpenSSH's scp speaks sftp), into alice's volume.
+    let local = s.keys.path().join("notes.txt");
+    std::fs::write(&local, "hello over sftp\n").unwrap();
+    let mut up = sftp_like("scp", &s, &alice_key);
+    up.arg(&local).arg("alice@127.0.0.1:/data/notes.txt");
+    let out = finish(up).await;
+    assert!(out.status.success(), "{out:?}");
+    let out = s
+        .run(&alice_key, "alice", &["--", "cat /data/notes.txt"])
+        .await;
+    assert_eq!(text(&out.stdout), "hello over sftp\n", "{out:?}");
+    let back = s.keys.path().join("back.txt");
+    let mut down = sftp_like("scp", &s, &alice_key);
+    down.arg("alice@127.0.0.1:/data/notes.txt").arg(&back);
+    assert!(finish(down).await.status.success());
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "hello over sftp\n");
+
+    // Bob's image is the bare example app (no shell, no sftp-server).
+    let (status, body) = admin
+        .put(
+            "users/bob/overrides",
+            json!({ "image": "spawngate-example-app:latest" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut sftp = sftp_like("sftp", &s, &bob_key);
+    sftp.args(["-b", "-", "bob@127.0.0.1"]);
+    let out = finish(sftp).await;
     assert!(!out.status.success(), "{out:?}");
-    assert!(text(&out.stderr).contains("no sftp-server"), "{out:?}");
+    assert!(text(&out.stderr).contains("sftp-server"), "{out:?}");
+    // A command there fails with Docker's word for it.
+    let out = s.run(&bob_key, "bob", &["--", "true"]).await;
+    assert!(matches!(out.status.code(), Some(126 | 127)), "{out:?}");
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("/bin/sh"), "{out:?}");
 }
 
 #[test]
