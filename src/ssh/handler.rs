@@ -114,7 +114,7 @@ impl Handler for Connection {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
         let Some(user) = self.user.clone() else {
             return Ok(());
@@ -129,9 +129,8 @@ impl Handler for Connection {
         };
         reply.accept().await;
         let shared = self.shared.clone();
-        let handle = session.handle();
         self.shared.tasks.spawn(async move {
-            super::session::run(shared, user, channel, handle).await;
+            super::session::run(shared, user, channel).await;
             drop(place);
         });
         Ok(())

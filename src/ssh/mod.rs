@@ -86,6 +86,9 @@ impl Drop for Counted {
     }
 }
 
+/// How long a client may take to send its version line.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
 pub struct SshServer {
     shared: Arc<Shared>,
     russh: Arc<russh::server::Config>,
@@ -153,10 +156,22 @@ impl SshServer {
             let config = self.russh.clone();
             let tasks2 = tasks.clone();
             tasks.spawn(async move {
-                let session = match russh::server::run_stream(config, stream, handler).await {
-                    Ok(s) => s,
-                    Err(e) => {
+                // A client that never sends its version must not hold shutdown up.
+                let started = tokio::select! {
+                    r = tokio::time::timeout(
+                        HANDSHAKE_LIMIT,
+                        russh::server::run_stream(config, stream, handler),
+                    ) => r,
+                    () = tasks2.cancelled() => return,
+                };
+                let session = match started {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "ssh handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "ssh client sent no version in time");
                         return;
                     }
                 };

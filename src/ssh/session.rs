@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use russh::server::{Handle, Msg};
+use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelWriteHalf};
 use tokio::io::AsyncWriteExt;
 
@@ -70,12 +70,7 @@ enum Start {
     Sftp,
 }
 
-pub(super) async fn run(
-    shared: Arc<Shared>,
-    user: Arc<User>,
-    channel: Channel<Msg>,
-    _handle: Handle,
-) {
+pub(super) async fn run(shared: Arc<Shared>, user: Arc<User>, channel: Channel<Msg>) {
     let (mut reader, writer) = channel.split();
     let mut tty: Option<TtySize> = None;
     let mut env: Vec<(String, String)> = Vec::new();
