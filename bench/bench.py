@@ -24,6 +24,11 @@
      answer (only 200 and the documented 503 "starting" are allowed: anything else
      makes the run exit non-zero), spawngate's RSS, threads and open fds at start and
      end, and the containers and volumes left after the users are deleted.
+  h. SSH: `ssh … -- true` into a running environment (a new connection each time,
+     and over one multiplexed connection) against `docker exec <container> true` of
+     the same container, sides alternating; then cold: `ssh … -- true` after an
+     admin stop against `docker stop`, then `docker start` + `docker exec … true`
+     of a raw container of the same image (spawngate-example-shell).
 
 Run it with bench/run (which builds everything first). Stdlib only. Everything it
 creates (spawngate, Traefik, the no-op server, containers, volumes, networks, compose
@@ -55,10 +60,13 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPAWNGATE = os.path.join(ROOT, "dist", "spawngate")
+# SGBENCH_SPAWNGATE: another build (e.g. a debug one) for a quick check of a section.
+SPAWNGATE = os.environ.get("SGBENCH_SPAWNGATE") or os.path.join(ROOT, "dist", "spawngate")
 TRAEFIK = os.path.join(ROOT, ".venv", "bin", "traefik")
 NOOP = os.path.join(ROOT, "target", "release", "examples", "noop")
 IMAGE = "spawngate-example-app:latest"
+# The example app with a shell and sftp-server (examples/shell/build), for h.
+SHELL_IMAGE = "spawngate-example-shell:latest"
 APP_PORT = 8080
 COOKIE_NAME = "spawngate_session"
 
@@ -634,6 +642,9 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["e. baseline", "docker pause <id>; then docker unpause <id> + GET /whoami.json until 200"],
         ["g. spawngate", f"a fresh pair, + " + " ".join(f"{k}={v}" for k, v in SETTINGS_G.items())
                          + f"; {o.soak_users} users, {o.soak_clients} client loops, {o.soak_secs:g} s"],
+        ["h. spawngate", "a fresh pair, + SPAWNGATE_SSH_ENABLED=true, image " + SHELL_IMAGE
+                         + "; ssh -p <port> -i <ed25519 key> <user>@127.0.0.1 -- true (OpenSSH client)"],
+        ["h. baseline", "docker exec <the same container> true; cold: docker start <raw> && docker exec <raw> true"],
         ["f. spawngate", f"a fresh pair; {o.scale_users:,} users (admin API), {o.scale_running} logged in and "
                          "started; /proc/<pid>/status, GET /traefik/config x20, wrk as in a."],
         ["spawngate env", " ".join(f"{k}={v}" for k, v in b.sg_env.items() if k.startswith("SPAWNGATE_"))],
@@ -1462,6 +1473,89 @@ def section_d(o: argparse.Namespace, run_id: str, tmp: str, stacks: list) -> Non
         c.cleanup()
 
 
+# ---- h. ssh
+
+
+def section_h(bh: Bench, o: argparse.Namespace, ssh_port: int) -> None:
+    keys = tempfile.mkdtemp(prefix=f"sgbench-{bh.run_id}-ssh-")
+    try:
+        key = os.path.join(keys, "id")
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", key])
+        name = "bench-ssh"
+        slug = bh.add_user(name)
+        bh.cli("user", "ssh-key", "add", name, key + ".pub")
+        base = [
+            "ssh", "-p", str(ssh_port), "-i", key,
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+        ]
+        target = f"{name}@127.0.0.1"
+        mux = ["-o", "ControlMaster=auto", "-o", f"ControlPath={keys}/mux", "-o", "ControlPersist=120"]
+
+        def timed(args: list[str]) -> float:
+            t0 = time.perf_counter()
+            run(args, timeout=120)
+            return (time.perf_counter() - t0) * 1000
+
+        log("h. first connection (starts the environment)")
+        timed([*base, target, "--", "true"])
+        container = f"spawngate-u-{slug}"
+        timed([*base, *mux, target, "--", "true"])  # opens the shared connection
+        fresh, shared, raw = [], [], []
+        for i in range(o.warmup + o.runs):
+            row = (timed([*base, target, "--", "true"]),
+                   timed([*base, *mux, target, "--", "true"]),
+                   timed(["docker", "exec", container, "true"]))
+            if i >= o.warmup:
+                fresh.append(row[0])
+                shared.append(row[1])
+                raw.append(row[2])
+        run(["ssh", "-o", f"ControlPath={keys}/mux", "-O", "exit", target], check=False, timeout=30)
+        # Cold: spawngate after an admin stop, raw: docker stop, then start + exec.
+        cid = run(["docker", "run", "-d", "--name", f"sgbench-raw-{bh.run_id}-ssh", "--label", bh.raw_label,
+                   SHELL_IMAGE], timeout=120).strip()
+        cold_sg, cold_raw = [], []
+        for i in range(o.warmup + o.runs):
+            bh.admin_stop(name)
+            time.sleep(o.settle)
+            sg = timed([*base, target, "--", "true"])
+            run(["docker", "stop", cid], timeout=120)
+            time.sleep(o.settle)
+            t0 = time.perf_counter()
+            run(["docker", "start", cid], timeout=120)
+            run(["docker", "exec", cid, "true"], timeout=120)
+            rw = (time.perf_counter() - t0) * 1000
+            if i >= o.warmup:
+                cold_sg.append(sg)
+                cold_raw.append(rw)
+        print("h. SSH into a running environment: ssh … -- true against docker exec … true (same container)")
+        print(table(
+            ["", "median ms", "min ms", "vs docker exec"],
+            [
+                ["ssh, new connection each time", fmt_ms(median(fresh)), fmt_ms(min(fresh)),
+                 ratio(median(fresh), median(raw))],
+                ["ssh, one multiplexed connection", fmt_ms(median(shared)), fmt_ms(min(shared)),
+                 ratio(median(shared), median(raw))],
+                ["docker exec", fmt_ms(median(raw)), fmt_ms(min(raw)), "1.00x"],
+            ],
+        ))
+        print(f"  {o.runs} runs per row, sides alternating; a new connection pays TCP, key exchange and "
+              "public-key authentication (the multiplexed row pays only the channel and the exec).")
+        print("h. Cold: ssh … -- true after an admin stop, against docker start + docker exec (raw container)")
+        print(table(
+            ["", "median ms", "min ms", "vs raw"],
+            [
+                ["ssh (start + ready + exec)", fmt_ms(median(cold_sg)), fmt_ms(min(cold_sg)),
+                 ratio(median(cold_sg), median(cold_raw))],
+                ["docker start && docker exec", fmt_ms(median(cold_raw)), fmt_ms(min(cold_raw)), "1.00x"],
+            ],
+        ))
+        print("  spawngate's start also waits until the app answers its readiness probe, as for HTTP.")
+        print(flush=True)
+    finally:
+        shutil.rmtree(keys, ignore_errors=True)
+
+
 # ---- g. soak
 
 
@@ -1878,7 +1972,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--soak-secs", type=float, default=180, help="length of the soak load in g. (default 180)")
     p.add_argument("--soak-users", type=int, default=50, help="users in g. (default 50)")
     p.add_argument("--soak-clients", type=int, default=6, help="client loops in g. (default 6)")
-    p.add_argument("--only", default="abcdefg", help="sections to run, e.g. 'a' or 'ef' (default abcdefg)")
+    p.add_argument("--only", default="abcdefgh", help="sections to run, e.g. 'a' or 'ef' (default abcdefgh)")
     o = p.parse_args()
     if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
@@ -1888,8 +1982,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--scale-create-workers must be >= 1")
     if not (o.soak_secs > 0 and 1 <= o.soak_users <= 500 and 1 <= o.soak_clients <= 64):
         p.error("need --soak-secs > 0, 1 <= --soak-users <= 500, 1 <= --soak-clients <= 64")
-    if set(o.only) - set("abcdefg"):
-        p.error("--only takes letters from 'abcdefg'")
+    if set(o.only) - set("abcdefgh"):
+        p.error("--only takes letters from 'abcdefgh'")
     return o
 
 
@@ -1902,7 +1996,8 @@ def preflight(o: argparse.Namespace) -> None:
         raise BenchError(f"missing {', '.join(missing)}: run bench/run (it runs scripts/setup and builds the no-op example)")
     if set(o.only) & set("af") and shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: run bench/run, or apt-get install -y wrk")
-    for image in [IMAGE] + (["spawngate:local", "spawngate-traefik:local"] if "d" in o.only else []):
+    for image in ([IMAGE] + (["spawngate:local", "spawngate-traefik:local"] if "d" in o.only else [])
+                  + ([SHELL_IMAGE] if "h" in o.only else [])):
         if not docker_lines("image", "ls", "-q", image):
             raise BenchError(f"image {image} is missing: run scripts/setup")
 
@@ -1984,6 +2079,19 @@ def main() -> int:
             soak_problems = section_g(bg, o)
             log("g. cleaning up its pair")
             bg.cleanup()
+        if "h" in o.only:
+            ssh_port = free_port()
+            bh = Bench(o, run_id=b.run_id, tag="h", noop=False, host_ports=(24000, 24999), extra_env={
+                "SPAWNGATE_SSH_ENABLED": "true",
+                "SPAWNGATE_SSH_LISTEN": f"127.0.0.1:{ssh_port}",
+                "SPAWNGATE_DOCKER_IMAGE": SHELL_IMAGE,
+            })
+            stacks.append(bh)
+            log(f"h. starting a fresh spawngate + Traefik pair with SSH (instance {bh.instance})")
+            bh.start()
+            section_h(bh, o, ssh_port)
+            log("h. cleaning up its pair")
+            bh.cleanup()
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130

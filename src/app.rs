@@ -25,6 +25,8 @@ pub enum BuildError {
     Mail(#[from] crate::mail::MailError),
     #[error("identity provider: {0}")]
     Identity(#[from] crate::outbound::OutboundError),
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
 }
 
 pub struct App {
@@ -43,7 +45,8 @@ pub struct App {
     /// Present when `email.enabled`.
     pub mailer: Option<crate::mail::Mailer>,
     pub limit_per_email: crate::auth::ratelimit::RateLimiter,
-    pub limit_per_ip: crate::auth::ratelimit::RateLimiter,
+    /// Shared with the SSH server, which counts failed authentications on it.
+    pub limit_per_ip: Arc<crate::auth::ratelimit::RateLimiter>,
     /// Wrong passwords per account.
     pub limit_password_failures: crate::auth::ratelimit::RateLimiter,
     /// Present when `[jwt]` is enabled.
@@ -54,6 +57,8 @@ pub struct App {
     pub handoffs: crate::auth::handoff::HandoffCodes,
     /// What `/metrics` exports; the services record into it.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Present when `[ssh]` is enabled; the server runs it.
+    pub ssh: Option<Arc<crate::ssh::SshServer>>,
 }
 
 impl App {
@@ -110,6 +115,24 @@ impl App {
             .transpose()?;
         let environments = Environments::new(config.clone(), store.clone(), lifecycle.clone());
         let sharing = Sharing::new(store.clone(), environments.clone());
+        let limit_per_ip = Arc::new(crate::auth::ratelimit::RateLimiter::per_hour(
+            config.login.per_ip_per_hour,
+        ));
+        let ssh = config
+            .ssh
+            .clone()
+            .map(|ssh| {
+                crate::ssh::SshServer::new(
+                    ssh,
+                    store.clone(),
+                    lifecycle.clone(),
+                    limit_per_ip.clone(),
+                    config.spawn.hold,
+                    tasks.clone(),
+                )
+                .map(Arc::new)
+            })
+            .transpose()?;
         let accounts = Accounts::new(
             config.clone(),
             store.clone(),
@@ -129,9 +152,8 @@ impl App {
             limit_per_email: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.per_email_per_hour,
             ),
-            limit_per_ip: crate::auth::ratelimit::RateLimiter::per_hour(
-                config.login.per_ip_per_hour,
-            ),
+            limit_per_ip,
+            ssh,
             limit_password_failures: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.password_failures_per_hour,
             ),

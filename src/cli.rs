@@ -107,6 +107,33 @@ enum UserCommand {
     },
     /// Take GRANTEE's access to OWNER's environment away.
     Unshare { owner: String, grantee: String },
+    /// A user's SSH public keys (for `ssh <user>@<host>` with `[ssh]` enabled).
+    SshKey {
+        #[command(subcommand)]
+        command: SshKeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshKeyCommand {
+    /// Register a public key: KEY is a `.pub` file or the key line itself
+    /// (ed25519, ECDSA, or RSA of at least 3072 bits).
+    Add {
+        user: String,
+        key: String,
+        /// A label (default: the key's comment).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List a user's keys.
+    List {
+        user: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key by its id or fingerprint (`SHA256:…`).
+    Rm { user: String, key: String },
 }
 
 /// Entry point used by `main`: parses arguments, runs, prints errors once.
@@ -286,7 +313,7 @@ fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow::Resul
     Ok(())
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
     if !config.listen.ip().is_loopback() && config.provider_token.is_none() {
         tracing::warn!(
             listen = %config.listen,
@@ -311,6 +338,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot resolve server.listen_network '{network}'"))?;
         listen.set_ip(ip);
+        // The SSH port too, when it names no address: spawngate also joins every
+        // user network, and users' containers must not reach its ports there.
+        if let Some(ssh) = config.ssh.as_mut()
+            && ssh.listen.ip().is_unspecified()
+        {
+            ssh.listen.set_ip(ip);
+        }
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -468,6 +502,82 @@ async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
             .await?;
             println!("{grantee} can no longer open {owner}'s environment");
         }
+        UserCommand::SshKey { command } => ssh_key(config, command).await?,
+    }
+    Ok(())
+}
+
+async fn ssh_key(config: Config, command: SshKeyCommand) -> anyhow::Result<()> {
+    // Fingerprints hold `/`; the API decodes the segment.
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b'/')
+        .add(b'%')
+        .add(b'?')
+        .add(b'#')
+        .add(b' ');
+    let segment = |s: &str| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string();
+    match command {
+        SshKeyCommand::Add { user, key, name } => {
+            // A path to a `.pub` file, or the key line itself.
+            let line = if key.split_whitespace().count() < 2 {
+                std::fs::read_to_string(&key).with_context(|| format!("cannot read '{key}'"))?
+            } else {
+                key
+            };
+            let v = admin_call(
+                config,
+                Method::POST,
+                &format!("/_spawngate/api/users/{}/ssh-keys", segment(&user)),
+                Some(json!({ "key": line.trim(), "name": name })),
+            )
+            .await?;
+            println!(
+                "added {} key {} ({}) for {user}",
+                v["algorithm"].as_str().unwrap_or_default(),
+                v["fingerprint"].as_str().unwrap_or_default(),
+                v["id"].as_str().unwrap_or_default()
+            );
+        }
+        SshKeyCommand::List { user, json } => {
+            let v = admin_call(
+                config,
+                Method::GET,
+                &format!("/_spawngate/api/users/{}/ssh-keys", segment(&user)),
+                None,
+            )
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["ssh_keys"])?);
+            } else {
+                println!(
+                    "{:<12} {:<20} {:<50} NAME",
+                    "ID", "ALGORITHM", "FINGERPRINT"
+                );
+                for k in v["ssh_keys"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<12} {:<20} {:<50} {}",
+                        k["id"].as_str().unwrap_or_default(),
+                        k["algorithm"].as_str().unwrap_or_default(),
+                        k["fingerprint"].as_str().unwrap_or_default(),
+                        k["name"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        SshKeyCommand::Rm { user, key } => {
+            admin_call(
+                config,
+                Method::DELETE,
+                &format!(
+                    "/_spawngate/api/users/{}/ssh-keys/{}",
+                    segment(&user),
+                    segment(&key)
+                ),
+                None,
+            )
+            .await?;
+            println!("removed SSH key {key} of {user}");
+        }
     }
     Ok(())
 }
@@ -595,6 +705,20 @@ async fn check(config: Config) -> anyhow::Result<()> {
             println!("docker: FAILED: {e}");
             failed = true;
         }
+    }
+    match &config.ssh {
+        None => println!("ssh: off (set ssh.enabled = true for `ssh <user>@<host>`)"),
+        Some(ssh) => match crate::ssh::host_key_fingerprint(&ssh.host_key_file) {
+            Ok(fingerprint) => println!(
+                "ssh: ok (listen {}, host key {fingerprint} in {})",
+                ssh.listen,
+                ssh.host_key_file.display()
+            ),
+            Err(e) => {
+                println!("ssh: FAILED: {e}");
+                failed = true;
+            }
+        },
     }
     match crate::traefik_api::check(&config).await {
         None => println!(

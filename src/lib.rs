@@ -19,7 +19,8 @@
 //!   ([`auth::Identities`], with the verified-cookie cache of the hot path), session
 //!   cookies, external JWTs, OIDC, one-time codes, rate limits; [`mail`]: login
 //!   links by SMTP; [`provider`]: Traefik's dynamic configuration, rendered once per
-//!   change.
+//!   change; [`ssh`]: the SSH front door (key authentication, shells, commands,
+//!   sftp and local forwarding inside the user's container, through the runtime).
 //! - **Core.** [`lifecycle`]: single-flight lazy start, readiness probes, idle
 //!   culling, warm pool, reconcile, the one phase state machine
 //!   (`lifecycle/phase.rs`) and how far a start got (`lifecycle/progress.rs`); [`runtime`]: the backend boundary (backend-neutral
@@ -58,6 +59,7 @@ pub mod provider;
 pub mod runtime;
 pub mod server;
 pub mod sharing;
+pub mod ssh;
 pub mod store;
 pub mod tasks;
 pub mod time;

@@ -32,6 +32,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let control = bind_control(&control_socket_path(&app.config.data_dir))?;
+    if let (Some(ssh), Some(config)) = (&app.ssh, &app.config.ssh) {
+        let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on ssh.listen {}: {e}", config.listen),
+            )
+        })?;
+        tracing::info!(listen = %listener.local_addr()?, "ssh serving");
+        app.tasks.spawn(ssh.clone().serve(listener));
+    }
     spawn_background(&app);
 
     let graceful = GracefulShutdown::new();

@@ -3,6 +3,7 @@
 //! API, the CLI, a user for themselves, an identity provider's auto-create).
 
 mod provisioning;
+pub mod ssh_keys;
 mod tokens;
 pub use tokens::{NewToken, SessionView, TokenView};
 pub mod validate;

@@ -25,6 +25,7 @@ mod pool;
 mod server;
 mod session;
 mod spawn;
+mod ssh;
 mod traefik;
 
 pub use docker::{DockerConfig, NetworkMode, RawDocker};
@@ -39,6 +40,7 @@ pub use pool::RawPool;
 pub use server::{AppsDomain, PublicUrl, RawServer};
 pub use session::{RawSession, SessionConfig};
 pub use spawn::{RawSpawn, SpawnConfig};
+pub use ssh::{RawSsh, SshConfig};
 pub use traefik::{RawTraefik, TraefikConfig};
 
 /// A configuration problem, always naming the offending key.
@@ -80,6 +82,7 @@ pub struct RawConfig {
     pub jwt: identity::RawJwt,
     pub oidc: identity::RawOidc,
     pub metrics: RawMetrics,
+    pub ssh: RawSsh,
 }
 
 #[derive(Clone, Debug)]
@@ -109,6 +112,8 @@ pub struct Config {
     /// OIDC login (`[oidc]`); `None` when disabled.
     pub oidc: Option<OidcConfig>,
     pub metrics: MetricsConfig,
+    /// The SSH server (`[ssh]`); `None` when disabled.
+    pub ssh: Option<SshConfig>,
 }
 
 impl Config {
@@ -169,6 +174,7 @@ impl RawConfig {
         let jwt = self.jwt.validate()?;
         let oidc = self.oidc.validate()?;
         let metrics = self.metrics.validate()?;
+        let ssh = self.ssh.validate(&server.data_dir)?;
         Ok(Config {
             listen: server.listen,
             public_url: server.public_url,
@@ -190,6 +196,7 @@ impl RawConfig {
             jwt,
             oidc,
             metrics,
+            ssh,
         })
     }
 }

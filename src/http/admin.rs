@@ -267,6 +267,21 @@ where
             let shares = app.sharing.unshare(actor, &*user(owner)?, grantee).await?;
             ok(json!({ "shared_with": shares }))
         }
+        (&Method::GET, ["users", name, "ssh-keys"]) => {
+            ok(json!({ "ssh_keys": accounts.ssh_keys(&*user(name)?)? }))
+        }
+        (&Method::POST, ["users", name, "ssh-keys"]) => {
+            let new: super::me::NewSshKey = parse_json(req).await?;
+            let added = accounts
+                .add_ssh_key(actor, &*user(name)?, &new.key, new.name.as_deref())
+                .await?;
+            Ok((StatusCode::CREATED, to_json(&added)))
+        }
+        (&Method::DELETE, ["users", name, "ssh-keys", key]) => {
+            let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+            accounts.remove_ssh_key(actor, &*user(name)?, &key).await?;
+            ok(json!({ "removed": key }))
+        }
         (&Method::POST, ["users", name, "sessions", "revoke"]) => {
             let revoked = accounts.revoke_sessions(actor, name).await?;
             ok(json!({ "revoked": revoked }))

@@ -2,7 +2,8 @@
 //! identified by session cookie (state changes then need the session's CSRF token in
 //! `X-Spawngate-CSRF`) or by one of their personal tokens (not ambient, so no CSRF).
 //! A personal token reads and can revoke tokens, nothing more: a leaked one must not
-//! mint successors, set a password or hand the environment to someone else.
+//! mint successors, set a password, add an SSH key (a credential of its own) or
+//! hand the environment to someone else.
 
 use std::sync::Arc;
 
@@ -21,6 +22,15 @@ use crate::store::User;
 #[serde(deny_unknown_fields)]
 struct NewToken {
     name: String,
+}
+
+/// `POST …/ssh-keys`: one OpenSSH public key line, optionally labelled.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewSshKey {
+    pub key: String,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 pub async fn handle<B: ReqBody>(app: &App, req: Request<B>, rest: &str) -> Resp {
@@ -121,6 +131,22 @@ async fn route<B: ReqBody>(
         (&Method::DELETE, ["shares", grantee]) => {
             let shares = app.sharing.unshare(&user.name, &user, grantee).await?;
             Ok((StatusCode::OK, json!({ "shared_with": shares })))
+        }
+        (&Method::GET, ["ssh-keys"]) => Ok((
+            StatusCode::OK,
+            json!({ "ssh_keys": accounts.ssh_keys(&user)? }),
+        )),
+        (&Method::POST, ["ssh-keys"]) => {
+            let new: NewSshKey = parse_json(req).await?;
+            let added = accounts
+                .add_ssh_key(&user.name, &user, &new.key, new.name.as_deref())
+                .await?;
+            Ok((StatusCode::CREATED, json!(added)))
+        }
+        (&Method::DELETE, ["ssh-keys", key]) => {
+            let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+            accounts.remove_ssh_key(&user.name, &user, &key).await?;
+            Ok((StatusCode::OK, json!({ "removed": key })))
         }
         (&Method::DELETE, ["tokens", id]) => {
             accounts.revoke_api_token(&user, id).await?;

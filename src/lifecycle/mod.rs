@@ -480,6 +480,22 @@ impl Lifecycle {
         }
     }
 
+    /// Counts as activity for idle culling, as a forwardAuth pass does (an open SSH
+    /// session calls it while it lasts).
+    pub fn touch(&self, id: &UserId) {
+        self.slot(id).touch();
+    }
+
+    /// Completes once the user's environment stopped, paused, failed or went
+    /// away (culled, stopped by an admin, removed): what runs in it has ended.
+    /// A moment of doubt (the event stream reconnecting) does not count.
+    pub async fn until_stopped(&self, id: &UserId) {
+        let mut rx = self.slot(id).phase.subscribe();
+        let _ = rx
+            .wait_for(|p| matches!(p, Phase::Stopped | Phase::Paused | Phase::Failed { .. }))
+            .await;
+    }
+
     /// Whether the user's container is still ready after `wait`: Docker reports a
     /// container killed a moment ago within milliseconds.
     pub async fn stays_ready(&self, id: &UserId, wait: Duration) -> bool {

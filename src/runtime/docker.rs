@@ -1,5 +1,7 @@
 //! [`Runtime`] over the Docker Engine API (bollard).
 
+mod exec;
+
 use std::collections::HashMap;
 
 use async_trait::async_trait;
@@ -1019,6 +1021,30 @@ impl Runtime for DockerRuntime {
                 }
             })
             .collect())
+    }
+
+    async fn exec(
+        &self,
+        env: &EnvId,
+        req: &super::ExecRequest,
+    ) -> Result<super::Exec, RuntimeError> {
+        self.exec_in(env, req).await
+    }
+
+    async fn exec_resize(&self, exec_id: &str, size: super::TtySize) -> Result<(), RuntimeError> {
+        self.resize(exec_id, size).await
+    }
+
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
+        self.exit_code(exec_id).await
+    }
+
+    async fn port_address(
+        &self,
+        env: &EnvId,
+        port: u16,
+    ) -> Result<Option<std::net::SocketAddr>, RuntimeError> {
+        self.own_port(env, port).await
     }
 
     async fn network_bytes(&self, env: &EnvId) -> Result<Option<u64>, RuntimeError> {

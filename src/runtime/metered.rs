@@ -8,8 +8,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    Capabilities, ContainerGone, ContainerInfo, ContainerSummary, EnvId, EnvironmentSpec, Resource,
-    Running, Runtime, RuntimeError, Usage,
+    Capabilities, ContainerGone, ContainerInfo, ContainerSummary, EnvId, EnvironmentSpec, Exec,
+    ExecRequest, Resource, Running, Runtime, RuntimeError, TtySize, Usage,
 };
 use crate::metrics::{Metrics, RuntimeOp};
 
@@ -86,6 +86,25 @@ impl Runtime for Metered {
     }
     async fn stats(&self, env: &EnvId) -> Result<Option<Usage>, RuntimeError> {
         self.timed(RuntimeOp::Stats, self.inner.stats(env)).await
+    }
+    async fn exec(&self, env: &EnvId, req: &ExecRequest) -> Result<Exec, RuntimeError> {
+        self.timed(RuntimeOp::Exec, self.inner.exec(env, req)).await
+    }
+    async fn exec_resize(&self, exec_id: &str, size: TtySize) -> Result<(), RuntimeError> {
+        self.timed(RuntimeOp::ExecResize, self.inner.exec_resize(exec_id, size))
+            .await
+    }
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
+        self.timed(RuntimeOp::ExecExitCode, self.inner.exec_exit_code(exec_id))
+            .await
+    }
+    async fn port_address(
+        &self,
+        env: &EnvId,
+        port: u16,
+    ) -> Result<Option<std::net::SocketAddr>, RuntimeError> {
+        self.timed(RuntimeOp::PortAddress, self.inner.port_address(env, port))
+            .await
     }
     async fn remove(&self, env: &EnvId, with_volume: bool) -> Result<(), RuntimeError> {
         self.timed(RuntimeOp::Remove, self.inner.remove(env, with_volume))

@@ -198,6 +198,40 @@ pub struct Usage {
     pub memory_limit_bytes: Option<u64>,
 }
 
+/// A terminal's size in characters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// A command to run inside a running environment, as the image's user, within
+/// its limits (an SSH session's shell or command).
+#[derive(Clone, Debug)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// A terminal (stdout and stderr then arrive merged, as stdout).
+    pub tty: Option<TtySize>,
+    pub env: Vec<(String, String)>,
+}
+
+/// Output of a running command.
+#[derive(Debug)]
+pub enum ExecOutput {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+}
+
+/// A command started by [`Runtime::exec`]: its output ends when it exits.
+pub struct Exec {
+    /// The runtime's handle for resizing it and reading its exit code.
+    pub id: String,
+    pub output: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<ExecOutput, RuntimeError>> + Send>,
+    >,
+    pub input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("Docker is unreachable: {0}")]
@@ -275,6 +309,34 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove_resource(&self, resource: &Resource) -> Result<(), RuntimeError> {
         let _ = resource;
         Ok(())
+    }
+    /// Starts `req` inside the running environment.
+    async fn exec(&self, env: &EnvId, req: &ExecRequest) -> Result<Exec, RuntimeError> {
+        let _ = (env, req);
+        Err(RuntimeError::Failed(
+            "this runtime cannot run commands".into(),
+        ))
+    }
+    /// Resizes the terminal of a command started with one.
+    async fn exec_resize(&self, exec_id: &str, size: TtySize) -> Result<(), RuntimeError> {
+        let _ = (exec_id, size);
+        Ok(())
+    }
+    /// The exit code of a command whose output ended (`None`: still running or
+    /// unknown).
+    async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, RuntimeError> {
+        let _ = exec_id;
+        Ok(None)
+    }
+    /// Where spawngate reaches `port` of the running environment itself (its own
+    /// address, never a shared or host one); `None` when it is not running.
+    async fn port_address(
+        &self,
+        env: &EnvId,
+        port: u16,
+    ) -> Result<Option<std::net::SocketAddr>, RuntimeError> {
+        let _ = (env, port);
+        Ok(None)
     }
     /// Calls `on_gone` whenever one of this instance's user environments stops,
     /// pauses or is removed. Runs until the stream ends or fails; the caller

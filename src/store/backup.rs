@@ -23,12 +23,12 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::records::{
-    AdminToken, ApiToken, AuditEntry, ContainerRecord, DecodeError, LoginToken, Session, User,
-    decode,
+    AdminToken, ApiToken, AuditEntry, ContainerRecord, DecodeError, LoginToken, Session, SshKey,
+    User, decode,
 };
 use super::{
     Store, StoreError, admin_tokens, api_tokens, audit, containers, deleted_users, login_tokens,
-    meta, sessions, users,
+    meta, sessions, ssh_keys, users,
 };
 
 pub const FORMAT: &str = "spawngate-backup";
@@ -95,6 +95,7 @@ enum Kind {
     ApiToken,
     Container,
     Audit,
+    SshKey,
 }
 
 struct TreeSpec {
@@ -105,7 +106,7 @@ struct TreeSpec {
 
 /// Every tree of the store, in the order a backup lists them. A unit test checks
 /// that this is exactly the set of trees the store opens.
-const TREES: [TreeSpec; 13] = [
+const TREES: [TreeSpec; 14] = [
     spec(users::TREE, KeyEnc::Text, Kind::User),
     spec(users::NAMES, KeyEnc::Text, Kind::UserId),
     spec(users::SLUGS, KeyEnc::Text, Kind::UserId),
@@ -120,6 +121,7 @@ const TREES: [TreeSpec; 13] = [
     spec(meta::TREE, KeyEnc::Text, Kind::Bytes),
     // Tombstones: deleted user id → when, and whether the volume stays.
     spec(deleted_users::TREE, KeyEnc::Text, Kind::Bytes),
+    spec(ssh_keys::TREE, KeyEnc::Text, Kind::SshKey),
 ];
 
 const fn spec(name: &'static str, key: KeyEnc, kind: Kind) -> TreeSpec {
@@ -462,6 +464,17 @@ fn check_json(kind: Kind, key: &[u8], bytes: &[u8]) -> Result<(), String> {
         Kind::AdminToken => read::<AdminToken>(bytes).map(drop),
         Kind::ApiToken => read::<ApiToken>(bytes).map(drop),
         Kind::Audit => read::<AuditEntry>(bytes).map(drop),
+        Kind::SshKey => {
+            let k = read::<SshKey>(bytes)?;
+            if k.fingerprint.as_bytes() == key {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the key's fingerprint '{}' differs from its key",
+                    k.fingerprint
+                ))
+            }
+        }
         Kind::UserId | Kind::Bytes => Ok(()),
     }
 }
@@ -845,6 +858,16 @@ mod tests {
         s.issue_login_token(&a.id, 900).await.unwrap();
         s.create_api_token(&a.id, "ci").await.unwrap();
         s.create_admin_token("ops").await.unwrap();
+        s.add_ssh_key(&SshKey {
+            id: "k1".into(),
+            user_id: a.id.clone(),
+            fingerprint: "SHA256:abc".into(),
+            public_key: "ssh-ed25519 AAAA".into(),
+            name: "laptop".into(),
+            added: 1,
+        })
+        .await
+        .unwrap();
         s.session_key().unwrap();
         s.container_key().unwrap();
         s.audit("operator", "user.create", "alice", None);

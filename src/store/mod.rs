@@ -21,6 +21,7 @@ mod login_tokens;
 mod meta;
 pub mod records;
 mod sessions;
+mod ssh_keys;
 mod users;
 
 use std::collections::HashMap;
@@ -34,7 +35,7 @@ use crate::ids::{Slug, UserId};
 pub use login_tokens::TokenRejection;
 pub use records::{
     AdminToken, ApiToken, AuditEntry, ContainerRecord, Desired, LoginToken, Overrides, Session,
-    SessionScope, Share, User,
+    SessionScope, Share, SshKey, User,
 };
 use records::{DecodeError, decode};
 
@@ -119,6 +120,7 @@ pub struct Store {
     meta: sled::Tree,
     /// Tombstones of deleted users (see `deleted_users.rs`).
     deleted_users: sled::Tree,
+    ssh_keys: sled::Tree,
     /// sled 0.34 can deadlock when a transaction runs while a flush is in flight
     /// (sled issue #1412: the transaction waits for a write lock that the flusher's
     /// readers never release). Transactions and flushes take turns through this.
@@ -199,6 +201,7 @@ impl Store {
             audit: tree(audit::TREE)?,
             meta: tree(meta::TREE)?,
             deleted_users: tree(deleted_users::TREE)?,
+            ssh_keys: tree(ssh_keys::TREE)?,
             flush_gate: Arc::new(tokio::sync::Mutex::new(())),
             refresh_lock: Arc::new(std::sync::Mutex::new(())),
             snapshot_lock: Arc::new(std::sync::RwLock::new(())),
@@ -212,7 +215,7 @@ impl Store {
     }
 
     /// Every tree with its name, as `open` opened them (what a backup walks).
-    fn trees(&self) -> [(&'static str, &sled::Tree); 13] {
+    fn trees(&self) -> [(&'static str, &sled::Tree); 14] {
         [
             (users::TREE, &self.users),
             (users::NAMES, &self.names),
@@ -227,6 +230,7 @@ impl Store {
             (audit::TREE, &self.audit),
             (meta::TREE, &self.meta),
             (deleted_users::TREE, &self.deleted_users),
+            (ssh_keys::TREE, &self.ssh_keys),
         ]
     }
 

@@ -127,6 +127,22 @@ pub struct ApiToken {
     pub generation: u32,
 }
 
+/// A user's SSH public key, stored under its fingerprint.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SshKey {
+    /// Short public handle for listing and removing.
+    pub id: String,
+    pub user_id: UserId,
+    /// SHA-256, as OpenSSH prints it (`SHA256:…`).
+    pub fingerprint: String,
+    /// The key in OpenSSH's one-line form, without its comment.
+    pub public_key: String,
+    /// The owner's label (the key's comment when none was given).
+    pub name: String,
+    /// Unix seconds.
+    pub added: i64,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AdminToken {
     pub name: String,

@@ -5,7 +5,7 @@
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionResult};
 
-use super::records::{ApiToken, LoginToken, Overrides, Session, User, decode, encode};
+use super::records::{ApiToken, LoginToken, Overrides, Session, SshKey, User, decode, encode};
 use super::{Result, Store, StoreError, deleted_users};
 use crate::ids::{Slug, UserId, random_bytes};
 use crate::time::unix_now;
@@ -204,7 +204,7 @@ impl Store {
     }
 
     /// Deletes a user in one transaction with everything that points at them: their
-    /// indexes, sessions, login links, personal tokens, container record and the
+    /// indexes, sessions, login links, personal tokens, SSH keys, container record and the
     /// grants other users gave them; and leaves a tombstone (see `deleted_users`).
     /// A crash leaves either all of it or none.
     /// `keep_volume` is recorded in the tombstone: reconcile removes the volume
@@ -218,6 +218,7 @@ impl Store {
             t.user_id.as_ref() == Some(&user.id)
         })?;
         let tokens = self.keys_where::<ApiToken>(&self.api_tokens, |t| t.user_id == user.id)?;
+        let ssh_keys = self.keys_where::<SshKey>(&self.ssh_keys, |k| k.user_id == user.id)?;
         let owners: Vec<UserId> = self
             .snapshot()
             .users()
@@ -241,9 +242,22 @@ impl Store {
             &self.login_tokens,
             &self.api_tokens,
             &self.deleted_users,
+            &self.ssh_keys,
         )
             .transaction(
-                |(users, names, slugs, emails, ports, containers, sess, login, api, deleted)| {
+                |(
+                    users,
+                    names,
+                    slugs,
+                    emails,
+                    ports,
+                    containers,
+                    sess,
+                    login,
+                    api,
+                    deleted,
+                    ssh,
+                )| {
                     users.remove(id)?;
                     names.remove(user.name.as_bytes())?;
                     slugs.remove(user.slug.as_str().as_bytes())?;
@@ -262,6 +276,9 @@ impl Store {
                     }
                     for key in &tokens {
                         api.remove(key.as_ref())?;
+                    }
+                    for key in &ssh_keys {
+                        ssh.remove(key.as_ref())?;
                     }
                     for owner in &owners {
                         let key = owner.as_str().as_bytes();

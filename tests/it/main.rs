@@ -25,5 +25,6 @@ mod metrics;
 mod proc;
 mod progress;
 mod sharing;
+mod ssh;
 mod storefull;
 mod subdomain;

@@ -1,0 +1,245 @@
+//! One SSH connection: public-key authentication against the user's registered
+//! keys, and which channels it may open (sessions, and `direct-tcpip` into the
+//! user's own container; nothing else).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use russh::keys::HashAlg;
+use russh::server::{
+    Auth, ChannelOpenHandle, Handler, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelId, ChannelOpenFailure};
+
+use super::{Counted, Shared};
+use crate::store::User;
+
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// Set once authenticated.
+    user: Option<Arc<User>>,
+    /// Its place within `ssh.max_connections_per_user`, given back on drop.
+    _place: Option<Counted>,
+}
+
+impl Connection {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Connection {
+        Connection {
+            shared,
+            peer,
+            user: None,
+            _place: None,
+        }
+    }
+
+    /// The rate-limit key: the client's address, as the login form counts it.
+    fn client(&self) -> String {
+        self.peer.ip().to_canonical().to_string()
+    }
+
+    /// The user `name` if `key` is one of theirs and they may sign in.
+    fn owner(&self, name: &str, key: &russh::keys::PublicKey) -> Option<Arc<User>> {
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let record = self.shared.store.ssh_key(&fingerprint).ok().flatten()?;
+        let user = self.shared.store.snapshot().by_name(name).cloned()?;
+        (record.user_id == user.id && !user.disabled).then_some(user)
+    }
+
+    /// Counts a failed attempt; `false` once the address is over its budget.
+    fn failed(&self) -> bool {
+        self.shared.failures.allow(&self.client())
+    }
+
+    /// Whether the address has budget left (checking costs nothing).
+    fn within_budget(&self) -> bool {
+        let client = self.client();
+        let ok = self.shared.failures.allow(&client);
+        self.shared.failures.forgive(&client);
+        ok
+    }
+}
+
+impl Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Only keys that would be accepted are asked to sign: a client offering
+        // others learns nothing but "no".
+        if self.within_budget() && self.owner(user, offer.public_key).is_some() {
+            return Ok(Auth::Accept);
+        }
+        self.failed();
+        Ok(Auth::reject())
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if !self.within_budget() {
+            tracing::info!(peer = %self.peer, user, "ssh: refused, too many failed attempts from this address");
+            return Ok(Auth::reject());
+        }
+        let Some(found) = self.owner(user, key.public_key) else {
+            self.failed();
+            return Ok(Auth::reject());
+        };
+        let Some(place) = self
+            .shared
+            .connections
+            .take(&found.id, self.shared.config.max_connections_per_user)
+        else {
+            tracing::info!(peer = %self.peer, user, "ssh: refused, too many connections for this user");
+            return Ok(Auth::reject());
+        };
+        let fingerprint = key.public_key.fingerprint(HashAlg::Sha256).to_string();
+        self.shared.store.audit(
+            &found.name,
+            "ssh.connect",
+            &found.name,
+            Some(format!("from {}, key {fingerprint}", self.peer.ip())),
+        );
+        self.user = Some(found);
+        self._place = Some(place);
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(user) = self.user.clone() else {
+            return Ok(());
+        };
+        let Some(place) = self
+            .shared
+            .channels
+            .take(&user.id, self.shared.config.max_sessions_per_user)
+        else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let shared = self.shared.clone();
+        self.shared.tasks.spawn(async move {
+            super::session::run(shared, user, channel).await;
+            drop(place);
+        });
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(user) = self.user.clone() else {
+            return Ok(());
+        };
+        let Some(port) = super::forward::target_port(host_to_connect, port_to_connect) else {
+            tracing::info!(user = %user.name, target = %host_to_connect, port = port_to_connect, "ssh: forwarding refused (only localhost:<port> of the user's own container)");
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let Some(place) = self
+            .shared
+            .channels
+            .take(&user.id, self.shared.config.max_sessions_per_user)
+        else {
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        };
+        // Off the connection's loop: the container may have to start first.
+        let shared = self.shared.clone();
+        self.shared.tasks.spawn(async move {
+            super::forward::run(shared, user, port, channel, reply).await;
+            drop(place);
+        });
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The session's task reads the request too; answered here, in order.
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "sftp" {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Some(user) = &self.user {
+            self.shared.store.audit(
+                &user.name,
+                "ssh.disconnect",
+                &user.name,
+                Some(format!("from {}", self.peer.ip())),
+            );
+        }
+    }
+}
