@@ -61,10 +61,11 @@ async fn render(
         .map(|n| format!(r#"<p class="notice" role="status">{n}</p>"#))
         .unwrap_or_default();
     let body = format!(
-        "{notice}{environment}{output}{tokens}{sessions}{sharing}",
+        "{notice}{environment}{output}{tokens}{ssh_keys}{sessions}{sharing}",
         environment = environment_panel(&overview, &csrf),
         output = output_panel(&logs),
         tokens = tokens_panel(app, user, &csrf)?,
+        ssh_keys = ssh_keys_panel(app, user, &csrf)?,
         sessions = sessions_panel(app, identity, &csrf)?,
         sharing = sharing_panel(app, user, &csrf),
     );
@@ -85,6 +86,8 @@ fn notice(key: &str) -> Option<&'static str> {
         "stopped" => "Your environment is stopped. It starts again when you open it.",
         "restarted" => "Your environment was restarted.",
         "token-revoked" => "The token was revoked: it no longer works.",
+        "ssh-key-added" => "The SSH key was added.",
+        "ssh-key-removed" => "The SSH key was removed: it no longer signs you in.",
         "session-revoked" => "That session was signed out.",
         "shared" => "Shared.",
         "unshared" => "No longer shared.",
@@ -310,6 +313,53 @@ fn tokens_panel(app: &App, user: &User, csrf: &str) -> Result<String, HttpError>
     ))
 }
 
+/// The user's SSH public keys (only with `[ssh]` on): list, remove, add, and the
+/// command that connects.
+fn ssh_keys_panel(app: &App, user: &User, csrf: &str) -> Result<String, HttpError> {
+    let Some(ssh) = &app.config.ssh else {
+        return Ok(String::new());
+    };
+    let keys = app.accounts.ssh_keys(user)?;
+    let rows: String = keys
+        .iter()
+        .map(|k| {
+            format!(
+                "<tr><td>{}</td><td><code>{}</code> {}</td><td>{}</td><td>{}</td></tr>",
+                escape(&k.name),
+                escape(&k.fingerprint),
+                escape(&k.algorithm),
+                time_ago(Some(&k.added)),
+                button(
+                    "/_spawngate/me/ssh-keys/remove",
+                    csrf,
+                    "Remove",
+                    "secondary small",
+                    &[("id", &k.id)]
+                )
+            )
+        })
+        .collect();
+    let table = if keys.is_empty() {
+        r#"<p class="muted">You have no SSH keys.</p>"#.to_owned()
+    } else {
+        format!(
+            r#"<table id="ssh-keys"><thead><tr><th scope="col">Name</th><th scope="col">Fingerprint</th><th scope="col">Added</th><th scope="col"><span class="sr-only">Actions</span></th></tr></thead><tbody>{rows}</tbody></table>"#
+        )
+    };
+    let host = &app.config.public_url.host;
+    let command = format!("ssh -p {} {}@{}", ssh.listen.port(), user.name, host);
+    Ok(format!(
+        r#"<section class="panel" aria-labelledby="ssh-title"><h2 id="ssh-title">SSH keys</h2>
+<p class="muted">With a key here, <code>{command}</code> opens a shell in your environment (started if needed); <code>scp</code>, <code>sftp</code> and <code>-L</code> forwarding to its ports work too.</p>
+{table}
+<form method="post" action="/_spawngate/me/ssh-keys">{csrf_field}<p><label for="ssh-key">Public key (ed25519, ECDSA, or RSA of 3072 bits or more)</label><br><textarea id="ssh-key" name="key" required rows="3" cols="60" placeholder="ssh-ed25519 AAAA… you@laptop"></textarea></p>
+<p class="row"><label for="ssh-key-name">Name (optional)</label> <input id="ssh-key-name" name="name" maxlength="64" placeholder="e.g. laptop"> <button type="submit">Add key</button></p></form>
+</section>"#,
+        command = escape(&command),
+        csrf_field = csrf_field(csrf),
+    ))
+}
+
 fn sessions_panel(
     app: &App,
     identity: &crate::auth::Identity,
@@ -484,6 +534,19 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
                 .revoke_api_token(user, form.field("id"))
                 .await?;
             Ok(back("token-revoked"))
+        }
+        "ssh-keys" => {
+            let name = Some(form.field("name")).filter(|n| !n.trim().is_empty());
+            app.accounts
+                .add_ssh_key(&user.name, user, form.field("key"), name)
+                .await?;
+            Ok(back("ssh-key-added"))
+        }
+        "ssh-keys/remove" => {
+            app.accounts
+                .remove_ssh_key(&user.name, user, form.field("id"))
+                .await?;
+            Ok(back("ssh-key-removed"))
         }
         "sessions/revoke" => {
             let current = &form.identity.session;

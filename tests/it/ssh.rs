@@ -644,3 +644,83 @@ fn cli_manages_keys_and_check_prints_the_host_key() {
     let again = spawngate(dir.path(), &["check"], &on);
     assert!(stdout(&again).contains(&expected), "the key is kept");
 }
+
+/// The dashboard's SSH panel: a key added there signs in, removed there it is
+/// refused at the next connection; its forms need the session's CSRF token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_added_and_removed_from_the_dashboard() {
+    let s = Ssh::start("").await;
+    let h = &s.h;
+    h.user("carol").await;
+    let key = s.keygen("carol");
+    let cookie = h.login("carol").await;
+    let csrf = h.me(&cookie).await["csrf"].as_str().unwrap().to_owned();
+    let dashboard = || async {
+        let resp = h
+            .client
+            .get(h.url("/_spawngate/"))
+            .header(COOKIE, &cookie)
+            .header("Accept", "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        resp.text().await.unwrap()
+    };
+    let page = dashboard().await;
+    assert!(page.contains("SSH keys"), "{page}");
+    assert!(
+        page.contains(&format!("ssh -p {} carol@127.0.0.1", s.port)),
+        "{page}"
+    );
+    assert!(page.contains("You have no SSH keys."));
+
+    let post = |action: &'static str, form: Vec<(&'static str, String)>| {
+        h.client
+            .post(h.url(&format!("/_spawngate/me/{action}")))
+            .header(COOKIE, &cookie)
+            .form(&form)
+            .send()
+    };
+    let forged = post("ssh-keys", vec![("key", pub_key(&key))])
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+    let added = post(
+        "ssh-keys",
+        vec![
+            ("csrf", csrf.clone()),
+            ("key", pub_key(&key)),
+            ("name", "laptop".into()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(added.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        added.headers()["location"],
+        "/_spawngate/?done=ssh-key-added"
+    );
+    let page = dashboard().await;
+    assert!(page.contains(&fingerprint(&key)), "{page}");
+    assert!(page.contains("laptop"));
+
+    let out = s.run(&key, "carol", &["--", "echo in-the-container"]).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text(&out.stdout).trim(), "in-the-container");
+
+    let (status, listed) = me_call(h, &cookie, reqwest::Method::GET, "ssh-keys", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = listed["ssh_keys"][0]["id"].as_str().unwrap().to_owned();
+    let removed = post("ssh-keys/remove", vec![("csrf", csrf.clone()), ("id", id)])
+        .await
+        .unwrap();
+    assert_eq!(removed.status(), StatusCode::SEE_OTHER);
+    assert!(dashboard().await.contains("You have no SSH keys."));
+    let out = s.run(&key, "carol", &["--", "true"]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(255),
+        "a removed key is refused: {out:?}"
+    );
+}
