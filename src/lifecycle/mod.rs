@@ -732,6 +732,16 @@ impl Lifecycle {
         if !matches!(*slot.phase.borrow(), Phase::Starting) {
             return Ok(SpawnTimes::default());
         }
+        // The stored user decides, not the caller's copy: nothing starts for a user
+        // deleted or disabled meanwhile (an SSH connection or a request holding an
+        // older copy), and the latest overrides apply.
+        let current = self.store.snapshot().by_id(&user.id).cloned();
+        let Some(current) = current.filter(|u| !u.disabled) else {
+            return Err(SpawnError::Failed(
+                "the user was deleted or disabled".into(),
+            ));
+        };
+        let user: &User = &current;
         let was_present = slot.present.load(Ordering::Relaxed);
         match was_present {
             true => slot

@@ -3,7 +3,7 @@
 //! user's own container; nothing else).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use russh::keys::HashAlg;
 use russh::server::{
@@ -12,6 +12,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 
 use super::{Counted, Shared};
+use crate::ids::UserId;
 use crate::store::User;
 
 pub(crate) struct Connection {
@@ -19,17 +20,72 @@ pub(crate) struct Connection {
     peer: SocketAddr,
     /// Set once authenticated.
     user: Option<Arc<User>>,
+    /// Who signed in with which key, for the connection's task to re-check (see
+    /// [`Signed::still_allowed`]).
+    signed: Arc<OnceLock<Signed>>,
     /// Its place within `ssh.max_connections_per_user`, given back on drop.
     _place: Option<Counted>,
+    /// Its place among the connections not yet signed in (see `mod.rs`), given
+    /// back once signed in.
+    unsigned: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A connection counts one failed attempt at most: OpenSSH offers every key
+    /// of an agent in turn, and each would spend the address's sign-in budget.
+    failure_counted: bool,
+}
+
+/// The user and key a connection signed in with.
+pub(crate) struct Signed {
+    user_id: UserId,
+    fingerprint: String,
+}
+
+impl Signed {
+    /// The user as stored now, if they still exist, are enabled and still hold
+    /// the key: a disable, a delete or a removed key ends what the connection may
+    /// do (its task disconnects it; a channel opened meanwhile is refused).
+    pub(crate) fn still_allowed(&self, shared: &Shared) -> Option<Arc<User>> {
+        let user = shared.store.snapshot().by_id(&self.user_id).cloned()?;
+        let key = shared.store.ssh_key(&self.fingerprint).ok().flatten()?;
+        (key.user_id == user.id && !user.disabled).then_some(user)
+    }
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr) -> Connection {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+        signed: Arc<OnceLock<Signed>>,
+        unsigned: tokio::sync::OwnedSemaphorePermit,
+    ) -> Connection {
         Connection {
             shared,
             peer,
             user: None,
+            signed,
             _place: None,
+            unsigned: Some(unsigned),
+            failure_counted: false,
+        }
+    }
+
+    /// The signed-in user as stored now (`None`: not signed in, or no longer
+    /// allowed, and then the client is told and disconnected).
+    fn current(&mut self, session: &mut Session) -> Option<Arc<User>> {
+        self.user.as_ref()?;
+        match self
+            .signed
+            .get()
+            .and_then(|s| s.still_allowed(&self.shared))
+        {
+            Some(user) => Some(user),
+            None => {
+                let _ = session.disconnect(
+                    russh::Disconnect::ByApplication,
+                    "your access was revoked",
+                    "",
+                );
+                None
+            }
         }
     }
 
@@ -46,9 +102,12 @@ impl Connection {
         (record.user_id == user.id && !user.disabled).then_some(user)
     }
 
-    /// Counts a failed attempt; `false` once the address is over its budget.
-    fn failed(&self) -> bool {
-        self.shared.failures.allow(&self.client())
+    /// Counts a failed attempt, once per connection.
+    fn failed(&mut self) {
+        if !self.failure_counted {
+            self.failure_counted = true;
+            self.shared.failures.allow(&self.client());
+        }
     }
 
     /// Whether the address has budget left (checking costs nothing).
@@ -105,8 +164,13 @@ impl Handler for Connection {
             &found.name,
             Some(format!("from {}, key {fingerprint}", self.peer.ip())),
         );
+        let _ = self.signed.set(Signed {
+            user_id: found.id.clone(),
+            fingerprint,
+        });
         self.user = Some(found);
         self._place = Some(place);
+        self.unsigned = None;
         Ok(Auth::Accept)
     }
 
@@ -114,9 +178,12 @@ impl Handler for Connection {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(user) = self.user.clone() else {
+        let Some(user) = self.current(session) else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         let Some(place) = self
@@ -144,9 +211,12 @@ impl Handler for Connection {
         _originator_address: &str,
         _originator_port: u32,
         reply: ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(user) = self.user.clone() else {
+        let Some(user) = self.current(session) else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
             return Ok(());
         };
         let Some(port) = super::forward::target_port(host_to_connect, port_to_connect) else {

@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     tasks: Tasks,
     connections: Counter,
     channels: Counter,
+    /// Places for connections not yet signed in (see [`MAX_UNSIGNED`]).
+    unsigned: Arc<tokio::sync::Semaphore>,
 }
 
 /// Open things per user, capped; a [`Counted`] gives its place back when dropped.
@@ -88,6 +90,14 @@ impl Drop for Counted {
 
 /// How long a client may take to send its version line.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+/// How long a connection may take to sign in (OpenSSH's `LoginGraceTime`).
+const SIGN_IN_LIMIT: Duration = Duration::from_secs(30);
+/// Connections not yet signed in, at most (OpenSSH's `MaxStartups`): past it new
+/// ones are closed at once, so idle unauthenticated connections cannot use up
+/// the file descriptors the HTTP listener needs too.
+const MAX_UNSIGNED: usize = 64;
+/// How often a signed-in connection checks that its user and key still hold.
+const RECHECK: Duration = Duration::from_secs(2);
 
 pub struct SshServer {
     shared: Arc<Shared>,
@@ -129,6 +139,7 @@ impl SshServer {
                 tasks,
                 connections: Counter::default(),
                 channels: Counter::default(),
+                unsigned: Arc::new(tokio::sync::Semaphore::new(MAX_UNSIGNED)),
             }),
             russh: Arc::new(russh),
         })
@@ -151,8 +162,15 @@ impl SshServer {
                     continue;
                 }
             };
+            let Ok(unsigned) = self.shared.unsigned.clone().try_acquire_owned() else {
+                tracing::info!(%peer, "ssh: refused, too many connections not yet signed in");
+                continue;
+            };
             let _ = stream.set_nodelay(true);
-            let handler = handler::Connection::new(self.shared.clone(), peer);
+            let signed = Arc::new(std::sync::OnceLock::new());
+            let handler =
+                handler::Connection::new(self.shared.clone(), peer, signed.clone(), unsigned);
+            let shared = self.shared.clone();
             let config = self.russh.clone();
             let tasks2 = tasks.clone();
             tasks.spawn(async move {
@@ -177,23 +195,32 @@ impl SshServer {
                 };
                 let handle = session.handle();
                 tokio::pin!(session);
-                tokio::select! {
-                    r = &mut session => {
-                        if let Err(e) = r {
-                            tracing::debug!(%peer, error = %e, "ssh connection ended with error");
+                let connected = tokio::time::Instant::now();
+                let mut recheck = tokio::time::interval(RECHECK);
+                let why = loop {
+                    tokio::select! {
+                        r = &mut session => {
+                            if let Err(e) = r {
+                                tracing::debug!(%peer, error = %e, "ssh connection ended with error");
+                            }
+                            return;
                         }
+                        _ = recheck.tick() => match signed.get() {
+                            None if connected.elapsed() >= SIGN_IN_LIMIT => {
+                                break "not signed in in time";
+                            }
+                            Some(s) if s.still_allowed(&shared).is_none() => {
+                                break "your access was revoked";
+                            }
+                            _ => {}
+                        },
+                        () = tasks2.cancelled() => break "spawngate is shutting down",
                     }
-                    () = tasks2.cancelled() => {
-                        let _ = handle
-                            .disconnect(
-                                russh::Disconnect::ByApplication,
-                                "spawngate is shutting down".into(),
-                                String::new(),
-                            )
-                            .await;
-                        let _ = tokio::time::timeout(Duration::from_secs(2), session).await;
-                    }
-                }
+                };
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, why.into(), String::new())
+                    .await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), session).await;
             });
         }
     }

@@ -724,3 +724,72 @@ async fn keys_are_added_and_removed_from_the_dashboard() {
         "a removed key is refused: {out:?}"
     );
 }
+
+/// A connection held open (a tunnel, a ControlMaster) does not outlive the
+/// user's access: removing the key, or disabling the user, ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_key_or_a_disable_ends_open_connections() {
+    let s = Ssh::start("").await;
+    let h = &s.h;
+    h.user("dora").await;
+    let key = s.keygen("dora");
+    let admin = h.admin().await;
+    let (status, added) = admin
+        .post("users/dora/ssh-keys", Some(json!({ "key": pub_key(&key) })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+
+    let tunnel = |local: u16| {
+        s.ssh(&key, "dora")
+            .args([
+                "-N",
+                "-o",
+                "ExitOnForwardFailure=yes",
+                "-L",
+                &format!("127.0.0.1:{local}:localhost:8080"),
+            ])
+            .spawn()
+            .unwrap()
+    };
+    let through = |local: u16| async move {
+        poll(60, "the app through the tunnel", || async move {
+            let resp = reqwest::get(format!("http://127.0.0.1:{local}/healthz"))
+                .await
+                .ok()?;
+            (resp.status() == StatusCode::OK).then_some(())
+        })
+        .await
+    };
+    let ends = |mut child: tokio::process::Child, what: &'static str| async move {
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the connection was still open after {what}"))
+            .unwrap();
+        assert!(!status.success(), "ssh ends with an error after {what}");
+    };
+
+    let local = free_port();
+    let open = tunnel(local);
+    through(local).await;
+    let id = added["id"].as_str().unwrap();
+    let (status, body) = admin.delete(&format!("users/dora/ssh-keys/{id}")).await;
+    assert!(status.is_success(), "{body}");
+    ends(open, "the key was removed").await;
+
+    let (status, body) = admin
+        .post("users/dora/ssh-keys", Some(json!({ "key": pub_key(&key) })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let local = free_port();
+    let open = tunnel(local);
+    through(local).await;
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/dora",
+            Some(json!({ "disabled": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    ends(open, "the user was disabled").await;
+}
