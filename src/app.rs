@@ -41,7 +41,7 @@ pub struct App {
     pub provider: Provider,
     pub sessions: Arc<SessionCodec>,
     /// Who is calling (cookies and personal tokens); shares the codec above.
-    pub identities: crate::auth::Identities,
+    pub identities: Arc<crate::auth::Identities>,
     /// Present when `email.enabled`.
     pub mailer: Option<crate::mail::Mailer>,
     pub limit_per_email: crate::auth::ratelimit::RateLimiter,
@@ -76,8 +76,11 @@ impl App {
         let store = Store::open(&config.data_dir)?;
         let session_key = store.session_key()?;
         let sessions = Arc::new(SessionCodec::new(&session_key));
-        let identities =
-            crate::auth::Identities::new(store.clone(), sessions.clone(), config.clone());
+        let identities = Arc::new(crate::auth::Identities::new(
+            store.clone(),
+            sessions.clone(),
+            config.clone(),
+        ));
         let provider = Provider::start(
             config.clone(),
             store.directory(),

@@ -131,7 +131,7 @@ impl Events {
                 .filter(|e| e.seq > since)
                 .cloned()
                 .collect(),
-            missed: since + 1 < oldest,
+            missed: since.saturating_add(1) < oldest,
             live,
         }
     }

@@ -33,6 +33,8 @@ pub const AUTH_RESPONSE_HEADERS: &[&str] = &[
 const SELF_SERVICE: &str = "spawngate";
 /// The errors middleware every user router starts with.
 const APP_GONE: &str = "spawngate-app-gone";
+/// Path mode: headers taken off every app's answers (see where it is defined).
+const APP_HEADERS: &str = "spawngate-app-headers";
 
 pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> Value {
     let mut routers = Map::new();
@@ -133,6 +135,16 @@ pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> 
             }}),
         );
     }
+    if config.apps.is_none() && !users.is_empty() {
+        // Every app shares one origin in path mode. `Service-Worker-Allowed: /`
+        // would let an app register a service worker over the whole site,
+        // spawngate's pages and other users' apps included; without the header a
+        // worker's scope stays under the app's own `/u-<slug>/` path.
+        middlewares.insert(
+            APP_HEADERS.into(),
+            json!({ "headers": { "customResponseHeaders": { "Service-Worker-Allowed": "" } } }),
+        );
+    }
     for user in users {
         render_user(
             config,
@@ -175,7 +187,7 @@ fn render_user(
     let prefix = user.slug.base_path();
     let auth = format!("auth-{segment}");
     let strip = format!("strip-{segment}");
-    let mut chain: Vec<&str> = Vec::with_capacity(3);
+    let mut chain: Vec<&str> = Vec::with_capacity(4);
     if config.docker.inject_secret {
         chain.push(APP_GONE);
     }
@@ -189,6 +201,7 @@ fn render_user(
             "service": segment,
         }),
         None => {
+            chain.push(APP_HEADERS);
             chain.push(&strip);
             json!({
                 // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
@@ -299,8 +312,13 @@ mod tests {
             json!([
                 "spawngate-app-gone",
                 format!("auth-{seg}"),
+                "spawngate-app-headers",
                 format!("strip-{seg}")
             ])
+        );
+        assert_eq!(
+            http["middlewares"]["spawngate-app-headers"]["headers"]["customResponseHeaders"]["Service-Worker-Allowed"],
+            ""
         );
         assert_eq!(
             http["middlewares"]["spawngate-app-gone"]["errors"]["statusRewrites"]["502"],

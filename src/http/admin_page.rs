@@ -380,8 +380,9 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
     let accounts = &app.accounts;
     let back = |key| forms::done(PATH, key);
     let name = form.field("user");
+    // By id: the form's user may name them by slug too.
     let not_yourself = |what: &'static str| -> Result<(), HttpError> {
-        if name == me.name {
+        if name == me.name || accounts.find_user(name).is_ok_and(|u| u.id == me.id) {
             return Err(Error::Invalid(format!("you cannot {what} your own account here")).into());
         }
         Ok(())

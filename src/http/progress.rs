@@ -321,11 +321,21 @@ pub fn events(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -
         }
     };
     let subscription = app.lifecycle.events().subscribe(since);
+    // The caller was an admin when the stream opened; it ends once they are not
+    // (a revoked token, a demoted, disabled or signed-out admin).
+    let (identities, store, credentials) =
+        (app.identities.clone(), app.store.clone(), headers.clone());
+    let still_admin = move || match super::bearer(&credentials) {
+        Some(token) => matches!(store.admin_token(token.expose()), Ok(Some(_))),
+        None => matches!(identities.identify(&credentials), Ok(Some(i)) if i.user.admin),
+    };
     let state = EventStream {
         missed: subscription.missed.then_some(since.unwrap_or(0)),
         replay: subscription.replay.into_iter(),
         live: subscription.live,
         tasks: app.tasks.clone(),
+        still_admin: Box::new(still_admin),
+        ends: tokio::time::Instant::now() + EVENTS_LIFETIME,
     };
     sse(futures_util::stream::unfold(state, EventStream::next))
 }
@@ -336,10 +346,20 @@ struct EventStream {
     replay: std::vec::IntoIter<Arc<crate::events::OpEvent>>,
     live: tokio::sync::broadcast::Receiver<Arc<crate::events::OpEvent>>,
     tasks: Tasks,
+    /// Asked before every chunk: the stream ends when the caller is no admin.
+    still_admin: Box<dyn Fn() -> bool + Send>,
+    /// Streams are bounded; a client reconnects with `Last-Event-ID`.
+    ends: tokio::time::Instant,
 }
+
+/// How long one operator event stream lasts at most.
+const EVENTS_LIFETIME: Duration = Duration::from_secs(3600);
 
 impl EventStream {
     async fn next(mut self) -> Option<(Bytes, EventStream)> {
+        if !(self.still_admin)() {
+            return None;
+        }
         if let Some(since) = self.missed.take() {
             let chunk = format!("event: missed\ndata: {}\n\n", json!({ "since": since }));
             return Some((Bytes::from(chunk), self));
@@ -351,8 +371,13 @@ impl EventStream {
         let received = tokio::select! {
             r = self.live.recv() => Some(r),
             _ = self.tasks.cancelled() => return None,
+            _ = tokio::time::sleep_until(self.ends) => return None,
             _ = tokio::time::sleep(KEEP_ALIVE) => None,
         };
+        // Asked again: the caller may have lost the right while this waited.
+        if !(self.still_admin)() {
+            return None;
+        }
         let chunk = match received {
             None => Bytes::from_static(b": keep-alive\n\n"),
             Some(Ok(event)) => event_chunk(&event),

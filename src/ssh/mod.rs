@@ -241,6 +241,18 @@ fn load_or_generate(path: &Path) -> Result<PrivateKey, SshError> {
     };
     match std::fs::read_to_string(path) {
         Ok(text) => {
+            // As sshd does: a host key others can read is refused, not used.
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .map_err(|e| err(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(err(format!(
+                    "permissions {:04o} are too open: the private key must be readable by its owner only (chmod 600)",
+                    mode & 0o7777
+                )));
+            }
             return PrivateKey::from_openssh(text.as_bytes())
                 .map_err(|e| err(format!("not an OpenSSH private key: {e}")));
         }
@@ -275,6 +287,17 @@ fn load_or_generate(path: &Path) -> Result<PrivateKey, SshError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        load_or_generate(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load_or_generate(&path).unwrap_err().to_string();
+        assert!(e.contains("0644 are too open"), "{e}");
+    }
 
     #[test]
     fn the_host_key_is_generated_once_private_and_kept() {

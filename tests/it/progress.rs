@@ -527,3 +527,53 @@ async fn a_browser_follows_a_slow_start_to_the_app_and_sees_why_a_start_failed()
         .await;
     browser.screenshot("progress-failed.png").await;
 }
+
+/// The operator stream answers to an admin for as long as they are one: taken
+/// over an admin's session, it ends at the first event after the flag is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_ends_when_its_admin_is_no_longer_one() {
+    let h = Harness::start(Options::default()).await;
+    let admin = h.admin().await;
+    h.user("ops").await;
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/ops",
+            Some(json!({ "admin": true })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cookie = h.login("ops").await;
+    let resp = h
+        .client
+        .get(h.url("/_spawngate/api/events"))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = Stream::new(resp);
+    h.user("first").await;
+    let seen = loop {
+        let event = stream.next(20).await.expect("the stream is open");
+        if event.data["kind"] == "user.created" {
+            break event;
+        }
+    };
+    assert_eq!(seen.data["user"], "first");
+
+    let (status, body) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/ops",
+            Some(json!({ "admin": false })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    h.user("second").await;
+    while let Some(event) = stream.next(30).await {
+        assert_ne!(
+            event.data["user"], "second",
+            "an event reached someone who is no longer an admin"
+        );
+    }
+}
