@@ -8,9 +8,11 @@
 //! - `handler.rs`: one connection: authentication and which channels it may open.
 //! - `session.rs`: a session channel: pty, shell / exec / subsystem in the container.
 //! - `forward.rs`: `direct-tcpip` into the user's container.
+//! - `quickack.rs`: the TCP stream, acknowledging at once (Nagle on the client).
 
 mod forward;
 mod handler;
+mod quickack;
 mod session;
 
 use std::collections::HashMap;
@@ -178,7 +180,7 @@ impl SshServer {
                 let started = tokio::select! {
                     r = tokio::time::timeout(
                         HANDSHAKE_LIMIT,
-                        russh::server::run_stream(config, stream, handler),
+                        russh::server::run_stream(config, quickack::QuickAck(stream), handler),
                     ) => r,
                     () = tasks2.cancelled() => return,
                 };
