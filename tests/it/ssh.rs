@@ -793,3 +793,89 @@ async fn a_removed_key_or_a_disable_ends_open_connections() {
     assert_eq!(status, StatusCode::OK, "{body}");
     ends(open, "the user was disabled").await;
 }
+
+/// In a pty shell, Ctrl-C interrupts the command running in the container (the
+/// pty's line discipline sends SIGINT) and the shell goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_in_a_pty_interrupts_the_running_command() {
+    use tokio::io::AsyncReadExt;
+    let s = Ssh::start("").await;
+    let h = &s.h;
+    h.user("eve").await;
+    let key = s.keygen("eve");
+    let admin = h.admin().await;
+    let (status, body) = admin
+        .post("users/eve/ssh-keys", Some(json!({ "key": pub_key(&key) })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut child = s
+        .ssh(&key, "eve")
+        .arg("-tt")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                seen.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+    };
+    let shown = |needle: &'static str| {
+        let seen = seen.clone();
+        move || seen.lock().unwrap().contains(needle)
+    };
+    // `$((…))` so the echoed input itself never matches what is waited for; a
+    // child shell, as a real program would be (the shell's own builtins and
+    // in-process applets keep it from being a fair test).
+    stdin
+        .write_all(b"sh -c 'echo sleeping-$((1+1)); sleep 120; echo slept-$((2+2))'\n")
+        .await
+        .unwrap();
+    crate::harness::wait_until(60, "the command to start", shown("sleeping-2")).await;
+    // Ctrl-C until the prompt is back (the first may land before `sleep` runs).
+    let prompt_back = || {
+        let seen = seen.lock().unwrap();
+        seen.split("sleeping-2")
+            .nth(1)
+            .is_some_and(|after| after.contains("$ "))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !prompt_back() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Ctrl-C did not interrupt the command: {}",
+            seen.lock().unwrap()
+        );
+        stdin.write_all(b"\x03").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stdin
+        .write_all(b"echo after-$((3+3)); exit 7\n")
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the shell exits")
+        .unwrap();
+    let _ = reader.await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains("after-6"), "{seen}");
+    assert!(
+        !seen.contains("slept-4"),
+        "the command was interrupted: {seen}"
+    );
+    assert_eq!(status.code(), Some(7));
+}
