@@ -102,6 +102,23 @@ impl Connection {
         (record.user_id == user.id && !user.disabled).then_some(user)
     }
 
+    /// A new channel's user (as stored now) and its place within
+    /// `ssh.max_sessions_per_user`, or why it is refused.
+    fn admit(
+        &mut self,
+        session: &mut Session,
+    ) -> Result<(Arc<User>, Counted), ChannelOpenFailure> {
+        let user = self
+            .current(session)
+            .ok_or(ChannelOpenFailure::AdministrativelyProhibited)?;
+        let place = self
+            .shared
+            .channels
+            .take(&user.id, self.shared.config.max_sessions_per_user)
+            .ok_or(ChannelOpenFailure::ResourceShortage)?;
+        Ok((user, place))
+    }
+
     /// Counts a failed attempt, once per connection.
     fn failed(&mut self) {
         if !self.failure_counted {
@@ -180,19 +197,12 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(user) = self.current(session) else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
-        };
-        let Some(place) = self
-            .shared
-            .channels
-            .take(&user.id, self.shared.config.max_sessions_per_user)
-        else {
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
-            return Ok(());
+        let (user, place) = match self.admit(session) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                reply.reject(why).await;
+                return Ok(());
+            }
         };
         reply.accept().await;
         let shared = self.shared.clone();
@@ -213,25 +223,18 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(user) = self.current(session) else {
-            reply
-                .reject(ChannelOpenFailure::AdministrativelyProhibited)
-                .await;
-            return Ok(());
+        let (user, place) = match self.admit(session) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                reply.reject(why).await;
+                return Ok(());
+            }
         };
         let Some(port) = super::forward::target_port(host_to_connect, port_to_connect) else {
             tracing::info!(user = %user.name, target = %host_to_connect, port = port_to_connect, "ssh: forwarding refused (only localhost:<port> of the user's own container)");
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
-            return Ok(());
-        };
-        let Some(place) = self
-            .shared
-            .channels
-            .take(&user.id, self.shared.config.max_sessions_per_user)
-        else {
-            reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         };
         // Off the connection's loop: the container may have to start first.

@@ -73,6 +73,22 @@ impl Ssh {
         path
     }
 
+    /// Registers a new key for `user` through the admin API; its private key's path.
+    async fn key_of(&self, user: &str) -> PathBuf {
+        let key = self.keygen(user);
+        let (status, body) = self
+            .h
+            .admin()
+            .await
+            .post(
+                &format!("users/{user}/ssh-keys"),
+                Some(json!({ "key": pub_key(&key) })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        key
+    }
+
     fn ssh(&self, key: &Path, user: &str) -> Command {
         self.ssh_logging(key, user, "ERROR")
     }
@@ -316,15 +332,8 @@ async fn forwarding_reaches_only_the_users_own_container() {
     let h = &s.h;
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
-    let key = s.keygen("alice");
+    let key = s.key_of("alice").await;
     let admin = h.admin().await;
-    let (status, body) = admin
-        .post(
-            "users/alice/ssh-keys",
-            Some(json!({ "key": pub_key(&key) })),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
 
     // -L localhost:8080 is the app inside alice's container.
     let local = free_port();
@@ -426,14 +435,8 @@ async fn an_open_session_keeps_the_container_and_a_stop_ends_it() {
     let s = Ssh::start("[lifecycle]\nidle_timeout_secs = 3").await;
     let h = &s.h;
     let alice = h.user("alice").await;
-    let key = s.keygen("alice");
+    let key = s.key_of("alice").await;
     let admin = h.admin().await;
-    admin
-        .post(
-            "users/alice/ssh-keys",
-            Some(json!({ "key": pub_key(&key) })),
-        )
-        .await;
     let name = format!("spawngate-u-{}", alice.slug);
 
     // A session longer than the idle timeout: the container stays up throughout.
@@ -511,17 +514,8 @@ async fn scp_and_sftp_work_where_the_image_has_sftp_server_and_are_refused_clear
     h.user("alice").await;
     h.user("bob").await;
     let admin = h.admin().await;
-    let alice_key = s.keygen("alice");
-    let bob_key = s.keygen("bob");
-    for (user, key) in [("alice", &alice_key), ("bob", &bob_key)] {
-        let (status, body) = admin
-            .post(
-                &format!("users/{user}/ssh-keys"),
-                Some(json!({ "key": pub_key(key) })),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-    }
+    let alice_key = s.key_of("alice").await;
+    let bob_key = s.key_of("bob").await;
 
     // scp up and down (OpenSSH's scp speaks sftp), into alice's volume.
     let local = s.keys.path().join("notes.txt");
@@ -802,12 +796,7 @@ async fn ctrl_c_in_a_pty_interrupts_the_running_command() {
     let s = Ssh::start("").await;
     let h = &s.h;
     h.user("eve").await;
-    let key = s.keygen("eve");
-    let admin = h.admin().await;
-    let (status, body) = admin
-        .post("users/eve/ssh-keys", Some(json!({ "key": pub_key(&key) })))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let key = s.key_of("eve").await;
     let mut child = s
         .ssh(&key, "eve")
         .arg("-tt")
