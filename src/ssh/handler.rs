@@ -104,10 +104,7 @@ impl Connection {
 
     /// A new channel's user (as stored now) and its place within
     /// `ssh.max_sessions_per_user`, or why it is refused.
-    fn admit(
-        &mut self,
-        session: &mut Session,
-    ) -> Result<(Arc<User>, Counted), ChannelOpenFailure> {
+    fn admit(&mut self, session: &mut Session) -> Result<(Arc<User>, Counted), ChannelOpenFailure> {
         let user = self
             .current(session)
             .ok_or(ChannelOpenFailure::AdministrativelyProhibited)?;
