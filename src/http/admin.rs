@@ -91,15 +91,45 @@ fn network_actor(
     headers: &hyper::HeaderMap,
     method: &Method,
 ) -> Result<String, (HttpError, super::errors::Audience)> {
+    match admin_caller(&app.store, &app.identities, headers)? {
+        AdminCaller::Token(name) => Ok(name),
+        AdminCaller::User(identity) => {
+            if method != Method::GET && !super::csrf_header_ok(app, &identity.session, headers) {
+                return Err((
+                    Error::Forbidden("missing or wrong X-Spawngate-CSRF header").into(),
+                    super::errors::Audience::User,
+                ));
+            }
+            Ok(identity.user.name.clone())
+        }
+    }
+}
+
+/// Who acts as an admin over the network.
+pub(super) enum AdminCaller {
+    /// An admin token, by its audit name (`admin:<name>`).
+    Token(String),
+    /// An admin user's session (changes also need its CSRF token).
+    User(crate::auth::Identity),
+}
+
+/// The one rule of who is an admin by a request's headers: a bearer header is an
+/// admin token or nothing; else the session of a user with the admin flag. Also
+/// asked again by long-lived admin answers (the event stream).
+pub(super) fn admin_caller(
+    store: &crate::store::Store,
+    identities: &crate::auth::Identities,
+    headers: &hyper::HeaderMap,
+) -> Result<AdminCaller, (HttpError, super::errors::Audience)> {
     use super::errors::Audience;
     if let Some(token) = bearer(headers) {
-        return match app.store.admin_token(token.expose()) {
-            Ok(Some(token)) => Ok(format!("admin:{}", token.name)),
+        return match store.admin_token(token.expose()) {
+            Ok(Some(token)) => Ok(AdminCaller::Token(format!("admin:{}", token.name))),
             Ok(None) => Err((Error::Unauthorized.into(), Audience::User)),
             Err(e) => Err((e.into(), Audience::Operator)),
         };
     }
-    let identity = match app.identities.identify(headers) {
+    let identity = match identities.identify(headers) {
         Ok(Some(identity)) => identity,
         Ok(None) => return Err((Error::Unauthorized.into(), Audience::User)),
         Err(e) => return Err((e.into(), Audience::User)),
@@ -110,13 +140,7 @@ fn network_actor(
             Audience::User,
         ));
     }
-    if method != Method::GET && !super::csrf_header_ok(app, &identity.session, headers) {
-        return Err((
-            Error::Forbidden("missing or wrong X-Spawngate-CSRF header").into(),
-            Audience::User,
-        ));
-    }
-    Ok(identity.user.name.clone())
+    Ok(AdminCaller::User(identity))
 }
 
 /// `GET /_spawngate/api/backup` (control socket only): the whole store as a backup

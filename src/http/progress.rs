@@ -325,10 +325,7 @@ pub fn events(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -
     // (a revoked token, a demoted, disabled or signed-out admin).
     let (identities, store, credentials) =
         (app.identities.clone(), app.store.clone(), headers.clone());
-    let still_admin = move || match super::bearer(&credentials) {
-        Some(token) => matches!(store.admin_token(token.expose()), Ok(Some(_))),
-        None => matches!(identities.identify(&credentials), Ok(Some(i)) if i.user.admin),
-    };
+    let still_admin = move || super::admin::admin_caller(&store, &identities, &credentials).is_ok();
     let state = EventStream {
         missed: subscription.missed.then_some(since.unwrap_or(0)),
         replay: subscription.replay.into_iter(),
