@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::runtime::{EnvId, Runtime};
-use crate::store::{Directory, User};
+use crate::store::{Directory, Env};
 
 /// Headers forwardAuth copies from spawngate's answer into the request. Traefik
 /// deletes each of them from the client's request first, so a client can never
@@ -145,11 +145,11 @@ pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> 
             json!({ "headers": { "customResponseHeaders": { "Service-Worker-Allowed": "" } } }),
         );
     }
-    for user in users {
-        render_user(
+    for env in users.iter().flat_map(Env::all_of) {
+        render_environment(
             config,
             runtime,
-            &user,
+            &env,
             &entry_points,
             &mut routers,
             &mut middlewares,
@@ -173,18 +173,20 @@ pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn render_user(
+fn render_environment(
     config: &Config,
     runtime: &dyn Runtime,
-    user: &User,
+    env: &Env,
     entry_points: &Value,
     routers: &mut Map<String, Value>,
     middlewares: &mut Map<String, Value>,
     services: &mut Map<String, Value>,
     with_tls: &dyn Fn(Value) -> Value,
 ) {
-    let segment = user.slug.segment();
-    let prefix = user.slug.base_path();
+    let slug = env.slug();
+    let profile = config.profiles.resolve(env.profile());
+    let segment = slug.segment();
+    let prefix = slug.base_path();
     let auth = format!("auth-{segment}");
     let strip = format!("strip-{segment}");
     let mut chain: Vec<&str> = Vec::with_capacity(4);
@@ -195,14 +197,17 @@ fn render_user(
     let router = match &config.apps {
         // Its own origin: no prefix to strip.
         Some(apps) => json!({
-            "rule": format!("Host(`{}`)", apps.host(&user.slug)),
+            "rule": format!("Host(`{}`)", apps.host(slug)),
             "entryPoints": entry_points,
             "middlewares": chain,
             "service": segment,
         }),
         None => {
             chain.push(APP_HEADERS);
-            chain.push(&strip);
+            // Apps told their base path get it unchanged.
+            if profile.strip_prefix {
+                chain.push(&strip);
+            }
             json!({
                 // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
                 "rule": format!("Path(`{prefix}`) || PathPrefix(`{prefix}/`)"),
@@ -225,10 +230,10 @@ fn render_user(
             "authResponseHeadersRegex": crate::headers::AUTH_RESPONSE_HEADERS_REGEX,
         }}),
     );
-    if config.apps.is_none() {
+    if config.apps.is_none() && profile.strip_prefix {
         middlewares.insert(strip, json!({ "stripPrefix": { "prefixes": [prefix] } }));
     }
-    let url = runtime.address(&EnvId::User(user.slug.clone()), user.host_port);
+    let url = runtime.address(&EnvId::User(slug.clone()), env.host_port(), profile.port);
     services.insert(
         segment,
         json!({ "loadBalancer": { "servers": [ { "url": url } ], "passHostHeader": true } }),

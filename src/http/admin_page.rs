@@ -6,6 +6,7 @@
 //! forms posting to `/_spawngate/admin/…` with the session's CSRF token, done
 //! through the same services as the admin API and audited under the admin's name.
 
+use crate::store::Env;
 use std::collections::HashMap;
 
 use hyper::header::HeaderMap;
@@ -234,7 +235,7 @@ fn create_panel(csrf: &str) -> String {
 fn shares_panel(app: &App, csrf: &str) -> String {
     let mut rows = String::new();
     for owner in app.store.snapshot().users() {
-        for share in app.sharing.shares_of(&owner) {
+        for share in app.sharing.shares_of(&Env::default_of(owner.clone())) {
             rows.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&owner.name),
@@ -425,15 +426,17 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
         "users/start" | "users/restart" => {
             let user = accounts.find_user(name)?;
             let restart = action == "users/restart";
-            Ok(match start_briefly(app, actor, &user, restart).await? {
-                true if restart => back("restarted"),
-                true => back("started"),
-                false => back("starting"),
-            })
+            Ok(
+                match start_briefly(app, actor, &Env::default_of(user), restart).await? {
+                    true if restart => back("restarted"),
+                    true => back("started"),
+                    false => back("starting"),
+                },
+            )
         }
         "users/stop" => {
             let user = accounts.find_user(name)?;
-            app.environments.stop(actor, &user).await?;
+            app.environments.stop(actor, &Env::default_of(user)).await?;
             Ok(back("stopped"))
         }
         "users/login-link" => {
@@ -466,14 +469,14 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
             Ok(back("link-sent"))
         }
         "shares" => {
-            let owner = accounts.find_user(form.field("owner"))?;
+            let owner = Env::default_of(accounts.find_user(form.field("owner"))?);
             app.sharing
                 .share(actor, &owner, name, form.checked("read_only"))
                 .await?;
             Ok(back("shared"))
         }
         "shares/revoke" => {
-            let owner = accounts.find_user(form.field("owner"))?;
+            let owner = Env::default_of(accounts.find_user(form.field("owner"))?);
             app.sharing.unshare(actor, &owner, name).await?;
             Ok(back("unshared"))
         }

@@ -17,6 +17,7 @@ pub mod backup;
 mod containers;
 mod credentials;
 mod deleted_users;
+mod environment;
 mod login_tokens;
 mod meta;
 pub mod records;
@@ -32,10 +33,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::ids::{Slug, UserId};
+pub use environment::{Env, record_key};
 pub use login_tokens::TokenRejection;
 pub use records::{
-    AdminToken, ApiToken, AuditEntry, ContainerRecord, Desired, LoginToken, Overrides, Session,
-    SessionScope, Share, SshKey, User,
+    AdminToken, ApiToken, AuditEntry, ContainerRecord, DEFAULT_ENVIRONMENT, Desired, EnvIndex,
+    ExtraEnvironment, LoginToken, Overrides, Session, SessionScope, Share, SshKey, User,
 };
 use records::{DecodeError, decode};
 
@@ -76,8 +78,13 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// The owner of the environment at `slug` (any of a user's environments).
     pub fn by_slug(&self, slug: &Slug) -> Option<&Arc<User>> {
         self.by_slug.get(slug)
+    }
+    /// The environment at `slug`.
+    pub fn environment(&self, slug: &Slug) -> Option<Env> {
+        Env::at_slug(self.by_slug.get(slug)?.clone(), slug)
     }
     pub fn by_id(&self, id: &UserId) -> Option<&Arc<User>> {
         self.by_id.get(id)
@@ -291,6 +298,9 @@ impl Store {
             })?;
             let user = Arc::new(user);
             dir.by_slug.insert(user.slug.clone(), user.clone());
+            for extra in &user.environments {
+                dir.by_slug.insert(extra.slug.clone(), user.clone());
+            }
             dir.by_name.insert(user.name.clone(), user.clone());
             if let Some(email) = &user.email {
                 dir.by_email
