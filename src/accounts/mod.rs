@@ -37,6 +37,8 @@ pub struct UserView {
     pub overrides: Overrides,
     /// Grants on the default environment.
     pub shared_with: Vec<crate::sharing::ShareView>,
+    /// The default environment's profile.
+    pub profile: String,
     /// For profiles restricted to groups.
     pub groups: Vec<String>,
     /// Every environment of the user, the default one first.
@@ -115,6 +117,12 @@ impl Accounts {
             admin: user.admin,
             overrides: user.overrides.clone(),
             shared_with: self.sharing.shares_of(&default),
+            profile: self
+                .config
+                .profiles
+                .resolve(user.profile.as_deref())
+                .name
+                .clone(),
             groups: user.groups.clone(),
             environments: Env::all_of(&owner)
                 .map(|env| EnvironmentSummary {
@@ -267,6 +275,61 @@ impl Accounts {
             "user.overrides",
             &user.name,
             Some(serde_json::to_string(&updated.overrides).unwrap_or_default()),
+        );
+        Ok(self.user_view(&updated))
+    }
+
+    /// Sets a user's groups (for profiles' `groups`) and the profile of their
+    /// default environment; each `None` stays as it is. The profile applies at
+    /// the environment's next start (a stopped container is recreated on the
+    /// same volume).
+    pub async fn set_groups_and_profile(
+        &self,
+        actor: &str,
+        key: &str,
+        groups: Option<Vec<String>>,
+        profile: Option<String>,
+    ) -> Result<UserView> {
+        let user = self.find_user(key)?;
+        if let Some(groups) = &groups
+            && let Some(bad) = groups.iter().find(|g| !crate::config::is_profile_name(g))
+        {
+            return Err(Error::Invalid(format!(
+                "{bad:?} cannot name a group: use 1-32 of a-z, 0-9, - and _, starting with a letter"
+            )));
+        }
+        let profile = match profile.as_deref() {
+            None => None,
+            Some(p) if self.config.profiles.get(p).is_none() => {
+                return Err(Error::Invalid(format!("there is no profile {p:?}")));
+            }
+            Some(crate::config::DEFAULT_PROFILE) => Some(None),
+            Some(p) => Some(Some(p.to_owned())),
+        };
+        let updated = self
+            .store
+            .modify_user(&user.id, |u| {
+                if let Some(groups) = &groups {
+                    u.groups = groups.clone();
+                }
+                if let Some(profile) = &profile {
+                    u.profile = profile.clone();
+                }
+                Ok::<_, Error>(())
+            })
+            .await??;
+        self.store.audit(
+            actor,
+            "user.update",
+            &user.name,
+            Some(format!(
+                "groups [{}], profile {}",
+                updated.groups.join(", "),
+                updated
+                    .profile
+                    .as_deref()
+                    .unwrap_or(crate::config::DEFAULT_PROFILE)
+            )),
         );
         Ok(self.user_view(&updated))
     }

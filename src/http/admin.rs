@@ -30,6 +30,11 @@ struct UserPatch {
     admin: Option<bool>,
     #[serde(default)]
     disabled: Option<bool>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    /// The default environment's profile (`"default"` for the `docker.*` one).
+    #[serde(default)]
+    profile: Option<String>,
 }
 
 /// `PUT …/shares/<user>`: grant access (`{"read_only": true}` for read-only).
@@ -235,6 +240,11 @@ where
             }
             if let Some(disabled) = patch.disabled {
                 view = accounts.set_disabled(actor, name, disabled).await?;
+            }
+            if patch.groups.is_some() || patch.profile.is_some() {
+                view = accounts
+                    .set_groups_and_profile(actor, name, patch.groups, patch.profile)
+                    .await?;
             }
             ok(to_json(&view))
         }

@@ -15,6 +15,7 @@ mod containers;
 mod dashboard;
 mod docker_proxy;
 mod e2e;
+mod environments;
 mod faults;
 mod harness;
 mod headers;
