@@ -72,6 +72,7 @@ fn notice(key: &str) -> Option<&'static str> {
         "link-sent" => "A sign-in link is on its way to the user's address.",
         "shared" => "Shared.",
         "unshared" => "No longer shared.",
+        "environment-deleted" => "The environment and its data were deleted.",
         _ => return None,
     })
 }
@@ -88,8 +89,9 @@ async fn render(
         .map(|n| format!(r#"<p class="notice" role="status">{n}</p>"#))
         .unwrap_or_default();
     let body = format!(
-        "{notice}{users}{create}{shares}{audit}",
+        "{notice}{users}{environments}{create}{shares}{audit}",
         users = users_panel(app, identity, &csrf).await?,
+        environments = environments_panel(app, &csrf).await?,
         create = create_panel(&csrf),
         shares = shares_panel(app, &csrf),
         audit = audit_panel(app, query)?,
@@ -230,6 +232,46 @@ fn create_panel(csrf: &str) -> String {
 </section>"#,
         csrf_field(csrf)
     )
+}
+
+/// Users' environments beyond their default one (`limits.environments_per_user`).
+async fn environments_panel(app: &App, csrf: &str) -> Result<String, HttpError> {
+    if app.config.limits.environments_per_user <= 1 {
+        return Ok(String::new());
+    }
+    let users = app.store.snapshot().users();
+    let extras: Vec<Env> = users
+        .iter()
+        .flat_map(Env::all_of)
+        .filter(|e| !e.is_default())
+        .collect();
+    let overviews = app.environments.overviews_of(extras).await?;
+    let rows: String = overviews
+        .iter()
+        .map(|o| {
+            let (state, label) = state_key(o.state);
+            let hidden = [("user", o.user.as_str()), ("environment", o.environment.as_str())];
+            format!(
+                r#"<tr data-user="{user}" data-environment="{env}"><td>{user}</td><td><a href="{link}">{env}</a></td><td>{profile}</td><td><span class="state state-{state}">{label}</span></td><td class="actions">{stop}{delete}</td></tr>"#,
+                user = escape(&o.user),
+                env = escape(&o.environment),
+                link = escape(&o.link),
+                profile = escape(&o.profile_display_name),
+                stop = button(&format!("{PATH}/environments/stop"), csrf, "Stop", "secondary small", &hidden),
+                delete = button(&format!("{PATH}/environments/delete"), csrf, "Delete", "danger small", &hidden),
+            )
+        })
+        .collect();
+    let table = if overviews.is_empty() {
+        r#"<p class="muted">No user has more than their default environment.</p>"#.to_owned()
+    } else {
+        format!(
+            r#"<table id="environments"><thead><tr><th scope="col">User</th><th scope="col">Environment</th><th scope="col">Profile</th><th scope="col">State</th><th scope="col"><span class="sr-only">Actions</span></th></tr></thead><tbody>{rows}</tbody></table>"#
+        )
+    };
+    Ok(format!(
+        r#"<section class="panel" aria-labelledby="environments-title"><h2 id="environments-title">Other environments</h2>{table}</section>"#
+    ))
 }
 
 fn shares_panel(app: &App, csrf: &str) -> String {
@@ -389,6 +431,17 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
         Ok(())
     };
     match action {
+        "environments/stop" | "environments/delete" => {
+            let user = accounts.find_user(name)?;
+            let env = form.field("environment");
+            if action == "environments/stop" {
+                let env = app.environments.environment(&user, env)?;
+                app.environments.stop(actor, &env).await?;
+                return Ok(back("stopped"));
+            }
+            app.environments.delete(actor, &user, env).await?;
+            Ok(back("environment-deleted"))
+        }
         "users/create" => {
             let email = Some(form.field("email")).filter(|e| !e.is_empty());
             accounts

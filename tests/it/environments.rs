@@ -219,6 +219,18 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
             .contains("environments_per_user")
     );
 
+    // The dashboard lists them with their profile, and stops making room at the limit.
+    let page = h
+        .get_with_cookie(h.url("/_spawngate/"), &cookie)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Your other environments"), "{page}");
+    assert!(page.contains(r#"data-environment="lab""#), "{page}");
+    assert!(page.contains("Unstripped example app"), "{page}");
+    assert!(page.contains("the most allowed"), "{page}");
+
     // Deleting the lab takes its container and route; the default one goes on.
     let (status, _) = me_call(
         &h,
