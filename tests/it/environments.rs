@@ -22,6 +22,14 @@ env = ["GREETING=hello from {base_path}"]
 [profiles.restricted]
 image = "spawngate-example-app:latest"
 users = ["bob"]
+
+[profiles.tokened]
+image = "spawngate-example-app:latest"
+app_auth = "token"
+
+[profiles.science]
+image = "spawngate-example-app:latest"
+groups = ["sci"]
 "#;
 
 /// A signed-in user's self-service API call with the session's CSRF token.
@@ -73,7 +81,7 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["default", "raw"], "{list}");
+    assert_eq!(names, ["default", "raw", "tokened"], "{list}");
     assert_eq!(list["environments"].as_array().unwrap().len(), 1);
     assert_eq!(list["environments"][0]["environment"], "default");
 
@@ -270,6 +278,78 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
         .map(|e| e["environment"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["default", "two", "ops"], "{listed}");
+
+    // An app signed in with the owner's token cannot be shared read-only.
+    let (status, _) = admin
+        .post(
+            "users/bob/environments",
+            Some(json!({ "name": "tok", "profile": "tokened" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, refused) = admin
+        .put(
+            "users/bob/environments/tok/shares/alice",
+            json!({ "read_only": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only")
+    );
+
+    // A profile chosen through a group stops starting once the group is gone.
+    let (status, _) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/bob",
+            Some(json!({ "groups": ["sci"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let bob_csrf = h.me(&bob_cookie).await["csrf"].as_str().unwrap().to_owned();
+    let (status, sci) = me_call(
+        &h,
+        &bob_cookie,
+        &bob_csrf,
+        post.clone(),
+        "environments",
+        Some(json!({ "name": "sci", "profile": "science" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{sci}");
+    let (status, _) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/bob",
+            Some(json!({ "groups": [] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, started) = me_call(
+        &h,
+        &bob_cookie,
+        &bob_csrf,
+        post.clone(),
+        "environments/sci/start",
+        None,
+    )
+    .await;
+    assert_ne!(status, StatusCode::OK, "{started}");
+    assert!(
+        started["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no longer use the profile"),
+        "{started}"
+    );
+    assert!(
+        h.running_containers_of(sci["slug"].as_str().unwrap())
+            .is_empty()
+    );
 }
 
 #[test]
