@@ -406,3 +406,66 @@ fn a_store_written_by_the_previous_release_opens_in_place() {
     let done = spawngate(&data, &["backup", backup.to_str().unwrap()], &more);
     assert!(done.status.success(), "{}", stderr(&done));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_creates_opens_and_deletes_an_environment_from_the_dashboard() {
+    let h = Harness::start(Options::toml(PROFILES)).await;
+    h.user("alice").await;
+    let mut b = crate::browser::Browser::start().await;
+    let link = h.app.accounts.login_link("alice").await.unwrap().url;
+    b.navigate(&format!("{link}&next=%2F_spawngate%2F")).await;
+    b.click("form button[type=submit]").await;
+    b.wait_for(
+        30,
+        "the dashboard",
+        "location.pathname === '/_spawngate/' && document.querySelector('#env-name') !== null",
+    )
+    .await;
+    // Only the profiles alice may use are offered.
+    let offered = b
+        .text("[...document.querySelectorAll('#env-profile option')].map(o => o.value).join(',')")
+        .await;
+    assert_eq!(offered, "default,raw,tokened");
+
+    b.eval("document.querySelector('#env-name').value = 'lab'; document.querySelector('#env-profile').value = 'raw'; true")
+        .await;
+    b.click("form[action='/_spawngate/me/environments'] button")
+        .await;
+    b.wait_for(
+        30,
+        "the new environment's row",
+        "document.querySelector('tr[data-environment=lab]') !== null",
+    )
+    .await;
+    assert!(
+        b.text("document.querySelector('.notice').textContent")
+            .await
+            .contains("created")
+    );
+    b.screenshot("environments.png").await;
+
+    // Its link opens it through Traefik (the start page, then the app itself).
+    let href = b
+        .text("document.querySelector('tr[data-environment=lab] a').getAttribute('href')")
+        .await;
+    let slug = href.trim_matches('/').trim_start_matches("u-").to_owned();
+    h.wait_router(&format!("u-{slug}")).await;
+    b.click("tr[data-environment=lab] a").await;
+    b.wait_for(
+        60,
+        "the app under its unstripped path",
+        &format!("document.body && document.body.innerText.includes('/u-{slug}/')"),
+    )
+    .await;
+
+    b.open(&h.url("/_spawngate/"), "/_spawngate/").await;
+    b.click("tr[data-environment=lab] form[action='/_spawngate/me/environments/delete'] button")
+        .await;
+    b.wait_for(
+        30,
+        "the row to go",
+        "document.querySelector('tr[data-environment=lab]') === null && document.querySelector('.notice') !== null",
+    )
+    .await;
+    assert!(h.containers_of(&slug).is_empty());
+}
