@@ -1593,7 +1593,7 @@ def section_j(bj: Bench, o: argparse.Namespace) -> None:
     users = bj.prepare_users(names)
     labs = {}
     for name in names:
-        env = bj.api("POST", f"admin/users/{name}/environments", {"name": "lab", "profile": "jupyter"},
+        env = bj.api("POST", f"users/{name}/environments", {"name": "lab", "profile": "jupyter"},
                      expect=201)
         labs[name] = env["slug"]
         bj.wait_router(f"u-{env['slug']}")
@@ -1654,7 +1654,7 @@ def section_j(bj: Bench, o: argparse.Namespace) -> None:
         warm = i < o.warmup
         label = "warm-up" if warm else f"run {i - o.warmup + 1}"
         sg_poll(name)
-        bj.api("POST", f"admin/users/{name}/environments/lab/stop")
+        bj.api("POST", f"users/{name}/environments/lab/stop")
         if bj.container_states(labs[name]) != ["exited"]:
             raise BenchError(f"{name}'s lab is not stopped after the admin stop: {bj.container_states(labs[name])}")
         log(f"j. {label}: spawngate resume of {name}'s Jupyter")

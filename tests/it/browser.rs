@@ -201,13 +201,13 @@ impl Browser {
         }
     }
 
-    /// What went wrong so far since [`Browser::record_problems`] (a round trip
-    /// first, so that every event Chromium sent before it is counted).
+    /// What went wrong since [`Browser::record_problems`] or the last call (a round
+    /// trip first, so that every event Chromium sent before it is counted).
     pub async fn problems(&mut self) -> Vec<String> {
         self.eval("0").await;
         self.problems
-            .as_ref()
-            .map(|p| p.seen.clone())
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.seen))
             .unwrap_or_default()
     }
 

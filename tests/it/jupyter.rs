@@ -116,6 +116,15 @@ async fn jupyter(
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// A `PUT api/contents/<name>` body: an empty notebook for the Python 3 kernel.
+fn notebook_with_kernel() -> Value {
+    json!({ "type": "notebook", "format": "json", "content": {
+        "cells": [], "nbformat": 4, "nbformat_minor": 5,
+        "metadata": { "kernelspec": {
+            "name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python" } },
+    } })
+}
+
 /// Names of the notebooks in the user's notebook directory.
 async fn notebooks(h: &Harness, cookie: &str, slug: &str) -> Vec<String> {
     let (status, dir) = jupyter(h, cookie, slug, reqwest::Method::GET, "api/contents", None).await;
@@ -219,8 +228,7 @@ async fn jupyter_loads_in_a_browser_and_runs_code_over_websockets_through_traefi
     let h = Harness::start(config()).await;
     let (cookie, slug) = user_with_lab(&h, "alice").await;
 
-    // Chromium: sign in with a link, then open the lab; the notebook list loads
-    // with nothing failing on the way (scripts, styles, API calls, the kernel list).
+    // Chromium: sign in with a link (it lands on the default environment).
     let mut browser = Browser::start().await;
     browser.record_problems().await;
     let link = h.app.accounts.login_link("alice").await.unwrap().url;
@@ -233,6 +241,12 @@ async fn jupyter_loads_in_a_browser_and_runs_code_over_websockets_through_traefi
             "location.pathname.startsWith('/u-') && document.readyState === 'complete'",
         )
         .await;
+    // The lab is started first (spawngate's start-up page is a documented 503, not
+    // Jupyter's); then the notebook list loads with nothing failing on the way
+    // (scripts, styles, fonts, API calls, the kernel list).
+    jupyter(&h, &cookie, &slug, reqwest::Method::GET, "api", None).await;
+    // What the sign-in pages had is not Jupyter's (the example app has no favicon).
+    browser.problems().await;
     browser.navigate(&h.url(&format!("/u-{slug}/"))).await;
     browser
         .wait_for(
@@ -255,22 +269,20 @@ async fn jupyter_loads_in_a_browser_and_runs_code_over_websockets_through_traefi
         problems.join("\n")
     );
 
-    // A notebook through the REST API, through Traefik: it shows in the browser's list.
-    let (status, created) = jupyter(
+    // A notebook through the REST API, through Traefik, saved with its kernel as
+    // the UI saves one: it shows in the list.
+    let name = "hello.ipynb";
+    let (status, saved) = jupyter(
         &h,
         &cookie,
         &slug,
-        reqwest::Method::POST,
-        "api/contents",
-        Some(json!({ "type": "notebook" })),
+        reqwest::Method::PUT,
+        &format!("api/contents/{name}"),
+        Some(notebook_with_kernel()),
     )
     .await;
-    assert_eq!(status, StatusCode::CREATED, "create a notebook: {created}");
-    let name = created["name"]
-        .as_str()
-        .expect("a notebook name")
-        .to_owned();
-    assert_eq!(notebooks(&h, &cookie, &slug).await, vec![name.clone()]);
+    assert_eq!(status, StatusCode::CREATED, "save a notebook: {saved}");
+    assert_eq!(notebooks(&h, &cookie, &slug).await, [name]);
 
     // The notebook opens in Chromium and its kernel connects over a WebSocket through
     // Traefik (Origin == Host, as Jupyter checks); a cell runs there too.
@@ -390,8 +402,7 @@ async fn notebooks_stay_on_the_volume_across_stop_and_resume_and_each_user_sees_
             slug,
             reqwest::Method::PUT,
             &format!("api/contents/{name}"),
-            Some(json!({ "type": "notebook", "content": {
-                "cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5 } })),
+            Some(notebook_with_kernel()),
         )
         .await;
         assert_eq!(status, StatusCode::CREATED, "save {name}: {saved}");
@@ -406,9 +417,7 @@ async fn notebooks_stay_on_the_volume_across_stop_and_resume_and_each_user_sees_
 
     // An admin stops alice's lab; the container goes, her notebook stays.
     let admin = h.admin().await;
-    let (status, body) = admin
-        .post("admin/users/alice/environments/lab/stop", None)
-        .await;
+    let (status, body) = admin.post("users/alice/environments/lab/stop", None).await;
     assert!(status.is_success(), "admin stop: {status} {body}");
     wait_until(30, "alice's lab to stop", || {
         h.running_containers_of(&alice_slug).is_empty()
