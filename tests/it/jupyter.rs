@@ -256,7 +256,8 @@ async fn jupyter_loads_in_a_browser_and_runs_code_over_websockets_through_traefi
                 "location.pathname === '/u-{slug}/tree' && document.readyState === 'complete' \
                  && document.querySelector('#notebook_list') !== null \
                  && typeof Jupyter !== 'undefined' && Jupyter.notebook_list !== undefined \
-                 && document.querySelector('#new-buttons') !== null"
+                 && document.querySelector('#new-buttons') !== null \
+                 && document.fonts.status === 'loaded'"
             ),
         )
         .await;
