@@ -653,6 +653,12 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["h. spawngate", "a fresh pair, + SPAWNGATE_SSH_ENABLED=true, image " + SHELL_IMAGE
                          + "; ssh -p <port> -i <ed25519 key> <user>@127.0.0.1 -- true (OpenSSH client)"],
         ["h. baseline", "docker exec <the same container> true; cold: docker start <raw> && docker exec <raw> true"],
+        ["j. spawngate", f"a fresh pair with [profiles.jupyter] ({JUPYTER_IMAGE}, strip_prefix = false, "
+                         "app_auth = \"token\", ready_path /api); a new environment per cold run (admin API), "
+                         "GET <traefik>/u-<slug>/api until 200; resume: POST users/<name>/environments/lab/stop first"],
+        ["j. baseline", f"docker run -d --network <spawngate's network> -p 127.0.0.1:<port>:{JUPYTER_PORT} "
+                        f"-e SPAWNGATE_BASE_PATH=/u-raw -e SPAWNGATE_SECRET=<random> {JUPYTER_IMAGE}, "
+                        "GET /u-raw/api until 200; resume: docker stop, then docker start + the same polling"],
         ["f. spawngate", f"a fresh pair; {o.scale_users:,} users (admin API), {o.scale_running} logged in and "
                          "started; /proc/<pid>/status, GET /traefik/config x20, wrk as in a."],
         ["spawngate env", " ".join(f"{k}={v}" for k, v in b.sg_env.items() if k.startswith("SPAWNGATE_"))],
