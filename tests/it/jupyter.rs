@@ -251,10 +251,11 @@ async fn jupyter_loads_in_a_browser_and_runs_code_over_websockets_through_traefi
     browser
         .wait_for(
             90,
-            "Jupyter's notebook list",
+            "Jupyter's notebook list (empty so far)",
             &format!(
                 "location.pathname === '/u-{slug}/tree' && document.readyState === 'complete' \
                  && document.querySelector('#notebook_list') !== null \
+                 && document.querySelector('#notebook_list').innerText.includes('The notebook list is empty') \
                  && typeof Jupyter !== 'undefined' && Jupyter.notebook_list !== undefined \
                  && document.querySelector('#new-buttons') !== null \
                  && document.fonts.status === 'loaded'"
