@@ -44,9 +44,9 @@ app_auth = "token"
 }
 
 /// A signed-in user with a Jupyter environment `lab` (made through their own API, as
-/// the dashboard does); their cookie and the environment's slug.
-async fn user_with_lab(h: &Harness, name: &str) -> (String, String) {
-    h.user(name).await;
+/// the dashboard does); their cookie, the lab's slug and their default one's.
+async fn user_with_lab(h: &Harness, name: &str) -> (String, String, String) {
+    let user = h.user(name).await;
     let cookie = h.login(name).await;
     let (status, env) = me_call(
         h,
@@ -62,7 +62,7 @@ async fn user_with_lab(h: &Harness, name: &str) -> (String, String) {
         .unwrap_or_else(|| panic!("no slug in {env}"))
         .to_owned();
     h.wait_router(&format!("u-{slug}")).await;
-    (cookie, slug)
+    (cookie, slug, user.slug.to_string())
 }
 
 /// `/_spawngate/api/me/<path>` as the signed-in browser calls it (session cookie
@@ -226,7 +226,7 @@ fn direct_address(h: &Harness, slug: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jupyter_loads_in_a_browser_and_runs_code_over_websockets_through_traefik() {
     let h = Harness::start(config()).await;
-    let (cookie, slug) = user_with_lab(&h, "alice").await;
+    let (cookie, slug, default_slug) = user_with_lab(&h, "alice").await;
 
     // Chromium: sign in with a link (it lands on the default environment).
     let mut browser = Browser::start().await;
@@ -325,6 +325,20 @@ async fn jupyter_loads_in_a_browser_and_runs_code_over_websockets_through_traefi
     let headers = [("Cookie", cookie.clone()), ("Origin", h.public.clone())];
     assert_eq!(execute(&h, &cookie, &slug, &headers, "1+1").await, "2");
 
+    // Her default environment (the example app, prefix stripped) runs beside the lab.
+    let home = h
+        .get_when_started(
+            &h.url(&format!("/u-{default_slug}/whoami.json")),
+            &cookie,
+            40,
+        )
+        .await;
+    assert_eq!(home.status(), StatusCode::OK, "the default environment");
+    let who: Value = home.json().await.unwrap();
+    assert_eq!(who["path"], "/whoami.json", "stripped: {who}");
+    assert_eq!(h.running_containers_of(&default_slug).len(), 1);
+    assert_eq!(h.running_containers_of(&slug).len(), 1);
+
     // Without a session, Traefik lets nothing through (spawngate answers).
     let anonymous = h
         .client
@@ -391,8 +405,8 @@ async fn jupyter_loads_in_a_browser_and_runs_code_over_websockets_through_traefi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notebooks_stay_on_the_volume_across_stop_and_resume_and_each_user_sees_only_theirs() {
     let h = Harness::start(config()).await;
-    let (alice, alice_slug) = user_with_lab(&h, "alice").await;
-    let (bob, bob_slug) = user_with_lab(&h, "bob").await;
+    let (alice, alice_slug, _) = user_with_lab(&h, "alice").await;
+    let (bob, bob_slug, _) = user_with_lab(&h, "bob").await;
 
     for (cookie, slug, name) in [
         (&alice, &alice_slug, "alice.ipynb"),
