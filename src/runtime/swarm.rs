@@ -624,8 +624,10 @@ impl SwarmRuntime {
                 }
             }
             // Stopped (scaled to 0) or its task ended: a new task, with the new
-            // spec if it changed.
-            let spec = self.respec(&existing, &planned, 1, existing.replicas >= 1);
+            // spec if it changed. Always forced: with restart condition `none`,
+            // Swarm (20.10) makes no task for a slot whose last task shut down a
+            // moment ago, and a forced update makes one at no extra cost.
+            let spec = self.respec(&existing, &planned, 1, true);
             if self.update(&name, existing.version, spec).await? {
                 return Ok(Running {
                     id: existing.id,
