@@ -341,6 +341,17 @@ impl RawDocker {
             ));
         }
         let swarm = d.swarm(mode)?;
+        if d.network_per_user
+            && mode == NetworkMode::Swarm
+            && swarm.publish == SwarmPublish::Overlay
+        {
+            // Traefik would have to join every user's overlay, which for a Swarm
+            // service means updating (restarting) it: not done.
+            return Err(invalid(
+                "docker.network_per_user",
+                "with docker.mode = \"swarm\" needs docker.swarm_publish = \"host\" (on the overlay, Traefik reaches services on docker.network)",
+            ));
+        }
         let env = container_env(&d.env)?;
         Ok(DockerConfig {
             host: (!d.host.is_empty()).then_some(d.host),
@@ -467,7 +478,14 @@ mod tests {
             "invalid config: docker.network_per_user: requires docker.mode = \"network\" or \"swarm\""
         );
         assert!(docker("mode = \"network\"\nnetwork_per_user = true").is_ok());
-        assert!(docker("mode = \"swarm\"\nnetwork_per_user = true").is_ok());
+        assert!(
+            docker("mode = \"swarm\"\nswarm_publish = \"host\"\nnetwork_per_user = true").is_ok()
+        );
+        assert!(
+            docker("mode = \"swarm\"\nnetwork_per_user = true")
+                .unwrap_err()
+                .contains("docker.network_per_user:")
+        );
         let d = docker("env = [\"A_1=x=y\", \"B=\"]").unwrap();
         assert_eq!(
             d.env,
