@@ -59,8 +59,9 @@ pub struct RawDocker {
     /// host mode on spawngate's node (from `docker.host_port_min..max`), services
     /// pinned to that node: spawngate and Traefik as host processes, one node.
     pub swarm_publish: String,
-    /// Swarm overlay: `vip` (a virtual IP per service, kept while it is scaled to
-    /// 0) or `dnsrr` (the name resolves to the task's own address).
+    /// Swarm overlay: `dnsrr` (the name resolves to the task's own address) or
+    /// `vip` (a virtual IP per service, kept while it is scaled to 0; needs the
+    /// kernel's IPVS on every node).
     pub swarm_endpoint_mode: String,
     /// Swarm: volume driver for users' volumes; empty: `local`, and each
     /// environment is pinned to the node its volume was made on. A cluster driver
@@ -96,7 +97,7 @@ impl Default for RawDocker {
             init: true,
             stop_timeout_secs: 10,
             swarm_publish: "overlay".into(),
-            swarm_endpoint_mode: "vip".into(),
+            swarm_endpoint_mode: "dnsrr".into(),
             swarm_volume_driver: String::new(),
             swarm_volume_driver_opts: Vec::new(),
             swarm_constraints: Vec::new(),
@@ -507,7 +508,7 @@ mod tests {
         let d = docker("mode = \"swarm\"").unwrap();
         assert_eq!(d.swarm.publish, SwarmPublish::Overlay);
         assert!(!d.publishes_host_ports());
-        assert!(!d.swarm.dnsrr && d.swarm.volume_driver.is_none());
+        assert!(d.swarm.dnsrr && d.swarm.volume_driver.is_none());
         for (toml, key) in [
             (
                 "mode = \"swarm\"\nswarm_publish = \"mesh\"",
