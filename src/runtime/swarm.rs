@@ -1136,7 +1136,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_service_is_hardened_limited_labelled_and_never_restarted_by_swarm() {
-        let rt = runtime("[docker]\nmode = \"swarm\"\nnetwork_per_user = true");
+        let rt = runtime("[docker]\nmode = \"swarm\"");
         let slug = Slug::parse("0123456789ab").unwrap();
         let plan = rt.plan(&user_spec(&slug)).await.unwrap();
         assert_eq!(plan.name.as_deref(), Some("spawngate-u-0123456789ab"));
