@@ -34,6 +34,13 @@
      environment through Traefik against a raw `docker run` of the same image + polling
      until the first 200, then resume after an admin stop against `docker stop`, then
      `docker start` + polling; both sides poll Jupyter's `<base path>/api`.
+  s. Swarm backend (docker.mode = "swarm", ports published in host mode): cold first
+     request of a new user through Traefik (a new service) against a raw `docker
+     service create` of the same image + polling until the first 200; resume (admin
+     stop = scale to 0, then the first request) against scaling a raw service 0 -> 1
+     + polling. On a single-node swarm the bench makes (and leaves) when the engine
+     is in none. Run with b. and c. (`--only bcs`) for the Docker backend's figures
+     of the same run.
 
 Run it with bench/run (which builds everything first). Stdlib only. Everything it
 creates (spawngate, Traefik, the no-op server, containers, volumes, networks, compose
@@ -549,6 +556,10 @@ class Bench:
                     p.kill()
                     p.wait()
             for label in (f"label=spawngate.instance={self.instance}", f"label={self.raw_label}"):
+                # Swarm services first (s.): their task containers go below.
+                services = docker_lines("service", "ls", "-q", "--filter", label)
+                if services:
+                    run(["docker", "service", "rm", *services], check=False, timeout=120)
                 ids = docker_lines("ps", "-aq", "--filter", label)
                 if ids:
                     run(["docker", "rm", "-f", "-v", *ids], check=False, timeout=120)
@@ -557,9 +568,17 @@ class Bench:
                 run(["docker", "volume", "rm", "-f", *vols], check=False)
             # By id: Docker allows several networks with one name, and then refuses
             # to remove any of them by that name.
-            nets = self.network_ids()
-            if nets:
+            nets = self.network_ids() + docker_lines(
+                "network", "ls", "-q", "--filter", f"label=spawngate.instance={self.instance}")
+            # An overlay stays in use a moment after its last task went.
+            for _ in range(20):
+                if not nets:
+                    break
                 run(["docker", "network", "rm", *nets], check=False)
+                nets = self.network_ids() + docker_lines(
+                    "network", "ls", "-q", "--filter", f"label=spawngate.instance={self.instance}")
+                if nets:
+                    time.sleep(0.25)
             shutil.rmtree(self.data_dir, ignore_errors=True)
         finally:
             signal.signal(signal.SIGINT, old_int)
@@ -573,6 +592,10 @@ class Bench:
             for v in docker_lines("volume", "ls", "-q", "--filter", f"label=spawngate.instance={self.instance}")
         ]
         left += [f"network {self.network} ({n})" for n in self.network_ids()]
+        for label in (f"label=spawngate.instance={self.instance}", f"label={self.raw_label}"):
+            left += [f"service {x}" for x in docker_lines("service", "ls", "-q", "--filter", label)]
+        left += [f"network {n}" for n in docker_lines(
+            "network", "ls", "-q", "--filter", f"label=spawngate.instance={self.instance}")]
         return left
 
     def network_ids(self) -> list[str]:
@@ -663,6 +686,11 @@ def header(b: Bench, o: argparse.Namespace) -> None:
                          "started; /proc/<pid>/status, GET /traefik/config x20, wrk as in a."],
         ["spawngate env", " ".join(f"{k}={v}" for k, v in b.sg_env.items() if k.startswith("SPAWNGATE_"))],
         ["traefik args", " ".join(b.traefik_args)],
+        ["s. spawngate", "a fresh pair, + " + " ".join(f"{k}={v}" for k, v in SETTINGS_S.items())
+                         + "; cold: GET through Traefik until 200 for a new user; resume: admin stop, then GET"],
+        ["s. baseline", f"docker service create -d --restart-condition none --publish mode=host,target={APP_PORT},"
+                        f"published=<port> {IMAGE} + GET until 200; docker service scale <svc>=0, then "
+                        "docker service update -d --force --replicas 1 <svc> + GET until 200"],
         ["sections", o.only],
     ]
     print(key_values(rows))
@@ -1691,6 +1719,128 @@ def section_j(bj: Bench, o: argparse.Namespace) -> None:
     print(flush=True)
 
 
+# ---- s. swarm
+
+# SGBENCH_SWARM_SHARED=1: every environment on one shared overlay (no network per
+# user), and the raw services on it too; otherwise a network per user and raw
+# services on none (host-mode publishing needs no overlay).
+SWARM_SHARED = os.environ.get("SGBENCH_SWARM_SHARED") == "1"
+SETTINGS_S = {
+    "SPAWNGATE_DOCKER_MODE": "swarm",
+    "SPAWNGATE_DOCKER_SWARM_PUBLISH": "host",
+    "SPAWNGATE_DOCKER_NETWORK_PER_USER": "false" if SWARM_SHARED else "true",
+}
+
+
+def swarm_state() -> str:
+    return run(["docker", "info", "--format", "{{.Swarm.LocalNodeState}}"], check=False).strip()
+
+
+def raw_service_tasks_running(name: str) -> bool:
+    return any(s.startswith("Running") for s in docker_lines(
+        "service", "ps", "--format", "{{.CurrentState}}", "--filter", "desired-state=running", name))
+
+
+def raw_service_stopped(name: str) -> bool:
+    states = docker_lines("service", "ps", "--format", "{{.CurrentState}}", name)
+    return not any(s.split()[0] in ("Running", "Starting", "Preparing", "Assigned", "Pending") for s in states)
+
+
+def section_s(bs: "Bench", o: argparse.Namespace) -> None:
+    interval = o.poll_ms / 1000
+    names = [f"swarm-cold-{i}" for i in range(o.warmup + o.runs)]
+    users = bs.prepare_users(names)
+    cold_rows, cold_sg, cold_raw, cold_spawn = [], [], [], []
+    raw_services: list[tuple[str, int]] = []
+    for i, name in enumerate(names):
+        warm = i < o.warmup
+        label = "warm-up" if warm else f"run {i - o.warmup + 1}"
+        slug, cookie = users[name]
+        log(f"s. {label}: spawngate on Swarm, cold ({name})")
+        time.sleep(o.settle)
+        bs.check_alive()
+        offset = bs.log_offset()
+        sg = bs.through_traefik(slug, cookie, time.perf_counter())
+        spawn = bs.ready_ms(name, offset)
+        log(f"s. {label}: raw docker service create")
+        time.sleep(o.settle)
+        port = free_port()
+        svc = f"sgbench-raw-{bs.run_id}-s{i}"
+        network = ["--network", bs.network] if SWARM_SHARED and bs.network_ids() else []
+        bs.raw_networks.add(bs.network if network else "(none)")
+        t0 = time.perf_counter()
+        run(["docker", "service", "create", "-d", "-q", "--name", svc, *network,
+             "--label", bs.raw_label, "--container-label", bs.raw_label,
+             "--restart-condition", "none",
+             "--publish", f"mode=host,target={APP_PORT},published={port}", IMAGE], timeout=120)
+        cli_ms = (time.perf_counter() - t0) * 1000
+        raw = poll_until_200(port, "/whoami.json", {}, t0, interval)
+        raw_services.append((svc, port))
+        if not warm:
+            cold_sg.append(sg.ms)
+            cold_raw.append(raw.ms)
+            cold_spawn.append(spawn)
+        cold_rows.append([label + (" (untimed)" if warm else ""), fmt_ms(sg.ms), opt_ms(spawn),
+                          str(sg.attempts), fmt_ms(raw.ms), fmt_ms(cli_ms), str(raw.attempts)])
+    print("s. Swarm backend, cold first request: spawngate through Traefik (a new service, host-mode port)")
+    print("   vs raw docker service create -d --publish mode=host + poll")
+    print(table(["", "spawngate ms", "spawn task", "GETs", "raw ms", "service create returned", "GETs"], cold_rows))
+    print()
+    timed_summary(f"{o.runs} runs", cold_sg, cold_raw, "spawngate on Swarm (Traefik, cold)",
+                  "raw service create + poll", cold_spawn)
+    print(f"  spawngate's services: {'one shared overlay' if SWARM_SHARED else 'an overlay per user'}; "
+          f"raw services on: {', '.join(sorted(bs.raw_networks))}")
+    print(SPAWN_NOTE)
+    print(flush=True)
+
+    # Resume: the first user's service and the first raw service, each stopped and
+    # resumed in turn.
+    name = names[0]
+    slug, cookie = users[name]
+    svc, port = raw_services[0]
+    rows, sg_ms, raw_ms, spawn_ms = [], [], [], []
+    for i in range(o.warmup + o.runs):
+        warm = i < o.warmup
+        label = "warm-up" if warm else f"run {i - o.warmup + 1}"
+        bs.check_alive()
+        bs.through_traefik(slug, cookie, time.perf_counter())
+        bs.admin_stop(name)
+        if bs.container_states(slug) and "running" in bs.container_states(slug):
+            raise BenchError(f"{name}'s task still runs after the admin stop")
+        log(f"s. {label}: spawngate on Swarm, resume ({name})")
+        time.sleep(o.settle)
+        offset = bs.log_offset()
+        sg = bs.through_traefik(slug, cookie, time.perf_counter())
+        spawn = bs.ready_ms(name, offset)
+        # raw: scale to 0, wait until Swarm reports the task down, settle, scale to 1.
+        poll_until_200(port, "/whoami.json", {}, time.perf_counter(), interval)
+        run(["docker", "service", "scale", "-d", f"{svc}=0"], timeout=120)
+        wait_until(f"raw service {svc} to stop", lambda: raw_service_stopped(svc), timeout=60)
+        log(f"s. {label}: raw docker service update --replicas 1 --force")
+        time.sleep(o.settle)
+        t0 = time.perf_counter()
+        # --force: with restart condition none, a plain `scale 0 -> 1` soon after a
+        # stop leaves the service at 0/1 with no task (Docker 20.10); spawngate
+        # sends the same forced update.
+        run(["docker", "service", "update", "-d", "-q", "--force", "--replicas", "1", svc], timeout=120)
+        cli_ms = (time.perf_counter() - t0) * 1000
+        raw = poll_until_200(port, "/whoami.json", {}, t0, interval)
+        if not warm:
+            sg_ms.append(sg.ms)
+            raw_ms.append(raw.ms)
+            spawn_ms.append(spawn)
+        rows.append([label + (" (untimed)" if warm else ""), fmt_ms(sg.ms), opt_ms(spawn), str(sg.attempts),
+                     fmt_ms(raw.ms), fmt_ms(cli_ms), str(raw.attempts)])
+    print("s. Swarm backend, resume: spawngate (admin stop = scale to 0, then first request through Traefik)")
+    print("   vs raw docker service scale 0, then service update --replicas 1 --force + poll")
+    print(table(["", "spawngate ms", "spawn task", "GETs", "raw ms", "update returned", "GETs"], rows))
+    print()
+    timed_summary(f"{o.runs} runs", sg_ms, raw_ms, "spawngate on Swarm (Traefik, resume)",
+                  "raw scale 0 -> 1 + poll", spawn_ms)
+    print(SPAWN_NOTE)
+    print(flush=True)
+
+
 # ---- g. soak
 
 
@@ -2107,7 +2257,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--soak-secs", type=float, default=180, help="length of the soak load in g. (default 180)")
     p.add_argument("--soak-users", type=int, default=50, help="users in g. (default 50)")
     p.add_argument("--soak-clients", type=int, default=6, help="client loops in g. (default 6)")
-    p.add_argument("--only", default="abcdefghj", help="sections to run, e.g. 'a' or 'ef' (default abcdefghj)")
+    p.add_argument("--only", default="abcdefghj",
+                   help="sections to run, e.g. 'a' or 'ef' (default abcdefghj; s, the Swarm backend, only when named)")
     o = p.parse_args()
     if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
@@ -2117,8 +2268,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--scale-create-workers must be >= 1")
     if not (o.soak_secs > 0 and 1 <= o.soak_users <= 500 and 1 <= o.soak_clients <= 64):
         p.error("need --soak-secs > 0, 1 <= --soak-users <= 500, 1 <= --soak-clients <= 64")
-    if set(o.only) - set("abcdefghj"):
-        p.error("--only takes letters from 'abcdefghj'")
+    if set(o.only) - set("abcdefghjs"):
+        p.error("--only takes letters from 'abcdefghjs'")
     return o
 
 
@@ -2159,6 +2310,8 @@ def main() -> int:
     started = time.perf_counter()
     left: list[str] = []
     soak_problems = 0
+    # s. made the swarm: leave it once everything is cleaned up.
+    made_swarm = [False]
     try:
         header(b, o)
         a_best = None
@@ -2214,6 +2367,20 @@ def main() -> int:
             soak_problems = section_g(bg, o)
             log("g. cleaning up its pair")
             bg.cleanup()
+        if "s" in o.only:
+            if swarm_state() == "inactive":
+                log("s. docker swarm init --advertise-addr 127.0.0.1 (left again at the end)")
+                run(["docker", "swarm", "init", "--advertise-addr", "127.0.0.1"], timeout=60)
+                made_swarm[0] = True
+            elif swarm_state() != "active":
+                raise BenchError(f"s. needs a swarm manager; the engine's swarm is {swarm_state()!r}")
+            bs = Bench(o, run_id=b.run_id, tag="s", noop=False, host_ports=(26000, 26999), extra_env=SETTINGS_S)
+            stacks.append(bs)
+            log(f"s. starting a spawngate (swarm mode) + Traefik pair (instance {bs.instance})")
+            bs.start()
+            section_s(bs, o)
+            log("s. cleaning up its pair")
+            bs.cleanup()
         if "h" in o.only:
             ssh_port = free_port()
             bh = Bench(o, run_id=b.run_id, tag="h", noop=False, host_ports=(24000, 24999), extra_env={
@@ -2258,6 +2425,8 @@ def main() -> int:
             s.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
         left = [x for s in stacks for x in s.leftovers()]
+        if made_swarm[0]:
+            run(["docker", "swarm", "leave", "--force"], check=False, timeout=60)
         if left:
             print(f"WARNING: left behind: {', '.join(left)}", file=sys.stderr)
     names = ", ".join(s.instance if isinstance(s, Bench) else s.project for s in stacks if s.started)

@@ -780,8 +780,8 @@ async fn check(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let runtime = crate::runtime::DockerRuntime::connect(&config.docker)?;
-    use crate::runtime::Runtime;
+    // The configured backend: in swarm mode, ping also checks for a manager.
+    let runtime = crate::runtime::connect(&config)?;
     match runtime.ping().await {
         Ok(()) => match runtime.image_present(&config.docker.image).await {
             Ok(true) => println!("docker: ok (image {} present)", config.docker.image),

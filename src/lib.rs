@@ -24,7 +24,8 @@
 //! - **Core.** [`lifecycle`]: single-flight lazy start, readiness probes, idle
 //!   culling, warm pool, reconcile, the one phase state machine
 //!   (`lifecycle/phase.rs`) and how far a start got (`lifecycle/progress.rs`); [`runtime`]: the backend boundary (backend-neutral
-//!   `EnvironmentSpec`, typed states, capabilities) and its Docker implementation.
+//!   `EnvironmentSpec`, typed states, capabilities) and its two implementations:
+//!   Docker containers (`runtime/docker.rs`) and Swarm services (`runtime/swarm/`).
 //! - **Foundations.** [`store`]: the embedded sled database, one file per tree, and
 //!   the in-memory directory the hot path reads; [`store::backup`] writes it to one
 //!   file and restores it; [`config`]: one file per TOML section, `SPAWNGATE_*`

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 pub use provisioning::{MappingError, name_from_email};
 
-use crate::config::{Config, NetworkMode};
+use crate::config::Config;
 use crate::environments::Environments;
 use crate::error::{Error, Result};
 use crate::sharing::Sharing;
@@ -177,8 +177,11 @@ impl Accounts {
         if let Some(email) = email {
             validate::email(email)?;
         }
-        let port_range =
-            (self.config.docker.mode == NetworkMode::Host).then_some(self.config.docker.host_ports);
+        let port_range = self
+            .config
+            .docker
+            .publishes_host_ports()
+            .then_some(self.config.docker.host_ports);
         let mut user = self.store.create_user(name, email, port_range).await?;
         // A second write: a crash between the two leaves an ordinary user, never
         // an admin nobody asked for.

@@ -18,6 +18,7 @@ pub struct RawDocker {
     pub host: String,
     /// `host`: containers publish their port on 127.0.0.1 and Traefik runs on the host.
     /// `network`: Traefik and spawngate share the user network (docker-compose).
+    /// `swarm`: each environment is a Swarm service (see `[docker.swarm]`).
     pub mode: String,
     pub network: String,
     pub image: String,
@@ -52,6 +53,25 @@ pub struct RawDocker {
     pub init: bool,
     /// Seconds between SIGTERM and SIGKILL when spawngate stops a container.
     pub stop_timeout_secs: i64,
+    /// Swarm mode: how Traefik and spawngate reach a service. `overlay`: by the
+    /// service's name on the overlay network `docker.network`, which spawngate and
+    /// Traefik join (the stack file does). `host`: a port per user published in
+    /// host mode on spawngate's node (from `docker.host_port_min..max`), services
+    /// pinned to that node: spawngate and Traefik as host processes, one node.
+    pub swarm_publish: String,
+    /// Swarm overlay: `dnsrr` (the name resolves to the task's own address) or
+    /// `vip` (a virtual IP per service, kept while it is scaled to 0; needs the
+    /// kernel's IPVS on every node).
+    pub swarm_endpoint_mode: String,
+    /// Swarm: volume driver for users' volumes; empty: `local`, and each
+    /// environment is pinned to the node its volume was made on. A cluster driver
+    /// (the same data from every node) lifts the pin.
+    pub swarm_volume_driver: String,
+    /// Options for `docker.swarm_volume_driver` (`KEY=VALUE`).
+    pub swarm_volume_driver_opts: Vec<String>,
+    /// Swarm: extra placement constraints for every environment
+    /// (`node.labels.x==y`).
+    pub swarm_constraints: Vec<String>,
 }
 
 impl Default for RawDocker {
@@ -76,6 +96,11 @@ impl Default for RawDocker {
             attach_peers: false,
             init: true,
             stop_timeout_secs: 10,
+            swarm_publish: "overlay".into(),
+            swarm_endpoint_mode: "dnsrr".into(),
+            swarm_volume_driver: String::new(),
+            swarm_volume_driver_opts: Vec::new(),
+            swarm_constraints: Vec::new(),
         }
     }
 }
@@ -87,6 +112,26 @@ pub enum NetworkMode {
     Host,
     /// Containers reached by name on the shared user network.
     Network,
+    /// Swarm services (see [`SwarmConfig`]).
+    Swarm,
+}
+
+/// How Swarm services are reached (`docker.swarm.publish`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwarmPublish {
+    Overlay,
+    Host,
+}
+
+#[derive(Clone, Debug)]
+pub struct SwarmConfig {
+    pub publish: SwarmPublish,
+    /// `dnsrr` rather than a virtual IP.
+    pub dnsrr: bool,
+    /// `None`: the local driver (environments pinned to their volume's node).
+    pub volume_driver: Option<String>,
+    pub volume_driver_opts: Vec<(String, String)>,
+    pub constraints: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -110,6 +155,114 @@ pub struct DockerConfig {
     pub init: bool,
     /// Grace between SIGTERM and SIGKILL on stop, cull, restart and removal.
     pub stop_timeout: Duration,
+    pub swarm: SwarmConfig,
+}
+
+impl DockerConfig {
+    /// Users get a host port allocated when they are created (host mode, and
+    /// Swarm services published in host mode).
+    pub fn publishes_host_ports(&self) -> bool {
+        match self.mode {
+            NetworkMode::Host => true,
+            NetworkMode::Network => false,
+            NetworkMode::Swarm => self.swarm.publish == SwarmPublish::Host,
+        }
+    }
+}
+
+impl RawDocker {
+    /// The `swarm_*` keys (only ever set in swarm mode).
+    fn swarm(&self, mode: NetworkMode) -> Result<SwarmConfig, ConfigError> {
+        if mode != NetworkMode::Swarm {
+            let defaults = RawDocker::default();
+            let set = [
+                (
+                    "swarm_publish",
+                    self.swarm_publish != defaults.swarm_publish,
+                ),
+                (
+                    "swarm_endpoint_mode",
+                    self.swarm_endpoint_mode != defaults.swarm_endpoint_mode,
+                ),
+                ("swarm_volume_driver", !self.swarm_volume_driver.is_empty()),
+                (
+                    "swarm_volume_driver_opts",
+                    !self.swarm_volume_driver_opts.is_empty(),
+                ),
+                ("swarm_constraints", !self.swarm_constraints.is_empty()),
+            ];
+            if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    &format!("docker.{key}"),
+                    "requires docker.mode = \"swarm\"",
+                ));
+            }
+        }
+        let publish = match self.swarm_publish.as_str() {
+            "overlay" => SwarmPublish::Overlay,
+            "host" => SwarmPublish::Host,
+            other => {
+                return Err(invalid(
+                    "docker.swarm_publish",
+                    format!("{other:?}: expected \"overlay\" or \"host\""),
+                ));
+            }
+        };
+        let dnsrr = match self.swarm_endpoint_mode.as_str() {
+            "vip" => false,
+            "dnsrr" => true,
+            other => {
+                return Err(invalid(
+                    "docker.swarm_endpoint_mode",
+                    format!("{other:?}: expected \"vip\" or \"dnsrr\""),
+                ));
+            }
+        };
+        let volume_driver = match self.swarm_volume_driver.as_str() {
+            "" | "local" => None,
+            d if is_name(d) || d.contains(['/', ':']) && !d.contains(char::is_whitespace) => {
+                Some(d.to_owned())
+            }
+            other => {
+                return Err(invalid(
+                    "docker.swarm_volume_driver",
+                    format!("{other:?}: expected a volume driver name"),
+                ));
+            }
+        };
+        let volume_driver_opts = self
+            .swarm_volume_driver_opts
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+                _ => Err(invalid(
+                    "docker.swarm_volume_driver_opts",
+                    format!("{kv:?}: expected KEY=VALUE"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !volume_driver_opts.is_empty() && volume_driver.is_none() {
+            return Err(invalid(
+                "docker.swarm_volume_driver_opts",
+                "needs docker.swarm_volume_driver",
+            ));
+        }
+        for c in &self.swarm_constraints {
+            if !(c.contains("==") || c.contains("!=")) {
+                return Err(invalid(
+                    "docker.swarm_constraints",
+                    format!("{c:?}: expected a constraint like node.labels.disk==ssd"),
+                ));
+            }
+        }
+        Ok(SwarmConfig {
+            publish,
+            dnsrr,
+            volume_driver,
+            volume_driver_opts,
+            constraints: self.swarm_constraints.clone(),
+        })
+    }
 }
 
 impl RawDocker {
@@ -176,10 +329,28 @@ impl RawDocker {
             ));
         }
 
-        if d.network_per_user && mode != NetworkMode::Network {
+        if d.network_per_user && mode == NetworkMode::Host {
             return Err(invalid(
                 "docker.network_per_user",
-                "requires docker.mode = \"network\"",
+                "requires docker.mode = \"network\" or \"swarm\"",
+            ));
+        }
+        if d.attach_peers && mode == NetworkMode::Swarm {
+            return Err(invalid(
+                "docker.attach_peers",
+                "is for docker.mode = \"network\": in swarm mode Traefik reaches services on docker.network (overlay) or by host port",
+            ));
+        }
+        let swarm = d.swarm(mode)?;
+        if d.network_per_user
+            && mode == NetworkMode::Swarm
+            && swarm.publish == SwarmPublish::Overlay
+        {
+            // Traefik would have to join every user's overlay, which for a Swarm
+            // service means updating (restarting) it: not done.
+            return Err(invalid(
+                "docker.network_per_user",
+                "with docker.mode = \"swarm\" needs docker.swarm_publish = \"host\" (on the overlay, Traefik reaches services on docker.network)",
             ));
         }
         let env = container_env("docker.env", &d.env)?;
@@ -202,6 +373,7 @@ impl RawDocker {
             attach_peers: d.attach_peers,
             init: d.init,
             stop_timeout: Duration::from_secs(d.stop_timeout_secs.unsigned_abs()),
+            swarm,
         })
     }
 }
@@ -210,9 +382,10 @@ fn network_mode(raw: &str) -> Result<NetworkMode, ConfigError> {
     match raw {
         "host" => Ok(NetworkMode::Host),
         "network" => Ok(NetworkMode::Network),
+        "swarm" => Ok(NetworkMode::Swarm),
         other => Err(invalid(
             "docker.mode",
-            format!("{other:?}: expected \"host\" or \"network\""),
+            format!("{other:?}: expected \"host\", \"network\" or \"swarm\""),
         )),
     }
 }
@@ -307,9 +480,17 @@ mod tests {
         );
         assert_eq!(
             docker("network_per_user = true").unwrap_err(),
-            "invalid config: docker.network_per_user: requires docker.mode = \"network\""
+            "invalid config: docker.network_per_user: requires docker.mode = \"network\" or \"swarm\""
         );
         assert!(docker("mode = \"network\"\nnetwork_per_user = true").is_ok());
+        assert!(
+            docker("mode = \"swarm\"\nswarm_publish = \"host\"\nnetwork_per_user = true").is_ok()
+        );
+        assert!(
+            docker("mode = \"swarm\"\nnetwork_per_user = true")
+                .unwrap_err()
+                .contains("docker.network_per_user:")
+        );
         let d = docker("env = [\"A_1=x=y\", \"B=\"]").unwrap();
         assert_eq!(
             d.env,
@@ -320,5 +501,53 @@ mod tests {
                 .unwrap_err()
                 .contains("docker.env")
         );
+    }
+
+    #[test]
+    fn swarm_keys_are_checked_and_name_the_key() {
+        let d = docker("mode = \"swarm\"\nswarm_publish = \"host\"").unwrap();
+        assert_eq!(d.mode, NetworkMode::Swarm);
+        assert_eq!(d.swarm.publish, SwarmPublish::Host);
+        assert!(d.publishes_host_ports());
+        let d = docker("mode = \"swarm\"").unwrap();
+        assert_eq!(d.swarm.publish, SwarmPublish::Overlay);
+        assert!(!d.publishes_host_ports());
+        assert!(d.swarm.dnsrr && d.swarm.volume_driver.is_none());
+        for (toml, key) in [
+            (
+                "mode = \"swarm\"\nswarm_publish = \"mesh\"",
+                "docker.swarm_publish",
+            ),
+            (
+                "mode = \"swarm\"\nswarm_endpoint_mode = \"x\"",
+                "docker.swarm_endpoint_mode",
+            ),
+            (
+                "mode = \"swarm\"\nswarm_volume_driver = \"a b\"",
+                "docker.swarm_volume_driver",
+            ),
+            (
+                "mode = \"swarm\"\nswarm_volume_driver_opts = [\"x=1\"]",
+                "docker.swarm_volume_driver_opts",
+            ),
+            (
+                "mode = \"swarm\"\nswarm_constraints = [\"node.role\"]",
+                "docker.swarm_constraints",
+            ),
+            (
+                "mode = \"network\"\nswarm_publish = \"host\"",
+                "docker.swarm_publish",
+            ),
+            (
+                "mode = \"swarm\"\nattach_peers = true",
+                "docker.attach_peers",
+            ),
+        ] {
+            let err = docker(toml).unwrap_err();
+            assert!(err.contains(&format!("{key}:")), "{toml}: {err}");
+        }
+        let d = docker("mode = \"swarm\"\nswarm_volume_driver = \"rexray/ebs\"\nswarm_volume_driver_opts = [\"size=10\"]\nswarm_constraints = [\"node.labels.disk==ssd\"]").unwrap();
+        assert_eq!(d.swarm.volume_driver.as_deref(), Some("rexray/ebs"));
+        assert_eq!(d.swarm.volume_driver_opts, [("size".into(), "10".into())]);
     }
 }

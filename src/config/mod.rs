@@ -29,7 +29,7 @@ mod spawn;
 mod ssh;
 mod traefik;
 
-pub use docker::{DockerConfig, NetworkMode, RawDocker};
+pub use docker::{DockerConfig, NetworkMode, RawDocker, SwarmConfig, SwarmPublish};
 pub use email::{EmailConfig, RawEmail, SmtpTls};
 pub use env::env_name;
 pub use identity::{ClaimMapping, JwtConfig, JwtKeys, MatchBy, OidcConfig, public_key_from_pem};
@@ -354,7 +354,7 @@ mod tests {
         assert!(err("[spawn]\nhold_secs = 40", &[]).contains("spawn.hold_secs"));
         assert!(err("[docker]\nport = \"x\"", &[]).contains("docker.port"));
         assert!(err("[docker]\nmemory = \"lots\"", &[]).contains("docker.memory"));
-        assert!(err("[docker]\nmode = \"swarm\"", &[]).contains("docker.mode"));
+        assert!(err("[docker]\nmode = \"kubernetes\"", &[]).contains("docker.mode"));
         assert!(err("[server]\npublic_url = \"localhost\"", &[]).contains("server.public_url"));
         assert!(err("[server]\npublic_url = \"http://h/app\"", &[]).contains("server.public_url"));
         assert!(err("[server]\nlisten = \"nope\"", &[]).contains("server.listen"));

@@ -33,8 +33,8 @@ use crate::events::{Events, Subject};
 use crate::ids::Slug;
 use crate::metrics::{Census, EnvState, Metrics, SpawnFailure, SpawnKind};
 use crate::runtime::{
-    ContainerGone, ContainerState, EnvId, EnvironmentSpec, Isolation, Owner, RunState, Runtime,
-    RuntimeError,
+    ContainerGone, ContainerInfo, ContainerState, EnvId, EnvironmentSpec, Isolation, Owner,
+    RunState, Runtime, RuntimeError,
 };
 use crate::store::{ContainerRecord, Desired, Env, Overrides, Store, StoreError};
 use crate::tasks::Tasks;
@@ -316,7 +316,7 @@ impl Lifecycle {
         // A local bridge or loopback answers a connect at once (or refuses it):
         // a lost SYN to an interface still coming up is retried by the next probe
         // instead of stalling it.
-        connector.set_connect_timeout(Some(Duration::from_millis(100)));
+        connector.set_connect_timeout(Some(runtime.capabilities().probe_connect_timeout));
         connector.set_nodelay(true);
         let lifecycle = Arc::new(Lifecycle {
             metrics,
@@ -990,6 +990,12 @@ impl Lifecycle {
                 }
                 match self.runtime.inspect(env).await? {
                     Some(info) if info.running() => {}
+                    Some(ContainerInfo {
+                        failure: Some(reason),
+                        ..
+                    }) => {
+                        return Err(self.app_failure(env, reason, None).await);
+                    }
                     Some(info) => {
                         let code = info.exit_code.unwrap_or(-1);
                         let reason = format!(
@@ -1458,7 +1464,7 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::{Capabilities, ContainerInfo, ContainerSummary};
+    use crate::runtime::{Capabilities, ContainerSummary};
     use async_trait::async_trait;
     use std::collections::HashSet;
     use std::sync::Mutex;
@@ -1511,6 +1517,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             exit_code,
+            failure: None,
         }
     }
 

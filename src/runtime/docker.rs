@@ -80,7 +80,7 @@ impl ContainerSpec {
 /// Container names: `spawngate-u-<slug>` for users, `spawngate-pool-<instance>-<token>`
 /// for pool spares. A user's volume is `spawngate-u-<slug>-data`, and a per-user
 /// network is named like the container.
-fn container_name(instance: &str, env: &EnvId) -> String {
+pub(super) fn container_name(instance: &str, env: &EnvId) -> String {
     match env {
         EnvId::User(slug) => format!("spawngate-{}", slug.segment()),
         EnvId::Pool(token) => format!("spawngate-pool-{instance}-{token}"),
@@ -88,12 +88,12 @@ fn container_name(instance: &str, env: &EnvId) -> String {
     }
 }
 
-fn volume_name(slug: &Slug) -> String {
+pub(super) fn volume_name(slug: &Slug) -> String {
     format!("spawngate-{}-data", slug.segment())
 }
 
 /// The environment a container (or per-user network) name stands for.
-fn parse_name(instance: &str, name: &str) -> EnvId {
+pub(super) fn parse_name(instance: &str, name: &str) -> EnvId {
     let name = name.trim_start_matches('/');
     if let Some(token) = name
         .strip_prefix("spawngate-pool-")
@@ -113,7 +113,7 @@ fn parse_name(instance: &str, name: &str) -> EnvId {
 
 /// The oldest Engine API we support (Debian's Docker 20.10). Pinning it instead of
 /// negotiating lets spawngate start while the daemon is down and work once it is up.
-const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
+pub(super) const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
     major_version: 1,
     minor_version: 41,
 };
@@ -722,7 +722,7 @@ fn being_removed(msg: &str) -> bool {
     msg.contains("marked for removal") || msg.contains("removal of container")
 }
 
-fn status(e: &BollardError) -> Option<u16> {
+pub(super) fn status(e: &BollardError) -> Option<u16> {
     match e {
         BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
         _ => None,
@@ -744,7 +744,7 @@ fn map_err(e: BollardError, spec: &ContainerSpec) -> RuntimeError {
 }
 
 /// Errors without a Docker answer mean the daemon could not be reached.
-fn classify(e: BollardError) -> RuntimeError {
+pub(super) fn classify(e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code,
@@ -793,7 +793,7 @@ impl DockerRuntime {
             port: spec.port,
             host_port: match self.mode {
                 NetworkMode::Host => spec.host_port,
-                NetworkMode::Network => None,
+                NetworkMode::Network | NetworkMode::Swarm => None,
             },
             network,
             volume,
@@ -837,6 +837,7 @@ impl DockerRuntime {
                         started_at: state.started_at.filter(|s| !s.starts_with("0001")),
                         finished_at: state.finished_at.filter(|s| !s.starts_with("0001")),
                         exit_code: state.exit_code,
+                        failure: None,
                     },
                     c.config.and_then(|c| c.labels).unwrap_or_default(),
                 )))

@@ -7,6 +7,7 @@
 
 pub mod docker;
 mod metered;
+pub mod swarm;
 
 use std::sync::Arc;
 
@@ -17,12 +18,16 @@ use crate::ids::{Slug, UserId};
 
 pub use docker::DockerRuntime;
 pub use metered::metered;
+pub use swarm::SwarmRuntime;
 
-/// The runtime spawngate is configured for (only Docker so far). Validates the
-/// address; the connection itself is made on first use, so spawngate starts while
-/// the daemon is down.
+/// The runtime spawngate is configured for: Docker containers, or Swarm services
+/// (`docker.mode = "swarm"`). Validates the address; the connection itself is
+/// made on first use, so spawngate starts while the daemon is down.
 pub fn connect(config: &Config) -> Result<Arc<dyn Runtime>, RuntimeError> {
-    Ok(Arc::new(DockerRuntime::connect(&config.docker)?))
+    Ok(match config.docker.mode {
+        crate::config::NetworkMode::Swarm => Arc::new(SwarmRuntime::connect(&config.docker)?),
+        _ => Arc::new(DockerRuntime::connect(&config.docker)?),
+    })
 }
 
 /// Which environment: a user's (by slug), or a spare of the warm pool (by the
@@ -91,6 +96,10 @@ pub struct Capabilities {
     pub warm_pool: bool,
     /// Report an environment's network byte counters (the culler's traffic check).
     pub network_counters: bool,
+    /// How long a readiness probe waits for a connect before the next probe
+    /// tries again: a local bridge or loopback answers at once, an overlay
+    /// address may take longer.
+    pub probe_connect_timeout: std::time::Duration,
 }
 
 impl Capabilities {
@@ -98,6 +107,7 @@ impl Capabilities {
         pause: true,
         warm_pool: true,
         network_counters: true,
+        probe_connect_timeout: std::time::Duration::from_millis(100),
     };
 }
 
@@ -129,6 +139,9 @@ pub struct ContainerInfo {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub exit_code: Option<i64>,
+    /// Why it is not running when no app ever ran to exit (a cluster's
+    /// scheduler rejected it), in the runtime's words.
+    pub failure: Option<String>,
 }
 
 impl ContainerInfo {

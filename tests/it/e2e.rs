@@ -8,7 +8,7 @@ use reqwest::header::{ACCEPT, COOKIE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Api, Harness, Options, get_json, random_hex};
+use crate::harness::{Api, Backend, Harness, Options, get_json, random_hex};
 
 const HTML: &str = "text/html,application/xhtml+xml";
 
@@ -93,7 +93,14 @@ async fn raw_upgrade(h: &Harness, slug: &str, cookie: Option<&str>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_link_lands_on_own_container_with_prefix_stripped_and_no_credentials() {
-    let h = Harness::start(Options::default()).await;
+    login_link_lands_on_own_container_with_prefix_stripped_and_no_credentials_on(Backend::Docker)
+        .await;
+}
+
+pub(crate) async fn login_link_lands_on_own_container_with_prefix_stripped_and_no_credentials_on(
+    backend: Backend,
+) {
+    let h = Harness::start(Options::default().on(backend)).await;
     let alice = h.user("alice").await;
 
     // The link page itself does not use the token up (link scanners GET it).
@@ -200,7 +207,13 @@ async fn login_link_lands_on_own_container_with_prefix_stripped_and_no_credentia
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_cookie_is_forbidden_exactly_like_an_unknown_slug() {
-    let h = Harness::start(Options::default()).await;
+    another_users_cookie_is_forbidden_exactly_like_an_unknown_slug_on(Backend::Docker).await;
+}
+
+pub(crate) async fn another_users_cookie_is_forbidden_exactly_like_an_unknown_slug_on(
+    backend: Backend,
+) {
+    let h = Harness::start(Options::default().on(backend)).await;
     let _alice = h.user("alice").await;
     let bob = h.user("bob").await;
     let alice_cookie = h.login("alice").await;
@@ -278,10 +291,16 @@ async fn tampered_expired_and_logged_out_cookies_count_as_none() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_concurrent_first_requests_create_exactly_one_container() {
+    twenty_concurrent_first_requests_create_exactly_one_container_on(Backend::Docker).await;
+}
+
+pub(crate) async fn twenty_concurrent_first_requests_create_exactly_one_container_on(
+    backend: Backend,
+) {
     // No pre-creation and no warm-up at login: the 20 requests really are first.
-    let h = Harness::start(Options::toml(
-        "[lifecycle]\nprecreate = false\nstart_on_login = false",
-    ))
+    let h = Harness::start(
+        Options::toml("[lifecycle]\nprecreate = false\nstart_on_login = false").on(backend),
+    )
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
@@ -305,6 +324,7 @@ async fn twenty_concurrent_first_requests_create_exactly_one_container() {
         assert_eq!(body["user"], "alice");
     }
     assert_eq!(h.containers_of(&alice.slug).len(), 1);
+    assert_eq!(backend.environments_of(&h.instance, &alice.slug), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -50,6 +50,116 @@ pub struct Options {
     pub public_host: Option<String>,
     /// Extra Traefik command-line flags (static configuration).
     pub traefik_args: Vec<String>,
+    /// Which runtime runs the environments.
+    pub backend: Backend,
+}
+
+/// The runtime a test runs against: tests that make sense for every backend
+/// take one and run once per backend (see `swarm.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Plain containers (host mode, the default).
+    Docker,
+    /// Swarm services on the single-node swarm [`crate::swarm_setup`] makes:
+    /// ports published in host mode (spawngate and Traefik run as host
+    /// processes here), a network per user.
+    Swarm,
+}
+
+impl Backend {
+    /// Its configuration, as TOML under `[docker]`.
+    pub fn toml(self) -> &'static str {
+        match self {
+            Backend::Docker => "",
+            Backend::Swarm => {
+                "[docker]\nmode = \"swarm\"\nswarm_publish = \"host\"\nnetwork_per_user = true\n"
+            }
+        }
+    }
+
+    /// The same as `SPAWNGATE_*` variables (for spawngate as a process).
+    pub fn env(self) -> Vec<(String, String)> {
+        match self {
+            Backend::Docker => Vec::new(),
+            Backend::Swarm => [
+                ("SPAWNGATE_DOCKER_MODE", "swarm"),
+                ("SPAWNGATE_DOCKER_SWARM_PUBLISH", "host"),
+                ("SPAWNGATE_DOCKER_NETWORK_PER_USER", "true"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }
+    }
+
+    /// Holds the swarm for as long as the guard lives (Docker: nothing).
+    pub fn prepare(self) -> Option<std::sync::Arc<crate::swarm_setup::SwarmGuard>> {
+        (self == Backend::Swarm).then(crate::swarm_setup::SwarmGuard::acquire)
+    }
+
+    /// The container serving `slug` now (the running task's, in swarm mode).
+    pub fn running_container(self, instance: &str, slug: &str) -> Option<String> {
+        docker_lines(&[
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            &format!("label=spawngate.instance={instance}"),
+            "--filter",
+            &format!("label=spawngate.slug={slug}"),
+        ])
+        .into_iter()
+        .next()
+    }
+
+    /// Removes the user's environment behind spawngate's back, as an operator
+    /// would: `docker rm -f` the container, or `docker service rm` the service.
+    pub fn remove_by_hand(self, slug: &str) {
+        let name = format!("spawngate-u-{slug}");
+        let args: &[&str] = match self {
+            Backend::Docker => &["rm", "-f", &name],
+            Backend::Swarm => &["service", "rm", &name],
+        };
+        let out = Command::new("docker").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The id of the environment of `slug`: its container's, or its service's
+    /// (which outlives its tasks).
+    pub fn environment_id(self, instance: &str, slug: &str) -> String {
+        let name = format!("spawngate-u-{slug}");
+        let args: &[&str] = match self {
+            Backend::Docker => &["inspect", "-f", "{{.Id}}", &name],
+            Backend::Swarm => &["service", "inspect", "-f", "{{.ID}}", &name],
+        };
+        let id = docker_lines(args).into_iter().next().unwrap_or_default();
+        assert!(
+            !id.is_empty(),
+            "no environment {name} of instance {instance}"
+        );
+        id
+    }
+
+    /// How many environments (containers, or services) exist for `slug`.
+    pub fn environments_of(self, instance: &str, slug: &str) -> usize {
+        match self {
+            Backend::Docker => containers_of(instance, slug).len(),
+            Backend::Swarm => docker_lines(&[
+                "service",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=spawngate.instance={instance}"),
+                "--filter",
+                &format!("label=spawngate.slug={slug}"),
+            ])
+            .len(),
+        }
+    }
 }
 
 impl Options {
@@ -72,7 +182,15 @@ impl Default for Options {
             with_traefik: true,
             public_host: None,
             traefik_args: Vec::new(),
+            backend: Backend::Docker,
         }
+    }
+}
+
+impl Options {
+    /// These options on `backend`.
+    pub fn on(self, backend: Backend) -> Options {
+        Options { backend, ..self }
     }
 }
 
@@ -92,6 +210,8 @@ pub struct Harness {
     traefik: Option<Traefik>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// Dropped last: the swarm outlives this test's services.
+    _swarm: Option<std::sync::Arc<crate::swarm_setup::SwarmGuard>>,
 }
 
 impl Harness {
@@ -103,6 +223,7 @@ impl Harness {
                 .with_test_writer()
                 .try_init();
         }
+        let swarm = opts.backend.prepare();
         let instance = format!("t{}", random_hex(5));
         let network = format!("sgtest-{instance}");
         let data_dir = tempfile::tempdir().unwrap();
@@ -135,6 +256,7 @@ start_on_login = false
             image = opts.image,
         );
         let mut table: toml::Table = toml::from_str(&toml).unwrap();
+        merge(&mut table, toml::from_str(opts.backend.toml()).unwrap());
         merge(&mut table, toml::from_str(&opts.extra_toml).unwrap());
         let config = Config::from_sources(&table.to_string(), Vec::new()).unwrap();
         let app = App::build(config).unwrap();
@@ -166,6 +288,7 @@ start_on_login = false
             traefik: None,
             shutdown: Some(tx),
             server: Some(server),
+            _swarm: swarm,
         };
         if opts.with_traefik {
             h.start_traefik(web_port, api_port, &opts.traefik_args)
@@ -670,6 +793,18 @@ pub fn docker_lines(args: &[&str]) -> Vec<String> {
 /// Removes everything labelled with `instance`, and the test network.
 pub fn cleanup_docker(instance: &str, network: &str) {
     let label = format!("label=spawngate.instance={instance}");
+    // Swarm services first (none, and an error, outside a swarm): their task
+    // containers go with them, removed below without waiting for Swarm.
+    let services = docker_lines(&["service", "ls", "-q", "--filter", &label]);
+    if !services.is_empty() {
+        let mut args = vec!["service", "rm"];
+        args.extend(services.iter().map(String::as_str));
+        let _ = Command::new("docker")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
     let containers = docker_lines(&["ps", "-aq", "--filter", &label]);
     if !containers.is_empty() {
         let mut args = vec!["rm", "-f", "-v"];
@@ -694,11 +829,19 @@ pub fn cleanup_docker(instance: &str, network: &str) {
     networks.push(network.to_owned());
     let mut args = vec!["network", "rm"];
     args.extend(networks.iter().map(String::as_str));
-    let _ = Command::new("docker")
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    // An overlay stays in use a moment after its last task went: try again.
+    for _ in 0..20 {
+        let _ = Command::new("docker")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let left = docker_lines(&["network", "ls", "-q", "--filter", &label]);
+        if left.is_empty() || services.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 impl Drop for Harness {

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, COOKIE};
 use serde_json::Value;
 
-use crate::harness::{Harness, IMAGE, Options, poll, wait_until};
+use crate::harness::{Backend, Harness, IMAGE, Options, poll, wait_until};
 use crate::proc::{ProcHarness, inspect};
 
 fn state_of(container: &str) -> String {
@@ -35,32 +35,40 @@ async fn visits(client: &reqwest::Client, url: &str, cookie: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_container_is_stopped_and_resumes_with_its_data() {
-    let h = Harness::start(Options::toml(
-        "[lifecycle]\nidle_timeout_secs = 3\nstart_on_login = false",
-    ))
+    idle_container_is_stopped_and_resumes_with_its_data_on(Backend::Docker).await;
+}
+
+pub(crate) async fn idle_container_is_stopped_and_resumes_with_its_data_on(backend: Backend) {
+    let h = Harness::start(
+        Options::toml("[lifecycle]\nidle_timeout_secs = 3\nstart_on_login = false").on(backend),
+    )
     .await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
     let first = visits(&h.client, &url, &cookie).await;
-    let name = format!("spawngate-u-{}", alice.slug);
-    let id = inspect(&name, "{{.Id}}");
+    let id = backend.environment_id(&h.instance, &alice.slug);
 
     wait_until(30, "the idle container to stop", || {
-        state_of(&name) == "exited"
+        backend
+            .running_container(&h.instance, &alice.slug)
+            .is_none()
     })
     .await;
-    let audit = h.admin().await.get_ok("audit?limit=10").await;
-    assert!(
+    // Recorded once the stop returned, which may be a moment after it exited.
+    let admin = h.admin().await;
+    poll(10, "the idle stop in the audit log", || async {
+        let audit = admin.get_ok("audit?limit=10").await;
         audit["entries"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["action"] == "container.stop"
-                && e["target"] == "alice"
-                && e["detail"] == "idle"),
-        "{audit}"
-    );
+            .any(|e| {
+                e["action"] == "container.stop" && e["target"] == "alice" && e["detail"] == "idle"
+            })
+            .then_some(())
+    })
+    .await;
 
     let again = visits(&h.client, &url, &cookie).await;
     assert!(
@@ -68,9 +76,9 @@ async fn idle_container_is_stopped_and_resumes_with_its_data() {
         "volume kept the counter: {first} then {again}"
     );
     assert_eq!(
-        inspect(&name, "{{.Id}}"),
+        backend.environment_id(&h.instance, &alice.slug),
         id,
-        "the same container was started again"
+        "the same container (service) was started again"
     );
 }
 
@@ -152,36 +160,51 @@ async fn a_busy_websocket_keeps_its_container_alive_past_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_removed_by_hand_is_recreated_by_the_next_request() {
-    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
+    a_container_removed_by_hand_is_recreated_by_the_next_request_on(Backend::Docker).await;
+}
+
+pub(crate) async fn a_container_removed_by_hand_is_recreated_by_the_next_request_on(
+    backend: Backend,
+) {
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false").on(backend)).await;
     let alice = h.user("alice").await;
     let cookie = h.login("alice").await;
     let url = h.url(&format!("/u-{}/whoami.json", alice.slug));
     let first = visits(&h.client, &url, &cookie).await;
-    let name = format!("spawngate-u-{}", alice.slug);
-    let id = inspect(&name, "{{.Id}}");
+    let id = backend.environment_id(&h.instance, &alice.slug);
 
-    let rm = Command::new("docker")
-        .args(["rm", "-f", &name])
-        .output()
-        .unwrap();
-    assert!(rm.status.success());
+    backend.remove_by_hand(&alice.slug);
     // A request that races spawngate's Docker event gets the documented
     // "starting" 503 (see appgone.rs); a user refreshing lands on the app.
     let resp = h.get_when_started(&url, &cookie, 30).await;
     assert_eq!(resp.status(), 200);
     let again = visits(&h.client, &url, &cookie).await;
-    assert_ne!(inspect(&name, "{{.Id}}"), id, "a new container");
+    assert_ne!(
+        backend.environment_id(&h.instance, &alice.slug),
+        id,
+        "a new container (service)"
+    );
     assert!(again > first, "on the same volume: {first} then {again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_spawngate_adopts_running_containers_without_restarting_them() {
-    let mut h = ProcHarness::start(&[("SPAWNGATE_LIFECYCLE_START_ON_LOGIN", "false")]).await;
+    a_restarted_spawngate_adopts_running_containers_without_restarting_them_on(Backend::Docker)
+        .await;
+}
+
+pub(crate) async fn a_restarted_spawngate_adopts_running_containers_without_restarting_them_on(
+    backend: Backend,
+) {
+    let mut h =
+        ProcHarness::start_on(backend, &[("SPAWNGATE_LIFECYCLE_START_ON_LOGIN", "false")]).await;
     let slug = h.user("alice").await;
     let cookie = h.login("alice").await;
     let url = format!("{}/u-{slug}/whoami.json", h.public);
     assert_eq!(get(&h.client, &url, &cookie).await.0, 200);
-    let name = format!("spawngate-u-{slug}");
+    let name = backend
+        .running_container(&h.instance, &slug)
+        .expect("a running container");
     let (id, started) = (
         inspect(&name, "{{.Id}}"),
         inspect(&name, "{{.State.StartedAt}}"),
@@ -448,7 +471,13 @@ async fn admin_api_lists_containers_restarts_shows_logs_and_audit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_container_cannot_reach_another_users_container_or_spawngate() {
-    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false")).await;
+    a_users_container_cannot_reach_another_users_container_or_spawngate_on(Backend::Docker).await;
+}
+
+pub(crate) async fn a_users_container_cannot_reach_another_users_container_or_spawngate_on(
+    backend: Backend,
+) {
+    let h = Harness::start(Options::toml("[lifecycle]\nstart_on_login = false").on(backend)).await;
     let alice = h.user("alice").await;
     let bob = h.user("bob").await;
     for (user, slug) in [("alice", &alice.slug), ("bob", &bob.slug)] {
@@ -460,15 +489,64 @@ async fn a_users_container_cannot_reach_another_users_container_or_spawngate() {
             200
         );
     }
-    let bob_ip = inspect(
-        &format!("spawngate-u-{}", bob.slug),
-        &format!(
-            "{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}",
-            h.network
-        ),
-    );
-    let gateway = inspect(&h.network, "{{(index .IPAM.Config 0).Gateway}}");
-    assert!(!bob_ip.is_empty() && !gateway.is_empty());
+    let container = |slug: &str| {
+        backend
+            .running_container(&h.instance, slug)
+            .expect("a running container")
+    };
+    let (alice_c, bob_c) = (container(&alice.slug), container(&bob.slug));
+    // Bob's addresses by network. Where alice shares a network with him (the
+    // host-mode bridge, with inter-container traffic off), she must not reach
+    // him there. Elsewhere (a swarm task's own overlay) the address is not
+    // local to her at all: it routes off the node (and this sandbox's egress
+    // accepts any connection), so what is checked is that she is not on it.
+    let networks_of = |c: &str| -> Vec<(String, String)> {
+        inspect(
+            c,
+            "{{range $n, $e := .NetworkSettings.Networks}}{{$n}}={{$e.IPAddress}} {{end}}",
+        )
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(n, ip)| (n.to_owned(), ip.to_owned()))
+        .collect()
+    };
+    let alice_nets: Vec<String> = networks_of(&alice_c).into_iter().map(|(n, _)| n).collect();
+    let bob_nets = networks_of(&bob_c);
+    assert!(!bob_nets.is_empty());
+    let mut bob_ips = Vec::new();
+    for (network, ip) in &bob_nets {
+        if alice_nets.contains(network) {
+            bob_ips.push(ip.clone());
+        } else {
+            assert_eq!(
+                backend,
+                Backend::Swarm,
+                "not on a shared network: {network}"
+            );
+        }
+    }
+    let gateway = inspect(
+        &alice_c,
+        "{{range .NetworkSettings.Networks}}{{.Gateway}} {{end}}",
+    )
+    .split_whitespace()
+    .next()
+    .map(str::to_owned)
+    // A swarm task's overlay has no gateway: it leaves the node through the
+    // gateway bridge, which Docker does not list among its networks.
+    .unwrap_or_else(|| inspect("docker_gwbridge", "{{(index .IPAM.Config 0).Gateway}}"));
+    assert!(!gateway.is_empty());
+    if backend == Backend::Swarm {
+        // Swarm tasks leave the node through its gateway bridge: no traffic
+        // between containers there.
+        assert_eq!(
+            inspect(
+                "docker_gwbridge",
+                "{{index .Options \"com.docker.network.bridge.enable_icc\"}}"
+            ),
+            "false"
+        );
+    }
     let spawngate_port = h.direct.rsplit(':').next().unwrap().to_owned();
 
     // "Alice's code": a process in alice's container network namespace.
@@ -478,7 +556,7 @@ async fn a_users_container_cannot_reach_another_users_container_or_spawngate() {
                 "run",
                 "--rm",
                 "--network",
-                &format!("container:spawngate-u-{}", alice.slug),
+                &format!("container:{alice_c}"),
                 "--entrypoint",
                 "/spawngate-example-app",
                 IMAGE,
@@ -494,10 +572,12 @@ async fn a_users_container_cannot_reach_another_users_container_or_spawngate() {
         from_alice("127.0.0.1:8080"),
         "control: alice reaches her own app"
     );
-    assert!(
-        !from_alice(&format!("{bob_ip}:8080")),
-        "alice reached bob's container"
-    );
+    for bob_ip in &bob_ips {
+        assert!(
+            !from_alice(&format!("{bob_ip}:8080")),
+            "alice reached bob's container at {bob_ip}"
+        );
+    }
     assert!(
         !from_alice(&format!("{gateway}:{spawngate_port}")),
         "alice reached spawngate"

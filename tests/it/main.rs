@@ -30,3 +30,5 @@ mod sharing;
 mod ssh;
 mod storefull;
 mod subdomain;
+mod swarm;
+mod swarm_setup;

@@ -4,7 +4,7 @@
 use std::process::{Child, Command, Output, Stdio};
 
 use crate::harness::{
-    IMAGE, Traefik, cleanup_docker, containers_of, free_port, get_json, http_client,
+    Backend, IMAGE, Traefik, cleanup_docker, containers_of, free_port, get_json, http_client,
     login_with_link, poll, random_hex, wait_until,
 };
 
@@ -19,11 +19,19 @@ pub struct ProcHarness {
     pub traefik: Option<Traefik>,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    /// Dropped last: the swarm outlives this test's services.
+    _swarm: Option<std::sync::Arc<crate::swarm_setup::SwarmGuard>>,
 }
 
 impl ProcHarness {
     /// Starts spawngate (configured by environment only) and Traefik.
     pub async fn start(extra_env: &[(&str, &str)]) -> ProcHarness {
+        Self::start_on(Backend::Docker, extra_env).await
+    }
+
+    /// [`ProcHarness::start`] on `backend`.
+    pub async fn start_on(backend: Backend, extra_env: &[(&str, &str)]) -> ProcHarness {
+        let swarm = backend.prepare();
         let instance = format!("p{}", random_hex(5));
         let network = format!("sgtest-{instance}");
         let data_dir = tempfile::tempdir().unwrap();
@@ -47,6 +55,7 @@ impl ProcHarness {
             // See harness.rs: background pre-creation could outlive the clean-up.
             ("SPAWNGATE_LIFECYCLE_PRECREATE".into(), "false".into()),
         ];
+        env.extend(backend.env());
         env.extend(
             extra_env
                 .iter()
@@ -62,6 +71,7 @@ impl ProcHarness {
             traefik: None,
             env,
             child: None,
+            _swarm: swarm,
         };
         h.spawn_server().await;
         h.traefik = Some(Traefik::start(web_port, free_port(), &h.direct, None, &[]).await);
