@@ -872,7 +872,7 @@ async fn ctrl_c_in_a_pty_interrupts_the_running_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_plus_environment_signs_in_to_that_environment_until_it_is_deleted() {
     let s = Ssh::start("[limits]\nenvironments_per_user = 2").await;
-    s.h.user("alice").await;
+    let alice = s.h.user("alice").await;
     let key = s.key_of("alice").await;
     let admin = s.h.admin().await;
     let (status, lab) = admin
@@ -892,10 +892,9 @@ async fn user_plus_environment_signs_in_to_that_environment_until_it_is_deleted(
         text(&out.stdout).trim(),
         format!("lab {}", lab["slug"].as_str().unwrap())
     );
-    let plain = s
-        .run(&key, "alice", &["echo", "$SPAWNGATE_ENVIRONMENT"])
-        .await;
-    assert_eq!(text(&plain.stdout).trim(), "default");
+    // Plain `alice@` is her default environment, at her own slug.
+    let plain = s.run(&key, "alice", &["echo", "$SPAWNGATE_SLUG"]).await;
+    assert_eq!(text(&plain.stdout).trim(), alice.slug);
 
     // An environment that does not exist is refused like a wrong key; a deleted
     // one no longer signs in.
