@@ -42,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Manage users' environments (`limits.environments_per_user` > 1).
+    Env {
+        #[command(subcommand)]
+        command: EnvCommand,
+    },
     /// Create an admin API token (printed once; stored hashed).
     Token {
         #[arg(long, default_value = "admin")]
@@ -78,7 +83,9 @@ enum UserCommand {
         #[arg(long)]
         admin: bool,
     },
-    /// Change an existing user: `--admin true|false`, `--disabled true|false`.
+    /// Change an existing user: `--admin true|false`, `--disabled true|false`,
+    /// `--groups a,b` (for profiles' `groups`), `--profile P` (the default
+    /// environment's; applies at its next start).
     Set {
         name: String,
         #[arg(long, value_name = "true|false")]
@@ -86,6 +93,11 @@ enum UserCommand {
         /// A disable revokes every session, link and token of the user.
         #[arg(long, value_name = "true|false")]
         disabled: Option<bool>,
+        /// Comma-separated; an empty value removes all groups.
+        #[arg(long, value_name = "a,b")]
+        groups: Option<String>,
+        #[arg(long)]
+        profile: Option<String>,
     },
     /// List users.
     List {
@@ -112,6 +124,21 @@ enum UserCommand {
         #[command(subcommand)]
         command: SshKeyCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// A user's environments with their profile, state and address.
+    List { user: String },
+    /// Give USER another environment NAME, of profile P (default: `default`).
+    Add {
+        user: String,
+        name: String,
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// Delete one of USER's environments with its container and data.
+    Rm { user: String, name: String },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::User { command } => user(config, command).await,
+        Command::Env { command } => env(config, command).await,
         Command::Token { name } => {
             let v = admin_call(
                 config,
@@ -391,11 +419,26 @@ async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
             name,
             admin,
             disabled,
+            groups,
+            profile,
         } => {
-            if admin.is_none() && disabled.is_none() {
-                bail!("nothing to change: pass --admin true|false or --disabled true|false");
+            if admin.is_none() && disabled.is_none() && groups.is_none() && profile.is_none() {
+                bail!(
+                    "nothing to change: pass --admin true|false, --disabled true|false, --groups or --profile"
+                );
             }
             let mut patch = serde_json::Map::new();
+            if let Some(groups) = groups {
+                let list: Vec<&str> = groups
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .collect();
+                patch.insert("groups".into(), json!(list));
+            }
+            if let Some(profile) = profile {
+                patch.insert("profile".into(), profile.into());
+            }
             if let Some(admin) = admin {
                 patch.insert("admin".into(), admin.into());
             }
@@ -503,6 +546,59 @@ async fn user(config: Config, command: UserCommand) -> anyhow::Result<()> {
             println!("{grantee} can no longer open {owner}'s environment");
         }
         UserCommand::SshKey { command } => ssh_key(config, command).await?,
+    }
+    Ok(())
+}
+
+async fn env(config: Config, command: EnvCommand) -> anyhow::Result<()> {
+    match command {
+        EnvCommand::List { user } => {
+            let v = admin_call(
+                config,
+                Method::GET,
+                &format!("/_spawngate/api/users/{user}/environments"),
+                None,
+            )
+            .await?;
+            println!("{:<16} {:<16} {:<11} URL", "NAME", "PROFILE", "STATE");
+            for e in v["environments"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<16} {:<16} {:<11} {}",
+                    e["environment"].as_str().unwrap_or_default(),
+                    e["profile"].as_str().unwrap_or_default(),
+                    e["state"].as_str().unwrap_or_default(),
+                    e["url"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        EnvCommand::Add {
+            user,
+            name,
+            profile,
+        } => {
+            let v = admin_call(
+                config,
+                Method::POST,
+                &format!("/_spawngate/api/users/{user}/environments"),
+                Some(json!({ "name": name, "profile": profile })),
+            )
+            .await?;
+            println!(
+                "created environment {name} ({}) for {user}: {}",
+                v["profile"].as_str().unwrap_or_default(),
+                v["url"].as_str().unwrap_or_default()
+            );
+        }
+        EnvCommand::Rm { user, name } => {
+            admin_call(
+                config,
+                Method::DELETE,
+                &format!("/_spawngate/api/users/{user}/environments/{name}"),
+                None,
+            )
+            .await?;
+            println!("deleted environment {name} of {user}");
+        }
     }
     Ok(())
 }

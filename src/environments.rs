@@ -7,12 +7,17 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::lifecycle::{ContainerStatus, Lifecycle, Readiness};
-use crate::store::{Store, User};
+use crate::store::{Env, Store, User};
 
 /// A user's environment as their dashboard (and the admin page) shows it.
 #[derive(Debug, serde::Serialize)]
 pub struct Overview {
     pub user: String,
+    /// `default`, or the name of one of the user's other environments.
+    pub environment: String,
+    pub profile: String,
+    pub profile_display_name: String,
+    pub slug: String,
     pub state: crate::runtime::ContainerState,
     /// Since when it is in `state` (RFC 3339), when known: started for running,
     /// exited for stopped.
@@ -62,50 +67,52 @@ impl Environments {
         &self.lifecycle
     }
 
-    /// The public URL of `user`'s environment.
-    pub fn url(&self, user: &User) -> String {
+    /// The public URL of `env`.
+    pub fn url(&self, env: &Env) -> String {
         match &self.config.apps {
-            Some(apps) => format!("{}/", apps.origin(&user.slug)),
+            Some(apps) => format!("{}/", apps.origin(env.slug())),
             None => format!(
                 "{}{}/",
                 self.config.public_url.origin,
-                user.slug.base_path()
+                env.slug().base_path()
             ),
         }
     }
 
-    /// A same-site link from the login host's pages to `user`'s environment (in
-    /// subdomain mode through the hand-off, which gives the app host a session).
-    pub fn link(&self, user: &User) -> String {
+    /// A same-site link from the login host's pages to `env` (in subdomain
+    /// mode through the hand-off, which gives the app host a session).
+    pub fn link(&self, env: &Env) -> String {
         match &self.config.apps {
-            Some(_) => format!("/_spawngate/handoff?slug={}&next=%2F", user.slug),
-            None => format!("{}/", user.slug.base_path()),
+            Some(_) => format!("/_spawngate/handoff?slug={}&next=%2F", env.slug()),
+            None => format!("{}/", env.slug().base_path()),
         }
     }
 
-    pub async fn status(&self, user: &User) -> Result<ContainerStatus> {
-        Ok(self.lifecycle.status(user).await?)
+    pub async fn status(&self, env: &Env) -> Result<ContainerStatus> {
+        Ok(self.lifecycle.status(env).await?)
     }
 
-    /// Every user's container status (users without a container included).
+    /// Every environment's container status (those without a container included).
     pub async fn list(&self) -> Result<Vec<ContainerStatus>> {
         let mut out = Vec::new();
         for user in self.store.snapshot().users() {
-            out.push(self.lifecycle.status(&user).await?);
+            for env in Env::all_of(&user) {
+                out.push(self.lifecycle.status(&env).await?);
+            }
         }
         Ok(out)
     }
 
-    pub async fn start(&self, actor: &str, user: &Arc<User>) -> Result<ContainerStatus> {
-        self.store.audit(actor, "container.start", &user.name, None);
-        self.await_ready(user, self.lifecycle.start(user).await)
-            .await
+    pub async fn start(&self, actor: &str, env: &Env) -> Result<ContainerStatus> {
+        self.store
+            .audit(actor, "container.start", &audit_target(env), None);
+        self.await_ready(env, self.lifecycle.start(env).await).await
     }
 
-    pub async fn restart(&self, actor: &str, user: &Arc<User>) -> Result<ContainerStatus> {
+    pub async fn restart(&self, actor: &str, env: &Env) -> Result<ContainerStatus> {
         self.store
-            .audit(actor, "container.restart", &user.name, None);
-        self.await_ready(user, self.lifecycle.restart(user).await)
+            .audit(actor, "container.restart", &audit_target(env), None);
+        self.await_ready(env, self.lifecycle.restart(env).await)
             .await
     }
 
@@ -116,7 +123,7 @@ impl Environments {
     pub async fn start_within(
         &self,
         actor: &str,
-        user: &Arc<User>,
+        env: &Env,
         restart: bool,
         wait: std::time::Duration,
     ) -> Result<bool> {
@@ -125,13 +132,13 @@ impl Environments {
         } else {
             "container.start"
         };
-        self.store.audit(actor, action, &user.name, None);
-        let (lifecycle, user) = (self.lifecycle.clone(), user.clone());
+        self.store.audit(actor, action, &audit_target(env), None);
+        let (lifecycle, env) = (self.lifecycle.clone(), env.clone());
         let mut work = self.lifecycle.tasks().spawn(async move {
             if restart {
-                lifecycle.restart(&user).await
+                lifecycle.restart(&env).await
             } else {
-                lifecycle.start(&user).await
+                lifecycle.start(&env).await
             }
         });
         match tokio::time::timeout(wait, &mut work).await {
@@ -142,26 +149,28 @@ impl Environments {
         }
     }
 
-    pub async fn stop(&self, actor: &str, user: &User) -> Result<ContainerStatus> {
-        self.store.audit(actor, "container.stop", &user.name, None);
-        self.lifecycle.stop(user).await?;
-        self.status(user).await
+    pub async fn stop(&self, actor: &str, env: &Env) -> Result<ContainerStatus> {
+        self.store
+            .audit(actor, "container.stop", &audit_target(env), None);
+        self.lifecycle.stop(env).await?;
+        self.status(env).await
     }
 
-    /// CPU and memory use of the user's container, when it runs.
-    pub async fn usage(&self, user: &User) -> Result<Option<crate::runtime::Usage>> {
-        Ok(self.lifecycle.stats(user).await?)
+    /// CPU and memory use of the environment's container, when it runs.
+    pub async fn usage(&self, env: &Env) -> Result<Option<crate::runtime::Usage>> {
+        Ok(self.lifecycle.stats(env).await?)
     }
 
-    /// What the idle culler will do next to the user's environment, and when.
-    pub fn cull_plan(&self, user: &User) -> Option<crate::lifecycle::CullPlan> {
-        self.lifecycle.cull_plan(user)
+    /// What the idle culler will do next to the environment, and when.
+    pub fn cull_plan(&self, env: &Env) -> Option<crate::lifecycle::CullPlan> {
+        self.lifecycle.cull_plan(env)
     }
 
     /// State, since when, use and the culler's plan, in one look.
-    pub async fn overview(&self, user: &User) -> Result<Overview> {
+    pub async fn overview(&self, env: &Env) -> Result<Overview> {
         use crate::runtime::ContainerState;
-        let status = self.status(user).await?;
+        let user = env.owner();
+        let status = self.status(env).await?;
         let since = match status.state {
             ContainerState::Running => status.started_at.clone(),
             ContainerState::Stopped => status.finished_at.clone(),
@@ -169,7 +178,7 @@ impl Environments {
         }
         .filter(|t| crate::time::parse_rfc3339(t).is_some());
         let usage = match status.state {
-            ContainerState::Running => self.usage(user).await.unwrap_or_else(|e| {
+            ContainerState::Running => self.usage(env).await.unwrap_or_else(|e| {
                 tracing::debug!(user = %user.name, error = %e, "cannot read container stats");
                 None
             }),
@@ -184,15 +193,20 @@ impl Environments {
                 "the last start failed; the administrator can see why in spawngate's log".into()
             }
         });
+        let profile = self.lifecycle.profile(env);
         Ok(Overview {
             user: user.name.clone(),
+            environment: env.name().to_owned(),
+            profile: profile.name.clone(),
+            profile_display_name: profile.display_name.clone(),
+            slug: env.slug().to_string(),
             state: status.state,
             since,
-            url: self.url(user),
-            link: self.link(user),
+            url: self.url(env),
+            link: self.link(env),
             usage,
             last_activity: status.last_activity.clone(),
-            cull: self.cull_plan(user).map(|p| CullView {
+            cull: self.cull_plan(env).map(|p| CullView {
                 action: p.action,
                 at: crate::time::rfc3339(p.at),
                 reason: p.reason,
@@ -202,16 +216,23 @@ impl Environments {
         })
     }
 
-    /// [`Environments::overview`] of every user, a few at a time (a stats call
-    /// can take a few hundred milliseconds), in directory order.
+    /// [`Environments::overview`] of every user's default environment, a few at
+    /// a time (a stats call can take a few hundred milliseconds), in directory
+    /// order: the admin table's rows.
     pub async fn overviews(&self) -> Result<Vec<Overview>> {
-        use futures_util::StreamExt;
         let users = self.store.snapshot().users();
+        let envs: Vec<Env> = users.into_iter().map(Env::default_of).collect();
+        self.overviews_of(envs).await
+    }
+
+    /// [`Environments::overview`] of `envs`, a few at a time.
+    pub async fn overviews_of(&self, envs: Vec<Env>) -> Result<Vec<Overview>> {
+        use futures_util::StreamExt;
         // Owned futures: borrowing closures would make the stream's future
         // lifetime-generic, which spawned (Send) handlers cannot hold.
-        let looks = futures_util::stream::iter(users.into_iter().map(|user| {
+        let looks = futures_util::stream::iter(envs.into_iter().map(|env| {
             let this = self.clone();
-            async move { this.overview(&user).await }
+            async move { this.overview(&env).await }
         }))
         .buffered(8)
         .collect::<Vec<_>>()
@@ -220,18 +241,170 @@ impl Environments {
     }
 
     /// The last `tail` lines of the container's output.
-    pub async fn logs(&self, user: &User, tail: usize) -> Result<Vec<String>> {
-        Ok(self.lifecycle.logs(user, tail.min(MAX_LOG_LINES)).await?)
+    pub async fn logs(&self, env: &Env, tail: usize) -> Result<Vec<String>> {
+        Ok(self.lifecycle.logs(env, tail.min(MAX_LOG_LINES)).await?)
     }
 
-    async fn await_ready(&self, user: &Arc<User>, readiness: Readiness) -> Result<ContainerStatus> {
+    async fn await_ready(&self, env: &Env, readiness: Readiness) -> Result<ContainerStatus> {
         match readiness {
-            Readiness::Ready => self.status(user).await,
+            Readiness::Ready => self.status(env).await,
             Readiness::Failed(e) => Err(e.into()),
             Readiness::Pending => Err(Error::Unavailable(format!(
-                "container of '{}' did not become ready in time",
-                user.name
+                "the environment '{}' of '{}' did not become ready in time",
+                env.name(),
+                env.owner().name
             ))),
         }
+    }
+}
+
+/// How the audit log names an environment: the user, plus the environment's
+/// name when it is not their default one.
+pub fn audit_target(env: &Env) -> String {
+    match env.is_default() {
+        true => env.owner().name.clone(),
+        false => format!("{}/{}", env.owner().name, env.name()),
+    }
+}
+
+/// `POST …/environments`: a new environment for a user.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnvironment {
+    pub name: String,
+    /// `None`: the default profile.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// A profile as users choose among them.
+#[derive(Debug, serde::Serialize)]
+pub struct ProfileView {
+    pub name: String,
+    pub display_name: String,
+    pub description: String,
+}
+
+impl Environments {
+    /// The environment `name` of `user` (`default` is theirs from creation).
+    pub fn environment(&self, user: &Arc<User>, name: &str) -> Result<Env> {
+        Env::named(user.clone(), name).ok_or(Error::NotFound("environment"))
+    }
+
+    /// The profiles `user` may start.
+    pub fn profiles_for(&self, user: &User) -> Vec<ProfileView> {
+        self.config
+            .profiles
+            .iter()
+            .filter(|p| p.allows(&user.name, &user.groups))
+            .map(|p| ProfileView {
+                name: p.name.clone(),
+                display_name: p.display_name.clone(),
+                description: p.description.clone(),
+            })
+            .collect()
+    }
+
+    /// Every environment of `user`, as their dashboard shows them.
+    pub async fn overviews_of_user(&self, user: &Arc<User>) -> Result<Vec<Overview>> {
+        self.overviews_of(Env::all_of(user).collect()).await
+    }
+
+    /// Adds an environment to `user`. A user chooses among the profiles they are
+    /// allowed; an admin (`as_admin`) may give anyone any profile.
+    pub async fn create(
+        &self,
+        actor: &str,
+        user: &User,
+        new: &NewEnvironment,
+        as_admin: bool,
+    ) -> Result<Overview> {
+        let name = new.name.trim();
+        if !crate::config::is_profile_name(name) || name == crate::store::DEFAULT_ENVIRONMENT {
+            return Err(Error::Invalid(format!(
+                "{name:?} cannot name an environment: use 1-32 of a-z, 0-9, - and _, starting with a letter (and not \"default\")"
+            )));
+        }
+        let profile = match new.profile.as_deref().map(str::trim) {
+            None | Some("") => self.config.profiles.resolve(None).clone(),
+            Some(p) => self
+                .config
+                .profiles
+                .get(p)
+                .cloned()
+                .ok_or_else(|| Error::Invalid(format!("there is no profile {p:?}")))?,
+        };
+        if !as_admin && !profile.allows(&user.name, &user.groups) {
+            return Err(Error::Forbidden(
+                "you may not use this profile (ask an administrator)",
+            ));
+        }
+        let limit = self.config.limits.environments_per_user;
+        let port_range = (self.config.docker.mode == crate::config::NetworkMode::Host)
+            .then_some(self.config.docker.host_ports);
+        let stored_profile =
+            (profile.name != crate::config::DEFAULT_PROFILE).then(|| profile.name.clone());
+        let added = self
+            .store
+            .add_environment(&user.id, name, stored_profile.as_deref(), port_range, |u| {
+                if u.environment_named(name).is_some() {
+                    return Err(Error::Conflict(format!(
+                        "there is already an environment called {name:?}"
+                    )));
+                }
+                if u.environments.len() + 1 >= limit {
+                    return Err(Error::Conflict(format!(
+                        "at most {limit} environments per user (limits.environments_per_user)"
+                    )));
+                }
+                Ok(())
+            })
+            .await??;
+        let (stored, extra) = added;
+        let env = Env::named(Arc::new(stored), &extra.name)
+            .ok_or(Error::Internal("the new environment vanished".into()))?;
+        self.store.audit(
+            actor,
+            "environment.create",
+            &audit_target(&env),
+            Some(format!("profile {}, slug {}", profile.name, extra.slug)),
+        );
+        if self.config.lifecycle.precreate {
+            self.lifecycle.precreate(&env);
+        }
+        self.overview(&env).await
+    }
+
+    /// Deletes one of `user`'s extra environments with its container and volume.
+    pub async fn delete(&self, actor: &str, user: &Arc<User>, name: &str) -> Result<()> {
+        if name == crate::store::DEFAULT_ENVIRONMENT {
+            return Err(Error::Invalid(
+                "the default environment goes only with its user".into(),
+            ));
+        }
+        let env = self.environment(user, name)?;
+        // The store first: from here no request can start it again. Then Docker.
+        if self
+            .store
+            .remove_environment(&user.id, name)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound("environment"));
+        }
+        let detail = match self.lifecycle.remove(&env, false).await {
+            Ok(()) => "container and volume removed".to_owned(),
+            Err(e) => {
+                tracing::warn!(user = %user.name, environment = name, error = %e.detail(), "environment deleted, but removing its container failed; reconcile removes it");
+                format!("container removal pending: {}", e.detail())
+            }
+        };
+        self.store.audit(
+            actor,
+            "environment.delete",
+            &audit_target(&env),
+            Some(detail),
+        );
+        Ok(())
     }
 }

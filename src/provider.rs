@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::ids::UserId;
 use crate::metrics::Metrics;
 use crate::runtime::{EnvId, Runtime};
-use crate::store::{Changes, Directory, User};
+use crate::store::{Changes, Directory, Env, User};
 
 /// Headers forwardAuth copies from spawngate's answer into the request. Traefik
 /// deletes each of them from the client's request first, so a client can never
@@ -317,9 +317,43 @@ fn fixed(config: &Config) -> Fixed {
     }
 }
 
-fn render_user(config: &Config, runtime: &dyn Runtime, user: &User) -> Fragment {
-    let segment = user.slug.segment();
-    let prefix = user.slug.base_path();
+/// A user's fragment: one router set per environment.
+fn render_user(config: &Config, runtime: &dyn Runtime, user: &Arc<User>) -> Fragment {
+    let mut fragment = Fragment {
+        routers: String::new(),
+        middlewares: String::new(),
+        services: String::new(),
+    };
+    for env in Env::all_of(user) {
+        let (router, middleware, service) = render_environment(config, runtime, &env);
+        for (part, add) in [
+            (&mut fragment.routers, router),
+            (&mut fragment.middlewares, middleware),
+            (&mut fragment.services, service),
+        ] {
+            if !part.is_empty() {
+                part.push(',');
+            }
+            part.push_str(&add);
+        }
+    }
+    // Kept for the user's lifetime: no growth slack (tens of MiB at 50,000 users).
+    fragment.routers.shrink_to_fit();
+    fragment.middlewares.shrink_to_fit();
+    fragment.services.shrink_to_fit();
+    fragment
+}
+
+/// One environment's router, forwardAuth middleware and service, as JSON text.
+fn render_environment(
+    config: &Config,
+    runtime: &dyn Runtime,
+    env: &Env,
+) -> (String, String, String) {
+    let slug = env.slug();
+    let profile = config.profiles.resolve(env.profile());
+    let segment = slug.segment();
+    let prefix = slug.base_path();
     let auth = format!("auth-{segment}");
     let mut chain: Vec<&str> = Vec::with_capacity(4);
     if config.docker.inject_secret {
@@ -330,14 +364,17 @@ fn render_user(config: &Config, runtime: &dyn Runtime, user: &User) -> Fragment 
     let router = match &config.apps {
         // Its own origin: no prefix to strip.
         Some(apps) => json!({
-            "rule": format!("Host(`{}`)", apps.host(&user.slug)),
+            "rule": format!("Host(`{}`)", apps.host(slug)),
             "entryPoints": entry_points,
             "middlewares": chain,
             "service": segment,
         }),
         None => {
             chain.push(APP_HEADERS);
-            chain.push(STRIP);
+            // Apps told their base path get it unchanged.
+            if profile.strip_prefix {
+                chain.push(STRIP);
+            }
             json!({
                 // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
                 "rule": format!("Path(`{prefix}`) || PathPrefix(`{prefix}/`)"),
@@ -347,8 +384,8 @@ fn render_user(config: &Config, runtime: &dyn Runtime, user: &User) -> Fragment 
             })
         }
     };
-    let routers = entry(&segment, &with_tls(config, router));
-    let middlewares = entry(
+    let router = entry(&segment, &with_tls(config, router));
+    let middleware = entry(
         &auth,
         &json!({ "forwardAuth": {
             // The slug is bound here, never read from client-controlled headers.
@@ -360,17 +397,13 @@ fn render_user(config: &Config, runtime: &dyn Runtime, user: &User) -> Fragment 
             "authResponseHeadersRegex": crate::headers::AUTH_RESPONSE_HEADERS_REGEX,
         }}),
     );
-    let url = runtime.address(&EnvId::User(user.slug.clone()), user.host_port);
+    let url = runtime.address(&EnvId::User(slug.clone()), env.host_port(), profile.port);
     // passHostHeader is Traefik's default (true).
-    let services = entry(
+    let service = entry(
         &segment,
         &json!({ "loadBalancer": { "servers": [ { "url": url } ] } }),
     );
-    Fragment {
-        routers,
-        middlewares,
-        services,
-    }
+    (router, middleware, service)
 }
 
 /// Keeps the rendered document current: on each directory change, re-renders the
@@ -391,18 +424,24 @@ impl Provider {
             let began = std::time::Instant::now();
             renderer.update(&config, directory, runtime.as_ref());
             let bytes = renderer.document();
-            metrics.provider_rendered(bytes.len(), began.elapsed());
-            bytes
+            let took = began.elapsed();
+            metrics.provider_rendered(bytes.len(), took);
+            (bytes, took)
         };
-        let first = render_now(&directory.borrow_and_update().clone());
+        let (first, _) = render_now(&directory.borrow_and_update().clone());
         let (tx, rx) = watch::channel(first);
         tokio::spawn(async move {
             // Ends when the store (sender) is dropped.
             while directory.changed().await.is_ok() {
                 // A clone of the `Arc`: the watch's lock is not held while rendering.
                 let current = directory.borrow_and_update().clone();
-                let doc = render_now(&current);
+                let (doc, took) = render_now(&current);
                 tx.send_replace(doc);
+                // A burst of changes (a sign-up wave) is taken in batches: the
+                // document is copied whole each time (milliseconds at tens of
+                // thousands of users), Traefik reads it once a poll interval.
+                let pause = (took * 4).min(std::time::Duration::from_millis(250));
+                tokio::time::sleep(pause).await;
             }
         });
         Provider { rendered: rx }

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::environments::Environments;
 use crate::error::{Error, Result};
-use crate::store::{Share, Store, User};
+use crate::store::{Env, Share, Store, User};
 use crate::time::{rfc3339, unix_now};
 
 /// Most users one environment can be shared with.
@@ -22,16 +22,20 @@ pub enum Access {
 }
 
 impl Access {
-    /// `caller`'s access to `target`'s environment, if any.
-    pub fn of(caller: &User, target: &User) -> Option<Access> {
+    /// `caller`'s access to the environment `target`, if any.
+    pub fn of(caller: &User, target: &Env) -> Option<Access> {
+        let owner = target.owner();
         // A disabled user's environment is closed to everyone, grantees included.
-        if target.disabled {
+        if owner.disabled {
             return None;
         }
-        if caller.id == target.id {
+        if caller.id == owner.id {
             return Some(Access::Owner);
         }
-        let share = target.shared_with.iter().find(|s| s.user_id == caller.id)?;
+        let share = target
+            .shared_with()
+            .iter()
+            .find(|s| s.user_id == caller.id)?;
         Some(if share.read_only {
             Access::ReadOnly
         } else {
@@ -60,6 +64,7 @@ pub struct ShareView {
 #[derive(Debug, Serialize)]
 pub struct SharedWithMe {
     pub owner: String,
+    pub environment: String,
     pub url: String,
     pub read_only: bool,
 }
@@ -79,11 +84,10 @@ impl Sharing {
         }
     }
 
-    /// The grants on `owner`'s environment (users deleted since are left out).
-    pub fn shares_of(&self, owner: &User) -> Vec<ShareView> {
+    /// The grants on `env` (users deleted since are left out).
+    pub fn shares_of(&self, env: &Env) -> Vec<ShareView> {
         let directory = self.store.snapshot();
-        owner
-            .shared_with
+        env.shared_with()
             .iter()
             .filter_map(|s| {
                 Some(ShareView {
@@ -102,25 +106,28 @@ impl Sharing {
         owners
             .iter()
             .filter(|owner| !owner.disabled)
-            .filter_map(|owner| {
-                let share = owner.shared_with.iter().find(|s| s.user_id == user.id)?;
+            .flat_map(Env::all_of)
+            .filter_map(|env| {
+                let share = env.shared_with().iter().find(|s| s.user_id == user.id)?;
                 Some(SharedWithMe {
-                    owner: owner.name.clone(),
-                    url: self.environments.link(owner),
+                    owner: env.owner().name.clone(),
+                    environment: env.name().to_owned(),
+                    url: self.environments.link(&env),
                     read_only: share.read_only,
                 })
             })
             .collect()
     }
 
-    /// Grants (or changes) `grantee`'s access to `owner`'s environment.
+    /// Grants (or changes) `grantee`'s access to the environment `env`.
     pub async fn share(
         &self,
         actor: &str,
-        owner: &User,
+        env: &Env,
         grantee: &str,
         read_only: bool,
     ) -> Result<Vec<ShareView>> {
+        let owner = env.owner();
         let grantee = self.user_named(grantee).ok_or(Error::NotFound("user"))?;
         if grantee.id == owner.id {
             return Err(Error::Invalid(
@@ -130,15 +137,16 @@ impl Sharing {
         let updated = self
             .store
             .modify_user(&owner.id, |u| {
-                match u.shared_with.iter_mut().find(|s| s.user_id == grantee.id) {
+                let shares = shares_in(u, env)?;
+                match shares.iter_mut().find(|s| s.user_id == grantee.id) {
                     Some(existing) => existing.read_only = read_only,
                     None => {
-                        if u.shared_with.len() >= MAX_SHARES {
+                        if shares.len() >= MAX_SHARES {
                             return Err(Error::Conflict(format!(
                                 "an environment can be shared with at most {MAX_SHARES} users"
                             )));
                         }
-                        u.shared_with.push(Share {
+                        shares.push(Share {
                             user_id: grantee.id.clone(),
                             read_only,
                             granted: unix_now(),
@@ -152,26 +160,22 @@ impl Sharing {
         self.store.audit(
             actor,
             "share.grant",
-            &owner.name,
+            &crate::environments::audit_target(env),
             Some(format!("{} ({mode})", grantee.name)),
         );
-        Ok(self.shares_of(&updated))
+        Ok(self.shares_after(updated, env))
     }
 
     /// Takes `grantee`'s access away; their next request is refused.
-    pub async fn unshare(
-        &self,
-        actor: &str,
-        owner: &User,
-        grantee: &str,
-    ) -> Result<Vec<ShareView>> {
+    pub async fn unshare(&self, actor: &str, env: &Env, grantee: &str) -> Result<Vec<ShareView>> {
         let grantee = self.user_named(grantee).ok_or(Error::NotFound("share"))?;
         let updated = self
             .store
-            .modify_user(&owner.id, |u| {
-                let before = u.shared_with.len();
-                u.shared_with.retain(|s| s.user_id != grantee.id);
-                if u.shared_with.len() == before {
+            .modify_user(&env.owner().id, |u| {
+                let shares = shares_in(u, env)?;
+                let before = shares.len();
+                shares.retain(|s| s.user_id != grantee.id);
+                if shares.len() == before {
                     return Err(Error::NotFound("share"));
                 }
                 Ok(())
@@ -180,16 +184,33 @@ impl Sharing {
         self.store.audit(
             actor,
             "share.revoke",
-            &owner.name,
+            &crate::environments::audit_target(env),
             Some(grantee.name.clone()),
         );
-        Ok(self.shares_of(&updated))
+        Ok(self.shares_after(updated, env))
+    }
+
+    /// The grants on `env` as the stored `owner` now has them.
+    fn shares_after(&self, owner: User, env: &Env) -> Vec<ShareView> {
+        match Env::named(std::sync::Arc::new(owner), env.name()) {
+            Some(now) => self.shares_of(&now),
+            None => Vec::new(),
+        }
     }
 
     /// A user by exact name (grantees are named, never given by slug).
     fn user_named(&self, name: &str) -> Option<std::sync::Arc<User>> {
         self.store.snapshot().by_name(name).cloned()
     }
+}
+
+/// The shares of `env` inside the stored record `u` (gone if the environment
+/// was deleted meanwhile).
+fn shares_in<'a>(u: &'a mut User, env: &Env) -> Result<&'a mut Vec<Share>> {
+    let at = u
+        .environment_named(env.name())
+        .ok_or(Error::NotFound("environment"))?;
+    u.shares_mut(at).ok_or(Error::NotFound("environment"))
 }
 
 #[cfg(test)]
@@ -211,6 +232,9 @@ mod tests {
             shared_with: shares,
             credential_generation: 0,
             admin: false,
+            profile: None,
+            environments: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -221,15 +245,17 @@ mod tests {
             read_only,
             granted: 0,
         };
+        let env = |u: User| Env::default_of(std::sync::Arc::new(u));
         let owner = user("o", vec![share("w", false), share("r", true)]);
-        assert_eq!(Access::of(&owner, &owner), Some(Access::Owner));
-        assert_eq!(Access::of(&user("w", vec![]), &owner), Some(Access::Shared));
+        let owned = env(owner.clone());
+        assert_eq!(Access::of(&owner, &owned), Some(Access::Owner));
+        assert_eq!(Access::of(&user("w", vec![]), &owned), Some(Access::Shared));
         assert_eq!(
-            Access::of(&user("r", vec![]), &owner),
+            Access::of(&user("r", vec![]), &owned),
             Some(Access::ReadOnly)
         );
-        assert_eq!(Access::of(&user("x", vec![]), &owner), None);
+        assert_eq!(Access::of(&user("x", vec![]), &owned), None);
         // Sharing is not symmetric.
-        assert_eq!(Access::of(&owner, &user("w", vec![])), None);
+        assert_eq!(Access::of(&owner, &env(user("w", vec![]))), None);
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{Config, NetworkMode};
 use crate::environments::Environments;
 use crate::error::{Error, Result};
 use crate::sharing::Sharing;
-use crate::store::{Overrides, Store, User};
+use crate::store::{Env, Overrides, Store, User};
 use crate::tasks::Tasks;
 use crate::time::rfc3339;
 
@@ -35,6 +35,23 @@ pub struct UserView {
     /// May use the admin page and API with their own session.
     pub admin: bool,
     pub overrides: Overrides,
+    /// Grants on the default environment.
+    pub shared_with: Vec<crate::sharing::ShareView>,
+    /// The default environment's profile.
+    pub profile: String,
+    /// For profiles restricted to groups.
+    pub groups: Vec<String>,
+    /// Every environment of the user, the default one first.
+    pub environments: Vec<EnvironmentSummary>,
+}
+
+/// One of a user's environments in a [`UserView`].
+#[derive(Debug, Serialize)]
+pub struct EnvironmentSummary {
+    pub name: String,
+    pub profile: String,
+    pub slug: String,
+    pub url: String,
     pub shared_with: Vec<crate::sharing::ShareView>,
 }
 
@@ -87,17 +104,35 @@ impl Accounts {
     }
 
     pub fn user_view(&self, user: &User) -> UserView {
+        let owner = Arc::new(user.clone());
+        let default = Env::default_of(owner.clone());
         UserView {
             id: user.id.to_string(),
             name: user.name.clone(),
             email: user.email.clone(),
             slug: user.slug.to_string(),
-            url: self.environments.url(user),
+            url: self.environments.url(&default),
             created: rfc3339(user.created),
             disabled: user.disabled,
             admin: user.admin,
             overrides: user.overrides.clone(),
-            shared_with: self.sharing.shares_of(user),
+            shared_with: self.sharing.shares_of(&default),
+            profile: self
+                .config
+                .profiles
+                .resolve(user.profile.as_deref())
+                .name
+                .clone(),
+            groups: user.groups.clone(),
+            environments: Env::all_of(&owner)
+                .map(|env| EnvironmentSummary {
+                    name: env.name().to_owned(),
+                    profile: self.config.profiles.resolve(env.profile()).name.clone(),
+                    slug: env.slug().to_string(),
+                    url: self.environments.url(&env),
+                    shared_with: self.sharing.shares_of(&env),
+                })
+                .collect(),
         }
     }
 
@@ -167,7 +202,9 @@ impl Accounts {
         self.publish("user.created", &user, actor);
         // With a warm pool the first request takes a running spare instead.
         if self.config.lifecycle.precreate && self.config.pool_size == 0 {
-            self.environments.lifecycle().precreate(&user);
+            self.environments
+                .lifecycle()
+                .precreate(&Env::default_of(user.clone()));
         }
         Ok(self.user_view(&user))
     }
@@ -183,11 +220,17 @@ impl Accounts {
         self.store.delete_user(&user, keep).await?;
         // Then Docker. Cut short (a crash, Docker unreachable), the tombstone lets
         // reconcile finish the removal: at the next start, or once Docker is back.
-        let detail = match self.environments.lifecycle().remove(&user, keep).await {
+        let mut removal = Ok(());
+        for env in Env::all_of(&user) {
+            if let Err(e) = self.environments.lifecycle().remove(&env, keep).await {
+                removal = Err(e);
+            }
+        }
+        let detail = match removal {
             Ok(()) if keep => "volume kept".to_owned(),
-            Ok(()) => "container and volume removed".to_owned(),
+            Ok(()) => "containers and volumes removed".to_owned(),
             Err(e) => {
-                tracing::warn!(user = %user.name, error = %e.detail(), "user deleted, but removing the container failed; reconcile removes it");
+                tracing::warn!(user = %user.name, error = %e.detail(), "user deleted, but removing a container failed; reconcile removes it");
                 format!("container removal pending: {}", e.detail())
             }
         };
@@ -236,6 +279,61 @@ impl Accounts {
         Ok(self.user_view(&updated))
     }
 
+    /// Sets a user's groups (for profiles' `groups`) and the profile of their
+    /// default environment; each `None` stays as it is. The profile applies at
+    /// the environment's next start (a stopped container is recreated on the
+    /// same volume).
+    pub async fn set_groups_and_profile(
+        &self,
+        actor: &str,
+        key: &str,
+        groups: Option<Vec<String>>,
+        profile: Option<String>,
+    ) -> Result<UserView> {
+        let user = self.find_user(key)?;
+        if let Some(groups) = &groups
+            && let Some(bad) = groups.iter().find(|g| !crate::config::is_profile_name(g))
+        {
+            return Err(Error::Invalid(format!(
+                "{bad:?} cannot name a group: use 1-32 of a-z, 0-9, - and _, starting with a letter"
+            )));
+        }
+        let profile = match profile.as_deref() {
+            None => None,
+            Some(p) if self.config.profiles.get(p).is_none() => {
+                return Err(Error::Invalid(format!("there is no profile {p:?}")));
+            }
+            Some(crate::config::DEFAULT_PROFILE) => Some(None),
+            Some(p) => Some(Some(p.to_owned())),
+        };
+        let updated = self
+            .store
+            .modify_user(&user.id, |u| {
+                if let Some(groups) = &groups {
+                    u.groups = groups.clone();
+                }
+                if let Some(profile) = &profile {
+                    u.profile = profile.clone();
+                }
+                Ok::<_, Error>(())
+            })
+            .await??;
+        self.store.audit(
+            actor,
+            "user.update",
+            &user.name,
+            Some(format!(
+                "groups [{}], profile {}",
+                updated.groups.join(", "),
+                updated
+                    .profile
+                    .as_deref()
+                    .unwrap_or(crate::config::DEFAULT_PROFILE)
+            )),
+        );
+        Ok(self.user_view(&updated))
+    }
+
     /// Disables (or enables) a user. Disabling answers "something is wrong": every
     /// credential the user had is revoked (sessions, app-host sessions and hand-off
     /// codes, unused login links, personal API tokens), so a stolen one cannot come
@@ -264,10 +362,12 @@ impl Accounts {
             // Nothing can reach it any more: free its resources now rather than at
             // the idle timeout. In the background, as an app may take its time to exit.
             let lifecycle = self.environments.lifecycle().clone();
-            let stopped = updated.clone();
+            let stopped = Arc::new(updated.clone());
             self.tasks.spawn(async move {
-                if let Err(e) = lifecycle.stop(&stopped).await {
-                    tracing::warn!(user = %stopped.name, error = %e, "cannot stop a disabled user's container");
+                for env in Env::all_of(&stopped) {
+                    if let Err(e) = lifecycle.stop(&env).await {
+                        tracing::warn!(user = %stopped.name, environment = env.name(), error = %e, "cannot stop a disabled user's container");
+                    }
                 }
             });
         }

@@ -9,7 +9,7 @@ use super::{ConfigError, invalid, is_name, parse_bytes};
 
 /// Longest stop grace: Docker's stop call must finish within the API client's
 /// 120 s timeout (and a stop holds the user's operation lock meanwhile).
-const MAX_STOP_TIMEOUT_SECS: i64 = 100;
+pub(super) const MAX_STOP_TIMEOUT_SECS: i64 = 100;
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -182,7 +182,7 @@ impl RawDocker {
                 "requires docker.mode = \"network\"",
             ));
         }
-        let env = container_env(&d.env)?;
+        let env = container_env("docker.env", &d.env)?;
         Ok(DockerConfig {
             host: (!d.host.is_empty()).then_some(d.host),
             mode,
@@ -217,15 +217,19 @@ fn network_mode(raw: &str) -> Result<NetworkMode, ConfigError> {
     }
 }
 
-/// `docker.env` as pairs; `SPAWNGATE_*` names are spawngate's own (base path, secret).
-fn container_env(list: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+/// `KEY=VALUE` lines (`docker.env`, a profile's `env`) as pairs; `SPAWNGATE_*`
+/// names are spawngate's own (base path, secret).
+pub(super) fn container_env(
+    key: &str,
+    list: &[String],
+) -> Result<Vec<(String, String)>, ConfigError> {
     list.iter()
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) if is_env_name(k) && !k.starts_with("SPAWNGATE_") => {
                 Ok((k.to_owned(), v.to_owned()))
             }
             _ => Err(invalid(
-                "docker.env",
+                key,
                 format!(
                     "{kv:?}: expected KEY=VALUE with KEY of [A-Za-z0-9_], not starting with SPAWNGATE_"
                 ),

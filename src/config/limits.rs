@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid, parse_bytes};
 
+/// Most environments per user: each is a route in Traefik and a record inside its
+/// user's, so the number stays small.
+const MAX_ENVIRONMENTS_PER_USER: usize = 16;
+
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
@@ -22,6 +26,8 @@ pub struct RawLimits {
     /// Upper bounds for per-user overrides.
     pub max_memory: String,
     pub max_cpus: f64,
+    /// Environments one user may have, the default one included.
+    pub environments_per_user: usize,
 }
 
 impl Default for RawLimits {
@@ -34,6 +40,7 @@ impl Default for RawLimits {
             allowed_images: Vec::new(),
             max_memory: "4g".into(),
             max_cpus: 4.0,
+            environments_per_user: 1,
         }
     }
 }
@@ -47,6 +54,7 @@ pub struct LimitsConfig {
     pub allowed_images: Vec<String>,
     pub max_memory_bytes: i64,
     pub max_nano_cpus: i64,
+    pub environments_per_user: usize,
 }
 
 impl RawLimits {
@@ -58,7 +66,14 @@ impl RawLimits {
                 "must be at least 1",
             ));
         }
+        if !(1..=MAX_ENVIRONMENTS_PER_USER).contains(&li.environments_per_user) {
+            return Err(invalid(
+                "limits.environments_per_user",
+                format!("must be between 1 and {MAX_ENVIRONMENTS_PER_USER}"),
+            ));
+        }
         Ok(LimitsConfig {
+            environments_per_user: li.environments_per_user,
             max_running: (li.max_running > 0).then_some(li.max_running),
             max_concurrent_spawns: li.max_concurrent_spawns,
             cull_lru_when_full: li.cull_lru_when_full,
@@ -103,6 +118,12 @@ mod tests {
         assert_eq!(
             limits("max_memory = \"1k\"").unwrap_err(),
             "invalid config: limits.max_memory: \"1k\": expected a size like 4g"
+        );
+        assert_eq!(limits("").unwrap().environments_per_user, 1);
+        assert!(
+            limits("environments_per_user = 0")
+                .unwrap_err()
+                .contains("limits.environments_per_user")
         );
         assert!(
             limits("max_cpus = -1.0")

@@ -22,6 +22,7 @@ mod limits;
 mod login;
 mod metrics;
 mod pool;
+mod profiles;
 mod server;
 mod session;
 mod spawn;
@@ -37,6 +38,7 @@ pub use limits::{LimitsConfig, RawLimits};
 pub use login::{LoginConfig, RawLogin};
 pub use metrics::{MetricsConfig, MetricsToken, RawMetrics};
 pub use pool::RawPool;
+pub use profiles::{AppAuth, DEFAULT_PROFILE, Profile, Profiles, RawProfile, is_profile_name};
 pub use server::{AppsDomain, PublicUrl, RawServer};
 pub use session::{RawSession, SessionConfig};
 pub use spawn::{RawSpawn, SpawnConfig};
@@ -83,6 +85,7 @@ pub struct RawConfig {
     pub oidc: identity::RawOidc,
     pub metrics: RawMetrics,
     pub ssh: RawSsh,
+    pub profiles: std::collections::BTreeMap<String, RawProfile>,
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +117,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The SSH server (`[ssh]`); `None` when disabled.
     pub ssh: Option<SshConfig>,
+    /// `[profiles.*]` and the implicit `default` (the `docker.*` settings).
+    pub profiles: Profiles,
 }
 
 impl Config {
@@ -175,6 +180,7 @@ impl RawConfig {
         let oidc = self.oidc.validate()?;
         let metrics = self.metrics.validate()?;
         let ssh = self.ssh.validate(&server.data_dir)?;
+        let profiles = profiles::validate(self.profiles, &docker, spawn.ready_timeout)?;
         Ok(Config {
             listen: server.listen,
             public_url: server.public_url,
@@ -197,6 +203,7 @@ impl RawConfig {
             oidc,
             metrics,
             ssh,
+            profiles,
         })
     }
 }

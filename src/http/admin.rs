@@ -30,6 +30,11 @@ struct UserPatch {
     admin: Option<bool>,
     #[serde(default)]
     disabled: Option<bool>,
+    #[serde(default)]
+    groups: Option<Vec<String>>,
+    /// The default environment's profile (`"default"` for the `docker.*` one).
+    #[serde(default)]
+    profile: Option<String>,
 }
 
 /// `PUT …/shares/<user>`: grant access (`{"read_only": true}` for read-only).
@@ -216,6 +221,7 @@ where
     let accounts = &app.accounts;
     let environments = &app.environments;
     let user = |key: &str| accounts.find_user(key);
+    let default_env = |key: &str| user(key).map(crate::store::Env::default_of);
     match (method, parts) {
         (&Method::GET, ["users"]) => ok(json!({ "users": accounts.list_users() })),
         (&Method::POST, ["users"]) => {
@@ -235,6 +241,11 @@ where
             if let Some(disabled) = patch.disabled {
                 view = accounts.set_disabled(actor, name, disabled).await?;
             }
+            if patch.groups.is_some() || patch.profile.is_some() {
+                view = accounts
+                    .set_groups_and_profile(actor, name, patch.groups, patch.profile)
+                    .await?;
+            }
             ok(to_json(&view))
         }
         (&Method::DELETE, ["users", name]) => {
@@ -242,20 +253,37 @@ where
             ok(json!({ "deleted": name }))
         }
         (&Method::GET, ["users", name, "container"]) => {
-            ok(to_json(&environments.status(&*user(name)?).await?))
+            ok(to_json(&environments.status(&default_env(name)?).await?))
         }
-        (&Method::POST, ["users", name, "container", "start"]) => {
-            ok(to_json(&environments.start(actor, &user(name)?).await?))
-        }
-        (&Method::POST, ["users", name, "container", "stop"]) => {
-            ok(to_json(&environments.stop(actor, &*user(name)?).await?))
-        }
-        (&Method::POST, ["users", name, "container", "restart"]) => {
-            ok(to_json(&environments.restart(actor, &user(name)?).await?))
-        }
+        (&Method::POST, ["users", name, "container", "start"]) => ok(to_json(
+            &environments.start(actor, &default_env(name)?).await?,
+        )),
+        (&Method::POST, ["users", name, "container", "stop"]) => ok(to_json(
+            &environments.stop(actor, &default_env(name)?).await?,
+        )),
+        (&Method::POST, ["users", name, "container", "restart"]) => ok(to_json(
+            &environments.restart(actor, &default_env(name)?).await?,
+        )),
         (&Method::GET, ["users", name, "container", "logs"]) => {
             let tail = call.limit("tail", 100, crate::environments::MAX_LOG_LINES)?;
-            ok(json!({ "lines": environments.logs(&*user(name)?, tail).await? }))
+            ok(json!({ "lines": environments.logs(&default_env(name)?, tail).await? }))
+        }
+        (&Method::GET, ["users", name, "environments", env, "logs"]) => {
+            let tail = call.limit("tail", 100, crate::environments::MAX_LOG_LINES)?;
+            let env = environments.environment(&user(name)?, env)?;
+            ok(json!({ "lines": environments.logs(&env, tail).await? }))
+        }
+        (_, ["users", name, "environments", rest @ ..]) => {
+            return super::environments::route(
+                app,
+                actor,
+                &user(name)?,
+                super::environments::Asker::Admin,
+                method,
+                rest,
+                req,
+            )
+            .await;
         }
         (&Method::PUT, ["users", name, "overrides"]) => {
             let body: crate::accounts::OverridesRequest = parse_json(req).await?;
@@ -283,12 +311,15 @@ where
             let body: ShareRequest = parse_json(req).await?;
             let shares = app
                 .sharing
-                .share(actor, &*user(owner)?, grantee, body.read_only)
+                .share(actor, &default_env(owner)?, grantee, body.read_only)
                 .await?;
             ok(json!({ "shared_with": shares }))
         }
         (&Method::DELETE, ["users", owner, "shares", grantee]) => {
-            let shares = app.sharing.unshare(actor, &*user(owner)?, grantee).await?;
+            let shares = app
+                .sharing
+                .unshare(actor, &default_env(owner)?, grantee)
+                .await?;
             ok(json!({ "shared_with": shares }))
         }
         (&Method::GET, ["users", name, "ssh-keys"]) => {

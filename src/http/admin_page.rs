@@ -6,6 +6,7 @@
 //! forms posting to `/_spawngate/admin/…` with the session's CSRF token, done
 //! through the same services as the admin API and audited under the admin's name.
 
+use crate::store::Env;
 use std::collections::HashMap;
 
 use hyper::header::HeaderMap;
@@ -71,6 +72,7 @@ fn notice(key: &str) -> Option<&'static str> {
         "link-sent" => "A sign-in link is on its way to the user's address.",
         "shared" => "Shared.",
         "unshared" => "No longer shared.",
+        "environment-deleted" => "The environment and its data were deleted.",
         _ => return None,
     })
 }
@@ -87,8 +89,9 @@ async fn render(
         .map(|n| format!(r#"<p class="notice" role="status">{n}</p>"#))
         .unwrap_or_default();
     let body = format!(
-        "{notice}{users}{create}{shares}{audit}",
+        "{notice}{users}{environments}{create}{shares}{audit}",
         users = users_panel(app, identity, &csrf).await?,
+        environments = environments_panel(app, &csrf).await?,
         create = create_panel(&csrf),
         shares = shares_panel(app, &csrf),
         audit = audit_panel(app, query)?,
@@ -231,10 +234,50 @@ fn create_panel(csrf: &str) -> String {
     )
 }
 
+/// Users' environments beyond their default one (`limits.environments_per_user`).
+async fn environments_panel(app: &App, csrf: &str) -> Result<String, HttpError> {
+    if app.config.limits.environments_per_user <= 1 {
+        return Ok(String::new());
+    }
+    let users = app.store.snapshot().users();
+    let extras: Vec<Env> = users
+        .iter()
+        .flat_map(Env::all_of)
+        .filter(|e| !e.is_default())
+        .collect();
+    let overviews = app.environments.overviews_of(extras).await?;
+    let rows: String = overviews
+        .iter()
+        .map(|o| {
+            let (state, label) = state_key(o.state);
+            let hidden = [("user", o.user.as_str()), ("environment", o.environment.as_str())];
+            format!(
+                r#"<tr data-user="{user}" data-environment="{env}"><td>{user}</td><td><a href="{link}">{env}</a></td><td>{profile}</td><td><span class="state state-{state}">{label}</span></td><td class="actions">{stop}{delete}</td></tr>"#,
+                user = escape(&o.user),
+                env = escape(&o.environment),
+                link = escape(&o.link),
+                profile = escape(&o.profile_display_name),
+                stop = button(&format!("{PATH}/environments/stop"), csrf, "Stop", "secondary small", &hidden),
+                delete = button(&format!("{PATH}/environments/delete"), csrf, "Delete", "danger small", &hidden),
+            )
+        })
+        .collect();
+    let table = if overviews.is_empty() {
+        r#"<p class="muted">No user has more than their default environment.</p>"#.to_owned()
+    } else {
+        format!(
+            r#"<table id="environments"><thead><tr><th scope="col">User</th><th scope="col">Environment</th><th scope="col">Profile</th><th scope="col">State</th><th scope="col"><span class="sr-only">Actions</span></th></tr></thead><tbody>{rows}</tbody></table>"#
+        )
+    };
+    Ok(format!(
+        r#"<section class="panel" aria-labelledby="environments-title"><h2 id="environments-title">Other environments</h2>{table}</section>"#
+    ))
+}
+
 fn shares_panel(app: &App, csrf: &str) -> String {
     let mut rows = String::new();
     for owner in app.store.snapshot().users() {
-        for share in app.sharing.shares_of(&owner) {
+        for share in app.sharing.shares_of(&Env::default_of(owner.clone())) {
             rows.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&owner.name),
@@ -388,6 +431,17 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
         Ok(())
     };
     match action {
+        "environments/stop" | "environments/delete" => {
+            let user = accounts.find_user(name)?;
+            let env = form.field("environment");
+            if action == "environments/stop" {
+                let env = app.environments.environment(&user, env)?;
+                app.environments.stop(actor, &env).await?;
+                return Ok(back("stopped"));
+            }
+            app.environments.delete(actor, &user, env).await?;
+            Ok(back("environment-deleted"))
+        }
         "users/create" => {
             let email = Some(form.field("email")).filter(|e| !e.is_empty());
             accounts
@@ -425,15 +479,17 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
         "users/start" | "users/restart" => {
             let user = accounts.find_user(name)?;
             let restart = action == "users/restart";
-            Ok(match start_briefly(app, actor, &user, restart).await? {
-                true if restart => back("restarted"),
-                true => back("started"),
-                false => back("starting"),
-            })
+            Ok(
+                match start_briefly(app, actor, &Env::default_of(user), restart).await? {
+                    true if restart => back("restarted"),
+                    true => back("started"),
+                    false => back("starting"),
+                },
+            )
         }
         "users/stop" => {
             let user = accounts.find_user(name)?;
-            app.environments.stop(actor, &user).await?;
+            app.environments.stop(actor, &Env::default_of(user)).await?;
             Ok(back("stopped"))
         }
         "users/login-link" => {
@@ -466,14 +522,14 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
             Ok(back("link-sent"))
         }
         "shares" => {
-            let owner = accounts.find_user(form.field("owner"))?;
+            let owner = Env::default_of(accounts.find_user(form.field("owner"))?);
             app.sharing
                 .share(actor, &owner, name, form.checked("read_only"))
                 .await?;
             Ok(back("shared"))
         }
         "shares/revoke" => {
-            let owner = accounts.find_user(form.field("owner"))?;
+            let owner = Env::default_of(accounts.find_user(form.field("owner"))?);
             app.sharing.unshare(actor, &owner, name).await?;
             Ok(back("unshared"))
         }

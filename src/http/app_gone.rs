@@ -35,9 +35,9 @@ pub async fn handle(app: &App, headers: &HeaderMap, host_slug: Option<&Slug>) ->
     let target = header("x-spawngate-slug")
         .and_then(Slug::parse)
         .filter(|s| host_slug.is_none_or(|h| h == s))
-        .and_then(|s| directory.by_slug(&s))
+        .and_then(|s| directory.environment(&s))
         // A disabled user's container stays stopped, whatever its code sends.
-        .filter(|t| !t.disabled)
+        .filter(|t| !t.owner().disabled)
         .filter(|t| {
             app.config.docker.inject_secret
                 && header("x-spawngate-secret").is_some_and(|presented| {
@@ -47,7 +47,7 @@ pub async fn handle(app: &App, headers: &HeaderMap, host_slug: Option<&Slug>) ->
     let Some(target) = target else {
         return super::forward_auth::waiting(browser);
     };
-    if app.lifecycle.stays_ready(&target.id, EVENT_WAIT).await {
+    if app.lifecycle.stays_ready(target.slug(), EVENT_WAIT).await {
         let message = "the app in this environment answered 502 Bad Gateway";
         return if browser {
             super::html(
@@ -65,10 +65,10 @@ pub async fn handle(app: &App, headers: &HeaderMap, host_slug: Option<&Slug>) ->
             )
         };
     }
-    tracing::info!(user = %target.name, "container went away while answering; starting it again");
-    app.lifecycle.prewarm(target);
+    tracing::info!(user = %target.owner().name, slug = %target.slug(), "container went away while answering; starting it again");
+    app.lifecycle.prewarm(&target);
     // The page follows the start; the owner-only output needs an identity this
     // request does not prove, so it is left out.
-    let ctx = super::progress::PageContext::new(app, headers, target, false);
+    let ctx = super::progress::PageContext::new(app, headers, &target, false);
     super::progress::waiting(browser, Some(&ctx))
 }

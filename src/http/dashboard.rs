@@ -24,7 +24,7 @@ use crate::auth::cookies;
 use crate::environments::Overview;
 use crate::error::Error;
 use crate::runtime::ContainerState;
-use crate::store::User;
+use crate::store::{Env, User};
 
 /// Output lines the dashboard shows.
 const LOG_LINES: usize = 30;
@@ -53,16 +53,22 @@ async fn render(
 ) -> Result<String, HttpError> {
     let user = &identity.user;
     let csrf = app.sessions.csrf_token(&identity.session);
-    let overview = app.environments.overview(user).await?;
-    let logs = output(app, user, &overview).await;
+    let default = Env::default_of(user.clone());
+    let overview = app.environments.overview(&default).await?;
+    let logs = output(app, &default, &overview).await;
+    let others = app
+        .environments
+        .overviews_of(Env::all_of(user).skip(1).collect())
+        .await?;
     let notice = query
         .get("done")
         .and_then(|k| notice(k))
         .map(|n| format!(r#"<p class="notice" role="status">{n}</p>"#))
         .unwrap_or_default();
     let body = format!(
-        "{notice}{environment}{output}{tokens}{ssh_keys}{sessions}{sharing}",
+        "{notice}{environment}{output}{others}{tokens}{ssh_keys}{sessions}{sharing}",
         environment = environment_panel(&overview, &csrf),
+        others = environments_panel(app, user, &others, &csrf),
         output = output_panel(&logs),
         tokens = tokens_panel(app, user, &csrf)?,
         ssh_keys = ssh_keys_panel(app, user, &csrf)?,
@@ -90,6 +96,8 @@ fn notice(key: &str) -> Option<&'static str> {
         "ssh-key-removed" => "The SSH key was removed: it no longer signs you in.",
         "session-revoked" => "That session was signed out.",
         "shared" => "Shared.",
+        "environment-created" => "The environment was created.",
+        "environment-deleted" => "The environment and its data were deleted.",
         "unshared" => "No longer shared.",
         _ => return None,
     })
@@ -248,17 +256,80 @@ fn environment_panel(o: &Overview, csrf: &str) -> String {
 }
 
 /// The last output lines, when there is a container to ask.
-async fn output(app: &App, user: &User, o: &Overview) -> Vec<String> {
+async fn output(app: &App, env: &Env, o: &Overview) -> Vec<String> {
     if o.state == ContainerState::NotExists {
         return Vec::new();
     }
     app.environments
-        .logs(user, LOG_LINES)
+        .logs(env, LOG_LINES)
         .await
         .unwrap_or_else(|e| {
-            tracing::debug!(user = %user.name, error = %e, "cannot read container logs");
+            tracing::debug!(user = %env.owner().name, error = %e, "cannot read container logs");
             Vec::new()
         })
+}
+
+/// The user's other environments (`limits.environments_per_user` > 1): each
+/// with its profile, state and buttons, and a form to create one.
+fn environments_panel(app: &App, user: &User, others: &[Overview], csrf: &str) -> String {
+    let limit = app.config.limits.environments_per_user;
+    if limit <= 1 {
+        return String::new();
+    }
+    let rows: String = others
+        .iter()
+        .map(|o| {
+            let (key, label) = state_key(o.state);
+            let env = [("environment", o.environment.as_str())];
+            format!(
+                r#"<tr data-environment="{name}"><td><a href="{link}">{name}</a></td><td>{profile}</td><td><span class="state state-{key}">{label}</span></td><td class="row">{open}{stop}{delete}</td></tr>"#,
+                name = escape(&o.environment),
+                link = escape(&o.link),
+                profile = escape(&o.profile_display_name),
+                open = button("/_spawngate/me/environment/start", csrf, "Start", "small", &env),
+                stop = button("/_spawngate/me/environment/stop", csrf, "Stop", "secondary small", &env),
+                delete = button(
+                    "/_spawngate/me/environments/delete",
+                    csrf,
+                    "Delete",
+                    "danger small",
+                    &env
+                ),
+            )
+        })
+        .collect();
+    let table = if others.is_empty() {
+        r#"<p class="muted">You have only your default environment.</p>"#.to_owned()
+    } else {
+        format!(
+            r#"<table id="environments"><thead><tr><th scope="col">Name</th><th scope="col">Profile</th><th scope="col">State</th><th scope="col"><span class="sr-only">Actions</span></th></tr></thead><tbody>{rows}</tbody></table>"#
+        )
+    };
+    let options: String = app
+        .environments
+        .profiles_for(user)
+        .iter()
+        .map(|p| {
+            format!(
+                r#"<option value="{}">{}</option>"#,
+                escape(&p.name),
+                escape(&p.display_name)
+            )
+        })
+        .collect();
+    let create = if others.len() + 1 < limit {
+        format!(
+            r#"<form class="row" method="post" action="/_spawngate/me/environments">{csrf}<label for="env-name">Name</label> <input id="env-name" name="name" required maxlength="32" pattern="[a-z][a-z0-9_-]*"> <label for="env-profile">Profile</label> <select id="env-profile" name="profile">{options}</select> <button type="submit">Create</button></form>"#,
+            csrf = csrf_field(csrf)
+        )
+    } else {
+        format!(r#"<p class="muted">You have {limit} environments, the most allowed.</p>"#)
+    };
+    format!(
+        r#"<section class="panel" aria-labelledby="environments-title"><h2 id="environments-title">Your other environments</h2>
+{table}{create}
+</section>"#
+    )
 }
 
 fn output_panel(logs: &[String]) -> String {
@@ -397,8 +468,8 @@ fn sessions_panel(
     ))
 }
 
-fn sharing_panel(app: &App, user: &User, csrf: &str) -> String {
-    let mine = app.sharing.shares_of(user);
+fn sharing_panel(app: &App, user: &Arc<User>, csrf: &str) -> String {
+    let mine = app.sharing.shares_of(&Env::default_of(user.clone()));
     let rows: String = mine
         .iter()
         .map(|s| {
@@ -459,9 +530,10 @@ fn sharing_panel(app: &App, user: &User, csrf: &str) -> String {
 
 /// `GET /_spawngate/api/me/dashboard`: the environment panel's facts, raw and as
 /// the page words them, with the last output lines.
-pub async fn json_view(app: &App, user: &User) -> Result<serde_json::Value, HttpError> {
-    let overview = app.environments.overview(user).await?;
-    let logs = output(app, user, &overview).await;
+pub async fn json_view(app: &App, user: &Arc<User>) -> Result<serde_json::Value, HttpError> {
+    let default = Env::default_of(user.clone());
+    let overview = app.environments.overview(&default).await?;
+    let logs = output(app, &default, &overview).await;
     let f = facts(&overview);
     Ok(json!({
         "environment": overview,
@@ -485,12 +557,12 @@ pub async fn json_view(app: &App, user: &User) -> Result<serde_json::Value, Http
 pub(super) async fn start_briefly(
     app: &App,
     actor: &str,
-    user: &Arc<User>,
+    env: &Env,
     restart: bool,
 ) -> Result<bool, HttpError> {
     Ok(app
         .environments
-        .start_within(actor, user, restart, START_WAIT)
+        .start_within(actor, env, restart, START_WAIT)
         .await?)
 }
 
@@ -509,18 +581,44 @@ pub async fn post<B: ReqBody>(app: &App, req: Request<B>, action: &str) -> Resp 
 async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpError> {
     let user = &form.identity.user;
     let back = |key| forms::done("/_spawngate/", key);
+    // Which environment a button is for (the default one when not said).
+    let env = || {
+        let name = Some(form.field("environment"))
+            .filter(|n| !n.is_empty())
+            .unwrap_or(crate::store::DEFAULT_ENVIRONMENT);
+        app.environments.environment(user, name)
+    };
     match action {
-        "environment/start" => Ok(match start_briefly(app, &user.name, user, false).await? {
-            true => back("started"),
-            false => back("starting"),
-        }),
-        "environment/restart" => Ok(match start_briefly(app, &user.name, user, true).await? {
+        "environment/start" => Ok(
+            match start_briefly(app, &user.name, &env()?, false).await? {
+                true => back("started"),
+                false => back("starting"),
+            },
+        ),
+        "environment/restart" => Ok(match start_briefly(app, &user.name, &env()?, true).await? {
             true => back("restarted"),
             false => back("starting"),
         }),
         "environment/stop" => {
-            app.environments.stop(&user.name, user).await?;
+            app.environments.stop(&user.name, &env()?).await?;
             Ok(back("stopped"))
+        }
+        "environments" => {
+            let profile = Some(form.field("profile").to_owned()).filter(|p| !p.is_empty());
+            let new = crate::environments::NewEnvironment {
+                name: form.field("name").to_owned(),
+                profile,
+            };
+            app.environments
+                .create(&user.name, user, &new, false)
+                .await?;
+            Ok(back("environment-created"))
+        }
+        "environments/delete" => {
+            app.environments
+                .delete(&user.name, user, form.field("environment"))
+                .await?;
+            Ok(back("environment-deleted"))
         }
         "tokens" => {
             let created = app
@@ -569,7 +667,7 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
             app.sharing
                 .share(
                     &user.name,
-                    user,
+                    &Env::default_of(user.clone()),
                     form.field("user"),
                     form.checked("read_only"),
                 )
@@ -578,7 +676,11 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
         }
         "shares/revoke" => {
             app.sharing
-                .unshare(&user.name, user, form.field("user"))
+                .unshare(
+                    &user.name,
+                    &Env::default_of(user.clone()),
+                    form.field("user"),
+                )
                 .await?;
             Ok(back("unshared"))
         }
@@ -590,7 +692,7 @@ async fn act(app: &App, form: &SignedInForm, action: &str) -> Result<Resp, HttpE
 fn new_token_page(app: &App, form: &SignedInForm, created: &crate::accounts::NewToken) -> Resp {
     let user = &form.identity.user;
     let csrf = app.sessions.csrf_token(&form.identity.session);
-    let url = app.environments.url(user);
+    let url = app.environments.url(&Env::default_of(user.clone()));
     let body = format!(
         r#"<section class="panel"><p>Your new token <strong>{name}</strong>. Copy it now: it is shown only this once.</p>
 <p><label for="new-token">Token</label></p>

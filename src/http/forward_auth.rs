@@ -20,7 +20,7 @@ use crate::error::Error;
 use crate::ids::Slug;
 use crate::lifecycle::{Readiness, SpawnError};
 use crate::sharing::Access;
-use crate::store::User;
+use crate::store::{Env, User};
 
 pub async fn handle(app: &App, headers: &HeaderMap, segment: &str) -> Resp {
     let started = Instant::now();
@@ -146,7 +146,7 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
             None,
         );
     };
-    let target = slug.and_then(|s| app.store.with_directory(|d| d.by_slug(s).cloned()));
+    let target = slug.and_then(|s| app.store.with_directory(|d| d.environment(s)));
     let target = target.as_ref();
     // Personal API tokens are for the owner's own scripts: never for shared slugs.
     let access = target
@@ -196,7 +196,7 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
         // The failure's reason, until spawngate's back-off ends. An app's output
         // is the owner's (a grantee may not see what the owner's app logs).
         Readiness::Failed(error) => {
-            let retry = app.lifecycle.retry_in(&target.id).as_secs_f64().ceil() as u64;
+            let retry = app.lifecycle.retry_in(target.slug()).as_secs_f64().ceil() as u64;
             let ctx = PageContext::new(app, headers, target, access == Access::Owner);
             let outcome = match error {
                 SpawnError::App(_) => "app_failed",
@@ -266,7 +266,7 @@ impl PartialEq for Via {
 
 /// 200 with the identity headers and the request's cookies minus spawngate's own.
 /// Traefik replaces the client's versions of these headers with ours.
-fn allow(app: &App, headers: &HeaderMap, caller: &Caller, target: &User, access: Access) -> Resp {
+fn allow(app: &App, headers: &HeaderMap, caller: &Caller, target: &Env, access: Access) -> Resp {
     // No body and no content type: Traefik reads only the headers of a 2xx.
     let mut resp = Response::new(super::empty());
     let h = resp.headers_mut();
@@ -285,8 +285,8 @@ fn allow(app: &App, headers: &HeaderMap, caller: &Caller, target: &User, access:
         h.insert(HeaderName::from_static("x-spawngate-user"), v);
     }
     let slug = match own {
-        Some(r) if caller.user.id == target.id => r.slug.clone(),
-        _ => HeaderValue::from_str(target.slug.as_str()).ok(),
+        Some(r) if caller.user.id == target.owner().id && target.is_default() => r.slug.clone(),
+        _ => HeaderValue::from_str(target.slug().as_str()).ok(),
     };
     if let Some(v) = slug {
         h.insert(HeaderName::from_static("x-spawngate-slug"), v);
@@ -296,16 +296,30 @@ fn allow(app: &App, headers: &HeaderMap, caller: &Caller, target: &User, access:
         HeaderName::from_static("x-spawngate-access"),
         HeaderValue::from_static(access.header_value()),
     );
-    if app.config.docker.inject_secret
-        && let Ok(v) = HeaderValue::try_from(app.lifecycle.forward_secret(target))
-    {
-        h.insert(HeaderName::from_static("x-spawngate-secret"), v);
+    // The app's own `Authorization` for profiles whose app takes the secret
+    // as a token (Jupyter): whatever the client sent is replaced.
+    let mut app_auth = None;
+    if app.config.docker.inject_secret {
+        let secret = app.lifecycle.forward_secret(target);
+        app_auth = app
+            .lifecycle
+            .profile(target)
+            .app_auth
+            .header(&secret)
+            .and_then(|v| HeaderValue::try_from(v).ok());
+        if let Ok(v) = HeaderValue::try_from(secret) {
+            h.insert(HeaderName::from_static("x-spawngate-secret"), v);
+        }
+    }
+    if let Some(v) = app_auth {
+        h.insert(hyper::header::AUTHORIZATION, v);
     }
     // `Authorization` is in authResponseHeaders too: spawngate's credentials (its
     // tokens, and with `[jwt]` on any bearer JWT, whichever credential won) stop
     // here, so an owner never receives a grantee's token to replay; anything else
     // (the app's own auth) is handed back to reach the container.
     if let Some(auth) = headers.get(hyper::header::AUTHORIZATION)
+        && !h.contains_key(hyper::header::AUTHORIZATION)
         && !is_spawngate_token(auth)
         && caller.via != Via::ExternalJwt
         && !(app.external_jwt.is_some() && is_bearer_jwt(auth))
@@ -397,7 +411,8 @@ pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
         };
     };
     let segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    let own = Slug::parse_segment(segment).is_some_and(|s| s == identity.user.slug);
+    let own =
+        Slug::parse_segment(segment).is_some_and(|s| identity.user.environment_at(&s).is_some());
     if own {
         // Traefik polls the provider every few seconds; ask the browser to retry.
         waiting(browser)

@@ -56,7 +56,7 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
     let directory = app.store.snapshot();
     let target = slug
         .as_ref()
-        .and_then(|s| directory.by_slug(s))
+        .and_then(|s| directory.environment(s))
         .filter(|t| Access::of(&identity.user, t).is_some());
     // Unknown slugs and other users' slugs get the same answer.
     let Some(target) = target else {
@@ -64,13 +64,13 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
     };
     let code = app.handoffs.issue(
         identity.user.id.clone(),
-        target.slug.clone(),
+        target.slug().clone(),
         identity.session,
         next,
     );
     let mut resp = redirect(
         StatusCode::FOUND,
-        &format!("{}{PATH}?code={code}", apps.origin(&target.slug)),
+        &format!("{}{PATH}?code={code}", apps.origin(target.slug())),
     );
     resp.headers_mut()
         .insert("referrer-policy", HeaderValue::from_static("no-referrer"));
@@ -101,12 +101,12 @@ pub async fn on_app_host(
     };
     let directory = app.store.snapshot();
     let user = directory.by_id(&handoff.user_id).filter(|u| !u.disabled);
-    let target = directory.by_slug(host_slug);
+    let target = directory.environment(host_slug);
     let parent = app.store.session(&handoff.parent).ok().flatten();
     let (Some(user), Some(target), Some(parent)) = (user, target, parent) else {
         return expired(app);
     };
-    if Access::of(user, target).is_none() {
+    if Access::of(user, &target).is_none() {
         return super::errors::forbidden(true);
     }
     // Ends when the sign-in session does (and with it, on every request).

@@ -11,6 +11,7 @@ use super::{Peer, ReqBody, Resp, client_ip, html, read_body, redirect};
 use crate::app::App;
 use crate::auth::{cookies, safe_next};
 use crate::metrics::{LoginMethod, RateLimit};
+use crate::store::Env;
 
 fn query(req_uri: &hyper::Uri) -> HashMap<String, String> {
     req_uri
@@ -61,7 +62,10 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
     }
     match app.identities.identify(req.headers()) {
         Ok(Some(identity)) => {
-            let target = next.unwrap_or_else(|| app.environments.link(&identity.user));
+            let target = next.unwrap_or_else(|| {
+                app.environments
+                    .link(&Env::default_of(identity.user.clone()))
+            });
             return redirect(StatusCode::FOUND, &target);
         }
         Ok(None) => {}
@@ -494,11 +498,11 @@ pub(super) async fn start_session(
     };
     let target = next
         .and_then(|n| safe_next(n))
-        .unwrap_or_else(|| app.environments.link(user));
+        .unwrap_or_else(|| app.environments.link(&Env::default_of(user.clone())));
     tracing::info!(target: "spawngate::login", user = %user.name, "login");
     if app.config.lifecycle.start_on_login {
         // Warm the container while the browser follows the redirect.
-        app.lifecycle.prewarm(user);
+        app.lifecycle.prewarm(&Env::default_of(user.clone()));
     }
     let mut resp = redirect(StatusCode::SEE_OTHER, &target);
     set_session_cookie(app, &mut resp, &app.config.session.cookie_name, &jwt, ttl);

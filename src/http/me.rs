@@ -16,7 +16,7 @@ use super::{ReqBody, Resp, api_error, json, parse_json};
 use crate::app::App;
 use crate::error::Error;
 use crate::ids::SessionId;
-use crate::store::User;
+use crate::store::{Env, User};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +116,7 @@ async fn route<B: ReqBody>(
         (&Method::GET, ["shares"]) => Ok((
             StatusCode::OK,
             json!({
-                "shared_with": app.sharing.shares_of(&user),
+                "shared_with": app.sharing.shares_of(&Env::default_of(user.clone())),
                 "shared_with_me": app.sharing.shared_with(&user),
             }),
         )),
@@ -124,13 +124,37 @@ async fn route<B: ReqBody>(
             let share: super::admin::ShareRequest = parse_json(req).await?;
             let shares = app
                 .sharing
-                .share(&user.name, &user, grantee, share.read_only)
+                .share(
+                    &user.name,
+                    &Env::default_of(user.clone()),
+                    grantee,
+                    share.read_only,
+                )
                 .await?;
             Ok((StatusCode::OK, json!({ "shared_with": shares })))
         }
         (&Method::DELETE, ["shares", grantee]) => {
-            let shares = app.sharing.unshare(&user.name, &user, grantee).await?;
+            let shares = app
+                .sharing
+                .unshare(&user.name, &Env::default_of(user.clone()), grantee)
+                .await?;
             Ok((StatusCode::OK, json!({ "shared_with": shares })))
+        }
+        (&Method::GET, ["profiles"]) => Ok((
+            StatusCode::OK,
+            json!({ "profiles": app.environments.profiles_for(&user) }),
+        )),
+        (_, ["environments", rest @ ..]) => {
+            super::environments::route(
+                app,
+                &user.name,
+                &user,
+                super::environments::Asker::Owner,
+                &method,
+                rest,
+                req,
+            )
+            .await
         }
         (&Method::GET, ["ssh-keys"]) => Ok((
             StatusCode::OK,

@@ -5,6 +5,7 @@ mod admin_page;
 mod app_gone;
 mod assets;
 mod dashboard;
+mod environments;
 pub mod errors;
 mod forms;
 mod forward_auth;

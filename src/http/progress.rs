@@ -35,7 +35,7 @@ use crate::error::Error;
 use crate::ids::Slug;
 use crate::lifecycle::{Following, Phase, Progress, SpawnError, Step};
 use crate::sharing::Access;
-use crate::store::User;
+use crate::store::Env;
 use crate::tasks::Tasks;
 
 pub const PROGRESS_PATH: &str = "/_spawngate/api/me/progress";
@@ -58,7 +58,7 @@ fn target(
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     host_slug: Option<&Slug>,
-) -> Result<(Arc<User>, Access), HttpError> {
+) -> Result<(Env, Access), HttpError> {
     let directory = app.store.snapshot();
     if let Some(slug) = host_slug {
         let identity = app
@@ -66,11 +66,11 @@ fn target(
             .identify_app(headers, slug)?
             .ok_or(Error::Unauthorized)?;
         let target = directory
-            .by_slug(slug)
+            .environment(slug)
             .ok_or(Error::Forbidden("you do not have access to this address"))?;
-        let access = Access::of(&identity.user, target)
+        let access = Access::of(&identity.user, &target)
             .ok_or(Error::Forbidden("you do not have access to this address"))?;
-        return Ok((target.clone(), access));
+        return Ok((target, access));
     }
     let (caller, by_token) = match app.identities.identify(headers)? {
         Some(identity) => (identity.user, false),
@@ -82,12 +82,12 @@ fn target(
         ),
     };
     let Some(slug) = query.get("slug") else {
-        return Ok((caller, Access::Owner));
+        return Ok((Env::default_of(caller), Access::Owner));
     };
     // As forwardAuth: a personal token is for the owner's own environment.
     let target = Slug::parse(slug)
-        .and_then(|s| directory.by_slug(&s))
-        .and_then(|t| Access::of(&caller, t).map(|a| (t.clone(), a)))
+        .and_then(|s| directory.environment(&s))
+        .and_then(|t| Access::of(&caller, &t).map(|a| (t, a)))
         .filter(|(_, a)| *a == Access::Owner || !by_token);
     target.ok_or_else(|| Error::Forbidden("you do not have access to this address").into())
 }
@@ -111,8 +111,8 @@ pub fn progress(
         owner: access == Access::Owner,
         retry_in: {
             let lifecycle = app.lifecycle.clone();
-            let id = target.id.clone();
-            Box::new(move || lifecycle.retry_in(&id))
+            let slug = target.slug().clone();
+            Box::new(move || lifecycle.retry_in(&slug))
         },
         last: None,
         followed: false,
@@ -284,7 +284,8 @@ pub fn environment(
     };
     let view = app.lifecycle.view(&target);
     let mut body = json!({
-        "slug": target.slug.as_str(),
+        "slug": target.slug().as_str(),
+        "environment": target.name(),
         "state": view.state,
         "since": view.since,
         "url": app.environments.url(&target),
@@ -420,11 +421,11 @@ pub struct PageContext {
 impl PageContext {
     /// For a forwardAuth answer: the address asked for comes from Traefik's
     /// `X-Forwarded-Uri` (a validated same-site path), else the environment's own.
-    pub fn new(app: &App, headers: &HeaderMap, target: &User, owner: bool) -> PageContext {
+    pub fn new(app: &App, headers: &HeaderMap, target: &Env, owner: bool) -> PageContext {
         let stream = match app.config.apps {
             // The page is on the app host, which routes this path to spawngate.
             Some(_) => PROGRESS_PATH.to_owned(),
-            None => format!("{PROGRESS_PATH}?slug={}", target.slug),
+            None => format!("{PROGRESS_PATH}?slug={}", target.slug()),
         };
         let next = headers
             .get("x-forwarded-uri")
@@ -432,7 +433,7 @@ impl PageContext {
             .and_then(safe_next)
             .unwrap_or_else(|| match app.config.apps {
                 Some(_) => "/".to_owned(),
-                None => format!("{}/", target.slug.base_path()),
+                None => format!("{}/", target.slug().base_path()),
             });
         PageContext {
             stream,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{Event, Lifecycle, Phase, Slot, env_of};
 use crate::events::Subject;
 use crate::metrics::{CullReason, CullTier};
-use crate::store::User;
+use crate::store::Env;
 use crate::time::unix_now;
 
 /// Traffic below this many bytes between two looks is noise (ARP, keep-alive
@@ -142,8 +142,8 @@ impl Lifecycle {
 
     /// What the culler will do next to `user`'s environment, and when; `None`
     /// when no tier applies (or the environment was never seen active).
-    pub fn cull_plan(&self, user: &User) -> Option<CullPlan> {
-        let slot = self.slot(&user.id);
+    pub fn cull_plan(&self, env: &Env) -> Option<CullPlan> {
+        let slot = self.slot(env.slug());
         let last = slot.last_activity.load(Ordering::Relaxed);
         if last == 0 {
             return None;
@@ -189,10 +189,10 @@ impl Lifecycle {
             if self.tasks.is_cancelled() {
                 return;
             }
-            let Some(user) = directory.by_id(&id).cloned() else {
+            let Some(env) = directory.environment(&id) else {
                 continue;
             };
-            self.persist_activity(&user, &slot);
+            self.persist_activity(&env, &slot);
             let phase = slot.phase.get();
             let last = slot.last_activity.load(Ordering::Relaxed);
             if last == 0 {
@@ -203,12 +203,12 @@ impl Lifecycle {
             if can.network_counters
                 && matches!(phase, Phase::Ready | Phase::Paused)
                 && idle >= watch_traffic_after
-                && self.saw_traffic(&user, &slot).await
+                && self.saw_traffic(&env, &slot).await
             {
                 slot.touch();
                 if matches!(phase, Phase::Paused) {
-                    tracing::info!(user = %user.name, slug = %user.slug, container = %self.container_name(&user), "traffic to a paused container: waking it");
-                    self.prewarm(&user);
+                    tracing::info!(user = %env.owner().name, slug = %env.slug(), container = %self.container_name(&env), "traffic to a paused container: waking it");
+                    self.prewarm(&env);
                 }
                 continue;
             }
@@ -218,32 +218,32 @@ impl Lifecycle {
             if let Some((action, reason)) = decide(lc, can.pause, &phase, present, idle, age) {
                 let this = self.clone();
                 self.tasks
-                    .spawn(async move { this.apply(&user, &slot, action, reason, last).await });
+                    .spawn(async move { this.apply(&env, &slot, action, reason, last).await });
             }
         }
     }
 
     /// Whether the container's network counters moved since the last look.
-    async fn saw_traffic(&self, user: &User, slot: &Slot) -> bool {
-        match self.runtime.network_bytes(&env_of(user)).await {
+    async fn saw_traffic(&self, env: &Env, slot: &Slot) -> bool {
+        match self.runtime.network_bytes(&env_of(env)).await {
             Ok(Some(bytes)) => {
                 let before = slot.net_bytes.swap(bytes, Ordering::Relaxed);
                 before != u64::MAX && bytes.saturating_sub(before) >= TRAFFIC_THRESHOLD
             }
             Ok(None) => false,
             Err(e) => {
-                tracing::debug!(user = %user.name, error = %e, "cannot read network counters");
+                tracing::debug!(user = %env.owner().name, error = %e, "cannot read network counters");
                 false
             }
         }
     }
 
     /// Writes the in-memory activity timestamp to the store when it moved.
-    fn persist_activity(&self, user: &User, slot: &Slot) {
+    fn persist_activity(&self, env: &Env, slot: &Slot) {
         let last = slot.last_activity.load(Ordering::Relaxed);
         if last > 0
             && slot.persisted_activity.swap(last, Ordering::Relaxed) != last
-            && let Err(e) = self.store.note_activity(&user.id, last)
+            && let Err(e) = self.store.note_activity(&env.record_key(), last)
         {
             tracing::warn!(error = %e, "cannot persist activity");
         }
@@ -251,7 +251,7 @@ impl Lifecycle {
 
     async fn apply(
         &self,
-        user: &User,
+        env: &Env,
         slot: &Slot,
         action: Action,
         reason: &'static str,
@@ -279,12 +279,13 @@ impl Lifecycle {
         if !still {
             return;
         }
-        let env = env_of(user);
+        let id = env_of(env);
+        let user = env.owner();
         let began = std::time::Instant::now();
         let result = match action {
-            Action::Pause => self.runtime.pause(&env).await,
-            Action::Stop => self.runtime.stop(&env).await,
-            Action::Remove => self.runtime.remove(&env, false).await,
+            Action::Pause => self.runtime.pause(&id).await,
+            Action::Stop => self.runtime.stop(&id, self.profile(env).stop_timeout).await,
+            Action::Remove => self.runtime.remove(&id, false).await,
         };
         match result {
             Ok(()) => {
@@ -298,7 +299,7 @@ impl Lifecycle {
                     "container.culled",
                     Subject {
                         user: &user.name,
-                        slug: Some(user.slug.as_str()),
+                        slug: Some(env.slug().as_str()),
                     },
                     Some(action.verb()),
                     Some(reason.to_owned()),
@@ -308,10 +309,10 @@ impl Lifecycle {
                     _ => CullReason::MaxLifetime,
                 };
                 self.metrics.culled(action.tier(), why);
-                tracing::info!(user = %user.name, slug = %user.slug, container = %self.runtime.name(&env), action = action.name(), reason, ms = began.elapsed().as_millis() as u64, "container culled");
+                tracing::info!(user = %user.name, slug = %env.slug(), container = %self.runtime.name(&id), action = action.name(), reason, ms = began.elapsed().as_millis() as u64, "container culled");
             }
             Err(e) => {
-                tracing::warn!(user = %user.name, slug = %user.slug, container = %self.runtime.name(&env), action = action.name(), ms = began.elapsed().as_millis() as u64, error = %e, "cull action failed");
+                tracing::warn!(user = %user.name, slug = %env.slug(), container = %self.runtime.name(&id), action = action.name(), ms = began.elapsed().as_millis() as u64, error = %e, "cull action failed");
                 // Unknown: the next request or look finds out the real state.
                 slot.phase.apply(Event::Lost);
             }

@@ -28,14 +28,15 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::{Mutex as AsyncMutex, Semaphore};
 
 use crate::config::Config;
+use crate::config::{DEFAULT_PROFILE, Profile};
 use crate::events::{Events, Subject};
-use crate::ids::UserId;
+use crate::ids::Slug;
 use crate::metrics::{Census, EnvState, Metrics, SpawnFailure, SpawnKind};
 use crate::runtime::{
     ContainerGone, ContainerState, EnvId, EnvironmentSpec, Isolation, Owner, RunState, Runtime,
     RuntimeError,
 };
-use crate::store::{ContainerRecord, Desired, Store, StoreError, User};
+use crate::store::{ContainerRecord, Desired, Env, Overrides, Store, StoreError};
 use crate::tasks::Tasks;
 use crate::time::{rfc3339, unix_now};
 
@@ -248,6 +249,7 @@ impl Slot {
 #[derive(Debug, serde::Serialize)]
 pub struct ContainerStatus {
     pub user: String,
+    pub environment: String,
     pub state: ContainerState,
     pub name: String,
     pub container_id: Option<String>,
@@ -277,7 +279,7 @@ pub struct Lifecycle {
     runtime: Arc<dyn Runtime>,
     store: Store,
     config: Arc<Config>,
-    slots: RwLock<HashMap<UserId, Arc<Slot>>>,
+    slots: RwLock<HashMap<Slug, Arc<Slot>>>,
     spawn_permits: Semaphore,
     /// Held while checking capacity and claiming a place, so two users cannot both
     /// take the last one.
@@ -297,8 +299,8 @@ pub struct Lifecycle {
 }
 
 /// The environment of `user`.
-fn env_of(user: &User) -> EnvId {
-    EnvId::User(user.slug.clone())
+fn env_of(env: &Env) -> EnvId {
+    EnvId::User(env.slug().clone())
 }
 
 impl Lifecycle {
@@ -366,8 +368,8 @@ impl Lifecycle {
     }
 
     /// The runtime's name for the user's container (for log lines).
-    fn container_name(&self, user: &User) -> String {
-        self.runtime.name(&env_of(user))
+    fn container_name(&self, env: &Env) -> String {
+        self.runtime.name(&env_of(env))
     }
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
@@ -400,26 +402,32 @@ impl Lifecycle {
     }
 
     /// Where the user's app is reached (Traefik's service, the readiness probe).
-    pub fn address(&self, user: &User) -> String {
-        self.runtime.address(&env_of(user), user.host_port)
+    pub fn address(&self, env: &Env) -> String {
+        self.runtime
+            .address(&env_of(env), env.host_port(), self.profile(env).port)
     }
 
-    fn slot(&self, id: &UserId) -> Arc<Slot> {
+    fn slot(&self, slug: &Slug) -> Arc<Slot> {
         if let Ok(slots) = self.slots.read()
-            && let Some(slot) = slots.get(id)
+            && let Some(slot) = slots.get(slug)
         {
             return slot.clone();
         }
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
         slots
-            .entry(id.clone())
-            .or_insert_with(|| Arc::new(Slot::new(self.observed_cell(id))))
+            .entry(slug.clone())
+            .or_insert_with(|| Arc::new(Slot::new(self.observed_cell(slug))))
             .clone()
     }
 
+    /// The profile `env` runs.
+    pub fn profile(&self, env: &Env) -> &Arc<Profile> {
+        self.config.profiles.resolve(env.profile())
+    }
+
     /// A phase cell whose changes are published to the operator event stream.
-    fn observed_cell(&self, id: &UserId) -> PhaseCell {
-        let (events, store, id) = (self.events.clone(), self.store.clone(), id.clone());
+    fn observed_cell(&self, slug: &Slug) -> PhaseCell {
+        let (events, store, slug) = (self.events.clone(), self.store.clone(), slug.clone());
         PhaseCell::observed(
             Phase::Unknown,
             Box::new(move |phase, event| {
@@ -427,14 +435,14 @@ impl Lifecycle {
                     return;
                 };
                 let directory = store.snapshot();
-                let Some(user) = directory.by_id(&id) else {
+                let Some(user) = directory.by_slug(&slug) else {
                     return;
                 };
                 events.publish(
                     kind,
                     Subject {
                         user: &user.name,
-                        slug: Some(user.slug.as_str()),
+                        slug: Some(slug.as_str()),
                     },
                     None,
                     reason,
@@ -443,27 +451,27 @@ impl Lifecycle {
         )
     }
 
-    fn all_slots(&self) -> Vec<(UserId, Arc<Slot>)> {
+    fn all_slots(&self) -> Vec<(Slug, Arc<Slot>)> {
         self.slots
             .read()
             .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default()
     }
 
-    pub fn phase(&self, id: &UserId) -> Phase {
-        self.slot(id).phase.get()
+    pub fn phase(&self, slug: &Slug) -> Phase {
+        self.slot(slug).phase.get()
     }
 
     /// The forwardAuth question: make the user's container ready, waiting at most
     /// `hold`. Concurrent callers for one user share a single spawn.
-    pub async fn ensure_ready(self: &Arc<Self>, user: &Arc<User>, hold: Duration) -> Readiness {
-        let slot = self.slot(&user.id);
+    pub async fn ensure_ready(self: &Arc<Self>, env: &Env, hold: Duration) -> Readiness {
+        let slot = self.slot(env.slug());
         if matches!(*slot.phase.borrow(), Phase::Ready) {
             slot.touch();
             return Readiness::Ready;
         }
         let mut rx = slot.phase.subscribe();
-        self.kick(user, &slot);
+        self.kick(env, &slot);
         let settled =
             tokio::time::timeout(hold, rx.wait_for(|p| !matches!(p, Phase::Starting))).await;
         match settled {
@@ -482,15 +490,15 @@ impl Lifecycle {
 
     /// Counts as activity for idle culling, as a forwardAuth pass does (an open SSH
     /// session calls it while it lasts).
-    pub fn touch(&self, id: &UserId) {
-        self.slot(id).touch();
+    pub fn touch(&self, slug: &Slug) {
+        self.slot(slug).touch();
     }
 
     /// Completes once the user's environment stopped, paused, failed or went
     /// away (culled, stopped by an admin, removed): what runs in it has ended.
     /// A moment of doubt (the event stream reconnecting) does not count.
-    pub async fn until_stopped(&self, id: &UserId) {
-        let mut rx = self.slot(id).phase.subscribe();
+    pub async fn until_stopped(&self, slug: &Slug) {
+        let mut rx = self.slot(slug).phase.subscribe();
         let _ = rx
             .wait_for(|p| matches!(p, Phase::Stopped | Phase::Paused | Phase::Failed { .. }))
             .await;
@@ -498,8 +506,8 @@ impl Lifecycle {
 
     /// Whether the user's container is still ready after `wait`: Docker reports a
     /// container killed a moment ago within milliseconds.
-    pub async fn stays_ready(&self, id: &UserId, wait: Duration) -> bool {
-        let mut rx = self.slot(id).phase.subscribe();
+    pub async fn stays_ready(&self, slug: &Slug, wait: Duration) -> bool {
+        let mut rx = self.slot(slug).phase.subscribe();
         if !matches!(*rx.borrow_and_update(), Phase::Ready) {
             return false;
         }
@@ -510,14 +518,14 @@ impl Lifecycle {
 
     /// Starts (or unpauses) the user's container in the background without waiting:
     /// used at login so the first page is usually warm.
-    pub fn prewarm(self: &Arc<Self>, user: &Arc<User>) {
-        let slot = self.slot(&user.id);
-        self.kick(user, &slot);
+    pub fn prewarm(self: &Arc<Self>, env: &Env) {
+        let slot = self.slot(env.slug());
+        self.kick(env, &slot);
     }
 
     /// Starts a spawn task unless one is running (or one failed a moment ago), after
     /// claiming a place within `limits.max_running`.
-    fn kick(self: &Arc<Self>, user: &Arc<User>, slot: &Arc<Slot>) {
+    fn kick(self: &Arc<Self>, env: &Env, slot: &Arc<Slot>) {
         let kind = match *slot.phase.borrow() {
             Phase::Paused => SpawnKind::Unpause,
             _ if slot.present.load(Ordering::Relaxed) => SpawnKind::Resume,
@@ -535,10 +543,10 @@ impl Lifecycle {
                 return;
             }
             let needs_place = !slot.occupies_capacity();
-            if needs_place && let Some(refusal) = self.claim_place(&user.id) {
+            if needs_place && let Some(refusal) = self.claim_place(env.slug()) {
                 slot.phase.apply(Event::Refused(refusal));
                 self.metrics.capacity_refused();
-                tracing::warn!(user = %user.name, slug = %user.slug, container = %self.container_name(user), "spawn refused: at capacity");
+                tracing::warn!(user = %env.owner().name, slug = %env.slug(), container = %self.container_name(env), "spawn refused: at capacity");
                 return;
             }
             slot.progress.begin();
@@ -546,11 +554,11 @@ impl Lifecycle {
         };
         if started {
             let this = self.clone();
-            let user = user.clone();
+            let env = env.clone();
             let slot = slot.clone();
             self.tasks.spawn(async move {
                 let began = Instant::now();
-                let result = this.spawn(&user, &slot).await;
+                let result = this.spawn(&env, &slot).await;
                 match result {
                     Ok(times) => {
                         slot.touch();
@@ -560,19 +568,19 @@ impl Lifecycle {
                         if slot.phase.apply(Event::Answered) {
                             let kind = if times.pooled { SpawnKind::Pool } else { kind };
                             this.metrics.spawned(kind, began.elapsed());
-                            tracing::info!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), container_id = times.container_id.as_deref().unwrap_or("-"), kind = kind.as_str(), ms = began.elapsed().as_millis() as u64, runtime_ms = times.runtime_ms, probe_ms = times.probe_ms, "container ready");
+                            tracing::info!(user = %env.owner().name, slug = %env.slug(), container = %this.container_name(&env), container_id = times.container_id.as_deref().unwrap_or("-"), kind = kind.as_str(), ms = began.elapsed().as_millis() as u64, runtime_ms = times.runtime_ms, probe_ms = times.probe_ms, "container ready");
                         }
                     }
                     Err(error) => {
                         if this.tasks.is_cancelled() {
                             // Cut short by shutdown: not the environment's fault.
-                            tracing::info!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), ms = began.elapsed().as_millis() as u64, error = %error.detail(), "spawn cut short by shutdown");
+                            tracing::info!(user = %env.owner().name, slug = %env.slug(), container = %this.container_name(&env), ms = began.elapsed().as_millis() as u64, error = %error.detail(), "spawn cut short by shutdown");
                             slot.phase.apply(Event::Lost);
                             return;
                         }
                         this.metrics.spawn_failed(error.reason());
-                        tracing::error!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), kind = kind.as_str(), reason = error.reason().as_str(), ms = began.elapsed().as_millis() as u64, error = %error.detail(), "spawn failed");
-                        this.note_error(&user.id, error.detail()).await;
+                        tracing::error!(user = %env.owner().name, slug = %env.slug(), container = %this.container_name(&env), kind = kind.as_str(), reason = error.reason().as_str(), ms = began.elapsed().as_millis() as u64, error = %error.detail(), "spawn failed");
+                        this.note_error(&env.record_key(), error.detail()).await;
                         if matches!(error, SpawnError::App(_)) {
                             slot.app_failures.fetch_add(1, Ordering::Relaxed);
                         }
@@ -585,7 +593,7 @@ impl Lifecycle {
 
     /// With the capacity lock held: `None` if a place is free (or was freed by
     /// stopping the least recently used idle container), else the refusal.
-    fn claim_place(self: &Arc<Self>, for_user: &UserId) -> Option<SpawnError> {
+    fn claim_place(self: &Arc<Self>, for_env: &Slug) -> Option<SpawnError> {
         let max = self.config.limits.max_running?;
         let slots = self.all_slots();
         let occupied = slots.iter().filter(|(_, s)| s.occupies_capacity()).count();
@@ -598,13 +606,13 @@ impl Lifecycle {
             let victim = slots
                 .iter()
                 .filter(|(id, s)| {
-                    id != for_user
+                    id != for_env
                         && matches!(*s.phase.borrow(), Phase::Ready | Phase::Paused)
                         && now - s.last_activity.load(Ordering::Relaxed) >= min_idle
                 })
                 .min_by_key(|(_, s)| s.last_activity.load(Ordering::Relaxed));
             if let Some((victim_id, victim)) = victim
-                && let Some(user) = self.store.snapshot().by_id(victim_id).cloned()
+                && let Some(env) = self.store.snapshot().environment(victim_id)
             {
                 // Frees the place now; the stop itself runs in the background.
                 victim.phase.apply(Event::Stop);
@@ -614,18 +622,18 @@ impl Lifecycle {
                     this.store.audit(
                         "system",
                         "container.stop",
-                        &user.name,
+                        &env.owner().name,
                         Some("least recently used, to make room".into()),
                     );
                     let began = Instant::now();
-                    let container = this.container_name(&user);
+                    let container = this.container_name(&env);
                     let ms = || began.elapsed().as_millis() as u64;
-                    match this.docker_stop(&user, &victim).await {
+                    match this.docker_stop(&env, &victim).await {
                         Ok(()) => {
                             this.metrics.culled(crate::metrics::CullTier::Stop, crate::metrics::CullReason::Capacity);
-                            tracing::info!(user = %user.name, slug = %user.slug, container = %container, ms = ms(), "least recently used container stopped to make room");
+                            tracing::info!(user = %env.owner().name, slug = %env.slug(), container = %container, ms = ms(), "least recently used container stopped to make room");
                         }
-                        Err(e) => tracing::warn!(user = %user.name, slug = %user.slug, container = %container, ms = ms(), error = %e.detail(), "LRU stop failed"),
+                        Err(e) => tracing::warn!(user = %env.owner().name, slug = %env.slug(), container = %container, ms = ms(), error = %e.detail(), "LRU stop failed"),
                     }
                 });
                 return None;
@@ -640,25 +648,27 @@ impl Lifecycle {
     /// (header `X-Spawngate-Secret`) and the container gets as `SPAWNGATE_SECRET`:
     /// an app that checks it refuses connections that bypass Traefik. Derived, so
     /// nothing is stored; stable across restarts.
-    pub fn container_secret(&self, user: &User) -> String {
-        self.derive_secret(b"spawngate container secret\0", user.id.as_str())
+    pub fn container_secret(&self, env: &Env) -> String {
+        // Keyed like the container record: the default environment's secret is
+        // the one it had before users had several.
+        self.derive_secret(b"spawngate container secret\0", &env.record_key())
     }
 
     /// The secret to send with this user's requests: the pool container's when the
     /// user's container came from the pool, else the user's own.
-    pub fn forward_secret(&self, user: &User) -> String {
+    pub fn forward_secret(&self, env: &Env) -> String {
         let Ok(slots) = self.slots.read() else {
-            return self.container_secret(user);
+            return self.container_secret(env);
         };
-        let Some(slot) = slots.get(&user.id) else {
-            return self.container_secret(user);
+        let Some(slot) = slots.get(env.slug()) else {
+            return self.container_secret(env);
         };
         if let Ok(kept) = slot.forward_secret.read()
             && let Some(secret) = kept.as_ref()
         {
             return secret.clone();
         }
-        let own = self.container_secret(user);
+        let own = self.container_secret(env);
         // Only into an empty cell: a pool's secret set meanwhile wins.
         if let Ok(mut kept) = slot.forward_secret.write()
             && kept.is_none()
@@ -672,44 +682,56 @@ impl Lifecycle {
         crate::ids::derive_token(&self.container_key, purpose, subject)
     }
 
-    fn spec(&self, user: &User) -> EnvironmentSpec {
+    fn spec(&self, env: &Env) -> EnvironmentSpec {
         let d = &self.config.docker;
-        let o = &user.overrides;
+        let profile = self.profile(env);
+        let user = env.owner();
+        // Admin overrides are exceptions to the default profile; another profile
+        // is the admin's choice as it stands.
+        let none = Overrides::default();
+        let o = match profile.name == DEFAULT_PROFILE {
+            true => &user.overrides,
+            false => &none,
+        };
         // Subdomain mode serves the app at its host's root.
         let base_path = match self.config.apps {
             Some(_) => String::new(),
-            None => user.slug.base_path(),
+            None => env.slug().base_path(),
         };
+        let profile_env = profile.env_for(&base_path, env.slug().as_str(), &user.name);
         EnvironmentSpec {
-            env_id: env_of(user),
+            env_id: env_of(env),
             owner: Some(Owner {
                 id: user.id.clone(),
                 name: user.name.clone(),
             }),
-            image: o.image.clone().unwrap_or_else(|| d.image.clone()),
+            image: o.image.clone().unwrap_or_else(|| profile.image.clone()),
             env: d
                 .env
                 .iter()
                 .cloned()
+                .chain(profile_env)
                 .chain(o.env.iter().map(|(k, v)| (k.clone(), v.clone())))
                 .chain([
                     ("SPAWNGATE_USER".into(), user.name.clone()),
-                    ("SPAWNGATE_SLUG".into(), user.slug.to_string()),
+                    ("SPAWNGATE_SLUG".into(), env.slug().to_string()),
                     ("SPAWNGATE_BASE_PATH".into(), base_path),
+                    ("SPAWNGATE_ENVIRONMENT".into(), env.name().to_owned()),
+                    ("SPAWNGATE_PROFILE".into(), profile.name.clone()),
                 ])
                 .chain(
                     d.inject_secret
-                        .then(|| ("SPAWNGATE_SECRET".to_owned(), self.container_secret(user))),
+                        .then(|| ("SPAWNGATE_SECRET".to_owned(), self.container_secret(env))),
                 )
                 .collect(),
-            port: d.port,
-            host_port: user.host_port,
-            data_mount: Some(d.data_mount.clone()),
-            memory_bytes: o.memory_bytes.unwrap_or(d.memory_bytes),
-            cpus: o.nano_cpus.unwrap_or(d.nano_cpus) as f64 / 1e9,
-            pids_limit: d.pids_limit,
-            read_only_rootfs: d.read_only_rootfs,
-            init: d.init,
+            port: profile.port,
+            host_port: env.host_port(),
+            data_mount: Some(profile.volume_path.clone()),
+            memory_bytes: o.memory_bytes.unwrap_or(profile.memory_bytes),
+            cpus: o.nano_cpus.unwrap_or(profile.nano_cpus) as f64 / 1e9,
+            pids_limit: profile.pids_limit,
+            read_only_rootfs: profile.read_only_rootfs,
+            init: profile.init,
             isolation: if d.network_per_user {
                 Isolation::OwnNetwork
             } else {
@@ -721,7 +743,7 @@ impl Lifecycle {
 
     /// Makes the user's container run and answer; returns how long the runtime's
     /// start and the readiness probes took (for the log).
-    async fn spawn(&self, user: &User, slot: &Slot) -> Result<SpawnTimes, SpawnError> {
+    async fn spawn(&self, env: &Env, slot: &Slot) -> Result<SpawnTimes, SpawnError> {
         let _permit = self
             .spawn_permits
             .acquire()
@@ -735,13 +757,15 @@ impl Lifecycle {
         // The stored user decides, not the caller's copy: nothing starts for a user
         // deleted or disabled meanwhile (an SSH connection or a request holding an
         // older copy), and the latest overrides apply.
-        let current = self.store.snapshot().by_id(&user.id).cloned();
-        let Some(current) = current.filter(|u| !u.disabled) else {
+        let current = self.store.snapshot().environment(env.slug());
+        let Some(current) =
+            current.filter(|e| e.owner().id == env.owner().id && !e.owner().disabled)
+        else {
             return Err(SpawnError::Failed(
-                "the user was deleted or disabled".into(),
+                "the user (or this environment) was deleted or disabled".into(),
             ));
         };
-        let user: &User = &current;
+        let env: &Env = &current;
         let was_present = slot.present.load(Ordering::Relaxed);
         match was_present {
             true => slot
@@ -751,35 +775,38 @@ impl Lifecycle {
                 .progress
                 .step(Step::Creating, 15, "Creating the container"),
         }
-        let mut spec = self.spec(user);
+        let mut spec = self.spec(env);
         // Once reconciliation has listed every container, one the slot has never
         // seen does not exist (unless made by hand: then creating it fails over).
         spec.fresh =
             !slot.present.load(Ordering::Relaxed) && self.reconciled.load(Ordering::Relaxed);
-        let env = env_of(user);
+        let id = env_of(env);
         // Intent first: a crash between here and Docker leaves a record saying what
         // we were doing.
-        let mut record =
-            self.store
-                .container_record(&user.id)?
-                .unwrap_or_else(|| ContainerRecord {
-                    user_id: user.id.clone(),
-                    name: self.runtime.name(&env),
-                    desired: Desired::Running,
-                    container_id: None,
-                    created_at: None,
-                    started_at: None,
-                    stopped_at: None,
-                    last_error: None,
-                    last_activity: None,
-                    pooled_from: None,
-                });
+        let mut record = self
+            .store
+            .container_record(&env.record_key())?
+            .unwrap_or_else(|| ContainerRecord {
+                user_id: env.owner().id.clone(),
+                environment: (!env.is_default()).then(|| env.name().to_owned()),
+                name: self.runtime.name(&id),
+                desired: Desired::Running,
+                container_id: None,
+                created_at: None,
+                started_at: None,
+                stopped_at: None,
+                last_error: None,
+                last_activity: None,
+                pooled_from: None,
+            });
         record.desired = Desired::Running;
         self.store.write_container_record(&record)?;
+        // Spares run the default profile.
         if self.config.pool_size > 0
+            && self.profile(env).name == DEFAULT_PROFILE
             && self.runtime.capabilities().warm_pool
             && !slot.present.load(Ordering::Relaxed)
-            && let Some(done) = self.claim_from_pool(user, slot, &spec, &mut record).await
+            && let Some(done) = self.claim_from_pool(env, slot, &spec, &mut record).await
         {
             return done.map(|()| SpawnTimes {
                 pooled: true,
@@ -797,10 +824,10 @@ impl Lifecycle {
         let runtime_done = Instant::now();
         slot.present.store(true, Ordering::Relaxed);
         if !was_present {
-            self.publish(user, "container.created", None);
+            self.publish(env, "container.created", None);
         }
         let answering = match flushed {
-            Ok(()) => self.wait_until_answering(user, Some(&slot.progress)).await,
+            Ok(()) => self.wait_until_answering(env, Some(&slot.progress)).await,
             Err(e) => Err(e.into()),
         };
         let times = SpawnTimes {
@@ -818,8 +845,8 @@ impl Lifecycle {
             }
             // Never leave a started container running that nobody can reach or
             // count: stop it (best effort); the next request tries again.
-            if let Err(stop) = self.runtime.stop(&env).await {
-                tracing::warn!(user = %user.name, slug = %user.slug, container = %self.container_name(user), error = %stop, "cannot stop a container that failed to become ready");
+            if let Err(stop) = self.runtime.stop(&id, self.profile(env).stop_timeout).await {
+                tracing::warn!(user = %env.owner().name, slug = %env.slug(), container = %self.container_name(env), error = %stop, "cannot stop a container that failed to become ready");
             }
             return Err(e);
         }
@@ -832,7 +859,10 @@ impl Lifecycle {
         slot.net_bytes.store(u64::MAX, Ordering::Relaxed);
 
         // Re-read: an admin may have changed the intent meanwhile.
-        let mut record = self.store.container_record(&user.id)?.unwrap_or(record);
+        let mut record = self
+            .store
+            .container_record(&env.record_key())?
+            .unwrap_or(record);
         if record.container_id.as_deref() != Some(&running.id) {
             record.created_at = Some(unix_now());
             // A pooled container was replaced by one of the user's own.
@@ -851,26 +881,42 @@ impl Lifecycle {
     /// exits, or `ready_timeout` passes (or shutdown begins).
     async fn wait_until_answering(
         &self,
-        user: &User,
+        env: &Env,
         progress: Option<&ProgressCell>,
     ) -> Result<(), SpawnError> {
-        self.wait_until_answering_at(&self.address(user), &env_of(user), progress)
+        self.wait_until_answering_at(&self.probe_of(env), &env_of(env), progress)
             .await
     }
 
-    /// [`Self::wait_until_answering`] for the app at `base` in environment `env`.
+    /// How `env`'s readiness is probed: its profile's path (under the base path
+    /// when the prefix is not stripped), expected status and start timeout.
+    fn probe_of(&self, env: &Env) -> Probe {
+        let profile = self.profile(env);
+        let prefix = match (profile.strip_prefix, &self.config.apps) {
+            (false, None) => env.slug().base_path(),
+            _ => String::new(),
+        };
+        Probe {
+            url: format!("{}{prefix}{}", self.address(env), profile.ready_path),
+            status: profile.ready_status,
+            timeout: profile.start_timeout,
+            port: profile.port,
+        }
+    }
+
+    /// [`Self::wait_until_answering`] for the app `probe` asks in environment `env`.
     /// Every [`PROBE_FAST`] during [`PROBE_FAST_FOR`] (a refused probe costs a
     /// local connect, and the app's first answer is seen within a few ms), then
     /// backing off to [`PROBE_SLOW`] for slow starters.
     /// `progress`, when given, follows the wait (once a second).
     async fn wait_until_answering_at(
         &self,
-        base: &str,
+        probe: &Probe,
         env: &EnvId,
         progress: Option<&ProgressCell>,
     ) -> Result<(), SpawnError> {
-        let timeout = self.config.spawn.ready_timeout;
-        let port = self.config.docker.port;
+        let timeout = probe.timeout;
+        let port = probe.port;
         let began = Instant::now();
         let waiting = format!("Waiting for the app to answer on port {port}");
         if let Some(p) = progress {
@@ -889,7 +935,7 @@ impl Lifecycle {
             if self.tasks.is_cancelled() {
                 return Err(SpawnError::Failed("spawngate is shutting down".into()));
             }
-            if self.answers_at(base, Duration::from_secs(2)).await {
+            if self.answers_at(probe, Duration::from_secs(2)).await {
                 return Ok(());
             }
             let now = Instant::now();
@@ -973,30 +1019,35 @@ impl Lifecycle {
 
     /// Seconds a client should wait before asking again after the user's start
     /// failed: what is left of the back-off (at least 1).
-    pub fn retry_in(&self, id: &UserId) -> Duration {
-        self.slot(id)
+    pub fn retry_in(&self, slug: &Slug) -> Duration {
+        self.slot(slug)
             .retry_in()
             .unwrap_or_default()
             .max(Duration::from_secs(1))
     }
 
-    /// One readiness probe: does the app answer HTTP (any status) within `timeout`?
-    async fn answers(&self, user: &User, timeout: Duration) -> bool {
-        self.answers_at(&self.address(user), timeout).await
+    /// One readiness probe: does the app answer as its profile expects within `timeout`?
+    async fn answers(&self, env: &Env, timeout: Duration) -> bool {
+        self.answers_at(&self.probe_of(env), timeout).await
     }
 
-    async fn answers_at(&self, base: &str, timeout: Duration) -> bool {
-        let Ok(url) = format!("{base}/").parse::<hyper::Uri>() else {
+    /// One probe: the profile's expected status, or by default any HTTP answer
+    /// (the app is up; what it answers at that path is its business).
+    async fn answers_at(&self, probe: &Probe, timeout: Duration) -> bool {
+        let Ok(url) = probe.url.parse::<hyper::Uri>() else {
             return false;
         };
-        matches!(
-            tokio::time::timeout(timeout, self.probe.get(url)).await,
-            Ok(Ok(_))
-        )
+        match tokio::time::timeout(timeout, self.probe.get(url)).await {
+            Ok(Ok(answer)) => match probe.status {
+                Some(want) => answer.status().as_u16() == want,
+                None => true,
+            },
+            _ => false,
+        }
     }
 
-    async fn note_error(&self, id: &UserId, detail: &str) {
-        if let Ok(Some(mut record)) = self.store.container_record(id) {
+    async fn note_error(&self, key: &str, detail: &str) {
+        if let Ok(Some(mut record)) = self.store.container_record(key) {
             record.last_error = Some(detail.to_owned());
             if let Err(e) = self.store.put_container_record(&record).await {
                 tracing::warn!(error = %e, "cannot record spawn error");
@@ -1005,17 +1056,17 @@ impl Lifecycle {
     }
 
     /// Creates the user's container without starting it, in the background.
-    pub fn precreate(self: &Arc<Self>, user: &Arc<User>) {
+    pub fn precreate(self: &Arc<Self>, env: &Env) {
         let this = self.clone();
-        let user = user.clone();
+        let env = env.clone();
         self.tasks.spawn(async move {
-            let slot = this.slot(&user.id);
+            let slot = this.slot(env.slug());
             let _ops = slot.ops.lock().await;
             // Deleted meanwhile: creating it now would leave an orphan behind.
-            if this.store.snapshot().by_id(&user.id).is_none() {
+            if this.store.snapshot().environment(env.slug()).is_none() {
                 return;
             }
-            match this.runtime.ensure_created(&this.spec(&user)).await {
+            match this.runtime.ensure_created(&this.spec(&env)).await {
                 Ok(_) => {
                     slot.present.store(true, Ordering::Relaxed);
                     // Its idle clock starts now, not in 1970.
@@ -1023,7 +1074,7 @@ impl Lifecycle {
                     slot.phase.apply(Event::Created);
                 }
                 Err(e) => {
-                    tracing::warn!(user = %user.name, slug = %user.slug, container = %this.container_name(&user), error = %e, "pre-creating the container failed")
+                    tracing::warn!(user = %env.owner().name, slug = %env.slug(), container = %this.container_name(&env), error = %e, "pre-creating the container failed")
                 }
             }
         });
@@ -1032,34 +1083,36 @@ impl Lifecycle {
     /// Starts the container and waits (up to the ready timeout) until it answers.
     /// An admin's start: it does not wait for the back-off of earlier failures,
     /// and starts counting them anew.
-    pub async fn start(self: &Arc<Self>, user: &Arc<User>) -> Readiness {
-        let slot = self.slot(&user.id);
+    pub async fn start(self: &Arc<Self>, env: &Env) -> Readiness {
+        let slot = self.slot(env.slug());
         slot.app_failures.store(0, Ordering::Relaxed);
         slot.phase.apply(Event::ClearFailure);
-        self.ensure_ready(user, self.config.spawn.ready_timeout)
+        self.ensure_ready(env, self.profile(env).start_timeout)
             .await
     }
 
     /// Stops the user's container; the next request starts it again.
-    pub async fn stop(&self, user: &User) -> Result<(), SpawnError> {
-        let slot = self.slot(&user.id);
+    pub async fn stop(&self, env: &Env) -> Result<(), SpawnError> {
+        let slot = self.slot(env.slug());
         slot.phase.apply(Event::Stop);
-        if let Some(mut r) = self.store.container_record(&user.id)? {
+        if let Some(mut r) = self.store.container_record(&env.record_key())? {
             r.desired = Desired::Stopped;
             self.store.put_container_record(&r).await?;
         }
-        self.docker_stop(user, &slot).await
+        self.docker_stop(env, &slot).await
     }
 
     /// The Docker side of a stop, under the user's ops lock.
-    async fn docker_stop(&self, user: &User, slot: &Slot) -> Result<(), SpawnError> {
+    async fn docker_stop(&self, env: &Env, slot: &Slot) -> Result<(), SpawnError> {
         let _ops = slot.ops.lock().await;
         // A request may have restarted it while we waited for the lock.
         if !matches!(*slot.phase.borrow(), Phase::Stopped) {
             return Ok(());
         }
-        self.runtime.stop(&env_of(user)).await?;
-        if let Some(mut r) = self.store.container_record(&user.id)? {
+        self.runtime
+            .stop(&env_of(env), self.profile(env).stop_timeout)
+            .await?;
+        if let Some(mut r) = self.store.container_record(&env.record_key())? {
             r.stopped_at = Some(unix_now());
             self.store.put_container_record(&r).await?;
         }
@@ -1067,36 +1120,36 @@ impl Lifecycle {
     }
 
     /// Stops (if needed) and starts the user's container again.
-    pub async fn restart(self: &Arc<Self>, user: &Arc<User>) -> Readiness {
-        if let Err(e) = self.stop(user).await {
+    pub async fn restart(self: &Arc<Self>, env: &Env) -> Readiness {
+        if let Err(e) = self.stop(env).await {
             return Readiness::Failed(e);
         }
-        self.start(user).await
+        self.start(env).await
     }
 
     /// Removes the user's container, and its volume unless `keep_volume`.
-    pub async fn remove(&self, user: &User, keep_volume: bool) -> Result<(), SpawnError> {
-        let slot = self.slot(&user.id);
+    pub async fn remove(&self, env: &Env, keep_volume: bool) -> Result<(), SpawnError> {
+        let slot = self.slot(env.slug());
         slot.phase.apply(Event::Stop);
         {
             let _ops = slot.ops.lock().await;
-            self.runtime.remove(&env_of(user), !keep_volume).await?;
+            self.runtime.remove(&env_of(env), !keep_volume).await?;
             slot.present.store(false, Ordering::Relaxed);
         }
-        self.publish(user, "container.removed", None);
+        self.publish(env, "container.removed", None);
         if let Ok(mut slots) = self.slots.write() {
-            slots.remove(&user.id);
+            slots.remove(env.slug());
         }
         Ok(())
     }
 
-    pub async fn status(&self, user: &User) -> Result<ContainerStatus, SpawnError> {
-        let env = env_of(user);
-        let name = self.runtime.name(&env);
-        let info = self.runtime.inspect(&env).await?;
-        let slot = self.slot(&user.id);
+    pub async fn status(&self, env: &Env) -> Result<ContainerStatus, SpawnError> {
+        let id = env_of(env);
+        let name = self.runtime.name(&id);
+        let info = self.runtime.inspect(&id).await?;
+        let slot = self.slot(env.slug());
         let phase = slot.phase.get();
-        let record = self.store.container_record(&user.id)?;
+        let record = self.store.container_record(&env.record_key())?;
         let state = match (&info, &phase) {
             (_, Phase::Starting) => ContainerState::Starting,
             (Some(i), _) => match i.state {
@@ -1125,7 +1178,8 @@ impl Lifecycle {
             _ => None,
         };
         Ok(ContainerStatus {
-            user: user.name.clone(),
+            user: env.owner().name.clone(),
+            environment: env.name().to_owned(),
             state,
             name,
             container_id: info.as_ref().map(|i| i.id.clone()),
@@ -1141,29 +1195,30 @@ impl Lifecycle {
     }
 
     /// CPU and memory use of the user's container, when it runs.
-    pub async fn stats(&self, user: &User) -> Result<Option<crate::runtime::Usage>, SpawnError> {
-        Ok(self.runtime.stats(&env_of(user)).await?)
+    pub async fn stats(&self, env: &Env) -> Result<Option<crate::runtime::Usage>, SpawnError> {
+        Ok(self.runtime.stats(&env_of(env)).await?)
     }
 
     /// The last `tail` lines of the user's container output.
-    pub async fn logs(&self, user: &User, tail: usize) -> Result<Vec<String>, SpawnError> {
-        Ok(self.runtime.logs(&env_of(user), tail).await?)
+    pub async fn logs(&self, env: &Env, tail: usize) -> Result<Vec<String>, SpawnError> {
+        Ok(self.runtime.logs(&env_of(env), tail).await?)
     }
 
     /// A container of ours went away: the next request must check and restart it.
     pub fn container_gone(&self, gone: &ContainerGone) {
         let directory = self.store.snapshot();
-        let Some(user) = directory.by_slug(&gone.slug) else {
+        let Some(env) = directory.environment(&gone.slug) else {
             return;
         };
-        let slot = self.slot(&user.id);
+        let env = &env;
+        let slot = self.slot(env.slug());
         // Paused (by us, or by hand): the next request unpauses it.
         let event = match gone.paused {
             true => Event::SeenPaused,
             false => Event::SeenGone,
         };
         if slot.phase.apply(event) {
-            tracing::info!(user = %user.name, slug = %gone.slug, container = %self.container_name(user), paused = gone.paused, "container stopped outside spawngate");
+            tracing::info!(user = %env.owner().name, slug = %gone.slug, container = %self.container_name(env), paused = gone.paused, "container stopped outside spawngate");
         }
     }
 
@@ -1231,12 +1286,12 @@ impl Lifecycle {
 
 impl Lifecycle {
     /// Publishes an event about `user`'s environment.
-    fn publish(&self, user: &User, kind: &'static str, reason: Option<String>) {
+    fn publish(&self, env: &Env, kind: &'static str, reason: Option<String>) {
         self.events.publish(
             kind,
             Subject {
-                user: &user.name,
-                slug: Some(user.slug.as_str()),
+                user: &env.owner().name,
+                slug: Some(env.slug().as_str()),
             },
             None,
             reason,
@@ -1245,8 +1300,8 @@ impl Lifecycle {
 
     /// Follows a start of `user`'s environment: its phase (the outcome) and its
     /// progress (how far it got). Reads memory only.
-    pub fn follow(&self, user: &User) -> Following {
-        let slot = self.slot(&user.id);
+    pub fn follow(&self, env: &Env) -> Following {
+        let slot = self.slot(env.slug());
         Following {
             phase: slot.phase.subscribe(),
             progress: slot.progress.subscribe(),
@@ -1255,8 +1310,8 @@ impl Lifecycle {
     }
 
     /// The environment as its user's own pages and scripts see it, from memory.
-    pub fn view(&self, user: &User) -> EnvironmentView {
-        let slot = self.slot(&user.id);
+    pub fn view(&self, env: &Env) -> EnvironmentView {
+        let slot = self.slot(env.slug());
         let phase = slot.phase.get();
         let present = slot.present.load(Ordering::Relaxed);
         let state = match &phase {
@@ -1332,6 +1387,16 @@ fn op_event(to: &Phase, event: &Event) -> Option<(&'static str, Option<String>)>
         _ => None,
     };
     Some((kind, reason))
+}
+
+/// A readiness probe's target and what counts as ready.
+struct Probe {
+    /// Full URL, path included.
+    url: String,
+    status: Option<u16>,
+    timeout: Duration,
+    /// For messages: the app's port.
+    port: u16,
 }
 
 /// Readiness probes: this often at first, for this long, then backing off to
@@ -1420,7 +1485,7 @@ mod tests {
         fn name(&self, env: &EnvId) -> String {
             format!("fake-{env:?}")
         }
-        fn address(&self, _env: &EnvId, host_port: Option<u16>) -> String {
+        fn address(&self, _env: &EnvId, host_port: Option<u16>, _port: u16) -> String {
             format!("http://127.0.0.1:{}", host_port.unwrap_or(1))
         }
         async fn ping(&self) -> Result<(), RuntimeError> {
@@ -1521,7 +1586,7 @@ mod tests {
                 .running(&name)
                 .then(|| info(&name, RunState::Running, None)))
         }
-        async fn stop(&self, env: &EnvId) -> Result<(), RuntimeError> {
+        async fn stop(&self, env: &EnvId, _grace: Duration) -> Result<(), RuntimeError> {
             let name = self.name(env);
             self.paused.lock().unwrap().remove(&name);
             if let Some(h) = self.servers.lock().unwrap().remove(&name) {
@@ -1530,7 +1595,7 @@ mod tests {
             Ok(())
         }
         async fn remove(&self, env: &EnvId, _with_volume: bool) -> Result<(), RuntimeError> {
-            self.stop(env).await
+            self.stop(env, Duration::ZERO).await
         }
         async fn watch_events(
             &self,
@@ -1544,7 +1609,7 @@ mod tests {
         _dir: tempfile::TempDir,
         runtime: Arc<FakeRuntime>,
         lc: Arc<Lifecycle>,
-        user: Arc<User>,
+        user: Env,
         metrics: Arc<Metrics>,
     }
 
@@ -1565,12 +1630,12 @@ mod tests {
             .unwrap(),
         );
         let store = Store::open(dir.path()).unwrap();
-        let user = Arc::new(
+        let user = Env::default_of(Arc::new(
             store
                 .create_user("alice", None, Some((40000, 49999)))
                 .await
                 .unwrap(),
-        );
+        ));
         let runtime = Arc::new(FakeRuntime::new(capabilities));
         let metrics = Arc::new(Metrics::new());
         let lc = Lifecycle::new(
@@ -1591,18 +1656,18 @@ mod tests {
     }
 
     /// Waits until the phase matches (bounded, so a bug fails instead of hanging).
-    async fn phase_becomes(lc: &Lifecycle, user: &User, want: fn(&Phase) -> bool) {
-        let mut rx = lc.slot(&user.id).phase.subscribe();
+    async fn phase_becomes(lc: &Lifecycle, user: &Env, want: fn(&Phase) -> bool) {
+        let mut rx = lc.slot(user.slug()).phase.subscribe();
         let reached = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(want));
         assert!(
             reached.await.is_ok(),
             "phase stuck at {:?}",
-            lc.phase(&user.id)
+            lc.phase(user.slug())
         );
     }
 
     /// Kicks a spawn and returns at once (the fake app needs ~100 ms to listen).
-    async fn spawn_under_way(lc: &Arc<Lifecycle>, user: &Arc<User>) {
+    async fn spawn_under_way(lc: &Arc<Lifecycle>, user: &Env) {
         assert!(matches!(
             lc.ensure_ready(user, Duration::ZERO).await,
             Readiness::Pending
@@ -1736,7 +1801,7 @@ mod tests {
         ));
         assert_eq!(runtime.creates.load(Ordering::SeqCst), 0);
         // The back-off runs out (without waiting for it): the next request retries.
-        lc.slot(&user.id).phase.age_failure(RETRY_BACKOFF);
+        lc.slot(user.slug()).phase.age_failure(RETRY_BACKOFF);
         assert!(matches!(
             lc.ensure_ready(&user, Duration::from_secs(5)).await,
             Readiness::Ready
@@ -1776,7 +1841,7 @@ mod tests {
         assert_eq!(failure.exit_code, Some(3));
         assert!(failure.reason.contains("code 3"), "{}", failure.reason);
         assert_eq!(failure.logs.last().unwrap(), "fatal: giving up (3)");
-        let wait = lc.retry_in(&user.id);
+        let wait = lc.retry_in(user.slug());
         assert!(
             wait > Duration::from_secs(3) && wait <= APP_BACKOFF_FIRST,
             "{wait:?}"
@@ -1799,12 +1864,12 @@ mod tests {
         // An admin start tries at once, and counts anew.
         assert!(matches!(lc.start(&user).await, Readiness::Failed(_)));
         assert_eq!(runtime.creates.load(Ordering::SeqCst), 2);
-        assert_eq!(lc.slot(&user.id).app_failures.load(Ordering::SeqCst), 1);
+        assert_eq!(lc.slot(user.slug()).app_failures.load(Ordering::SeqCst), 1);
 
         // Fixed image: the admin's start succeeds and clears the failure count.
         *runtime.exits_with.lock().unwrap() = None;
         assert!(matches!(lc.start(&user).await, Readiness::Ready));
-        assert_eq!(lc.slot(&user.id).app_failures.load(Ordering::SeqCst), 0);
+        assert_eq!(lc.slot(user.slug()).app_failures.load(Ordering::SeqCst), 0);
         assert!(lc.status(&user).await.unwrap().failure.is_none());
     }
 
@@ -1819,7 +1884,7 @@ mod tests {
             Readiness::Failed(_)
         ));
         // Let the first back-off run out without waiting 5 s for it.
-        let slot = lc.slot(&user.id);
+        let slot = lc.slot(user.slug());
         slot.phase.age_failure(APP_BACKOFF_FIRST);
         assert!(matches!(
             lc.ensure_ready(&user, Duration::from_secs(5)).await,
@@ -1827,7 +1892,7 @@ mod tests {
         ));
         assert_eq!(runtime.creates.load(Ordering::SeqCst), 2);
         assert_eq!(slot.app_failures.load(Ordering::SeqCst), 2);
-        assert!(lc.retry_in(&user.id) > APP_BACKOFF_FIRST);
+        assert!(lc.retry_in(user.slug()) > APP_BACKOFF_FIRST);
     }
 
     #[tokio::test]
@@ -1837,7 +1902,7 @@ mod tests {
         } = setup().await;
         assert!(matches!(lc.start(&user).await, Readiness::Ready));
         lc.stop(&user).await.unwrap();
-        assert!(matches!(lc.phase(&user.id), Phase::Stopped));
+        assert!(matches!(lc.phase(user.slug()), Phase::Stopped));
         assert!(matches!(
             lc.ensure_ready(&user, Duration::from_secs(5)).await,
             Readiness::Ready
@@ -1845,10 +1910,10 @@ mod tests {
         assert_eq!(runtime.creates.load(Ordering::SeqCst), 2);
 
         lc.container_gone(&ContainerGone {
-            slug: user.slug.clone(),
+            slug: user.slug().clone(),
             paused: false,
         });
-        assert!(matches!(lc.phase(&user.id), Phase::Unknown));
+        assert!(matches!(lc.phase(user.slug()), Phase::Unknown));
     }
 
     #[tokio::test]
@@ -1856,11 +1921,11 @@ mod tests {
         let Setup { lc, user, .. } = setup().await;
         assert!(matches!(lc.start(&user).await, Readiness::Ready));
         lc.container_gone(&ContainerGone {
-            slug: user.slug.clone(),
+            slug: user.slug().clone(),
             paused: true,
         });
-        assert!(matches!(lc.phase(&user.id), Phase::Paused));
-        assert!(lc.slot(&user.id).occupies_capacity());
+        assert!(matches!(lc.phase(user.slug()), Phase::Paused));
+        assert!(lc.slot(user.slug()).occupies_capacity());
     }
 
     #[tokio::test]
@@ -1872,14 +1937,14 @@ mod tests {
         lc.stop(&user).await.unwrap();
         // `stop` returns once the runtime stopped it (after the spawn let go of the lock).
         assert!(
-            matches!(lc.phase(&user.id), Phase::Stopped),
+            matches!(lc.phase(user.slug()), Phase::Stopped),
             "{:?}",
-            lc.phase(&user.id)
+            lc.phase(user.slug())
         );
         assert!(runtime.nothing_runs(), "stopped, not left running");
         // And once the spawn task has ended, nothing flipped it back to Ready.
         drain(&lc).await;
-        assert!(matches!(lc.phase(&user.id), Phase::Stopped));
+        assert!(matches!(lc.phase(user.slug()), Phase::Stopped));
     }
 
     #[tokio::test]
@@ -1901,13 +1966,17 @@ mod tests {
             !runtime.nothing_runs(),
             "a rolling restart does not stop what is starting"
         );
-        let record = lc.store.container_record(&user.id).unwrap().unwrap();
+        let record = lc
+            .store
+            .container_record(&user.record_key())
+            .unwrap()
+            .unwrap();
         assert_eq!(record.desired, Desired::Running, "the intent is on record");
     }
 
     /// Makes the user look idle for `secs` to the culler.
-    fn idle_for(lc: &Lifecycle, user: &User, secs: i64) {
-        lc.slot(&user.id)
+    fn idle_for(lc: &Lifecycle, user: &Env, secs: i64) {
+        lc.slot(user.slug())
             .last_activity
             .store(unix_now() - secs, Ordering::Relaxed);
     }
@@ -1924,7 +1993,7 @@ mod tests {
         lc.cull_once().await;
         phase_becomes(&lc, &user, |p| matches!(p, Phase::Paused)).await;
         // The phase is claimed before the runtime call: wait for the call itself.
-        let slot = lc.slot(&user.id);
+        let slot = lc.slot(user.slug());
         drop(slot.ops.lock().await);
         assert_eq!(runtime.pauses.load(Ordering::SeqCst), 1);
 
@@ -1953,7 +2022,7 @@ mod tests {
         assert!(matches!(lc.start(&user).await, Readiness::Ready));
         idle_for(&lc, &user, 60);
         lc.cull_once().await;
-        assert!(matches!(lc.phase(&user.id), Phase::Ready));
+        assert!(matches!(lc.phase(user.slug()), Phase::Ready));
         // The next tier still applies.
         idle_for(&lc, &user, 2000);
         lc.cull_once().await;
@@ -2050,12 +2119,12 @@ mod tests {
             lc, user, metrics, ..
         } = setup_with("[limits]\nmax_running = 1", Capabilities::ALL).await;
         assert!(matches!(lc.start(&user).await, Readiness::Ready));
-        let other = Arc::new(
+        let other = Env::default_of(Arc::new(
             lc.store
                 .create_user("bob", None, Some((40000, 49999)))
                 .await
                 .unwrap(),
-        );
+        ));
         assert!(matches!(
             lc.ensure_ready(&other, Duration::from_secs(1)).await,
             Readiness::Failed(SpawnError::Capacity(_))
@@ -2072,8 +2141,8 @@ mod tests {
     }
 
     /// Waits until no runtime call holds the user's ops lock.
-    async fn drain_ops(lc: &Lifecycle, user: &User) {
-        drop(lc.slot(&user.id).ops.lock().await);
+    async fn drain_ops(lc: &Lifecycle, user: &Env) {
+        drop(lc.slot(user.slug()).ops.lock().await);
     }
 
     /// Log lines written while the guard lives, as JSON objects.
@@ -2133,7 +2202,7 @@ mod tests {
         for message in ["container ready", "spawn failed"] {
             let line = logs.line(message);
             assert_eq!(line["user"], "alice", "{line}");
-            assert_eq!(line["slug"], user.slug.as_str(), "{line}");
+            assert_eq!(line["slug"], user.slug().as_str(), "{line}");
             assert_eq!(line["container"], lc.container_name(&user), "{line}");
             assert!(line["ms"].is_u64(), "{line}");
         }

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use super::{Lifecycle, Slot, SpawnError, env_of};
 use crate::ids::random_bytes;
 use crate::runtime::{EnvId, EnvironmentSpec, Isolation};
-use crate::store::{ContainerRecord, User};
+use crate::store::{ContainerRecord, Env};
 use crate::time::unix_now;
 
 const POOL_SECRET: &[u8] = b"spawngate pool container secret\0";
@@ -83,18 +83,18 @@ impl Lifecycle {
     /// failed), go on with a normal spawn. Called with the user's ops lock held.
     pub(super) async fn claim_from_pool(
         &self,
-        user: &User,
+        env: &Env,
         slot: &Slot,
         spec: &EnvironmentSpec,
         record: &mut ContainerRecord,
     ) -> Option<Result<(), SpawnError>> {
         // Only when the user has no container at all (a stopped one is resumed).
-        if !matches!(self.runtime.inspect(&env_of(user)).await, Ok(None)) {
-            tracing::debug!(user = %user.name, "not using the pool: the user has a container");
+        if !matches!(self.runtime.inspect(&env_of(env)).await, Ok(None)) {
+            tracing::debug!(user = %env.owner().name, "not using the pool: the user has a container");
             return None;
         }
         let Some(member) = self.pool.take() else {
-            tracing::info!(user = %user.name, "warm pool empty: spawning normally");
+            tracing::info!(user = %env.owner().name, "warm pool empty: spawning normally");
             return None;
         };
         self.pool.refill.notify_one();
@@ -108,7 +108,7 @@ impl Lifecycle {
             // Under either name: the rename may have happened before the failure.
             // (The user had no container, so the user's name can only be the spare.)
             let _ = self.runtime.remove(&member.env, false).await;
-            let _ = self.runtime.remove(&env_of(user), false).await;
+            let _ = self.runtime.remove(&env_of(env), false).await;
             return None;
         }
         slot.set_pooled_secret(
@@ -128,9 +128,9 @@ impl Lifecycle {
         if let Err(e) = self.store.put_container_record(record).await {
             return Some(Err(e.into()));
         }
-        tracing::info!(user = %user.name, slug = %user.slug, container = %self.container_name(user), container_id = record.container_id.as_deref().unwrap_or("-"), pooled = %member.name, "container taken from the warm pool");
+        tracing::info!(user = %env.owner().name, slug = %env.slug(), container = %self.container_name(env), container_id = record.container_id.as_deref().unwrap_or("-"), pooled = %member.name, "container taken from the warm pool");
         // The rename is visible to Docker's DNS at once; make sure it answers as the user's.
-        Some(self.wait_until_answering(user, Some(&slot.progress)).await)
+        Some(self.wait_until_answering(env, Some(&slot.progress)).await)
     }
 
     /// The pool secret of a claimed container, from its record (after a restart).
@@ -199,8 +199,19 @@ impl Lifecycle {
             .map_err(|_| SpawnError::Failed("shutting down".into()))?;
         let spec = self.pool_spec(member);
         let running = self.runtime.ensure_running(&spec).await?;
-        let url = self.runtime.address(member, None);
-        self.wait_until_answering_at(&url, member, None).await?;
+        // Spares are made for the default profile, and probed as it says.
+        let profile = self.config.profiles.resolve(None);
+        let probe = super::Probe {
+            url: format!(
+                "{}{}",
+                self.runtime.address(member, None, profile.port),
+                profile.ready_path
+            ),
+            status: profile.ready_status,
+            timeout: profile.start_timeout,
+            port: profile.port,
+        };
+        self.wait_until_answering_at(&probe, member, None).await?;
         Ok(Member {
             env: member.clone(),
             name: self.runtime.name(member),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::{Event, Lifecycle, Observed, Phase, env_of, parse_rfc3339};
 use crate::runtime::{EnvId, ResourceKind, RunState, RuntimeError};
+use crate::store::Env;
 use crate::time::unix_now;
 
 /// What reconciliation did, for the log and tests.
@@ -61,13 +62,13 @@ impl Lifecycle {
                 EnvId::User(slug) => Some(slug),
                 _ => None,
             };
-            let user = if pooled {
+            let env = if pooled {
                 // A claimed pool container carries its user only in its name (labels
                 // cannot change) and in the user's record.
-                slug.and_then(|slug| directory.by_slug(slug).cloned())
-                    .filter(|u| {
+                slug.and_then(|slug| directory.environment(slug))
+                    .filter(|e| {
                         self.store
-                            .container_record(&u.id)
+                            .container_record(&e.record_key())
                             .ok()
                             .flatten()
                             .is_some_and(|r| {
@@ -76,19 +77,19 @@ impl Lifecycle {
                             })
                     })
             } else {
-                slug.and_then(|slug| directory.by_slug(slug).cloned())
-                    .filter(|u| c.owner_id.as_deref() == Some(u.id.as_str()))
+                slug.and_then(|slug| directory.environment(slug))
+                    .filter(|e| c.owner_id.as_deref() == Some(e.owner().id.as_str()))
             };
             let name = self.runtime.name(&c.env_id);
-            if pooled && user.is_none() {
+            if pooled && env.is_none() {
                 // Unclaimed spares from a previous run: the pool makes fresh ones.
                 if let Err(e) = self.runtime.remove(&c.env_id, false).await {
                     note_failure(&mut failed, &name, e);
                 }
                 continue;
             }
-            let Some(user) = user else {
-                tracing::info!(container = %name, "removing the container of a user that does not exist");
+            let Some(env) = env else {
+                tracing::info!(container = %name, "removing the container of a user (or environment) that does not exist");
                 if let Err(e) = self.runtime.remove(&c.env_id, false).await {
                     note_failure(&mut failed, &name, e);
                     continue;
@@ -97,16 +98,20 @@ impl Lifecycle {
                     "system",
                     "container.remove",
                     &name,
-                    Some("user no longer exists".into()),
+                    Some("its user or environment no longer exists".into()),
                 );
                 done.orphans_removed += 1;
                 continue;
             };
-            seen.insert(user.id.clone());
-            let slot = self.slot(&user.id);
+            seen.insert(env.slug().clone());
+            let slot = self.slot(env.slug());
             slot.present.store(true, Ordering::Relaxed);
             if startup {
-                let record = self.store.container_record(&user.id).ok().flatten();
+                let record = self
+                    .store
+                    .container_record(&env.record_key())
+                    .ok()
+                    .flatten();
                 if let Some(r) = &record {
                     self.restore_pooled_secret(&slot, r);
                 }
@@ -123,7 +128,7 @@ impl Lifecycle {
             }
             let seen = match c.state {
                 RunState::Running => {
-                    if let Some(info) = self.runtime.inspect(&env_of(&user)).await? {
+                    if let Some(info) = self.runtime.inspect(&env_of(&env)).await? {
                         let started = info
                             .started_at
                             .as_deref()
@@ -133,7 +138,7 @@ impl Lifecycle {
                     }
                     // Ready only if it answers now; otherwise the next request
                     // goes through the normal (probing) path.
-                    if self.answers(&user, Duration::from_secs(1)).await {
+                    if self.answers(&env, Duration::from_secs(1)).await {
                         done.adopted_running += 1;
                         Observed::Ready
                     } else {
@@ -152,18 +157,18 @@ impl Lifecycle {
             // Only over Unknown: a request may already be starting it.
             slot.phase.apply(Event::Observed(seen));
         }
-        for user in directory.users() {
-            if seen.contains(&user.id) {
+        for env in directory.users().iter().flat_map(Env::all_of) {
+            if seen.contains(env.slug()) {
                 continue;
             }
             if !startup {
                 // Believed ready or paused, yet Docker has no container: the next
                 // request checks again (a spawn that finished after the listing
                 // costs one needless look).
-                self.slot(&user.id).phase.apply(Event::SeenGone);
+                self.slot(env.slug()).phase.apply(Event::SeenGone);
                 continue;
             }
-            if let Ok(Some(mut record)) = self.store.container_record(&user.id)
+            if let Ok(Some(mut record)) = self.store.container_record(&env.record_key())
                 && record.container_id.is_some()
             {
                 record.container_id = None;
@@ -172,7 +177,7 @@ impl Lifecycle {
                     done.records_corrected += 1;
                 }
             }
-            self.slot(&user.id)
+            self.slot(env.slug())
                 .phase
                 .apply(Event::Observed(Observed::Stopped));
         }

@@ -131,8 +131,6 @@ pub struct DockerRuntime {
     /// Seconds Docker waits after SIGTERM before SIGKILL (`docker.stop_timeout_secs`).
     stop_timeout_secs: i32,
     instance: String,
-    /// The port apps listen on (`docker.port`), for service addresses.
-    app_port: u16,
     network_per_user: bool,
     attach_peers: bool,
     /// The shared network (`docker.network`): pool containers wait there.
@@ -262,7 +260,6 @@ impl DockerRuntime {
             mode: config.mode,
             stop_timeout_secs: i32::try_from(config.stop_timeout.as_secs()).unwrap_or(i32::MAX),
             instance: config.instance.clone(),
-            app_port: config.port,
             network_per_user: config.network_per_user,
             attach_peers: config.attach_peers,
             shared_network: config.network.clone(),
@@ -849,9 +846,9 @@ impl DockerRuntime {
         }
     }
 
-    async fn stop_name(&self, name: &str) -> Result<(), RuntimeError> {
+    async fn stop_name(&self, name: &str, grace_secs: i32) -> Result<(), RuntimeError> {
         let options = StopContainerOptions {
-            t: Some(self.stop_timeout_secs),
+            t: Some(grace_secs),
             ..Default::default()
         };
         match self.docker()?.stop_container(name, Some(options)).await {
@@ -865,7 +862,7 @@ impl DockerRuntime {
         // Stop first, with the configured grace: the app gets its SIGTERM and may
         // save its state (a forced removal would SIGKILL it). Already stopped or
         // missing is a no-op.
-        self.stop_name(name).await?;
+        self.stop_name(name, self.stop_timeout_secs).await?;
         let options = RemoveContainerOptions {
             force: true,
             // Anonymous volumes only (an image's `VOLUME` that nothing named was
@@ -906,10 +903,10 @@ impl Runtime for DockerRuntime {
         self.name_of(env)
     }
 
-    fn address(&self, env: &EnvId, host_port: Option<u16>) -> String {
+    fn address(&self, env: &EnvId, host_port: Option<u16>, port: u16) -> String {
         match (self.mode, host_port, env) {
-            (NetworkMode::Host, Some(port), EnvId::User(_)) => format!("http://127.0.0.1:{port}"),
-            _ => format!("http://{}:{}", self.name_of(env), self.app_port),
+            (NetworkMode::Host, Some(host), EnvId::User(_)) => format!("http://127.0.0.1:{host}"),
+            _ => format!("http://{}:{port}", self.name_of(env)),
         }
     }
 
@@ -982,8 +979,9 @@ impl Runtime for DockerRuntime {
             .map(|(info, _)| info))
     }
 
-    async fn stop(&self, env: &EnvId) -> Result<(), RuntimeError> {
-        self.stop_name(&self.name_of(env)).await
+    async fn stop(&self, env: &EnvId, grace: std::time::Duration) -> Result<(), RuntimeError> {
+        let grace = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        self.stop_name(&self.name_of(env), grace).await
     }
 
     async fn pause(&self, env: &EnvId) -> Result<(), RuntimeError> {
@@ -1370,11 +1368,14 @@ mod tests {
         let slug = Slug::parse("0123456789ab").unwrap();
         let user = EnvId::User(slug.clone());
         let host = runtime("");
-        assert_eq!(host.address(&user, Some(40001)), "http://127.0.0.1:40001");
+        assert_eq!(
+            host.address(&user, Some(40001), 8080),
+            "http://127.0.0.1:40001"
+        );
         assert_eq!(host.plan(&user_spec(&slug)).host_port, Some(40001));
         let net = runtime("[docker]\nmode = \"network\"");
         assert_eq!(
-            net.address(&user, Some(40001)),
+            net.address(&user, Some(40001), 8080),
             "http://spawngate-u-0123456789ab:8080"
         );
         assert_eq!(net.plan(&user_spec(&slug)).host_port, None);

@@ -45,8 +45,8 @@ impl Runtime for Metered {
     fn name(&self, env: &EnvId) -> String {
         self.inner.name(env)
     }
-    fn address(&self, env: &EnvId, host_port: Option<u16>) -> String {
-        self.inner.address(env, host_port)
+    fn address(&self, env: &EnvId, host_port: Option<u16>, port: u16) -> String {
+        self.inner.address(env, host_port, port)
     }
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.timed(RuntimeOp::Ping, self.inner.ping()).await
@@ -67,8 +67,9 @@ impl Runtime for Metered {
         self.timed(RuntimeOp::Inspect, self.inner.inspect(env))
             .await
     }
-    async fn stop(&self, env: &EnvId) -> Result<(), RuntimeError> {
-        self.timed(RuntimeOp::Stop, self.inner.stop(env)).await
+    async fn stop(&self, env: &EnvId, grace: std::time::Duration) -> Result<(), RuntimeError> {
+        self.timed(RuntimeOp::Stop, self.inner.stop(env, grace))
+            .await
     }
     async fn pause(&self, env: &EnvId) -> Result<(), RuntimeError> {
         self.timed(RuntimeOp::Pause, self.inner.pause(env)).await

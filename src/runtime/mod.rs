@@ -253,7 +253,8 @@ pub trait Runtime: Send + Sync + 'static {
     fn name(&self, env: &EnvId) -> String;
     /// Where Traefik (and the readiness probe) reach the environment's app.
     /// Deterministic, so Traefik's configuration never changes when it starts.
-    fn address(&self, env: &EnvId, host_port: Option<u16>) -> String;
+    /// `port` is the app's port in the environment (its profile's).
+    fn address(&self, env: &EnvId, host_port: Option<u16>, port: u16) -> String;
     /// Checks that the daemon answers.
     async fn ping(&self) -> Result<(), RuntimeError>;
     /// Whether the image exists (nothing is ever pulled).
@@ -265,8 +266,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn ensure_created(&self, spec: &EnvironmentSpec) -> Result<String, RuntimeError>;
     async fn inspect(&self, env: &EnvId) -> Result<Option<ContainerInfo>, RuntimeError>;
     /// Stops it (no error if it does not exist or is already stopped): SIGTERM,
-    /// then SIGKILL after `docker.stop_timeout_secs`.
-    async fn stop(&self, env: &EnvId) -> Result<(), RuntimeError>;
+    /// then SIGKILL after `grace` (its profile's stop timeout).
+    async fn stop(&self, env: &EnvId, grace: std::time::Duration) -> Result<(), RuntimeError>;
     /// Freezes its processes; only called when [`Capabilities::pause`].
     async fn pause(&self, env: &EnvId) -> Result<(), RuntimeError> {
         let _ = env;
@@ -287,8 +288,9 @@ pub trait Runtime: Send + Sync + 'static {
     }
     /// The last `tail` lines of its output (stdout and stderr).
     async fn logs(&self, env: &EnvId, tail: usize) -> Result<Vec<String>, RuntimeError>;
-    /// Stops it as [`Runtime::stop`] does, then removes it and, with
-    /// `with_volume`, its persistent volume. Missing ones are fine.
+    /// Stops it as [`Runtime::stop`] does (with `docker.stop_timeout_secs`), then
+    /// removes it and, with `with_volume`, its persistent volume. Missing ones
+    /// are fine.
     async fn remove(&self, env: &EnvId, with_volume: bool) -> Result<(), RuntimeError>;
     /// Makes the running pool spare `pooled` the user's environment described by
     /// `spec`; only called when [`Capabilities::warm_pool`].

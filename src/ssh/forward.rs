@@ -12,7 +12,7 @@ use russh::server::{ChannelOpenHandle, Msg};
 
 use super::Shared;
 use crate::runtime::EnvId;
-use crate::store::User;
+use crate::store::Env;
 
 /// The container port a forwarding to `host:port` means, if it is allowed.
 pub(super) fn target_port(host: &str, port: u32) -> Option<u16> {
@@ -26,17 +26,17 @@ pub(super) fn target_port(host: &str, port: u32) -> Option<u16> {
 
 pub(super) async fn run(
     shared: Arc<Shared>,
-    user: Arc<User>,
+    env: Env,
     port: u16,
     channel: russh::Channel<Msg>,
     reply: ChannelOpenHandle,
 ) {
-    if let Err(e) = super::session::ensure_started(&shared, &user, None).await {
-        tracing::info!(user = %user.name, error = %e, "ssh: forwarding refused");
+    if let Err(e) = super::session::ensure_started(&shared, &env, None).await {
+        tracing::info!(user = %env.owner().name, error = %e, "ssh: forwarding refused");
         reply.reject(ChannelOpenFailure::ConnectFailed).await;
         return;
     }
-    let env_id = EnvId::User(user.slug.clone());
+    let env_id = EnvId::User(env.slug().clone());
     let address = match shared.lifecycle.runtime().port_address(&env_id, port).await {
         Ok(Some(a)) => a,
         Ok(None) | Err(_) => {
@@ -60,19 +60,19 @@ pub(super) async fn run(
     reply.accept().await;
     let mut remote = channel.into_stream();
     let mut touch = tokio::time::interval(Duration::from_secs(1));
-    let stopped = shared.lifecycle.until_stopped(&user.id);
+    let stopped = shared.lifecycle.until_stopped(env.slug());
     tokio::pin!(stopped);
     let copy = tokio::io::copy_bidirectional(&mut remote, &mut stream);
     tokio::pin!(copy);
     loop {
         tokio::select! {
             _ = &mut copy => break,
-            _ = touch.tick() => shared.lifecycle.touch(&user.id),
+            _ = touch.tick() => shared.lifecycle.touch(env.slug()),
             () = &mut stopped => break,
             () = shared.tasks.cancelled() => break,
         }
     }
-    shared.lifecycle.touch(&user.id);
+    shared.lifecycle.touch(env.slug());
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use russh::{Channel, ChannelId, ChannelOpenFailure};
 
 use super::{Counted, Shared};
 use crate::ids::UserId;
-use crate::store::User;
+use crate::store::{DEFAULT_ENVIRONMENT, Env, User};
 
 pub(crate) struct Connection {
     shared: Arc<Shared>,
@@ -37,17 +37,30 @@ pub(crate) struct Connection {
 pub(crate) struct Signed {
     user_id: UserId,
     fingerprint: String,
+    /// Which of the user's environments (`ssh alice+lab@…`).
+    environment: String,
 }
 
 impl Signed {
     /// The user as stored now, if they still exist, are enabled and still hold
     /// the key: a disable, a delete or a removed key ends what the connection may
     /// do (its task disconnects it; a channel opened meanwhile is refused).
-    pub(crate) fn still_allowed(&self, shared: &Shared) -> Option<Arc<User>> {
+    pub(crate) fn still_allowed(&self, shared: &Shared) -> Option<Env> {
         let user = shared.store.snapshot().by_id(&self.user_id).cloned()?;
         let key = shared.store.ssh_key(&self.fingerprint).ok().flatten()?;
-        (key.user_id == user.id && !user.disabled).then_some(user)
+        if key.user_id != user.id || user.disabled {
+            return None;
+        }
+        // A deleted environment ends its connections as a removed key does.
+        Env::named(user, &self.environment)
     }
+}
+
+/// `alice+lab` signs in to alice's environment `lab`; `alice` to her default one.
+fn split_login(login: &str) -> (&str, &str) {
+    login
+        .split_once('+')
+        .unwrap_or((login, DEFAULT_ENVIRONMENT))
 }
 
 impl Connection {
@@ -70,14 +83,14 @@ impl Connection {
 
     /// The signed-in user as stored now (`None`: not signed in, or no longer
     /// allowed, and then the client is told and disconnected).
-    fn current(&mut self, session: &mut Session) -> Option<Arc<User>> {
+    fn current(&mut self, session: &mut Session) -> Option<Env> {
         self.user.as_ref()?;
         match self
             .signed
             .get()
             .and_then(|s| s.still_allowed(&self.shared))
         {
-            Some(user) => Some(user),
+            Some(env) => Some(env),
             None => {
                 let _ = session.disconnect(
                     russh::Disconnect::ByApplication,
@@ -94,26 +107,31 @@ impl Connection {
         self.peer.ip().to_canonical().to_string()
     }
 
-    /// The user `name` if `key` is one of theirs and they may sign in.
-    fn owner(&self, name: &str, key: &russh::keys::PublicKey) -> Option<Arc<User>> {
+    /// The environment `login` names (`alice` or `alice+lab`) if `key` is one
+    /// of its owner's and they may sign in.
+    fn owner(&self, login: &str, key: &russh::keys::PublicKey) -> Option<Env> {
+        let (name, environment) = split_login(login);
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         let record = self.shared.store.ssh_key(&fingerprint).ok().flatten()?;
         let user = self.shared.store.snapshot().by_name(name).cloned()?;
-        (record.user_id == user.id && !user.disabled).then_some(user)
+        if record.user_id != user.id || user.disabled {
+            return None;
+        }
+        Env::named(user, environment)
     }
 
     /// A new channel's user (as stored now) and its place within
     /// `ssh.max_sessions_per_user`, or why it is refused.
-    fn admit(&mut self, session: &mut Session) -> Result<(Arc<User>, Counted), ChannelOpenFailure> {
-        let user = self
+    fn admit(&mut self, session: &mut Session) -> Result<(Env, Counted), ChannelOpenFailure> {
+        let env = self
             .current(session)
             .ok_or(ChannelOpenFailure::AdministrativelyProhibited)?;
         let place = self
             .shared
             .channels
-            .take(&user.id, self.shared.config.max_sessions_per_user)
+            .take(&env.owner().id, self.shared.config.max_sessions_per_user)
             .ok_or(ChannelOpenFailure::ResourceShortage)?;
-        Ok((user, place))
+        Ok((env, place))
     }
 
     /// Counts a failed attempt, once per connection.
@@ -159,10 +177,11 @@ impl Handler for Connection {
             tracing::info!(peer = %self.peer, user, "ssh: refused, too many failed attempts from this address");
             return Ok(Auth::reject());
         }
-        let Some(found) = self.owner(user, key.public_key) else {
+        let Some(env) = self.owner(user, key.public_key) else {
             self.failed();
             return Ok(Auth::reject());
         };
+        let found = env.owner().clone();
         let Some(place) = self
             .shared
             .connections
@@ -181,6 +200,7 @@ impl Handler for Connection {
         let _ = self.signed.set(Signed {
             user_id: found.id.clone(),
             fingerprint,
+            environment: env.name().to_owned(),
         });
         self.user = Some(found);
         self._place = Some(place);
@@ -194,7 +214,7 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (user, place) = match self.admit(session) {
+        let (env, place) = match self.admit(session) {
             Ok(admitted) => admitted,
             Err(why) => {
                 reply.reject(why).await;
@@ -204,7 +224,7 @@ impl Handler for Connection {
         reply.accept().await;
         let shared = self.shared.clone();
         self.shared.tasks.spawn(async move {
-            super::session::run(shared, user, channel).await;
+            super::session::run(shared, env, channel).await;
             drop(place);
         });
         Ok(())
@@ -220,7 +240,7 @@ impl Handler for Connection {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let (user, place) = match self.admit(session) {
+        let (env, place) = match self.admit(session) {
             Ok(admitted) => admitted,
             Err(why) => {
                 reply.reject(why).await;
@@ -228,7 +248,7 @@ impl Handler for Connection {
             }
         };
         let Some(port) = super::forward::target_port(host_to_connect, port_to_connect) else {
-            tracing::info!(user = %user.name, target = %host_to_connect, port = port_to_connect, "ssh: forwarding refused (only localhost:<port> of the user's own container)");
+            tracing::info!(user = %env.owner().name, target = %host_to_connect, port = port_to_connect, "ssh: forwarding refused (only localhost:<port> of the user's own container)");
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -237,7 +257,7 @@ impl Handler for Connection {
         // Off the connection's loop: the container may have to start first.
         let shared = self.shared.clone();
         self.shared.tasks.spawn(async move {
-            super::forward::run(shared, user, port, channel, reply).await;
+            super::forward::run(shared, env, port, channel, reply).await;
             drop(place);
         });
         Ok(())

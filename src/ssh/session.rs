@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use super::Shared;
 use crate::lifecycle::Readiness;
 use crate::runtime::{EnvId, ExecOutput, ExecRequest, TtySize};
-use crate::store::User;
+use crate::store::Env;
 
 /// How often an open session records activity: an atomic store, so often
 /// enough for the shortest idle timeout.
@@ -70,7 +70,7 @@ enum Start {
     Sftp,
 }
 
-pub(super) async fn run(shared: Arc<Shared>, user: Arc<User>, channel: Channel<Msg>) {
+pub(super) async fn run(shared: Arc<Shared>, target: Env, channel: Channel<Msg>) {
     let (mut reader, writer) = channel.split();
     let mut tty: Option<TtySize> = None;
     let mut env: Vec<(String, String)> = Vec::new();
@@ -109,7 +109,7 @@ pub(super) async fn run(shared: Arc<Shared>, user: Arc<User>, channel: Channel<M
             Some(_) => {}
         }
     };
-    let code = match serve(&shared, &user, start, tty, env, &mut reader, &writer).await {
+    let code = match serve(&shared, &target, start, tty, env, &mut reader, &writer).await {
         Ok(code) => code,
         Err(message) => {
             let _ = writer
@@ -134,7 +134,7 @@ fn size(cols: u32, rows: u32) -> TtySize {
 /// it starts. `Err` is the message for the user.
 pub(super) async fn ensure_started(
     shared: &Shared,
-    user: &Arc<User>,
+    target: &Env,
     terminal: Option<&ChannelWriteHalf<Msg>>,
 ) -> Result<(), String> {
     let began = std::time::Instant::now();
@@ -145,7 +145,7 @@ pub(super) async fn ensure_started(
         }
         match shared
             .lifecycle
-            .ensure_ready(user, shared.hold.min(Duration::from_millis(500)))
+            .ensure_ready(target, shared.hold.min(Duration::from_millis(500)))
             .await
         {
             Readiness::Ready => return Ok(()),
@@ -168,16 +168,16 @@ pub(super) async fn ensure_started(
 
 async fn serve(
     shared: &Shared,
-    user: &Arc<User>,
+    target: &Env,
     start: Start,
     tty: Option<TtySize>,
     env: Vec<(String, String)>,
     reader: &mut russh::ChannelReadHalf,
     writer: &ChannelWriteHalf<Msg>,
 ) -> Result<u32, String> {
-    ensure_started(shared, user, Some(writer)).await?;
+    ensure_started(shared, target, Some(writer)).await?;
     let runtime = shared.lifecycle.runtime().clone();
-    let env_id = EnvId::User(user.slug.clone());
+    let env_id = EnvId::User(target.slug().clone());
     let command = match &start {
         Start::Shell => vec!["/bin/sh".to_owned(), "-l".to_owned()],
         Start::Exec(line) => vec!["/bin/sh".to_owned(), "-c".to_owned(), line.clone()],
@@ -200,7 +200,7 @@ async fn serve(
         mut input,
     } = exec;
     let mut touch = tokio::time::interval(TOUCH_EVERY);
-    let stopped = shared.lifecycle.until_stopped(&user.id);
+    let stopped = shared.lifecycle.until_stopped(target.slug());
     tokio::pin!(stopped);
     let mut stdin_open = true;
     loop {
@@ -213,7 +213,7 @@ async fn serve(
                     if writer.extended_data_bytes(1, b).await.is_err() { break; }
                 }
                 Some(Err(e)) => {
-                    tracing::debug!(user = %user.name, error = %e, "ssh: exec output failed");
+                    tracing::debug!(user = %target.owner().name, error = %e, "ssh: exec output failed");
                     break;
                 }
                 None => break,
@@ -235,7 +235,7 @@ async fn serve(
                 None | Some(ChannelMsg::Close) => return Ok(0),
                 Some(_) => {}
             },
-            _ = touch.tick() => shared.lifecycle.touch(&user.id),
+            _ = touch.tick() => shared.lifecycle.touch(target.slug()),
             () = &mut stopped => {
                 return Err("your environment was stopped; this session ends".into());
             }
@@ -244,7 +244,7 @@ async fn serve(
             }
         }
     }
-    shared.lifecycle.touch(&user.id);
+    shared.lifecycle.touch(target.slug());
     // Docker may report the exec as running a moment after its output closed.
     for _ in 0..50 {
         match runtime.exec_exit_code(&id).await {

@@ -458,7 +458,14 @@ fn check_json(kind: Kind, key: &[u8], bytes: &[u8]) -> Result<(), String> {
     };
     match kind {
         Kind::User => owner_key(read::<User>(bytes)?.id.as_str()),
-        Kind::Container => owner_key(read::<ContainerRecord>(bytes)?.user_id.as_str()),
+        Kind::Container => {
+            // Keyed like `Env::record_key`: `<user id>` or `<user id>/<environment>`.
+            let record = read::<ContainerRecord>(bytes)?;
+            match &record.environment {
+                None => owner_key(record.user_id.as_str()),
+                Some(name) => owner_key(&format!("{}/{name}", record.user_id)),
+            }
+        }
         Kind::Session => read::<Session>(bytes).map(drop),
         Kind::LoginToken => read::<LoginToken>(bytes).map(drop),
         Kind::AdminToken => read::<AdminToken>(bytes).map(drop),
@@ -510,6 +517,13 @@ fn check_indexes(records: &[Record]) -> Result<(), BackupError> {
         }
         if let Some(port) = user.host_port {
             keys.push(("host_ports", port.to_be_bytes().to_vec()));
+        }
+        // Each extra environment holds a slug (and a host port) of its own.
+        for extra in &user.environments {
+            keys.push(("user_slugs", extra.slug.as_str().as_bytes().to_vec()));
+            if let Some(port) = extra.host_port {
+                keys.push(("host_ports", port.to_be_bytes().to_vec()));
+            }
         }
         keys
     };

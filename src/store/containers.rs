@@ -1,21 +1,21 @@
-//! What spawngate knows about each user's container, keyed by user id.
+//! What spawngate knows about each environment's container, keyed by
+//! [`Env::record_key`](super::Env::record_key).
 
 use super::records::{ContainerRecord, decode, encode};
 use super::{Result, Store, StoreError};
-use crate::ids::UserId;
 
-/// User id → [`ContainerRecord`].
+/// Record key → [`ContainerRecord`].
 pub(super) const TREE: &str = "containers";
 
 impl Store {
-    pub fn container_record(&self, user_id: &UserId) -> Result<Option<ContainerRecord>> {
-        let Some(bytes) = self.containers.get(user_id.as_str().as_bytes())? else {
+    pub fn container_record(&self, key: &str) -> Result<Option<ContainerRecord>> {
+        let Some(bytes) = self.containers.get(key.as_bytes())? else {
             return Ok(None);
         };
         decode(&bytes)
             .map(Some)
             .map_err(|source| StoreError::Corrupt {
-                key: format!("containers/{user_id}"),
+                key: format!("containers/{key}"),
                 source,
             })
     }
@@ -29,19 +29,21 @@ impl Store {
     /// caller flushes when durability matters.
     pub fn write_container_record(&self, record: &ContainerRecord) -> Result<()> {
         let _writing = self.writing_untracked();
-        self.containers
-            .insert(record.user_id.as_str().as_bytes(), encode(record))?;
+        let key = match &record.environment {
+            None => record.user_id.to_string(),
+            Some(name) => format!("{}/{name}", record.user_id),
+        };
+        self.containers.insert(key.as_bytes(), encode(record))?;
         Ok(())
     }
 
     /// Records the last activity without flushing: called in batches by the culler,
     /// sled writes it out within its flush interval.
-    pub fn note_activity(&self, user_id: &UserId, at: i64) -> Result<()> {
+    pub fn note_activity(&self, key: &str, at: i64) -> Result<()> {
         let _writing = self.writing_untracked();
-        if let Some(mut record) = self.container_record(user_id)? {
+        if let Some(mut record) = self.container_record(key)? {
             record.last_activity = Some(at);
-            self.containers
-                .insert(user_id.as_str().as_bytes(), encode(&record))?;
+            self.containers.insert(key.as_bytes(), encode(&record))?;
         }
         Ok(())
     }
@@ -50,19 +52,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::UserId;
     use crate::store::tests::store;
 
     #[tokio::test]
     async fn activity_is_noted_only_on_an_existing_record_and_garbage_is_named() {
         let (_d, s) = store();
         let id = UserId::generate();
-        s.note_activity(&id, 42).unwrap();
+        let id = id.as_str();
+        s.note_activity(id, 42).unwrap();
         assert!(
-            s.container_record(&id).unwrap().is_none(),
+            s.container_record(id).unwrap().is_none(),
             "no record made up"
         );
-        s.containers.insert(id.as_str(), &b"not json"[..]).unwrap();
-        match s.container_record(&id) {
+        s.containers.insert(id, &b"not json"[..]).unwrap();
+        match s.container_record(id) {
             Err(StoreError::Corrupt { key, .. }) => assert_eq!(key, format!("containers/{id}")),
             other => panic!("expected Corrupt, got {other:?}"),
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use imbl::{HashMap, OrdMap, Vector};
 
-use super::User;
+use super::{Env, User};
 use crate::ids::{Slug, UserId};
 
 /// How many changes a directory remembers; a consumer further behind starts over.
@@ -42,8 +42,13 @@ pub enum Changes<'a> {
 }
 
 impl Directory {
+    /// The owner of the environment at `slug` (any of a user's environments).
     pub fn by_slug(&self, slug: &Slug) -> Option<&Arc<User>> {
         self.by_slug.get(slug)
+    }
+    /// The environment at `slug`.
+    pub fn environment(&self, slug: &Slug) -> Option<Env> {
+        Env::at_slug(self.by_slug.get(slug)?.clone(), slug)
     }
     pub fn by_id(&self, id: &UserId) -> Option<&Arc<User>> {
         self.by_id.get(id)
@@ -63,7 +68,7 @@ impl Directory {
     pub fn iter(&self) -> impl Iterator<Item = &Arc<User>> {
         self.by_name.values()
     }
-    /// Users who shared their environment with `grantee`, in id order.
+    /// Users who shared one of their environments with `grantee`, in id order.
     pub fn owners_sharing_with(&self, grantee: &UserId) -> Vec<Arc<User>> {
         self.granted_to
             .get(grantee)
@@ -137,7 +142,7 @@ impl Directory {
             self.by_email
                 .insert(email.to_ascii_lowercase(), user.clone());
         }
-        for share in &user.shared_with {
+        for share in shares(&user) {
             self.granted_to
                 .entry(share.user_id.clone())
                 .or_default()
@@ -164,7 +169,7 @@ impl Directory {
                 self.by_email.remove(&email);
             }
         }
-        for share in &old.shared_with {
+        for share in shares(old) {
             if let Some(owners) = self.granted_to.get_mut(&share.user_id) {
                 owners.remove(&old.id);
                 if owners.is_empty() {
@@ -186,15 +191,22 @@ impl Directory {
     }
 }
 
-/// The slugs that route to `user`.
+/// The slugs that route to `user`: one per environment.
 fn slugs(user: &User) -> impl Iterator<Item = &Slug> {
-    std::iter::once(&user.slug)
+    std::iter::once(&user.slug).chain(user.environments.iter().map(|e| &e.slug))
+}
+
+/// Every grant on any of `user`'s environments.
+fn shares(user: &User) -> impl Iterator<Item = &super::Share> {
+    user.shared_with
+        .iter()
+        .chain(user.environments.iter().flat_map(|e| &e.shared_with))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::records::{Overrides, Share};
+    use crate::store::records::{ExtraEnvironment, Overrides, Share};
 
     fn user(i: u32, name: &str, email: Option<&str>, shares: &[u32]) -> User {
         User {
@@ -217,6 +229,9 @@ mod tests {
                 .collect(),
             credential_generation: 0,
             admin: false,
+            profile: None,
+            environments: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -259,6 +274,26 @@ mod tests {
                     let mut u = user(i, &name, email.as_deref(), &shares);
                     if let Some(old) = state.get(&i) {
                         u.slug = old.slug.clone();
+                        u.environments = old.environments.clone();
+                    }
+                    // Environments come and go, each with its slug and shares.
+                    match next(4) {
+                        0 => u.environments.push(ExtraEnvironment {
+                            name: format!("e{step}"),
+                            slug: Slug::generate(),
+                            profile: None,
+                            host_port: None,
+                            shared_with: vec![Share {
+                                user_id: UserId::from_stored(format!("id{}", next(60))),
+                                read_only: true,
+                                granted: 0,
+                            }],
+                            created: 0,
+                        }),
+                        1 if !u.environments.is_empty() => {
+                            u.environments.remove(0);
+                        }
+                        _ => {}
                     }
                     Some(u)
                 }
@@ -281,6 +316,12 @@ mod tests {
                 let mut sorted = names.clone();
                 sorted.sort();
                 assert_eq!(names, sorted, "users() in name order");
+                for u in state.values() {
+                    for slug in slugs(u) {
+                        let env = dir.environment(slug).expect("every environment's slug");
+                        assert_eq!(env.owner().id, u.id);
+                    }
+                }
             }
         }
         // Owners by grantee agree with a scan.
@@ -288,7 +329,7 @@ mod tests {
             let grantee = UserId::from_stored(format!("id{g}"));
             let mut scanned: Vec<_> = state
                 .values()
-                .filter(|o| o.shared_with.iter().any(|s| s.user_id == grantee))
+                .filter(|o| shares(o).any(|s| s.user_id == grantee))
                 .map(|o| o.id.clone())
                 .collect();
             scanned.sort();

@@ -18,6 +18,7 @@ mod containers;
 mod credentials;
 mod deleted_users;
 mod directory;
+mod environment;
 mod login_tokens;
 mod meta;
 pub mod records;
@@ -33,10 +34,11 @@ use tokio::sync::watch;
 
 use crate::ids::UserId;
 pub use directory::{Changes, Directory};
+pub use environment::{Env, record_key};
 pub use login_tokens::TokenRejection;
 pub use records::{
-    AdminToken, ApiToken, AuditEntry, ContainerRecord, Desired, LoginToken, Overrides, Session,
-    SessionScope, Share, SshKey, User,
+    AdminToken, ApiToken, AuditEntry, ContainerRecord, DEFAULT_ENVIRONMENT, Desired, EnvIndex,
+    ExtraEnvironment, LoginToken, Overrides, Session, SessionScope, Share, SshKey, User,
 };
 use records::{DecodeError, decode};
 

@@ -41,6 +41,36 @@ pub struct User {
     /// May use the admin page and the admin API with their own session.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub admin: bool,
+    /// The profile of the default environment (`None`: the `default` profile).
+    /// The default environment is described by the user's own `slug`,
+    /// `host_port` and `shared_with`, as before environments existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The user's other environments (`limits.environments_per_user`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<ExtraEnvironment>,
+    /// Admin-set groups, for profiles' `groups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// The name of the environment every user has from creation.
+pub const DEFAULT_ENVIRONMENT: &str = "default";
+
+/// An environment beyond a user's default one: its own slug (route, container,
+/// volume), profile and sharing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtraEnvironment {
+    pub name: String,
+    pub slug: Slug,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shared_with: Vec<Share>,
+    /// Unix seconds.
+    pub created: i64,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -48,11 +78,54 @@ fn is_zero(v: &u32) -> bool {
 }
 
 impl User {
+    /// The environment served at `slug`, if it is one of this user's.
+    pub fn environment_at(&self, slug: &Slug) -> Option<EnvIndex> {
+        if &self.slug == slug {
+            return Some(EnvIndex::Default);
+        }
+        self.environments
+            .iter()
+            .position(|e| &e.slug == slug)
+            .map(EnvIndex::Extra)
+    }
+
+    /// The environment called `name` (`default` is the user's own).
+    pub fn environment_named(&self, name: &str) -> Option<EnvIndex> {
+        if name == DEFAULT_ENVIRONMENT {
+            return Some(EnvIndex::Default);
+        }
+        self.environments
+            .iter()
+            .position(|e| e.name == name)
+            .map(EnvIndex::Extra)
+    }
+
+    /// Every environment of the user, the default one first.
+    pub fn environment_indexes(&self) -> impl Iterator<Item = EnvIndex> + use<> {
+        std::iter::once(EnvIndex::Default).chain((0..self.environments.len()).map(EnvIndex::Extra))
+    }
+
+    /// The shares of one environment (mutable, for granting and revoking).
+    pub fn shares_mut(&mut self, at: EnvIndex) -> Option<&mut Vec<Share>> {
+        match at {
+            EnvIndex::Default => Some(&mut self.shared_with),
+            EnvIndex::Extra(i) => self.environments.get_mut(i).map(|e| &mut e.shared_with),
+        }
+    }
+
     /// Whether a credential (session, login link, personal token) issued in
     /// `generation` still works: never for a disabled user, never across a disable.
     pub fn honours(&self, generation: u32) -> bool {
         !self.disabled && generation == self.credential_generation
     }
+}
+
+/// Which of a user's environments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EnvIndex {
+    Default,
+    /// `User::environments[i]`.
+    Extra(usize),
 }
 
 /// Access to a user's environment granted to another user.
@@ -161,6 +234,9 @@ pub enum Desired {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub user_id: UserId,
+    /// The environment's name when not the user's default one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
     pub name: String,
     pub desired: Desired,
     #[serde(default)]

@@ -5,8 +5,10 @@
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionResult};
 
-use super::records::{ApiToken, LoginToken, Overrides, Session, SshKey, User, decode, encode};
-use super::{Result, Store, StoreError, deleted_users};
+use super::records::{
+    ApiToken, ExtraEnvironment, LoginToken, Overrides, Session, SshKey, User, decode, encode,
+};
+use super::{Result, Store, StoreError, deleted_users, record_key};
 use crate::ids::{Slug, UserId, random_bytes};
 use crate::time::unix_now;
 
@@ -66,6 +68,9 @@ impl Store {
             shared_with: Vec::new(),
             credential_generation: 0,
             admin: false,
+            profile: None,
+            environments: Vec::new(),
+            groups: Vec::new(),
         };
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();
@@ -244,6 +249,14 @@ impl Store {
             .iter()
             .map(|o| o.id.clone())
             .collect();
+        // The stored record, not the caller's copy: environments added since go too.
+        let stored = match self.users.get(id)? {
+            Some(bytes) => decode::<User>(&bytes).map_err(|source| StoreError::Corrupt {
+                key: user.id.to_string(),
+                source,
+            })?,
+            None => user.clone(),
+        };
         let tombstone = deleted_users::tombstone(unix_now(), keep_volume);
         let turn = self.flush_gate.lock().await;
         // One guard over the transaction: a backup holds the user and all that
@@ -286,6 +299,13 @@ impl Store {
                         ports.remove(&port.to_be_bytes())?;
                     }
                     containers.remove(id)?;
+                    for extra in &stored.environments {
+                        slugs.remove(extra.slug.as_str().as_bytes())?;
+                        if let Some(port) = extra.host_port {
+                            ports.remove(&port.to_be_bytes())?;
+                        }
+                        containers.remove(record_key(&stored, Some(&extra.name)).as_bytes())?;
+                    }
                     for key in &sessions {
                         sess.remove(key.as_ref())?;
                     }
@@ -310,6 +330,9 @@ impl Store {
                             })
                         })?;
                         record.shared_with.retain(|s| s.user_id != user.id);
+                        for extra in &mut record.environments {
+                            extra.shared_with.retain(|s| s.user_id != user.id);
+                        }
                         users.insert(key, encode(&record))?;
                     }
                     deleted.insert(id, tombstone.as_slice())?;
@@ -325,6 +348,137 @@ impl Store {
         Ok(())
     }
 
+    /// Adds an environment to a user, with a fresh slug (and a host port when
+    /// `port_range` is given), in one transaction with their indexes. `check`
+    /// sees the stored user and may refuse (the per-user limit, a taken name);
+    /// its refusal comes back as `Ok(Err(..))` and writes nothing.
+    pub async fn add_environment<E>(
+        &self,
+        id: &UserId,
+        name: &str,
+        profile: Option<&str>,
+        port_range: Option<(u16, u16)>,
+        check: impl Fn(&User) -> std::result::Result<(), E>,
+    ) -> Result<std::result::Result<(User, ExtraEnvironment), E>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let host_port = match port_range {
+                Some(range) => Some(self.pick_free_port(range)?),
+                None => None,
+            };
+            let extra = ExtraEnvironment {
+                name: name.to_owned(),
+                slug: Slug::generate(),
+                profile: profile.map(str::to_owned),
+                host_port,
+                shared_with: Vec::new(),
+                created: unix_now(),
+            };
+            let key = id.as_str().as_bytes();
+            let turn = self.flush_gate.lock().await;
+            let writing = self.writing();
+            let res =
+                (&self.users, &self.slugs, &self.ports).transaction(|(users, slugs, ports)| {
+                    let Some(bytes) = users.get(key)? else {
+                        return Err(ConflictableTransactionError::Abort(Outcome::Store(
+                            StoreError::Gone { what: "user" },
+                        )));
+                    };
+                    let mut user: User = decode(&bytes).map_err(|source| {
+                        ConflictableTransactionError::Abort(Outcome::Store(StoreError::Corrupt {
+                            key: id.to_string(),
+                            source,
+                        }))
+                    })?;
+                    if let Err(e) = check(&user) {
+                        return Err(ConflictableTransactionError::Abort(Outcome::Refused(e)));
+                    }
+                    let conflict = |what: &'static str, value: String| {
+                        ConflictableTransactionError::Abort(Outcome::Store(StoreError::Conflict {
+                            what,
+                            value,
+                        }))
+                    };
+                    if slugs.get(extra.slug.as_str().as_bytes())?.is_some() {
+                        return Err(conflict("slug", extra.slug.to_string()));
+                    }
+                    if let Some(port) = extra.host_port {
+                        if ports.get(port.to_be_bytes())?.is_some() {
+                            return Err(conflict("host port", port.to_string()));
+                        }
+                        ports.insert(&port.to_be_bytes(), key)?;
+                    }
+                    slugs.insert(extra.slug.as_str().as_bytes(), key)?;
+                    user.environments.push(extra.clone());
+                    users.insert(key, encode(&user))?;
+                    Ok(user)
+                });
+            drop(writing);
+            drop(turn);
+            let user = match res {
+                Ok(user) => user,
+                Err(TransactionError::Abort(Outcome::Refused(e))) => return Ok(Err(e)),
+                Err(TransactionError::Abort(Outcome::Store(StoreError::Conflict {
+                    what, ..
+                }))) if (what == "host port" || what == "slug") && attempt < 8 => continue,
+                Err(TransactionError::Abort(Outcome::Store(e))) => return Err(e),
+                Err(TransactionError::Storage(e)) => return Err(e.into()),
+            };
+            self.publish_users(&[id])?;
+            self.flush().await?;
+            return Ok(Ok((user, extra)));
+        }
+    }
+
+    /// Removes one of a user's extra environments with its indexes and container
+    /// record, in one transaction. `None`: no such environment (any more).
+    pub async fn remove_environment(
+        &self,
+        id: &UserId,
+        name: &str,
+    ) -> Result<Option<ExtraEnvironment>> {
+        let key = id.as_str().as_bytes();
+        let turn = self.flush_gate.lock().await;
+        let writing = self.writing();
+        let res = (&self.users, &self.slugs, &self.ports, &self.containers).transaction(
+            |(users, slugs, ports, containers)| {
+                let Some(bytes) = users.get(key)? else {
+                    return Ok(None);
+                };
+                let mut user: User = decode(&bytes).map_err(|source| {
+                    ConflictableTransactionError::Abort(StoreError::Corrupt {
+                        key: id.to_string(),
+                        source,
+                    })
+                })?;
+                let Some(i) = user.environments.iter().position(|e| e.name == name) else {
+                    return Ok(None);
+                };
+                let extra = user.environments.remove(i);
+                slugs.remove(extra.slug.as_str().as_bytes())?;
+                if let Some(port) = extra.host_port {
+                    ports.remove(&port.to_be_bytes())?;
+                }
+                containers.remove(record_key(&user, Some(name)).as_bytes())?;
+                users.insert(key, encode(&user))?;
+                Ok(Some(extra))
+            },
+        );
+        drop(writing);
+        drop(turn);
+        let removed = match res {
+            Ok(removed) => removed,
+            Err(TransactionError::Abort(e)) => return Err(e),
+            Err(TransactionError::Storage(e)) => return Err(e.into()),
+        };
+        if removed.is_some() {
+            self.publish_users(&[id])?;
+            self.flush().await?;
+        }
+        Ok(removed)
+    }
+
     /// Drops grants to users that do not exist (one granted in the instant its
     /// grantee was being deleted): run with each purge (the server's first is at
     /// start-up), so every grant points at a user. Not at open: a store must read
@@ -337,13 +491,24 @@ impl Store {
             let Ok(mut user) = decode::<User>(&value) else {
                 continue;
             };
-            let before = user.shared_with.len();
-            user.shared_with.retain(|s| {
+            let exists = |s: &super::records::Share| {
                 self.users
                     .contains_key(s.user_id.as_str().as_bytes())
                     .unwrap_or(true)
-            });
-            if user.shared_with.len() == before {
+            };
+            let count = |u: &User| {
+                u.shared_with.len()
+                    + u.environments
+                        .iter()
+                        .map(|e| e.shared_with.len())
+                        .sum::<usize>()
+            };
+            let before = count(&user);
+            user.shared_with.retain(exists);
+            for extra in &mut user.environments {
+                extra.shared_with.retain(exists);
+            }
+            if count(&user) == before {
                 continue;
             }
             // A concurrent update wins; the next purge looks again.
@@ -360,6 +525,12 @@ impl Store {
         }
         Ok(fixed)
     }
+}
+
+/// Why an environment was not added: the store, or the caller's check.
+enum Outcome<E> {
+    Store(StoreError),
+    Refused(E),
 }
 
 /// A transaction's outcome as a store result (an abort carries our own error).

@@ -121,10 +121,10 @@ async fn docker_lost_mid_spawn_gives_a_clear_503_and_everything_recovers_by_itse
         .output()
         .unwrap();
     assert!(rm.status.success());
-    let alice_id = h.app.accounts.find_user("alice").unwrap().id.clone();
-    let alice_id = &alice_id;
+    let alice_slug = h.app.accounts.find_user("alice").unwrap().slug.clone();
+    let alice_slug = &alice_slug;
     poll(10, "spawngate to notice the removal", move || async move {
-        (!matches!(h.app.lifecycle.phase(alice_id), Phase::Ready)).then_some(())
+        (!matches!(h.app.lifecycle.phase(alice_slug), Phase::Ready)).then_some(())
     })
     .await;
     let who: Value = poll(

@@ -579,3 +579,70 @@ async fn per_user_overrides_apply_at_the_next_start_within_admin_bounds() {
         "same volume after the recreate: {first} then {again}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_environment_counts_is_adopted_after_a_restart_and_is_culled_on_its_own() {
+    let mut h = ProcHarness::start(&[
+        ("SPAWNGATE_LIFECYCLE_START_ON_LOGIN", "false"),
+        ("SPAWNGATE_LIMITS_ENVIRONMENTS_PER_USER", "2"),
+        ("SPAWNGATE_LIMITS_MAX_RUNNING", "2"),
+    ])
+    .await;
+    let alice = h.user("alice").await;
+    let bob = h.user("bob").await;
+    let added =
+        String::from_utf8_lossy(&h.cli(&["env", "add", "alice", "lab"]).stdout).into_owned();
+    let lab = added
+        .trim()
+        .rsplit("/u-")
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    if let Some(t) = &h.traefik {
+        t.wait_router(&format!("u-{lab}")).await;
+    }
+    let cookie = h.login("alice").await;
+    let bob_cookie = h.login("bob").await;
+    let public = h.public.clone();
+    let url = |slug: &str| format!("{public}/u-{slug}/whoami.json");
+    assert_eq!(get(&h.client, &url(&alice), &cookie).await.0, 200);
+    assert_eq!(get(&h.client, &url(&lab), &cookie).await.0, 200);
+
+    // Two environments of one user fill limits.max_running = 2.
+    let (status, body) = get(&h.client, &url(&bob), &bob_cookie).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        h.containers_of(&bob)
+            .iter()
+            .all(|c| state_of(c) != "running")
+    );
+
+    // A restart adopts the extra environment's container as it is.
+    let lab_name = format!("spawngate-u-{lab}");
+    let (id, started) = (
+        inspect(&lab_name, "{{.Id}}"),
+        inspect(&lab_name, "{{.State.StartedAt}}"),
+    );
+    h.signal("TERM").await;
+    h.set_env("SPAWNGATE_LIFECYCLE_IDLE_TIMEOUT_SECS", "3");
+    h.spawn_server().await;
+    assert_eq!(get(&h.client, &url(&lab), &cookie).await.0, 200);
+    assert_eq!(inspect(&lab_name, "{{.Id}}"), id);
+    assert_eq!(
+        inspect(&lab_name, "{{.State.StartedAt}}"),
+        started,
+        "not restarted"
+    );
+
+    // Idle clocks are per environment: the lab stops while the default one,
+    // kept busy, runs on.
+    let default_name = format!("spawngate-u-{alice}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while state_of(&lab_name) != "exited" {
+        assert!(Instant::now() < deadline, "the idle lab was not stopped");
+        assert_eq!(get(&h.client, &url(&alice), &cookie).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(state_of(&default_name), "running");
+}

@@ -16,6 +16,7 @@ mod containers;
 mod dashboard;
 mod docker_proxy;
 mod e2e;
+mod environments;
 mod faults;
 mod harness;
 mod headers;

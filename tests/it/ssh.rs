@@ -868,3 +868,41 @@ async fn ctrl_c_in_a_pty_interrupts_the_running_command() {
     );
     assert_eq!(status.code(), Some(7));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_plus_environment_signs_in_to_that_environment_until_it_is_deleted() {
+    let s = Ssh::start("[limits]\nenvironments_per_user = 2").await;
+    s.h.user("alice").await;
+    let key = s.key_of("alice").await;
+    let admin = s.h.admin().await;
+    let (status, lab) = admin
+        .post("users/alice/environments", Some(json!({ "name": "lab" })))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{lab}");
+
+    let out = s
+        .run(
+            &key,
+            "alice+lab",
+            &["echo", "$SPAWNGATE_ENVIRONMENT", "$SPAWNGATE_SLUG"],
+        )
+        .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("lab {}", lab["slug"].as_str().unwrap())
+    );
+    let plain = s
+        .run(&key, "alice", &["echo", "$SPAWNGATE_ENVIRONMENT"])
+        .await;
+    assert_eq!(text(&plain.stdout).trim(), "default");
+
+    // An environment that does not exist is refused like a wrong key; a deleted
+    // one no longer signs in.
+    let none = s.run(&key, "alice+nope", &["true"]).await;
+    assert!(!none.status.success());
+    let (status, _) = admin.delete("users/alice/environments/lab").await;
+    assert_eq!(status, StatusCode::OK);
+    let gone = s.run(&key, "alice+lab", &["true"]).await;
+    assert!(!gone.status.success(), "{}", text(&gone.stdout));
+}
