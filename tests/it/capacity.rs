@@ -24,12 +24,9 @@ fn explains_the_full_range(message: &str, port: u16) {
 async fn a_full_host_port_range_is_a_clear_error_in_the_admin_api() {
     // A one-port range: the first user takes it, the second finds none.
     let port = free_port();
-    let h = Harness::start(Options {
-        with_traefik: false,
-        ..Options::toml(&format!(
-            "[docker]\nmode = \"host\"\nhost_port_min = {port}\nhost_port_max = {port}"
-        ))
-    })
+    let h = Harness::start(Options::toml(&format!(
+        "[docker]\nmode = \"host\"\nhost_port_min = {port}\nhost_port_max = {port}"
+    )))
     .await;
     let admin = h.admin().await;
     let (status, body) = admin.post("users", Some(json!({ "name": "first" }))).await;
@@ -50,6 +47,9 @@ async fn a_full_host_port_range_is_a_clear_error_in_the_admin_api() {
     assert!(status.is_success(), "{body}");
     let (status, body) = admin.post("users", Some(json!({ "name": "third" }))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    // ... with the port that was freed, routed through Traefik.
+    h.wait_router(&format!("u-{}", body["slug"].as_str().unwrap_or_default()))
+        .await;
 }
 
 #[test]
