@@ -105,13 +105,13 @@ impl Environments {
 
     pub async fn start(&self, actor: &str, env: &Env) -> Result<ContainerStatus> {
         self.store
-            .audit(actor, "container.start", &audit_target(env), None);
+            .audit(actor, "container.start", &env.audit_name(), None);
         self.await_ready(env, self.lifecycle.start(env).await).await
     }
 
     pub async fn restart(&self, actor: &str, env: &Env) -> Result<ContainerStatus> {
         self.store
-            .audit(actor, "container.restart", &audit_target(env), None);
+            .audit(actor, "container.restart", &env.audit_name(), None);
         self.await_ready(env, self.lifecycle.restart(env).await)
             .await
     }
@@ -132,7 +132,7 @@ impl Environments {
         } else {
             "container.start"
         };
-        self.store.audit(actor, action, &audit_target(env), None);
+        self.store.audit(actor, action, &env.audit_name(), None);
         let (lifecycle, env) = (self.lifecycle.clone(), env.clone());
         let mut work = self.lifecycle.tasks().spawn(async move {
             if restart {
@@ -151,7 +151,7 @@ impl Environments {
 
     pub async fn stop(&self, actor: &str, env: &Env) -> Result<ContainerStatus> {
         self.store
-            .audit(actor, "container.stop", &audit_target(env), None);
+            .audit(actor, "container.stop", &env.audit_name(), None);
         self.lifecycle.stop(env).await?;
         self.status(env).await
     }
@@ -258,15 +258,6 @@ impl Environments {
     }
 }
 
-/// How the audit log names an environment: the user, plus the environment's
-/// name when it is not their default one.
-pub fn audit_target(env: &Env) -> String {
-    match env.is_default() {
-        true => env.owner().name.clone(),
-        false => format!("{}/{}", env.owner().name, env.name()),
-    }
-}
-
 /// `POST …/environments`: a new environment for a user.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -346,19 +337,26 @@ impl Environments {
             (profile.name != crate::config::DEFAULT_PROFILE).then(|| profile.name.clone());
         let added = self
             .store
-            .add_environment(&user.id, name, stored_profile.as_deref(), port_range, |u| {
-                if u.environment_named(name).is_some() {
-                    return Err(Error::Conflict(format!(
-                        "there is already an environment called {name:?}"
-                    )));
-                }
-                if u.environments.len() + 1 >= limit {
-                    return Err(Error::Conflict(format!(
-                        "at most {limit} environments per user (limits.environments_per_user)"
-                    )));
-                }
-                Ok(())
-            })
+            .add_environment(
+                &user.id,
+                name,
+                stored_profile.as_deref(),
+                as_admin,
+                port_range,
+                |u| {
+                    if u.environment_named(name).is_some() {
+                        return Err(Error::Conflict(format!(
+                            "there is already an environment called {name:?}"
+                        )));
+                    }
+                    if u.environments.len() + 1 >= limit {
+                        return Err(Error::Conflict(format!(
+                            "at most {limit} environments per user (limits.environments_per_user)"
+                        )));
+                    }
+                    Ok(())
+                },
+            )
             .await??;
         let (stored, extra) = added;
         let env = Env::named(Arc::new(stored), &extra.name)
@@ -366,7 +364,7 @@ impl Environments {
         self.store.audit(
             actor,
             "environment.create",
-            &audit_target(&env),
+            &env.audit_name(),
             Some(format!("profile {}, slug {}", profile.name, extra.slug)),
         );
         if self.config.lifecycle.precreate {
@@ -399,12 +397,8 @@ impl Environments {
                 format!("container removal pending: {}", e.detail())
             }
         };
-        self.store.audit(
-            actor,
-            "environment.delete",
-            &audit_target(&env),
-            Some(detail),
-        );
+        self.store
+            .audit(actor, "environment.delete", &env.audit_name(), Some(detail));
         Ok(())
     }
 }

@@ -128,6 +128,13 @@ impl Sharing {
         read_only: bool,
     ) -> Result<Vec<ShareView>> {
         let owner = env.owner();
+        let profile = self.environments.lifecycle().profile(env);
+        if read_only && profile.app_auth != crate::config::AppAuth::None {
+            return Err(Error::Invalid(format!(
+                "the profile '{}' signs everyone into its app with the owner's token, so it cannot enforce read-only: share it fully or not at all",
+                profile.name
+            )));
+        }
         let grantee = self.user_named(grantee).ok_or(Error::NotFound("user"))?;
         if grantee.id == owner.id {
             return Err(Error::Invalid(
@@ -160,7 +167,7 @@ impl Sharing {
         self.store.audit(
             actor,
             "share.grant",
-            &crate::environments::audit_target(env),
+            &env.audit_name(),
             Some(format!("{} ({mode})", grantee.name)),
         );
         Ok(self.shares_after(updated, env))
@@ -184,7 +191,7 @@ impl Sharing {
         self.store.audit(
             actor,
             "share.revoke",
-            &crate::environments::audit_target(env),
+            &env.audit_name(),
             Some(grantee.name.clone()),
         );
         Ok(self.shares_after(updated, env))
@@ -192,7 +199,7 @@ impl Sharing {
 
     /// The grants on `env` as the stored `owner` now has them.
     fn shares_after(&self, owner: User, env: &Env) -> Vec<ShareView> {
-        match Env::named(std::sync::Arc::new(owner), env.name()) {
+        match Env::at_slug(std::sync::Arc::new(owner), env.slug()) {
             Some(now) => self.shares_of(&now),
             None => Vec::new(),
         }
@@ -208,7 +215,7 @@ impl Sharing {
 /// was deleted meanwhile).
 fn shares_in<'a>(u: &'a mut User, env: &Env) -> Result<&'a mut Vec<Share>> {
     let at = u
-        .environment_named(env.name())
+        .environment_at(env.slug())
         .ok_or(Error::NotFound("environment"))?;
     u.shares_mut(at).ok_or(Error::NotFound("environment"))
 }

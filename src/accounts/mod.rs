@@ -318,6 +318,17 @@ impl Accounts {
                 Ok::<_, Error>(())
             })
             .await??;
+        // The provider serves the new profile's route at once; the container
+        // must follow: stopped now, its next request starts the new profile.
+        if profile.is_some() && updated.profile != user.profile {
+            let lifecycle = self.environments.lifecycle().clone();
+            let env = Env::default_of(Arc::new(updated.clone()));
+            self.tasks.spawn(async move {
+                if let Err(e) = lifecycle.stop(&env).await {
+                    tracing::warn!(user = %env.owner().name, error = %e, "cannot stop an environment whose profile changed");
+                }
+            });
+        }
         self.store.audit(
             actor,
             "user.update",

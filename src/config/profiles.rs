@@ -27,7 +27,7 @@ pub struct RawProfile {
     pub strip_prefix: Option<bool>,
     /// Path (as the user sees it under their prefix) the readiness probe asks.
     pub ready_path: Option<String>,
-    /// The status that means ready; unset: any answer below 500.
+    /// The status that means ready; unset: any HTTP answer.
     pub ready_status: Option<u16>,
     pub start_timeout_secs: Option<u64>,
     pub memory: Option<String>,
@@ -49,7 +49,7 @@ pub struct RawProfile {
 /// How forwardAuth also hands the container secret to the app.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppAuth {
-    /// Only `X-Spawngate-Secret`.
+    /// Only `X-Spawngate-Secret` (the app enforces read-only shares itself).
     None,
     /// `Authorization: token <secret>` (Jupyter).
     Token,
@@ -176,9 +176,15 @@ pub(super) fn validate(
 ) -> Result<Profiles, ConfigError> {
     let mut by_name = BTreeMap::new();
     let base = default_profile(docker, start_timeout);
-    if !raw.contains_key(DEFAULT_PROFILE) {
-        by_name.insert(DEFAULT_PROFILE.to_owned(), Arc::new(base.clone()));
+    if raw.contains_key(DEFAULT_PROFILE) {
+        // One place for it: the warm pool and existing containers are made from
+        // the docker.* settings.
+        return Err(invalid(
+            "profiles.default",
+            "the default profile is the docker.* settings: set those, and name other profiles differently",
+        ));
     }
+    by_name.insert(DEFAULT_PROFILE.to_owned(), Arc::new(base.clone()));
     for (name, p) in raw {
         let key = |k: &str| format!("profiles.{name}.{k}");
         if !is_profile_name(&name) {
@@ -187,14 +193,7 @@ pub(super) fn validate(
                 "a profile name is 1-32 of [a-z0-9_-], starting with a letter",
             ));
         }
-        if name == DEFAULT_PROFILE && !p.image.is_empty() && p.image != docker.image {
-            return Err(invalid(
-                &key("image"),
-                "the default profile's image is docker.image: set that instead",
-            ));
-        }
         let image = match p.image.trim() {
-            "" if name == DEFAULT_PROFILE => docker.image.clone(),
             "" => return Err(invalid(&key("image"), "must be set")),
             image => image.to_owned(),
         };
@@ -273,6 +272,12 @@ pub(super) fn validate(
                 ));
             }
         };
+        if app_auth != AppAuth::None && !docker.inject_secret {
+            return Err(invalid(
+                &key("app_auth"),
+                "needs docker.inject_secret = true (the token sent is the container secret)",
+            ));
+        }
         let env = container_env(&key("env"), &p.env)?;
         let profile = Profile {
             display_name: match p.display_name.trim() {
@@ -301,11 +306,10 @@ pub(super) fn validate(
         };
         by_name.insert(name, Arc::new(profile));
     }
-    let default = by_name
-        .get(DEFAULT_PROFILE)
-        .cloned()
-        .unwrap_or_else(|| Arc::new(base));
-    Ok(Profiles { default, by_name })
+    Ok(Profiles {
+        default: Arc::new(base),
+        by_name,
+    })
 }
 
 /// Profile and environment names: short, lowercase, safe in URLs and labels.
@@ -391,6 +395,6 @@ mod tests {
         assert!(
             err("[lab]\nimage = \"x\"\nvolume_path = \"rel\"").contains("profiles.lab.volume_path")
         );
-        assert!(err("[default]\nimage = \"other\"").contains("profiles.default.image"));
+        assert!(err("[default]\nmemory = \"1g\"").contains("profiles.default"));
     }
 }

@@ -252,7 +252,7 @@ async fn environments_panel(app: &App, csrf: &str) -> Result<String, HttpError> 
             let (state, label) = state_key(o.state);
             let hidden = [("user", o.user.as_str()), ("environment", o.environment.as_str())];
             format!(
-                r#"<tr data-user="{user}" data-environment="{env}"><td>{user}</td><td><a href="{link}">{env}</a></td><td>{profile}</td><td><span class="state state-{state}">{label}</span></td><td class="actions">{stop}{delete}</td></tr>"#,
+                r#"<tr data-user="{user}" data-environment="{env}"><td>{user}</td><td><a href="{link}">{env}</a></td><td>{profile}</td><td><span class="state state-{state}">{label}</span></td><td class="actions"><div>{stop}{delete}</div></td></tr>"#,
                 user = escape(&o.user),
                 env = escape(&o.environment),
                 link = escape(&o.link),

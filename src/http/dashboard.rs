@@ -282,7 +282,7 @@ fn environments_panel(app: &App, user: &User, others: &[Overview], csrf: &str) -
             let (key, label) = state_key(o.state);
             let env = [("environment", o.environment.as_str())];
             format!(
-                r#"<tr data-environment="{name}"><td><a href="{link}">{name}</a></td><td>{profile}</td><td><span class="state state-{key}">{label}</span></td><td class="row">{open}{stop}{delete}</td></tr>"#,
+                r#"<tr data-environment="{name}"><td><a href="{link}">{name}</a></td><td>{profile}</td><td><span class="state state-{key}">{label}</span></td><td class="actions"><div>{open}{stop}{delete}</div></td></tr>"#,
                 name = escape(&o.environment),
                 link = escape(&o.link),
                 profile = escape(&o.profile_display_name),

@@ -174,6 +174,20 @@ async fn decide(app: &App, headers: &HeaderMap, slug: Option<&Slug>) -> Decision
             Some(caller),
         );
     }
+    // An app that takes spawngate's token as its own login cannot tell read-only
+    // from full access: it would get the owner's token either way.
+    if access == Access::ReadOnly
+        && app.lifecycle.profile(target).app_auth != crate::config::AppAuth::None
+    {
+        let refused = Error::Forbidden(
+            "this app cannot be shared read-only (it signs everyone in with the owner's token): ask for full access",
+        );
+        return decided(
+            "forbidden",
+            errors::answer(&refused.into(), browser),
+            Some(caller),
+        );
+    }
     // A browser is held briefly, then shown the start as it goes; a script is
     // held for the whole hold.
     let hold = match browser {

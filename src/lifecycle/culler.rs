@@ -293,8 +293,12 @@ impl Lifecycle {
                     slot.present.store(false, Ordering::Relaxed);
                 }
                 slot.net_bytes.store(u64::MAX, Ordering::Relaxed);
-                self.store
-                    .audit("system", action.name(), &user.name, Some(reason.to_owned()));
+                self.store.audit(
+                    "system",
+                    action.name(),
+                    &env.audit_name(),
+                    Some(reason.to_owned()),
+                );
                 self.events.publish(
                     "container.culled",
                     Subject {

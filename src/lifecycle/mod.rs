@@ -622,7 +622,7 @@ impl Lifecycle {
                     this.store.audit(
                         "system",
                         "container.stop",
-                        &env.owner().name,
+                        &env.audit_name(),
                         Some("least recently used, to make room".into()),
                     );
                     let began = Instant::now();
@@ -716,9 +716,20 @@ impl Lifecycle {
                     ("SPAWNGATE_USER".into(), user.name.clone()),
                     ("SPAWNGATE_SLUG".into(), env.slug().to_string()),
                     ("SPAWNGATE_BASE_PATH".into(), base_path),
-                    ("SPAWNGATE_ENVIRONMENT".into(), env.name().to_owned()),
-                    ("SPAWNGATE_PROFILE".into(), profile.name.clone()),
                 ])
+                // Not for a default environment of the default profile: its spec
+                // (and so its container) stays the one the previous release made.
+                .chain(
+                    (!env.is_default() || profile.name != DEFAULT_PROFILE)
+                        .then(|| {
+                            [
+                                ("SPAWNGATE_ENVIRONMENT".to_owned(), env.name().to_owned()),
+                                ("SPAWNGATE_PROFILE".to_owned(), profile.name.clone()),
+                            ]
+                        })
+                        .into_iter()
+                        .flatten(),
+                )
                 .chain(
                     d.inject_secret
                         .then(|| ("SPAWNGATE_SECRET".to_owned(), self.container_secret(env))),
@@ -739,6 +750,27 @@ impl Lifecycle {
             },
             fresh: false,
         }
+    }
+
+    /// Whether `env`'s profile may start: one removed from the config does not
+    /// silently become another, and one the user chose must still be theirs to
+    /// use (an admin's assignment stands).
+    fn may_start(&self, env: &Env) -> Result<(), SpawnError> {
+        let Some(name) = env.profile() else {
+            return Ok(());
+        };
+        let Some(profile) = self.config.profiles.get(name) else {
+            return Err(SpawnError::Failed(format!(
+                "the profile '{name}' of this environment is no longer configured"
+            )));
+        };
+        let owner = env.owner();
+        if !env.assigned_by_admin() && !profile.allows(&owner.name, &owner.groups) {
+            return Err(SpawnError::Failed(format!(
+                "you may no longer use the profile '{name}' (ask an administrator)"
+            )));
+        }
+        Ok(())
     }
 
     /// Makes the user's container run and answer; returns how long the runtime's
@@ -766,6 +798,7 @@ impl Lifecycle {
             ));
         };
         let env: &Env = &current;
+        self.may_start(env)?;
         let was_present = slot.present.load(Ordering::Relaxed);
         match was_present {
             true => slot
@@ -788,7 +821,7 @@ impl Lifecycle {
             .container_record(&env.record_key())?
             .unwrap_or_else(|| ContainerRecord {
                 user_id: env.owner().id.clone(),
-                environment: (!env.is_default()).then(|| env.name().to_owned()),
+                environment: (!env.is_default()).then(|| env.slug().to_string()),
                 name: self.runtime.name(&id),
                 desired: Desired::Running,
                 container_id: None,
@@ -1135,6 +1168,10 @@ impl Lifecycle {
             let _ops = slot.ops.lock().await;
             self.runtime.remove(&env_of(env), !keep_volume).await?;
             slot.present.store(false, Ordering::Relaxed);
+            // A spawn that finished meanwhile may have written the record again.
+            if !env.is_default() {
+                self.store.remove_container_record(&env.record_key())?;
+            }
         }
         self.publish(env, "container.removed", None);
         if let Ok(mut slots) = self.slots.write() {
@@ -2111,6 +2148,47 @@ mod tests {
             sample(&metrics, "spawngate_environments{state=\"failed\"}"),
             1.0
         );
+    }
+
+    #[tokio::test]
+    async fn a_default_environment_keeps_the_spec_and_secret_of_the_previous_release() {
+        let Setup { lc, user, .. } = setup().await;
+        let spec = lc.spec(&user);
+        let names: Vec<&str> = spec.env.iter().map(|(k, _)| k.as_str()).collect();
+        // What the release before environments set: a new name would change the
+        // container's fingerprint and recreate every stopped container.
+        assert_eq!(
+            names,
+            [
+                "SPAWNGATE_USER",
+                "SPAWNGATE_SLUG",
+                "SPAWNGATE_BASE_PATH",
+                "SPAWNGATE_SECRET"
+            ]
+        );
+        assert_eq!(
+            lc.container_secret(&user),
+            crate::ids::derive_token(
+                &[1; 32],
+                b"spawngate container secret\0",
+                user.owner().id.as_str()
+            )
+        );
+        let (owner, lab) = lc
+            .store
+            .add_environment(&user.owner().id, "lab", None, false, None, |_| {
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let lab = Env::at_slug(Arc::new(owner), &lab.slug).unwrap();
+        let spec = lc.spec(&lab);
+        assert!(
+            spec.env
+                .contains(&("SPAWNGATE_ENVIRONMENT".into(), "lab".into()))
+        );
+        assert_ne!(lc.container_secret(&lab), lc.container_secret(&user));
     }
 
     #[tokio::test]

@@ -228,6 +228,29 @@ impl Lifecycle {
                         continue;
                     };
                     if live_ids.contains(owner.as_str()) {
+                        // A live user's volume goes only with an environment of
+                        // theirs that was deleted (and whose removal was cut short).
+                        let deleted_env = match &r.env_id {
+                            Some(EnvId::User(slug)) if directory.by_slug(slug).is_none() => {
+                                self.store.environment_was_deleted(slug).unwrap_or(false)
+                            }
+                            _ => false,
+                        };
+                        if !deleted_env {
+                            continue;
+                        }
+                        tracing::info!(volume = %r.name, "removing the volume of a deleted environment");
+                        if let Err(e) = self.runtime.remove_resource(&r).await {
+                            note_failure(failed, &r.name, e);
+                            continue;
+                        }
+                        self.store.audit(
+                            "system",
+                            "volume.remove",
+                            &r.name,
+                            Some("its environment was deleted".into()),
+                        );
+                        done.volumes_removed += 1;
                         continue;
                     }
                     // An unreadable tombstone tree must not delete data: keep.

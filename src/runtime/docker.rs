@@ -1143,10 +1143,17 @@ impl Runtime for DockerRuntime {
             .await
             .map_err(classify)?;
         for v in volumes.volumes.unwrap_or_default() {
+            // `spawngate-u-<slug>-data`: which environment it holds the data of.
+            let env_id = v
+                .name
+                .strip_prefix("spawngate-")
+                .and_then(|rest| rest.strip_suffix("-data"))
+                .and_then(Slug::parse_segment)
+                .map(EnvId::User);
             out.push(Resource {
                 kind: ResourceKind::Volume,
                 owner_id: v.labels.get("spawngate.user_id").cloned(),
-                env_id: None,
+                env_id,
                 name: v.name,
             });
         }

@@ -175,7 +175,8 @@ pub struct Resource {
     pub name: String,
     /// The user it belongs to, when the runtime recorded one.
     pub owner_id: Option<String>,
-    /// The user environment it serves (per-user networks).
+    /// The user environment it serves (per-user networks) or holds the data of
+    /// (volumes).
     pub env_id: Option<EnvId>,
 }
 

@@ -12,7 +12,7 @@ use russh::server::{
 use russh::{Channel, ChannelId, ChannelOpenFailure};
 
 use super::{Counted, Shared};
-use crate::ids::UserId;
+use crate::ids::{Slug, UserId};
 use crate::store::{DEFAULT_ENVIRONMENT, Env, User};
 
 pub(crate) struct Connection {
@@ -37,8 +37,9 @@ pub(crate) struct Connection {
 pub(crate) struct Signed {
     user_id: UserId,
     fingerprint: String,
-    /// Which of the user's environments (`ssh alice+lab@…`).
-    environment: String,
+    /// Which of the user's environments (`ssh alice+lab@…`), by slug: one
+    /// deleted and created again under its name is another environment.
+    environment: Slug,
 }
 
 impl Signed {
@@ -52,7 +53,7 @@ impl Signed {
             return None;
         }
         // A deleted environment ends its connections as a removed key does.
-        Env::named(user, &self.environment)
+        Env::at_slug(user, &self.environment)
     }
 }
 
@@ -200,7 +201,7 @@ impl Handler for Connection {
         let _ = self.signed.set(Signed {
             user_id: found.id.clone(),
             fingerprint,
-            environment: env.name().to_owned(),
+            environment: env.slug().clone(),
         });
         self.user = Some(found);
         self._place = Some(place);

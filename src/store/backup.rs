@@ -459,11 +459,11 @@ fn check_json(kind: Kind, key: &[u8], bytes: &[u8]) -> Result<(), String> {
     match kind {
         Kind::User => owner_key(read::<User>(bytes)?.id.as_str()),
         Kind::Container => {
-            // Keyed like `Env::record_key`: `<user id>` or `<user id>/<environment>`.
+            // Keyed like `Env::record_key`: `<user id>` or `<user id>/<slug>`.
             let record = read::<ContainerRecord>(bytes)?;
             match &record.environment {
                 None => owner_key(record.user_id.as_str()),
-                Some(name) => owner_key(&format!("{}/{name}", record.user_id)),
+                Some(slug) => owner_key(&format!("{}/{slug}", record.user_id)),
             }
         }
         Kind::Session => read::<Session>(bytes).map(drop),
@@ -959,6 +959,58 @@ mod tests {
             .filter(|n| n.starts_with("restore-"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn extra_environments_and_their_container_records_round_trip() {
+        let (_d, s) = sample().await;
+        let alice = s.snapshot().by_name("alice").cloned().unwrap();
+        let (_, lab) = s
+            .add_environment(
+                &alice.id,
+                "lab",
+                Some("jupyter"),
+                false,
+                Some((31000, 31999)),
+                |_| Ok::<_, ()>(()),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        s.put_container_record(&ContainerRecord {
+            user_id: alice.id.clone(),
+            environment: Some(lab.slug.to_string()),
+            name: "spawngate-u-lab".into(),
+            desired: crate::store::Desired::Stopped,
+            container_id: None,
+            created_at: None,
+            started_at: None,
+            stopped_at: None,
+            last_error: None,
+            last_activity: Some(7),
+            pooled_from: None,
+        })
+        .await
+        .unwrap();
+        let backup = parse(&export(&s).unwrap()).unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let data = target.path().join("data");
+        restore(&data, &backup, false).unwrap();
+        let r = Store::open(&data).unwrap();
+        let env = r.snapshot().environment(&lab.slug).unwrap();
+        assert_eq!((env.name(), env.profile()), ("lab", Some("jupyter")));
+        assert_eq!(env.host_port(), lab.host_port);
+        let record = r.container_record(&env.record_key()).unwrap().unwrap();
+        assert_eq!(record.last_activity, Some(7));
+        // Removing it frees its slug and record in the restored store too.
+        assert!(
+            r.remove_environment(&alice.id, "lab")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(r.snapshot().environment(&lab.slug).is_none());
+        assert!(r.container_record(&env.record_key()).unwrap().is_none());
     }
 
     #[tokio::test]

@@ -31,9 +31,16 @@ impl Store {
         let _writing = self.writing_untracked();
         let key = match &record.environment {
             None => record.user_id.to_string(),
-            Some(name) => format!("{}/{name}", record.user_id),
+            Some(slug) => format!("{}/{slug}", record.user_id),
         };
         self.containers.insert(key.as_bytes(), encode(record))?;
+        Ok(())
+    }
+
+    /// Forgets a record (an environment that was deleted).
+    pub fn remove_container_record(&self, key: &str) -> Result<()> {
+        let _writing = self.writing_untracked();
+        self.containers.remove(key.as_bytes())?;
         Ok(())
     }
 

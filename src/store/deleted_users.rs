@@ -14,7 +14,20 @@ pub(super) fn tombstone(at: i64, keep_volume: bool) -> Vec<u8> {
     value
 }
 
+/// The tombstone key of a deleted environment (beside users' ids, which hold no `/`).
+pub(super) fn environment_key(slug: &crate::ids::Slug) -> String {
+    format!("env/{slug}")
+}
+
 impl Store {
+    /// Whether the environment at `slug` was deleted on its own (its user lives
+    /// on): its volume is then to go, as it went with the environment.
+    pub fn environment_was_deleted(&self, slug: &crate::ids::Slug) -> Result<bool> {
+        Ok(self
+            .deleted_users
+            .contains_key(environment_key(slug).as_bytes())?)
+    }
+
     /// Whether `user_id` (a `spawngate.user_id` label) belonged to a deleted user:
     /// `Some(keep_volume)` as decided when they were deleted (a tombstone without
     /// the decision keeps the volume).

@@ -95,23 +95,41 @@ impl Env {
         }
     }
 
+    /// Whether an admin chose its profile (the default environment's always is):
+    /// a profile restriction does not stop it then.
+    pub fn assigned_by_admin(&self) -> bool {
+        self.extra().is_none_or(|e| e.by_admin)
+    }
+
     /// Who else may open it.
     pub fn shared_with(&self) -> &[Share] {
         self.extra()
             .map_or(&self.owner.shared_with, |e| &e.shared_with)
     }
 
-    /// The key of its container record: the user id for the default environment
-    /// (as records were keyed before environments existed), `<id>/<name>` else.
+    /// The key of its container record (and the subject its container secret
+    /// is derived from): the user id for the default environment, as before
+    /// environments existed; `<id>/<slug>` for the others, so an environment
+    /// deleted and created again under the same name shares nothing with the
+    /// old one.
     pub fn record_key(&self) -> String {
-        record_key(&self.owner, self.extra().map(|e| e.name.as_str()))
+        record_key(&self.owner, self.extra().map(|e| &e.slug))
+    }
+
+    /// How the audit log names it: the user, plus the environment's name when
+    /// it is not their default one.
+    pub fn audit_name(&self) -> String {
+        match self.extra() {
+            None => self.owner.name.clone(),
+            Some(e) => format!("{}/{}", self.owner.name, e.name),
+        }
     }
 }
 
 /// See [`Env::record_key`].
-pub fn record_key(owner: &User, extra: Option<&str>) -> String {
+pub fn record_key(owner: &User, extra: Option<&Slug>) -> String {
     match extra {
         None => owner.id.to_string(),
-        Some(name) => format!("{}/{name}", owner.id),
+        Some(slug) => format!("{}/{slug}", owner.id),
     }
 }

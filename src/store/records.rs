@@ -71,6 +71,10 @@ pub struct ExtraEnvironment {
     pub shared_with: Vec<Share>,
     /// Unix seconds.
     pub created: i64,
+    /// Created by an admin, whose choice of profile stands even where the
+    /// profile's `users`/`groups` leave the owner out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_admin: bool,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -234,7 +238,7 @@ pub enum Desired {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub user_id: UserId,
-    /// The environment's name when not the user's default one.
+    /// The environment's slug when not the user's default one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
     pub name: String,

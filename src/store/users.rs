@@ -249,7 +249,10 @@ impl Store {
             .iter()
             .map(|o| o.id.clone())
             .collect();
-        // The stored record, not the caller's copy: environments added since go too.
+        let tombstone = deleted_users::tombstone(unix_now(), keep_volume);
+        let turn = self.flush_gate.lock().await;
+        // The stored record, read with the gate held (environments are added under
+        // it too), not the caller's copy: environments added since go as well.
         let stored = match self.users.get(id)? {
             Some(bytes) => decode::<User>(&bytes).map_err(|source| StoreError::Corrupt {
                 key: user.id.to_string(),
@@ -257,8 +260,6 @@ impl Store {
             })?,
             None => user.clone(),
         };
-        let tombstone = deleted_users::tombstone(unix_now(), keep_volume);
-        let turn = self.flush_gate.lock().await;
         // One guard over the transaction: a backup holds the user and all that
         // points at them, or none of it.
         let writing = self.writing();
@@ -304,7 +305,7 @@ impl Store {
                         if let Some(port) = extra.host_port {
                             ports.remove(&port.to_be_bytes())?;
                         }
-                        containers.remove(record_key(&stored, Some(&extra.name)).as_bytes())?;
+                        containers.remove(record_key(&stored, Some(&extra.slug)).as_bytes())?;
                     }
                     for key in &sessions {
                         sess.remove(key.as_ref())?;
@@ -357,6 +358,7 @@ impl Store {
         id: &UserId,
         name: &str,
         profile: Option<&str>,
+        by_admin: bool,
         port_range: Option<(u16, u16)>,
         check: impl Fn(&User) -> std::result::Result<(), E>,
     ) -> Result<std::result::Result<(User, ExtraEnvironment), E>> {
@@ -374,6 +376,7 @@ impl Store {
                 host_port,
                 shared_with: Vec::new(),
                 created: unix_now(),
+                by_admin,
             };
             let key = id.as_str().as_bytes();
             let turn = self.flush_gate.lock().await;
@@ -441,8 +444,15 @@ impl Store {
         let key = id.as_str().as_bytes();
         let turn = self.flush_gate.lock().await;
         let writing = self.writing();
-        let res = (&self.users, &self.slugs, &self.ports, &self.containers).transaction(
-            |(users, slugs, ports, containers)| {
+        let tombstone = deleted_users::tombstone(unix_now(), false);
+        let res = (
+            &self.users,
+            &self.slugs,
+            &self.ports,
+            &self.containers,
+            &self.deleted_users,
+        )
+            .transaction(|(users, slugs, ports, containers, deleted)| {
                 let Some(bytes) = users.get(key)? else {
                     return Ok(None);
                 };
@@ -460,11 +470,15 @@ impl Store {
                 if let Some(port) = extra.host_port {
                     ports.remove(&port.to_be_bytes())?;
                 }
-                containers.remove(record_key(&user, Some(name)).as_bytes())?;
+                containers.remove(record_key(&user, Some(&extra.slug)).as_bytes())?;
+                // Reconcile removes its volume if Docker cannot now.
+                deleted.insert(
+                    deleted_users::environment_key(&extra.slug).as_bytes(),
+                    tombstone.as_slice(),
+                )?;
                 users.insert(key, encode(&user))?;
                 Ok(Some(extra))
-            },
-        );
+            });
         drop(writing);
         drop(turn);
         let removed = match res {

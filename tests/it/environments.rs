@@ -22,6 +22,14 @@ env = ["GREETING=hello from {base_path}"]
 [profiles.restricted]
 image = "spawngate-example-app:latest"
 users = ["bob"]
+
+[profiles.tokened]
+image = "spawngate-example-app:latest"
+app_auth = "token"
+
+[profiles.science]
+image = "spawngate-example-app:latest"
+groups = ["sci"]
 "#;
 
 /// A signed-in user's self-service API call with the session's CSRF token.
@@ -73,7 +81,7 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["default", "raw"], "{list}");
+    assert_eq!(names, ["default", "raw", "tokened"], "{list}");
     assert_eq!(list["environments"].as_array().unwrap().len(), 1);
     assert_eq!(list["environments"][0]["environment"], "default");
 
@@ -270,6 +278,78 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
         .map(|e| e["environment"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["default", "two", "ops"], "{listed}");
+
+    // An app signed in with the owner's token cannot be shared read-only.
+    let (status, _) = admin
+        .post(
+            "users/bob/environments",
+            Some(json!({ "name": "tok", "profile": "tokened" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, refused) = admin
+        .put(
+            "users/bob/environments/tok/shares/alice",
+            json!({ "read_only": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("read-only")
+    );
+
+    // A profile chosen through a group stops starting once the group is gone.
+    let (status, _) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/bob",
+            Some(json!({ "groups": ["sci"] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let bob_csrf = h.me(&bob_cookie).await["csrf"].as_str().unwrap().to_owned();
+    let (status, sci) = me_call(
+        &h,
+        &bob_cookie,
+        &bob_csrf,
+        post.clone(),
+        "environments",
+        Some(json!({ "name": "sci", "profile": "science" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{sci}");
+    let (status, _) = admin
+        .call(
+            reqwest::Method::PATCH,
+            "users/bob",
+            Some(json!({ "groups": [] })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, started) = me_call(
+        &h,
+        &bob_cookie,
+        &bob_csrf,
+        post.clone(),
+        "environments/sci/start",
+        None,
+    )
+    .await;
+    assert_ne!(status, StatusCode::OK, "{started}");
+    assert!(
+        started["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no longer use the profile"),
+        "{started}"
+    );
+    assert!(
+        h.running_containers_of(sci["slug"].as_str().unwrap())
+            .is_empty()
+    );
 }
 
 #[test]
@@ -325,4 +405,67 @@ fn a_store_written_by_the_previous_release_opens_in_place() {
     let backup = dir.path().join("backup.json");
     let done = spawngate(&data, &["backup", backup.to_str().unwrap()], &more);
     assert!(done.status.success(), "{}", stderr(&done));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_creates_opens_and_deletes_an_environment_from_the_dashboard() {
+    let h = Harness::start(Options::toml(PROFILES)).await;
+    h.user("alice").await;
+    let mut b = crate::browser::Browser::start().await;
+    let link = h.app.accounts.login_link("alice").await.unwrap().url;
+    b.navigate(&format!("{link}&next=%2F_spawngate%2F")).await;
+    b.click("form button[type=submit]").await;
+    b.wait_for(
+        30,
+        "the dashboard",
+        "location.pathname === '/_spawngate/' && document.querySelector('#env-name') !== null",
+    )
+    .await;
+    // Only the profiles alice may use are offered.
+    let offered = b
+        .text("[...document.querySelectorAll('#env-profile option')].map(o => o.value).join(',')")
+        .await;
+    assert_eq!(offered, "default,raw,tokened");
+
+    b.eval("document.querySelector('#env-name').value = 'lab'; document.querySelector('#env-profile').value = 'raw'; true")
+        .await;
+    b.click("form[action='/_spawngate/me/environments'] button")
+        .await;
+    b.wait_for(
+        30,
+        "the new environment's row",
+        "document.querySelector('tr[data-environment=lab]') !== null",
+    )
+    .await;
+    assert!(
+        b.text("document.querySelector('.notice').textContent")
+            .await
+            .contains("created")
+    );
+    b.screenshot("environments.png").await;
+
+    // Its link opens it through Traefik (the start page, then the app itself).
+    let href = b
+        .text("document.querySelector('tr[data-environment=lab] a').getAttribute('href')")
+        .await;
+    let slug = href.trim_matches('/').trim_start_matches("u-").to_owned();
+    h.wait_router(&format!("u-{slug}")).await;
+    b.click("tr[data-environment=lab] a").await;
+    b.wait_for(
+        60,
+        "the app under its unstripped path",
+        &format!("document.body && document.body.innerText.includes('/u-{slug}/')"),
+    )
+    .await;
+
+    b.open(&h.url("/_spawngate/"), "/_spawngate/").await;
+    b.click("tr[data-environment=lab] form[action='/_spawngate/me/environments/delete'] button")
+        .await;
+    b.wait_for(
+        30,
+        "the row to go",
+        "document.querySelector('tr[data-environment=lab]') === null && document.querySelector('.notice') !== null",
+    )
+    .await;
+    assert!(h.containers_of(&slug).is_empty());
 }
