@@ -289,6 +289,7 @@ mod tests {
                                 granted: 0,
                             }],
                             created: 0,
+                            by_admin: false,
                         }),
                         1 if !u.environments.is_empty() => {
                             u.environments.remove(0);
