@@ -1,10 +1,12 @@
 //! Traefik's dynamic configuration, rendered from the user directory.
 //!
-//! Per user: a router whose rule cannot match another slug's prefix, a forwardAuth
-//! middleware with the slug bound in its address, a stripPrefix middleware and a
-//! service at the address the runtime gives (deterministic). Nothing here depends
-//! on whether a container runs, so starting one never changes what Traefik reads.
-//! The document is rendered once per directory change; polls get the cached bytes.
+//! Per environment: a router whose rule cannot match another slug's prefix, a
+//! forwardAuth middleware with the slug bound in its address and a service at the
+//! address the runtime gives (deterministic); one stripPrefixRegex middleware is
+//! shared by every router that strips. Nothing here depends on whether a container
+//! runs, so starting one never changes what Traefik reads. Each user's entries are
+//! rendered as JSON text when that user changes, and the document is those
+//! fragments concatenated; polls get the cached bytes.
 
 use std::sync::Arc;
 
