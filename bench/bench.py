@@ -34,6 +34,11 @@
      the same container, sides alternating; then cold: `ssh … -- true` after an
      admin stop against `docker stop`, then `docker start` + `docker exec … true`
      of a raw container of the same image (spawngate-example-shell).
+  j. Jupyter (spawngate-example-jupyter, examples/jupyter, as a profile with
+     strip_prefix = false and app_auth = "token"): cold first request of a new
+     environment through Traefik against a raw `docker run` of the same image + polling
+     until the first 200, then resume after an admin stop against `docker stop`, then
+     `docker start` + polling; both sides poll Jupyter's `<base path>/api`.
 
 Run it with bench/run (which builds everything first). Stdlib only. Everything it
 creates (spawngate, Traefik, the no-op server, containers, volumes, networks, compose
@@ -72,6 +77,9 @@ NOOP = os.path.join(ROOT, "target", "release", "examples", "noop")
 IMAGE = "spawngate-example-app:latest"
 # The example app with a shell and sftp-server (examples/shell/build), for h.
 SHELL_IMAGE = "spawngate-example-shell:latest"
+# The Jupyter example (examples/debian-image/build examples/jupyter), for j.
+JUPYTER_IMAGE = "spawngate-example-jupyter:latest"
+JUPYTER_PORT = 8888
 APP_PORT = 8080
 COOKIE_NAME = "spawngate_session"
 
@@ -650,6 +658,12 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["h. spawngate", "a fresh pair, + SPAWNGATE_SSH_ENABLED=true, image " + SHELL_IMAGE
                          + "; ssh -p <port> -i <ed25519 key> <user>@127.0.0.1 -- true (OpenSSH client)"],
         ["h. baseline", "docker exec <the same container> true; cold: docker start <raw> && docker exec <raw> true"],
+        ["j. spawngate", f"a fresh pair with [profiles.jupyter] ({JUPYTER_IMAGE}, strip_prefix = false, "
+                         "app_auth = \"token\", ready_path /api); a new environment per cold run (admin API), "
+                         "GET <traefik>/u-<slug>/api until 200; resume: POST users/<name>/environments/lab/stop first"],
+        ["j. baseline", f"docker run -d --network <spawngate's network> -p 127.0.0.1:<port>:{JUPYTER_PORT} "
+                        f"-e SPAWNGATE_BASE_PATH=/u-raw -e SPAWNGATE_SECRET=<random> {JUPYTER_IMAGE}, "
+                        "GET /u-raw/api until 200; resume: docker stop, then docker start + the same polling"],
         ["f. spawngate", f"a fresh pair; {o.scale_users:,} users (admin API), {o.scale_running} logged in and "
                          "started; /proc/<pid>/status, GET /traefik/config x20, wrk as in a."],
         ["i. spawngate", f"a fresh pair grown to {o.many_users} users (POST /_spawngate/api/users, "
@@ -1800,6 +1814,127 @@ def section_h(bh: Bench, o: argparse.Namespace, ssh_port: int) -> None:
         shutil.rmtree(keys, ignore_errors=True)
 
 
+# ---- j. jupyter
+
+JUPYTER_CONFIG = f"""
+[limits]
+environments_per_user = 2
+[profiles.jupyter]
+display_name = "Jupyter"
+image = "{JUPYTER_IMAGE}"
+port = {JUPYTER_PORT}
+strip_prefix = false
+ready_path = "/api"
+ready_status = 200
+start_timeout_secs = 60
+memory = "1g"
+volume_path = "/home/jovyan/work"
+app_auth = "token"
+"""
+
+
+def section_j(bj: Bench, o: argparse.Namespace) -> None:
+    """Jupyter as a profile: each timed user gets a fresh environment `lab` (cold), and
+    the first one is then stopped and resumed. The raw side runs the same image with
+    the environment spawngate gives it (base path and token), and polls the same path."""
+    interval = o.poll_ms / 1000
+    n = o.warmup + o.runs
+    names = [f"bench-jupyter-{i}" for i in range(n)]
+    users = bj.prepare_users(names)
+    labs = {}
+    for name in names:
+        env = bj.api("POST", f"users/{name}/environments", {"name": "lab", "profile": "jupyter"},
+                     expect=201)
+        labs[name] = env["slug"]
+        bj.wait_router(f"u-{env['slug']}")
+
+    def sg_poll(name: str) -> Poll:
+        return poll_until_200(bj.web_port, f"/u-{labs[name]}/api", {"Cookie": users[name][1]},
+                              time.perf_counter(), interval, timeout=120)
+
+    def raw_run(i: int) -> tuple[str, int, Poll]:
+        port = free_port()
+        network = ["--network", bj.network] if bj.network_ids() else []
+        bj.raw_networks.add(bj.network if network else "bridge")
+        args = [
+            "docker", "run", "-d", "--name", f"sgbench-raw-{bj.run_id}-jupyter{i}", "--label", bj.raw_label,
+            *network, "-p", f"127.0.0.1:{port}:{JUPYTER_PORT}",
+            "-e", "SPAWNGATE_BASE_PATH=/u-raw", "-e", f"SPAWNGATE_SECRET={secrets.token_hex(16)}",
+            JUPYTER_IMAGE,
+        ]
+        t0 = time.perf_counter()
+        cid = run(args, timeout=120).strip()
+        return cid, port, poll_until_200(port, "/u-raw/api", {}, t0, interval, timeout=120)
+
+    cold_sg, cold_raw, cold_spawn, rows = [], [], [], []
+    raw_ids: list[tuple[str, int]] = []
+    for i, name in enumerate(names):
+        warm = i < o.warmup
+        label = "warm-up" if warm else f"run {i - o.warmup + 1}"
+        log(f"j. {label}: spawngate cold start of {name}'s Jupyter")
+        time.sleep(o.settle)
+        bj.check_alive()
+        offset = bj.log_offset()
+        sg = sg_poll(name)
+        spawn = bj.ready_ms(name, offset)
+        log(f"j. {label}: raw docker run of the Jupyter image")
+        time.sleep(o.settle)
+        cid, port, raw = raw_run(i)
+        raw_ids.append((cid, port))
+        if not warm:
+            cold_sg.append(sg.ms)
+            cold_raw.append(raw.ms)
+            cold_spawn.append(spawn)
+        rows.append([label + (" (untimed)" if warm else ""), fmt_ms(sg.ms), opt_ms(spawn), str(sg.attempts),
+                     compress(sg.statuses), fmt_ms(raw.ms), str(raw.attempts), compress(raw.statuses)])
+    print("j. Jupyter, cold first request: spawngate through Traefik (new environment: create + start + ready)")
+    print("   vs raw docker run of the same image + poll (both: GET <base path>/api until 200)")
+    print(table(["", "spawngate ms", "spawn task", "GETs", "non-200", "raw ms", "GETs", "non-200"], rows))
+    print()
+    timed_summary(f"{o.runs} runs", cold_sg, cold_raw, "spawngate (Traefik, cold)", "raw docker run + poll",
+                  cold_spawn)
+
+    # Resume: one environment and one raw container, stopped and started in turn.
+    name = names[0]
+    cid, port = raw_ids[0]
+    for other, _ in raw_ids[1:]:
+        run(["docker", "rm", "-f", other], timeout=120)
+    res_sg, res_raw, res_spawn, rows = [], [], [], []
+    for i in range(o.warmup + o.runs):
+        warm = i < o.warmup
+        label = "warm-up" if warm else f"run {i - o.warmup + 1}"
+        sg_poll(name)
+        bj.api("POST", f"users/{name}/environments/lab/stop")
+        if bj.container_states(labs[name]) != ["exited"]:
+            raise BenchError(f"{name}'s lab is not stopped after the admin stop: {bj.container_states(labs[name])}")
+        log(f"j. {label}: spawngate resume of {name}'s Jupyter")
+        time.sleep(o.settle)
+        offset = bj.log_offset()
+        sg = sg_poll(name)
+        spawn = bj.ready_ms(name, offset)
+        poll_until_200(port, "/u-raw/api", {}, time.perf_counter(), interval, timeout=120)
+        run(["docker", "stop", cid], timeout=120)
+        log(f"j. {label}: raw docker start of the Jupyter image")
+        time.sleep(o.settle)
+        t0 = time.perf_counter()
+        run(["docker", "start", cid], timeout=120)
+        raw = poll_until_200(port, "/u-raw/api", {}, t0, interval, timeout=120)
+        if not warm:
+            res_sg.append(sg.ms)
+            res_raw.append(raw.ms)
+            res_spawn.append(spawn)
+        rows.append([label + (" (untimed)" if warm else ""), fmt_ms(sg.ms), opt_ms(spawn), str(sg.attempts),
+                     compress(sg.statuses), fmt_ms(raw.ms), str(raw.attempts), compress(raw.statuses)])
+    print("j. Jupyter, resume after an admin stop: spawngate through Traefik vs docker stop, docker start + poll")
+    print(table(["", "spawngate ms", "spawn task", "GETs", "non-200", "raw ms", "GETs", "non-200"], rows))
+    print()
+    timed_summary(f"{o.runs} runs", res_sg, res_raw, "spawngate (Traefik, resume)", "raw docker start + poll",
+                  res_spawn)
+    print(f"  raw containers ran on: {', '.join(sorted(bj.raw_networks))}")
+    print(SPAWN_NOTE)
+    print(flush=True)
+
+
 # ---- g. soak
 
 
@@ -2196,7 +2331,7 @@ def section_g(bg: Bench, o: argparse.Namespace) -> int:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5,
-                   help="timed runs per side in b., c., d. and e.; also d.'s pool size (default 5)")
+                   help="timed runs per side in b., c., d., e. and j.; also d.'s pool size (default 5)")
     p.add_argument("--warmup", type=int, default=1,
                    help="untimed warm-up runs per side in b., c., d. and e. (default 1)")
     p.add_argument("--threads", type=int, default=1, help="wrk -t (default 1)")
@@ -2222,7 +2357,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--many-wrk", default="5s", help="wrk -d per /auth round in i. (default 5s)")
     p.add_argument("--many-budget-secs", type=float, default=900,
                    help="i. starts no new step after this many seconds (default 900)")
-    p.add_argument("--only", default="abcdefgh", help="sections to run, e.g. 'a' or 'ef' (default abcdefgh; i. on request)")
+    p.add_argument("--only", default="abcdefghj", help="sections to run, e.g. 'a' or 'ef' (default abcdefghj; i. on request)")
     o = p.parse_args()
     if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
@@ -2232,8 +2367,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--scale-create-workers must be >= 1")
     if not (o.soak_secs > 0 and 1 <= o.soak_users <= 500 and 1 <= o.soak_clients <= 64):
         p.error("need --soak-secs > 0, 1 <= --soak-users <= 500, 1 <= --soak-clients <= 64")
-    if set(o.only) - set("abcdefghi"):
-        p.error("--only takes letters from 'abcdefghi'")
+    if set(o.only) - set("abcdefghij"):
+        p.error("--only takes letters from 'abcdefghij'")
     try:
         steps = [int(x) for x in o.many_users.split(",") if x.strip()]
     except ValueError:
@@ -2253,7 +2388,7 @@ def preflight(o: argparse.Namespace) -> None:
     if set(o.only) & set("afi") and shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: run bench/run, or apt-get install -y wrk")
     for image in ([IMAGE] + (["spawngate:local", "spawngate-traefik:local"] if "d" in o.only else [])
-                  + ([SHELL_IMAGE] if "h" in o.only else [])):
+                  + ([SHELL_IMAGE] if "h" in o.only else []) + ([JUPYTER_IMAGE] if "j" in o.only else [])):
         if not docker_lines("image", "ls", "-q", image):
             raise BenchError(f"image {image} is missing: run scripts/setup")
 
@@ -2353,6 +2488,18 @@ def main() -> int:
             section_h(bh, o, ssh_port)
             log("h. cleaning up its pair")
             bh.cleanup()
+        if "j" in o.only:
+            config = os.path.join(tmp, "jupyter.toml")
+            with open(config, "w") as f:
+                f.write(JUPYTER_CONFIG)
+            bj = Bench(o, run_id=b.run_id, tag="j", noop=False, host_ports=(24000, 24999),
+                       extra_env={"SPAWNGATE_CONFIG": config})
+            stacks.append(bj)
+            log(f"j. starting a fresh spawngate + Traefik pair with a Jupyter profile (instance {bj.instance})")
+            bj.start()
+            section_j(bj, o)
+            log("j. cleaning up its pair")
+            bj.cleanup()
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130

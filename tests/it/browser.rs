@@ -81,6 +81,68 @@ pub struct Browser {
     ws: Socket,
     next_id: u64,
     _chromium: Chromium,
+    /// Set by [`Browser::record_problems`].
+    problems: Option<Problems>,
+}
+
+/// What a person would see as broken, from DevTools events: requests that failed or
+/// answered >= 400, console errors, uncaught exceptions.
+#[derive(Default)]
+struct Problems {
+    urls: std::collections::HashMap<String, String>,
+    seen: Vec<String>,
+}
+
+impl Problems {
+    fn note(&mut self, event: &Value) {
+        let p = &event["params"];
+        let url_of = |urls: &std::collections::HashMap<String, String>| {
+            p["requestId"]
+                .as_str()
+                .and_then(|id| urls.get(id))
+                .cloned()
+                .unwrap_or_default()
+        };
+        match event["method"].as_str().unwrap_or_default() {
+            "Network.requestWillBeSent" => {
+                if let (Some(id), Some(url)) =
+                    (p["requestId"].as_str(), p["request"]["url"].as_str())
+                {
+                    self.urls.insert(id.to_owned(), url.to_owned());
+                }
+            }
+            "Network.responseReceived" => {
+                let status = p["response"]["status"].as_u64().unwrap_or(0);
+                if status >= 400 {
+                    self.seen.push(format!("{status} {}", p["response"]["url"]));
+                }
+            }
+            "Network.loadingFailed" => {
+                let url = url_of(&self.urls);
+                self.seen.push(format!("failed {url}: {}", p["errorText"]));
+            }
+            "Network.webSocketFrameError" => {
+                let url = url_of(&self.urls);
+                self.seen
+                    .push(format!("WebSocket error {url}: {}", p["errorMessage"]));
+            }
+            "Runtime.exceptionThrown" => {
+                let d = &p["exceptionDetails"];
+                self.seen.push(format!(
+                    "exception: {} {}",
+                    d["text"], d["exception"]["description"]
+                ));
+            }
+            "Runtime.consoleAPICalled" if p["type"] == "error" => {
+                self.seen.push(format!("console.error: {}", p["args"]));
+            }
+            "Log.entryAdded" if p["entry"]["level"] == "error" => {
+                self.seen
+                    .push(format!("log: {} {}", p["entry"]["text"], p["entry"]["url"]));
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Browser {
@@ -93,6 +155,7 @@ impl Browser {
             ws,
             next_id: 1,
             _chromium: chromium,
+            problems: None,
         };
         browser
             .call(
@@ -118,11 +181,34 @@ impl Browser {
                 .unwrap();
             if let Ok(text) = frame.into_text()
                 && let Ok(v) = serde_json::from_str::<Value>(&text)
-                && v["id"] == id
             {
-                return v["result"].clone();
+                if v["id"] == id {
+                    return v["result"].clone();
+                }
+                if let Some(problems) = &mut self.problems {
+                    problems.note(&v);
+                }
             }
         }
+    }
+
+    /// From now on, records failed requests (or >= 400), console errors and
+    /// uncaught exceptions of the page; see [`Browser::problems`].
+    pub async fn record_problems(&mut self) {
+        self.problems = Some(Problems::default());
+        for domain in ["Network", "Runtime", "Log"] {
+            self.call(&format!("{domain}.enable"), json!({})).await;
+        }
+    }
+
+    /// What went wrong since [`Browser::record_problems`] or the last call (a round
+    /// trip first, so that every event Chromium sent before it is counted).
+    pub async fn problems(&mut self) -> Vec<String> {
+        self.eval("0").await;
+        self.problems
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.seen))
+            .unwrap_or_default()
     }
 
     /// The value of a JavaScript expression in the page.

@@ -22,6 +22,7 @@ mod harness;
 mod headers;
 mod hotpath;
 mod idp;
+mod jupyter;
 mod lifecycle;
 mod metrics;
 mod proc;
