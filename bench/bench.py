@@ -24,6 +24,11 @@
      answer (only 200 and the documented 503 "starting" are allowed: anything else
      makes the run exit non-zero), spawngate's RSS, threads and open fds at start and
      end, and the containers and volumes left after the users are deleted.
+  i. Many users (not in the default set: `bench/run --only i`, ~15 min): one pair grown
+     to 1,000 / 10,000 / 50,000 users through the admin API, a few calls at a time; at
+     each step the creation rate, the time until a new user's router is in Traefik (1 s
+     poll), spawngate's and Traefik's memory, the provider document, /auth req/s next
+     to a pair with 10 users, and the latency of single adds.
   h. SSH: `ssh … -- true` into a running environment (a new connection each time,
      and over one multiplexed connection) against `docker exec <container> true` of
      the same container, sides alternating; then cold: `ssh … -- true` after an
@@ -684,6 +689,10 @@ def header(b: Bench, o: argparse.Namespace) -> None:
                         "GET /u-raw/api until 200; resume: docker stop, then docker start + the same polling"],
         ["f. spawngate", f"a fresh pair; {o.scale_users:,} users (admin API), {o.scale_running} logged in and "
                          "started; /proc/<pid>/status, GET /traefik/config x20, wrk as in a."],
+        ["i. spawngate", f"a fresh pair grown to {o.many_users} users (POST /_spawngate/api/users, "
+                         f"{o.many_workers} at a time, kept-alive connections); per step: 3 new users polled in "
+                         "/traefik/config and Traefik's /api/http/routers, "
+                         f"{o.many_singles} single adds, wrk /auth -d{o.many_wrk} x{o.rounds} alternating with a 10-user pair"],
         ["spawngate env", " ".join(f"{k}={v}" for k, v in b.sg_env.items() if k.startswith("SPAWNGATE_"))],
         ["traefik args", " ".join(b.traefik_args)],
         ["s. spawngate", "a fresh pair, + " + " ".join(f"{k}={v}" for k, v in SETTINGS_S.items())
@@ -1247,6 +1256,241 @@ def section_f(bf: Bench, o: argparse.Namespace, a_best: WrkResult | None,
         print("  (sections a.-c. not run in this invocation: nothing to compare with)")
     if any(w.non2xx for rs in rounds.values() for w in rs):
         print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
+    print(flush=True)
+
+
+# ---- i. many users
+
+
+class KeepAlive:
+    """Admin API calls over one kept-alive connection (one per worker thread: the
+    bulk creation measures spawngate, not Python's connection set-up)."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port, self.token = port, token
+        self.conn: http.client.HTTPConnection | None = None
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+            try:
+                self.conn.request(method, f"/_spawngate/api/{path}",
+                                  body=None if body is None else json.dumps(body),
+                                  headers={"Authorization": f"Bearer {self.token}",
+                                           "Content-Type": "application/json"})
+                resp = self.conn.getresponse()
+                return resp.status, resp.read()
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def metric(b: Bench, name: str) -> float | None:
+    """One un-labelled sample of spawngate's /metrics (None when absent)."""
+    status, _, body = http_request(b.sg_port, "/metrics", timeout=30)
+    if status != 200:
+        return None
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith(name + " "):
+            try:
+                return float(line.split()[1])
+            except ValueError:
+                return None
+    return None
+
+
+def section_i(o: argparse.Namespace, run_id: str, small: tuple[Bench, str, str] | None,
+              stacks: list) -> None:
+    """One spawngate + Traefik pair grown to each step of --many-users; at each step:
+    creation rate, time until a new user's router is in Traefik, memory, the provider
+    document, /auth next to a pair with a handful of users, single-add latency."""
+    steps = sorted({int(s) for s in o.many_users.split(",") if s.strip()})
+    workers = o.many_workers
+    # Host mode (so /auth reaches a real, ready container) with a port range wide
+    # enough for the largest step.
+    lo = 10000
+    hi = min(65000, lo + max(steps) + 2000)
+    bi = Bench(o, run_id=run_id, tag="i", noop=False, host_ports=(lo, hi))
+    stacks.append(bi)
+    log(f"i. starting a fresh spawngate + Traefik pair (instance {bi.instance}, host ports {lo}-{hi})")
+    bi.start()
+    if small is None:
+        bs = Bench(o, run_id=run_id, tag="is", noop=False, host_ports=(hi + 1, min(65535, hi + 200)))
+        stacks.append(bs)
+        log(f"i. starting a small pair for /auth comparisons (instance {bs.instance})")
+        bs.start()
+        s_users = bs.prepare_users([f"small{i}" for i in range(10)])
+        s_slug, s_cookie = s_users["small0"]
+        small = (bs, s_slug, s_cookie)
+    sb, s_slug, s_cookie = small
+    poll_until_200(sb.sg_port, f"/auth/u-{s_slug}", {"Cookie": s_cookie}, time.perf_counter(), 0.05)
+    # The warm user at scale: created first, logged in, container started.
+    warm = bi.prepare_users(["warm"])["warm"]
+    poll_until_200(bi.sg_port, f"/auth/u-{warm[0]}", {"Cookie": warm[1]}, time.perf_counter(), 0.05)
+
+    clients = [KeepAlive(bi.sg_port, bi.admin_token) for _ in range(workers)]
+    lock = threading.Lock()
+    created = [1]
+    started = time.perf_counter()
+    results = []
+
+    def create_range(first: int, last: int) -> list[float]:
+        """Creates users first..last-1, `workers` calls at a time; per-call ms."""
+        nxt = [first]
+        times: list[float] = []
+        errors: list[str] = []
+
+        def worker(c: KeepAlive) -> None:
+            while True:
+                with lock:
+                    i = nxt[0]
+                    # Past the budget the step is measured where creation got to.
+                    if i >= last or errors or time.perf_counter() - started > o.many_budget_secs:
+                        return
+                    nxt[0] += 1
+                t0 = time.perf_counter()
+                status, body = c.call("POST", "users", {"name": f"m{i:06d}"})
+                ms = (time.perf_counter() - t0) * 1000
+                with lock:
+                    if status != 201:
+                        errors.append(f"{status} {body[:200]!r}")
+                    times.append(ms)
+                    created[0] += 1
+
+        threads = [threading.Thread(target=worker, args=(c,), daemon=True) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise BenchError(f"creating users: {errors[0]}")
+        return times
+
+    def routable_ms(name: str) -> tuple[float, float]:
+        """(ms until /traefik/config has the new user's router, ms until Traefik's
+        API shows it), from the moment the create call returns."""
+        status, body = clients[0].call("POST", "users", {"name": name})
+        if status != 201:
+            raise BenchError(f"creating {name}: {status} {body[:200]!r}")
+        created[0] += 1
+        t0 = time.perf_counter()
+        slug = json.loads(body)["slug"]
+        in_doc = None
+        deadline = t0 + 120
+        while time.perf_counter() < deadline:
+            bi.check_alive()
+            if in_doc is None:
+                st, _, doc = http_request(bi.sg_port, "/traefik/config", timeout=30)
+                if st == 200 and f'"u-{slug}"'.encode() in doc:
+                    in_doc = (time.perf_counter() - t0) * 1000
+            if http_request(bi.api_port, f"/api/http/routers/u-{slug}@http", timeout=30)[0] == 200:
+                return in_doc if in_doc is not None else (time.perf_counter() - t0) * 1000, \
+                    (time.perf_counter() - t0) * 1000
+            time.sleep(0.02)
+        raise BenchError(f"router u-{slug} not in Traefik within 120 s")
+
+    done = 1
+    for step in steps:
+        if time.perf_counter() - started > o.many_budget_secs:
+            log(f"i. time budget ({o.many_budget_secs:g} s) spent: stopping before {step:,} users")
+            break
+        log(f"i. creating users {done:,}..{step:,} ({workers} API calls at a time)")
+        t0 = time.perf_counter()
+        tail = max(1, min(500, step - done))
+        before = created[0]
+        create_range(done, step - tail)
+        t1 = time.perf_counter()
+        mid = created[0]
+        tail_times = create_range(step - tail, step)
+        t2 = time.perf_counter()
+        total_rate = (created[0] - before) / (t2 - t0)
+        tail_rate = (created[0] - mid) / (t2 - t1) if created[0] > mid else \
+            (mid - before) / max(t1 - t0, 1e-9)
+        done = step
+        time.sleep(1.5)
+        log(f"i. {step:,} users: time until routable (3 new users, Traefik polls every 1 s)")
+        routes = [routable_ms(f"r{step}-{k}") for k in range(3)]
+        log(f"i. {step:,} users: single adds (one at a time)")
+        singles = []
+        for k in range(o.many_singles):
+            t = time.perf_counter()
+            st, body = clients[0].call("POST", "users", {"name": f"s{step}-{k}"})
+            if st != 201:
+                raise BenchError(f"single add: {st} {body[:200]!r}")
+            singles.append((time.perf_counter() - t) * 1000)
+            created[0] += 1
+        time.sleep(1.5)
+        doc = config_doc(bi, 5)
+        render_s = metric(bi, "spawngate_provider_render_duration_seconds_sum")
+        renders = metric(bi, "spawngate_provider_renders_total")
+        sg_mem = proc_mem(bi.procs["spawngate"].pid)
+        tr_mem = proc_mem(bi.procs["traefik"].pid)
+        log(f"i. {step:,} users: /auth, at scale and on the small pair, alternating")
+        targets = [("scale", bi, warm), ("small", sb, (s_slug, s_cookie))]
+        best: dict[str, WrkResult] = {}
+        for name, b, (slug, cookie) in targets:
+            wrk(f"http://127.0.0.1:{b.sg_port}/auth/u-{slug}", o.threads, o.connections, "1s", [f"Cookie: {cookie}"])
+        for _ in range(o.rounds):
+            for name, b, (slug, cookie) in targets:
+                w = wrk(f"http://127.0.0.1:{b.sg_port}/auth/u-{slug}", o.threads, o.connections,
+                        o.many_wrk, [f"Cookie: {cookie}"])
+                if name not in best or w.rps > best[name].rps:
+                    best[name] = w
+        singles.sort()
+        results.append(dict(
+            users=created[0], step=step, total_rate=total_rate, tail_rate=tail_rate,
+            tail_p99=sorted(tail_times)[int(0.99 * (len(tail_times) - 1))] if tail_times else None,
+            in_doc=[r[0] for r in routes], routable=[r[1] for r in routes],
+            doc=doc, render_ms=(render_s / renders * 1000) if render_s and renders else None,
+            sg=sg_mem, traefik=tr_mem, auth=best["scale"], auth_small=best["small"],
+            single_p50=median(singles), single_p99=singles[int(0.99 * (len(singles) - 1))],
+            single_max=singles[-1],
+        ))
+        r = results[-1]
+        print(f"i. at {r['users']:,} users: created {r['total_rate']:,.0f}/s (last 500: {r['tail_rate']:,.0f}/s); "
+              f"routable after {' / '.join(f'{x:,.0f}' for x in r['routable'])} ms "
+              f"(in /traefik/config after {' / '.join(f'{x:,.0f}' for x in r['in_doc'])} ms); "
+              f"document {r['doc'].size:,} B; RSS spawngate {mib(r['sg'][0])} MiB, traefik {mib(r['traefik'][0])} MiB; "
+              f"/auth {r['auth'].rps:,.0f} vs {r['auth_small'].rps:,.0f} req/s; "
+              f"single add p50 {r['single_p50']:.1f} p99 {r['single_p99']:.1f} ms", flush=True)
+        if time.perf_counter() - started > o.many_budget_secs:
+            break
+
+    print(f"i. Many users: one spawngate + Traefik pair grown to {', '.join(f'{s:,}' for s in steps)} users "
+          f"(host mode, no containers but one, providers.http.pollInterval=1s)")
+    if not results:
+        print("   no step reached within the time budget")
+        return
+    cols = [f"{r['users']:,} users" for r in results]
+    def row(label, f):
+        return [label] + [f(r) for r in results]
+    rows = [
+        row(f"creation, users/s ({workers} API calls at a time)", lambda r: f"{r['total_rate']:,.0f}"),
+        row("  of the last 500 before the step", lambda r: f"{r['tail_rate']:,.0f}"),
+        row("  p99 of those calls, ms", lambda r: "-" if r['tail_p99'] is None else f"{r['tail_p99']:.1f}"),
+        row("new user in /traefik/config after, ms (3 runs)", lambda r: " / ".join(f"{x:,.0f}" for x in r['in_doc'])),
+        row("new user's router in Traefik's API after, ms", lambda r: " / ".join(f"{x:,.0f}" for x in r['routable'])),
+        row("/traefik/config bytes", lambda r: f"{r['doc'].size:,}"),
+        row("/traefik/config GET median ms", lambda r: f"{median(r['doc'].ms):.1f}"),
+        row("provider render, mean ms per change", lambda r: "-" if r['render_ms'] is None else f"{r['render_ms']:.2f}"),
+        row("spawngate VmRSS MiB", lambda r: mib(r['sg'][0])),
+        row("spawngate RssAnon MiB", lambda r: mib(r['sg'][2])),
+        row("traefik VmRSS MiB", lambda r: mib(r['traefik'][0])),
+        row(f"/auth req/s at scale [wrk -c{o.connections} -d{o.many_wrk}]", lambda r: f"{r['auth'].rps:,.0f}"),
+        row("/auth req/s, small pair (10 users or fewer), same time", lambda r: f"{r['auth_small'].rps:,.0f}"),
+        row("  ratio scale / 10 users", lambda r: ratio(r['auth'].rps, r['auth_small'].rps)),
+        row("/auth p99 ms at scale / 10 users", lambda r: f"{r['auth'].p99:.3f} / {r['auth_small'].p99:.3f}"),
+        row(f"single user add ({o.many_singles}, one at a time) p50 ms", lambda r: f"{r['single_p50']:.1f}"),
+        row("  p99 ms", lambda r: f"{r['single_p99']:.1f}"),
+        row("  max ms", lambda r: f"{r['single_max']:.1f}"),
+    ]
+    print(table([""] + cols, rows))
+    print("  'in /traefik/config' is spawngate's part (store, directory, render); the rest of 'in Traefik's API'")
+    print("  is Traefik's: waiting for its next poll (1 s), fetching, decoding and rebuilding its routers.")
     print(flush=True)
 
 
@@ -2257,8 +2501,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--soak-secs", type=float, default=180, help="length of the soak load in g. (default 180)")
     p.add_argument("--soak-users", type=int, default=50, help="users in g. (default 50)")
     p.add_argument("--soak-clients", type=int, default=6, help="client loops in g. (default 6)")
+    p.add_argument("--many-users", default="1000,10000,50000", help="steps of i. (default 1000,10000,50000)")
+    p.add_argument("--many-workers", type=int, default=4, help="concurrent user creations in i. (default 4)")
+    p.add_argument("--many-singles", type=int, default=200, help="single adds timed at each step of i. (default 200)")
+    p.add_argument("--many-wrk", default="5s", help="wrk -d per /auth round in i. (default 5s)")
+    p.add_argument("--many-budget-secs", type=float, default=900,
+                   help="i. starts no new step after this many seconds (default 900)")
     p.add_argument("--only", default="abcdefghj",
-                   help="sections to run, e.g. 'a' or 'ef' (default abcdefghj; s, the Swarm backend, only when named)")
+                   help="sections to run, e.g. 'a' or 'ef' (default abcdefghj; i. and s. only when named)")
     o = p.parse_args()
     if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
@@ -2268,8 +2518,14 @@ def parse_args() -> argparse.Namespace:
         p.error("--scale-create-workers must be >= 1")
     if not (o.soak_secs > 0 and 1 <= o.soak_users <= 500 and 1 <= o.soak_clients <= 64):
         p.error("need --soak-secs > 0, 1 <= --soak-users <= 500, 1 <= --soak-clients <= 64")
-    if set(o.only) - set("abcdefghjs"):
-        p.error("--only takes letters from 'abcdefghjs'")
+    if set(o.only) - set("abcdefghijs"):
+        p.error("--only takes letters from 'abcdefghijs'")
+    try:
+        steps = [int(x) for x in o.many_users.split(",") if x.strip()]
+    except ValueError:
+        steps = []
+    if not steps or min(steps) < 2 or max(steps) > 53000 or o.many_workers < 1 or o.many_singles < 1:
+        p.error("need --many-users like 1000,10000 (each 2..53000), --many-workers >= 1, --many-singles >= 1")
     return o
 
 
@@ -2280,7 +2536,7 @@ def preflight(o: argparse.Namespace) -> None:
         raise BenchError("section d needs docker-compose (v1, as in the README); leave it out with --only abcef")
     if missing:
         raise BenchError(f"missing {', '.join(missing)}: run bench/run (it runs scripts/setup and builds the no-op example)")
-    if set(o.only) & set("af") and shutil.which("wrk") is None:
+    if set(o.only) & set("afi") and shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: run bench/run, or apt-get install -y wrk")
     for image in ([IMAGE] + (["spawngate:local", "spawngate-traefik:local"] if "d" in o.only else [])
                   + ([SHELL_IMAGE] if "h" in o.only else []) + ([JUPYTER_IMAGE] if "j" in o.only else [])):
@@ -2337,7 +2593,7 @@ def main() -> int:
             # The next sections start pairs of their own; f. compares /auth with this
             # one side by side, so it stays up (idle) until then.
             small = (b, warm[1], warm[2])
-            if "f" not in o.only:
+            if not set(o.only) & set("fi"):
                 b.cleanup()
         if "d" in o.only:
             section_d(o, b.run_id, tmp, stacks)
@@ -2357,6 +2613,11 @@ def main() -> int:
             section_f(bf, o, a_best, small)
             log(f"f. cleaning up its pair ({o.scale_running} containers and their volumes)")
             bf.cleanup()
+        if "i" in o.only:
+            section_i(o, b.run_id, small, stacks)
+            for s in stacks:
+                if isinstance(s, Bench) and s.tag in ("i", "is"):
+                    s.cleanup()
         if "g" in o.only:
             # e.'s port range: e. is over by now, and its containers are gone.
             bg = Bench(o, run_id=b.run_id, tag="g", noop=False, host_ports=(24000, 24999),

@@ -754,6 +754,18 @@ async fn check(config: Config) -> anyhow::Result<()> {
         "config: ok (listen {}, public URL {}, mode {:?}, image {})",
         config.listen, config.public_url.origin, config.docker.mode, config.docker.image
     );
+    let host_ports = (config.docker.mode == crate::config::NetworkMode::Host).then(|| {
+        let (min, max) = config.docker.host_ports;
+        (min, max, u32::from(max - min) + 1)
+    });
+    match host_ports {
+        Some((min, max, ports)) => println!(
+            "capacity: host mode holds at most {ports} users (one port each, for life, in \
+             docker.host_port_min..docker.host_port_max = {min}-{max}, fewer if other programs \
+             use some); network mode has no such limit"
+        ),
+        None => println!("capacity: network mode: no per-user port, no cap on users"),
+    }
     let socket = server::control_socket_path(&config.data_dir);
     let mut failed = false;
     if let Some((status, body)) =
@@ -768,11 +780,15 @@ async fn check(config: Config) -> anyhow::Result<()> {
         match crate::store::Store::open(&config.data_dir) {
             Ok(store) => {
                 store.check()?;
-                println!(
-                    "store: ok ({} users in {})",
-                    store.snapshot().len(),
-                    config.data_dir.display()
-                );
+                let users = store.snapshot().len();
+                println!("store: ok ({users} users in {})", config.data_dir.display());
+                if let Some((_, _, ports)) = host_ports {
+                    let held = store.host_ports_held();
+                    let left = ports.saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));
+                    println!(
+                        "capacity: {held} of {ports} host ports held, room for {left} more users"
+                    );
+                }
             }
             Err(e) => {
                 println!("store: FAILED: {e}");

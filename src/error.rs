@@ -39,7 +39,7 @@ impl From<StoreError> for Error {
                 Error::Conflict(e.to_string())
             }
             StoreError::Gone { what } => Error::NotFound(what),
-            StoreError::NoFreePort => Error::Unavailable(e.to_string()),
+            StoreError::NoFreePort { .. } => Error::Unavailable(e.to_string()),
             StoreError::Io(_) | StoreError::Locked { .. } => Error::Storage(e.to_string()),
             StoreError::Corrupt { .. } => Error::Internal(e.to_string()),
         }

@@ -1,21 +1,24 @@
 //! Traefik's dynamic configuration, rendered from the user directory.
 //!
-//! Per user: a router whose rule cannot match another slug's prefix, a forwardAuth
-//! middleware with the slug bound in its address, a stripPrefix middleware and a
-//! service at the address the runtime gives (deterministic). Nothing here depends
-//! on whether a container runs, so starting one never changes what Traefik reads.
-//! The document is rendered once per directory change; polls get the cached bytes.
+//! Per environment: a router whose rule cannot match another slug's prefix, a
+//! forwardAuth middleware with the slug bound in its address and a service at the
+//! address the runtime gives (deterministic); one stripPrefixRegex middleware is
+//! shared by every router that strips. Nothing here depends on whether a container
+//! runs, so starting one never changes what Traefik reads. Each user's entries are
+//! rendered as JSON text when that user changes, and the document is those
+//! fragments concatenated; polls get the cached bytes.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::ids::UserId;
 use crate::metrics::Metrics;
 use crate::runtime::{EnvId, Runtime};
-use crate::store::{Directory, Env};
+use crate::store::{Changes, Directory, Env, User};
 
 /// Headers forwardAuth copies from spawngate's answer into the request. Traefik
 /// deletes each of them from the client's request first, so a client can never
@@ -35,54 +38,202 @@ const SELF_SERVICE: &str = "spawngate";
 const APP_GONE: &str = "spawngate-app-gone";
 /// Path mode: headers taken off every app's answers (see where it is defined).
 const APP_HEADERS: &str = "spawngate-app-headers";
+/// Path mode: the `/u-<slug>` prefix taken off requests (see where it is defined).
+const STRIP: &str = "spawngate-strip";
 
+/// The whole document as a JSON value (tests, and what [`Renderer`] must agree with).
 pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> Value {
-    let mut routers = Map::new();
-    let mut middlewares = Map::new();
-    let mut services = Map::new();
-    let entry_points = json!(config.traefik.entry_points);
+    let mut renderer = Renderer::new(config);
+    renderer.update(config, directory, runtime);
+    serde_json::from_slice(&renderer.document()).unwrap_or(Value::Null)
+}
 
-    let with_tls = |mut router: Value| {
-        if let Some(resolver) = &config.traefik.cert_resolver {
-            router["tls"] = json!({ "certResolver": resolver });
+/// The entries that do not depend on users, as JSON text.
+struct Fixed {
+    routers: Vec<String>,
+    services: Vec<String>,
+    /// Shared by every user router: emitted only when there are users.
+    middlewares: Vec<String>,
+}
+
+/// One user's entries, rendered once per change of that user.
+struct Fragment {
+    routers: String,
+    middlewares: String,
+    services: String,
+}
+
+/// Keeps every user's fragment and the document they make: a change of one user
+/// re-renders that user only (the directory's change log says which), and the
+/// document is the fragments concatenated.
+pub struct Renderer {
+    fixed: Fixed,
+    users: std::collections::BTreeMap<UserId, Fragment>,
+    /// The directory version the fragments are of (`None`: none yet).
+    version: Option<u64>,
+}
+
+/// `"name":value` as JSON text.
+fn entry(name: &str, value: &Value) -> String {
+    let mut out = serde_json::to_string(name).unwrap_or_default();
+    out.push(':');
+    out.push_str(&serde_json::to_string(value).unwrap_or_default());
+    out
+}
+
+fn with_tls(config: &Config, mut router: Value) -> Value {
+    if let Some(resolver) = &config.traefik.cert_resolver {
+        router["tls"] = json!({ "certResolver": resolver });
+    }
+    router
+}
+
+impl Renderer {
+    pub fn new(config: &Config) -> Renderer {
+        Renderer {
+            fixed: fixed(config),
+            users: Default::default(),
+            version: None,
         }
-        router
-    };
+    }
 
+    /// Brings the fragments up to `directory`.
+    pub fn update(&mut self, config: &Config, directory: &Directory, runtime: &dyn Runtime) {
+        let changes = match self.version {
+            Some(version) => directory.changes_since(version),
+            None => Changes::Everything,
+        };
+        match changes {
+            Changes::Users(ids) => {
+                for id in ids {
+                    match directory.by_id(id) {
+                        Some(user) => {
+                            self.users
+                                .insert(id.clone(), render_user(config, runtime, user));
+                        }
+                        None => {
+                            self.users.remove(id);
+                        }
+                    }
+                }
+            }
+            Changes::Everything => {
+                self.users = directory
+                    .iter()
+                    .map(|user| (user.id.clone(), render_user(config, runtime, user)))
+                    .collect();
+            }
+        }
+        self.version = Some(directory.version());
+    }
+
+    /// The document: the fixed entries and every user's fragment.
+    pub fn document(&self) -> Bytes {
+        let size: usize = self
+            .users
+            .values()
+            .map(|f| f.routers.len() + f.middlewares.len() + f.services.len() + 3)
+            .sum();
+        let mut out = String::with_capacity(size + 4096);
+        let users = !self.users.is_empty();
+        let no_users: &[String] = &[];
+        // Traefik rejects an empty section ("cannot be a standalone element").
+        let mut sections = 0;
+        out.push_str("{\"http\":{");
+        for (name, fixed, pick) in [
+            (
+                "routers",
+                &self.fixed.routers[..],
+                (|f: &Fragment| &f.routers) as fn(&Fragment) -> &String,
+            ),
+            (
+                "middlewares",
+                if users {
+                    &self.fixed.middlewares[..]
+                } else {
+                    no_users
+                },
+                |f: &Fragment| &f.middlewares,
+            ),
+            ("services", &self.fixed.services[..], |f: &Fragment| {
+                &f.services
+            }),
+        ] {
+            let mut first = true;
+            let parts = fixed
+                .iter()
+                .chain(self.users.values().map(pick))
+                .filter(|part| !part.is_empty());
+            for part in parts {
+                if first {
+                    if sections > 0 {
+                        out.push(',');
+                    }
+                    out.push('"');
+                    out.push_str(name);
+                    out.push_str("\":{");
+                    sections += 1;
+                    first = false;
+                } else {
+                    out.push(',');
+                }
+                out.push_str(part);
+            }
+            if !first {
+                out.push('}');
+            }
+        }
+        out.push_str("}}");
+        Bytes::from(out)
+    }
+}
+
+fn fixed(config: &Config) -> Fixed {
+    let mut routers = Vec::new();
+    let entry_points = json!(config.traefik.entry_points);
     let own_pages = "PathPrefix(`/_spawngate/`) || Path(`/_spawngate`)";
     match &config.apps {
         None => {
-            routers.insert(
-                "spawngate".into(),
-                with_tls(json!({
-                    "rule": own_pages,
-                    "entryPoints": entry_points,
-                    "service": SELF_SERVICE,
-                })),
-            );
+            routers.push(entry(
+                "spawngate",
+                &with_tls(
+                    config,
+                    json!({
+                        "rule": own_pages,
+                        "entryPoints": entry_points,
+                        "service": SELF_SERVICE,
+                    }),
+                ),
+            ));
             // Unknown slugs land here (priority 1, below every user router) and get
             // the same answer as somebody else's slug.
-            routers.insert(
-                "spawngate-unknown-users".into(),
-                with_tls(json!({
-                    "rule": "PathPrefix(`/u-`)",
-                    "priority": 1,
-                    "entryPoints": entry_points,
-                    "service": SELF_SERVICE,
-                })),
-            );
+            routers.push(entry(
+                "spawngate-unknown-users",
+                &with_tls(
+                    config,
+                    json!({
+                        "rule": "PathPrefix(`/u-`)",
+                        "priority": 1,
+                        "entryPoints": entry_points,
+                        "service": SELF_SERVICE,
+                    }),
+                ),
+            ));
         }
         Some(apps) => {
             // Sign-in pages and APIs only on the login host: never on an app host,
             // where they would share an origin with user code.
-            routers.insert(
-                "spawngate".into(),
-                with_tls(json!({
-                    "rule": format!("Host(`{}`) && ({own_pages})", config.public_url.host),
-                    "entryPoints": entry_points,
-                    "service": SELF_SERVICE,
-                })),
-            );
+            routers.push(entry(
+                "spawngate",
+                &with_tls(
+                    config,
+                    json!({
+                        "rule": format!("Host(`{}`) && ({own_pages})", config.public_url.host),
+                        "entryPoints": entry_points,
+                        "service": SELF_SERVICE,
+                    }),
+                ),
+            ));
             let app_hosts = format!(
                 "HostRegexp(`^[0-9a-f]{{{}}}\\.{}$`)",
                 crate::ids::Slug::LEN,
@@ -91,109 +242,127 @@ pub fn render(config: &Config, directory: &Directory, runtime: &dyn Runtime) -> 
             // On app hosts spawngate serves only the hand-off, its pages'
             // assets and the start-up page's progress and status, above the
             // user's app.
-            routers.insert(
-                "spawngate-handoff".into(),
-                with_tls(json!({
-                    "rule": format!("{app_hosts} && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`) || Path(`/_spawngate/api/me/progress`) || Path(`/_spawngate/api/me/environment`))"),
-                    "priority": 100_000,
-                    "entryPoints": entry_points,
-                    "service": SELF_SERVICE,
-                })),
-            );
+            routers.push(entry(
+                "spawngate-handoff",
+                &with_tls(
+                    config,
+                    json!({
+                        "rule": format!("{app_hosts} && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`) || Path(`/_spawngate/api/me/progress`) || Path(`/_spawngate/api/me/environment`))"),
+                        "priority": 100_000,
+                        "entryPoints": entry_points,
+                        "service": SELF_SERVICE,
+                    }),
+                ),
+            ));
             // App hosts without a user router: the same answer as another's slug.
-            routers.insert(
-                "spawngate-unknown-users".into(),
-                with_tls(json!({
-                    "rule": app_hosts,
-                    "priority": 1,
-                    "entryPoints": entry_points,
-                    "service": SELF_SERVICE,
-                })),
-            );
+            routers.push(entry(
+                "spawngate-unknown-users",
+                &with_tls(
+                    config,
+                    json!({
+                        "rule": app_hosts,
+                        "priority": 1,
+                        "entryPoints": entry_points,
+                        "service": SELF_SERVICE,
+                    }),
+                ),
+            ));
         }
     }
-    services.insert(
-        SELF_SERVICE.into(),
-        json!({ "loadBalancer": { "servers": [ { "url": config.internal_url } ], "passHostHeader": true } }),
-    );
+    let services = vec![entry(
+        SELF_SERVICE,
+        &json!({ "loadBalancer": { "servers": [ { "url": config.internal_url } ], "passHostHeader": true } }),
+    )];
 
-    let users = directory.users();
+    let mut middlewares = Vec::new();
     // The page authenticates Traefik's call by the container secret; without it
     // spawngate could not tell a vanished container from an app's own 502.
-    let app_gone = config.docker.inject_secret;
-    if app_gone && !users.is_empty() {
+    if config.docker.inject_secret {
         // A container that goes away while answering (killed, crashed) gives
         // Traefik a reset and the client a bare 502: ask spawngate for the answer
         // instead, as a 503 (its waiting page, or "the app answered 502").
-        middlewares.insert(
-            APP_GONE.into(),
-            json!({ "errors": {
+        middlewares.push(entry(
+            APP_GONE,
+            &json!({ "errors": {
                 "status": ["502"],
                 "statusRewrites": { "502": 503 },
                 "service": SELF_SERVICE,
                 "query": "/_spawngate/app-gone",
             }}),
-        );
+        ));
     }
-    if config.apps.is_none() && !users.is_empty() {
+    if config.apps.is_none() {
         // Every app shares one origin in path mode. `Service-Worker-Allowed: /`
         // would let an app register a service worker over the whole site,
         // spawngate's pages and other users' apps included; without the header a
         // worker's scope stays under the app's own `/u-<slug>/` path.
-        middlewares.insert(
-            APP_HEADERS.into(),
-            json!({ "headers": { "customResponseHeaders": { "Service-Worker-Allowed": "" } } }),
-        );
+        middlewares.push(entry(
+            APP_HEADERS,
+            &json!({ "headers": { "customResponseHeaders": { "Service-Worker-Allowed": "" } } }),
+        ));
+        // One strip for every user: a user router matches only `/u-<slug>` and
+        // `/u-<slug>/…`, so the anchored pattern removes exactly that router's
+        // prefix. Which user's check runs and which container gets the request
+        // is bound by the router (its forwardAuth address and service), never by
+        // this middleware.
+        middlewares.push(entry(
+            STRIP,
+            &json!({ "stripPrefixRegex": { "regex": [
+                format!("^/u-[0-9a-f]{{{}}}", crate::ids::Slug::LEN)
+            ] } }),
+        ));
     }
-    for env in users.iter().flat_map(Env::all_of) {
-        render_environment(
-            config,
-            runtime,
-            &env,
-            &entry_points,
-            &mut routers,
-            &mut middlewares,
-            &mut services,
-            &with_tls,
-        );
+    Fixed {
+        routers,
+        services,
+        middlewares,
     }
-
-    // Traefik rejects an empty section ("cannot be a standalone element").
-    let mut http = Map::new();
-    for (key, section) in [
-        ("routers", routers),
-        ("middlewares", middlewares),
-        ("services", services),
-    ] {
-        if !section.is_empty() {
-            http.insert(key.into(), Value::Object(section));
-        }
-    }
-    json!({ "http": http })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A user's fragment: one router set per environment.
+fn render_user(config: &Config, runtime: &dyn Runtime, user: &Arc<User>) -> Fragment {
+    let mut fragment = Fragment {
+        routers: String::new(),
+        middlewares: String::new(),
+        services: String::new(),
+    };
+    for env in Env::all_of(user) {
+        let (router, middleware, service) = render_environment(config, runtime, &env);
+        for (part, add) in [
+            (&mut fragment.routers, router),
+            (&mut fragment.middlewares, middleware),
+            (&mut fragment.services, service),
+        ] {
+            if !part.is_empty() {
+                part.push(',');
+            }
+            part.push_str(&add);
+        }
+    }
+    // Kept for the user's lifetime: no growth slack (tens of MiB at 50,000 users).
+    fragment.routers.shrink_to_fit();
+    fragment.middlewares.shrink_to_fit();
+    fragment.services.shrink_to_fit();
+    fragment
+}
+
+/// One environment's router, forwardAuth middleware and service, as JSON text.
 fn render_environment(
     config: &Config,
     runtime: &dyn Runtime,
     env: &Env,
-    entry_points: &Value,
-    routers: &mut Map<String, Value>,
-    middlewares: &mut Map<String, Value>,
-    services: &mut Map<String, Value>,
-    with_tls: &dyn Fn(Value) -> Value,
-) {
+) -> (String, String, String) {
     let slug = env.slug();
     let profile = config.profiles.resolve(env.profile());
     let segment = slug.segment();
     let prefix = slug.base_path();
     let auth = format!("auth-{segment}");
-    let strip = format!("strip-{segment}");
     let mut chain: Vec<&str> = Vec::with_capacity(4);
     if config.docker.inject_secret {
         chain.push(APP_GONE);
     }
     chain.push(&auth);
+    let entry_points = &config.traefik.entry_points;
     let router = match &config.apps {
         // Its own origin: no prefix to strip.
         Some(apps) => json!({
@@ -206,7 +375,7 @@ fn render_environment(
             chain.push(APP_HEADERS);
             // Apps told their base path get it unchanged.
             if profile.strip_prefix {
-                chain.push(&strip);
+                chain.push(STRIP);
             }
             json!({
                 // `PathPrefix(/u-ab)` alone would also match `/u-abc`.
@@ -217,10 +386,10 @@ fn render_environment(
             })
         }
     };
-    routers.insert(segment.clone(), with_tls(router));
-    middlewares.insert(
-        auth,
-        json!({ "forwardAuth": {
+    let router = entry(&segment, &with_tls(config, router));
+    let middleware = entry(
+        &auth,
+        &json!({ "forwardAuth": {
             // The slug is bound here, never read from client-controlled headers.
             "address": format!("{}/auth/{segment}", config.internal_url),
             "trustForwardHeader": false,
@@ -230,17 +399,17 @@ fn render_environment(
             "authResponseHeadersRegex": crate::headers::AUTH_RESPONSE_HEADERS_REGEX,
         }}),
     );
-    if config.apps.is_none() && profile.strip_prefix {
-        middlewares.insert(strip, json!({ "stripPrefix": { "prefixes": [prefix] } }));
-    }
     let url = runtime.address(&EnvId::User(slug.clone()), env.host_port(), profile.port);
-    services.insert(
-        segment,
-        json!({ "loadBalancer": { "servers": [ { "url": url } ], "passHostHeader": true } }),
+    // passHostHeader is Traefik's default (true).
+    let service = entry(
+        &segment,
+        &json!({ "loadBalancer": { "servers": [ { "url": url } ] } }),
     );
+    (router, middleware, service)
 }
 
-/// Keeps the rendered document current: re-renders when the directory changes.
+/// Keeps the rendered document current: on each directory change, re-renders the
+/// users that changed and concatenates the document anew.
 pub struct Provider {
     rendered: watch::Receiver<Bytes>,
 }
@@ -252,19 +421,29 @@ impl Provider {
         runtime: Arc<dyn Runtime>,
         metrics: Arc<Metrics>,
     ) -> Provider {
-        let render_now = move |directory: &Directory| {
+        let mut renderer = Renderer::new(&config);
+        let mut render_now = move |directory: &Directory| {
             let began = std::time::Instant::now();
-            let bytes = to_bytes(&render(&config, directory, runtime.as_ref()));
-            metrics.provider_rendered(bytes.len(), began.elapsed());
-            bytes
+            renderer.update(&config, directory, runtime.as_ref());
+            let bytes = renderer.document();
+            let took = began.elapsed();
+            metrics.provider_rendered(bytes.len(), took);
+            (bytes, took)
         };
-        let first = render_now(&directory.borrow_and_update());
+        let (first, _) = render_now(&directory.borrow_and_update().clone());
         let (tx, rx) = watch::channel(first);
         tokio::spawn(async move {
             // Ends when the store (sender) is dropped.
             while directory.changed().await.is_ok() {
-                let doc = render_now(&directory.borrow_and_update());
+                // A clone of the `Arc`: the watch's lock is not held while rendering.
+                let current = directory.borrow_and_update().clone();
+                let (doc, took) = render_now(&current);
                 tx.send_replace(doc);
+                // A burst of changes (a sign-up wave) is taken in batches: the
+                // document is copied whole each time (milliseconds at tens of
+                // thousands of users), Traefik reads it once a poll interval.
+                let pause = (took * 4).min(std::time::Duration::from_millis(250));
+                tokio::time::sleep(pause).await;
             }
         });
         Provider { rendered: rx }
@@ -274,10 +453,6 @@ impl Provider {
     pub fn current(&self) -> Bytes {
         self.rendered.borrow().clone()
     }
-}
-
-fn to_bytes(doc: &Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(doc).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -318,7 +493,7 @@ mod tests {
                 "spawngate-app-gone",
                 format!("auth-{seg}"),
                 "spawngate-app-headers",
-                format!("strip-{seg}")
+                "spawngate-strip"
             ])
         );
         assert_eq!(
@@ -351,8 +526,8 @@ mod tests {
             crate::headers::AUTH_RESPONSE_HEADERS_REGEX
         );
         assert_eq!(
-            http["middlewares"][format!("strip-{seg}")]["stripPrefix"]["prefixes"],
-            json!([format!("/u-{}", alice.slug)])
+            http["middlewares"]["spawngate-strip"]["stripPrefixRegex"]["regex"],
+            json!(["^/u-[0-9a-f]{12}"])
         );
         assert_eq!(
             http["services"][&seg]["loadBalancer"]["servers"][0]["url"],
@@ -433,7 +608,7 @@ mod tests {
             router["middlewares"],
             json!(["spawngate-app-gone", format!("auth-{seg}")])
         );
-        assert!(http["middlewares"].get(format!("strip-{seg}")).is_none());
+        assert!(http["middlewares"].get("spawngate-strip").is_none());
         assert_eq!(
             http["routers"]["spawngate"]["rule"],
             "Host(`login.example.com`) && (PathPrefix(`/_spawngate/`) || Path(`/_spawngate`))"
@@ -442,5 +617,67 @@ mod tests {
             http["routers"]["spawngate-handoff"]["rule"],
             "HostRegexp(`^[0-9a-f]{12}\\.apps\\.example\\.com$`) && (Path(`/_spawngate/handoff`) || PathPrefix(`/_spawngate/assets/`) || Path(`/_spawngate/api/me/progress`) || Path(`/_spawngate/api/me/environment`))"
         );
+    }
+
+    /// Fragments kept across creates, changes and deletes give the document a
+    /// render from scratch gives.
+    #[tokio::test]
+    async fn incremental_rendering_matches_a_full_render() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_sources("", Vec::new()).unwrap();
+        let runtime = runtime(&config);
+        let store = Store::open(dir.path()).unwrap();
+        let mut kept = Renderer::new(&config);
+        let full = |store: &Store| render(&config, &store.snapshot());
+        let kept_doc = |kept: &mut Renderer, store: &Store| {
+            kept.update(&config, &store.snapshot(), runtime.as_ref());
+            serde_json::from_slice::<Value>(&kept.document()).unwrap()
+        };
+        assert_eq!(kept_doc(&mut kept, &store), full(&store));
+        let mut users = Vec::new();
+        for i in 0..20 {
+            users.push(
+                store
+                    .create_user(&format!("r{i}"), None, Some((32000, 32999)))
+                    .await
+                    .unwrap(),
+            );
+            if i % 7 == 0 {
+                assert_eq!(kept_doc(&mut kept, &store), full(&store));
+            }
+        }
+        for user in users.iter().step_by(3) {
+            store.delete_user(user, false).await.unwrap();
+        }
+        store
+            .modify_user(&users[1].id, |u| {
+                u.host_port = Some(32999);
+                Ok::<_, ()>(())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let doc = kept_doc(&mut kept, &store);
+        assert_eq!(doc, full(&store));
+        assert_eq!(
+            doc["http"]["services"][users[1].slug.segment()]["loadBalancer"]["servers"][0]["url"],
+            "http://127.0.0.1:32999"
+        );
+        assert!(
+            doc["http"]["routers"]
+                .get(users[0].slug.segment())
+                .is_none()
+        );
+        // Every user gone: the shared middlewares go too.
+        for user in users
+            .iter()
+            .skip(1)
+            .filter(|u| store.snapshot().by_id(&u.id).is_some())
+        {
+            store.delete_user(user, false).await.unwrap();
+        }
+        let doc = kept_doc(&mut kept, &store);
+        assert_eq!(doc, full(&store));
+        assert!(doc["http"].get("middlewares").is_none());
     }
 }

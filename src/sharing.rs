@@ -101,9 +101,9 @@ impl Sharing {
 
     /// The environments other users shared with `user`.
     pub fn shared_with(&self, user: &User) -> Vec<SharedWithMe> {
-        let directory = self.store.snapshot();
-        directory
-            .users()
+        let mut owners = self.store.snapshot().owners_sharing_with(&user.id);
+        owners.sort_by(|a, b| a.name.cmp(&b.name));
+        owners
             .iter()
             .filter(|owner| !owner.disabled)
             .flat_map(Env::all_of)

@@ -17,6 +17,7 @@ pub mod backup;
 mod containers;
 mod credentials;
 mod deleted_users;
+mod directory;
 mod environment;
 mod login_tokens;
 mod meta;
@@ -25,14 +26,14 @@ mod sessions;
 mod ssh_keys;
 mod users;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-use crate::ids::{Slug, UserId};
+use crate::ids::UserId;
+pub use directory::{Changes, Directory};
 pub use environment::{Env, record_key};
 pub use login_tokens::TokenRejection;
 pub use records::{
@@ -51,8 +52,13 @@ pub enum StoreError {
     Corrupt { key: String, source: DecodeError },
     #[error("{what} '{value}' is already taken")]
     Conflict { what: &'static str, value: String },
-    #[error("no free host port left in the configured range")]
-    NoFreePort,
+    #[error(
+        "host mode holds one port per user and docker.host_port_min..docker.host_port_max \
+         ({min}-{max}, {} ports) has none left ({held} held by users, the rest in use on this \
+         host): widen the range, delete users, or use docker.mode = \"network\"",
+        u32::from(*max - *min) + 1
+    )]
+    NoFreePort { min: u16, max: u16, held: usize },
     #[error("{what} no longer exists")]
     Gone { what: &'static str },
     #[error("{what} kept changing while being updated; try again")]
@@ -66,48 +72,6 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 enum Unreadable {
     Remove,
     Keep,
-}
-
-/// Everything the hot path needs to know about users, rebuilt on every change.
-#[derive(Debug, Default)]
-pub struct Directory {
-    by_slug: HashMap<Slug, Arc<User>>,
-    by_id: HashMap<UserId, Arc<User>>,
-    by_name: HashMap<String, Arc<User>>,
-    by_email: HashMap<String, Arc<User>>,
-}
-
-impl Directory {
-    /// The owner of the environment at `slug` (any of a user's environments).
-    pub fn by_slug(&self, slug: &Slug) -> Option<&Arc<User>> {
-        self.by_slug.get(slug)
-    }
-    /// The environment at `slug`.
-    pub fn environment(&self, slug: &Slug) -> Option<Env> {
-        Env::at_slug(self.by_slug.get(slug)?.clone(), slug)
-    }
-    pub fn by_id(&self, id: &UserId) -> Option<&Arc<User>> {
-        self.by_id.get(id)
-    }
-    pub fn by_name(&self, name: &str) -> Option<&Arc<User>> {
-        self.by_name.get(name)
-    }
-    /// Emails are matched case-insensitively.
-    pub fn by_email(&self, email: &str) -> Option<&Arc<User>> {
-        self.by_email.get(&email.to_ascii_lowercase())
-    }
-    /// Users in name order (stable rendering and listings).
-    pub fn users(&self) -> Vec<Arc<User>> {
-        let mut v: Vec<_> = self.by_id.values().cloned().collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
-    }
-    pub fn len(&self) -> usize {
-        self.by_id.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
-    }
 }
 
 #[derive(Clone)]
@@ -287,27 +251,49 @@ impl Store {
         f(&self.current.load())
     }
 
+    /// Rebuilds the directory from every stored user: at open, and after
+    /// sweeps that change many users at once. Single changes use
+    /// [`Store::publish_users`].
     fn refresh_directory(&self) -> Result<()> {
         let _one_at_a_time = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut dir = Directory::default();
+        let mut users = Vec::new();
         for item in self.users.iter() {
             let (key, value) = item?;
-            let user: User = decode(&value).map_err(|source| StoreError::Corrupt {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                source,
-            })?;
-            let user = Arc::new(user);
-            dir.by_slug.insert(user.slug.clone(), user.clone());
-            for extra in &user.environments {
-                dir.by_slug.insert(extra.slug.clone(), user.clone());
-            }
-            dir.by_name.insert(user.name.clone(), user.clone());
-            if let Some(email) = &user.email {
-                dir.by_email
-                    .insert(email.to_ascii_lowercase(), user.clone());
-            }
-            dir.by_id.insert(user.id.clone(), user);
+            users.push(self.decode_user(&key, &value)?);
         }
+        let dir = Directory::rebuilt(&self.current.load(), users);
+        self.publish(dir);
+        Ok(())
+    }
+
+    /// Brings the directory up to date for these users only, reading each one's
+    /// stored record now (O(log n) each, whatever the number of users). Runs one
+    /// at a time: what a publish read is never older than what an earlier one
+    /// published, so a slow writer cannot bring back a stale record.
+    fn publish_users(&self, ids: &[&UserId]) -> Result<()> {
+        let _one_at_a_time = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dir = Directory::clone(&self.current.load_full());
+        for id in ids {
+            let key = id.as_str().as_bytes();
+            let now = match self.users.get(key)? {
+                Some(value) => Some(self.decode_user(key, &value)?),
+                None => None,
+            };
+            dir.apply(id, now);
+        }
+        self.publish(dir);
+        Ok(())
+    }
+
+    fn decode_user(&self, key: &[u8], value: &[u8]) -> Result<User> {
+        decode(value).map_err(|source| StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        })
+    }
+
+    /// Makes `dir` the current directory (callers hold `refresh_lock`).
+    fn publish(&self, dir: Directory) {
         let dir = Arc::new(dir);
         self.current.store(dir.clone());
         self.directory.send_replace(dir);
@@ -315,7 +301,6 @@ impl Store {
         // is stale from here on (see `write_generation`).
         self.writes
             .fetch_add(1, std::sync::atomic::Ordering::Release);
-        Ok(())
     }
 
     /// Durably writes everything so far. Called after admin changes and logins, never

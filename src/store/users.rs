@@ -117,25 +117,44 @@ impl Store {
         drop(turn);
         committed(res)?;
         // Committed: the directory shows it even if the flush below fails.
-        self.refresh_directory()?;
+        self.publish_users(&[&user.id])?;
         self.flush().await?;
         Ok(user)
     }
 
+    /// How many host ports users hold (host mode).
+    pub fn host_ports_held(&self) -> usize {
+        self.ports.len()
+    }
+
     fn pick_free_port(&self, (min, max): (u16, u16)) -> Result<u16> {
         let span = u32::from(max - min) + 1;
+        let free = |port: u16| -> Result<bool> {
+            Ok(self.ports.get(port.to_be_bytes())?.is_none()
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        };
         // Random probing keeps allocation O(1) while the range is sparsely used and
         // avoids handing out a port another process on this host already holds.
-        for _ in 0..256 {
-            let r = u32::from_le_bytes(random_bytes::<4>()) % span;
-            let port = min + r as u16;
-            if self.ports.get(port.to_be_bytes())?.is_none()
-                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-            {
+        for _ in 0..64 {
+            let port = min + (u32::from_le_bytes(random_bytes::<4>()) % span) as u16;
+            if free(port)? {
                 return Ok(port);
             }
         }
-        Err(StoreError::NoFreePort)
+        // Nearly full: walk the whole range (from a random place, so concurrent
+        // creates rarely meet), which finds the last free ports too.
+        let start = u32::from_le_bytes(random_bytes::<4>()) % span;
+        for k in 0..span {
+            let port = min + ((start + k) % span) as u16;
+            if free(port)? {
+                return Ok(port);
+            }
+        }
+        Err(StoreError::NoFreePort {
+            min,
+            max,
+            held: self.ports.len(),
+        })
     }
 
     /// Rewrites a user's record with a copy the caller holds (tests only: the
@@ -165,7 +184,7 @@ impl Store {
                 value: user.name.clone(),
             });
         }
-        self.refresh_directory()?;
+        self.publish_users(&[&user.id])?;
         self.flush().await
     }
 
@@ -198,7 +217,7 @@ impl Store {
                 .compare_and_swap(key, Some(current), Some(encode(&user)))?;
             drop(writing);
             if swapped.is_ok() {
-                self.refresh_directory()?;
+                self.publish_users(&[id])?;
                 self.flush().await?;
                 return Ok(Ok(user));
             }
@@ -226,14 +245,8 @@ impl Store {
         let ssh_keys = self.keys_where::<SshKey>(&self.ssh_keys, |k| k.user_id == user.id)?;
         let owners: Vec<UserId> = self
             .snapshot()
-            .users()
+            .owners_sharing_with(&user.id)
             .iter()
-            .filter(|o| {
-                o.shared_with
-                    .iter()
-                    .chain(o.environments.iter().flat_map(|e| &e.shared_with))
-                    .any(|s| s.user_id == user.id)
-            })
             .map(|o| o.id.clone())
             .collect();
         let tombstone = deleted_users::tombstone(unix_now(), keep_volume);
@@ -330,7 +343,8 @@ impl Store {
         drop(writing);
         drop(turn);
         committed(res)?;
-        self.refresh_directory()?;
+        let changed: Vec<&UserId> = std::iter::once(&user.id).chain(&owners).collect();
+        self.publish_users(&changed)?;
         self.flush().await?;
         Ok(())
     }
@@ -414,7 +428,7 @@ impl Store {
                 Err(TransactionError::Abort(Outcome::Store(e))) => return Err(e),
                 Err(TransactionError::Storage(e)) => return Err(e.into()),
             };
-            self.refresh_directory()?;
+            self.publish_users(&[id])?;
             self.flush().await?;
             return Ok(Ok((user, extra)));
         }
@@ -473,7 +487,7 @@ impl Store {
             Err(TransactionError::Storage(e)) => return Err(e.into()),
         };
         if removed.is_some() {
-            self.refresh_directory()?;
+            self.publish_users(&[id])?;
             self.flush().await?;
         }
         Ok(removed)

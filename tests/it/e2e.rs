@@ -453,8 +453,8 @@ async fn traefik_accepts_every_router_and_middleware() {
         .collect();
     assert_eq!(
         ours.len(),
-        6,
-        "auth + strip per user, one shared app-gone errors page, one shared app-headers"
+        5,
+        "auth per user, one shared strip, one shared app-gone errors page, one shared app-headers"
     );
     for m in ours {
         assert_eq!(m["status"], "enabled", "{m}");

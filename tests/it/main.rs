@@ -9,6 +9,7 @@ mod auth;
 mod backup;
 mod badinput;
 mod browser;
+mod capacity;
 mod cli;
 mod compose;
 mod containers;
