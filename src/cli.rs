@@ -754,7 +754,7 @@ async fn check(config: Config) -> anyhow::Result<()> {
         "config: ok (listen {}, public URL {}, mode {:?}, image {})",
         config.listen, config.public_url.origin, config.docker.mode, config.docker.image
     );
-    let host_ports = (config.docker.mode == crate::config::NetworkMode::Host).then(|| {
+    let host_ports = config.docker.publishes_host_ports().then(|| {
         let (min, max) = config.docker.host_ports;
         (min, max, u32::from(max - min) + 1)
     });

@@ -331,7 +331,10 @@ impl Environments {
             ));
         }
         let limit = self.config.limits.environments_per_user;
-        let port_range = (self.config.docker.mode == crate::config::NetworkMode::Host)
+        let port_range = self
+            .config
+            .docker
+            .publishes_host_ports()
             .then_some(self.config.docker.host_ports);
         let stored_profile =
             (profile.name != crate::config::DEFAULT_PROFILE).then(|| profile.name.clone());

@@ -180,6 +180,14 @@ impl RawConfig {
         let oidc = self.oidc.validate()?;
         let metrics = self.metrics.validate()?;
         let ssh = self.ssh.validate(&server.data_dir)?;
+        if ssh.is_some() && docker.mode == NetworkMode::Swarm {
+            // Sessions run through `docker exec` on the engine of the node that
+            // holds the task; the Swarm backend has no way to that yet.
+            return Err(invalid(
+                "ssh.enabled",
+                "not available with docker.mode = \"swarm\" (yet)",
+            ));
+        }
         let profiles = profiles::validate(self.profiles, &docker, spawn.ready_timeout)?;
         Ok(Config {
             listen: server.listen,

@@ -53,9 +53,9 @@ pub enum StoreError {
     #[error("{what} '{value}' is already taken")]
     Conflict { what: &'static str, value: String },
     #[error(
-        "host mode holds one port per user and docker.host_port_min..docker.host_port_max \
-         ({min}-{max}, {} ports) has none left ({held} held by users, the rest in use on this \
-         host): widen the range, delete users, or use docker.mode = \"network\"",
+        "host mode holds one port per environment and docker.host_port_min..docker.host_port_max \
+         ({min}-{max}, {} ports) has none left ({held} held by environments, the rest in use on \
+         this host): widen the range, delete users or environments, or use docker.mode = \"network\"",
         u32::from(*max - *min) + 1
     )]
     NoFreePort { min: u16, max: u16, held: usize },
@@ -271,6 +271,18 @@ impl Store {
     /// at a time: what a publish read is never older than what an earlier one
     /// published, so a slow writer cannot bring back a stale record.
     fn publish_users(&self, ids: &[&UserId]) -> Result<()> {
+        match self.try_publish_users(ids) {
+            Ok(()) => Ok(()),
+            // The write is committed: a directory left behind it would hide it
+            // until the next change of the same user. Rebuild it whole instead.
+            Err(e) => {
+                tracing::warn!(error = %e, "updating the directory failed; rebuilding it");
+                self.refresh_directory()
+            }
+        }
+    }
+
+    fn try_publish_users(&self, ids: &[&UserId]) -> Result<()> {
         let _one_at_a_time = self.refresh_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut dir = Directory::clone(&self.current.load_full());
         for id in ids {

@@ -252,6 +252,18 @@ impl Browser {
         }
     }
 
+    /// Whether `expr` becomes `true` in the page within `secs` (no panic).
+    pub async fn becomes(&mut self, secs: u64, expr: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if self.eval(expr).await == json!(true) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        false
+    }
+
     /// Waits for the element `selector` and clicks it.
     pub async fn click(&mut self, selector: &str) {
         let sel = serde_json::to_string(selector).unwrap();

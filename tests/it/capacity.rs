@@ -1,4 +1,4 @@
-//! Host mode holds one port per user: a full range is a clear error, through the
+//! Host mode holds one port per environment: a full range is a clear error, through the
 //! admin API and the CLI, and `spawngate check` says how many users fit.
 
 use reqwest::StatusCode;
@@ -12,7 +12,7 @@ fn explains_the_full_range(message: &str, port: u16) {
     for part in [
         "docker.host_port_min..docker.host_port_max",
         &format!("({port}-{port}, 1 ports)"),
-        "1 held by users",
+        "1 held by environments",
         "widen the range",
         "docker.mode = \"network\"",
     ] {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 /// Held by every test on the Swarm backend.
 pub struct SwarmGuard {
     /// These tests ran `docker swarm init`: they leave it too.
-    created: bool,
+    created: std::sync::atomic::AtomicBool,
 }
 
 static CURRENT: Mutex<Weak<SwarmGuard>> = Mutex::new(Weak::new());
@@ -46,7 +46,9 @@ impl SwarmGuard {
                 "the Docker engine's swarm is {other:?}: neither in one nor free to make one"
             ),
         };
-        let guard = Arc::new(SwarmGuard { created });
+        let guard = Arc::new(SwarmGuard {
+            created: std::sync::atomic::AtomicBool::new(created),
+        });
         *current = Arc::downgrade(&guard);
         guard
     }
@@ -54,11 +56,18 @@ impl SwarmGuard {
 
 impl Drop for SwarmGuard {
     fn drop(&mut self) {
-        if !self.created {
+        use std::sync::atomic::Ordering;
+        if !self.created.load(Ordering::SeqCst) {
             return;
         }
         // Taken so that no test acquires the swarm while it is being left.
-        let _current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+        let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+        // A test acquired it between the last guard going and this lock: it
+        // found the swarm active (ours), so leaving it is now its job.
+        if let Some(newer) = current.upgrade() {
+            newer.created.store(true, Ordering::SeqCst);
+            return;
+        }
         let _ = Command::new("docker")
             .args(["swarm", "leave", "--force"])
             .output();

@@ -670,7 +670,10 @@ fn fingerprint(spec: &ServiceSpec) -> String {
     use sha2::{Digest, Sha256};
     let mut spec = spec.clone();
     spec.labels = None;
-    let text = serde_json::to_string(&spec).unwrap_or_default();
+    // Through a `Value`: its maps are sorted, the spec's `HashMap`s are not.
+    let text = serde_json::to_value(&spec)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
     hex::encode(&Sha256::digest(text.as_bytes())[..8])
 }
 
