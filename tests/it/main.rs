@@ -29,6 +29,7 @@ mod proc;
 mod progress;
 mod sharing;
 mod ssh;
+mod stack;
 mod storefull;
 mod subdomain;
 mod swarm;
