@@ -124,6 +124,7 @@ impl Drop for Stack {
             }
             let _ = docker(&["network", "rm", &network]);
             docker_lines(&["volume", "ls", "-q", "--filter", &ns]).is_empty()
+                && docker_lines(&["service", "ls", "-q", "--filter", &instance]).is_empty()
                 && docker_lines(&["volume", "ls", "-q", "--filter", &instance]).is_empty()
                 && !docker(&["network", "inspect", &network]).status.success()
         });
