@@ -113,6 +113,7 @@ impl Drop for Stack {
         // `stack rm` leaves volumes, and the overlay stays in use a moment after
         // its last task (users' tasks included) went.
         let network = self.network.clone();
+        let edge = format!("{}-edge", self.name);
         let instance = format!("label=spawngate.instance={}", self.name);
         let cleaned = wait_sync(30, || {
             let mut volumes = docker_lines(&["volume", "ls", "-q", "--filter", &ns]);
@@ -123,10 +124,12 @@ impl Drop for Stack {
                 let _ = docker(&args);
             }
             let _ = docker(&["network", "rm", &network]);
+            let _ = docker(&["network", "rm", &edge]);
             docker_lines(&["volume", "ls", "-q", "--filter", &ns]).is_empty()
                 && docker_lines(&["service", "ls", "-q", "--filter", &instance]).is_empty()
                 && docker_lines(&["volume", "ls", "-q", "--filter", &instance]).is_empty()
                 && !docker(&["network", "inspect", &network]).status.success()
+                && !docker(&["network", "inspect", &edge]).status.success()
         });
         // A failing test already says why; a passing one must not leave litter.
         assert!(
@@ -150,6 +153,7 @@ async fn deploy() -> (Stack, String, reqwest::Client) {
         ("SPAWNGATE_HTTP_PORT".into(), port.to_string()),
         ("SPAWNGATE_PUBLIC_URL".into(), public.clone()),
         ("SPAWNGATE_USERS_NETWORK".into(), network.clone()),
+        ("SPAWNGATE_EDGE_NETWORK".into(), format!("{name}-edge")),
         ("SPAWNGATE_INSTANCE".into(), name.clone()),
     ];
     let stack = Stack {
