@@ -14,7 +14,8 @@
 //!   only, it builds the services and hands them to the entry points.
 //! - **Services** (each owns its operations, validation and audit entries):
 //!   [`accounts`]: users, credentials, sign-in links and provisioning from an
-//!   identity provider's claims; [`environments`]: addresses and start / stop on
+//!   identity provider's claims; [`environments`]: each user's environments
+//!   (create, delete, profiles one may choose), addresses and start / stop on
 //!   someone's behalf; [`sharing`]: grants on environments; [`auth`]: who is calling
 //!   ([`auth::Identities`], with the verified-cookie cache of the hot path), session
 //!   cookies, external JWTs, OIDC, one-time codes, rate limits; [`mail`]: login
@@ -26,9 +27,10 @@
 //!   (`lifecycle/phase.rs`) and how far a start got (`lifecycle/progress.rs`); [`runtime`]: the backend boundary (backend-neutral
 //!   `EnvironmentSpec`, typed states, capabilities) and its two implementations:
 //!   Docker containers (`runtime/docker.rs`) and Swarm services (`runtime/swarm/`).
-//! - **Foundations.** [`store`]: the embedded sled database, one file per tree, and
-//!   the in-memory directory the hot path reads; [`store::backup`] writes it to one
-//!   file and restores it; [`config`]: one file per TOML section, `SPAWNGATE_*`
+//! - **Foundations.** [`store`]: the embedded sled database, one file per tree, the
+//!   in-memory directory the hot path reads (updated per change), and [`store::Env`],
+//!   the handle every layer names an environment by; [`store::backup`] writes it to one
+//!   file and restores it; [`config`]: one file per TOML section (`[profiles.*]` included), `SPAWNGATE_*`
 //!   keys derived from the raw structs; [`error`]: the domain error (no HTTP in
 //!   it); [`events`]: the operator event stream (user and environment events,
 //!   numbered, replayable from memory); [`tasks`]: background work, tracked so shutdown drains it; [`headers`]:
