@@ -227,7 +227,7 @@ impl Lifecycle {
                     let Some(owner) = &r.owner_id else {
                         continue;
                     };
-                    if live_ids.contains(owner.as_str()) {
+                    let why = if live_ids.contains(owner.as_str()) {
                         // A live user's volume goes only with an environment of
                         // theirs that was deleted (and whose removal was cut short).
                         let deleted_env = match &r.env_id {
@@ -239,41 +239,27 @@ impl Lifecycle {
                         if !deleted_env {
                             continue;
                         }
-                        tracing::info!(volume = %r.name, "removing the volume of a deleted environment");
-                        if let Err(e) = self.runtime.remove_resource(&r).await {
-                            note_failure(failed, &r.name, e);
-                            continue;
+                        "its environment was deleted"
+                    } else {
+                        // An unreadable tombstone tree must not delete data: keep.
+                        match self.store.was_deleted(owner) {
+                            Ok(Some(false)) => {}
+                            // Kept on purpose when the user was deleted.
+                            Ok(Some(true)) => continue,
+                            Ok(None) | Err(_) => {
+                                tracing::warn!(volume = %r.name, "volume of a user this store does not know (kept; remove it by hand if it is not needed)");
+                                continue;
+                            }
                         }
-                        self.store.audit(
-                            "system",
-                            "volume.remove",
-                            &r.name,
-                            Some("its environment was deleted".into()),
-                        );
-                        done.volumes_removed += 1;
-                        continue;
-                    }
-                    // An unreadable tombstone tree must not delete data: keep.
-                    match self.store.was_deleted(owner) {
-                        Ok(Some(false)) => {}
-                        // Kept on purpose when the user was deleted.
-                        Ok(Some(true)) => continue,
-                        Ok(None) | Err(_) => {
-                            tracing::warn!(volume = %r.name, "volume of a user this store does not know (kept; remove it by hand if it is not needed)");
-                            continue;
-                        }
-                    }
-                    tracing::info!(volume = %r.name, "removing the volume of a deleted user");
+                        "its user was deleted"
+                    };
+                    tracing::info!(volume = %r.name, reason = why, "removing a leftover volume");
                     if let Err(e) = self.runtime.remove_resource(&r).await {
                         note_failure(failed, &r.name, e);
                         continue;
                     }
-                    self.store.audit(
-                        "system",
-                        "volume.remove",
-                        &r.name,
-                        Some("its user was deleted".into()),
-                    );
+                    self.store
+                        .audit("system", "volume.remove", &r.name, Some(why.into()));
                     done.volumes_removed += 1;
                 }
             }

@@ -32,28 +32,6 @@ image = "spawngate-example-app:latest"
 groups = ["sci"]
 "#;
 
-/// A signed-in user's self-service API call with the session's CSRF token.
-async fn me_call(
-    h: &Harness,
-    cookie: &str,
-    csrf: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = h
-        .client
-        .request(method, h.url(&format!("/_spawngate/api/me/{path}")))
-        .header("Cookie", cookie)
-        .header("X-Spawngate-CSRF", csrf);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
     let h = Harness::start(Options::toml(PROFILES)).await;
@@ -61,19 +39,12 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
     h.user("bob").await;
     let cookie = h.login("alice").await;
     let bob_cookie = h.login("bob").await;
-    let csrf = h.me(&cookie).await["csrf"].as_str().unwrap().to_owned();
     let post = reqwest::Method::POST;
 
     // The profiles alice may choose: not the one kept for bob.
-    let (status, list) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        reqwest::Method::GET,
-        "environments",
-        None,
-    )
-    .await;
+    let (status, list) = h
+        .me_call(&cookie, reqwest::Method::GET, "environments", None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{list}");
     let names: Vec<&str> = list["profiles"]
         .as_array()
@@ -86,25 +57,23 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
     assert_eq!(list["environments"][0]["environment"], "default");
 
     // Refusals say why and create nothing.
-    let (status, body) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        post.clone(),
-        "environments",
-        Some(json!({ "name": "mine", "profile": "restricted" })),
-    )
-    .await;
+    let (status, body) = h
+        .me_call(
+            &cookie,
+            post.clone(),
+            "environments",
+            Some(json!({ "name": "mine", "profile": "restricted" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
-    let (status, body) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        post.clone(),
-        "environments",
-        Some(json!({ "name": "Not OK", "profile": "raw" })),
-    )
-    .await;
+    let (status, body) = h
+        .me_call(
+            &cookie,
+            post.clone(),
+            "environments",
+            Some(json!({ "name": "Not OK", "profile": "raw" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let no_csrf = h
         .client
@@ -116,28 +85,26 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
         .unwrap();
     assert_eq!(no_csrf.status(), StatusCode::FORBIDDEN);
 
-    let (status, lab) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        post.clone(),
-        "environments",
-        Some(json!({ "name": "lab", "profile": "raw" })),
-    )
-    .await;
+    let (status, lab) = h
+        .me_call(
+            &cookie,
+            post.clone(),
+            "environments",
+            Some(json!({ "name": "lab", "profile": "raw" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{lab}");
     assert_eq!(lab["profile"], "raw");
     let lab_slug = lab["slug"].as_str().unwrap().to_owned();
     assert_ne!(lab_slug, alice.slug, "its own slug");
-    let (status, dup) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        post.clone(),
-        "environments",
-        Some(json!({ "name": "lab" })),
-    )
-    .await;
+    let (status, dup) = h
+        .me_call(
+            &cookie,
+            post.clone(),
+            "environments",
+            Some(json!({ "name": "lab" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{dup}");
     h.wait_router(&format!("u-{lab_slug}")).await;
 
@@ -180,15 +147,14 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
     // Sharing is per environment: bob gets the lab, not the default one.
     let bob_lab = h.get_with_cookie(&lab_url, &bob_cookie).await;
     assert_eq!(bob_lab.status(), StatusCode::FORBIDDEN);
-    let (status, shared) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        reqwest::Method::PUT,
-        "environments/lab/shares/bob",
-        Some(json!({ "read_only": false })),
-    )
-    .await;
+    let (status, shared) = h
+        .me_call(
+            &cookie,
+            reqwest::Method::PUT,
+            "environments/lab/shares/bob",
+            Some(json!({ "read_only": false })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{shared}");
     assert_eq!(
         h.get_with_cookie(&lab_url, &bob_cookie).await.status(),
@@ -200,25 +166,23 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
     );
 
     // The limit counts the default environment.
-    let (status, _) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        post.clone(),
-        "environments",
-        Some(json!({ "name": "two" })),
-    )
-    .await;
+    let (status, _) = h
+        .me_call(
+            &cookie,
+            post.clone(),
+            "environments",
+            Some(json!({ "name": "two" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, full) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        post.clone(),
-        "environments",
-        Some(json!({ "name": "three" })),
-    )
-    .await;
+    let (status, full) = h
+        .me_call(
+            &cookie,
+            post.clone(),
+            "environments",
+            Some(json!({ "name": "three" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{full}");
     assert!(
         full["error"]["message"]
@@ -240,15 +204,9 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
     assert!(page.contains("the most allowed"), "{page}");
 
     // Deleting the lab takes its container and route; the default one goes on.
-    let (status, _) = me_call(
-        &h,
-        &cookie,
-        &csrf,
-        reqwest::Method::DELETE,
-        "environments/lab",
-        None,
-    )
-    .await;
+    let (status, _) = h
+        .me_call(&cookie, reqwest::Method::DELETE, "environments/lab", None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert!(h.containers_of(&lab_slug).is_empty(), "container removed");
     poll(20, "the deleted environment's route to go", || async {
@@ -310,16 +268,14 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let bob_csrf = h.me(&bob_cookie).await["csrf"].as_str().unwrap().to_owned();
-    let (status, sci) = me_call(
-        &h,
-        &bob_cookie,
-        &bob_csrf,
-        post.clone(),
-        "environments",
-        Some(json!({ "name": "sci", "profile": "science" })),
-    )
-    .await;
+    let (status, sci) = h
+        .me_call(
+            &bob_cookie,
+            post.clone(),
+            "environments",
+            Some(json!({ "name": "sci", "profile": "science" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{sci}");
     let (status, _) = admin
         .call(
@@ -329,15 +285,9 @@ async fn a_user_runs_two_environments_of_different_profiles_and_deletes_one() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, started) = me_call(
-        &h,
-        &bob_cookie,
-        &bob_csrf,
-        post.clone(),
-        "environments/sci/start",
-        None,
-    )
-    .await;
+    let (status, started) = h
+        .me_call(&bob_cookie, post.clone(), "environments/sci/start", None)
+        .await;
     assert_ne!(status, StatusCode::OK, "{started}");
     assert!(
         started["error"]["message"]

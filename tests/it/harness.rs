@@ -435,6 +435,32 @@ start_on_login = false
         resp.json().await.unwrap()
     }
 
+    /// A self-service call (`/_spawngate/api/me/<path>`) as the signed-in browser
+    /// with `cookie` makes it: with the session's CSRF token.
+    pub async fn me_call(
+        &self,
+        cookie: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let csrf = self.me(cookie).await["csrf"]
+            .as_str()
+            .expect("me carries a CSRF token")
+            .to_owned();
+        let mut req = self
+            .client
+            .request(method, self.url(&format!("/_spawngate/api/me/{path}")))
+            .header(reqwest::header::COOKIE, cookie)
+            .header("X-Spawngate-CSRF", csrf);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     /// The JSON API through Traefik with `token` (e.g. a personal API token).
     pub fn api(&self, token: &str) -> Api {
         Api::new(&self.client, &self.public, token.to_owned())

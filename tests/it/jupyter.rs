@@ -48,14 +48,14 @@ app_auth = "token"
 async fn user_with_lab(h: &Harness, name: &str) -> (String, String, String) {
     let user = h.user(name).await;
     let cookie = h.login(name).await;
-    let (status, env) = me_call(
-        h,
-        &cookie,
-        reqwest::Method::POST,
-        "environments",
-        Some(json!({ "name": "lab", "profile": "jupyter" })),
-    )
-    .await;
+    let (status, env) = h
+        .me_call(
+            &cookie,
+            reqwest::Method::POST,
+            "environments",
+            Some(json!({ "name": "lab", "profile": "jupyter" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "create {name}'s lab: {env}");
     let slug = env["slug"]
         .as_str()
@@ -63,32 +63,6 @@ async fn user_with_lab(h: &Harness, name: &str) -> (String, String, String) {
         .to_owned();
     h.wait_router(&format!("u-{slug}")).await;
     (cookie, slug, user.slug.to_string())
-}
-
-/// `/_spawngate/api/me/<path>` as the signed-in browser calls it (session cookie
-/// plus the CSRF header).
-async fn me_call(
-    h: &Harness,
-    cookie: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let csrf = h.me(cookie).await["csrf"]
-        .as_str()
-        .expect("me carries a CSRF token")
-        .to_owned();
-    let mut req = h
-        .client
-        .request(method, h.url(&format!("/_spawngate/api/me/{path}")))
-        .header(reqwest::header::COOKIE, cookie)
-        .header("X-Spawngate-CSRF", csrf);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// A call to Jupyter's REST API under `/u-<slug>/` through Traefik, once the server
@@ -445,26 +419,21 @@ async fn notebooks_stay_on_the_volume_across_stop_and_resume_and_each_user_sees_
     })
     .await;
     // She starts it again herself (the API the dashboard uses)...
-    let (status, body) = me_call(
-        &h,
-        &alice,
-        reqwest::Method::POST,
-        "environments/lab/start",
-        None,
-    )
-    .await;
+    let (status, body) = h
+        .me_call(
+            &alice,
+            reqwest::Method::POST,
+            "environments/lab/start",
+            None,
+        )
+        .await;
     assert!(status.is_success(), "start: {status} {body}");
     assert_eq!(notebooks(&h, &alice, &alice_slug).await, ["alice.ipynb"]);
 
     // ...and after a stop by her own API, a plain visit resumes it as well.
-    let (status, body) = me_call(
-        &h,
-        &alice,
-        reqwest::Method::POST,
-        "environments/lab/stop",
-        None,
-    )
-    .await;
+    let (status, body) = h
+        .me_call(&alice, reqwest::Method::POST, "environments/lab/stop", None)
+        .await;
     assert!(status.is_success(), "stop: {status} {body}");
     wait_until(30, "alice's lab to stop", || {
         h.running_containers_of(&alice_slug).is_empty()

@@ -151,27 +151,6 @@ fn fingerprint(key: &Path) -> String {
         .to_owned()
 }
 
-/// A signed-in user's own API call with their cookie and CSRF token.
-async fn me_call(
-    h: &Harness,
-    cookie: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let csrf = h.me(cookie).await["csrf"].as_str().unwrap().to_owned();
-    let mut req = h
-        .client
-        .request(method, h.url(&format!("/_spawngate/api/me/{path}")))
-        .header(COOKIE, cookie)
-        .header("x-spawngate-csrf", csrf);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.send().await.unwrap();
-    (resp.status(), resp.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_runs_commands_and_a_pty_shell_in_the_users_own_container() {
     let s = Ssh::start("").await;
@@ -183,14 +162,14 @@ async fn ssh_runs_commands_and_a_pty_shell_in_the_users_own_container() {
 
     // Alice registers her key herself (session + CSRF); the fingerprint is OpenSSH's.
     let cookie = h.login("alice").await;
-    let (status, added) = me_call(
-        h,
-        &cookie,
-        reqwest::Method::POST,
-        "ssh-keys",
-        Some(json!({ "key": pub_key(&alice_key) })),
-    )
-    .await;
+    let (status, added) = h
+        .me_call(
+            &cookie,
+            reqwest::Method::POST,
+            "ssh-keys",
+            Some(json!({ "key": pub_key(&alice_key) })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{added}");
     assert_eq!(added["fingerprint"], fingerprint(&alice_key));
     assert_eq!(added["name"], "alice");
@@ -226,14 +205,14 @@ async fn ssh_runs_commands_and_a_pty_shell_in_the_users_own_container() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, _) = me_call(
-        h,
-        &cookie,
-        reqwest::Method::POST,
-        "ssh-keys",
-        Some(json!({ "key": pub_key(&bob_key) })),
-    )
-    .await;
+    let (status, _) = h
+        .me_call(
+            &cookie,
+            reqwest::Method::POST,
+            "ssh-keys",
+            Some(json!({ "key": pub_key(&bob_key) })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
 
     // The connection starts the container; command output and exit status come back.
@@ -292,18 +271,20 @@ async fn ssh_runs_commands_and_a_pty_shell_in_the_users_own_container() {
     assert_eq!(out.status.code(), Some(255), "{out:?}");
 
     // A removed key is refused at the next connection.
-    let (status, listed) = me_call(h, &cookie, reqwest::Method::GET, "ssh-keys", None).await;
+    let (status, listed) = h
+        .me_call(&cookie, reqwest::Method::GET, "ssh-keys", None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listed["ssh_keys"].as_array().unwrap().len(), 1);
     let encoded: String = fingerprint(&alice_key).replace('/', "%2F");
-    let (status, body) = me_call(
-        h,
-        &cookie,
-        reqwest::Method::DELETE,
-        &format!("ssh-keys/{encoded}"),
-        None,
-    )
-    .await;
+    let (status, body) = h
+        .me_call(
+            &cookie,
+            reqwest::Method::DELETE,
+            &format!("ssh-keys/{encoded}"),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let out = s.run(&alice_key, "alice", &["--", "true"]).await;
     assert_eq!(out.status.code(), Some(255), "{out:?}");
@@ -703,7 +684,9 @@ async fn keys_are_added_and_removed_from_the_dashboard() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text(&out.stdout).trim(), "in-the-container");
 
-    let (status, listed) = me_call(h, &cookie, reqwest::Method::GET, "ssh-keys", None).await;
+    let (status, listed) = h
+        .me_call(&cookie, reqwest::Method::GET, "ssh-keys", None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let id = listed["ssh_keys"][0]["id"].as_str().unwrap().to_owned();
     let removed = post("ssh-keys/remove", vec![("csrf", csrf.clone()), ("id", id)])
