@@ -47,7 +47,7 @@ pub async fn handle(app: &App, headers: &HeaderMap, host_slug: Option<&Slug>) ->
     let Some(target) = target else {
         return super::forward_auth::waiting(browser);
     };
-    if app.lifecycle.stays_ready(target.slug(), EVENT_WAIT).await {
+    if app.lifecycle.confirmed_ready(&target, EVENT_WAIT).await {
         let message = "the app in this environment answered 502 Bad Gateway";
         return if browser {
             super::html(

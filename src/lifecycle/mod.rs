@@ -516,6 +516,25 @@ impl Lifecycle {
             .is_err()
     }
 
+    /// [`Self::stays_ready`], then asks the runtime too: its event about a
+    /// container killed a moment ago can be late on a busy host, and an answer
+    /// taken for the app's own error would hide that the environment is gone.
+    /// A container found not running is marked gone, so the next request starts it.
+    pub async fn confirmed_ready(&self, env: &Env, wait: Duration) -> bool {
+        if !self.stays_ready(env.slug(), wait).await {
+            return false;
+        }
+        match self.runtime.inspect(&env_of(env)).await {
+            Ok(Some(info)) if info.running() => true,
+            Ok(_) => {
+                self.slot(env.slug()).phase.apply(Event::SeenGone);
+                false
+            }
+            // Docker unreachable: nothing better to go by than the phase.
+            Err(_) => true,
+        }
+    }
+
     /// Starts (or unpauses) the user's container in the background without waiting:
     /// used at login so the first page is usually warm.
     pub fn prewarm(self: &Arc<Self>, env: &Env) {
