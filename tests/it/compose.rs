@@ -84,12 +84,11 @@ async fn start_project(extra_env: &[(&str, &str)]) -> (Project, String, reqwest:
         String::from_utf8_lossy(&up.stderr)
     );
     let client = crate::harness::http_client();
-    let login = &format!("{public}/_spawngate/login");
-    let what = Later(|| format!("the deployment to come up: {}", logs(&project)));
-    poll(60, what, || async {
-        let resp = client.get(login).send().await;
-        resp.is_ok_and(|r| r.status() == 200).then_some(())
-    })
+    crate::harness::until_login_page(
+        &client,
+        &public,
+        Later(|| format!("the deployment to come up: {}", logs(&project))),
+    )
     .await;
     (project, public, client)
 }
@@ -103,12 +102,7 @@ async fn add_and_login(
     name: &str,
 ) -> (String, String) {
     let added = project.exec(&["user", "add", name]);
-    let slug = added
-        .rsplit("/u-")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let slug = crate::harness::slug_in(&added);
     let link = project.exec(&["user", "login-link", name]);
     let cookie = crate::harness::login_with_link(client, public, &link, "spawngate_session").await;
     (slug, cookie)
@@ -139,12 +133,7 @@ async fn docker_compose_deployment_serves_a_user_end_to_end() {
     let (project, public, client) = start_project(&[]).await;
 
     let added = project.exec(&["user", "add", "alice"]);
-    let slug = added
-        .rsplit("/u-")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let slug = crate::harness::slug_in(&added);
     let link = project.exec(&["user", "login-link", "alice"]);
     assert!(
         link.starts_with(&format!("{public}/_spawngate/login?token=")),

@@ -577,6 +577,33 @@ impl Api {
 }
 
 /// GET `url`: the status and the JSON body (`Null` when it is not JSON).
+/// The slug in a CLI line that ends with an environment's address
+/// (`created user alice: http://…/u-<slug>/`).
+pub fn slug_in(cli_output: &str) -> String {
+    cli_output
+        .trim()
+        .rsplit("/u-")
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// Waits (bounded) until a deployment's Traefik serves spawngate's login page
+/// at `public`; `what` is told on a timeout (e.g. the deployment's logs).
+pub async fn until_login_page(
+    client: &reqwest::Client,
+    public: &str,
+    what: impl std::fmt::Display,
+) {
+    let login = &format!("{public}/_spawngate/login");
+    poll(60, what, || async {
+        let resp = client.get(login).send().await;
+        resp.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await;
+}
+
 pub async fn get_json(client: &reqwest::Client, url: &str) -> (StatusCode, Value) {
     let resp = client.get(url).send().await.unwrap();
     (resp.status(), resp.json().await.unwrap_or(Value::Null))

@@ -672,13 +672,7 @@ async fn each_environment_counts_is_adopted_after_a_restart_and_is_culled_on_its
     let bob = h.user("bob").await;
     let added =
         String::from_utf8_lossy(&h.cli(&["env", "add", "alice", "lab"]).stdout).into_owned();
-    let lab = added
-        .trim()
-        .rsplit("/u-")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let lab = crate::harness::slug_in(&added);
     if let Some(t) = &h.traefik {
         t.wait_router(&format!("u-{lab}")).await;
     }

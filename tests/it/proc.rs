@@ -149,13 +149,7 @@ impl ProcHarness {
     /// Creates a user through the CLI; returns the slug once Traefik routes it.
     pub async fn user(&self, name: &str) -> String {
         let out = String::from_utf8_lossy(&self.cli(&["user", "add", name]).stdout).into_owned();
-        let slug = out
-            .trim()
-            .rsplit("/u-")
-            .next()
-            .unwrap()
-            .trim_end_matches('/')
-            .to_owned();
+        let slug = crate::harness::slug_in(&out);
         if let Some(t) = &self.traefik {
             t.wait_router(&format!("u-{slug}")).await;
         }

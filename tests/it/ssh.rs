@@ -18,6 +18,19 @@ use crate::harness::{Harness, Options, free_port, personal_token, poll, repo_roo
 
 const SHELL_IMAGE: &str = "spawngate-example-shell:latest";
 
+/// What every OpenSSH client here (`ssh`, `sftp`, `scp`) is run with: a throw-away
+/// host key, only the key given, and never a prompt.
+const CLIENT_OPTIONS: [&str; 8] = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "BatchMode=yes",
+];
+
 /// Builds the example app image with a busybox shell once, if missing.
 fn shell_image() -> String {
     static BUILT: std::sync::Once = std::sync::Once::new();
@@ -98,15 +111,8 @@ impl Ssh {
         let mut c = Command::new("ssh");
         c.args(["-p", &self.port.to_string(), "-i"])
             .arg(key)
+            .args(CLIENT_OPTIONS)
             .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
                 "-o",
                 &format!("LogLevel={level}"),
                 "-o",
@@ -466,16 +472,7 @@ fn sftp_like(program: &str, s: &Ssh, key: &Path) -> Command {
     let mut c = Command::new(program);
     c.args(["-P", &s.port.to_string(), "-i"])
         .arg(key)
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-        ])
+        .args(CLIENT_OPTIONS)
         .stdin(Stdio::null())
         .kill_on_drop(true);
     c

@@ -175,12 +175,11 @@ async fn deploy() -> (Stack, String, reqwest::Client) {
         String::from_utf8_lossy(&up.stderr)
     );
     let client = crate::harness::http_client();
-    let login = &format!("{public}/_spawngate/login");
-    let what = Later(|| format!("the stack to come up: {}", stack.logs()));
-    poll(60, what, || async {
-        let resp = client.get(login).send().await;
-        resp.is_ok_and(|r| r.status() == 200).then_some(())
-    })
+    crate::harness::until_login_page(
+        &client,
+        &public,
+        Later(|| format!("the stack to come up: {}", stack.logs())),
+    )
     .await;
     (stack, public, client)
 }
@@ -194,12 +193,7 @@ async fn add_and_login(
     name: &str,
 ) -> (String, String) {
     let added = stack.exec(&["user", "add", name]);
-    let slug = added
-        .rsplit("/u-")
-        .next()
-        .unwrap()
-        .trim_end_matches('/')
-        .to_owned();
+    let slug = crate::harness::slug_in(&added);
     let link = stack.exec(&["user", "login-link", name]);
     assert!(
         link.starts_with(&format!("{public}/_spawngate/login?token=")),
