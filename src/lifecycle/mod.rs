@@ -504,9 +504,10 @@ impl Lifecycle {
             .await;
     }
 
-    /// Whether the user's container is still ready after `wait`: Docker reports a
-    /// container killed a moment ago within milliseconds.
-    pub async fn stays_ready(&self, slug: &Slug, wait: Duration) -> bool {
+    /// Whether the environment is still ready after `wait`: Docker usually reports
+    /// a container killed a moment ago within milliseconds (see
+    /// [`Self::confirmed_ready`] for when it does not).
+    async fn stays_ready(&self, slug: &Slug, wait: Duration) -> bool {
         let mut rx = self.slot(slug).phase.subscribe();
         if !matches!(*rx.borrow_and_update(), Phase::Ready) {
             return false;
@@ -948,12 +949,7 @@ impl Lifecycle {
             (false, None) => env.slug().base_path(),
             _ => String::new(),
         };
-        Probe {
-            url: format!("{}{prefix}{}", self.address(env), profile.ready_path),
-            status: profile.ready_status,
-            timeout: profile.start_timeout,
-            port: profile.port,
-        }
+        Probe::of(profile, &format!("{}{prefix}", self.address(env)))
     }
 
     /// [`Self::wait_until_answering`] for the app `probe` asks in environment `env`.
@@ -1459,6 +1455,19 @@ struct Probe {
     timeout: Duration,
     /// For messages: the app's port.
     port: u16,
+}
+
+impl Probe {
+    /// `profile`'s probe of the app whose root is at `base` (address and, when
+    /// the prefix is not stripped, the base path).
+    fn of(profile: &Profile, base: &str) -> Probe {
+        Probe {
+            url: format!("{base}{}", profile.ready_path),
+            status: profile.ready_status,
+            timeout: profile.start_timeout,
+            port: profile.port,
+        }
+    }
 }
 
 /// Readiness probes: this often at first, for this long, then backing off to

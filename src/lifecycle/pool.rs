@@ -201,16 +201,7 @@ impl Lifecycle {
         let running = self.runtime.ensure_running(&spec).await?;
         // Spares are made for the default profile, and probed as it says.
         let profile = self.config.profiles.resolve(None);
-        let probe = super::Probe {
-            url: format!(
-                "{}{}",
-                self.runtime.address(member, None, profile.port),
-                profile.ready_path
-            ),
-            status: profile.ready_status,
-            timeout: profile.start_timeout,
-            port: profile.port,
-        };
+        let probe = super::Probe::of(profile, &self.runtime.address(member, None, profile.port));
         self.wait_until_answering_at(&probe, member, None).await?;
         Ok(Member {
             env: member.clone(),
