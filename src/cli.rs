@@ -264,7 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check => check(config).await,
         Command::Backup { file, force } => backup(config, &file, force).await,
-        Command::Restore { file, force } => restore(config, &file, force),
+        Command::Restore { file, force } => restore(config, &file, force).await,
     }
 }
 
@@ -301,7 +301,7 @@ async fn backup(config: Config, file: &std::path::Path, force: bool) -> anyhow::
             }
             let store = crate::store::Store::open(&config.data_dir)
                 .context("cannot open spawngate's store")?;
-            backup::export(&store)?
+            backup::export(&store).await?
         }
     };
     // Only a backup that restore would accept is written.
@@ -316,7 +316,7 @@ async fn backup(config: Config, file: &std::path::Path, force: bool) -> anyhow::
     Ok(())
 }
 
-fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
+async fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
     let socket = server::control_socket_path(&config.data_dir);
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         bail!(
@@ -327,7 +327,7 @@ fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow::Resul
     let bytes = std::fs::read(file).with_context(|| format!("cannot read '{}'", file.display()))?;
     let checked = backup::parse(&bytes)
         .with_context(|| format!("'{}' cannot be restored", file.display()))?;
-    let done = backup::restore(&config.data_dir, &checked, force)?;
+    let done = backup::restore(&config.data_dir, &checked, force).await?;
     println!(
         "restored {} users ({} records, backup of {}) into {}",
         done.users,

@@ -40,7 +40,9 @@ impl From<StoreError> for Error {
             }
             StoreError::Gone { what } => Error::NotFound(what),
             StoreError::NoFreePort { .. } => Error::Unavailable(e.to_string()),
-            StoreError::Io(_) | StoreError::Locked { .. } => Error::Storage(e.to_string()),
+            StoreError::Io(_) | StoreError::Locked { .. } | StoreError::Unavailable(_) => {
+                Error::Storage(e.to_string())
+            }
             StoreError::Corrupt { .. } => Error::Internal(e.to_string()),
         }
     }

@@ -149,7 +149,7 @@ fn spawn_background(app: &Arc<App>) {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {
-                _ = tick.tick() => match store.purge_expired() {
+                _ = tick.tick() => match store.purge_expired().await {
                     Ok(n) if n > 0 => tracing::info!(removed = n, "expired sessions and login tokens purged"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "purge of expired sessions failed"),

@@ -149,12 +149,10 @@ pub(super) fn admin_caller(
 }
 
 /// `GET /_spawngate/api/backup` (control socket only): the whole store as a backup
-/// file, taken off the async workers (writes wait while the snapshot is read).
+/// file.
 async fn backup(app: &App) -> Resp {
-    let store = app.store.clone();
-    let taken = tokio::task::spawn_blocking(move || crate::store::backup::export(&store)).await;
-    match taken {
-        Ok(Ok(bytes)) => {
+    match crate::store::backup::export(&app.store).await {
+        Ok(bytes) => {
             app.store.audit("operator", "store.backup", "store", None);
             let mut resp = hyper::Response::new(super::full(bytes));
             let h = resp.headers_mut();
@@ -168,9 +166,8 @@ async fn backup(app: &App) -> Resp {
             );
             resp
         }
-        Ok(Err(crate::store::backup::BackupError::Store(e))) => operator_error(e),
-        Ok(Err(e)) => operator_error(Error::Internal(e.to_string())),
-        Err(e) => operator_error(Error::Internal(format!("backup task failed: {e}"))),
+        Err(crate::store::backup::BackupError::Store(e)) => operator_error(e),
+        Err(e) => operator_error(Error::Internal(e.to_string())),
     }
 }
 

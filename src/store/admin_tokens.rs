@@ -16,7 +16,6 @@ impl Store {
             created: unix_now(),
         };
         {
-            let _writing = self.writing();
             self.admin_tokens
                 .insert(token_hash(&token), encode(&record))?;
         }

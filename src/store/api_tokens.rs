@@ -33,7 +33,6 @@ impl Store {
             generation: self.generation_of(user_id),
         };
         {
-            let _writing = self.writing();
             self.api_tokens
                 .insert(token_hash(&token), encode(&record))?;
         }
@@ -65,7 +64,6 @@ impl Store {
     /// Revokes one of the user's tokens by its id; `false` if there was none.
     pub async fn delete_api_token(&self, user_id: &UserId, id: &str) -> Result<bool> {
         let n = {
-            let _writing = self.writing();
             self.remove_where::<ApiToken>(&self.api_tokens, Unreadable::Keep, |t| {
                 &t.user_id == user_id && t.id == id
             })?

@@ -8,8 +8,8 @@ use crate::time::unix_now;
 pub(super) const TREE: &str = "audit";
 
 impl Store {
-    /// Appends to the audit log. Keys are sled's monotonic ids, so iteration order is
-    /// append order.
+    /// Appends to the audit log. Keys are increasing ids (sled's, or time-ordered
+    /// ones on PostgreSQL), so iteration order is append order.
     pub fn audit(&self, actor: &str, action: &str, target: &str, detail: Option<String>) {
         let entry = AuditEntry {
             at: unix_now(),
@@ -18,13 +18,10 @@ impl Store {
             target: target.to_owned(),
             detail,
         };
-        let writing = self.writing_untracked();
-        let result = self.db.generate_id().and_then(|id| {
-            self.audit
-                .insert(id.to_be_bytes(), encode(&entry))
-                .map(|_| ())
-        });
-        drop(writing);
+        let result = self
+            .kv
+            .generate_id()
+            .and_then(|id| self.audit.insert(id.to_be_bytes(), encode(&entry)));
         if let Err(e) = result {
             // The action itself happened; losing its audit line must not undo it.
             tracing::error!(error = %e, action, target, "cannot write audit log entry");

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::kv::{IVec, Tree, TxError};
 use super::records::{
     AdminToken, ApiToken, AuditEntry, ContainerRecord, DecodeError, LoginToken, Session, SshKey,
     User, decode,
@@ -128,7 +129,7 @@ const fn spec(name: &'static str, key: KeyEnc, kind: Kind) -> TreeSpec {
     TreeSpec { name, key, kind }
 }
 
-fn tree<'a>(store: &'a Store, name: &str) -> Option<&'a sled::Tree> {
+fn tree<'a>(store: &'a Store, name: &str) -> Option<&'a Tree> {
     store
         .trees()
         .into_iter()
@@ -166,17 +167,34 @@ struct EndLine {
 }
 
 /// Raw contents of every tree, taken at one point in time.
-type Trees = Vec<(&'static TreeSpec, Vec<(sled::IVec, sled::IVec)>)>;
+type Trees = Vec<(&'static TreeSpec, Vec<(IVec, IVec)>)>;
 
-/// Reads every tree while no write runs (the store's writes share
-/// `snapshot_lock`; this takes it exclusively), so the snapshot is a state the store
-/// really was in between two operations. The lock is held only for the scan, which
-/// clones reference-counted buffers; encoding happens after.
-fn snapshot(store: &Store) -> Result<Trees, StoreError> {
-    let _all = store
-        .snapshot_lock
-        .write()
-        .unwrap_or_else(|p| p.into_inner());
+/// Every tree at one point in time. The embedded store is read while no write
+/// runs (writes share the key-value layer's snapshot lock; this takes it
+/// exclusively), so the snapshot is a state the store really was in between two
+/// operations. A shared store is read from PostgreSQL in one repeatable-read
+/// transaction, which other replicas' writes do not disturb.
+async fn snapshot(store: &Store) -> Result<Trees, StoreError> {
+    let Some(replica) = store.kv.replica() else {
+        return local_snapshot(store);
+    };
+    let mut by_tree: HashMap<String, Vec<(IVec, IVec)>> = HashMap::new();
+    for (tree, key, value) in replica.export().await? {
+        by_tree
+            .entry(tree)
+            .or_default()
+            .push((IVec::from(key), IVec::from(value)));
+    }
+    Ok(TREES
+        .iter()
+        .map(|spec| (spec, by_tree.remove(spec.name).unwrap_or_default()))
+        .collect())
+}
+
+/// Every tree as this process holds it (see [`snapshot`]; on PostgreSQL, the
+/// mirror: right after an import, exactly what was written).
+fn local_snapshot(store: &Store) -> Result<Trees, StoreError> {
+    let _all = store.kv.exclusive();
     let mut out = Vec::with_capacity(TREES.len());
     for spec in &TREES {
         let Some(tree) = tree(store, spec.name) else {
@@ -188,9 +206,19 @@ fn snapshot(store: &Store) -> Result<Trees, StoreError> {
     Ok(out)
 }
 
-/// The whole store as a backup file (see the module docs for the format).
-pub fn export(store: &Store) -> Result<Vec<u8>, BackupError> {
-    let trees = snapshot(store)?;
+/// The whole store as a backup file (see the module docs for the format). The
+/// embedded store is read off the async workers (its writes wait meanwhile).
+pub async fn export(store: &Store) -> Result<Vec<u8>, BackupError> {
+    if store.is_shared() {
+        return encode(snapshot(store).await?);
+    }
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || encode(local_snapshot(&store)?))
+        .await
+        .map_err(|e| BackupError::Verify(format!("the backup task failed: {e}")))?
+}
+
+fn encode(trees: Trees) -> Result<Vec<u8>, BackupError> {
     let mut out = Vec::new();
     let header = Header {
         format: FORMAT.to_owned(),
@@ -204,7 +232,7 @@ pub fn export(store: &Store) -> Result<Vec<u8>, BackupError> {
         for (key, value) in entries {
             let corrupt = |what: &str| BackupError::Unreadable {
                 path: format!("{}/{}", spec.name, hex::encode(&key)),
-                source: StoreError::Io(sled::Error::Unsupported(what.to_owned())),
+                source: StoreError::Unavailable(what.to_owned()),
             };
             let key_text = match spec.key {
                 KeyEnc::Text => {
@@ -572,10 +600,12 @@ fn record_count(store: &Store) -> usize {
         .sum()
 }
 
-/// Writes a checked backup into a fresh store. Audit entries are keyed by the
-/// store's own monotonic id generator, which a new database restarts at zero: they
-/// are renumbered from it in their original order, so later entries sort after them.
-fn import(store: &Store, backup: &Backup) -> Result<(), BackupError> {
+/// Writes a checked backup into an empty store, in one transaction. Audit
+/// entries are keyed by the store's own increasing id generator, which a new
+/// database restarts: they are renumbered from it in their original order, so
+/// later entries sort after them.
+async fn import(store: &Store, backup: &Backup) -> Result<(), BackupError> {
+    let mut writes: Vec<(&Tree, Vec<u8>, &[u8])> = Vec::with_capacity(backup.records.len());
     for spec in &TREES {
         let Some(tree) = tree(store, spec.name) else {
             continue;
@@ -586,24 +616,40 @@ fn import(store: &Store, backup: &Backup) -> Result<(), BackupError> {
             .filter(|r| r.tree.name == spec.name)
             .collect();
         mine.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut batch = sled::Batch::default();
         for r in mine {
-            if spec.kind == Kind::Audit {
-                let id = store.db.generate_id().map_err(StoreError::from)?;
-                batch.insert(&id.to_be_bytes()[..], &r.value[..]);
+            let key = if spec.kind == Kind::Audit {
+                store.kv.generate_id()?.to_be_bytes().to_vec()
             } else {
-                batch.insert(&r.key[..], &r.value[..]);
-            }
+                r.key.clone()
+            };
+            writes.push((tree, key, &r.value));
         }
-        tree.apply_batch(batch).map_err(StoreError::from)?;
     }
-    store.db.flush().map_err(StoreError::from)?;
+    let trees: Vec<&Tree> = store.trees().iter().map(|(_, t)| *t).collect();
+    store
+        .kv
+        .transaction(&trees, |t| {
+            for (tree, key, value) in &writes {
+                if let Some(view) = trees
+                    .iter()
+                    .position(|x| x.name() == tree.name())
+                    .and_then(|i| t.get(i))
+                {
+                    view.insert(key, *value)?;
+                }
+            }
+            Ok::<_, TxError<()>>(())
+        })
+        .await?
+        .map_err(|()| BackupError::Verify("the import was refused".into()))?;
+    store.flush().await?;
     Ok(())
 }
 
 /// Reads the new store back and compares it with the backup, record by record.
 fn verify(store: &Store, backup: &Backup) -> Result<(), BackupError> {
-    let again = parse(&export(store)?).map_err(|e| BackupError::Verify(e.to_string()))?;
+    let again =
+        parse(&encode(local_snapshot(store)?)?).map_err(|e| BackupError::Verify(e.to_string()))?;
     let by_tree = |b: &Backup, name: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut v: Vec<_> = b
             .records
@@ -650,7 +696,11 @@ pub struct Restored {
 /// that is in use, and a non-empty one unless `force`. The new store is built and
 /// read back in `<data_dir>/restore-<time>/` first; the old one, if any, is moved
 /// to `<data_dir>/db.old-<time>/` and kept.
-pub fn restore(data_dir: &Path, backup: &Backup, force: bool) -> Result<Restored, BackupError> {
+pub async fn restore(
+    data_dir: &Path,
+    backup: &Backup,
+    force: bool,
+) -> Result<Restored, BackupError> {
     let path = data_dir.display().to_string();
     let db = data_dir.join("db");
     // Held while the new store is built, so no server can open the old one
@@ -683,7 +733,7 @@ pub fn restore(data_dir: &Path, backup: &Backup, force: bool) -> Result<Restored
 
     let stamp = stamp();
     let staging = unused(data_dir, &format!("restore-{stamp}"));
-    let built = build(&staging, backup);
+    let built = build(&staging, backup).await;
     if let Err(e) = built {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -725,15 +775,36 @@ pub fn restore(data_dir: &Path, backup: &Backup, force: bool) -> Result<Restored
 }
 
 /// Builds the store in `staging`, then reopens it and checks it against the backup.
-fn build(staging: &Path, backup: &Backup) -> Result<(), BackupError> {
+async fn build(staging: &Path, backup: &Backup) -> Result<(), BackupError> {
     {
         let store = Store::open(staging)?;
-        import(&store, backup)?;
+        import(&store, backup).await?;
     }
     let store = reopen(staging)?;
     verify(&store, backup)?;
-    store.db.flush().map_err(StoreError::from)?;
+    store.flush().await?;
     Ok(())
+}
+
+/// Copies a checked backup into a shared (PostgreSQL) store that holds no
+/// records yet, and reads it back: `spawngate store migrate`.
+pub async fn import_shared(store: &Store, backup: &Backup) -> Result<Restored, BackupError> {
+    let records = record_count(store);
+    if records > 0 {
+        return Err(BackupError::NotEmpty {
+            path: "the PostgreSQL store".into(),
+            users: store.snapshot().len(),
+            records,
+        });
+    }
+    // The keys the replica generated on connecting give way to the backup's.
+    import(store, backup).await?;
+    verify(store, backup)?;
+    Ok(Restored {
+        records: backup.records(),
+        users: backup.users(),
+        kept: None,
+    })
 }
 
 /// Opens a store this process has just closed. sled's background writers may hold
@@ -894,7 +965,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let mut opened: Vec<String> =
-            s.db.tree_names()
+            s.kv.sled_db()
+                .unwrap()
+                .tree_names()
                 .iter()
                 .map(|n| String::from_utf8_lossy(n).into_owned())
                 .filter(|n| n != "__sled__default")
@@ -909,21 +982,21 @@ mod tests {
         handed.sort();
         assert_eq!(handed, listed);
         for (name, tree) in s.trees() {
-            assert_eq!(&tree.name()[..], name.as_bytes());
+            assert_eq!(tree.name(), name);
         }
     }
 
     #[tokio::test]
     async fn round_trip_restores_every_record_and_keeps_the_old_store() {
         let (_d, s) = sample().await;
-        let bytes = export(&s).unwrap();
+        let bytes = export(&s).await.unwrap();
         let backup = parse(&bytes).unwrap();
         assert_eq!(backup.users(), 2);
         let key = s.session_key().unwrap();
 
         let target = tempfile::tempdir().unwrap();
         let data = target.path().join("data");
-        let done = restore(&data, &backup, false).unwrap();
+        let done = restore(&data, &backup, false).await.unwrap();
         assert!(done.kept.is_none());
         let r = Store::open(&data).unwrap();
         assert_eq!(r.session_key().unwrap(), key);
@@ -940,10 +1013,10 @@ mod tests {
 
         // Now non-empty: refused without force, replaced (old kept) with it.
         assert!(matches!(
-            restore(&data, &backup, false),
+            restore(&data, &backup, false).await,
             Err(BackupError::NotEmpty { users: 2, .. })
         ));
-        let done = restore(&data, &backup, true).unwrap();
+        let done = restore(&data, &backup, true).await.unwrap();
         let kept = done.kept.unwrap();
         assert!(kept.is_dir(), "{}", kept.display());
         assert!(
@@ -992,10 +1065,10 @@ mod tests {
         })
         .await
         .unwrap();
-        let backup = parse(&export(&s).unwrap()).unwrap();
+        let backup = parse(&export(&s).await.unwrap()).unwrap();
         let target = tempfile::tempdir().unwrap();
         let data = target.path().join("data");
-        restore(&data, &backup, false).unwrap();
+        restore(&data, &backup, false).await.unwrap();
         let r = Store::open(&data).unwrap();
         let env = r.snapshot().environment(&lab.slug).unwrap();
         assert_eq!((env.name(), env.profile()), ("lab", Some("jupyter")));
@@ -1016,9 +1089,9 @@ mod tests {
     #[tokio::test]
     async fn a_store_in_use_is_refused() {
         let (dir, s) = sample().await;
-        let backup = parse(&export(&s).unwrap()).unwrap();
+        let backup = parse(&export(&s).await.unwrap()).unwrap();
         assert!(matches!(
-            restore(dir.path(), &backup, true),
+            restore(dir.path(), &backup, true).await,
             Err(BackupError::InUse { .. })
         ));
     }
@@ -1033,7 +1106,7 @@ mod tests {
     #[tokio::test]
     async fn corrupt_truncated_and_newer_files_are_refused_naming_the_line() {
         let (_d, s) = sample().await;
-        let bytes = export(&s).unwrap();
+        let bytes = export(&s).await.unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
 
@@ -1072,7 +1145,7 @@ mod tests {
     #[tokio::test]
     async fn index_entries_must_match_the_users() {
         let (_d, s) = sample().await;
-        let text = String::from_utf8(export(&s).unwrap()).unwrap();
+        let text = String::from_utf8(export(&s).await.unwrap()).unwrap();
         // Drop alice's name index entry and re-seal the file.
         let kept: Vec<&str> = text
             .lines()
@@ -1119,9 +1192,7 @@ mod tests {
         };
         while !writer.is_finished() {
             let s = s.clone();
-            let bytes = tokio::task::spawn_blocking(move || export(&s).unwrap())
-                .await
-                .unwrap();
+            let bytes = export(&s).await.unwrap();
             parse(&bytes).unwrap();
         }
         writer.await.unwrap();

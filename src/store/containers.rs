@@ -28,7 +28,6 @@ impl Store {
     /// Writes without waiting for the disk (sled flushes within its interval); the
     /// caller flushes when durability matters.
     pub fn write_container_record(&self, record: &ContainerRecord) -> Result<()> {
-        let _writing = self.writing_untracked();
         let key = match &record.environment {
             None => record.user_id.to_string(),
             Some(slug) => format!("{}/{slug}", record.user_id),
@@ -39,7 +38,6 @@ impl Store {
 
     /// Forgets a record (an environment that was deleted).
     pub fn remove_container_record(&self, key: &str) -> Result<()> {
-        let _writing = self.writing_untracked();
         self.containers.remove(key.as_bytes())?;
         Ok(())
     }
@@ -47,7 +45,6 @@ impl Store {
     /// Records the last activity without flushing: called in batches by the culler,
     /// sled writes it out within its flush interval.
     pub fn note_activity(&self, key: &str, at: i64) -> Result<()> {
-        let _writing = self.writing_untracked();
         if let Some(mut record) = self.container_record(key)? {
             record.last_activity = Some(at);
             self.containers.insert(key.as_bytes(), encode(&record))?;

@@ -12,7 +12,6 @@ impl Store {
     /// unused login links and personal API tokens. Counts of each, in that order.
     pub async fn delete_credentials_of(&self, user_id: &UserId) -> Result<(usize, usize, usize)> {
         let (sessions, links, tokens) = {
-            let _writing = self.writing();
             (
                 self.remove_where::<Session>(&self.sessions, Unreadable::Remove, |s| {
                     &s.user_id == user_id
@@ -31,12 +30,11 @@ impl Store {
 
     /// Drops expired sessions and login tokens, and any session or token whose
     /// user no longer exists (one created while its user was being deleted).
-    pub fn purge_expired(&self) -> Result<usize> {
-        if self.drop_dangling_shares()? > 0 {
+    pub async fn purge_expired(&self) -> Result<usize> {
+        if self.drop_dangling_shares().await? > 0 {
             self.refresh_directory()?;
         }
         let now = unix_now();
-        let _writing = self.writing();
         let live = |id: &UserId| {
             self.users
                 .contains_key(id.as_str().as_bytes())
@@ -73,7 +71,7 @@ mod tests {
             granted: 0,
         });
         s.update_user(&owner).await.unwrap();
-        assert_eq!(s.purge_expired().unwrap(), 2);
+        assert_eq!(s.purge_expired().await.unwrap(), 2);
         assert!(s.session(&sid).unwrap().is_none());
         assert!(s.api_token(&token).unwrap().is_none());
         let owner = s.snapshot().by_name("owner").cloned().unwrap();

@@ -54,7 +54,6 @@ impl Store {
             generation,
         };
         {
-            let _writing = self.writing();
             self.login_tokens
                 .insert(token_hash(&token), encode(&record))?;
         }
@@ -70,16 +69,13 @@ impl Store {
         Ok(check_token(&bytes))
     }
 
-    /// Uses a login token up. `remove` is atomic, so of two concurrent confirmations
-    /// exactly one succeeds.
+    /// Uses a login token up. `take` is atomic across replicas, so of two
+    /// concurrent confirmations exactly one succeeds.
     pub async fn consume_login_token(
         &self,
         token: &str,
     ) -> Result<Result<LoginToken, TokenRejection>> {
-        let removed = {
-            let _writing = self.writing();
-            self.login_tokens.remove(token_hash(token))?
-        };
+        let removed = self.login_tokens.take(token_hash(token)).await?;
         let Some(bytes) = removed else {
             return Ok(Err(TokenRejection::Unknown));
         };

@@ -1,41 +1,62 @@
 //! Keys generated on first run (session signing, container secrets) and the
 //! store's own health probes.
 
-use super::{Result, Store};
+use super::{Result, Store, StoreError};
 use crate::ids::random_bytes;
 use crate::time::unix_now;
 
 /// Name → raw bytes.
 pub(super) const TREE: &str = "meta";
 
+const SESSION_KEY: &str = "session_key";
+const CONTAINER_KEY: &str = "container_key";
+
 impl Store {
     /// The HS256 key for session cookies: generated on first run, then kept, so
     /// sessions survive restarts.
     pub fn session_key(&self) -> Result<Vec<u8>> {
-        self.meta_key("session_key")
+        self.meta_key(SESSION_KEY)
     }
 
     /// The key per-container secrets are derived from (kept, so a restart does not
     /// invalidate the secrets running containers hold).
     pub fn container_key(&self) -> Result<Vec<u8>> {
-        self.meta_key("container_key")
+        self.meta_key(CONTAINER_KEY)
     }
 
     fn meta_key(&self, name: &str) -> Result<Vec<u8>> {
-        let fresh = random_bytes::<32>();
-        // compare_and_swap makes two racing first starts agree on one key.
-        {
-            let _writing = self.writing_untracked();
-            let _ = self
-                .meta
-                .compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?;
+        if let Some(key) = self.meta.get(name)? {
+            return Ok(key.to_vec());
         }
-        self.db.flush()?;
+        // Only the embedded store gets here (a shared one ran `init_keys` when
+        // it connected). compare_and_swap makes two racing first starts agree.
+        let Some(db) = self.kv.sled_db() else {
+            return Err(StoreError::Unavailable(format!("the store has no {name}")));
+        };
+        let fresh = random_bytes::<32>();
+        let _ =
+            db.open_tree(TREE)?
+                .compare_and_swap(name, None as Option<&[u8]>, Some(&fresh[..]))?;
+        db.flush()?;
         Ok(self
             .meta
             .get(name)?
             .map(|v| v.to_vec())
             .unwrap_or_else(|| fresh.to_vec()))
+    }
+
+    /// Generates the keys of a shared store, once: of replicas starting together
+    /// on an empty database, one writes them and all use those.
+    pub(super) async fn init_keys(&self) -> Result<()> {
+        for name in [SESSION_KEY, CONTAINER_KEY] {
+            if self.meta.get(name)?.is_none() {
+                let fresh = random_bytes::<32>();
+                self.meta
+                    .compare_and_swap(name, None, Some(fresh.to_vec().into()))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// A cheap liveness check of the database (for `/readyz` and `spawngate check`).
@@ -48,7 +69,6 @@ impl Store {
     /// flushed (what `/readyz` asks; a full disk shows here first).
     pub async fn check_writable(&self) -> Result<()> {
         {
-            let _writing = self.writing_untracked();
             self.meta
                 .insert("health_probe", unix_now().to_be_bytes().to_vec())?;
         }

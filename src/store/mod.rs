@@ -19,8 +19,10 @@ mod credentials;
 mod deleted_users;
 mod directory;
 mod environment;
+mod kv;
 mod login_tokens;
 mod meta;
+mod postgres;
 pub mod records;
 mod sessions;
 mod ssh_keys;
@@ -35,6 +37,7 @@ use tokio::sync::watch;
 use crate::ids::UserId;
 pub use directory::{Changes, Directory};
 pub use environment::{Env, record_key};
+use kv::{IVec, Kv, Tree};
 pub use login_tokens::TokenRejection;
 pub use records::{
     AdminToken, ApiToken, AuditEntry, ContainerRecord, DEFAULT_ENVIRONMENT, Desired, EnvIndex,
@@ -63,6 +66,8 @@ pub enum StoreError {
     Gone { what: &'static str },
     #[error("{what} kept changing while being updated; try again")]
     Contended { what: &'static str },
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -74,58 +79,42 @@ enum Unreadable {
     Keep,
 }
 
+/// A handle on the store (cheap to clone).
 #[derive(Clone)]
-pub struct Store {
-    db: sled::Db,
-    users: sled::Tree,
-    names: sled::Tree,
-    slugs: sled::Tree,
-    emails: sled::Tree,
-    ports: sled::Tree,
-    sessions: sled::Tree,
-    login_tokens: sled::Tree,
-    admin_tokens: sled::Tree,
-    api_tokens: sled::Tree,
-    containers: sled::Tree,
-    audit: sled::Tree,
-    meta: sled::Tree,
+pub struct Store(Arc<StoreInner>);
+
+impl std::ops::Deref for Store {
+    type Target = StoreInner;
+    fn deref(&self) -> &StoreInner {
+        &self.0
+    }
+}
+
+pub struct StoreInner {
+    kv: Kv,
+    users: Tree,
+    names: Tree,
+    slugs: Tree,
+    emails: Tree,
+    ports: Tree,
+    sessions: Tree,
+    login_tokens: Tree,
+    admin_tokens: Tree,
+    api_tokens: Tree,
+    containers: Tree,
+    audit: Tree,
+    meta: Tree,
     /// Tombstones of deleted users (see `deleted_users.rs`).
-    deleted_users: sled::Tree,
-    ssh_keys: sled::Tree,
-    /// sled 0.34 can deadlock when a transaction runs while a flush is in flight
-    /// (sled issue #1412: the transaction waits for a write lock that the flusher's
-    /// readers never release). Transactions and flushes take turns through this.
-    flush_gate: Arc<tokio::sync::Mutex<()>>,
+    deleted_users: Tree,
+    ssh_keys: Tree,
     /// Rebuilds of the directory run one at a time: otherwise a rebuild that read
     /// the users earlier could publish after a newer one and hide a new user.
     refresh_lock: Arc<std::sync::Mutex<()>>,
-    /// Every write holds this shared and a backup holds it exclusively, so a backup
-    /// sees the store between operations, never half-way through a multi-tree one
-    /// (sled 0.34 has no consistent scan of several trees: its transactions cannot
-    /// iterate, and `Db::export` reads the live trees). Never held across an await.
-    snapshot_lock: Arc<std::sync::RwLock<()>>,
-    /// Bumped as each write finishes (see [`Store::write_generation`]).
-    writes: Arc<std::sync::atomic::AtomicU64>,
     directory: Arc<watch::Sender<Arc<Directory>>>,
     /// The same directory for readers on the hot path: an `ArcSwap` load writes
     /// no shared memory (a `watch` borrow takes a lock, an `Arc` clone bumps a
     /// count every worker thread shares).
     current: Arc<arc_swap::ArcSwap<Directory>>,
-}
-
-/// A write in progress (see `Store::writing`); bumps the write generation when
-/// dropped, i.e. once the write is visible (unless made by `writing_untracked`).
-struct Writing<'a> {
-    _shared: std::sync::RwLockReadGuard<'a, ()>,
-    writes: Option<&'a std::sync::atomic::AtomicU64>,
-}
-
-impl Drop for Writing<'_> {
-    fn drop(&mut self) {
-        if let Some(writes) = self.writes {
-            writes.fetch_add(1, std::sync::atomic::Ordering::Release);
-        }
-    }
 }
 
 /// SHA-256 of a bearer secret: tokens are stored and looked up only by this hash, so
@@ -157,36 +146,98 @@ impl Store {
                 }
                 other => StoreError::Io(other),
             })?;
-        let tree = |name: &str| db.open_tree(name);
-        let store = Store {
-            users: tree(users::TREE)?,
-            names: tree(users::NAMES)?,
-            slugs: tree(users::SLUGS)?,
-            emails: tree(users::EMAILS)?,
-            ports: tree(users::PORTS)?,
-            sessions: tree(sessions::TREE)?,
-            login_tokens: tree(login_tokens::TREE)?,
-            admin_tokens: tree(admin_tokens::TREE)?,
-            api_tokens: tree(api_tokens::TREE)?,
-            containers: tree(containers::TREE)?,
-            audit: tree(audit::TREE)?,
-            meta: tree(meta::TREE)?,
-            deleted_users: tree(deleted_users::TREE)?,
-            ssh_keys: tree(ssh_keys::TREE)?,
-            flush_gate: Arc::new(tokio::sync::Mutex::new(())),
-            refresh_lock: Arc::new(std::sync::Mutex::new(())),
-            snapshot_lock: Arc::new(std::sync::RwLock::new(())),
-            writes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
-            current: Arc::new(arc_swap::ArcSwap::from_pointee(Directory::default())),
-            db,
-        };
+        Store::on(Kv::sled(db))
+    }
+
+    /// Connects to the shared PostgreSQL store at `url` (migrating its schema),
+    /// loads this replica's mirror of it and follows other replicas' changes.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let replica = postgres::Replica::open(url).await?;
+        let store = Store::on(Kv::postgres(replica.clone()))?;
+        // Generated by whichever replica starts first; the others read them.
+        store.init_keys().await?;
+        // Weak: the replica must not keep its own store alive.
+        let weak = Arc::downgrade(&store.0);
+        replica.on_change(Box::new(move |changes| {
+            if let Some(inner) = weak.upgrade() {
+                Store(inner).apply_remote(changes);
+            }
+        }));
+        // A change that landed between the load and the hook is applied now.
         store.refresh_directory()?;
         Ok(store)
     }
 
+    /// The store `config` names: PostgreSQL when `store.url` is set, else the
+    /// embedded store in `server.data_dir`.
+    pub async fn open_configured(url: Option<&str>, data_dir: &Path) -> Result<Store> {
+        match url {
+            Some(url) => Store::connect(url).await,
+            None => Store::open(data_dir),
+        }
+    }
+
+    fn on(kv: Kv) -> Result<Store> {
+        let store = Store(Arc::new(StoreInner {
+            users: kv.tree(users::TREE, true)?,
+            names: kv.tree(users::NAMES, true)?,
+            slugs: kv.tree(users::SLUGS, true)?,
+            emails: kv.tree(users::EMAILS, true)?,
+            ports: kv.tree(users::PORTS, true)?,
+            sessions: kv.tree(sessions::TREE, true)?,
+            login_tokens: kv.tree(login_tokens::TREE, true)?,
+            admin_tokens: kv.tree(admin_tokens::TREE, true)?,
+            api_tokens: kv.tree(api_tokens::TREE, true)?,
+            // Audit lines, container records, activity, keys and the health
+            // probe come with requests; nothing derived from the write
+            // generation reads them, and bumping it would empty forwardAuth's
+            // verified-cookie cache for nothing.
+            containers: kv.tree(containers::TREE, false)?,
+            audit: kv.tree(audit::TREE, false)?,
+            meta: kv.tree(meta::TREE, false)?,
+            deleted_users: kv.tree(deleted_users::TREE, true)?,
+            ssh_keys: kv.tree(ssh_keys::TREE, true)?,
+            refresh_lock: Arc::new(std::sync::Mutex::new(())),
+            directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
+            current: Arc::new(arc_swap::ArcSwap::from_pointee(Directory::default())),
+            kv,
+        }));
+        store.refresh_directory()?;
+        Ok(store)
+    }
+
+    /// Whether this store is shared with other replicas (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.kv.replica().is_some()
+    }
+
+    /// Another replica changed records: the directory follows, and what was
+    /// derived from credentials is stale.
+    fn apply_remote(&self, changes: &postgres::Changes) {
+        if changes.everything {
+            if let Err(e) = self.refresh_directory() {
+                tracing::error!(error = %e, "rebuilding the directory after a reload failed");
+            }
+        } else {
+            let ids: Vec<UserId> = changes
+                .keys
+                .iter()
+                .filter(|(tree, _)| tree == users::TREE)
+                .filter_map(|(_, key)| std::str::from_utf8(key).ok())
+                .filter_map(|id| Some(UserId::from_stored(id.to_owned())))
+                .collect();
+            if !ids.is_empty() {
+                let refs: Vec<&UserId> = ids.iter().collect();
+                if let Err(e) = self.publish_users(&refs) {
+                    tracing::error!(error = %e, "updating the directory from another replica failed");
+                }
+            }
+        }
+        self.kv.bump_generation();
+    }
+
     /// Every tree with its name, as `open` opened them (what a backup walks).
-    fn trees(&self) -> [(&'static str, &sled::Tree); 14] {
+    fn trees(&self) -> [(&'static str, &Tree); 14] {
         [
             (users::TREE, &self.users),
             (users::NAMES, &self.names),
@@ -205,34 +256,14 @@ impl Store {
         ]
     }
 
-    /// Held while a write runs (see `snapshot_lock`). Not re-entrant: a method
-    /// holding it calls no other method that takes it.
-    fn writing(&self) -> Writing<'_> {
-        Writing {
-            _shared: self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner()),
-            writes: Some(&self.writes),
-        }
-    }
-
-    /// Like `writing`, for trees nothing derived from the write generation reads
-    /// (audit, container records, activity, keys, the health probe): those writes
-    /// come with requests, and bumping the generation would empty forwardAuth's
-    /// verified-cookie cache for nothing. Every other tree uses `writing`.
-    fn writing_untracked(&self) -> Writing<'_> {
-        Writing {
-            _shared: self.snapshot_lock.read().unwrap_or_else(|p| p.into_inner()),
-            writes: None,
-        }
-    }
-
     /// Changes with every finished write to users, sessions, tokens or
     /// credentials (sessions revoked, users changed, ...) and with every new
     /// directory: what was derived from those under one value may be stale under
     /// the next (read it before what is derived). forwardAuth's
     /// verified-cookie cache is keyed by it. Audit lines, container records,
-    /// activity and the health probe leave it alone (see `writing_untracked`).
+    /// activity and the health probe leave it alone (untracked trees, see `Store::on`).
     pub fn write_generation(&self) -> u64 {
-        self.writes.load(std::sync::atomic::Ordering::Acquire)
+        self.kv.write_generation()
     }
 
     /// A receiver that always holds the latest directory.
@@ -311,16 +342,13 @@ impl Store {
         self.directory.send_replace(dir);
         // After the new directory is visible: what was derived from the old one
         // is stale from here on (see `write_generation`).
-        self.writes
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.kv.bump_generation();
     }
 
     /// Durably writes everything so far. Called after admin changes and logins, never
     /// on the forwardAuth path.
     pub async fn flush(&self) -> Result<()> {
-        let _turn = self.flush_gate.lock().await;
-        self.db.flush_async().await?;
-        Ok(())
+        self.kv.flush().await
     }
 
     /// The credential generation new sessions, links and tokens of `user_id` get:
@@ -334,9 +362,9 @@ impl Store {
 
     fn keys_where<T: serde::de::DeserializeOwned>(
         &self,
-        tree: &sled::Tree,
+        tree: &Tree,
         pred: impl Fn(&T) -> bool,
-    ) -> Result<Vec<sled::IVec>> {
+    ) -> Result<Vec<IVec>> {
         let mut keys = Vec::new();
         for item in tree.iter() {
             let (key, value) = item?;
@@ -350,10 +378,10 @@ impl Store {
     /// Removes the records `pred` picks; unreadable ones go too when `unreadable`
     /// says so: short-lived records (sessions, links) that can never be used, but
     /// not durable ones (personal API tokens), which a newer build may have
-    /// written and must survive a downgrade. Callers hold [`Store::writing`].
+    /// written and must survive a downgrade.
     fn remove_where<T: serde::de::DeserializeOwned>(
         &self,
-        tree: &sled::Tree,
+        tree: &Tree,
         unreadable: Unreadable,
         pred: impl Fn(&T) -> bool,
     ) -> Result<usize> {

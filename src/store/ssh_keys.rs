@@ -21,15 +21,11 @@ impl Store {
                 value: key.user_id.to_string(),
             });
         }
-        let swapped = {
-            let _writing = self.writing();
-            self.ssh_keys.compare_and_swap(
-                key.fingerprint.as_bytes(),
-                None as Option<&[u8]>,
-                Some(encode(key)),
-            )?
-        };
-        if swapped.is_err() {
+        let swapped = self
+            .ssh_keys
+            .compare_and_swap(key.fingerprint.as_bytes(), None, Some(encode(key).into()))
+            .await?;
+        if !swapped {
             return Err(StoreError::Conflict {
                 what: "SSH key",
                 value: key.fingerprint.clone(),
@@ -64,7 +60,6 @@ impl Store {
     /// Removes one of the user's keys by its id or fingerprint; `false` if none.
     pub async fn delete_ssh_key(&self, user_id: &UserId, id_or_fingerprint: &str) -> Result<bool> {
         let n = {
-            let _writing = self.writing();
             self.remove_where::<SshKey>(&self.ssh_keys, Unreadable::Keep, |k| {
                 &k.user_id == user_id
                     && (k.id == id_or_fingerprint || k.fingerprint == id_or_fingerprint)

@@ -2,9 +2,7 @@
 //! tree from the indexed value to the user id, written in the same transaction as
 //! the user.
 
-use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionResult};
-
+use super::kv::TxError;
 use super::records::{
     ApiToken, ExtraEnvironment, LoginToken, Overrides, Session, SshKey, User, decode, encode,
 };
@@ -74,48 +72,52 @@ impl Store {
         };
         let value = encode(&user);
         let id = user.id.as_str().as_bytes();
-        let turn = self.flush_gate.lock().await;
-        let writing = self.writing();
-        let res = (
-            &self.users,
-            &self.names,
-            &self.slugs,
-            &self.emails,
-            &self.ports,
-        )
-            .transaction(|(users, names, slugs, emails, ports)| {
-                let conflict = |what: &'static str, value: &str| {
-                    ConflictableTransactionError::Abort(StoreError::Conflict {
-                        what,
-                        value: value.to_owned(),
-                    })
-                };
-                if names.get(user.name.as_bytes())?.is_some() {
-                    return Err(conflict("user name", &user.name));
-                }
-                if slugs.get(user.slug.as_str().as_bytes())?.is_some() {
-                    return Err(conflict("slug", user.slug.as_str()));
-                }
-                if let Some(email) = &user.email {
-                    if emails.get(email.as_bytes())?.is_some() {
-                        return Err(conflict("email", email));
+        let res = self
+            .kv
+            .transaction(
+                &[
+                    &self.users,
+                    &self.names,
+                    &self.slugs,
+                    &self.emails,
+                    &self.ports,
+                ],
+                |t| {
+                    let [users, names, slugs, emails, ports] = t else {
+                        unreachable!("five trees")
+                    };
+                    let conflict = |what: &'static str, value: &str| {
+                        TxError::Abort(StoreError::Conflict {
+                            what,
+                            value: value.to_owned(),
+                        })
+                    };
+                    if names.get(user.name.as_bytes())?.is_some() {
+                        return Err(conflict("user name", &user.name));
                     }
-                    emails.insert(email.as_bytes(), id)?;
-                }
-                if let Some(port) = user.host_port {
-                    if ports.get(port.to_be_bytes())?.is_some() {
-                        return Err(conflict("host port", &port.to_string()));
+                    if slugs.get(user.slug.as_str().as_bytes())?.is_some() {
+                        return Err(conflict("slug", user.slug.as_str()));
                     }
-                    ports.insert(&port.to_be_bytes(), id)?;
-                }
-                names.insert(user.name.as_bytes(), id)?;
-                slugs.insert(user.slug.as_str().as_bytes(), id)?;
-                users.insert(id, value.as_slice())?;
-                Ok(())
-            });
-        drop(writing);
-        drop(turn);
-        committed(res)?;
+                    if let Some(email) = &user.email {
+                        if emails.get(email.as_bytes())?.is_some() {
+                            return Err(conflict("email", email));
+                        }
+                        emails.insert(email.as_bytes(), id)?;
+                    }
+                    if let Some(port) = user.host_port {
+                        if ports.get(port.to_be_bytes())?.is_some() {
+                            return Err(conflict("host port", &port.to_string()));
+                        }
+                        ports.insert(&port.to_be_bytes(), id)?;
+                    }
+                    names.insert(user.name.as_bytes(), id)?;
+                    slugs.insert(user.slug.as_str().as_bytes(), id)?;
+                    users.insert(id, value.as_slice())?;
+                    Ok(())
+                },
+            )
+            .await?;
+        res?;
         // Committed: the directory shows it even if the flush below fails.
         self.publish_users(&[&user.id])?;
         self.flush().await?;
@@ -163,13 +165,14 @@ impl Store {
     #[cfg(test)]
     pub async fn update_user(&self, user: &User) -> Result<()> {
         let id = user.id.as_str().as_bytes();
-        let writing = self.writing();
         // Only an existing user is updated: a concurrent delete wins.
         let current = self.users.get(id)?;
-        let res = match current {
-            Some(current) => self
-                .users
-                .compare_and_swap(id, Some(current), Some(encode(user)))?,
+        let swapped = match current {
+            Some(current) => {
+                self.users
+                    .compare_and_swap(id, Some(&current), Some(encode(user).into()))
+                    .await?
+            }
             None => {
                 return Err(StoreError::Conflict {
                     what: "deleted user",
@@ -177,8 +180,7 @@ impl Store {
                 });
             }
         };
-        drop(writing);
-        if res.is_err() {
+        if !swapped {
             return Err(StoreError::Conflict {
                 what: "user record",
                 value: user.name.clone(),
@@ -201,7 +203,6 @@ impl Store {
         const ATTEMPTS: usize = 16;
         let key = id.as_str().as_bytes();
         for _ in 0..ATTEMPTS {
-            let writing = self.writing();
             let Some(current) = self.users.get(key)? else {
                 return Err(StoreError::Gone { what: "user" });
             };
@@ -214,9 +215,9 @@ impl Store {
             }
             let swapped = self
                 .users
-                .compare_and_swap(key, Some(current), Some(encode(&user)))?;
-            drop(writing);
-            if swapped.is_ok() {
+                .compare_and_swap(key, Some(&current), Some(encode(&user).into()))
+                .await?;
+            if swapped {
                 self.publish_users(&[id])?;
                 self.flush().await?;
                 return Ok(Ok(user));
@@ -250,46 +251,50 @@ impl Store {
             .map(|o| o.id.clone())
             .collect();
         let tombstone = deleted_users::tombstone(unix_now(), keep_volume);
-        let turn = self.flush_gate.lock().await;
-        // The stored record, read with the gate held (environments are added under
-        // it too), not the caller's copy: environments added since go as well.
-        let stored = match self.users.get(id)? {
-            Some(bytes) => decode::<User>(&bytes).map_err(|source| StoreError::Corrupt {
-                key: user.id.to_string(),
-                source,
-            })?,
-            None => user.clone(),
-        };
-        // One guard over the transaction: a backup holds the user and all that
-        // points at them, or none of it.
-        let writing = self.writing();
-        let res = (
-            &self.users,
-            &self.names,
-            &self.slugs,
-            &self.emails,
-            &self.ports,
-            &self.containers,
-            &self.sessions,
-            &self.login_tokens,
-            &self.api_tokens,
-            &self.deleted_users,
-            &self.ssh_keys,
-        )
+        let res = self
+            .kv
             .transaction(
-                |(
-                    users,
-                    names,
-                    slugs,
-                    emails,
-                    ports,
-                    containers,
-                    sess,
-                    login,
-                    api,
-                    deleted,
-                    ssh,
-                )| {
+                &[
+                    &self.users,
+                    &self.names,
+                    &self.slugs,
+                    &self.emails,
+                    &self.ports,
+                    &self.containers,
+                    &self.sessions,
+                    &self.login_tokens,
+                    &self.api_tokens,
+                    &self.deleted_users,
+                    &self.ssh_keys,
+                ],
+                |t| {
+                    let [
+                        users,
+                        names,
+                        slugs,
+                        emails,
+                        ports,
+                        containers,
+                        sess,
+                        login,
+                        api,
+                        deleted,
+                        ssh,
+                    ] = t
+                    else {
+                        unreachable!("eleven trees")
+                    };
+                    // The stored record, read in the transaction, not the
+                    // caller's copy: environments added since go as well.
+                    let stored = match users.get(id)? {
+                        Some(bytes) => decode::<User>(&bytes).map_err(|source| {
+                            TxError::Abort(StoreError::Corrupt {
+                                key: user.id.to_string(),
+                                source,
+                            })
+                        })?,
+                        None => user.clone(),
+                    };
                     users.remove(id)?;
                     names.remove(user.name.as_bytes())?;
                     slugs.remove(user.slug.as_str().as_bytes())?;
@@ -325,7 +330,7 @@ impl Store {
                             continue;
                         };
                         let mut record: User = decode(&bytes).map_err(|source| {
-                            ConflictableTransactionError::Abort(StoreError::Corrupt {
+                            TxError::Abort(StoreError::Corrupt {
                                 key: owner.to_string(),
                                 source,
                             })
@@ -339,10 +344,9 @@ impl Store {
                     deleted.insert(id, tombstone.as_slice())?;
                     Ok(())
                 },
-            );
-        drop(writing);
-        drop(turn);
-        committed(res)?;
+            )
+            .await?;
+        res?;
         let changed: Vec<&UserId> = std::iter::once(&user.id).chain(&owners).collect();
         self.publish_users(&changed)?;
         self.flush().await?;
@@ -379,29 +383,28 @@ impl Store {
                 by_admin,
             };
             let key = id.as_str().as_bytes();
-            let turn = self.flush_gate.lock().await;
-            let writing = self.writing();
-            let res =
-                (&self.users, &self.slugs, &self.ports).transaction(|(users, slugs, ports)| {
+            let res = self
+                .kv
+                .transaction(&[&self.users, &self.slugs, &self.ports], |t| {
+                    let [users, slugs, ports] = t else {
+                        unreachable!("three trees")
+                    };
                     let Some(bytes) = users.get(key)? else {
-                        return Err(ConflictableTransactionError::Abort(Outcome::Store(
-                            StoreError::Gone { what: "user" },
-                        )));
+                        return Err(TxError::Abort(Outcome::Store(StoreError::Gone {
+                            what: "user",
+                        })));
                     };
                     let mut user: User = decode(&bytes).map_err(|source| {
-                        ConflictableTransactionError::Abort(Outcome::Store(StoreError::Corrupt {
+                        TxError::Abort(Outcome::Store(StoreError::Corrupt {
                             key: id.to_string(),
                             source,
                         }))
                     })?;
                     if let Err(e) = check(&user) {
-                        return Err(ConflictableTransactionError::Abort(Outcome::Refused(e)));
+                        return Err(TxError::Abort(Outcome::Refused(e)));
                     }
                     let conflict = |what: &'static str, value: String| {
-                        ConflictableTransactionError::Abort(Outcome::Store(StoreError::Conflict {
-                            what,
-                            value,
-                        }))
+                        TxError::Abort(Outcome::Store(StoreError::Conflict { what, value }))
                     };
                     if slugs.get(extra.slug.as_str().as_bytes())?.is_some() {
                         return Err(conflict("slug", extra.slug.to_string()));
@@ -416,17 +419,17 @@ impl Store {
                     user.environments.push(extra.clone());
                     users.insert(key, encode(&user))?;
                     Ok(user)
-                });
-            drop(writing);
-            drop(turn);
+                })
+                .await?;
             let user = match res {
                 Ok(user) => user,
-                Err(TransactionError::Abort(Outcome::Refused(e))) => return Ok(Err(e)),
-                Err(TransactionError::Abort(Outcome::Store(StoreError::Conflict {
-                    what, ..
-                }))) if (what == "host port" || what == "slug") && attempt < 8 => continue,
-                Err(TransactionError::Abort(Outcome::Store(e))) => return Err(e),
-                Err(TransactionError::Storage(e)) => return Err(e.into()),
+                Err(Outcome::Refused(e)) => return Ok(Err(e)),
+                Err(Outcome::Store(StoreError::Conflict { what, .. }))
+                    if (what == "host port" || what == "slug") && attempt < 8 =>
+                {
+                    continue;
+                }
+                Err(Outcome::Store(e)) => return Err(e),
             };
             self.publish_users(&[id])?;
             self.flush().await?;
@@ -442,50 +445,50 @@ impl Store {
         name: &str,
     ) -> Result<Option<ExtraEnvironment>> {
         let key = id.as_str().as_bytes();
-        let turn = self.flush_gate.lock().await;
-        let writing = self.writing();
         let tombstone = deleted_users::tombstone(unix_now(), false);
-        let res = (
-            &self.users,
-            &self.slugs,
-            &self.ports,
-            &self.containers,
-            &self.deleted_users,
-        )
-            .transaction(|(users, slugs, ports, containers, deleted)| {
-                let Some(bytes) = users.get(key)? else {
-                    return Ok(None);
-                };
-                let mut user: User = decode(&bytes).map_err(|source| {
-                    ConflictableTransactionError::Abort(StoreError::Corrupt {
-                        key: id.to_string(),
-                        source,
-                    })
-                })?;
-                let Some(i) = user.environments.iter().position(|e| e.name == name) else {
-                    return Ok(None);
-                };
-                let extra = user.environments.remove(i);
-                slugs.remove(extra.slug.as_str().as_bytes())?;
-                if let Some(port) = extra.host_port {
-                    ports.remove(&port.to_be_bytes())?;
-                }
-                containers.remove(record_key(&user, Some(&extra.slug)).as_bytes())?;
-                // Reconcile removes its volume if Docker cannot now.
-                deleted.insert(
-                    deleted_users::environment_key(&extra.slug).as_bytes(),
-                    tombstone.as_slice(),
-                )?;
-                users.insert(key, encode(&user))?;
-                Ok(Some(extra))
-            });
-        drop(writing);
-        drop(turn);
-        let removed = match res {
-            Ok(removed) => removed,
-            Err(TransactionError::Abort(e)) => return Err(e),
-            Err(TransactionError::Storage(e)) => return Err(e.into()),
-        };
+        let res = self
+            .kv
+            .transaction(
+                &[
+                    &self.users,
+                    &self.slugs,
+                    &self.ports,
+                    &self.containers,
+                    &self.deleted_users,
+                ],
+                |t| {
+                    let [users, slugs, ports, containers, deleted] = t else {
+                        unreachable!("five trees")
+                    };
+                    let Some(bytes) = users.get(key)? else {
+                        return Ok(None);
+                    };
+                    let mut user: User = decode(&bytes).map_err(|source| {
+                        TxError::Abort(StoreError::Corrupt {
+                            key: id.to_string(),
+                            source,
+                        })
+                    })?;
+                    let Some(i) = user.environments.iter().position(|e| e.name == name) else {
+                        return Ok(None);
+                    };
+                    let extra = user.environments.remove(i);
+                    slugs.remove(extra.slug.as_str().as_bytes())?;
+                    if let Some(port) = extra.host_port {
+                        ports.remove(&port.to_be_bytes())?;
+                    }
+                    containers.remove(record_key(&user, Some(&extra.slug)).as_bytes())?;
+                    // Reconcile removes its volume if Docker cannot now.
+                    deleted.insert(
+                        deleted_users::environment_key(&extra.slug).as_bytes(),
+                        tombstone.as_slice(),
+                    )?;
+                    users.insert(key, encode(&user))?;
+                    Ok(Some(extra))
+                },
+            )
+            .await?;
+        let removed = res?;
         if removed.is_some() {
             self.publish_users(&[id])?;
             self.flush().await?;
@@ -497,8 +500,7 @@ impl Store {
     /// grantee was being deleted): run with each purge (the server's first is at
     /// start-up), so every grant points at a user. Not at open: a store must read
     /// back exactly as written (restore verifies that).
-    pub(super) fn drop_dangling_shares(&self) -> Result<usize> {
-        let _writing = self.writing();
+    pub(super) async fn drop_dangling_shares(&self) -> Result<usize> {
         let mut fixed = 0;
         for item in self.users.iter() {
             let (key, value) = item?;
@@ -528,8 +530,8 @@ impl Store {
             // A concurrent update wins; the next purge looks again.
             if self
                 .users
-                .compare_and_swap(&key, Some(&value), Some(encode(&user)))?
-                .is_ok()
+                .compare_and_swap(&key, Some(&value), Some(encode(&user).into()))
+                .await?
             {
                 fixed += 1;
             }
@@ -545,15 +547,6 @@ impl Store {
 enum Outcome<E> {
     Store(StoreError),
     Refused(E),
-}
-
-/// A transaction's outcome as a store result (an abort carries our own error).
-fn committed(res: TransactionResult<(), StoreError>) -> Result<()> {
-    match res {
-        Ok(()) => Ok(()),
-        Err(TransactionError::Abort(e)) => Err(e),
-        Err(TransactionError::Storage(e)) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]
