@@ -25,6 +25,7 @@ mod idp;
 mod jupyter;
 mod lifecycle;
 mod metrics;
+mod postgres_setup;
 mod proc;
 mod progress;
 mod sharing;
