@@ -62,18 +62,23 @@ pub struct App {
 }
 
 impl App {
-    /// Opens the store and connects to Docker. Must run inside a tokio runtime.
-    pub fn build(config: Config) -> Result<Arc<App>, BuildError> {
+    /// Opens the store (`store.url`, else the embedded one in `data_dir`) and
+    /// connects to Docker.
+    pub async fn build(config: Config) -> Result<Arc<App>, BuildError> {
         let runtime = crate::runtime::connect(&config)?;
-        Self::with_runtime(config, runtime)
+        let store = Store::open_configured(config.store.url.as_deref(), &config.data_dir).await?;
+        Self::with_runtime(config, runtime, store)
     }
 
-    pub fn with_runtime(config: Config, runtime: Arc<dyn Runtime>) -> Result<Arc<App>, BuildError> {
+    pub fn with_runtime(
+        config: Config,
+        runtime: Arc<dyn Runtime>,
+        store: Store,
+    ) -> Result<Arc<App>, BuildError> {
         let config = Arc::new(config);
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let runtime = crate::runtime::metered(runtime, metrics.clone());
         let tasks = Tasks::new();
-        let store = Store::open(&config.data_dir)?;
         let session_key = store.session_key()?;
         let sessions = Arc::new(SessionCodec::new(&session_key));
         let identities = Arc::new(crate::auth::Identities::new(

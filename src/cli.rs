@@ -377,7 +377,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    let app = App::build(config).context("cannot start spawngate")?;
+    let app = App::build(config).await.context("cannot start spawngate")?;
     server::run(app, listener, shutdown_signal()).await?;
     Ok(())
 }
@@ -696,7 +696,9 @@ async fn admin_call(
                 // stray volume). It is created on the user's first visit instead.
                 let mut config = config;
                 config.lifecycle.precreate = false;
-                let app = App::build(config).context("cannot open spawngate's store")?;
+                let app = App::build(config)
+                    .await
+                    .context("cannot open spawngate's store")?;
                 local_call(app, method, path, body).await?
             }
         };

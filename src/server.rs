@@ -149,12 +149,29 @@ fn spawn_background(app: &Arc<App>) {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {
-                _ = tick.tick() => match store.purge_expired().await {
-                    Ok(n) if n > 0 => tracing::info!(removed = n, "expired sessions and login tokens purged"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "purge of expired sessions failed"),
-                },
+                _ = tick.tick() => {}
                 () = tasks.cancelled() => return,
+            }
+            // Once per store, not once per replica.
+            if !store.is_leader() {
+                continue;
+            }
+            match store.purge_expired().await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(removed = n, "expired sessions and login tokens purged")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purge of expired sessions failed"),
+            }
+            match store.sweep_tombstones().await {
+                Ok(n) if n > 0 => tracing::info!(
+                    removed = n,
+                    "old change records of the shared store dropped"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweep of the shared store's change records failed")
+                }
             }
         }
     });

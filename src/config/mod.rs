@@ -27,6 +27,7 @@ mod server;
 mod session;
 mod spawn;
 mod ssh;
+mod store;
 mod traefik;
 
 pub use docker::{DockerConfig, NetworkMode, RawDocker, SwarmConfig, SwarmPublish};
@@ -43,6 +44,7 @@ pub use server::{AppsDomain, PublicUrl, RawServer};
 pub use session::{RawSession, SessionConfig};
 pub use spawn::{RawSpawn, SpawnConfig};
 pub use ssh::{RawSsh, SshConfig};
+pub use store::{RawStore, StoreConfig, redacted as redacted_store_url};
 pub use traefik::{RawTraefik, TraefikConfig};
 
 /// A configuration problem, always naming the offending key.
@@ -86,6 +88,7 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     pub ssh: RawSsh,
     pub profiles: std::collections::BTreeMap<String, RawProfile>,
+    pub store: RawStore,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +122,8 @@ pub struct Config {
     pub ssh: Option<SshConfig>,
     /// `[profiles.*]` and the implicit `default` (the `docker.*` settings).
     pub profiles: Profiles,
+    /// `[store]`: embedded (sled) or shared (PostgreSQL).
+    pub store: StoreConfig,
 }
 
 impl Config {
@@ -189,7 +194,9 @@ impl RawConfig {
             ));
         }
         let profiles = profiles::validate(self.profiles, &docker, spawn.ready_timeout)?;
+        let store = self.store.validate()?;
         Ok(Config {
+            store,
             listen: server.listen,
             public_url: server.public_url,
             internal_url: server.internal_url,

@@ -248,10 +248,17 @@ async fn readyz(app: &App) -> Resp {
         Ok(()) => "ok".to_owned(),
         Err(e) => e.clone(),
     };
-    json(
-        status,
-        &serde_json::json!({ "store": show(&store), "docker": show(&docker) }),
-    )
+    let mut body = serde_json::json!({ "store": show(&store), "docker": show(&docker) });
+    if app.store.is_shared() {
+        // Which replica does the once-only work (culling, pool, reconcile).
+        body["role"] = if app.store.is_leader() {
+            "leader"
+        } else {
+            "follower"
+        }
+        .into();
+    }
+    json(status, &body)
 }
 
 fn provider_config(app: &App, headers: &HeaderMap) -> Resp {

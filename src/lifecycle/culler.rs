@@ -176,6 +176,12 @@ impl Lifecycle {
 
     /// One pass over all containers.
     pub async fn cull_once(self: &Arc<Self>) {
+        if self.store.is_shared() {
+            // Containers other replicas started are culled here too: learn them.
+            if let Err(e) = self.resync().await {
+                tracing::warn!(error = %e, "cannot list containers before culling");
+            }
+        }
         let directory = self.store.snapshot();
         let now = unix_now();
         let lc = &self.config.lifecycle;
@@ -192,7 +198,10 @@ impl Lifecycle {
             let Some(env) = directory.environment(&id) else {
                 continue;
             };
-            self.persist_activity(&env, &slot);
+            self.persist_activity(&env, &slot).await;
+            if self.store.is_shared() {
+                self.merge_recorded_activity(&env, &slot);
+            }
             let phase = slot.phase.get();
             let last = slot.last_activity.load(Ordering::Relaxed);
             if last == 0 {
@@ -239,13 +248,46 @@ impl Lifecycle {
     }
 
     /// Writes the in-memory activity timestamp to the store when it moved.
-    fn persist_activity(&self, env: &Env, slot: &Slot) {
+    async fn persist_activity(&self, env: &Env, slot: &Slot) {
         let last = slot.last_activity.load(Ordering::Relaxed);
         if last > 0
             && slot.persisted_activity.swap(last, Ordering::Relaxed) != last
-            && let Err(e) = self.store.note_activity(&env.record_key(), last)
+            && let Err(e) = self.store.note_activity(&env.record_key(), last).await
         {
             tracing::warn!(error = %e, "cannot persist activity");
+        }
+    }
+
+    /// Another replica's users count too: the latest activity any replica
+    /// recorded moves this one's idle clock (never back).
+    fn merge_recorded_activity(&self, env: &Env, slot: &Slot) {
+        if let Ok(Some(record)) = self.store.container_record(&env.record_key())
+            && let Some(at) = record.last_activity
+        {
+            slot.last_activity.fetch_max(at, Ordering::Relaxed);
+            slot.persisted_activity.fetch_max(at, Ordering::Relaxed);
+        }
+    }
+
+    /// On a shared store, every replica records its users' activity as often as
+    /// the leader's culler looks, so the culler judges by all of it.
+    pub(super) async fn record_activity(self: Arc<Self>) {
+        let Some(every) = self.cull_interval() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.tasks.cancelled() => return,
+            }
+            let directory = self.store.snapshot();
+            for (slug, slot) in self.all_slots() {
+                if let Some(env) = directory.environment(&slug) {
+                    self.persist_activity(&env, &slot).await;
+                }
+            }
         }
     }
 

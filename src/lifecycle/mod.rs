@@ -387,18 +387,40 @@ impl Lifecycle {
         &self.tasks
     }
 
-    /// Starts the long-running work on [`Self::tasks`]: the runtime's event
-    /// watcher, reconciliation followed by the warm pool, and the idle culler.
-    /// Each returns once shutdown begins.
+    /// Starts the long-running work on [`Self::tasks`]. Each returns once
+    /// shutdown begins.
+    /// - Every replica follows the runtime's events (its own readiness flags
+    ///   depend on them) and, on a shared store, records its users' activity
+    ///   for the leader's culler.
+    /// - The leader alone (see [`Store::leadership`]) reconciles, then fills the
+    ///   warm pool and culls, for as long as it leads.
     pub fn start_background(self: &Arc<Self>) {
         self.tasks.spawn(self.clone().watch_events());
-        // The pool fills only after reconciliation, which removes leftover spares.
-        let this = self.clone();
-        self.tasks.spawn(async move {
-            this.clone().reconcile_until_done().await;
-            this.run_pool().await;
-        });
-        self.tasks.spawn(self.clone().run_culler());
+        if self.store.is_shared() {
+            self.tasks.spawn(self.clone().record_activity());
+        }
+        self.tasks.spawn(self.clone().lead());
+    }
+
+    /// The once-only work, whenever this replica leads.
+    async fn lead(self: Arc<Self>) {
+        let mut leadership = self.store.leadership();
+        loop {
+            tokio::select! {
+                r = leadership.wait_for(|leads| *leads) => if r.is_err() { return },
+                () = self.tasks.cancelled() => return,
+            }
+            let duties = async {
+                // The pool fills only after reconciliation, which removes leftover spares.
+                self.clone().reconcile_until_done().await;
+                tokio::join!(self.clone().run_pool(), self.clone().run_culler());
+            };
+            tokio::select! {
+                () = duties => return,
+                r = leadership.wait_for(|leads| !*leads) => if r.is_err() { return },
+            }
+            tracing::warn!("leadership lost: culling, pool and reconciliation stop here");
+        }
     }
 
     /// Where the user's app is reached (Traefik's service, the readiness probe).

@@ -42,14 +42,35 @@ impl Store {
         Ok(())
     }
 
-    /// Records the last activity without flushing: called in batches by the culler,
-    /// sled writes it out within its flush interval.
-    pub fn note_activity(&self, key: &str, at: i64) -> Result<()> {
-        if let Some(mut record) = self.container_record(key)? {
+    /// Records the last activity without flushing (called in batches by the
+    /// culler; sled writes it out within its flush interval). Only ever moves it
+    /// forward, and leaves the rest of the record as stored: replicas record
+    /// their users' activity into the same records.
+    pub async fn note_activity(&self, key: &str, at: i64) -> Result<()> {
+        for _ in 0..8 {
+            let Some(current) = self.containers.get(key.as_bytes())? else {
+                return Ok(());
+            };
+            let mut record: ContainerRecord =
+                decode(&current).map_err(|source| StoreError::Corrupt {
+                    key: format!("containers/{key}"),
+                    source,
+                })?;
+            if record.last_activity.is_some_and(|was| was >= at) {
+                return Ok(());
+            }
             record.last_activity = Some(at);
-            self.containers.insert(key.as_bytes(), encode(&record))?;
+            if self
+                .containers
+                .compare_and_swap(key.as_bytes(), Some(&current), Some(encode(&record).into()))
+                .await?
+            {
+                return Ok(());
+            }
         }
-        Ok(())
+        Err(StoreError::Contended {
+            what: "the container record",
+        })
     }
 }
 
@@ -64,7 +85,7 @@ mod tests {
         let (_d, s) = store();
         let id = UserId::generate();
         let id = id.as_str();
-        s.note_activity(id, 42).unwrap();
+        s.note_activity(id, 42).await.unwrap();
         assert!(
             s.container_record(id).unwrap().is_none(),
             "no record made up"

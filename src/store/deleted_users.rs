@@ -23,9 +23,8 @@ impl Store {
     /// Whether the environment at `slug` was deleted on its own (its user lives
     /// on): its volume is then to go, as it went with the environment.
     pub fn environment_was_deleted(&self, slug: &crate::ids::Slug) -> Result<bool> {
-        Ok(self
-            .deleted_users
-            .contains_key(environment_key(slug).as_bytes())?)
+        self.deleted_users
+            .contains_key(environment_key(slug).as_bytes())
     }
 
     /// Whether `user_id` (a `spawngate.user_id` label) belonged to a deleted user:

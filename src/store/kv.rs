@@ -294,17 +294,6 @@ impl Tree {
         }
     }
 
-    /// The records whose key starts with `prefix`, in key order.
-    pub(super) fn scan_prefix(
-        &self,
-        prefix: impl AsRef<[u8]>,
-    ) -> Box<dyn DoubleEndedIterator<Item = Result<Entry>> + Send> {
-        match &self.handle {
-            Handle::Sled(t) => Box::new(t.scan_prefix(prefix).map(|r| r.map_err(StoreError::from))),
-            Handle::Pg(r) => Box::new(r.scan(self.name, prefix.as_ref()).into_iter().map(Ok)),
-        }
-    }
-
     /// A blind write (see the module comment).
     pub(super) fn insert(&self, key: impl AsRef<[u8]>, value: impl Into<IVec>) -> Result<()> {
         let _writing = self.writing();

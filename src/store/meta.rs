@@ -61,8 +61,8 @@ impl Store {
 
     /// A cheap liveness check of the database (for `/readyz` and `spawngate check`).
     pub fn check(&self) -> Result<()> {
-        self.meta.get("session_key")?;
-        Ok(())
+        self.meta.get(SESSION_KEY)?;
+        self.health().map_err(StoreError::Unavailable)
     }
 
     /// Whether the store can still write durably: a small record written and

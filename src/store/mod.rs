@@ -20,6 +20,7 @@ mod deleted_users;
 mod directory;
 mod environment;
 mod kv;
+mod leader;
 mod login_tokens;
 mod meta;
 mod postgres;
@@ -115,6 +116,8 @@ pub struct StoreInner {
     /// no shared memory (a `watch` borrow takes a lock, an `Arc` clone bumps a
     /// count every worker thread shares).
     current: Arc<arc_swap::ArcSwap<Directory>>,
+    /// Whether this process does the work that must happen once (see `leader`).
+    leading: Arc<watch::Sender<bool>>,
 }
 
 /// SHA-256 of a bearer secret: tokens are stored and looked up only by this hash, so
@@ -165,6 +168,10 @@ impl Store {
         }));
         // A change that landed between the load and the hook is applied now.
         store.refresh_directory()?;
+        tokio::spawn(leader::campaign(
+            postgres::parse_url(url)?,
+            Arc::downgrade(&store.leading),
+        ));
         Ok(store)
     }
 
@@ -200,6 +207,9 @@ impl Store {
             refresh_lock: Arc::new(std::sync::Mutex::new(())),
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
             current: Arc::new(arc_swap::ArcSwap::from_pointee(Directory::default())),
+            // The embedded store has one process, which leads; a shared one
+            // starts as a follower and campaigns (see `connect`).
+            leading: Arc::new(watch::channel(kv.replica().is_none()).0),
             kv,
         }));
         store.refresh_directory()?;
@@ -209,6 +219,33 @@ impl Store {
     /// Whether this store is shared with other replicas (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         self.kv.replica().is_some()
+    }
+
+    /// Whether this process leads (does the culling, pooling, reconciling and
+    /// purging), as it changes.
+    pub fn leadership(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    /// `Ok` while the store can serve: on PostgreSQL, while this replica follows
+    /// the database's changes (what `/readyz` reports).
+    pub fn health(&self) -> std::result::Result<(), String> {
+        match self.kv.replica() {
+            Some(replica) => replica.health(),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops old tombstones of the shared store (the leader's hourly sweep).
+    pub async fn sweep_tombstones(&self) -> Result<u64> {
+        match self.kv.replica() {
+            Some(replica) => replica.drop_old_tombstones().await,
+            None => Ok(0),
+        }
     }
 
     /// Another replica changed records: the directory follows, and what was
@@ -224,7 +261,7 @@ impl Store {
                 .iter()
                 .filter(|(tree, _)| tree == users::TREE)
                 .filter_map(|(_, key)| std::str::from_utf8(key).ok())
-                .filter_map(|id| Some(UserId::from_stored(id.to_owned())))
+                .map(|id| UserId::from_stored(id.to_owned()))
                 .collect();
             if !ids.is_empty() {
                 let refs: Vec<&UserId> = ids.iter().collect();

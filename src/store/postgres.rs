@@ -620,12 +620,6 @@ impl Replica {
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect())
     }
-
-    /// Whether the database holds no record at all (a migration's target must).
-    pub(crate) fn is_empty(&self) -> bool {
-        let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
-        mirror.trees.values().all(BTreeMap::is_empty)
-    }
 }
 
 /// Applies the migrations this build knows that the database has not run yet;
@@ -795,10 +789,13 @@ async fn write_behind(replica: Weak<Replica>, wake: Arc<Notify>, stop: Cancellat
     }
 }
 
+/// A transaction's own writes by tree and key (`None`: removed).
+type Overlay = HashMap<(&'static str, Vec<u8>), Option<IVec>>;
+
 /// A transaction's view: the mirror, under the transaction's own writes.
 pub(crate) struct PgTx {
     replica: Arc<Replica>,
-    overlay: RefCell<HashMap<(&'static str, Vec<u8>), Option<IVec>>>,
+    overlay: RefCell<Overlay>,
     writes: RefCell<Vec<Op>>,
 }
 

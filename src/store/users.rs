@@ -108,7 +108,7 @@ impl Store {
                         if ports.get(port.to_be_bytes())?.is_some() {
                             return Err(conflict("host port", &port.to_string()));
                         }
-                        ports.insert(&port.to_be_bytes(), id)?;
+                        ports.insert(port.to_be_bytes(), id)?;
                     }
                     names.insert(user.name.as_bytes(), id)?;
                     slugs.insert(user.slug.as_str().as_bytes(), id)?;
@@ -302,13 +302,13 @@ impl Store {
                         emails.remove(email.as_bytes())?;
                     }
                     if let Some(port) = user.host_port {
-                        ports.remove(&port.to_be_bytes())?;
+                        ports.remove(port.to_be_bytes())?;
                     }
                     containers.remove(id)?;
                     for extra in &stored.environments {
                         slugs.remove(extra.slug.as_str().as_bytes())?;
                         if let Some(port) = extra.host_port {
-                            ports.remove(&port.to_be_bytes())?;
+                            ports.remove(port.to_be_bytes())?;
                         }
                         containers.remove(record_key(&stored, Some(&extra.slug)).as_bytes())?;
                     }
@@ -413,7 +413,7 @@ impl Store {
                         if ports.get(port.to_be_bytes())?.is_some() {
                             return Err(conflict("host port", port.to_string()));
                         }
-                        ports.insert(&port.to_be_bytes(), key)?;
+                        ports.insert(port.to_be_bytes(), key)?;
                     }
                     slugs.insert(extra.slug.as_str().as_bytes(), key)?;
                     user.environments.push(extra.clone());
@@ -475,7 +475,7 @@ impl Store {
                     let extra = user.environments.remove(i);
                     slugs.remove(extra.slug.as_str().as_bytes())?;
                     if let Some(port) = extra.host_port {
-                        ports.remove(&port.to_be_bytes())?;
+                        ports.remove(port.to_be_bytes())?;
                     }
                     containers.remove(record_key(&user, Some(&extra.slug)).as_bytes())?;
                     // Reconcile removes its volume if Docker cannot now.

@@ -259,7 +259,7 @@ start_on_login = false
         merge(&mut table, toml::from_str(opts.backend.toml()).unwrap());
         merge(&mut table, toml::from_str(&opts.extra_toml).unwrap());
         let config = Config::from_sources(&table.to_string(), Vec::new()).unwrap();
-        let app = App::build(config).unwrap();
+        let app = App::build(config).await.unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn({
             let app = app.clone();

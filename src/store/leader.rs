@@ -1,0 +1,99 @@
+//! Which replica does the work that must happen once (the idle culler, the warm
+//! pool, reconciliation, the purge of expired records).
+//!
+//! On the embedded store there is one process: it always leads. On PostgreSQL
+//! the leader is whoever holds a session-level advisory lock on a connection of
+//! its own. PostgreSQL releases the lock the moment that session ends (a killed
+//! process's socket closes), and a follower retrying every second takes over.
+//! No two leaders at once: the leader checks its session every second and steps
+//! down as soon as a check fails or takes too long ([`CHECK_TIMEOUT`]), while
+//! PostgreSQL, told by TCP keepalives of a session that went silent, only lets
+//! go of the lock later ([`SERVER_KEEPALIVE`]): an unreachable leader has
+//! stopped before anyone else can start.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::postgres::{LEADER_LOCK, connect};
+
+const RETRY: Duration = Duration::from_secs(1);
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// PostgreSQL's keepalive on the leader's session: idle, interval, count
+/// (silence for 5 + 2 × 3 = 11 s ends it, well after the leader's own 3 s).
+const SERVER_KEEPALIVE: (u32, u32, u32) = (5, 2, 3);
+
+/// Campaigns for leadership until the store is dropped, publishing whether
+/// this replica leads.
+pub(super) async fn campaign(config: tokio_postgres::Config, leading: Weak<watch::Sender<bool>>) {
+    let publish = |now: bool| {
+        let Some(tx) = leading.upgrade() else {
+            return false;
+        };
+        tx.send_if_modified(|was| {
+            if *was == now {
+                return false;
+            }
+            *was = now;
+            tracing::info!(
+                leader = now,
+                "{}",
+                if now {
+                    "this replica now leads"
+                } else {
+                    "this replica no longer leads"
+                }
+            );
+            true
+        });
+        true
+    };
+    loop {
+        let session = async {
+            let client = connect(&config, None).await?;
+            let (idle, interval, count) = SERVER_KEEPALIVE;
+            client
+                .batch_execute(&format!(
+                    "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = {interval}; \
+                     SET tcp_keepalives_count = {count}"
+                ))
+                .await
+                .map_err(|e| super::StoreError::Unavailable(e.to_string()))?;
+            Ok::<_, super::StoreError>(client)
+        };
+        if let Ok(client) = session.await {
+            let mut held = false;
+            loop {
+                let check = async {
+                    if held {
+                        // The session holds the lock for as long as it lives:
+                        // that it still answers is the check.
+                        client.simple_query("SELECT 1").await?;
+                        return Ok(true);
+                    }
+                    let won: bool = client
+                        .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+                        .await?
+                        .get(0);
+                    Ok::<_, tokio_postgres::Error>(won)
+                };
+                match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+                    Ok(Ok(won)) => {
+                        held = won;
+                        if !publish(won) {
+                            return;
+                        }
+                    }
+                    _ => break,
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+        // The session is gone or silent: whatever it held, this replica stops.
+        if !publish(false) {
+            return;
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
