@@ -123,9 +123,10 @@ impl App {
             .transpose()?;
         let environments = Environments::new(config.clone(), store.clone(), lifecycle.clone());
         let sharing = Sharing::new(store.clone(), environments.clone());
-        let limit_per_ip = Arc::new(crate::auth::ratelimit::RateLimiter::per_hour(
-            config.login.per_ip_per_hour,
-        ));
+        let limit_per_ip = Arc::new(
+            crate::auth::ratelimit::RateLimiter::per_hour(config.login.per_ip_per_hour)
+                .counted_in(&store, "per_ip"),
+        );
         let ssh = config
             .ssh
             .clone()
@@ -155,16 +156,18 @@ impl App {
             sharing,
             external_jwt,
             oidc,
-            handoffs: Default::default(),
+            handoffs: crate::auth::handoff::HandoffCodes::new(store.clone()),
             metrics,
             limit_per_email: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.per_email_per_hour,
-            ),
+            )
+            .counted_in(&store, "per_email"),
             limit_per_ip,
             ssh,
             limit_password_failures: crate::auth::ratelimit::RateLimiter::per_hour(
                 config.login.password_failures_per_hour,
-            ),
+            )
+            .counted_in(&store, "password_failures"),
             mailer,
             config,
             store,

@@ -1,68 +1,56 @@
 //! Subdomain mode's hand-off codes: how a sign-in on the login host becomes a
 //! session on one app host without any cookie shared between the two. A code is
 //! random, single use, valid for a minute, bound to one slug (it only works on that
-//! slug's host) and to the sign-in session that asked for it; only its hash is kept.
+//! slug's host) and to the sign-in session that asked for it; only its hash is
+//! kept, in the store, so the replica that redeems it need not be the one that
+//! issued it.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ids::{SessionId, Slug, UserId, random_token};
-use crate::store::token_hash;
+use crate::ids::{SessionId, Slug, UserId};
+use crate::store::{HandoffCode, Store, StoreError};
+use crate::time::unix_now;
 
 pub const CODE_TTL: Duration = Duration::from_secs(60);
-/// Bound on codes in flight (each costs a sign-in, but memory must stay bounded).
-const MAX_PENDING: usize = 10_000;
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Handoff {
-    pub user_id: UserId,
-    pub slug: Slug,
-    pub parent: SessionId,
-    pub next: String,
-    created: Instant,
-}
-
-#[derive(Default)]
 pub struct HandoffCodes {
-    pending: Mutex<HashMap<[u8; 32], Handoff>>,
+    store: Store,
 }
 
 impl HandoffCodes {
-    pub fn issue(&self, user_id: UserId, slug: Slug, parent: SessionId, next: String) -> String {
-        let code = random_token::<32>();
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.retain(|_, h| h.created.elapsed() < CODE_TTL);
-        if pending.len() >= MAX_PENDING
-            && let Some(oldest) = pending
-                .iter()
-                .min_by_key(|(_, h)| h.created)
-                .map(|(k, _)| *k)
-        {
-            pending.remove(&oldest);
-        }
-        pending.insert(
-            token_hash(&code),
-            Handoff {
-                user_id,
-                slug,
-                parent,
-                next,
-                created: Instant::now(),
-            },
-        );
-        code
+    pub fn new(store: Store) -> HandoffCodes {
+        HandoffCodes { store }
+    }
+
+    pub async fn issue(
+        &self,
+        user_id: UserId,
+        slug: Slug,
+        parent: SessionId,
+        next: String,
+    ) -> Result<String, StoreError> {
+        let record = HandoffCode {
+            user_id,
+            slug,
+            parent,
+            next,
+            expires: unix_now() + CODE_TTL.as_secs() as i64,
+        };
+        self.store.issue_handoff(&record).await
     }
 
     /// Uses a code up on `host_slug`'s host. A code presented on another host is
     /// used up too (it was exposed to the wrong origin).
-    pub fn redeem(&self, code: &str, host_slug: &Slug) -> Option<Handoff> {
-        let handoff = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&token_hash(code))?;
-        (handoff.created.elapsed() < CODE_TTL && &handoff.slug == host_slug).then_some(handoff)
+    pub async fn redeem(
+        &self,
+        code: &str,
+        host_slug: &Slug,
+    ) -> Result<Option<HandoffCode>, StoreError> {
+        Ok(self
+            .store
+            .redeem_handoff(code)
+            .await?
+            .filter(|h| &h.slug == host_slug))
     }
 }
 
@@ -70,9 +58,10 @@ impl HandoffCodes {
 mod tests {
     use super::*;
 
-    #[test]
-    fn codes_work_once_and_only_on_their_host() {
-        let codes = HandoffCodes::default();
+    #[tokio::test]
+    async fn codes_work_once_and_only_on_their_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let codes = HandoffCodes::new(Store::open(dir.path()).unwrap());
         let (a, b) = (Slug::generate(), Slug::generate());
         let issue = || {
             codes.issue(
@@ -82,12 +71,15 @@ mod tests {
                 "/x".into(),
             )
         };
-        let code = issue();
-        assert_eq!(codes.redeem(&code, &a).unwrap().next, "/x");
-        assert!(codes.redeem(&code, &a).is_none(), "single use");
-        let code = issue();
-        assert!(codes.redeem(&code, &b).is_none(), "wrong host");
-        assert!(codes.redeem(&code, &a).is_none(), "burnt by the wrong host");
-        assert!(codes.redeem("forged", &a).is_none());
+        let code = issue().await.unwrap();
+        assert_eq!(codes.redeem(&code, &a).await.unwrap().unwrap().next, "/x");
+        assert!(codes.redeem(&code, &a).await.unwrap().is_none(), "single use");
+        let code = issue().await.unwrap();
+        assert!(codes.redeem(&code, &b).await.unwrap().is_none(), "wrong host");
+        assert!(
+            codes.redeem(&code, &a).await.unwrap().is_none(),
+            "burnt by the wrong host"
+        );
+        assert!(codes.redeem("forged", &a).await.unwrap().is_none());
     }
 }

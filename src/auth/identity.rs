@@ -155,7 +155,10 @@ impl Identities {
     /// The user behind a personal API token (`Authorization: Bearer spawngate_…`).
     /// Never read from a query string. A store that cannot be read is an error,
     /// never "no token": the caller must not be told to sign in because of it.
-    pub fn identify_token(&self, headers: &HeaderMap) -> Result<Option<Arc<User>>, StoreError> {
+    pub async fn identify_token(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<User>>, StoreError> {
         let Some(token) = bearer(headers) else {
             return Ok(None);
         };
@@ -164,7 +167,12 @@ impl Identities {
         if !token.starts_with("spawngate_") || token.len() > 128 {
             return Ok(None);
         }
-        let Some(record) = self.store.api_token(token)? else {
+        let mut record = self.store.api_token(token)?;
+        // Created on another replica a moment ago? (see `identify_by`)
+        if record.is_none() && self.store.catch_up().await {
+            record = self.store.api_token(token)?;
+        }
+        let Some(record) = record else {
             return Ok(None);
         };
         Ok(self
@@ -179,23 +187,47 @@ impl Identities {
     /// expired or revoked cookie, or a disabled or deleted user, is the same as no
     /// cookie. App-host sessions (subdomain mode) never count here. A store that
     /// cannot be read is an error, not "no session".
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, StoreError> {
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Option<Identity>, StoreError> {
         self.identify_by(headers, &self.config.session.cookie_name, None)
+            .await
     }
 
     /// Subdomain mode: the caller's identity on `slug`'s app host, from the
     /// host-only app cookie. The session must be scoped to exactly this slug and
     /// the sign-in session it was handed off from must still be live, so signing
     /// out (or an admin revoking sessions) ends app sessions too.
-    pub fn identify_app(
+    pub async fn identify_app(
         &self,
         headers: &HeaderMap,
         slug: &Slug,
     ) -> Result<Option<Identity>, StoreError> {
         self.identify_by(headers, &self.config.session.app_cookie_name, Some(slug))
+            .await
     }
 
-    fn identify_by(
+    /// [`Self::identify_now`], and on a shared store once more after catching
+    /// up when a genuinely signed cookie names no session this replica knows:
+    /// another replica may have issued it a moment ago (a sign-in there, then a
+    /// redirect here). Only a cookie with a valid signature costs that query.
+    async fn identify_by(
+        &self,
+        headers: &HeaderMap,
+        cookie_name: &str,
+        scope: Option<&Slug>,
+    ) -> Result<Option<Identity>, StoreError> {
+        if let Some(found) = self.identify_now(headers, cookie_name, scope)? {
+            return Ok(Some(found));
+        }
+        let genuine = || {
+            cookies::values(headers, cookie_name).any(|v| self.codec.verify(v).is_some())
+        };
+        if self.store.is_shared() && genuine() && self.store.catch_up().await {
+            return self.identify_now(headers, cookie_name, scope);
+        }
+        Ok(None)
+    }
+
+    fn identify_now(
         &self,
         headers: &HeaderMap,
         cookie_name: &str,
@@ -324,30 +356,30 @@ mod tests {
         let (_dir, store, ids, user) = setup().await;
         let (sid, _) = store.create_session(&user.id, 3600).await.unwrap();
         let h = cookie(&ids, &sid, &user, unix_now() + 3600);
-        assert!(ids.identify(&h).unwrap().is_some());
-        assert!(ids.identify(&h).unwrap().is_some(), "served from the cache");
+        assert!(ids.identify(&h).await.unwrap().is_some());
+        assert!(ids.identify(&h).await.unwrap().is_some(), "served from the cache");
         assert_eq!(ids.cached_len(), 1);
         // Logout.
         store.delete_session(&sid).await.unwrap();
-        assert!(ids.identify(&h).unwrap().is_none(), "logged out");
+        assert!(ids.identify(&h).await.unwrap().is_none(), "logged out");
 
         // Revocation of every session.
         let (sid, _) = store.create_session(&user.id, 3600).await.unwrap();
         let h = cookie(&ids, &sid, &user, unix_now() + 3600);
-        assert!(ids.identify(&h).unwrap().is_some());
-        assert!(ids.identify(&h).unwrap().is_some());
+        assert!(ids.identify(&h).await.unwrap().is_some());
+        assert!(ids.identify(&h).await.unwrap().is_some());
         store.delete_sessions_of(&user.id).await.unwrap();
-        assert!(ids.identify(&h).unwrap().is_none(), "revoked");
+        assert!(ids.identify(&h).await.unwrap().is_none(), "revoked");
 
         // A disabled user.
         let (sid, _) = store.create_session(&user.id, 3600).await.unwrap();
         let h = cookie(&ids, &sid, &user, unix_now() + 3600);
-        assert!(ids.identify(&h).unwrap().is_some());
+        assert!(ids.identify(&h).await.unwrap().is_some());
         let mut disabled = (*store.snapshot().by_id(&user.id).unwrap().clone()).clone();
         disabled.disabled = true;
         disabled.credential_generation += 1;
         store.update_user(&disabled).await.unwrap();
-        assert!(ids.identify(&h).unwrap().is_none(), "disabled");
+        assert!(ids.identify(&h).await.unwrap().is_none(), "disabled");
     }
 
     #[tokio::test]
@@ -357,7 +389,7 @@ mod tests {
         // The cookie says it ends in a second: so does the cache entry (with the
         // leeway the codec grants).
         let h = cookie(&ids, &sid, &user, unix_now() + 1);
-        assert!(ids.identify(&h).unwrap().is_some());
+        assert!(ids.identify(&h).await.unwrap().is_some());
         let verified = ids.verified.read().unwrap();
         let entry = verified.entries.values().next().unwrap();
         assert!(entry.expires <= unix_now() + 1 + 5);
@@ -380,7 +412,7 @@ mod tests {
             ))
             .unwrap(),
         );
-        assert!(ids.identify(&h).unwrap().is_some());
-        assert!(ids.identify_app(&h, &user.slug).unwrap().is_none());
+        assert!(ids.identify(&h).await.unwrap().is_some());
+        assert!(ids.identify_app(&h, &user.slug).await.unwrap().is_none());
     }
 }

@@ -1,5 +1,8 @@
 //! Fixed-window rate limits for login requests, kept in memory (a restart resets
-//! them, which only ever lets a little more through).
+//! them, which only ever lets a little more through). On a shared store the
+//! `*_everywhere` calls count in the store instead, so a limit holds across
+//! replicas wherever the attempts land (and falls back to this replica's own
+//! count while the store cannot be reached).
 //!
 //! Memory is bounded: windows are kept in the order they opened, finished ones are
 //! dropped from the front, and when a flood of distinct keys fills the table the
@@ -19,6 +22,8 @@ pub struct RateLimiter {
     window: Duration,
     max_keys: usize,
     state: Mutex<Windows>,
+    /// The shared store and this limiter's name in it.
+    shared: Option<(crate::store::Store, &'static str)>,
 }
 
 #[derive(Default)]
@@ -60,7 +65,44 @@ impl RateLimiter {
             window,
             max_keys: max_keys.max(1),
             state: Mutex::new(Windows::default()),
+            shared: None,
         }
+    }
+
+    /// Counts in `store` under `name` when the store is shared by replicas.
+    pub fn counted_in(mut self, store: &crate::store::Store, name: &'static str) -> RateLimiter {
+        if store.is_shared() {
+            self.shared = Some((store.clone(), name));
+        }
+        self
+    }
+
+    fn window_secs(&self) -> i64 {
+        i64::try_from(self.window.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// [`Self::allow`] counted across replicas (see the module docs).
+    pub async fn allow_everywhere(&self, key: &str) -> bool {
+        if let Some((store, name)) = &self.shared {
+            match store.count_attempt(name, key, self.window_secs()).await {
+                Ok(n) => return n <= self.limit,
+                Err(e) => tracing::warn!(error = %e, "rate limit: store unavailable, counting locally"),
+            }
+        }
+        self.allow(key)
+    }
+
+    /// [`Self::forgive`] counted across replicas.
+    pub async fn forgive_everywhere(&self, key: &str) {
+        if let Some((store, name)) = &self.shared
+            && store
+                .forgive_attempt(name, key, self.window_secs())
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        self.forgive(key);
     }
 
     /// Counts one attempt for `key`; `false` once the limit for the window is used.

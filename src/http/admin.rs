@@ -59,7 +59,7 @@ where
     // Who is acting, for the audit log.
     let actor = match peer {
         Peer::Control => "operator".to_owned(),
-        Peer::Network(_) => match network_actor(app, req.headers(), req.method()) {
+        Peer::Network(_) => match network_actor(app, req.headers(), req.method()).await {
             Ok(actor) => actor,
             Err((e, audience)) => return super::errors::json_answer(&e, audience),
         },
@@ -91,12 +91,12 @@ where
 
 /// Who calls over the network: an admin token's holder (`admin:<token name>`) or
 /// an admin user (by name). A personal API token never counts, whoever owns it.
-fn network_actor(
+async fn network_actor(
     app: &App,
     headers: &hyper::HeaderMap,
     method: &Method,
 ) -> Result<String, (HttpError, super::errors::Audience)> {
-    match admin_caller(&app.store, &app.identities, headers)? {
+    match admin_caller(&app.store, &app.identities, headers).await? {
         AdminCaller::Token(name) => Ok(name),
         AdminCaller::User(identity) => {
             if method != Method::GET && !super::csrf_header_ok(app, &identity.session, headers) {
@@ -121,7 +121,7 @@ pub(super) enum AdminCaller {
 /// The one rule of who is an admin by a request's headers: a bearer header is an
 /// admin token or nothing; else the session of a user with the admin flag. Also
 /// asked again by long-lived admin answers (the event stream).
-pub(super) fn admin_caller(
+pub(super) async fn admin_caller(
     store: &crate::store::Store,
     identities: &crate::auth::Identities,
     headers: &hyper::HeaderMap,
@@ -134,7 +134,7 @@ pub(super) fn admin_caller(
             Err(e) => Err((e.into(), Audience::Operator)),
         };
     }
-    let identity = match identities.identify(headers) {
+    let identity = match identities.identify(headers).await {
         Ok(Some(identity)) => identity,
         Ok(None) => return Err((Error::Unauthorized.into(), Audience::User)),
         Err(e) => return Err((e.into(), Audience::User)),

@@ -30,8 +30,8 @@ const AUDIT_SHOWN: usize = 200;
 
 /// The signed-in admin, or the answer for everyone else: the sign-in page (then
 /// back here) without a session, 403 for users who are not admins.
-fn admin_of(app: &App, headers: &HeaderMap) -> Result<Identity, Box<Resp>> {
-    match app.identities.identify(headers) {
+async fn admin_of(app: &App, headers: &HeaderMap) -> Result<Identity, Box<Resp>> {
+    match app.identities.identify(headers).await {
         Ok(Some(identity)) if identity.user.admin => Ok(identity),
         Ok(Some(_)) => Err(Box::new(super::errors::html_answer(
             &Error::Forbidden("this page is for administrators").into(),
@@ -46,7 +46,7 @@ fn admin_of(app: &App, headers: &HeaderMap) -> Result<Identity, Box<Resp>> {
 
 /// `GET /_spawngate/admin`.
 pub async fn page(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Resp {
-    let identity = match admin_of(app, headers) {
+    let identity = match admin_of(app, headers).await {
         Ok(identity) => identity,
         Err(resp) => return *resp,
     };

@@ -35,7 +35,7 @@ const START_WAIT: Duration = Duration::from_secs(5);
 
 /// `GET /_spawngate/`.
 pub async fn page(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Resp {
-    let identity = match app.identities.identify(headers) {
+    let identity = match app.identities.identify(headers).await {
         Ok(Some(identity)) => identity,
         Ok(None) => return redirect(StatusCode::FOUND, "/_spawngate/login"),
         Err(e) => return super::errors::store_unavailable(true, &e),

@@ -40,7 +40,7 @@ pub(super) async fn signed_in<B: ReqBody>(
     if form_origin(app, req.headers()) == FormOrigin::Foreign {
         return Err(super::errors::forbidden(true));
     }
-    let identity = match app.identities.identify(req.headers()) {
+    let identity = match app.identities.identify(req.headers()).await {
         Ok(Some(identity)) => identity,
         Ok(None) => return Err(redirect(StatusCode::SEE_OTHER, "/_spawngate/login")),
         Err(e) => return Err(super::errors::store_unavailable(true, &e)),

@@ -230,9 +230,9 @@ async fn identify_caller(
     slug: Option<&Slug>,
 ) -> Result<Option<Caller>, crate::store::StoreError> {
     let session = match (&app.config.apps, slug) {
-        (Some(_), Some(slug)) => app.identities.identify_app(headers, slug)?,
+        (Some(_), Some(slug)) => app.identities.identify_app(headers, slug).await?,
         (Some(_), None) => None,
-        (None, _) => app.identities.identify(headers)?,
+        (None, _) => app.identities.identify(headers).await?,
     };
     if let Some(identity) = session {
         return Ok(Some(Caller {
@@ -240,7 +240,7 @@ async fn identify_caller(
             via: Via::Session(identity.headers),
         }));
     }
-    if let Some(user) = app.identities.identify_token(headers)? {
+    if let Some(user) = app.identities.identify_token(headers).await? {
         return Ok(Some(Caller {
             user,
             via: Via::ApiToken,
@@ -410,9 +410,9 @@ pub(super) fn waiting(browser: bool) -> Resp {
 
 /// A `/u-…` path that no user router matched: an unknown slug, or a user created a
 /// moment ago whose router Traefik has not loaded yet. Never lets anything through.
-pub fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
+pub async fn unknown_user_path(app: &App, headers: &HeaderMap, path: &str) -> Resp {
     let browser = wants_html(headers);
-    let identity = match app.identities.identify(headers) {
+    let identity = match app.identities.identify(headers).await {
         Ok(identity) => identity,
         Err(e) => return errors::store_unavailable(browser, &e),
     };

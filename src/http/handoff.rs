@@ -35,7 +35,7 @@ pub fn start_url(app: &App, slug: &Slug, next: &str) -> String {
 }
 
 /// `GET /_spawngate/handoff?slug=…&next=…` on the login host.
-pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Resp {
+pub async fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -> Resp {
     let Some(apps) = &app.config.apps else {
         return super::errors::not_found();
     };
@@ -44,7 +44,7 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
         .get("next")
         .and_then(|n| safe_next(n))
         .unwrap_or_else(|| "/".to_owned());
-    let identity = match app.identities.identify(headers) {
+    let identity = match app.identities.identify(headers).await {
         Ok(identity) => identity,
         Err(e) => return super::errors::store_unavailable(true, &e),
     };
@@ -62,12 +62,19 @@ pub fn start(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) ->
     let Some(target) = target else {
         return super::errors::forbidden(true);
     };
-    let code = app.handoffs.issue(
-        identity.user.id.clone(),
-        target.slug().clone(),
-        identity.session,
-        next,
-    );
+    let code = match app
+        .handoffs
+        .issue(
+            identity.user.id.clone(),
+            target.slug().clone(),
+            identity.session,
+            next,
+        )
+        .await
+    {
+        Ok(code) => code,
+        Err(e) => return super::errors::store_unavailable(true, &e),
+    };
     let mut resp = redirect(
         StatusCode::FOUND,
         &format!("{}{PATH}?code={code}", apps.origin(target.slug())),
@@ -96,8 +103,10 @@ pub async fn on_app_host(
         };
     }
     let code = query.get("code").map(String::as_str).unwrap_or_default();
-    let Some(handoff) = app.handoffs.redeem(code, host_slug) else {
-        return expired(app);
+    let handoff = match app.handoffs.redeem(code, host_slug).await {
+        Ok(Some(handoff)) => handoff,
+        Ok(None) => return expired(app),
+        Err(e) => return super::errors::store_unavailable(true, &e),
     };
     let directory = app.store.snapshot();
     let user = directory.by_id(&handoff.user_id).filter(|u| !u.disabled);

@@ -25,13 +25,13 @@ where
     B: ReqBody,
 {
     match *req.method() {
-        Method::GET | Method::HEAD => login_page(app, &req),
+        Method::GET | Method::HEAD => login_page(app, &req).await,
         Method::POST => post(app, req, peer).await,
         _ => super::api_error(crate::error::Error::Invalid("use GET or POST".into())),
     }
 }
 
-fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
+async fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
     let q = query(req.uri());
     let next = q.get("next").and_then(|n| safe_next(n));
     if let Some(token) = q.get("token") {
@@ -60,7 +60,7 @@ fn login_page<B>(app: &App, req: &Request<B>) -> Resp {
             Err(e) => store_unavailable(&e),
         };
     }
-    match app.identities.identify(req.headers()) {
+    match app.identities.identify(req.headers()).await {
         Ok(Some(identity)) => {
             let target = next.unwrap_or_else(|| {
                 app.environments
@@ -153,7 +153,7 @@ where
     // Every login attempt counts against the client address (confirmations too,
     // so tokens cannot be guessed at speed).
     if let Some(ip) = &ip
-        && !app.limit_per_ip.allow(ip)
+        && !app.limit_per_ip.allow_everywhere(ip).await
     {
         app.metrics.rate_limited(RateLimit::Address);
         tracing::warn!(target: "spawngate::login", client = %ip, "login rate limit (address) hit");
@@ -209,7 +209,7 @@ async fn request_link(app: &App, email: &str, next: Option<&String>) -> Resp {
             "That does not look like an email address.",
         );
     }
-    if !app.limit_per_email.allow(&email) {
+    if !app.limit_per_email.allow_everywhere(&email).await {
         app.metrics.rate_limited(RateLimit::Email);
         tracing::warn!(target: "spawngate::login", "login rate limit (email) hit");
         return too_many();
@@ -440,7 +440,7 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
     // name and address belong together) before the check, so parallel guesses
     // cannot overtake it; a success takes its attempt back.
     let attempt = format!("password:{name}");
-    if !app.limit_password_failures.allow(&attempt) {
+    if !app.limit_password_failures.allow_everywhere(&attempt).await {
         app.metrics.rate_limited(RateLimit::Password);
         return too_many();
     }
@@ -458,7 +458,7 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
     .unwrap_or(false);
     match user {
         Some(user) if ok => {
-            app.limit_password_failures.forgive(&attempt);
+            app.limit_password_failures.forgive_everywhere(&attempt).await;
             app.metrics.login(LoginMethod::Password, true);
             start_session(app, headers, &user, form.get("next")).await
         }
@@ -483,7 +483,7 @@ pub(super) async fn start_session(
     user: &std::sync::Arc<crate::store::User>,
     next: Option<&String>,
 ) -> Resp {
-    let old_session = match app.identities.identify(headers) {
+    let old_session = match app.identities.identify(headers).await {
         Ok(identity) => identity.map(|i| i.session),
         Err(e) => return store_unavailable(&e),
     };
@@ -528,7 +528,7 @@ where
     if form_origin(app, req.headers()) == FormOrigin::Foreign {
         return super::errors::forbidden(true);
     }
-    let identity = match app.identities.identify(req.headers()) {
+    let identity = match app.identities.identify(req.headers()).await {
         Ok(identity) => identity,
         Err(e) => return store_unavailable(&e),
     };

@@ -47,7 +47,7 @@ async fn route<B: ReqBody>(
 ) -> Result<(StatusCode, serde_json::Value), HttpError> {
     let method = req.method().clone();
     let (user, session): (Arc<User>, Option<SessionId>) =
-        match app.identities.identify(req.headers())? {
+        match app.identities.identify(req.headers()).await? {
             Some(identity) => {
                 if method != Method::GET
                     && !super::csrf_header_ok(app, &identity.session, req.headers())
@@ -58,7 +58,7 @@ async fn route<B: ReqBody>(
             }
             None => (
                 app.identities
-                    .identify_token(req.headers())?
+                    .identify_token(req.headers()).await?
                     .ok_or(Error::Unauthorized)?,
                 None,
             ),

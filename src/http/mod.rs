@@ -134,7 +134,7 @@ where
         // The start-up page on this host follows its environment's start here.
         let get = req.method() == Method::GET;
         if get && path == progress::PROGRESS_PATH {
-            return Ok(progress::progress(&app, req.headers(), &query, Some(&slug)));
+            return Ok(progress::progress(&app, req.headers(), &query, Some(&slug)).await);
         }
         if get && path == progress::ENVIRONMENT_PATH {
             return Ok(progress::environment(
@@ -142,7 +142,7 @@ where
                 req.headers(),
                 &query,
                 Some(&slug),
-            ));
+            ).await);
         }
         return Ok(handoff::on_app_host(&app, req.headers(), &slug, &path, &query).await);
     }
@@ -157,7 +157,7 @@ where
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (&method, path.as_str()) {
-        (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())),
+        (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())).await,
         (&Method::GET, app_gone::PATH) => app_gone::handle(&app, req.headers(), None).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/metrics") => metrics::handle(&app, req.headers()),
@@ -167,10 +167,10 @@ where
         (&Method::GET, "/readyz") => readyz(&app).await,
         (&Method::GET, "/traefik/config") => provider_config(&app, req.headers()),
         (&Method::GET, progress::PROGRESS_PATH) => {
-            progress::progress(&app, req.headers(), &query_map(req.uri()), None)
+            progress::progress(&app, req.headers(), &query_map(req.uri()), None).await
         }
         (&Method::GET, progress::ENVIRONMENT_PATH) => {
-            progress::environment(&app, req.headers(), &query_map(req.uri()), None)
+            progress::environment(&app, req.headers(), &query_map(req.uri()), None).await
         }
         (_, "/_spawngate/api/me") => me::handle(&app, req, "").await,
         (_, p) if p.starts_with("/_spawngate/api/me/") => {
@@ -202,7 +202,7 @@ where
             admin_page::post(&app, req, &action).await
         }
         // Traefik's catch-all for `/u-…` paths no user router matched.
-        (_, p) if p.starts_with("/u-") => forward_auth::unknown_user_path(&app, req.headers(), p),
+        (_, p) if p.starts_with("/u-") => forward_auth::unknown_user_path(&app, req.headers(), p).await,
         // A browser gets the page, in the pages' look.
         _ if wants_html(req.headers()) => errors::html_answer(&Error::NotFound("page").into()),
         _ => errors::not_found(),

@@ -53,7 +53,7 @@ pub const RETRY_SECS: u32 = 2;
 
 /// The environment a progress or status request is about, and the caller's
 /// access to it. `host_slug`: the app host's slug in subdomain mode.
-fn target(
+async fn target(
     app: &App,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
@@ -63,7 +63,7 @@ fn target(
     if let Some(slug) = host_slug {
         let identity = app
             .identities
-            .identify_app(headers, slug)?
+            .identify_app(headers, slug).await?
             .ok_or(Error::Unauthorized)?;
         let target = directory
             .environment(slug)
@@ -72,11 +72,11 @@ fn target(
             .ok_or(Error::Forbidden("you do not have access to this address"))?;
         return Ok((target, access));
     }
-    let (caller, by_token) = match app.identities.identify(headers)? {
+    let (caller, by_token) = match app.identities.identify(headers).await? {
         Some(identity) => (identity.user, false),
         None => (
             app.identities
-                .identify_token(headers)?
+                .identify_token(headers).await?
                 .ok_or(Error::Unauthorized)?,
             true,
         ),
@@ -93,13 +93,13 @@ fn target(
 }
 
 /// `GET /_spawngate/api/me/progress`.
-pub fn progress(
+pub async fn progress(
     app: &App,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     host_slug: Option<&Slug>,
 ) -> Resp {
-    let (target, access) = match target(app, headers, query, host_slug) {
+    let (target, access) = match target(app, headers, query, host_slug).await {
         Ok(t) => t,
         Err(e) => return api_error(e),
     };
@@ -272,13 +272,13 @@ fn sentence(s: &str) -> String {
 }
 
 /// `GET /_spawngate/api/me/environment`.
-pub fn environment(
+pub async fn environment(
     app: &App,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
     host_slug: Option<&Slug>,
 ) -> Resp {
-    let (target, access) = match target(app, headers, query, host_slug) {
+    let (target, access) = match target(app, headers, query, host_slug).await {
         Ok(t) => t,
         Err(e) => return api_error(e),
     };
@@ -326,7 +326,15 @@ pub fn events(app: &App, headers: &HeaderMap, query: &HashMap<String, String>) -
     // (a revoked token, a demoted, disabled or signed-out admin).
     let (identities, store, credentials) =
         (app.identities.clone(), app.store.clone(), headers.clone());
-    let still_admin = move || super::admin::admin_caller(&store, &identities, &credentials).is_ok();
+    let still_admin = move || -> futures_util::future::BoxFuture<'static, bool> {
+        let (store, identities, credentials) =
+            (store.clone(), identities.clone(), credentials.clone());
+        Box::pin(async move {
+            super::admin::admin_caller(&store, &identities, &credentials)
+                .await
+                .is_ok()
+        })
+    };
     let state = EventStream {
         missed: subscription.missed.then_some(since.unwrap_or(0)),
         replay: subscription.replay.into_iter(),
@@ -345,7 +353,7 @@ struct EventStream {
     live: tokio::sync::broadcast::Receiver<Arc<crate::events::OpEvent>>,
     tasks: Tasks,
     /// Asked before every chunk: the stream ends when the caller is no admin.
-    still_admin: Box<dyn Fn() -> bool + Send>,
+    still_admin: Box<dyn Fn() -> futures_util::future::BoxFuture<'static, bool> + Send>,
     /// Streams are bounded; a client reconnects with `Last-Event-ID`.
     ends: tokio::time::Instant,
 }
@@ -355,7 +363,7 @@ const EVENTS_LIFETIME: Duration = Duration::from_secs(3600);
 
 impl EventStream {
     async fn next(mut self) -> Option<(Bytes, EventStream)> {
-        if !(self.still_admin)() {
+        if !(self.still_admin)().await {
             return None;
         }
         if let Some(since) = self.missed.take() {
@@ -373,7 +381,7 @@ impl EventStream {
             _ = tokio::time::sleep(KEEP_ALIVE) => None,
         };
         // Asked again: the caller may have lost the right while this waited.
-        if !(self.still_admin)() {
+        if !(self.still_admin)().await {
             return None;
         }
         let chunk = match received {

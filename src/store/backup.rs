@@ -29,7 +29,7 @@ use super::records::{
 };
 use super::{
     Store, StoreError, admin_tokens, api_tokens, audit, containers, deleted_users, login_tokens,
-    meta, sessions, ssh_keys, users,
+    meta, one_time, sessions, ssh_keys, users,
 };
 
 pub const FORMAT: &str = "spawngate-backup";
@@ -107,7 +107,7 @@ struct TreeSpec {
 
 /// Every tree of the store, in the order a backup lists them. A unit test checks
 /// that this is exactly the set of trees the store opens.
-const TREES: [TreeSpec; 14] = [
+const TREES: [TreeSpec; 16] = [
     spec(users::TREE, KeyEnc::Text, Kind::User),
     spec(users::NAMES, KeyEnc::Text, Kind::UserId),
     spec(users::SLUGS, KeyEnc::Text, Kind::UserId),
@@ -123,6 +123,9 @@ const TREES: [TreeSpec; 14] = [
     // Tombstones: deleted user id → when, and whether the volume stays.
     spec(deleted_users::TREE, KeyEnc::Text, Kind::Bytes),
     spec(ssh_keys::TREE, KeyEnc::Text, Kind::SshKey),
+    // Short-lived: hand-off codes (a minute) and rate-limit windows (an hour).
+    spec(one_time::HANDOFFS, KeyEnc::Hex(32), Kind::Bytes),
+    spec(one_time::RATE_LIMITS, KeyEnc::Text, Kind::Bytes),
 ];
 
 const fn spec(name: &'static str, key: KeyEnc, kind: Kind) -> TreeSpec {

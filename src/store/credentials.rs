@@ -34,6 +34,7 @@ impl Store {
         if self.drop_dangling_shares().await? > 0 {
             self.refresh_directory()?;
         }
+        self.purge_one_time().await?;
         let now = unix_now();
         let live = |id: &UserId| {
             self.users

@@ -23,6 +23,7 @@ mod kv;
 mod leader;
 mod login_tokens;
 mod meta;
+mod one_time;
 mod postgres;
 pub mod records;
 mod sessions;
@@ -42,6 +43,7 @@ use kv::{IVec, Kv, Tree};
 pub use login_tokens::TokenRejection;
 pub use records::{
     AdminToken, ApiToken, AuditEntry, ContainerRecord, DEFAULT_ENVIRONMENT, Desired, EnvIndex,
+    HandoffCode,
     ExtraEnvironment, LoginToken, Overrides, Session, SessionScope, Share, SshKey, User,
 };
 use records::{DecodeError, decode};
@@ -108,6 +110,8 @@ pub struct StoreInner {
     /// Tombstones of deleted users (see `deleted_users.rs`).
     deleted_users: Tree,
     ssh_keys: Tree,
+    handoffs: Tree,
+    rate_limits: Tree,
     /// Rebuilds of the directory run one at a time: otherwise a rebuild that read
     /// the users earlier could publish after a newer one and hide a new user.
     refresh_lock: Arc<std::sync::Mutex<()>>,
@@ -204,6 +208,8 @@ impl Store {
             meta: kv.tree(meta::TREE, false)?,
             deleted_users: kv.tree(deleted_users::TREE, true)?,
             ssh_keys: kv.tree(ssh_keys::TREE, true)?,
+            handoffs: kv.tree(one_time::HANDOFFS, false)?,
+            rate_limits: kv.tree(one_time::RATE_LIMITS, false)?,
             refresh_lock: Arc::new(std::sync::Mutex::new(())),
             directory: Arc::new(watch::channel(Arc::new(Directory::default())).0),
             current: Arc::new(arc_swap::ArcSwap::from_pointee(Directory::default())),
@@ -237,6 +243,24 @@ impl Store {
         match self.kv.replica() {
             Some(replica) => replica.health(),
             None => Ok(()),
+        }
+    }
+
+    /// On a shared store, applies what other replicas committed up to now
+    /// (bounded: a PostgreSQL that does not answer leaves the mirror as it is).
+    /// Returns whether anything may have changed. The embedded store is always
+    /// current.
+    pub async fn catch_up(&self) -> bool {
+        let Some(replica) = self.kv.replica() else {
+            return false;
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(2), replica.refresh()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot catch up with the shared store");
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -274,7 +298,7 @@ impl Store {
     }
 
     /// Every tree with its name, as `open` opened them (what a backup walks).
-    fn trees(&self) -> [(&'static str, &Tree); 14] {
+    fn trees(&self) -> [(&'static str, &Tree); 16] {
         [
             (users::TREE, &self.users),
             (users::NAMES, &self.names),
@@ -290,6 +314,8 @@ impl Store {
             (meta::TREE, &self.meta),
             (deleted_users::TREE, &self.deleted_users),
             (ssh_keys::TREE, &self.ssh_keys),
+            (one_time::HANDOFFS, &self.handoffs),
+            (one_time::RATE_LIMITS, &self.rate_limits),
         ]
     }
 

@@ -563,6 +563,25 @@ impl Replica {
         }
     }
 
+    /// Applies what other replicas committed up to now, without waiting for
+    /// their notification (a credential this replica has not seen yet may have
+    /// been issued by another a moment ago).
+    pub(crate) async fn refresh(self: &Arc<Self>) -> Result<()> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            *conn = Some(connect(&self.config, None).await?);
+        }
+        let Some(client) = conn.as_ref() else {
+            return Err(unavailable("not connected"));
+        };
+        let mut seen = self.seen.lock().await;
+        let caught_up = self.catch_up(client, &mut seen).await;
+        if caught_up.is_err() && client.is_closed() {
+            *conn = None;
+        }
+        caught_up
+    }
+
     /// Drops tombstones older than [`TOMBSTONE_TTL_SECS`] (the leader's sweep).
     pub(crate) async fn drop_old_tombstones(self: &Arc<Self>) -> Result<u64> {
         let mut conn = self.conn.lock().await;

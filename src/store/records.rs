@@ -191,6 +191,20 @@ pub struct LoginToken {
     pub generation: u32,
 }
 
+/// A subdomain hand-off code in flight (see `auth::handoff`), stored under the
+/// code's hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HandoffCode {
+    pub user_id: UserId,
+    pub slug: Slug,
+    /// The sign-in session that asked for it.
+    pub parent: crate::ids::SessionId,
+    /// Where the app host sends the browser once signed in.
+    pub next: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
 /// A user's personal API token (for scripts hitting their own slug). Stored under
 /// the token's hash; `id` is its public handle for listing and revoking.
 #[derive(Clone, Debug, Serialize, Deserialize)]
