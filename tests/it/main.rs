@@ -31,6 +31,7 @@ mod progress;
 mod sharing;
 mod ssh;
 mod stack;
+mod store_backends;
 mod storefull;
 mod subdomain;
 mod swarm;
