@@ -70,6 +70,22 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Move the store between backends.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy the configured store (the embedded one in `server.data_dir`, or
+    /// `store.url`) into TO: an empty PostgreSQL database (`postgres://…`) or a
+    /// directory for an embedded store. Offline only; the source is left as it is.
+    Migrate {
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -265,6 +281,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check => check(config).await,
         Command::Backup { file, force } => backup(config, &file, force).await,
         Command::Restore { file, force } => restore(config, &file, force).await,
+        Command::Store {
+            command: StoreCommand::Migrate { to },
+        } => migrate(config, &to).await,
     }
 }
 
@@ -291,6 +310,11 @@ async fn backup(config: Config, file: &std::path::Path, force: bool) -> anyhow::
                 status.as_u16()
             );
         }
+        None if config.store.url.is_some() => {
+            // A shared store: read in one consistent snapshot of the database.
+            let store = open_shared(&config).await?;
+            backup::export(&store).await?
+        }
         None => {
             // Offline: nothing else writes, so the snapshot is consistent as is.
             if !config.data_dir.join("db").exists() {
@@ -316,6 +340,76 @@ async fn backup(config: Config, file: &std::path::Path, force: bool) -> anyhow::
     Ok(())
 }
 
+/// The configured shared (PostgreSQL) store.
+async fn open_shared(config: &Config) -> anyhow::Result<crate::store::Store> {
+    let url = config.store.url.as_deref().unwrap_or_default();
+    crate::store::Store::connect(url).await.with_context(|| {
+        format!(
+            "cannot open the store at {}",
+            crate::config::redacted_store_url(url)
+        )
+    })
+}
+
+async fn migrate(config: Config, to: &str) -> anyhow::Result<()> {
+    let socket = server::control_socket_path(&config.data_dir);
+    let source = match &config.store.url {
+        Some(url) => {
+            if url == to {
+                bail!("the store is at {to} already");
+            }
+            open_shared(&config).await?
+        }
+        None => {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                bail!(
+                    "a spawngate server is serving on '{}': stop it before migrating its store",
+                    socket.display()
+                );
+            }
+            if !config.data_dir.join("db").exists() {
+                bail!(
+                    "no spawngate store in '{}' (server.data_dir)",
+                    config.data_dir.display()
+                );
+            }
+            crate::store::Store::open(&config.data_dir).context("cannot open spawngate's store")?
+        }
+    };
+    let checked = backup::parse(&backup::export(&source).await?)
+        .context("the store's contents do not read back")?;
+    let (done, target) = if to.starts_with("postgres://") || to.starts_with("postgresql://") {
+        crate::config::RawStore { url: to.to_owned() }
+            .validate()
+            .context("--to")?;
+        let target = crate::store::Store::connect(to)
+            .await
+            .with_context(|| format!("cannot open {}", crate::config::redacted_store_url(to)))?;
+        let done = backup::import_shared(&target, &checked).await?;
+        (
+            done,
+            format!("store.url = \"{}\"", crate::config::redacted_store_url(to)),
+        )
+    } else if to.contains("://") {
+        bail!("--to {to:?}: a postgres:// URL or a directory");
+    } else {
+        let dir = std::path::Path::new(to);
+        let done = backup::restore(dir, &checked, false).await?;
+        (
+            done,
+            format!(
+                "server.data_dir = \"{}\" and an empty store.url",
+                dir.display()
+            ),
+        )
+    };
+    println!(
+        "copied {} users ({} records); the source is unchanged. To use the copy, set {target} and start spawngate.",
+        done.users, done.records
+    );
+    Ok(())
+}
+
 async fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
     let socket = server::control_socket_path(&config.data_dir);
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
@@ -327,6 +421,24 @@ async fn restore(config: Config, file: &std::path::Path, force: bool) -> anyhow:
     let bytes = std::fs::read(file).with_context(|| format!("cannot read '{}'", file.display()))?;
     let checked = backup::parse(&bytes)
         .with_context(|| format!("'{}' cannot be restored", file.display()))?;
+    if config.store.url.is_some() {
+        // A shared store is never replaced under replicas that may be running:
+        // restore fills an empty one.
+        if force {
+            bail!(
+                "--force cannot replace a shared (PostgreSQL) store: restore into an empty database"
+            );
+        }
+        let store = open_shared(&config).await?;
+        let done = backup::import_shared(&store, &checked).await?;
+        println!(
+            "restored {} users ({} records, backup of {}) into the PostgreSQL store",
+            done.users,
+            done.records,
+            checked.created.as_deref().unwrap_or("unknown date"),
+        );
+        return Ok(());
+    }
     let done = backup::restore(&config.data_dir, &checked, force).await?;
     println!(
         "restored {} users ({} records, backup of {}) into {}",
@@ -779,11 +891,17 @@ async fn check(config: Config) -> anyhow::Result<()> {
         );
         let _ = body;
     } else {
-        match crate::store::Store::open(&config.data_dir) {
+        let place = match &config.store.url {
+            Some(url) => format!("PostgreSQL at {}", crate::config::redacted_store_url(url)),
+            None => config.data_dir.display().to_string(),
+        };
+        match crate::store::Store::open_configured(config.store.url.as_deref(), &config.data_dir)
+            .await
+        {
             Ok(store) => {
                 store.check()?;
                 let users = store.snapshot().len();
-                println!("store: ok ({users} users in {})", config.data_dir.display());
+                println!("store: ok ({users} users in {place})");
                 if let Some((_, _, ports)) = host_ports {
                     let held = store.host_ports_held();
                     let left = ports.saturating_sub(u32::try_from(held).unwrap_or(u32::MAX));

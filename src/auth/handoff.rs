@@ -73,9 +73,15 @@ mod tests {
         };
         let code = issue().await.unwrap();
         assert_eq!(codes.redeem(&code, &a).await.unwrap().unwrap().next, "/x");
-        assert!(codes.redeem(&code, &a).await.unwrap().is_none(), "single use");
+        assert!(
+            codes.redeem(&code, &a).await.unwrap().is_none(),
+            "single use"
+        );
         let code = issue().await.unwrap();
-        assert!(codes.redeem(&code, &b).await.unwrap().is_none(), "wrong host");
+        assert!(
+            codes.redeem(&code, &b).await.unwrap().is_none(),
+            "wrong host"
+        );
         assert!(
             codes.redeem(&code, &a).await.unwrap().is_none(),
             "burnt by the wrong host"

@@ -218,9 +218,8 @@ impl Identities {
         if let Some(found) = self.identify_now(headers, cookie_name, scope)? {
             return Ok(Some(found));
         }
-        let genuine = || {
-            cookies::values(headers, cookie_name).any(|v| self.codec.verify(v).is_some())
-        };
+        let genuine =
+            || cookies::values(headers, cookie_name).any(|v| self.codec.verify(v).is_some());
         if self.store.is_shared() && genuine() && self.store.catch_up().await {
             return self.identify_now(headers, cookie_name, scope);
         }
@@ -357,7 +356,10 @@ mod tests {
         let (sid, _) = store.create_session(&user.id, 3600).await.unwrap();
         let h = cookie(&ids, &sid, &user, unix_now() + 3600);
         assert!(ids.identify(&h).await.unwrap().is_some());
-        assert!(ids.identify(&h).await.unwrap().is_some(), "served from the cache");
+        assert!(
+            ids.identify(&h).await.unwrap().is_some(),
+            "served from the cache"
+        );
         assert_eq!(ids.cached_len(), 1);
         // Logout.
         store.delete_session(&sid).await.unwrap();

@@ -86,7 +86,9 @@ impl RateLimiter {
         if let Some((store, name)) = &self.shared {
             match store.count_attempt(name, key, self.window_secs()).await {
                 Ok(n) => return n <= self.limit,
-                Err(e) => tracing::warn!(error = %e, "rate limit: store unavailable, counting locally"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "rate limit: store unavailable, counting locally")
+                }
             }
         }
         self.allow(key)

@@ -458,7 +458,9 @@ async fn password_login(app: &App, headers: &HeaderMap, form: &HashMap<String, S
     .unwrap_or(false);
     match user {
         Some(user) if ok => {
-            app.limit_password_failures.forgive_everywhere(&attempt).await;
+            app.limit_password_failures
+                .forgive_everywhere(&attempt)
+                .await;
             app.metrics.login(LoginMethod::Password, true);
             start_session(app, headers, &user, form.get("next")).await
         }

@@ -58,7 +58,8 @@ async fn route<B: ReqBody>(
             }
             None => (
                 app.identities
-                    .identify_token(req.headers()).await?
+                    .identify_token(req.headers())
+                    .await?
                     .ok_or(Error::Unauthorized)?,
                 None,
             ),

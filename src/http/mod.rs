@@ -137,12 +137,7 @@ where
             return Ok(progress::progress(&app, req.headers(), &query, Some(&slug)).await);
         }
         if get && path == progress::ENVIRONMENT_PATH {
-            return Ok(progress::environment(
-                &app,
-                req.headers(),
-                &query,
-                Some(&slug),
-            ).await);
+            return Ok(progress::environment(&app, req.headers(), &query, Some(&slug)).await);
         }
         return Ok(handoff::on_app_host(&app, req.headers(), &slug, &path, &query).await);
     }
@@ -157,7 +152,9 @@ where
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let resp = match (&method, path.as_str()) {
-        (&Method::GET, handoff::PATH) => handoff::start(&app, req.headers(), &query_map(req.uri())).await,
+        (&Method::GET, handoff::PATH) => {
+            handoff::start(&app, req.headers(), &query_map(req.uri())).await
+        }
         (&Method::GET, app_gone::PATH) => app_gone::handle(&app, req.headers(), None).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/metrics") => metrics::handle(&app, req.headers()),
@@ -202,7 +199,9 @@ where
             admin_page::post(&app, req, &action).await
         }
         // Traefik's catch-all for `/u-…` paths no user router matched.
-        (_, p) if p.starts_with("/u-") => forward_auth::unknown_user_path(&app, req.headers(), p).await,
+        (_, p) if p.starts_with("/u-") => {
+            forward_auth::unknown_user_path(&app, req.headers(), p).await
+        }
         // A browser gets the page, in the pages' look.
         _ if wants_html(req.headers()) => errors::html_answer(&Error::NotFound("page").into()),
         _ => errors::not_found(),

@@ -63,7 +63,8 @@ async fn target(
     if let Some(slug) = host_slug {
         let identity = app
             .identities
-            .identify_app(headers, slug).await?
+            .identify_app(headers, slug)
+            .await?
             .ok_or(Error::Unauthorized)?;
         let target = directory
             .environment(slug)
@@ -76,7 +77,8 @@ async fn target(
         Some(identity) => (identity.user, false),
         None => (
             app.identities
-                .identify_token(headers).await?
+                .identify_token(headers)
+                .await?
                 .ok_or(Error::Unauthorized)?,
             true,
         ),

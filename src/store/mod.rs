@@ -43,8 +43,8 @@ use kv::{IVec, Kv, Tree};
 pub use login_tokens::TokenRejection;
 pub use records::{
     AdminToken, ApiToken, AuditEntry, ContainerRecord, DEFAULT_ENVIRONMENT, Desired, EnvIndex,
-    HandoffCode,
-    ExtraEnvironment, LoginToken, Overrides, Session, SessionScope, Share, SshKey, User,
+    ExtraEnvironment, HandoffCode, LoginToken, Overrides, Session, SessionScope, Share, SshKey,
+    User,
 };
 use records::{DecodeError, decode};
 

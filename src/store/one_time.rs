@@ -85,10 +85,7 @@ impl Store {
 }
 
 fn read_count(bytes: &[u8]) -> u32 {
-    bytes
-        .try_into()
-        .map(u32::from_be_bytes)
-        .unwrap_or(u32::MAX)
+    bytes.try_into().map(u32::from_be_bytes).unwrap_or(u32::MAX)
 }
 
 /// `<name>/<window start>/<window length>/<hash>`: the window's end can be read
@@ -148,6 +145,9 @@ mod tests {
         assert_eq!(s.count_attempt("email", "a@x", 3600).await.unwrap(), 2);
         let key = counter_key("email", "a@x", 3600, 7300);
         assert_eq!(window_end(&key), Some(10800));
-        assert!(!String::from_utf8_lossy(&key).contains("a@x"), "keys are hashed");
+        assert!(
+            !String::from_utf8_lossy(&key).contains("a@x"),
+            "keys are hashed"
+        );
     }
 }

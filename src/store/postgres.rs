@@ -195,7 +195,8 @@ impl Replica {
             committed: watch::channel(Committed::default()).0,
             wake_writer: Arc::new(Notify::new()),
             on_change: std::sync::OnceLock::new(),
-            listening: watch::channel(Err("not connected yet".to_owned())).0,
+            // Current as of the load below; the follower reports it if that ends.
+            listening: watch::channel(Ok(())).0,
             last_id: AtomicU64::new(0),
             stop: CancellationToken::new(),
         });

@@ -4,6 +4,7 @@
 //! writes, never both win a race, refuse a newer schema, and a migration copies
 //! an embedded store over.
 
+use std::path::Path;
 use std::time::Duration;
 
 use spawngate::store::{HandoffCode, Store, StoreError, TokenRejection, backup};
@@ -23,10 +24,14 @@ async fn suite(s: &Store) {
         Err(StoreError::Conflict { .. })
     ));
     assert!(matches!(
-        s.create_user("alice2", Some("alice@example.org"), None).await,
+        s.create_user("alice2", Some("alice@example.org"), None)
+            .await,
         Err(StoreError::Conflict { .. })
     ));
-    let bob = s.create_user("bob", None, Some((20000, 29999))).await.unwrap();
+    let bob = s
+        .create_user("bob", None, Some((20000, 29999)))
+        .await
+        .unwrap();
     assert!(bob.host_port.is_some());
     assert_eq!(s.snapshot().by_name("alice").unwrap().id, alice.id);
     assert_eq!(s.snapshot().by_slug(&bob.slug).unwrap().name, "bob");
@@ -77,7 +82,12 @@ async fn suite(s: &Store) {
         .unwrap()
         .unwrap();
     assert_eq!(s.snapshot().environment(&lab.slug).unwrap().name(), "lab");
-    assert!(s.remove_environment(&alice.id, "lab").await.unwrap().is_some());
+    assert!(
+        s.remove_environment(&alice.id, "lab")
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert!(s.snapshot().environment(&lab.slug).is_none());
     assert!(s.environment_was_deleted(&lab.slug).unwrap());
 
@@ -214,9 +224,11 @@ async fn replicas_see_each_others_writes_and_never_both_win() {
         c.await.unwrap();
     }
     wait_until(5, "both replicas hold all ten changes", || {
-        [&a, &b]
-            .iter()
-            .all(|s| s.snapshot().by_id(&alice.id).is_some_and(|u| u.groups.len() == 10))
+        [&a, &b].iter().all(|s| {
+            s.snapshot()
+                .by_id(&alice.id)
+                .is_some_and(|u| u.groups.len() == 10)
+        })
     })
     .await;
 }
@@ -256,7 +268,10 @@ async fn a_database_migrated_by_a_newer_spawngate_is_refused() {
 async fn an_embedded_store_migrates_into_postgres_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let local = Store::open(dir.path()).unwrap();
-    let alice = local.create_user("alice", None, Some((30000, 30999))).await.unwrap();
+    let alice = local
+        .create_user("alice", None, Some((30000, 30999)))
+        .await
+        .unwrap();
     let (sid, _) = local.create_session(&alice.id, 3600).await.unwrap();
     local.audit("operator", "user.create", "alice", None);
     let key = local.session_key().unwrap();
@@ -275,7 +290,10 @@ async fn an_embedded_store_migrates_into_postgres_and_back() {
     ));
     // Another replica starting now sees it all.
     let other = Store::connect(&url).await.unwrap();
-    assert_eq!(other.snapshot().by_name("alice").unwrap().host_port, alice.host_port);
+    assert_eq!(
+        other.snapshot().by_name("alice").unwrap().host_port,
+        alice.host_port
+    );
 
     // And back: the shared store's backup restores into an embedded one.
     let back = backup::parse(&backup::export(&shared).await.unwrap()).unwrap();
@@ -316,5 +334,62 @@ async fn a_replica_reconnects_and_catches_up_after_postgres_restarts() {
         a.check().is_ok() && a.snapshot().by_id(&created.id).is_some()
     })
     .await;
-    assert!(a.snapshot().by_name("during").is_none(), "the failed write left nothing");
+    assert!(
+        a.snapshot().by_name("during").is_none(),
+        "the failed write left nothing"
+    );
+}
+
+/// The operator's path: `spawngate store migrate --to postgres://…` copies an
+/// embedded store; the CLI then works on the shared one; a second copy into the
+/// same database is refused; and `--to DIR` copies it back.
+#[test]
+fn the_cli_migrates_an_embedded_store_to_postgres_and_back() {
+    use crate::cli::{spawngate, stderr, stdout};
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["alice", "bob"] {
+        let add = spawngate(dir.path(), &["user", "add", name], &[]);
+        assert!(add.status.success(), "{}", stderr(&add));
+    }
+    let url = PgServer::shared().fresh_database();
+    let migrate = spawngate(dir.path(), &["store", "migrate", "--to", &url], &[]);
+    assert!(migrate.status.success(), "{}", stderr(&migrate));
+    assert!(
+        stdout(&migrate).contains("copied 2 users"),
+        "{}",
+        stdout(&migrate)
+    );
+
+    let shared = [("SPAWNGATE_STORE_URL", url.as_str())];
+    let elsewhere = tempfile::tempdir().unwrap();
+    let list = spawngate(elsewhere.path(), &["user", "list", "--json"], &shared);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert!(stdout(&list).contains("\"alice\"") && stdout(&list).contains("\"bob\""));
+
+    let again = spawngate(dir.path(), &["store", "migrate", "--to", &url], &[]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("is not empty"),
+        "{}",
+        stderr(&again)
+    );
+
+    let back = tempfile::tempdir().unwrap();
+    let target = back.path().join("copy");
+    let target = target.to_str().unwrap();
+    let home = spawngate(
+        elsewhere.path(),
+        &["store", "migrate", "--to", target],
+        &shared,
+    );
+    assert!(home.status.success(), "{}", stderr(&home));
+    let list = spawngate(Path::new(target), &["user", "list", "--json"], &[]);
+    assert!(stdout(&list).contains("\"alice\""), "{}", stdout(&list));
+
+    let bad = spawngate(
+        dir.path(),
+        &["store", "migrate", "--to", "mysql://x/y"],
+        &[],
+    );
+    assert!(!bad.status.success());
 }
