@@ -27,7 +27,9 @@
 //!   (`lifecycle/phase.rs`) and how far a start got (`lifecycle/progress.rs`); [`runtime`]: the backend boundary (backend-neutral
 //!   `EnvironmentSpec`, typed states, capabilities) and its two implementations:
 //!   Docker containers (`runtime/docker.rs`) and Swarm services (`runtime/swarm/`).
-//! - **Foundations.** [`store`]: the embedded sled database, one file per tree, the
+//! - **Foundations.** [`store`]: the embedded sled database or a shared PostgreSQL one
+//!   (both under one key-value layer; replicas mirror PostgreSQL in memory and elect
+//!   a leader through it), one file per tree, the
 //!   in-memory directory the hot path reads (updated per change), and [`store::Env`],
 //!   the handle every layer names an environment by; [`store::backup`] writes it to one
 //!   file and restores it; [`config`]: one file per TOML section (`[profiles.*]` included), `SPAWNGATE_*`

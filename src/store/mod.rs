@@ -1,11 +1,13 @@
-//! The embedded sled database and the in-memory [`Directory`] of users.
+//! The store (the embedded sled database, or a PostgreSQL one replicas share; see
+//! `kv`) and the in-memory [`Directory`] of users.
 //!
 //! Only admin actions, logins and spawns write here. The forwardAuth hot path reads
 //! the directory (an `Arc` snapshot behind a `watch` channel) and looks sessions up
-//! in sled, whose reads are served from its page cache and never write.
+//! in memory: sled's page cache, or the replica's mirror of PostgreSQL.
 //!
-//! This file opens the database and holds what every tree shares: the write guard
-//! a backup waits on, the flush turn, the directory snapshot and the scan helpers.
+//! This file opens the store and holds what every tree shares: the directory
+//! snapshot, what another replica's changes do to it, leadership and the scan
+//! helpers.
 //! Each tree's operations (and its name) live in a file of their own; `users`
 //! includes the user indexes, `credentials` the sweeps over all three credential
 //! trees.
