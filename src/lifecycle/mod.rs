@@ -841,6 +841,12 @@ impl Lifecycle {
         };
         let env: &Env = &current;
         self.may_start(env)?;
+        // Across replicas: one start at a time; whoever waited finds the
+        // container the other started and only probes it.
+        let _turn = self
+            .store
+            .start_turn(env.slug(), self.profile(env).start_timeout)
+            .await;
         let was_present = slot.present.load(Ordering::Relaxed);
         match was_present {
             true => slot
@@ -853,8 +859,10 @@ impl Lifecycle {
         let mut spec = self.spec(env);
         // Once reconciliation has listed every container, one the slot has never
         // seen does not exist (unless made by hand: then creating it fails over).
-        spec.fresh =
-            !slot.present.load(Ordering::Relaxed) && self.reconciled.load(Ordering::Relaxed);
+        // (Not on a shared store: another replica may have made it since.)
+        spec.fresh = !slot.present.load(Ordering::Relaxed)
+            && self.reconciled.load(Ordering::Relaxed)
+            && !self.store.is_shared();
         let id = env_of(env);
         // Intent first: a crash between here and Docker leaves a record saying what
         // we were doing.

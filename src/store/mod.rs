@@ -126,6 +126,11 @@ pub struct StoreInner {
     leading: Arc<watch::Sender<bool>>,
 }
 
+/// One replica's turn to start an environment (see [`Store::start_turn`]).
+pub struct StartTurn {
+    _session: tokio_postgres::Client,
+}
+
 /// SHA-256 of a bearer secret: tokens are stored and looked up only by this hash, so
 /// a copy of the database yields no usable token. Looking a hash up in a tree leaks
 /// nothing useful about the secret through timing.
@@ -263,6 +268,31 @@ impl Store {
                 false
             }
             Err(_) => false,
+        }
+    }
+
+    /// On a shared store, waits (up to `wait`) until no other replica is starting
+    /// the environment at `slug`, and holds that turn until the guard drops: at
+    /// most one start of an environment is in progress across replicas. `None`
+    /// on the embedded store (one process: the lifecycle's own lock suffices),
+    /// or when the turn cannot be had in time (the container name still keeps it
+    /// to one container).
+    pub async fn start_turn(
+        &self,
+        slug: &crate::ids::Slug,
+        wait: std::time::Duration,
+    ) -> Option<StartTurn> {
+        let replica = self.kv.replica()?;
+        match tokio::time::timeout(wait, replica.lock_named(slug.as_str())).await {
+            Ok(Ok(client)) => Some(StartTurn { _session: client }),
+            Ok(Err(e)) => {
+                tracing::warn!(%slug, error = %e, "cannot take the start turn; starting anyway");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(%slug, "another replica's start is taking long; starting anyway");
+                None
+            }
         }
     }
 

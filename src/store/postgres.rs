@@ -56,6 +56,8 @@ const MIGRATIONS: &[&str] = &[
 const WRITE_LOCK: i64 = 0x5350_4157_4e01;
 const MIGRATE_LOCK: i64 = 0x5350_4157_4e02;
 pub(crate) const LEADER_LOCK: i64 = 0x5350_4157_4e03;
+/// The first half of the two-part advisory lock key of one environment's start.
+const START_LOCKS: i32 = 0x5350_4701;
 
 const CHANNEL: &str = "spawngate_kv";
 /// A replica catches up this often even without a notification.
@@ -581,6 +583,22 @@ impl Replica {
             *conn = None;
         }
         caught_up
+    }
+
+    /// Waits for the advisory lock of `name` (an environment's slug) on a
+    /// connection of its own and returns it: the lock is held until the returned
+    /// client is dropped, or its process dies (PostgreSQL ends the session).
+    pub(crate) async fn lock_named(&self, name: &str) -> Result<Client> {
+        let client = connect(&self.config, None).await?;
+        // Two-part key: a namespace, and 32 bits of the name's hash (a collision
+        // only makes two starts take turns).
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(name.as_bytes());
+        let part = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        client
+            .execute("SELECT pg_advisory_lock($1, $2)", &[&START_LOCKS, &part])
+            .await
+            .map_err(unavailable)?;
+        Ok(client)
     }
 
     /// Drops tombstones older than [`TOMBSTONE_TTL_SECS`] (the leader's sweep).
