@@ -68,10 +68,17 @@ impl Store {
     /// Whether the store can still write durably: a small record written and
     /// flushed (what `/readyz` asks; a full disk shows here first).
     pub async fn check_writable(&self) -> Result<()> {
-        {
-            self.meta
-                .insert("health_probe", unix_now().to_be_bytes().to_vec())?;
+        // Embedded: two pages of fresh bytes, so the write needs new space on
+        // disk each time and a full disk shows at the next probe, not once the
+        // space sled had reserved runs out. PostgreSQL's disk is its own
+        // business: a timestamp shows the database takes writes.
+        let mut probe = unix_now().to_be_bytes().to_vec();
+        if !self.is_shared() {
+            for _ in 0..256 {
+                probe.extend_from_slice(&random_bytes::<32>());
+            }
         }
+        self.meta.insert("health_probe", probe)?;
         self.flush().await
     }
 }
