@@ -326,6 +326,8 @@ class Bench:
         self.admin_token = ""
         self.started = False
         self.cleaned = False
+        # Processes cleanup() stops, in this order (SIGTERM, then SIGKILL after 10 s).
+        self.stop_order = ["traefik", "noop", "spawngate"]
         self.sg_env = {k: v for k, v in os.environ.items() if not k.startswith("SPAWNGATE_")}
         self.sg_env.update(
             SPAWNGATE_SERVER_LISTEN=f"127.0.0.1:{self.sg_port}",
@@ -559,7 +561,7 @@ class Bench:
         self.cleaned = True
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for name in ("traefik", "noop", "spawngate"):
+            for name in self.stop_order:
                 p = self.procs.get(name)
                 if p is None or p.poll() is not None:
                     continue
@@ -2201,6 +2203,7 @@ class Replicated(Bench):
             **(extra_env or {}),
         })
         self.internal_port = internal_port
+        self.stop_order = ["traefik"] + [self.name_of(i) for i in range(n)]
         self.ports = [self.sg_port]
         self.envs = [self.sg_env]
         for i in range(1, n):
@@ -2273,19 +2276,6 @@ class Replicated(Bench):
     def login_at(self, i: int, name: str) -> str:
         """Signs `name` in at replica i's own port (its CLI mints the link)."""
         return self.login(name, self.ports[i], self.envs[i])
-
-    def cleanup(self) -> None:
-        # The replicas other than the first; Bench.cleanup stops the rest.
-        for i in range(1, len(self.ports)):
-            p = self.procs.get(self.name_of(i))
-            if p is not None and p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        super().cleanup()
 
 
 def pct(xs: list[float], q: float) -> float:

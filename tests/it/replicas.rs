@@ -660,3 +660,86 @@ async fn login_rate_limits_are_shared_by_the_replicas() {
         );
     }
 }
+
+/// Subdomain mode: a hand-off code the login host issues on replica A is
+/// redeemed for an app cookie on replica B, and only once (on either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handoff_code_from_one_replica_is_redeemed_once_on_the_other() {
+    // The public address only names hosts here: the test talks to each replica's
+    // own port with these Host headers.
+    const LOGIN_HOST: &str = "login.test:8000";
+    let r = Replicas::start(
+        2,
+        Pg::Shared,
+        &[
+            ("SPAWNGATE_LIFECYCLE_START_ON_LOGIN", "false"),
+            ("SPAWNGATE_SERVER_PUBLIC_URL", "http://login.test:8000"),
+            ("SPAWNGATE_SERVER_APPS_DOMAIN", "apps.test"),
+        ],
+    )
+    .await;
+    // `created user alice: http://<slug>.apps.test:8000`
+    let out = r.nodes[0].cli(&["user", "add", "alice"]);
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let alice = out
+        .split("//")
+        .nth(1)
+        .and_then(|rest| rest.split(".apps.test").next())
+        .unwrap_or_else(|| panic!("no app host in {out:?}"))
+        .to_owned();
+    r.traefik.wait_router(&format!("u-{alice}")).await;
+    let cookie = r.login_at(0, "alice").await;
+    let app_host = format!("{alice}.apps.test:8000");
+    // A code from replica `i`: the redemption's path on the app host.
+    let issue_at = |i: usize| {
+        let (r, cookie, alice, app_host) = (&r, &cookie, &alice, &app_host);
+        async move {
+            let issued = r
+                .client
+                .get(format!(
+                    "{}/_spawngate/handoff?slug={alice}&next=%2F",
+                    r.nodes[i].direct
+                ))
+                .header(reqwest::header::HOST, LOGIN_HOST)
+                .header(reqwest::header::COOKIE, cookie)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(issued.status(), StatusCode::FOUND);
+            let redeem = issued.headers()["location"].to_str().unwrap().to_owned();
+            redeem
+                .strip_prefix(&format!("http://{app_host}"))
+                .unwrap_or_else(|| panic!("not a redemption on {app_host}: {redeem}"))
+                .to_owned()
+        }
+    };
+    let redeem_at = |i: usize, path: &str| {
+        r.client
+            .get(format!("{}{path}", r.nodes[i].direct))
+            .header(reqwest::header::HOST, &app_host)
+            .send()
+    };
+    let path = issue_at(0).await;
+    let redeemed = redeem_at(1, &path).await.unwrap();
+    if redeemed.status() != StatusCode::SEE_OTHER {
+        // Told on failure: whether the code works on the replica that issued it.
+        let again = issue_at(0).await;
+        let same = redeem_at(0, &again).await.unwrap().status();
+        panic!(
+            "a code issued on A and redeemed on B: {} (not 303); a code redeemed on A \
+             itself: {same}",
+            redeemed.status()
+        );
+    }
+    assert!(
+        crate::harness::session_cookie(redeemed.headers(), "spawngate_app").is_some(),
+        "an app cookie"
+    );
+    for i in [0, 1] {
+        assert_eq!(
+            redeem_at(i, &path).await.unwrap().status(),
+            StatusCode::BAD_REQUEST,
+            "the code again, on replica {i}"
+        );
+    }
+}
