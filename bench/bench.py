@@ -46,6 +46,13 @@
      + polling. On a single-node swarm the bench makes (and leaves) when the engine
      is in none. Run with b. and c. (`--only bcs`) for the Docker backend's figures
      of the same run.
+  r. Replicas on PostgreSQL (issue 16; not in the default set: `bench/run --only r`):
+     a signed-in user's app through Traefik with one spawngate on sled, one replica
+     on PostgreSQL and two (behind Traefik's `internal` entry point, docs/ha.md), wrk
+     rounds alternating; cold start on PostgreSQL vs sled; the propagation delay of a
+     revocation (revoked on replica A, B's /auth polled until 401; p50/p99 of 50);
+     failover (leader SIGKILLed -> the other reports role=leader -> its first cull).
+     Starts a throw-away PostgreSQL (Debian's package, as the tests do).
 
 Run it with bench/run (which builds everything first). Stdlib only. Everything it
 creates (spawngate, Traefik, the no-op server, containers, volumes, networks, compose
@@ -319,6 +326,8 @@ class Bench:
         self.admin_token = ""
         self.started = False
         self.cleaned = False
+        # Processes cleanup() stops, in this order (SIGTERM, then SIGKILL after 10 s).
+        self.stop_order = ["traefik", "noop", "spawngate"]
         self.sg_env = {k: v for k, v in os.environ.items() if not k.startswith("SPAWNGATE_")}
         self.sg_env.update(
             SPAWNGATE_SERVER_LISTEN=f"127.0.0.1:{self.sg_port}",
@@ -452,13 +461,15 @@ class Bench:
             raise BenchError(f"cannot find the slug in `user add` output: {out!r}")
         return m.group(1)
 
-    def login(self, name: str) -> str:
-        link = self.cli("user", "login-link", name)
+    def login(self, name: str, port: int | None = None, env: dict | None = None) -> str:
+        """Signs `name` in through Traefik (or at `port`, with a link the CLI
+        run with `env` mints); the Cookie header value."""
+        link = run([SPAWNGATE, "user", "login-link", name], env=env or self.sg_env, timeout=60).strip()
         token = urllib.parse.parse_qs(urllib.parse.urlparse(link).query).get("token", [""])[0]
         if not token:
             raise BenchError(f"no token in login link {link!r}")
         status, headers, body = http_request(
-            self.web_port,
+            port or self.web_port,
             "/_spawngate/login",
             method="POST",
             headers={"Content-Type": "application/x-www-form-urlencoded"},
@@ -550,7 +561,7 @@ class Bench:
         self.cleaned = True
         old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
-            for name in ("traefik", "noop", "spawngate"):
+            for name in self.stop_order:
                 p = self.procs.get(name)
                 if p is None or p.poll() is not None:
                     continue
@@ -2085,6 +2096,350 @@ def section_s(bs: "Bench", o: argparse.Namespace) -> None:
     print(flush=True)
 
 
+# ---- r. replicas on PostgreSQL (issue 16)
+
+# The failover figure needs a short idle tier (the culler looks every second).
+R_IDLE_SECS = 4
+
+
+def pg_bin() -> str:
+    """PG_BIN, or the newest /usr/lib/postgresql/<version>/bin with a postgres."""
+    if os.environ.get("PG_BIN"):
+        return os.environ["PG_BIN"]
+    found = []
+    for v in os.listdir("/usr/lib/postgresql") if os.path.isdir("/usr/lib/postgresql") else []:
+        if v.isdigit() and os.access(f"/usr/lib/postgresql/{v}/bin/postgres", os.X_OK):
+            found.append((int(v), f"/usr/lib/postgresql/{v}/bin"))
+    if not found:
+        raise BenchError("r. needs PostgreSQL (apt-get install postgresql, or set PG_BIN)")
+    return max(found)[1]
+
+
+class PgScratch:
+    """A throw-away PostgreSQL as the tests make it (tests/it/postgres_setup.rs):
+    initdb into a temp dir, trust auth, 127.0.0.1 on a free port, run as `nobody`
+    when the bench runs as root (the server refuses root); gone after cleanup()."""
+
+    def __init__(self, run_id: str) -> None:
+        self.project = f"postgres {run_id}"
+        self.started = False
+        self.cleaned = False
+        self.bin = pg_bin()
+        self.dir = tempfile.mkdtemp(prefix=f"sgbench-{run_id}-pg-")
+        self.port = free_port()
+        self.as_user = None
+        if os.geteuid() == 0:
+            import pwd
+            nobody = pwd.getpwnam("nobody")
+            self.as_user = (nobody.pw_uid, nobody.pw_gid)
+            os.chown(self.dir, nobody.pw_uid, nobody.pw_gid)
+
+    def _run(self, args: list[str], timeout: float = 120) -> str:
+        kw = {}
+        if self.as_user:
+            kw = {"user": self.as_user[0], "group": self.as_user[1], "extra_groups": []}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=self.dir,
+                           env=env, stdin=subprocess.DEVNULL, **kw)
+        if p.returncode != 0:
+            raise BenchError(f"{' '.join(args)} failed: {p.stdout}{p.stderr}")
+        return p.stdout
+
+    def start(self) -> None:
+        self.started = True
+        data = os.path.join(self.dir, "data")
+        self._run([f"{self.bin}/initdb", "--pgdata", data, "--username=postgres", "--auth=trust",
+                   "--encoding=UTF8", "--no-locale", "--no-sync", "--no-instructions"])
+        with open(os.path.join(data, "postgresql.conf"), "a") as f:
+            # Durable as a deployment would be (fsync on): the store's commits are measured.
+            f.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                    f"unix_socket_directories = '{self.dir}'\nmax_connections = 200\n")
+        self._run([f"{self.bin}/pg_ctl", "--pgdata", data, "start", "-w", "-t", "60",
+                   "-l", os.path.join(self.dir, "server.log")])
+
+    def database(self, name: str) -> str:
+        self._run([f"{self.bin}/psql", "-X", "-q", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                   "-d", "postgres", "-c", f"CREATE DATABASE {name}"])
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            with open(os.path.join(self.dir, "server.log"), errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def cleanup(self) -> None:
+        if self.cleaned:
+            return
+        self.cleaned = True
+        data = os.path.join(self.dir, "data")
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            try:
+                self._run([f"{self.bin}/pg_ctl", "--pgdata", data, "stop", "-m", "immediate", "-w", "-t", "30"])
+            except (BenchError, subprocess.SubprocessError) as e:
+                log(f"r. stopping PostgreSQL: {e}")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        return [f"directory {self.dir}"] if os.path.exists(self.dir) else []
+
+
+class Replicated(Bench):
+    """`n` spawngate replicas on one PostgreSQL database behind one Traefik, the
+    deployment of docs/ha.md: a second Traefik entry point (`internal`) whose router,
+    from the file provider, sends everything to a service with every replica as a
+    server (health check on /readyz every second, retry on a refused connection);
+    every replica's server.internal_url and Traefik's HTTP provider point there."""
+
+    def __init__(self, opts: argparse.Namespace, run_id: str, tag: str, store_url: str, n: int,
+                 host_ports: tuple[int, int], extra_env: dict | None = None) -> None:
+        internal_port = free_port()
+        internal = f"http://127.0.0.1:{internal_port}"
+        super().__init__(opts, run_id=run_id, tag=tag, noop=False, host_ports=host_ports, extra_env={
+            "SPAWNGATE_STORE_URL": store_url,
+            "SPAWNGATE_SERVER_INTERNAL_URL": internal,
+            **(extra_env or {}),
+        })
+        self.internal_port = internal_port
+        self.stop_order = ["traefik"] + [self.name_of(i) for i in range(n)]
+        self.ports = [self.sg_port]
+        self.envs = [self.sg_env]
+        for i in range(1, n):
+            port = free_port()
+            data = os.path.join(self.data_dir, f"replica-{i}")
+            os.makedirs(data)
+            self.ports.append(port)
+            self.envs.append({**self.sg_env, "SPAWNGATE_SERVER_LISTEN": f"127.0.0.1:{port}",
+                              "SPAWNGATE_SERVER_DATA_DIR": data})
+        self.traefik_args = [a for a in self.traefik_args if not a.startswith("--providers.http.endpoint=")]
+        dyn = os.path.join(self.data_dir, "traefik-internal")
+        os.makedirs(dyn)
+        servers = "".join(f"          - url: \"http://127.0.0.1:{p}\"\n" for p in self.ports)
+        with open(os.path.join(dyn, "internal.yml"), "w") as f:
+            f.write(
+                "http:\n  routers:\n    spawngate-replicas:\n      entryPoints: [\"internal\"]\n"
+                "      rule: \"PathPrefix(`/`)\"\n      service: spawngate-replicas\n"
+                "      middlewares: [\"spawngate-replicas-retry\"]\n"
+                "  middlewares:\n    spawngate-replicas-retry:\n      retry:\n        attempts: 3\n"
+                "        initialInterval: \"50ms\"\n"
+                "  services:\n    spawngate-replicas:\n      loadBalancer:\n        passHostHeader: true\n"
+                f"        servers:\n{servers}"
+                "        healthCheck:\n          path: /readyz\n          interval: \"1s\"\n          timeout: \"1s\"\n")
+        self.traefik_args += [
+            f"--entrypoints.internal.address=127.0.0.1:{internal_port}",
+            f"--providers.http.endpoint={internal}/traefik/config",
+            f"--providers.file.directory={dyn}",
+        ]
+
+    def name_of(self, i: int) -> str:
+        return "spawngate" if i == 0 else f"spawngate-{i}"
+
+    def spawn_replica(self, i: int) -> None:
+        self.spawn(self.name_of(i), [SPAWNGATE, "serve"], env=self.envs[i])
+        wait_until(
+            f"replica {i} /healthz",
+            lambda: self.check_alive() or http_request(self.ports[i], "/healthz", timeout=2)[0] == 200,
+            timeout=30,
+        )
+
+    def start(self) -> None:
+        self.started = True
+        for i in range(len(self.ports)):
+            self.spawn_replica(i)
+        self.spawn("traefik", [TRAEFIK, *self.traefik_args])
+        self.wait_router("spawngate")
+        self.admin_token = self.cli("token")
+        if not self.admin_token:
+            raise BenchError("`spawngate token` printed nothing")
+
+    def role(self, i: int) -> str | None:
+        status, _, body = http_request(self.ports[i], "/readyz", timeout=3)
+        if status != 200:
+            return None
+        try:
+            return json.loads(body).get("role")
+        except ValueError:
+            return None
+
+    def leader(self, timeout: float = 30) -> int:
+        found: list[int] = []
+
+        def one() -> bool:
+            self.check_alive()
+            found[:] = [i for i in range(len(self.ports)) if self.role(i) == "leader"]
+            return len(found) == 1
+        wait_until("exactly one replica to lead", one, timeout=timeout)
+        return found[0]
+
+    def login_at(self, i: int, name: str) -> str:
+        """Signs `name` in at replica i's own port (its CLI mints the link)."""
+        return self.login(name, self.ports[i], self.envs[i])
+
+
+def pct(xs: list[float], q: float) -> float:
+    """The q-quantile (0..1) of xs, nearest rank."""
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, round(q * len(s) + 0.5) - 1))]
+
+
+def section_r(o: argparse.Namespace, run_id: str, stacks: list) -> None:
+    pg = PgScratch(run_id)
+    stacks.append(pg)
+    log(f"r. starting a throw-away PostgreSQL ({pg.bin}, port {pg.port})")
+    pg.start()
+    sled = Bench(o, run_id=run_id, tag="rs", noop=False, host_ports=(24000, 24999))
+    one = Replicated(o, run_id, "r1", pg.database(f"sgbench_{run_id}_r1"), 1, (25000, 25999))
+    two = Replicated(o, run_id, "r2", pg.database(f"sgbench_{run_id}_r2"), 2, (26000, 26999))
+    setups = [("1 replica, sled", sled), ("1 replica, PostgreSQL", one), ("2 replicas, PostgreSQL", two)]
+    for name, b in setups:
+        stacks.append(b)
+        log(f"r. starting {name} (instance {b.instance})")
+        b.start()
+
+    # -- /auth through Traefik: the app of a signed-in user whose container runs.
+    targets = []
+    for name, b in setups:
+        slug = b.add_user("bench-warm")
+        b.wait_router(f"u-{slug}")
+        cookie = b.login("bench-warm")
+        b.through_traefik(slug, cookie, time.perf_counter())
+        targets.append((name, f"http://127.0.0.1:{b.web_port}/u-{slug}/whoami.json", [f"Cookie: {cookie}"], b))
+    for name, url, hdrs, _ in targets:
+        log(f"r. warm-up {name} ({o.warmup_duration})")
+        wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
+    results: dict[str, list[WrkResult]] = {name: [] for name, *_ in targets}
+    for rnd in range(o.rounds):
+        for name, url, hdrs, b in targets:
+            b.check_alive()
+            log(f"r. round {rnd + 1}/{o.rounds}: {name} ({o.duration})")
+            results[name].append(wrk(url, o.threads, o.connections, o.duration, hdrs))
+    print(f"r. Replicas on PostgreSQL (issue 16): a signed-in user's app through Traefik (forwardAuth + proxy)  "
+          f"[wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency]")
+    print("  sled: Traefik's forwardAuth goes to spawngate directly; PostgreSQL: through Traefik's `internal`")
+    print("  entry point, load-balanced over the replicas (docs/ha.md), so 1 vs 2 replicas differ only in count.")
+    rows = []
+    for name, rs in results.items():
+        for i, w in enumerate(rs):
+            rows.append([f"{name}, round {i + 1}", f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}",
+                         f"{w.requests:,}", str(w.non2xx), w.socket_errors or "0"])
+    print(table(["run", "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "socket errors"], rows))
+    best = {name: max(rs, key=lambda w: w.rps) for name, rs in results.items()}
+    base = best["1 replica, sled"]
+    print()
+    print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms", "req/s vs sled", "p50 vs sled",
+                 "p99 vs sled"],
+                [[name, f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}", ratio(w.rps, base.rps),
+                  ratio(w.p50, base.p50), ratio(w.p99, base.p99)] for name, w in best.items()]))
+    if any(w.non2xx for rs in results.values() for w in rs):
+        print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
+    print(flush=True)
+
+    # -- cold start: a new user's first request through Traefik, sides alternating.
+    cold: dict[str, list[float]] = {"sled": [], "PostgreSQL (2 replicas)": []}
+    for i in range(o.warmup + o.runs):
+        for side, b in (("sled", sled), ("PostgreSQL (2 replicas)", two)):
+            name = f"bench-cold-{i}"
+            slug = b.add_user(name)
+            b.wait_router(f"u-{slug}")
+            cookie = b.login(name)
+            time.sleep(o.settle)
+            b.check_alive()
+            log(f"r. cold start {i + 1}/{o.warmup + o.runs}: {side}")
+            ms = b.through_traefik(slug, cookie, time.perf_counter()).ms
+            if i >= o.warmup:
+                cold[side].append(ms)
+    print(f"r. Cold first request through Traefik (create + start + ready), {o.runs} runs each, sides alternating")
+    print(table(["", "median ms", "min ms", "max ms"],
+                [[side, fmt_ms(median(xs)), fmt_ms(min(xs)), fmt_ms(max(xs))] for side, xs in cold.items()]
+                + [["ratio PostgreSQL/sled", ratio(median(cold["PostgreSQL (2 replicas)"]), median(cold["sled"])),
+                    ratio(min(cold["PostgreSQL (2 replicas)"]), min(cold["sled"])),
+                    ratio(max(cold["PostgreSQL (2 replicas)"]), max(cold["sled"]))]]))
+    print(flush=True)
+
+    # -- propagation of a revocation: revoked through A's admin API, B's /auth polled.
+    samples = 50
+    slug = two.add_user("bench-revoke")
+    two.wait_router(f"u-{slug}")
+    call_ms: list[float] = []
+    seen_ms: list[float] = []
+    for i in range(samples):
+        cookie = two.login_at(0, "bench-revoke")
+        poll_until_200(two.ports[1], f"/auth/u-{slug}", {"Cookie": cookie}, time.perf_counter(), 0.01)
+        headers = {"Authorization": f"Bearer {two.admin_token}"}
+        t0 = time.perf_counter()
+        status, _, body = http_request(two.ports[0], "/_spawngate/api/users/bench-revoke/sessions/revoke",
+                                       method="POST", headers=headers)
+        t1 = time.perf_counter()
+        if status != 200:
+            raise BenchError(f"revoke at replica 0: {status} {body[:200]!r}")
+        while True:
+            status, _, _ = http_request(two.ports[1], f"/auth/u-{slug}", headers={"Cookie": cookie})
+            if status == 401:
+                break
+            if time.perf_counter() - t1 > 30:
+                raise BenchError("replica 1 still accepts a session revoked 30 s ago")
+        t2 = time.perf_counter()
+        call_ms.append((t1 - t0) * 1000)
+        seen_ms.append((t2 - t1) * 1000)
+    print(f"r. Propagation of a revocation: POST users/<name>/sessions/revoke on replica A, then B's /auth polled "
+          f"back to back until 401 ({samples} samples)")
+    print(table(["", "p50 ms", "p99 ms", "max ms"], [
+        ["revoke call on A (committed)", fmt_ms(pct(call_ms, 0.5)), fmt_ms(pct(call_ms, 0.99)), fmt_ms(max(call_ms))],
+        ["then until B refuses", fmt_ms(pct(seen_ms, 0.5)), fmt_ms(pct(seen_ms, 0.99)), fmt_ms(max(seen_ms))],
+        ["call + propagation", fmt_ms(pct([a + b for a, b in zip(call_ms, seen_ms)], 0.5)),
+         fmt_ms(pct([a + b for a, b in zip(call_ms, seen_ms)], 0.99)),
+         fmt_ms(max(a + b for a, b in zip(call_ms, seen_ms)))],
+    ]))
+    print(flush=True)
+    for b in (sled, one):
+        b.cleanup()
+
+    # -- failover: the leader SIGKILLed while an overdue container waits to be culled.
+    bf = Replicated(o, run_id, "rf", pg.database(f"sgbench_{run_id}_rf"), 2, (27000, 27999),
+                    extra_env={"SPAWNGATE_LIFECYCLE_IDLE_TIMEOUT_SECS": str(R_IDLE_SECS)})
+    stacks.append(bf)
+    log(f"r. starting 2 replicas with lifecycle.idle_timeout_secs = {R_IDLE_SECS} (instance {bf.instance})")
+    bf.start()
+    rows = []
+    for i in range(3):
+        leader = bf.leader()
+        follower = 1 - leader
+        name = f"bench-idle-{i}"
+        slug = bf.add_user(name)
+        bf.wait_router(f"u-{slug}")
+        cookie = bf.login_at(follower, name)
+        poll_until_200(bf.ports[follower], f"/auth/u-{slug}", {"Cookie": cookie}, time.perf_counter(), 0.02)
+        # Frozen, the leader keeps its lock (its session stays open) but culls nothing:
+        # the container becomes overdue while nobody may cull it.
+        p = bf.procs[bf.name_of(leader)]
+        p.send_signal(signal.SIGSTOP)
+        time.sleep(R_IDLE_SECS + 2)
+        if bf.container_states(slug) != ["running"]:
+            raise BenchError(f"{name}'s container is {bf.container_states(slug)} before the kill")
+        t0 = time.perf_counter()
+        p.kill()
+        p.wait()
+        wait_until("the follower to lead", lambda: bf.role(follower) == "leader", timeout=60, interval=0.01)
+        led = (time.perf_counter() - t0) * 1000
+        wait_until("the new leader to cull the overdue container",
+                   lambda: bf.container_states(slug) != ["running"], timeout=60, interval=0.02)
+        culled = (time.perf_counter() - t0) * 1000
+        rows.append([f"run {i + 1} (killed replica {leader})", fmt_ms(led), fmt_ms(culled)])
+        log(f"r. failover {i + 1}: led after {led:.0f} ms, culled after {culled:.0f} ms; restarting replica {leader}")
+        bf.spawn_replica(leader)
+    print(f"r. Failover: leader SIGKILLed (frozen first, with an idle container overdue) -> the other replica "
+          f"reports role=leader -> its first cull (cull interval 1 s, idle_timeout_secs {R_IDLE_SECS})")
+    print(table(["", "kill -> leader ms", "kill -> first cull ms"], rows))
+    print("  leadership: a session-level advisory lock, released when the killed replica's connection closes;")
+    print("  followers retry every second (src/store/leader.rs).")
+    print(flush=True)
+    bf.cleanup()
+    two.cleanup()
+    pg.cleanup()
+
+
 # ---- g. soak
 
 
@@ -2508,7 +2863,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--many-budget-secs", type=float, default=900,
                    help="i. starts no new step after this many seconds (default 900)")
     p.add_argument("--only", default="abcdefghj",
-                   help="sections to run, e.g. 'a' or 'ef' (default abcdefghj; i. and s. only when named)")
+                   help="sections to run, e.g. 'a' or 'ef' (default abcdefghj; i., r. and s. only when named)")
     o = p.parse_args()
     if o.runs < 1 or o.rounds < 1 or o.warmup < 0:
         p.error("--runs and --rounds must be >= 1, --warmup >= 0")
@@ -2518,8 +2873,8 @@ def parse_args() -> argparse.Namespace:
         p.error("--scale-create-workers must be >= 1")
     if not (o.soak_secs > 0 and 1 <= o.soak_users <= 500 and 1 <= o.soak_clients <= 64):
         p.error("need --soak-secs > 0, 1 <= --soak-users <= 500, 1 <= --soak-clients <= 64")
-    if set(o.only) - set("abcdefghijs"):
-        p.error("--only takes letters from 'abcdefghijs'")
+    if set(o.only) - set("abcdefghijrs"):
+        p.error("--only takes letters from 'abcdefghijrs'")
     try:
         steps = [int(x) for x in o.many_users.split(",") if x.strip()]
     except ValueError:
@@ -2536,7 +2891,9 @@ def preflight(o: argparse.Namespace) -> None:
         raise BenchError("section d needs docker-compose (v1, as in the README); leave it out with --only abcef")
     if missing:
         raise BenchError(f"missing {', '.join(missing)}: run bench/run (it runs scripts/setup and builds the no-op example)")
-    if set(o.only) & set("afi") and shutil.which("wrk") is None:
+    if "r" in o.only:
+        pg_bin()
+    if set(o.only) & set("afir") and shutil.which("wrk") is None:
         raise BenchError("wrk is not installed: run bench/run, or apt-get install -y wrk")
     for image in ([IMAGE] + (["spawngate:local", "spawngate-traefik:local"] if "d" in o.only else [])
                   + ([SHELL_IMAGE] if "h" in o.only else []) + ([JUPYTER_IMAGE] if "j" in o.only else [])):
@@ -2642,6 +2999,8 @@ def main() -> int:
             section_s(bs, o)
             log("s. cleaning up its pair")
             bs.cleanup()
+        if "r" in o.only:
+            section_r(o, b.run_id, stacks)
         if "h" in o.only:
             ssh_port = free_port()
             bh = Bench(o, run_id=b.run_id, tag="h", noop=False, host_ports=(24000, 24999), extra_env={

@@ -9,23 +9,27 @@ use crate::harness::{
     Later, cleanup_docker, free_port, poll, random_hex, repo_root, session_cookie, wait_until,
 };
 
+/// The main deployment: the compose file and its local-Traefik override.
+const MAIN: &[&str] = &["docker-compose.yml", "examples/compose.local.yml"];
+/// Two replicas on PostgreSQL (issue 16).
+const HA: &[&str] = &["examples/ha/docker-compose.yml"];
+
 struct Project {
     name: String,
     env: Vec<(String, String)>,
+    /// Compose files, relative to the repository.
+    files: &'static [&'static str],
+    /// The spawngate service [`Project::exec`] runs the CLI in.
+    service: &'static str,
 }
 
 impl Project {
     fn compose(&self, args: &[&str]) -> Output {
+        let files = self.files.iter().flat_map(|f| ["-f", f]);
         Command::new("docker-compose")
             .current_dir(repo_root())
-            .args([
-                "-f",
-                "docker-compose.yml",
-                "-f",
-                "examples/compose.local.yml",
-                "-p",
-                &self.name,
-            ])
+            .args(files)
+            .args(["-p", &self.name])
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -34,7 +38,12 @@ impl Project {
     }
 
     fn exec(&self, args: &[&str]) -> String {
-        let mut full = vec!["exec", "-T", "spawngate", "/spawngate"];
+        self.exec_in(self.service, args)
+    }
+
+    /// The CLI in compose service `service`.
+    fn exec_in(&self, service: &str, args: &[&str]) -> String {
+        let mut full = vec!["exec", "-T", service, "/spawngate"];
         full.extend_from_slice(args);
         let out = self.compose(&full);
         assert!(
@@ -61,6 +70,15 @@ impl Drop for Project {
 /// Brings a uniquely named deployment up and waits (bounded) until Traefik serves
 /// spawngate's login page through the provider's routes.
 async fn start_project(extra_env: &[(&str, &str)]) -> (Project, String, reqwest::Client) {
+    start_deployment(MAIN, "spawngate", extra_env).await
+}
+
+/// [`start_project`] of compose `files`, whose CLI runs in `service`.
+async fn start_deployment(
+    files: &'static [&'static str],
+    service: &'static str,
+    extra_env: &[(&str, &str)],
+) -> (Project, String, reqwest::Client) {
     let name = format!("sgc{}", random_hex(4));
     let port = free_port();
     let public = format!("http://127.0.0.1:{port}");
@@ -76,7 +94,12 @@ async fn start_project(extra_env: &[(&str, &str)]) -> (Project, String, reqwest:
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let project = Project { env, name };
+    let project = Project {
+        env,
+        name,
+        files,
+        service,
+    };
     let up = project.compose(&["up", "-d", "--no-build"]);
     assert!(
         up.status.success(),
@@ -285,4 +308,48 @@ async fn warm_pool_hands_out_running_containers_and_refills() {
         others >= 2
     })
     .await;
+}
+
+/// examples/ha: two replicas on PostgreSQL behind one Traefik (docs/ha.md). A user
+/// added on one replica signs in with a link the other mints; with the first
+/// replica SIGKILLed, Traefik reaches the second through the shared alias and
+/// the user keeps being served, and a new user starts. The image must be a
+/// build with the PostgreSQL store (scripts/setup; SGTEST_SPAWNGATE_IMAGE names
+/// another tag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_replica_deployment_survives_losing_a_replica() {
+    let image =
+        std::env::var("SGTEST_SPAWNGATE_IMAGE").unwrap_or_else(|_| "spawngate:local".into());
+    let password = random_hex(12);
+    let (project, public, client) = start_deployment(
+        HA,
+        "spawngate-1",
+        &[
+            ("SPAWNGATE_IMAGE", &image),
+            ("SPAWNGATE_PG_PASSWORD", &password),
+        ],
+    )
+    .await;
+    let slug = crate::harness::slug_in(&project.exec_in("spawngate-1", &["user", "add", "alice"]));
+    let link = project.exec_in("spawngate-2", &["user", "login-link", "alice"]);
+    let cookie =
+        crate::harness::login_with_link(&client, &public, &link, "spawngate_session").await;
+    let url = format!("{public}/u-{slug}/whoami.json");
+    let who = wait_for_app(&project, &client, &url, &cookie).await;
+    assert_eq!(who["headers"]["x-spawngate-user"], "alice");
+
+    let kill = project.compose(&["kill", "-s", "SIGKILL", "spawngate-1"]);
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    wait_for_app(&project, &client, &url, &cookie).await;
+    let bob = crate::harness::slug_in(&project.exec_in("spawngate-2", &["user", "add", "bob"]));
+    let link = project.exec_in("spawngate-2", &["user", "login-link", "bob"]);
+    let bob_cookie =
+        crate::harness::login_with_link(&client, &public, &link, "spawngate_session").await;
+    let bob_url = format!("{public}/u-{bob}/whoami.json");
+    let who = wait_for_app(&project, &client, &bob_url, &bob_cookie).await;
+    assert_eq!(who["headers"]["x-spawngate-user"], "bob");
 }

@@ -396,14 +396,7 @@ start_on_login = false
 
     /// Running containers of a user slug (a pre-created container does not count).
     pub fn running_containers_of(&self, slug: &str) -> Vec<String> {
-        docker_lines(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=spawngate.instance={}", self.instance),
-            "--filter",
-            &format!("label=spawngate.slug={slug}"),
-        ])
+        running_containers_of(&self.instance, slug)
     }
 
     /// The admin API through Traefik with a fresh admin token named `ops`, minted
@@ -724,6 +717,18 @@ pub async fn login_with_link(
         .unwrap();
     assert_eq!(resp.status(), 303, "login POST");
     session_cookie(resp.headers(), cookie_name).expect("login sets the session cookie")
+}
+
+/// Running containers labelled with `instance` and `slug`.
+pub fn running_containers_of(instance: &str, slug: &str) -> Vec<String> {
+    docker_lines(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=spawngate.instance={instance}"),
+        "--filter",
+        &format!("label=spawngate.slug={slug}"),
+    ])
 }
 
 /// Container ids labelled with `instance` and `slug` (running or not).

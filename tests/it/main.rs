@@ -28,6 +28,7 @@ mod metrics;
 mod postgres_setup;
 mod proc;
 mod progress;
+mod replicas;
 mod sharing;
 mod ssh;
 mod stack;

@@ -31,25 +31,40 @@ impl ProcHarness {
 
     /// [`ProcHarness::start`] on `backend`.
     pub async fn start_on(backend: Backend, extra_env: &[(&str, &str)]) -> ProcHarness {
-        let swarm = backend.prepare();
         let instance = format!("p{}", random_hex(5));
         let network = format!("sgtest-{instance}");
-        let data_dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let web_port = free_port();
         let public = format!("http://127.0.0.1:{web_port}");
+        let mut h = Self::without_traefik(backend, &instance, &network, &public, extra_env).await;
+        h.traefik = Some(Traefik::start(web_port, free_port(), &h.direct, None, &[]).await);
+        h
+    }
+
+    /// spawngate alone (data dir and listen port of its own) for Docker instance
+    /// `instance`, reached by users at `public`: one of several replicas (see
+    /// `replicas.rs`), or the start of [`ProcHarness::start_on`].
+    pub async fn without_traefik(
+        backend: Backend,
+        instance: &str,
+        network: &str,
+        public: &str,
+        extra_env: &[(&str, &str)],
+    ) -> ProcHarness {
+        let swarm = backend.prepare();
+        let data_dir = tempfile::tempdir().unwrap();
+        let port = free_port();
         let mut env: Vec<(String, String)> = vec![
             (
                 "SPAWNGATE_SERVER_LISTEN".into(),
                 format!("127.0.0.1:{port}"),
             ),
-            ("SPAWNGATE_SERVER_PUBLIC_URL".into(), public.clone()),
+            ("SPAWNGATE_SERVER_PUBLIC_URL".into(), public.to_owned()),
             (
                 "SPAWNGATE_SERVER_DATA_DIR".into(),
                 data_dir.path().display().to_string(),
             ),
-            ("SPAWNGATE_DOCKER_NETWORK".into(), network.clone()),
-            ("SPAWNGATE_DOCKER_INSTANCE".into(), instance.clone()),
+            ("SPAWNGATE_DOCKER_NETWORK".into(), network.to_owned()),
+            ("SPAWNGATE_DOCKER_INSTANCE".into(), instance.to_owned()),
             ("SPAWNGATE_DOCKER_IMAGE".into(), IMAGE.into()),
             ("SPAWNGATE_LOG".into(), "warn".into()),
             // See harness.rs: background pre-creation could outlive the clean-up.
@@ -62,9 +77,9 @@ impl ProcHarness {
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
         let mut h = ProcHarness {
-            instance,
-            network,
-            public,
+            instance: instance.to_owned(),
+            network: network.to_owned(),
+            public: public.to_owned(),
             direct: format!("http://127.0.0.1:{port}"),
             _data_dir: data_dir,
             client: http_client(),
@@ -74,7 +89,6 @@ impl ProcHarness {
             _swarm: swarm,
         };
         h.spawn_server().await;
-        h.traefik = Some(Traefik::start(web_port, free_port(), &h.direct, None, &[]).await);
         h
     }
 
@@ -98,6 +112,11 @@ impl ProcHarness {
 
     fn pid(&self) -> String {
         self.child.as_ref().unwrap().id().to_string()
+    }
+
+    /// Whether the server process runs (it was spawned and not signalled away).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Sends `signal` and waits (bounded) for the process to exit.
