@@ -119,8 +119,10 @@ impl Lifecycle {
                     .as_ref()
                     .and_then(|r| r.last_activity)
                     .unwrap_or_else(unix_now);
-                slot.last_activity.store(last, Ordering::Relaxed);
-                slot.persisted_activity.store(last, Ordering::Relaxed);
+                // Never back: a replica that becomes leader has served
+                // requests itself, later than what is on record.
+                slot.last_activity.fetch_max(last, Ordering::Relaxed);
+                slot.persisted_activity.fetch_max(last, Ordering::Relaxed);
             } else if !matches!(*slot.phase.borrow(), Phase::Unknown) {
                 // Known (starting, stopped by us, paused by us): nothing to re-read.
                 // What was ready became unknown when the stream broke.

@@ -514,17 +514,74 @@ impl DockerRuntime {
             labels: Some(labels),
             ..Default::default()
         };
-        match self.docker()?.create_network(req).await {
-            Ok(_) => {}
+        let ours = match self.docker()?.create_network(req).await {
+            Ok(created) => Some(created.id),
             // Created concurrently by another spawn: fine.
-            Err(e) if status(&e) == Some(409) => {}
+            Err(e) if status(&e) == Some(409) => None,
             Err(e) => return Err(map_err(e, spec)),
-        }
+        };
+        self.converge_network(&spec.network, ours.as_deref())
+            .await?;
         if self.network_per_user {
             self.attach_peers_to(&spec.network).await?;
         }
         self.set_network_known(&spec.network, true);
         Ok(())
+    }
+
+    /// Docker does not keep network names unique: two spawngate replicas whose
+    /// first spawns race may each create `name`, after which every container
+    /// naming it is refused as ambiguous. All agree on one (the oldest, then the
+    /// lowest id): each removes its own duplicate, and one left by a replica that
+    /// died meanwhile (no containers, older than a few seconds) goes too.
+    async fn converge_network(&self, name: &str, ours: Option<&str>) -> Result<(), RuntimeError> {
+        const ROUNDS: usize = 100;
+        for round in 0..ROUNDS {
+            let options = bollard::query_parameters::ListNetworksOptions {
+                filters: Some(HashMap::from([("name".to_owned(), vec![name.to_owned()])])),
+            };
+            let mut same: Vec<bollard::models::Network> = self
+                .docker()?
+                .list_networks(Some(options))
+                .await
+                .map_err(classify)?
+                .into_iter()
+                // The filter matches substrings.
+                .filter(|n| n.name.as_deref() == Some(name))
+                .collect();
+            if same.len() <= 1 {
+                return Ok(());
+            }
+            same.sort_by(|a, b| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+            for dup in &same[1..] {
+                let Some(id) = dup.id.as_deref() else {
+                    continue;
+                };
+                let abandoned = round > 30 && {
+                    let inspected = self
+                        .docker()?
+                        .inspect_network(
+                            id,
+                            None::<bollard::query_parameters::InspectNetworkOptions>,
+                        )
+                        .await;
+                    inspected.is_ok_and(|n| n.containers.is_none_or(|c| c.is_empty()))
+                };
+                if Some(id) == ours || abandoned {
+                    match self.docker()?.remove_network(id).await {
+                        Ok(()) => {}
+                        Err(e) if status(&e) == Some(404) => {}
+                        Err(e) => {
+                            tracing::warn!(network = name, error = %e, "cannot remove a duplicate network")
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err(RuntimeError::Failed(format!(
+            "network '{name}' exists more than once and the duplicates would not go: remove all but one (docker network ls --filter name={name})"
+        )))
     }
 
     /// Network and container (and with it the volume); returns the container's id.

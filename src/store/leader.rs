@@ -5,18 +5,21 @@
 //! the leader is whoever holds a session-level advisory lock on a connection of
 //! its own. PostgreSQL releases the lock the moment that session ends (a killed
 //! process's socket closes), and a follower retrying every second takes over.
-//! No two leaders at once: the leader checks its session every second and steps
-//! down as soon as a check fails or takes too long ([`CHECK_TIMEOUT`]), while
-//! PostgreSQL, told by TCP keepalives of a session that went silent, only lets
-//! go of the lock later ([`SERVER_KEEPALIVE`]): an unreachable leader has
-//! stopped before anyone else can start.
+//! No two leaders at once, as far as one process can know: a session the server
+//! ends (a restart, `pg_terminate_backend`) is noticed the moment its connection
+//! closes, and the leader stops leading then; a session that goes silent (a
+//! network cut) is checked every second and given up once a check fails or
+//! takes too long ([`CHECK_TIMEOUT`]), while PostgreSQL, told by TCP keepalives,
+//! only lets go of the lock later ([`SERVER_KEEPALIVE`]): an unreachable leader
+//! has stopped before anyone else can start. Work the old leader set going just
+//! before (one cull already under way) still finishes.
 
 use std::sync::Weak;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::postgres::{LEADER_LOCK, connect};
+use super::postgres::{LEADER_LOCK, connect_watched};
 
 const RETRY: Duration = Duration::from_secs(1);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -51,7 +54,7 @@ pub(super) async fn campaign(config: tokio_postgres::Config, leading: Weak<watch
     };
     loop {
         let session = async {
-            let client = connect(&config, None).await?;
+            let (client, ended) = connect_watched(&config, None).await?;
             let (idle, interval, count) = SERVER_KEEPALIVE;
             client
                 .batch_execute(&format!(
@@ -60,9 +63,9 @@ pub(super) async fn campaign(config: tokio_postgres::Config, leading: Weak<watch
                 ))
                 .await
                 .map_err(|e| super::StoreError::Unavailable(e.to_string()))?;
-            Ok::<_, super::StoreError>(client)
+            Ok::<_, super::StoreError>((client, ended))
         };
-        if let Ok(client) = session.await {
+        if let Ok((client, mut ended)) = session.await {
             let mut held = false;
             loop {
                 let check = async {
@@ -87,7 +90,12 @@ pub(super) async fn campaign(config: tokio_postgres::Config, leading: Weak<watch
                     }
                     _ => break,
                 }
-                tokio::time::sleep(RETRY).await;
+                // A session the server ended (a restart, pg_terminate_backend)
+                // frees the lock at once: stop leading at once too.
+                tokio::select! {
+                    () = tokio::time::sleep(RETRY) => {}
+                    _ = &mut ended => break,
+                }
             }
         }
         // The session is gone or silent: whatever it held, this replica stops.

@@ -62,6 +62,9 @@ const START_LOCKS: i32 = 0x5350_4701;
 const CHANNEL: &str = "spawngate_kv";
 /// A replica catches up this often even without a notification.
 const POLL: Duration = Duration::from_secs(5);
+/// The longest one write transaction or catch-up may take: past it the
+/// connection is dropped (a silent network) and the call fails.
+const BOUND: Duration = Duration::from_secs(10);
 /// Tombstones older than this are dropped; a replica away longer reloads in full.
 const TOMBSTONE_TTL_SECS: f64 = 3600.0;
 
@@ -148,9 +151,13 @@ pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(3));
     }
+    // A PostgreSQL that went silent (not closed) is noticed in ~16 s rather
+    // than the OS default of hours; every call has its own bound too (`BOUND`).
     config
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
         .application_name("spawngate");
     Ok(config)
 }
@@ -161,8 +168,20 @@ pub(crate) async fn connect(
     config: &tokio_postgres::Config,
     notify: Option<mpsc::UnboundedSender<()>>,
 ) -> Result<Client> {
+    Ok(connect_watched(config, notify).await?.0)
+}
+
+/// [`connect`], and a receiver that resolves the moment the connection ends
+/// (closed by the server, or broken).
+pub(crate) async fn connect_watched(
+    config: &tokio_postgres::Config,
+    notify: Option<mpsc::UnboundedSender<()>>,
+) -> Result<(Client, tokio::sync::oneshot::Receiver<()>)> {
     let (client, mut connection) = config.connect(NoTls).await.map_err(unavailable)?;
+    let (ended, on_end) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
+        // Dropped when this task ends: the receiver learns the connection did.
+        let _ended = ended;
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message {
@@ -179,7 +198,7 @@ pub(crate) async fn connect(
             }
         }
     });
-    Ok(client)
+    Ok((client, on_end))
 }
 
 impl Replica {
@@ -353,7 +372,17 @@ impl Replica {
             (std::mem::take(&mut pending.ops), pending.queued)
         };
         let mut seen = self.seen.lock().await;
-        let result = self.commit(client, &mut seen, &queued, f).await;
+        let (result, timed_out) =
+            match tokio::time::timeout(BOUND, self.commit(client, &mut seen, &queued, f)).await {
+                Ok(result) => (result, false),
+                Err(_) => (
+                    Err(unavailable(format!(
+                        "no answer within {} s",
+                        BOUND.as_secs()
+                    ))),
+                    true,
+                ),
+            };
         match result {
             Ok(outcome) => {
                 drop(seen);
@@ -367,7 +396,7 @@ impl Replica {
                     let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
                     pending.ops.splice(0..0, queued);
                 }
-                if client.is_closed() {
+                if timed_out || client.is_closed() {
                     *conn = None;
                 }
                 let reason = e.to_string();
@@ -551,6 +580,28 @@ impl Replica {
                 },
             );
         }
+        // This replica's blind writes not committed yet stay visible here.
+        {
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for op in &pending.ops {
+                let records = fresh.trees.entry(op.tree.to_owned()).or_default();
+                match &op.value {
+                    Some(v) => {
+                        let version = records.get(&op.key).map_or(0, |h| h.version);
+                        records.insert(
+                            op.key.clone(),
+                            Held {
+                                value: v.clone(),
+                                version,
+                            },
+                        );
+                    }
+                    None => {
+                        records.remove(&op.key);
+                    }
+                }
+            }
+        }
         *self.mirror.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         *seen = newest.max(*seen);
         self.changed(&Changes {
@@ -578,8 +629,11 @@ impl Replica {
             return Err(unavailable("not connected"));
         };
         let mut seen = self.seen.lock().await;
-        let caught_up = self.catch_up(client, &mut seen).await;
-        if caught_up.is_err() && client.is_closed() {
+        let caught_up = tokio::time::timeout(BOUND, self.catch_up(client, &mut seen))
+            .await
+            .unwrap_or_else(|_| Err(unavailable("no answer in time")));
+        if caught_up.is_err() {
+            // Broken or silent: the next call connects afresh.
             *conn = None;
         }
         caught_up
@@ -739,7 +793,9 @@ async fn listen(replica: Weak<Replica>, stop: CancellationToken) {
                     };
                     let caught_up = {
                         let mut seen = this.seen.lock().await;
-                        this.catch_up(&client, &mut seen).await
+                        tokio::time::timeout(BOUND, this.catch_up(&client, &mut seen))
+                            .await
+                            .unwrap_or_else(|_| Err(unavailable("no answer in time")))
                     };
                     match caught_up {
                         Ok(()) => {
