@@ -79,6 +79,30 @@ struct Mirror {
     trees: HashMap<String, BTreeMap<Vec<u8>, Held>>,
 }
 
+impl Mirror {
+    /// Sets (`Some`) or removes (`None`) one record. `version: None` keeps the
+    /// version held (a blind write not committed yet: what PostgreSQL numbers
+    /// it later wins over it).
+    fn put(&mut self, tree: &str, key: &[u8], value: Option<&IVec>, version: Option<i64>) {
+        let records = self.trees.entry(tree.to_owned()).or_default();
+        match value {
+            Some(v) => {
+                let version = version.unwrap_or_else(|| records.get(key).map_or(0, |h| h.version));
+                records.insert(
+                    key.to_vec(),
+                    Held {
+                        value: v.clone(),
+                        version,
+                    },
+                );
+            }
+            None => {
+                records.remove(key);
+            }
+        }
+    }
+}
+
 /// A write not yet in PostgreSQL.
 #[derive(Clone)]
 struct Op {
@@ -236,6 +260,14 @@ impl Replica {
         Ok(replica)
     }
 
+    /// The writing connection, connected afresh if it broke.
+    async fn connected<'c>(&self, conn: &'c mut Option<Client>) -> Result<&'c mut Client> {
+        if conn.is_none() {
+            *conn = Some(connect(&self.config, None).await?);
+        }
+        conn.as_mut().ok_or_else(|| unavailable("not connected"))
+    }
+
     /// Called with every change another replica made (once; the store sets it).
     pub(crate) fn on_change(&self, f: OnChange) {
         let _ = self.on_change.set(f);
@@ -295,23 +327,7 @@ impl Replica {
     pub(crate) fn write_behind(&self, tree: &'static str, key: &[u8], value: Option<IVec>) {
         {
             let mut mirror = self.mirror.write().unwrap_or_else(|p| p.into_inner());
-            let records = mirror.trees.entry(tree.to_owned()).or_default();
-            match &value {
-                // Kept at the old version: what PostgreSQL numbers it wins later.
-                Some(v) => {
-                    let version = records.get(key).map_or(0, |h| h.version);
-                    records.insert(
-                        key.to_vec(),
-                        Held {
-                            value: v.clone(),
-                            version,
-                        },
-                    );
-                }
-                None => {
-                    records.remove(key);
-                }
-            }
+            mirror.put(tree, key, value.as_ref(), None);
         }
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -361,12 +377,7 @@ impl Replica {
         f: impl FnOnce(&PgTx) -> std::result::Result<R, E>,
     ) -> Result<std::result::Result<R, E>> {
         let mut conn = self.conn.lock().await;
-        if conn.is_none() {
-            *conn = Some(connect(&self.config, None).await?);
-        }
-        let Some(client) = conn.as_mut() else {
-            return Err(unavailable("not connected"));
-        };
+        let client = self.connected(&mut conn).await?;
         let (queued, upto) = {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             (std::mem::take(&mut pending.ops), pending.queued)
@@ -466,22 +477,7 @@ impl Replica {
             let mut mirror = self.mirror.write().unwrap_or_else(|p| p.into_inner());
             for (&i, row) in order.iter().zip(&rows) {
                 let op = &ops[i];
-                let version: i64 = row.get(0);
-                let records = mirror.trees.entry(op.tree.to_owned()).or_default();
-                match &op.value {
-                    Some(v) => {
-                        records.insert(
-                            op.key.clone(),
-                            Held {
-                                value: v.clone(),
-                                version,
-                            },
-                        );
-                    }
-                    None => {
-                        records.remove(&op.key);
-                    }
-                }
+                mirror.put(op.tree, &op.key, op.value.as_ref(), Some(row.get(0)));
             }
         }
         // Every version up to ours was caught up under the lock.
@@ -523,21 +519,8 @@ impl Replica {
                 let value: Option<Vec<u8>> = row.get(2);
                 let version: i64 = row.get(3);
                 *seen = (*seen).max(version);
-                let records = mirror.trees.entry(tree.clone()).or_default();
-                match value {
-                    Some(v) => {
-                        records.insert(
-                            key.clone(),
-                            Held {
-                                value: IVec::from(v),
-                                version,
-                            },
-                        );
-                    }
-                    None => {
-                        records.remove(&key);
-                    }
-                }
+                let value = value.map(IVec::from);
+                mirror.put(&tree, &key, value.as_ref(), Some(version));
                 keys.push((tree, key));
             }
         }
@@ -584,22 +567,7 @@ impl Replica {
         {
             let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             for op in &pending.ops {
-                let records = fresh.trees.entry(op.tree.to_owned()).or_default();
-                match &op.value {
-                    Some(v) => {
-                        let version = records.get(&op.key).map_or(0, |h| h.version);
-                        records.insert(
-                            op.key.clone(),
-                            Held {
-                                value: v.clone(),
-                                version,
-                            },
-                        );
-                    }
-                    None => {
-                        records.remove(&op.key);
-                    }
-                }
+                fresh.put(op.tree, &op.key, op.value.as_ref(), None);
             }
         }
         *self.mirror.write().unwrap_or_else(|p| p.into_inner()) = fresh;
@@ -622,12 +590,7 @@ impl Replica {
     /// been issued by another a moment ago).
     pub(crate) async fn refresh(self: &Arc<Self>) -> Result<()> {
         let mut conn = self.conn.lock().await;
-        if conn.is_none() {
-            *conn = Some(connect(&self.config, None).await?);
-        }
-        let Some(client) = conn.as_ref() else {
-            return Err(unavailable("not connected"));
-        };
+        let client = self.connected(&mut conn).await?;
         let mut seen = self.seen.lock().await;
         let caught_up = tokio::time::timeout(BOUND, self.catch_up(client, &mut seen))
             .await
@@ -658,12 +621,7 @@ impl Replica {
     /// Drops tombstones older than [`TOMBSTONE_TTL_SECS`] (the leader's sweep).
     pub(crate) async fn drop_old_tombstones(self: &Arc<Self>) -> Result<u64> {
         let mut conn = self.conn.lock().await;
-        if conn.is_none() {
-            *conn = Some(connect(&self.config, None).await?);
-        }
-        let Some(client) = conn.as_mut() else {
-            return Err(unavailable("not connected"));
-        };
+        let client = self.connected(&mut conn).await?;
         let txn = client.transaction().await.map_err(unavailable)?;
         txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
             .await

@@ -56,23 +56,7 @@ async fn suite(s: &Store) {
     );
 
     // Concurrent changes to one user all survive (no stale write-back).
-    let mut changes = Vec::new();
-    for i in 0..8 {
-        let s = s.clone();
-        let id = alice.id.clone();
-        changes.push(tokio::spawn(async move {
-            s.modify_user(&id, |u| {
-                u.groups.push(format!("g{i}"));
-                Ok::<(), ()>(())
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        }));
-    }
-    for c in changes {
-        c.await.unwrap();
-    }
+    add_groups_concurrently(&[s], &alice.id, 8).await;
     assert_eq!(s.snapshot().by_id(&alice.id).unwrap().groups.len(), 8);
 
     // Environments: added with their own slug, removed with their index.
@@ -127,6 +111,27 @@ async fn suite(s: &Store) {
     assert_ne!(s.session_key().unwrap(), s.container_key().unwrap());
     s.check().unwrap();
     s.check_writable().await.unwrap();
+}
+
+/// `n` changes to one user at once, each adding a group, spread over `stores`.
+async fn add_groups_concurrently(stores: &[&Store], id: &spawngate::ids::UserId, n: usize) {
+    let mut changes = Vec::new();
+    for i in 0..n {
+        let s = stores[i % stores.len()].clone();
+        let id = id.clone();
+        changes.push(tokio::spawn(async move {
+            s.modify_user(&id, |u| {
+                u.groups.push(format!("g{i}"));
+                Ok::<(), ()>(())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        }));
+    }
+    for c in changes {
+        c.await.unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,23 +211,7 @@ async fn replicas_see_each_others_writes_and_never_both_win() {
     assert_eq!(b.count_attempt("per_email", "e", 3600).await.unwrap(), 2);
 
     // Concurrent changes to one user from both replicas all survive.
-    let mut changes = Vec::new();
-    for i in 0..10 {
-        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let id = alice.id.clone();
-        changes.push(tokio::spawn(async move {
-            s.modify_user(&id, |u| {
-                u.groups.push(format!("g{i}"));
-                Ok::<(), ()>(())
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        }));
-    }
-    for c in changes {
-        c.await.unwrap();
-    }
+    add_groups_concurrently(&[&a, &b], &alice.id, 10).await;
     wait_until(5, "both replicas hold all ten changes", || {
         [&a, &b].iter().all(|s| {
             s.snapshot()
