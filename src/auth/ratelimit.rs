@@ -84,7 +84,10 @@ impl RateLimiter {
     /// [`Self::allow`] counted across replicas (see the module docs).
     pub async fn allow_everywhere(&self, key: &str) -> bool {
         if let Some((store, name)) = &self.shared {
-            match store.count_attempt(name, key, self.window_secs()).await {
+            match store
+                .count_attempt(name, key, self.window_secs(), self.limit)
+                .await
+            {
                 Ok(n) => return n <= self.limit,
                 Err(e) => {
                     tracing::warn!(error = %e, "rate limit: store unavailable, counting locally")

@@ -269,12 +269,14 @@ impl Lifecycle {
         }
     }
 
-    /// On a shared store, every replica records its users' activity as often as
-    /// the leader's culler looks, so the culler judges by all of it.
+    /// On a shared store, every replica records its users' activity four times
+    /// as often as the leader's culler looks (one write per tick), so the
+    /// culler judges by all of it, a quarter of its interval late at most.
     pub(super) async fn record_activity(self: Arc<Self>) {
         let Some(every) = self.cull_interval() else {
             return;
         };
+        let every = (every / 4).max(Duration::from_millis(250));
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -283,10 +285,18 @@ impl Lifecycle {
                 _ = self.tasks.cancelled() => return,
             }
             let directory = self.store.snapshot();
+            let mut noted = Vec::new();
             for (slug, slot) in self.all_slots() {
-                if let Some(env) = directory.environment(&slug) {
-                    self.persist_activity(&env, &slot).await;
+                let last = slot.last_activity.load(Ordering::Relaxed);
+                if let Some(env) = directory.environment(&slug)
+                    && last > 0
+                    && slot.persisted_activity.swap(last, Ordering::Relaxed) != last
+                {
+                    noted.push((env.record_key(), last));
                 }
+            }
+            if let Err(e) = self.store.note_activities(&noted).await {
+                tracing::warn!(error = %e, "cannot record activity");
             }
         }
     }

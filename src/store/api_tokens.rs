@@ -63,6 +63,7 @@ impl Store {
 
     /// Revokes one of the user's tokens by its id; `false` if there was none.
     pub async fn delete_api_token(&self, user_id: &UserId, id: &str) -> Result<bool> {
+        self.up_to_date().await?;
         let n = {
             self.remove_where::<ApiToken>(&self.api_tokens, Unreadable::Keep, |t| {
                 &t.user_id == user_id && t.id == id

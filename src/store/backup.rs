@@ -796,6 +796,18 @@ async fn build(staging: &Path, backup: &Backup) -> Result<(), BackupError> {
 /// Copies a checked backup into a shared (PostgreSQL) store that holds no
 /// records yet, and reads it back: `spawngate store migrate`.
 pub async fn import_shared(store: &Store, backup: &Backup) -> Result<Restored, BackupError> {
+    // Replicas running on it hold its keys in memory: new ones under them
+    // would split sessions and container secrets across the cluster.
+    if let Some(replica) = store.kv.replica() {
+        let others = replica.others_connected().await?;
+        if others > 0 {
+            return Err(BackupError::InUse {
+                path: format!(
+                    "the PostgreSQL store ({others} sessions of other spawngate processes)"
+                ),
+            });
+        }
+    }
     let records = record_count(store);
     if records > 0 {
         return Err(BackupError::NotEmpty {

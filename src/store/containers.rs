@@ -32,6 +32,15 @@ impl Store {
             None => record.user_id.to_string(),
             Some(slug) => format!("{}/{slug}", record.user_id),
         };
+        // Activity only moves forward, whoever recorded it (another replica).
+        let stored = self.container_record(&key).ok().flatten();
+        let activity = stored
+            .and_then(|s| s.last_activity)
+            .max(record.last_activity);
+        let record = &ContainerRecord {
+            last_activity: activity,
+            ..record.clone()
+        };
         self.containers.insert(key.as_bytes(), encode(record))?;
         Ok(())
     }
@@ -46,6 +55,35 @@ impl Store {
     /// culler; sled writes it out within its flush interval). Only ever moves it
     /// forward, and leaves the rest of the record as stored: replicas record
     /// their users' activity into the same records.
+    /// [`Self::note_activity`] for many records in one transaction (one write
+    /// per replica and culler tick, however many environments were used).
+    pub async fn note_activities(&self, noted: &[(String, i64)]) -> Result<()> {
+        if noted.is_empty() {
+            return Ok(());
+        }
+        self.kv
+            .transaction(&[&self.containers], |t| {
+                for (key, at) in noted {
+                    let Some(current) = t[0].get(key.as_bytes())? else {
+                        continue;
+                    };
+                    let Ok(mut record) = decode::<ContainerRecord>(&current) else {
+                        continue;
+                    };
+                    if record.last_activity.is_some_and(|was| was >= *at) {
+                        continue;
+                    }
+                    record.last_activity = Some(*at);
+                    t[0].insert(key.as_bytes(), encode(&record))?;
+                }
+                Ok::<_, super::kv::TxError<()>>(())
+            })
+            .await?
+            .map_err(|()| StoreError::Contended {
+                what: "the container records",
+            })
+    }
+
     pub async fn note_activity(&self, key: &str, at: i64) -> Result<()> {
         for _ in 0..8 {
             let Some(current) = self.containers.get(key.as_bytes())? else {

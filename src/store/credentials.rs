@@ -11,6 +11,7 @@ impl Store {
     /// with them any hand-off code in flight, which needs its parent session),
     /// unused login links and personal API tokens. Counts of each, in that order.
     pub async fn delete_credentials_of(&self, user_id: &UserId) -> Result<(usize, usize, usize)> {
+        self.up_to_date().await?;
         let (sessions, links, tokens) = {
             (
                 self.remove_where::<Session>(&self.sessions, Unreadable::Remove, |s| {

@@ -257,6 +257,11 @@ impl Tree {
         self.name
     }
 
+    /// Whether writes here move the write generation.
+    pub(super) fn is_tracked(&self) -> bool {
+        self.tracked
+    }
+
     fn writing(&self) -> Writing<'_> {
         Writing {
             _shared: self

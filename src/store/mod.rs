@@ -180,7 +180,7 @@ impl Store {
         // A change that landed between the load and the hook is applied now.
         store.refresh_directory()?;
         tokio::spawn(leader::campaign(
-            postgres::parse_url(url)?,
+            replica.config().clone(),
             Arc::downgrade(&store.leading),
         ));
         Ok(store)
@@ -253,15 +253,18 @@ impl Store {
         }
     }
 
-    /// On a shared store, applies what other replicas committed up to now
-    /// (bounded: a PostgreSQL that does not answer leaves the mirror as it is).
+    /// On a shared store, applies what other replicas committed up to now, for
+    /// a lookup that missed (bounded: a PostgreSQL that does not answer leaves
+    /// the mirror as it is; misses share catch-ups, a few a second at most).
     /// Returns whether anything may have changed. The embedded store is always
     /// current.
     pub async fn catch_up(&self) -> bool {
         let Some(replica) = self.kv.replica() else {
             return false;
         };
-        match tokio::time::timeout(std::time::Duration::from_secs(2), replica.refresh()).await {
+        let arrived = tokio::time::Instant::now();
+        let refresh = replica.refresh_for_miss(arrived);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), refresh).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot catch up with the shared store");
@@ -326,7 +329,16 @@ impl Store {
                 }
             }
         }
-        self.kv.bump_generation();
+        // Only what forwardAuth's caches derive from: other replicas' audit
+        // lines, activity and rate-limit counts leave them be.
+        let tracked = |name: &str| {
+            self.trees()
+                .iter()
+                .any(|(n, tree)| *n == name && tree.is_tracked())
+        };
+        if changes.everything || changes.keys.iter().any(|(tree, _)| tracked(tree)) {
+            self.kv.bump_generation();
+        }
     }
 
     /// Every tree with its name, as `open` opened them (what a backup walks).
@@ -453,6 +465,16 @@ impl Store {
         self.snapshot()
             .by_id(user_id)
             .map_or(0, |u| u.credential_generation)
+    }
+
+    /// Before a revocation picks what to remove from memory: on a shared store,
+    /// what other replicas issued up to now is in the mirror too (a session
+    /// signed in elsewhere a moment ago is revoked with the rest).
+    async fn up_to_date(&self) -> Result<()> {
+        match self.kv.replica() {
+            Some(replica) => replica.refresh().await,
+            None => Ok(()),
+        }
     }
 
     fn keys_where<T: serde::de::DeserializeOwned>(

@@ -36,9 +36,21 @@ impl Store {
 
     /// Counts one attempt of `key` against limiter `name` in the fixed window of
     /// `window_secs` that `now` falls in; returns the count so far, this one
-    /// included. Keys are stored hashed (they are addresses and emails).
-    pub async fn count_attempt(&self, name: &str, key: &str, window_secs: i64) -> Result<u32> {
+    /// included. Keys are stored hashed (they are addresses and emails). Past
+    /// `limit` nothing more is written: a flood of refused attempts costs reads.
+    pub async fn count_attempt(
+        &self,
+        name: &str,
+        key: &str,
+        window_secs: i64,
+        limit: u32,
+    ) -> Result<u32> {
         let counter = counter_key(name, key, window_secs, unix_now());
+        if let Some(now) = self.rate_limits.get(&counter)?.map(|v| read_count(&v))
+            && now > limit
+        {
+            return Ok(now);
+        }
         self.add_to_counter(&counter, 1).await
     }
 
@@ -137,12 +149,35 @@ mod tests {
     #[tokio::test]
     async fn attempts_count_per_key_and_window_and_can_be_forgiven() {
         let (_d, s) = store();
-        assert_eq!(s.count_attempt("email", "a@x", 3600).await.unwrap(), 1);
-        assert_eq!(s.count_attempt("email", "a@x", 3600).await.unwrap(), 2);
-        assert_eq!(s.count_attempt("email", "b@x", 3600).await.unwrap(), 1);
-        assert_eq!(s.count_attempt("ip", "a@x", 3600).await.unwrap(), 1);
+        assert_eq!(
+            s.count_attempt("email", "a@x", 3600, u32::MAX)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.count_attempt("email", "a@x", 3600, u32::MAX)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.count_attempt("email", "b@x", 3600, u32::MAX)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.count_attempt("ip", "a@x", 3600, u32::MAX).await.unwrap(),
+            1
+        );
         s.forgive_attempt("email", "a@x", 3600).await.unwrap();
-        assert_eq!(s.count_attempt("email", "a@x", 3600).await.unwrap(), 2);
+        assert_eq!(
+            s.count_attempt("email", "a@x", 3600, u32::MAX)
+                .await
+                .unwrap(),
+            2
+        );
         let key = counter_key("email", "a@x", 3600, 7300);
         assert_eq!(window_end(&key), Some(10800));
         assert!(

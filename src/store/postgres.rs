@@ -65,6 +65,9 @@ const POLL: Duration = Duration::from_secs(5);
 /// The longest one write transaction or catch-up may take: past it the
 /// connection is dropped (a silent network) and the call fails.
 const BOUND: Duration = Duration::from_secs(10);
+/// Catch-ups asked for by lookups that missed start at most this often: a
+/// flood of unknown cookies or tokens costs PostgreSQL four queries a second.
+const MISS_REFRESH_SPACING: Duration = Duration::from_millis(250);
 /// Tombstones older than this are dropped; a replica away longer reloads in full.
 const TOMBSTONE_TTL_SECS: f64 = 3600.0;
 
@@ -153,6 +156,8 @@ pub(crate) struct Replica {
     /// `Ok` while notifications flow; the reason otherwise (for `/readyz`).
     listening: watch::Sender<std::result::Result<(), String>>,
     last_id: AtomicU64,
+    /// When the last catch-up asked for by a miss began (see `refresh_for_miss`).
+    miss_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     stop: CancellationToken,
 }
 
@@ -228,7 +233,12 @@ pub(crate) async fn connect_watched(
 impl Replica {
     /// Connects, migrates the schema, loads the mirror and starts following changes.
     pub(crate) async fn open(url: &str) -> Result<Arc<Replica>> {
-        let config = parse_url(url)?;
+        let mut config = parse_url(url)?;
+        // Named apart from other replicas' sessions (see `others_connected`).
+        config.application_name(format!(
+            "spawngate {}",
+            hex::encode(crate::ids::random_bytes::<6>())
+        ));
         let mut client = connect(&config, None).await?;
         migrate(&mut client).await?;
         let replica = Arc::new(Replica {
@@ -243,6 +253,7 @@ impl Replica {
             // Current as of the load below; the follower reports it if that ends.
             listening: watch::channel(Ok(())).0,
             last_id: AtomicU64::new(0),
+            miss_refresh: tokio::sync::Mutex::new(None),
             stop: CancellationToken::new(),
         });
         {
@@ -266,6 +277,26 @@ impl Replica {
             *conn = Some(connect(&self.config, None).await?);
         }
         conn.as_mut().ok_or_else(|| unavailable("not connected"))
+    }
+
+    /// Connection settings of this replica's sessions (its leader campaign's too).
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// How many sessions of other spawngate processes use this database now.
+    pub(crate) async fn others_connected(&self) -> Result<i64> {
+        let client = connect(&self.config, None).await?;
+        let mine = self.config.get_application_name().unwrap_or_default();
+        Ok(client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND application_name LIKE 'spawngate %' AND application_name <> $1",
+                &[&mine],
+            )
+            .await
+            .map_err(unavailable)?
+            .get(0))
     }
 
     /// Called with every change another replica made (once; the store sets it).
@@ -308,8 +339,11 @@ impl Replica {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros()),
         )
-        .unwrap_or(u64::MAX >> 10);
-        let fresh = (micros << 10) | u64::from(crate::ids::random_bytes::<2>()[0]) << 2;
+        .unwrap_or(u64::MAX >> 12);
+        // 51 bits of microseconds (until 2041), 12 random: two replicas
+        // writing in the same microsecond collide once in 4096.
+        let noise = u64::from(u16::from_le_bytes(crate::ids::random_bytes::<2>()) & 0x0fff);
+        let fresh = (micros << 12) | noise;
         let mut last = self.last_id.load(Ordering::Relaxed);
         loop {
             let next = fresh.max(last + 1);
@@ -378,35 +412,35 @@ impl Replica {
     ) -> Result<std::result::Result<R, E>> {
         let mut conn = self.conn.lock().await;
         let client = self.connected(&mut conn).await?;
-        let (queued, upto) = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            (std::mem::take(&mut pending.ops), pending.queued)
-        };
+        let mut taken = self.take_pending();
+        let upto = taken.upto;
         let mut seen = self.seen.lock().await;
-        let (result, timed_out) =
-            match tokio::time::timeout(BOUND, self.commit(client, &mut seen, &queued, f)).await {
-                Ok(result) => (result, false),
-                Err(_) => (
-                    Err(unavailable(format!(
-                        "no answer within {} s",
-                        BOUND.as_secs()
-                    ))),
-                    true,
-                ),
-            };
+        let (result, timed_out) = match tokio::time::timeout(
+            BOUND,
+            self.commit(client, &mut seen, &taken.ops, f),
+        )
+        .await
+        {
+            Ok(result) => (result, false),
+            Err(_) => (
+                Err(unavailable(format!(
+                    "no answer within {} s",
+                    BOUND.as_secs()
+                ))),
+                true,
+            ),
+        };
         match result {
             Ok(outcome) => {
                 drop(seen);
+                taken.ops.clear();
                 self.committed.send_modify(|c| c.upto = c.upto.max(upto));
                 Ok(outcome)
             }
             Err(e) => {
                 drop(seen);
-                // Not lost: queued again ahead of what came in meanwhile.
-                {
-                    let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                    pending.ops.splice(0..0, queued);
-                }
+                // `taken` puts the queued writes back as it drops.
+                drop(taken);
                 if timed_out || client.is_closed() {
                     *conn = None;
                 }
@@ -415,6 +449,18 @@ impl Replica {
                     .send_modify(|c| c.failed = Some((upto, reason.clone())));
                 Err(e)
             }
+        }
+    }
+
+    /// Takes the queued blind writes for a commit. They go back to the front
+    /// of the queue unless the commit clears them: also when the commit's
+    /// future is dropped half-way (a request cancelled, leadership lost).
+    fn take_pending(&self) -> Taken<'_> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        Taken {
+            pending: &self.pending,
+            ops: std::mem::take(&mut pending.ops),
+            upto: pending.queued,
         }
     }
 
@@ -539,8 +585,14 @@ impl Replica {
     ) -> Result<()> {
         // The newest version first: a write committed during the scan is seen
         // again by the next catch-up rather than missed.
+        // Not below the horizon either: if the newest rows were tombstones the
+        // sweep dropped, the next catch-up must not take this for a gap again.
         let newest: i64 = client
-            .query_one("SELECT coalesce(max(version), 0) FROM spawngate_kv", &[])
+            .query_one(
+                "SELECT greatest(coalesce(max(version), 0),
+                                 (SELECT version FROM spawngate_kv_horizon)) FROM spawngate_kv",
+                &[],
+            )
             .await
             .map_err(unavailable)?
             .get(0);
@@ -616,6 +668,26 @@ impl Replica {
             .await
             .map_err(unavailable)?;
         Ok(client)
+    }
+
+    /// [`Self::refresh`] for a lookup that missed at `arrived`: one catch-up
+    /// that began after it serves every miss waiting, and catch-ups start at
+    /// most every [`MISS_REFRESH_SPACING`].
+    pub(crate) async fn refresh_for_miss(
+        self: &Arc<Self>,
+        arrived: tokio::time::Instant,
+    ) -> Result<()> {
+        let mut last = self.miss_refresh.lock().await;
+        if let Some(began) = *last {
+            if began >= arrived {
+                return Ok(());
+            }
+            tokio::time::sleep_until(began + MISS_REFRESH_SPACING).await;
+        }
+        let began = tokio::time::Instant::now();
+        self.refresh().await?;
+        *last = Some(began);
+        Ok(())
     }
 
     /// Drops tombstones older than [`TOMBSTONE_TTL_SECS`] (the leader's sweep).
@@ -838,6 +910,25 @@ async fn write_behind(replica: Weak<Replica>, wake: Arc<Notify>, stop: Cancellat
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Blind writes taken for one commit (see [`Replica::take_pending`]).
+struct Taken<'a> {
+    pending: &'a Mutex<Pending>,
+    ops: Vec<Op>,
+    /// The count of blind writes queued when they were taken.
+    upto: u64,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        // Ahead of what came in meanwhile: the order of writes holds.
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.ops.splice(0..0, std::mem::take(&mut self.ops));
     }
 }
 

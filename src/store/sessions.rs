@@ -53,6 +53,7 @@ impl Store {
 
     /// Revokes every session of a user at once; returns how many there were.
     pub async fn delete_sessions_of(&self, user_id: &UserId) -> Result<usize> {
+        self.up_to_date().await?;
         let n = {
             self.remove_where::<Session>(&self.sessions, Unreadable::Remove, |s| {
                 &s.user_id == user_id
@@ -65,6 +66,7 @@ impl Store {
     /// Revokes a user's sessions except `keep` and the app sessions handed off from
     /// it (after a password change: whoever else was signed in is signed out).
     pub async fn delete_other_sessions(&self, user_id: &UserId, keep: &SessionId) -> Result<usize> {
+        self.up_to_date().await?;
         let mut removed = 0;
         let now = unix_now();
         for item in self.sessions.iter() {

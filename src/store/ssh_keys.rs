@@ -59,6 +59,7 @@ impl Store {
 
     /// Removes one of the user's keys by its id or fingerprint; `false` if none.
     pub async fn delete_ssh_key(&self, user_id: &UserId, id_or_fingerprint: &str) -> Result<bool> {
+        self.up_to_date().await?;
         let n = {
             self.remove_where::<SshKey>(&self.ssh_keys, Unreadable::Keep, |k| {
                 &k.user_id == user_id

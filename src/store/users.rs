@@ -238,6 +238,7 @@ impl Store {
         let id = user.id.as_str().as_bytes();
         // Transactions cannot scan: find the keys first. A session created between
         // this scan and the commit is dropped by `purge_expired` (its user is gone).
+        self.up_to_date().await?;
         let sessions = self.keys_where::<Session>(&self.sessions, |s| s.user_id == user.id)?;
         let links = self.keys_where::<LoginToken>(&self.login_tokens, |t| {
             t.user_id.as_ref() == Some(&user.id)

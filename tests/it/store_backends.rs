@@ -88,8 +88,8 @@ async fn suite(s: &Store) {
         .unwrap();
     assert!(s.redeem_handoff(&code).await.unwrap().is_some());
     assert!(s.redeem_handoff(&code).await.unwrap().is_none());
-    assert_eq!(s.count_attempt("t", "k", 3600).await.unwrap(), 1);
-    assert_eq!(s.count_attempt("t", "k", 3600).await.unwrap(), 2);
+    assert_eq!(s.count_attempt("t", "k", 3600, u32::MAX).await.unwrap(), 1);
+    assert_eq!(s.count_attempt("t", "k", 3600, u32::MAX).await.unwrap(), 2);
 
     // Deleting a user takes their credentials and leaves a tombstone.
     let (bob_session, _) = s.create_session(&bob.id, 3600).await.unwrap();
@@ -207,8 +207,15 @@ async fn replicas_see_each_others_writes_and_never_both_win() {
     );
 
     // Rate-limit counters add up across replicas.
-    a.count_attempt("per_email", "e", 3600).await.unwrap();
-    assert_eq!(b.count_attempt("per_email", "e", 3600).await.unwrap(), 2);
+    a.count_attempt("per_email", "e", 3600, u32::MAX)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.count_attempt("per_email", "e", 3600, u32::MAX)
+            .await
+            .unwrap(),
+        2
+    );
 
     // Concurrent changes to one user from both replicas all survive.
     add_groups_concurrently(&[&a, &b], &alice.id, 10).await;
