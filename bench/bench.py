@@ -48,8 +48,9 @@
      of the same run.
   r. Replicas on PostgreSQL (issue 16; not in the default set: `bench/run --only r`):
      a signed-in user's app through Traefik with one spawngate on sled, one replica
-     on PostgreSQL and two (behind Traefik's `internal` entry point, docs/ha.md), wrk
-     rounds alternating; cold start on PostgreSQL vs sled; the propagation delay of a
+     on PostgreSQL and two, all three behind Traefik's `internal` entry point
+     (docs/ha.md), plus the sled one with forwardAuth straight to spawngate, wrk
+     rounds alternating, ratios against sled; cold start on PostgreSQL vs sled; the propagation delay of a
      revocation (revoked on replica A, B's /auth polled until 401; p50/p99 of 50);
      failover (leader SIGKILLed -> the other reports role=leader -> its first cull).
      Starts a throw-away PostgreSQL (Debian's package, as the tests do).
@@ -657,7 +658,7 @@ def header(b: Bench, o: argparse.Namespace) -> None:
         ["docker CLI call (image inspect), median of 5", f"{median(cli_times):.1f} ms"],
         ["traefik", " ".join(first_line([TRAEFIK, "version"]).split())],
         ["wrk", first_line(["wrk", "--version"])],
-        ["spawngate", f"{first_line([SPAWNGATE, '--version'])} (dist/spawngate, git {git})"],
+        ["spawngate", f"{first_line([SPAWNGATE, '--version'])} ({os.path.relpath(SPAWNGATE, ROOT)}, git {git})"],
         ["python", platform.python_version()],
     ]
     print(key_values(rows))
@@ -2187,21 +2188,25 @@ class PgScratch:
 
 
 class Replicated(Bench):
-    """`n` spawngate replicas on one PostgreSQL database behind one Traefik, the
-    deployment of docs/ha.md: a second Traefik entry point (`internal`) whose router,
-    from the file provider, sends everything to a service with every replica as a
-    server (health check on /readyz every second, retry on a refused connection);
-    every replica's server.internal_url and Traefik's HTTP provider point there."""
+    """`n` spawngate replicas behind one Traefik, the deployment of docs/ha.md: a
+    second Traefik entry point (`internal`) whose router, from the file provider,
+    sends everything to a service with every replica as a server (health check on
+    /readyz every second, retry on a refused connection); every replica's
+    server.internal_url and Traefik's HTTP provider point there. With `store_url`
+    None, one spawngate on its embedded store (sled) in the same topology, so /auth
+    of sled and PostgreSQL differ only in the store. With `direct`, a third entry
+    point for `add_direct_route` (forwardAuth to replica 0 itself)."""
 
-    def __init__(self, opts: argparse.Namespace, run_id: str, tag: str, store_url: str, n: int,
-                 host_ports: tuple[int, int], extra_env: dict | None = None) -> None:
+    def __init__(self, opts: argparse.Namespace, run_id: str, tag: str, store_url: str | None, n: int,
+                 host_ports: tuple[int, int], extra_env: dict | None = None, direct: bool = False) -> None:
         internal_port = free_port()
         internal = f"http://127.0.0.1:{internal_port}"
-        super().__init__(opts, run_id=run_id, tag=tag, noop=False, host_ports=host_ports, extra_env={
-            "SPAWNGATE_STORE_URL": store_url,
-            "SPAWNGATE_SERVER_INTERNAL_URL": internal,
-            **(extra_env or {}),
-        })
+        env = {"SPAWNGATE_SERVER_INTERNAL_URL": internal}
+        if store_url is not None:
+            env["SPAWNGATE_STORE_URL"] = store_url
+        super().__init__(opts, run_id=run_id, tag=tag, noop=False, host_ports=host_ports,
+                         extra_env={**env, **(extra_env or {})})
+        self.internal = internal
         self.internal_port = internal_port
         self.stop_order = ["traefik"] + [self.name_of(i) for i in range(n)]
         self.ports = [self.sg_port]
@@ -2214,10 +2219,10 @@ class Replicated(Bench):
             self.envs.append({**self.sg_env, "SPAWNGATE_SERVER_LISTEN": f"127.0.0.1:{port}",
                               "SPAWNGATE_SERVER_DATA_DIR": data})
         self.traefik_args = [a for a in self.traefik_args if not a.startswith("--providers.http.endpoint=")]
-        dyn = os.path.join(self.data_dir, "traefik-internal")
-        os.makedirs(dyn)
+        self.dyn_dir = os.path.join(self.data_dir, "traefik-internal")
+        os.makedirs(self.dyn_dir)
         servers = "".join(f"          - url: \"http://127.0.0.1:{p}\"\n" for p in self.ports)
-        with open(os.path.join(dyn, "internal.yml"), "w") as f:
+        with open(os.path.join(self.dyn_dir, "internal.yml"), "w") as f:
             f.write(
                 "http:\n  routers:\n    spawngate-replicas:\n      entryPoints: [\"internal\"]\n"
                 "      rule: \"PathPrefix(`/`)\"\n      service: spawngate-replicas\n"
@@ -2230,8 +2235,50 @@ class Replicated(Bench):
         self.traefik_args += [
             f"--entrypoints.internal.address=127.0.0.1:{internal_port}",
             f"--providers.http.endpoint={internal}/traefik/config",
-            f"--providers.file.directory={dyn}",
+            f"--providers.file.directory={self.dyn_dir}",
+            "--providers.file.watch=true",
         ]
+        self.direct_port = free_port() if direct else None
+        if direct:
+            self.traefik_args.append(f"--entrypoints.direct.address=127.0.0.1:{self.direct_port}")
+
+    def add_direct_route(self, slug: str) -> str:
+        """A copy of the user's router on the `direct` entry point, its forwardAuth
+        sent to replica 0's own address instead of the internal entry point (every
+        other middleware and the service are spawngate's own, referenced from the
+        file provider). The URL of the app's /healthz there."""
+        status, _, body = http_request(self.sg_port, "/traefik/config")
+        if status != 200:
+            raise BenchError(f"GET /traefik/config: {status} {body[:200]!r}")
+        http = json.loads(body)["http"]
+        name = f"u-{slug}"
+        router = http["routers"][name]
+        auth_name = f"auth-{name}"
+        forward_auth = dict(http["middlewares"][auth_name]["forwardAuth"])
+        if not forward_auth["address"].startswith(self.internal + "/"):
+            raise BenchError(f"forwardAuth address {forward_auth['address']!r} is not under {self.internal}")
+        forward_auth["address"] = f"http://127.0.0.1:{self.sg_port}" + forward_auth["address"][len(self.internal):]
+        direct_auth = f"direct-auth-{name}"
+        chain = [direct_auth if m == auth_name else f"{m}@http" for m in router["middlewares"]]
+        doc = {"http": {
+            "routers": {f"direct-{name}": {
+                "rule": router["rule"], "entryPoints": ["direct"], "middlewares": chain,
+                "service": f"{router['service']}@http",
+            }},
+            "middlewares": {direct_auth: {"forwardAuth": forward_auth}},
+        }}
+        # JSON is YAML: the file provider reads it by the .yml extension.
+        path = os.path.join(self.dyn_dir, "direct.yml")
+        with open(path + ".tmp", "w") as f:
+            json.dump(doc, f)
+        os.replace(path + ".tmp", path)
+        wait_until(
+            f"Traefik to load router direct-{name}@file",
+            lambda: self.check_alive()
+            or http_request(self.api_port, f"/api/http/routers/direct-{name}@file", timeout=2)[0] == 200,
+            timeout=30,
+        )
+        return f"http://127.0.0.1:{self.direct_port}/u-{slug}/healthz"
 
     def name_of(self, i: int) -> str:
         return "spawngate" if i == 0 else f"spawngate-{i}"
@@ -2289,36 +2336,49 @@ def section_r(o: argparse.Namespace, run_id: str, stacks: list) -> None:
     stacks.append(pg)
     log(f"r. starting a throw-away PostgreSQL ({pg.bin}, port {pg.port})")
     pg.start()
-    sled = Bench(o, run_id=run_id, tag="rs", noop=False, host_ports=(24000, 24999))
+    # All three behind the same `internal` entry point: only the store and the number
+    # of replicas differ.
+    sled = Replicated(o, run_id, "rs", None, 1, (24000, 24999), direct=True)
     one = Replicated(o, run_id, "r1", pg.database(f"sgbench_{run_id}_r1"), 1, (25000, 25999))
     two = Replicated(o, run_id, "r2", pg.database(f"sgbench_{run_id}_r2"), 2, (26000, 26999))
-    setups = [("1 replica, sled", sled), ("1 replica, PostgreSQL", one), ("2 replicas, PostgreSQL", two)]
+    setups = [("sled x1", sled), ("PostgreSQL x1", one), ("PostgreSQL x2", two)]
     for name, b in setups:
         stacks.append(b)
         log(f"r. starting {name} (instance {b.instance})")
         b.start()
 
-    # -- /auth through Traefik: the app of a signed-in user whose container runs.
+    # -- /auth through Traefik: the app of a signed-in user whose container runs. Its
+    # /healthz, not /whoami.json: the latter writes a visit counter to disk per request.
     targets = []
     for name, b in setups:
         slug = b.add_user("bench-warm")
         b.wait_router(f"u-{slug}")
         cookie = b.login("bench-warm")
         b.through_traefik(slug, cookie, time.perf_counter())
-        targets.append((name, f"http://127.0.0.1:{b.web_port}/u-{slug}/whoami.json", [f"Cookie: {cookie}"], b))
+        targets.append((name, f"http://127.0.0.1:{b.web_port}/u-{slug}/healthz", [f"Cookie: {cookie}"], b))
+        if b is sled:
+            targets.append(("sled x1, direct (no internal entry point)", b.add_direct_route(slug),
+                            [f"Cookie: {cookie}"], b))
     for name, url, hdrs, _ in targets:
+        parts = urllib.parse.urlparse(url)
+        cookie = hdrs[0].split(": ", 1)[1]
+        status = http_request(parts.port or 80, parts.path, headers={"Cookie": cookie})[0]
+        if status != 200:
+            raise BenchError(f"r. {name}: GET {url}: {status}")
         log(f"r. warm-up {name} ({o.warmup_duration})")
         wrk(url, o.threads, o.connections, o.warmup_duration, hdrs)
     results: dict[str, list[WrkResult]] = {name: [] for name, *_ in targets}
     for rnd in range(o.rounds):
-        for name, url, hdrs, b in targets:
+        # Every round in another order, so no target always follows the same one.
+        for name, url, hdrs, b in targets[rnd % len(targets):] + targets[:rnd % len(targets)]:
             b.check_alive()
             log(f"r. round {rnd + 1}/{o.rounds}: {name} ({o.duration})")
             results[name].append(wrk(url, o.threads, o.connections, o.duration, hdrs))
-    print(f"r. Replicas on PostgreSQL (issue 16): a signed-in user's app through Traefik (forwardAuth + proxy)  "
-          f"[wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency]")
-    print("  sled: Traefik's forwardAuth goes to spawngate directly; PostgreSQL: through Traefik's `internal`")
-    print("  entry point, load-balanced over the replicas (docs/ha.md), so 1 vs 2 replicas differ only in count.")
+    print(f"r. Replicas on PostgreSQL (issue 16): a signed-in user's app (/healthz) through Traefik (forwardAuth + "
+          f"proxy)  [wrk -t{o.threads} -c{o.connections} -d{o.duration} --latency, {o.rounds} rounds alternating]")
+    print("  sled x1, PostgreSQL x1 and x2: the same topology, forwardAuth through Traefik's `internal` entry point")
+    print("  (file-provider service over the replicas, health check on /readyz, retry; docs/ha.md);")
+    print("  `direct`: the same sled spawngate, Traefik and container, forwardAuth to spawngate's own address.")
     rows = []
     for name, rs in results.items():
         for i, w in enumerate(rs):
@@ -2326,12 +2386,14 @@ def section_r(o: argparse.Namespace, run_id: str, stacks: list) -> None:
                          f"{w.requests:,}", str(w.non2xx), w.socket_errors or "0"])
     print(table(["run", "req/s", "p50 ms", "p99 ms", "requests", "non-2xx", "socket errors"], rows))
     best = {name: max(rs, key=lambda w: w.rps) for name, rs in results.items()}
-    base = best["1 replica, sled"]
+    med = {name: median([w.rps for w in rs]) for name, rs in results.items()}
+    base = best["sled x1"]
     print()
-    print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms", "req/s vs sled", "p50 vs sled",
-                 "p99 vs sled"],
+    print(table([f"best of {o.rounds} (by req/s)", "req/s", "p50 ms", "p99 ms", "req/s vs sled x1",
+                 "p50 vs sled x1", "p99 vs sled x1", "median req/s", "vs sled x1"],
                 [[name, f"{w.rps:,.0f}", f"{w.p50:.3f}", f"{w.p99:.3f}", ratio(w.rps, base.rps),
-                  ratio(w.p50, base.p50), ratio(w.p99, base.p99)] for name, w in best.items()]))
+                  ratio(w.p50, base.p50), ratio(w.p99, base.p99), f"{med[name]:,.0f}",
+                  ratio(med[name], med["sled x1"])] for name, w in best.items()]))
     if any(w.non2xx for rs in results.values() for w in rs):
         print("  WARNING: some responses were not 2xx/3xx; the numbers above are not comparable.")
     print(flush=True)
@@ -2350,7 +2412,8 @@ def section_r(o: argparse.Namespace, run_id: str, stacks: list) -> None:
             ms = b.through_traefik(slug, cookie, time.perf_counter()).ms
             if i >= o.warmup:
                 cold[side].append(ms)
-    print(f"r. Cold first request through Traefik (create + start + ready), {o.runs} runs each, sides alternating")
+    print(f"r. Cold first request through Traefik (create + start + ready), {o.runs} runs each, sides alternating"
+          " (both through the `internal` entry point)")
     print(table(["", "median ms", "min ms", "max ms"],
                 [[side, fmt_ms(median(xs)), fmt_ms(min(xs)), fmt_ms(max(xs))] for side, xs in cold.items()]
                 + [["ratio PostgreSQL/sled", ratio(median(cold["PostgreSQL (2 replicas)"]), median(cold["sled"])),
