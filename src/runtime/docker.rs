@@ -611,6 +611,12 @@ impl DockerRuntime {
                 self.ensure_network(spec).await?;
                 self.create(spec).await
             }
+            Err(RuntimeError::Failed(msg)) if msg.contains("is ambiguous") => {
+                // Another replica made the same network a moment after this one
+                // looked: wait until the duplicates have converged, retry once.
+                self.converge_network(&spec.network, None).await?;
+                self.create(spec).await
+            }
             other => other,
         }
     }

@@ -184,7 +184,10 @@ impl Kv {
                 });
                 match res {
                     Ok(outcome) => Ok(outcome),
-                    Err(TransactionError::Abort(())) => unreachable_abort(),
+                    // Aborts travel in `Ok(Err(..))`; sled makes none of its own.
+                    Err(TransactionError::Abort(())) => Err(StoreError::Unavailable(
+                        "the transaction was aborted".into(),
+                    )),
                     Err(TransactionError::Storage(e)) => Err(e.into()),
                 }
             }
@@ -197,13 +200,15 @@ impl Kv {
                             .iter()
                             .map(|name| TxTree::Pg { tx, tree: name })
                             .collect();
-                        match f(&txs) {
-                            Ok(r) => Ok(r),
-                            Err(TxError::Abort(e)) => Err(e),
-                            Err(TxError::Sled(_)) => unreachable_sled(),
-                        }
+                        f(&txs)
                     })
                     .await?;
+                let outcome = match outcome {
+                    Ok(r) => Ok(r),
+                    Err(TxError::Abort(e)) => Err(e),
+                    // A PostgreSQL transaction's reads and writes cannot fail.
+                    Err(TxError::Sled(u)) => return Err(StoreError::Unavailable(u.to_string())),
+                };
                 if tracked && outcome.is_ok() {
                     self.bump_generation();
                 }
@@ -222,16 +227,6 @@ impl Kv {
             writes: tracked.then_some(&self.0.writes),
         }
     }
-}
-
-/// The closure of a sled transaction never aborts with `()`: aborts travel in
-/// its `Ok(Err(..))`.
-fn unreachable_abort<T>() -> T {
-    unreachable!("transactions abort through their result")
-}
-
-fn unreachable_sled<T>() -> T {
-    unreachable!("a PostgreSQL transaction has no sled conflicts")
 }
 
 /// One named tree.

@@ -26,6 +26,9 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// PostgreSQL's keepalive on the leader's session: idle, interval, count
 /// (silence for 5 + 2 × 3 = 11 s ends it, well after the leader's own 3 s).
 const SERVER_KEEPALIVE: (u32, u32, u32) = (5, 2, 3);
+/// And for a reply the leader never acknowledges (a cut while the check's
+/// answer is in flight, when keepalives do not run): the same 11 s.
+const SERVER_USER_TIMEOUT_MS: u32 = 11_000;
 
 /// Campaigns for leadership until the store is dropped, publishing whether
 /// this replica leads.
@@ -59,7 +62,8 @@ pub(super) async fn campaign(config: tokio_postgres::Config, leading: Weak<watch
             client
                 .batch_execute(&format!(
                     "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = {interval}; \
-                     SET tcp_keepalives_count = {count}"
+                     SET tcp_keepalives_count = {count}; SET tcp_user_timeout = {}",
+                    SERVER_USER_TIMEOUT_MS
                 ))
                 .await
                 .map_err(|e| super::StoreError::Unavailable(e.to_string()))?;

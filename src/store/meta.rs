@@ -68,11 +68,13 @@ impl Store {
     /// Whether the store can still write durably: a small record written and
     /// flushed (what `/readyz` asks; a full disk shows here first).
     pub async fn check_writable(&self) -> Result<()> {
-        // Shared: a catch-up on the connection writes go through shows it
-        // works, without a write (and a notification to every replica) per
-        // health check of every replica.
-        if let Some(replica) = self.kv.replica() {
-            return replica.refresh().await;
+        // Shared: the change feed's own connection, which catches up every few
+        // seconds, says whether PostgreSQL answers; no write (and notification
+        // to every replica) per health check, and no wait behind this
+        // replica's write transactions. A broken writing connection is made
+        // afresh by the next write.
+        if self.kv.replica().is_some() {
+            return self.health().map_err(StoreError::Unavailable);
         }
         // Embedded: two pages of fresh bytes, so the write needs new space on
         // disk each time and a full disk shows at the next probe, not once the

@@ -187,6 +187,9 @@ pub(crate) fn parse_url(url: &str) -> Result<tokio_postgres::Config> {
         .keepalives_idle(Duration::from_secs(10))
         .keepalives_interval(Duration::from_secs(2))
         .keepalives_retries(3)
+        // Unacknowledged data in flight (keepalives do not fire then) gives up
+        // after this too, not after TCP's retransmissions (~15 minutes).
+        .tcp_user_timeout(Duration::from_secs(15))
         .application_name("spawngate");
     Ok(config)
 }
