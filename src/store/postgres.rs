@@ -276,7 +276,9 @@ impl Replica {
 
     /// The writing connection, connected afresh if it broke.
     async fn connected<'c>(&self, conn: &'c mut Option<Client>) -> Result<&'c mut Client> {
-        if conn.is_none() {
+        // A connection the server closed (a restart) is noticed here, before
+        // a write fails on it.
+        if conn.as_ref().is_none_or(Client::is_closed) {
             *conn = Some(connect(&self.config, None).await?);
         }
         conn.as_mut().ok_or_else(|| unavailable("not connected"))
