@@ -29,8 +29,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
-use super::kv::{Entry, IVec};
+// sled's byte buffer, the value type both backends hand the key-value layer.
 use super::{Result, StoreError};
+use sled::IVec;
 
 /// The schema migrations, in order; the database records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -324,7 +325,7 @@ impl Replica {
         mirror.trees.get(tree).map_or(0, BTreeMap::len)
     }
 
-    pub(crate) fn scan(&self, tree: &str, prefix: &[u8]) -> Vec<Entry> {
+    pub(crate) fn scan(&self, tree: &str, prefix: &[u8]) -> Vec<(IVec, IVec)> {
         let mirror = self.mirror.read().unwrap_or_else(|p| p.into_inner());
         let Some(records) = mirror.trees.get(tree) else {
             return Vec::new();
